@@ -1,0 +1,139 @@
+// Per-pixel math of the fused anomaly-map op, shared by the CPU kernel
+// (anomaly_map.cpp) and the CUDA kernel (anomaly_map_cuda.cu), so the CPU
+// tests exercise the same arithmetic the GPU runs.
+//
+// The op equals, in plain PyTorch (efficientad_fast/reference.py):
+//   t_hat  = (teacher - mean) / std
+//   d_st   = dist(t_hat, student[:, :C])        over channels
+//   d_ae   = dist(autoencoder, student[:, C:])  over channels
+//   m      = 0.1 * (d - q_a) / (q_b - q_a)       per map (skipped without quantiles)
+//   map    = resize(pad(alpha * m_st + (1 - alpha) * m_ae))
+// with dist = mean of squared differences ("l2") or 1 - cosine similarity.
+// Bilinear resizing and the affine normalization commute, so the kernels
+// normalize and fuse at feature resolution, give the padded border the value
+// that a zero distance normalizes to, and resize once.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define EAD_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define EAD_HOST_DEVICE inline
+#endif
+
+namespace efficientad_fast {
+
+enum class Distance : int { L2 = 0, Cosine = 1 };
+
+// torch.nn.functional.cosine_similarity's default eps: each norm is clamped to it.
+constexpr float kCosineEps = 1e-8f;
+
+// Running per-pixel sums over channels for one pair of feature maps (a, b).
+// Plain aggregates (usable in CUDA shared memory): value-initialize with {} to zero them.
+template <Distance D>
+struct PairSums;
+
+template <>
+struct PairSums<Distance::L2> {
+  float squared_diff;
+  EAD_HOST_DEVICE void add(float a, float b) {
+    const float d = a - b;
+    squared_diff += d * d;
+  }
+  EAD_HOST_DEVICE void merge(const PairSums& o) { squared_diff += o.squared_diff; }
+  // Mean of (a - b)^2 over the channels.
+  EAD_HOST_DEVICE float finish(int64_t channels) const {
+    return squared_diff / static_cast<float>(channels);
+  }
+};
+
+template <>
+struct PairSums<Distance::Cosine> {
+  float dot, a_sq, b_sq;
+  EAD_HOST_DEVICE void add(float a, float b) {
+    dot += a * b;
+    a_sq += a * a;
+    b_sq += b * b;
+  }
+  EAD_HOST_DEVICE void merge(const PairSums& o) {
+    dot += o.dot;
+    a_sq += o.a_sq;
+    b_sq += o.b_sq;
+  }
+  // 1 - cos(a, b), each norm clamped to eps as in F.cosine_similarity.
+  EAD_HOST_DEVICE float finish(int64_t) const {
+    const float na = fmaxf(sqrtf(a_sq), kCosineEps);
+    const float nb = fmaxf(sqrtf(b_sq), kCosineEps);
+    return 1.f - dot / (na * nb);
+  }
+};
+
+// Map normalization and alpha-fusion: map = w_st * (d_st - qa_st) + w_ae * (d_ae - qa_ae)
+// with w = weight * 0.1 / (q_b - q_a); without quantiles q_a = 0 and w = weight.
+struct Fusion {
+  float qa_st, w_st, qa_ae, w_ae;
+
+  EAD_HOST_DEVICE static Fusion make(const float* quantiles, float alpha) {
+    Fusion f;
+    if (quantiles == nullptr) {
+      f.qa_st = 0.f;
+      f.w_st = alpha;
+      f.qa_ae = 0.f;
+      f.w_ae = 1.f - alpha;
+    } else {
+      f.qa_st = quantiles[0];
+      f.w_st = alpha * (0.1f / (quantiles[1] - quantiles[0]));
+      f.qa_ae = quantiles[2];
+      f.w_ae = (1.f - alpha) * (0.1f / (quantiles[3] - quantiles[2]));
+    }
+    return f;
+  }
+  EAD_HOST_DEVICE float operator()(float d_st, float d_ae) const {
+    return w_st * (d_st - qa_st) + w_ae * (d_ae - qa_ae);
+  }
+  // The value of the zero-padded border after normalization and fusion.
+  EAD_HOST_DEVICE float border() const { return (*this)(0.f, 0.f); }
+};
+
+// One output coordinate of a bilinear resize with align_corners=False,
+// computed as ATen's upsample_bilinear2d does (float arithmetic).
+struct LinearTap {
+  int64_t i0, i1;
+  float w0, w1;
+};
+
+EAD_HOST_DEVICE LinearTap linear_tap(int64_t dst, int64_t in_size, float scale) {
+  float src = scale * (static_cast<float>(dst) + 0.5f) - 0.5f;
+  if (src < 0.f) src = 0.f;
+  int64_t i0 = static_cast<int64_t>(floorf(src));
+  if (i0 > in_size - 1) i0 = in_size - 1;
+  float w1 = src - static_cast<float>(i0);
+  w1 = fminf(fmaxf(w1, 0.f), 1.f);
+  LinearTap tap;
+  tap.i0 = i0;
+  tap.i1 = i0 + (i0 < in_size - 1 ? 1 : 0);
+  tap.w1 = w1;
+  tap.w0 = 1.f - w1;
+  return tap;
+}
+
+// Bilinear sample of a row-major (rows x cols) map at one output pixel.
+EAD_HOST_DEVICE float bilinear(const float* map, int64_t cols, const LinearTap& ty,
+                               const LinearTap& tx) {
+  const float* r0 = map + ty.i0 * cols;
+  const float* r1 = map + ty.i1 * cols;
+  return ty.w0 * (tx.w0 * r0[tx.i0] + tx.w1 * r0[tx.i1]) +
+         ty.w1 * (tx.w0 * r1[tx.i0] + tx.w1 * r1[tx.i1]);
+}
+
+// Scale of a resize from in_size to out_size (ATen: input_size / output_size in float).
+EAD_HOST_DEVICE float resize_scale(int64_t in_size, int64_t out_size) {
+  return static_cast<float>(in_size) / static_cast<float>(out_size);
+}
+
+// Max that propagates NaN, like torch.amax.
+EAD_HOST_DEVICE float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
+
+}  // namespace efficientad_fast

@@ -1,0 +1,282 @@
+"""One place for how the C++/CUDA extension is built: sources, compiler flags, the
+CUDA toolkit, and the JIT build used on first call. ``setup.py`` imports this file
+for the ahead-of-time build (``EFFICIENTAD_FAST_BUILD_EXT=1 pip install .``), so both
+paths compile the same sources with the same flags.
+
+Switches (environment variables):
+  EFFICIENTAD_FAST_CUDA=0|1     force the CPU-only build (0) or the CUDA build (1);
+                                default: CUDA when torch has CUDA and a toolkit is found.
+  EFFICIENTAD_FAST_CACHE=DIR    where JIT builds live (default ~/.cache/efficientad_fast).
+  EFFICIENTAD_FAST_VERBOSE=1    show the compiler's command lines and output.
+  TORCH_CUDA_ARCH_LIST          GPU architectures (default: the visible GPUs, else 9.0).
+  CUDA_HOME                     the CUDA toolkit, when it cannot be found by itself.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXTENSION_NAME = "efficientad_fast"
+CPU_SOURCES = ["anomaly_map.cpp"]
+CUDA_SOURCES = ["anomaly_map_cuda.cu"]
+HEADERS = ["anomaly_map.h", "anomaly_map_inputs.h"]
+CXX_FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inlined into our code
+JIT_CXX_FLAGS = ["-march=native"]  # the JIT build runs where it was built
+LD_FLAGS = ["-fopenmp"]
+NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
+# The GPU architecture compiled when no GPU is visible (an H100/H200 is sm_90).
+DEFAULT_CUDA_ARCH_LIST = "9.0"
+
+
+class BuildError(RuntimeError):
+    """The extension failed to compile or load."""
+
+
+def source_dir() -> Path:
+    """The folder holding the C++/CUDA sources: ``csrc/`` beside the package in a source
+    checkout, or ``efficientad_fast/csrc`` in an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "csrc", here / "csrc"):
+        if (candidate / CPU_SOURCES[0]).is_file():
+            return candidate
+    raise BuildError(
+        f"efficientad_fast: C++ sources not found beside {here} (looked for csrc/{CPU_SOURCES[0]}); "
+        "reinstall the package"
+    )
+
+
+def _is_toolkit(root: Path) -> bool:
+    return (root / "bin" / "nvcc").is_file() and any(
+        (root / sub / "cuda_runtime.h").is_file()
+        for sub in ("include", "targets/x86_64-linux/include", "targets/sbsa-linux/include")
+    )
+
+
+def find_cuda_home() -> Path | None:
+    """Find the CUDA toolkit: $CUDA_HOME/$CUDA_PATH, then the folder of ``nvcc`` on PATH
+    (following symlinks, and wrapper scripts that ``exec`` the real nvcc), then
+    /usr/local/cuda*. Returns None when there is none."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var) and _is_toolkit(Path(os.environ[var])):
+            return Path(os.environ[var])
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = Path(os.path.realpath(nvcc))
+        if _is_toolkit(real.parent.parent):
+            return real.parent.parent
+        try:  # a small wrapper script around the real nvcc
+            text = real.read_text(errors="ignore")[:4096]
+        except OSError:
+            text = ""
+        for path in re.findall(r"(/[^\s\"']+)/bin/nvcc\b", text):
+            if _is_toolkit(Path(path)):
+                return Path(path)
+    for root in ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True):
+        if _is_toolkit(Path(root)):
+            return Path(root)
+    return None
+
+
+def _pip_cuda_include_dirs() -> list[str]:
+    """Headers torch's CUDA headers include (cusparse.h, cublas_v2.h, ...) that a slim
+    toolkit may lack but the pip packages nvidia-* ship."""
+    dirs = []
+    for entry in sys.path:
+        base = Path(entry) / "nvidia"
+        if base.is_dir():
+            dirs += sorted(str(p) for p in base.glob("cu*/include") if p.is_dir())
+            dirs += sorted(str(p) for p in base.glob("*/include") if (p / "cusparse.h").is_file())
+    return list(dict.fromkeys(dirs))
+
+
+def cuda_include_dirs(cuda_home: Path) -> list[str]:
+    if (cuda_home / "include" / "cusparse.h").is_file():
+        return []
+    return _pip_cuda_include_dirs()
+
+
+def want_cuda() -> tuple[bool, str]:
+    """Whether to build the CUDA kernels, and why."""
+    import torch
+
+    switch = os.environ.get("EFFICIENTAD_FAST_CUDA", "").strip()
+    if switch not in ("", "0", "1"):
+        raise BuildError(f"EFFICIENTAD_FAST_CUDA must be 0 or 1, got {switch!r}")
+    if switch == "0":
+        return False, "EFFICIENTAD_FAST_CUDA=0"
+    if torch.version.cuda is None:
+        if switch == "1":
+            raise BuildError("EFFICIENTAD_FAST_CUDA=1 but this torch has no CUDA support")
+        return False, "torch has no CUDA support"
+    if find_cuda_home() is None:
+        if switch == "1":
+            raise BuildError(
+                "EFFICIENTAD_FAST_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to the "
+                "folder holding bin/nvcc and include/cuda_runtime.h"
+            )
+        return False, "no CUDA toolkit found"
+    return True, "EFFICIENTAD_FAST_CUDA=1" if switch == "1" else "torch has CUDA and a toolkit was found"
+
+
+def cuda_arch_list() -> str:
+    """TORCH_CUDA_ARCH_LIST if set, else the visible GPUs' architectures, else the default."""
+    import torch
+
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    if torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{a}.{b}" for a, b in caps) + "+PTX"
+    return DEFAULT_CUDA_ARCH_LIST
+
+
+@dataclass
+class BuildPlan:
+    """Everything that decides one build: the same for the JIT and ahead-of-time paths."""
+
+    with_cuda: bool
+    reason: str
+    sources: list[str]
+    include_dirs: list[str]
+    cxx_flags: list[str]
+    nvcc_flags: list[str] = field(default_factory=list)
+    ld_flags: list[str] = field(default_factory=list)
+    cuda_home: str | None = None
+    cuda_arch_list: str | None = None
+
+    @property
+    def variant(self) -> str:
+        return "cuda" if self.with_cuda else "cpu"
+
+
+def build_plan(jit: bool, with_cuda: bool | None = None) -> BuildPlan:
+    """The sources and flags of the build. ``with_cuda=None`` decides by :func:`want_cuda`."""
+    reason = "requested"
+    if with_cuda is None:
+        with_cuda, reason = want_cuda()
+    src = source_dir()
+    plan = BuildPlan(
+        with_cuda=with_cuda,
+        reason=reason,
+        sources=[str(src / s) for s in CPU_SOURCES],
+        include_dirs=[str(src)],
+        cxx_flags=CXX_FLAGS + (JIT_CXX_FLAGS if jit else []),
+        ld_flags=list(LD_FLAGS),
+    )
+    if with_cuda:
+        cuda_home = find_cuda_home()
+        if cuda_home is None:
+            raise BuildError("the CUDA build needs a CUDA toolkit: set CUDA_HOME (or EFFICIENTAD_FAST_CUDA=0)")
+        plan.cuda_home = str(cuda_home)
+        plan.sources += [str(src / s) for s in CUDA_SOURCES]
+        plan.include_dirs += cuda_include_dirs(cuda_home)
+        plan.nvcc_flags = list(NVCC_FLAGS)
+        plan.cuda_arch_list = cuda_arch_list()
+    return plan
+
+
+def use_toolkit(plan: BuildPlan) -> None:
+    """Point torch.utils.cpp_extension at the toolkit the plan found (its own guess from
+    nvcc's folder is wrong for wrapper scripts) and at the plan's GPU architectures."""
+    if not plan.with_cuda:
+        return
+    os.environ["CUDA_HOME"] = plan.cuda_home  # before cpp_extension's import-time guess
+    cpp_extension = _import_cpp_extension()
+
+    cpp_extension.CUDA_HOME = plan.cuda_home
+    os.environ["TORCH_CUDA_ARCH_LIST"] = plan.cuda_arch_list
+
+
+def _import_cpp_extension():
+    """torch.utils.cpp_extension, without its import-time warning that no GPU is present
+    (expected on CPU machines that compile the CUDA kernels)."""
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension as cpp_extension
+    finally:
+        log.setLevel(level)
+    return cpp_extension
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EFFICIENTAD_FAST_CACHE") or Path.home() / ".cache" / "efficientad_fast")
+
+
+def build_directory(plan: BuildPlan) -> Path:
+    """One folder per torch version, Python version and variant, so builds never mix ABIs."""
+    import torch
+
+    tag = f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}-{plan.variant}"
+    return cache_root() / tag
+
+
+def jit_build(plan: BuildPlan, verbose: bool | None = None) -> Path:
+    """Compile (or reuse) the extension for this plan with ninja and load it into torch.ops.
+    Returns the shared library's path."""
+    if verbose is None:
+        verbose = os.environ.get("EFFICIENTAD_FAST_VERBOSE") == "1"
+    directory = build_directory(plan)
+    directory.mkdir(parents=True, exist_ok=True)
+    use_toolkit(plan)
+    cpp_extension = _import_cpp_extension()
+
+    name = f"{EXTENSION_NAME}_{plan.variant}"
+    try:
+        path = cpp_extension.load(
+            name=name,
+            sources=plan.sources,
+            extra_cflags=plan.cxx_flags,
+            extra_cuda_cflags=plan.nvcc_flags,
+            extra_ldflags=plan.ld_flags,
+            extra_include_paths=plan.include_dirs,
+            build_directory=str(directory),
+            with_cuda=plan.with_cuda,
+            is_python_module=False,
+            verbose=verbose,
+        )
+    except Exception as exc:  # compiler errors arrive as RuntimeError with ninja's output
+        fallback = (
+            "To use the CPU-only build instead, set EFFICIENTAD_FAST_CUDA=0."
+            if plan.with_cuda
+            else "Check that a C++ compiler (g++) and ninja are installed."
+        )
+        raise BuildError(
+            f"efficientad_fast: building the {plan.variant} extension in {directory} failed.\n"
+            f"{exc}\n{fallback} Set EFFICIENTAD_FAST_VERBOSE=1 to see every compiler command."
+        ) from exc
+    (directory / "build_info.json").write_text(json.dumps(plan_summary(plan), indent=2))
+    return Path(path)
+
+
+def plan_summary(plan: BuildPlan) -> dict:
+    return {
+        "variant": plan.variant,
+        "reason": plan.reason,
+        "sources": [Path(s).name for s in plan.sources],
+        "cxx_flags": plan.cxx_flags,
+        "nvcc_flags": plan.nvcc_flags,
+        "cuda_home": plan.cuda_home,
+        "cuda_arch_list": plan.cuda_arch_list,
+    }
+
+
+def tool_version(command: list[str]) -> str:
+    """First line of ``command``'s version output, or 'not found'."""
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+    lines = [l for l in (out.stdout + out.stderr).splitlines() if l.strip()]
+    return lines[-1].strip() if "nvcc" in command[0] and lines else (lines[0].strip() if lines else "not found")

@@ -1,0 +1,64 @@
+"""Plain-PyTorch reference of the fused anomaly-map op, op by op as anomalib scores
+(DESIGN.md §3). The C++/CUDA kernels must equal it; tests compare the two."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def reference_anomaly_map(
+    teacher: torch.Tensor,
+    student: torch.Tensor,
+    autoencoder: torch.Tensor,
+    *,
+    teacher_mean: torch.Tensor | None = None,
+    teacher_std: torch.Tensor | None = None,
+    quantiles=None,
+    alpha: float = 0.5,
+    pad: int = 4,
+    output_size=None,
+    distance: str = "l2",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same signature and result as :func:`efficientad_fast.anomaly_map`, in plain PyTorch.
+
+    Computes in float32 whatever the input dtype::
+
+        t = (teacher - mean) / std                                  # if mean/std given
+        d_st = ((t - student[:, :C]) ** 2).mean(1)                  # "l2"
+        d_ae = ((autoencoder - student[:, C:]) ** 2).mean(1)
+        #  or  1 - F.cosine_similarity(a, b, dim=1)                 # "cosine"
+        d = F.interpolate(F.pad(d, [pad] * 4), output_size, mode="bilinear")
+        m = 0.1 * (d - q_a) / (q_b - q_a)                           # if quantiles given
+        map = alpha * m_st + (1 - alpha) * m_ae;  score = map.amax((-2, -1))
+    """
+    channels = teacher.shape[1]
+    t, s, ae = teacher.float(), student.float(), autoencoder.float()
+    if teacher_mean is not None:
+        mean = teacher_mean.float().reshape(1, channels, 1, 1)
+        std = teacher_std.float().reshape(1, channels, 1, 1)
+        t = (t - mean) / std
+    if distance == "l2":
+        d_st = torch.mean((t - s[:, :channels]) ** 2, dim=1, keepdim=True)
+        d_ae = torch.mean((ae - s[:, channels:]) ** 2, dim=1, keepdim=True)
+    elif distance == "cosine":
+        d_st = 1 - F.cosine_similarity(t, s[:, :channels], dim=1).unsqueeze(1)
+        d_ae = 1 - F.cosine_similarity(ae, s[:, channels:], dim=1).unsqueeze(1)
+    else:
+        raise ValueError(f"distance must be 'l2' or 'cosine', got {distance!r}")
+    if pad:
+        d_st = F.pad(d_st, (pad, pad, pad, pad))
+        d_ae = F.pad(d_ae, (pad, pad, pad, pad))
+    if output_size is None:
+        output_size = d_st.shape[-2:]
+    elif isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    d_st = F.interpolate(d_st, size=tuple(output_size), mode="bilinear", align_corners=False)
+    d_ae = F.interpolate(d_ae, size=tuple(output_size), mode="bilinear", align_corners=False)
+    if quantiles is not None:
+        qa_st, qb_st, qa_ae, qb_ae = (q.float() if torch.is_tensor(q) else float(q) for q in quantiles)
+        d_st = 0.1 * (d_st - qa_st) / (qb_st - qa_st)
+        d_ae = 0.1 * (d_ae - qa_ae) / (qb_ae - qa_ae)
+    anomaly_map = alpha * d_st + (1 - alpha) * d_ae
+    score = torch.amax(anomaly_map, dim=(-2, -1)).reshape(-1)
+    return anomaly_map, score
