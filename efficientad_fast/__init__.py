@@ -1,10 +1,31 @@
-"""efficientad_fast: fast EfficientAD anomaly detection over fused C++/CUDA kernels."""
+"""efficientad_fast: fast EfficientAD anomaly detection over fused C++/CUDA kernels.
+
+    import efficientad_fast as ead
+    model = ead.load("model.pt")                # or ead.from_anomalib(checkpoint)
+    pred = model.predict(images)                 # (N, 3, H, W) uint8 or float in [0, 1]
+    pred.score, pred.anomaly_map                 # (N,), (N, 1, H, W)
+
+    amap, score = ead.anomaly_map(teacher, student, autoencoder, quantiles=q)  # the fused op
+"""
 
 from ._build import BuildError
 from ._extension import load_extension
+from .compat import from_anomalib, load_teacher
+from .model import EfficientAD, Prediction, load
 from .ops import anomaly_map
 from .reference import reference_anomaly_map
 
 __version__ = "0.1.0"
 
-__all__ = ["BuildError", "anomaly_map", "load_extension", "reference_anomaly_map", "__version__"]
+__all__ = [
+    "BuildError",
+    "EfficientAD",
+    "Prediction",
+    "anomaly_map",
+    "from_anomalib",
+    "load",
+    "load_extension",
+    "load_teacher",
+    "reference_anomaly_map",
+    "__version__",
+]

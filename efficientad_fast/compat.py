@@ -1,0 +1,137 @@
+"""Loading weights from elsewhere: anomalib's EfficientAdModel (module, state dict or
+Lightning checkpoint) and released teacher files in either key layout."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .model import EfficientAD, load_state_dict_checked
+from .models import TEACHER_CHANNELS, make_pdn
+
+# nn.Sequential indices of the convs in released teacher files, in conv1, conv2, ... order.
+_SEQUENTIAL_CONV_INDICES = {"small": (0, 3, 6, 8), "medium": (0, 3, 6, 8, 10, 12)}
+_QUANTILE_KEYS = ("qa_st", "qb_st", "qa_ae", "qb_ae")
+
+
+def _read_checkpoint(path: Path, weights_only: bool) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path}: torch.load(weights_only=True) refused it ({exc}). If you trust this file, "
+            "pass weights_only=False."
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"{path}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): {exc}") from exc
+
+
+def _anomalib_state_dict(obj, weights_only: bool) -> tuple[dict, dict]:
+    """(state dict with anomalib's EfficientAdModel keys, hyperparameters found)."""
+    hparams: dict = {}
+    if isinstance(obj, (str, os.PathLike)):
+        obj = _read_checkpoint(Path(obj), weights_only)
+    if isinstance(obj, nn.Module):
+        model = getattr(obj, "model", obj)  # the Lightning module wraps the torch model
+        hparams = {
+            "padding": tuple(model.teacher.conv1.padding) != (0, 0),
+            "pad_maps": bool(getattr(model, "pad_maps", True)),
+        }
+        return model.state_dict(), hparams
+    if not isinstance(obj, dict):
+        raise TypeError(
+            f"from_anomalib takes an EfficientAdModel, its state dict or a checkpoint path, got {type(obj).__name__}"
+        )
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):  # Lightning checkpoint
+        hp = obj.get("hyper_parameters") or {}
+        hparams = {k: hp[k] for k in ("padding", "pad_maps") if k in hp}
+        obj = obj["state_dict"]
+    if any(k.startswith("model.") for k in obj):
+        obj = {k[len("model."):]: v for k, v in obj.items() if k.startswith("model.")}
+    return obj, hparams
+
+
+def from_anomalib(
+    obj,
+    padding: bool | None = None,
+    pad_maps: bool | None = None,
+    weights_only: bool = True,
+) -> EfficientAD:
+    """An :class:`EfficientAD` equal to an anomalib EfficientAD model.
+
+    Args:
+        obj: anomalib's ``EfficientAdModel`` (or the Lightning ``EfficientAd`` module), its
+            ``state_dict()``, a Lightning checkpoint dict (keys ``model.*`` under
+            ``state_dict``) or the path of such a checkpoint.
+        padding, pad_maps: the model's settings when they cannot be read from ``obj``
+            (state dicts carry no settings; modules and checkpoints' hyperparameters do).
+            Defaults: anomalib's, False and True.
+        weights_only: passed to ``torch.load`` for paths; set False only for files you trust.
+
+    ``predict`` of the result equals anomalib's ``anomaly_map`` and ``pred_score``: unset
+    (all-zero) teacher statistics or quantiles mean "not applied", as in anomalib.
+    """
+    state, hparams = _anomalib_state_dict(obj, weights_only)
+    if "teacher.conv1.weight" not in state:
+        sample = sorted(state)[:6]
+        raise ValueError(f"not an anomalib EfficientAD state dict: no 'teacher.conv1.weight' (keys: {sample}...)")
+    model_size = "medium" if "teacher.conv6.weight" in state else "small"
+    padding = hparams.get("padding", False) if padding is None else padding
+    pad_maps = hparams.get("pad_maps", True) if pad_maps is None else pad_maps
+    model = EfficientAD(model_size=model_size, padding=bool(padding), pad_maps=bool(pad_maps))
+
+    ours = {}
+    for key, value in state.items():
+        if key.startswith(("teacher.", "student.")):
+            ours[key] = value
+        elif key.startswith("ae."):
+            ours["autoencoder." + key[len("ae."):]] = value
+    mean = state.get("mean_std.mean")
+    std = state.get("mean_std.std")
+    if mean is not None and std is not None and bool((mean != 0).any() or (std != 0).any()):
+        ours["teacher_mean"] = mean.reshape(-1).float()
+        ours["teacher_std"] = std.reshape(-1).float()
+    else:  # unset in anomalib: the teacher output is used as it is
+        ours["teacher_mean"] = torch.zeros(TEACHER_CHANNELS)
+        ours["teacher_std"] = torch.ones(TEACHER_CHANNELS)
+    quantiles = [state.get(f"quantiles.{k}") for k in _QUANTILE_KEYS]
+    ours["quantiles"] = torch.zeros(4)
+    ours["_extra_state"] = {"quantiles_set": False}
+    load_state_dict_checked(model, ours, source="anomalib state dict")
+    if all(q is not None for q in quantiles) and any(float(q) != 0 for q in quantiles):
+        model.set_quantiles(*(float(q) for q in quantiles))
+    return model
+
+
+def load_teacher(source, model_size: str | None = None, padding: bool = False) -> nn.Module:
+    """A teacher PDN (384 outputs) from a released teacher file or state dict.
+
+    Accepts keys ``conv1.weight, ...`` (optionally prefixed ``teacher.``) or ``nn.Sequential``
+    indices (``0., 3., 6., 8.`` for small; ``0, 3, 6, 8, 10, 12`` for medium). The size is
+    read from the keys unless given.
+    """
+    state = _read_checkpoint(Path(source), True) if isinstance(source, (str, os.PathLike)) else source
+    if not isinstance(state, dict):
+        raise TypeError(f"a teacher state dict must be a dict, got {type(state).__name__}")
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    state = {k[len("teacher."):] if k.startswith("teacher.") else k: v for k, v in state.items()}
+    if "0.weight" in state:
+        size = model_size or ("medium" if "12.weight" in state else "small")
+        renamed = {}
+        for conv, index in enumerate(_SEQUENTIAL_CONV_INDICES[size], start=1):
+            for kind in ("weight", "bias"):
+                if f"{index}.{kind}" not in state:
+                    raise ValueError(f"teacher file lacks '{index}.{kind}' of a {size} PDN")
+                renamed[f"conv{conv}.{kind}"] = state[f"{index}.{kind}"]
+        state = renamed
+    size = model_size or ("medium" if "conv6.weight" in state else "small")
+    teacher = make_pdn(size, TEACHER_CHANNELS, padding)
+    load_state_dict_checked(teacher, state, source=f"teacher ({size})")
+    return teacher

@@ -1,0 +1,301 @@
+"""The EfficientAD detector: teacher, student, autoencoder, teacher channel statistics
+and map quantiles, with a fast ``predict`` over the fused op and a one-file save/load."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import MODEL_SIZES, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
+from .ops import DISTANCES, anomaly_map
+from .reference import reference_anomaly_map
+
+FORMAT = "efficientad_fast"
+FORMAT_VERSION = 1
+BACKENDS = ("fused", "reference")
+# Statistics that stay float32 when the networks move to fp16/bf16.
+_FLOAT32_BUFFERS = ("teacher_mean", "teacher_std", "quantiles")
+
+
+@dataclass
+class Prediction:
+    """What :meth:`EfficientAD.predict` returns: float32 tensors on the model's device."""
+
+    score: torch.Tensor  # (N,) image anomaly scores: the max of each map
+    anomaly_map: torch.Tensor  # (N, 1, H, W)
+
+
+class EfficientAD(nn.Module):
+    """EfficientAD (Batzner et al., WACV 2024) for inference and training.
+
+    Args:
+        model_size: "small" (PDN-S) or "medium" (PDN-M).
+        padding: zero-pad the networks' convolutions (64x64 maps at 256 px instead of 56x56).
+            The paper's results and timings use False.
+        alpha: weight of the student-teacher map in the fused map (1 - alpha: autoencoder map).
+        pad_maps: pad the feature-resolution maps by 4 pixels before resizing, as anomalib does.
+        distance: "l2" (the paper) or "cosine".
+
+    Holds ``teacher``, ``student``, ``autoencoder`` and the float32 buffers ``teacher_mean``,
+    ``teacher_std`` (384) and ``quantiles`` (q_a_st, q_b_st, q_a_ae, q_b_ae); the map is
+    normalized by the quantiles once :meth:`set_quantiles` has set them.
+    ``model.to(torch.bfloat16)`` (or float16) runs the networks in that dtype; images and
+    results stay float.
+    """
+
+    def __init__(
+        self,
+        model_size: str = "small",
+        padding: bool = False,
+        alpha: float = 0.5,
+        pad_maps: bool = True,
+        distance: str = "l2",
+    ) -> None:
+        super().__init__()
+        if model_size not in MODEL_SIZES:
+            raise ValueError(f"model_size must be one of {MODEL_SIZES}, got {model_size!r}")
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        self.model_size = model_size
+        self.padding = bool(padding)
+        self.alpha = float(alpha)
+        self.pad_maps = bool(pad_maps)
+        self.distance = distance
+        self.teacher = make_pdn(model_size, TEACHER_CHANNELS, self.padding)
+        self.student = make_pdn(model_size, 2 * TEACHER_CHANNELS, self.padding)
+        self.autoencoder = AutoEncoder(TEACHER_CHANNELS, self.padding)
+        self.teacher.requires_grad_(False)
+        self.register_buffer("teacher_mean", torch.zeros(TEACHER_CHANNELS))
+        self.register_buffer("teacher_std", torch.ones(TEACHER_CHANNELS))
+        self.register_buffer("quantiles", torch.zeros(4))
+        self.quantiles_set = False
+        self._folded_teacher: tuple | None = None
+
+    # -- configuration and statistics -------------------------------------------------
+
+    def config(self) -> dict:
+        """The constructor arguments: ``EfficientAD(**model.config())`` rebuilds the layout."""
+        return {
+            "model_size": self.model_size,
+            "padding": self.padding,
+            "alpha": self.alpha,
+            "pad_maps": self.pad_maps,
+            "distance": self.distance,
+        }
+
+    def get_extra_state(self) -> dict:
+        return {"quantiles_set": self.quantiles_set}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.quantiles_set = bool(state.get("quantiles_set", False))
+
+    def set_teacher_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set the per-channel teacher mean and std (384 values each, std > 0)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        for name, value in (("mean", mean), ("std", std)):
+            if value.numel() != TEACHER_CHANNELS:
+                raise ValueError(f"teacher {name} needs {TEACHER_CHANNELS} values, got {value.numel()}")
+        if not bool((std > 0).all()) or not bool(torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise ValueError("teacher std must be finite and > 0 and mean finite in every channel")
+        with torch.no_grad():
+            self.teacher_mean.copy_(mean)
+            self.teacher_std.copy_(std)
+
+    def set_quantiles(self, qa_st: float, qb_st: float, qa_ae: float, qb_ae: float) -> None:
+        """Set the map quantiles (q_a = 0.9 and q_b = 0.995 quantiles of each map on held-out
+        training images); from then on maps are normalized by them."""
+        values = torch.tensor([float(qa_st), float(qb_st), float(qa_ae), float(qb_ae)])
+        if not bool(torch.isfinite(values).all()) or not (values[1] > values[0] and values[3] > values[2]):
+            raise ValueError(
+                f"quantiles need finite q_b > q_a for both maps, got q_a_st={qa_st}, q_b_st={qb_st}, "
+                f"q_a_ae={qa_ae}, q_b_ae={qb_ae}"
+            )
+        with torch.no_grad():
+            self.quantiles.copy_(values)
+        self.quantiles_set = True
+
+    def _apply(self, fn, recurse=True):
+        # Keep the statistics in float32 when the networks change dtype; follow device moves.
+        kept = {name: getattr(self, name) for name in _FLOAT32_BUFFERS}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = getattr(self, name)
+            if new.dtype != torch.float32:
+                setattr(self, name, old.to(device=new.device))
+        self._folded_teacher = None
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.teacher.conv1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.teacher.conv1.weight.dtype
+
+    # -- inference --------------------------------------------------------------------
+
+    def _folded_teacher_conv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's last conv with (t - mean) / std folded into its weights, so the
+        teacher emits standardized features at no extra cost. Cached until any input changes."""
+        conv = self.teacher.last_conv
+        sources = (conv.weight, conv.bias, self.teacher_mean, self.teacher_std)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+        if self._folded_teacher is None or self._folded_teacher[0] != key:
+            with torch.no_grad():
+                std = self.teacher_std.float()
+                weight = conv.weight.float() / std.view(-1, 1, 1, 1)
+                bias = (conv.bias.float() - self.teacher_mean.float()) / std
+            self._folded_teacher = (key, weight.to(conv.weight.dtype), bias.to(conv.bias.dtype))
+        return self._folded_teacher[1], self._folded_teacher[2]
+
+    def _prepare_images(self, images: torch.Tensor, validate: bool | None) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (N, 3, H, W) RGB, got shape {tuple(images.shape)}")
+        check_image_size(images.shape[2], images.shape[3])
+        if images.dtype == torch.uint8:
+            return images.to(self.device, non_blocking=True).to(self.dtype).div_(255)
+        if not images.is_floating_point():
+            raise TypeError(f"images must be uint8 or floating point in [0, 1], got {images.dtype}")
+        if validate is None:
+            validate = images.device.type == "cpu"  # elsewhere a range check would synchronize
+        if validate and images.numel() > 0:
+            lo, hi = torch.aminmax(images)
+            if not (lo >= 0 and hi <= 1):
+                raise ValueError(
+                    f"float images must lie in [0, 1], got values in [{lo.item():.4g}, {hi.item():.4g}]; "
+                    "divide 8-bit images by 255 or pass them as uint8"
+                )
+        return images.to(self.device, self.dtype, non_blocking=True)
+
+    def predict(
+        self,
+        images: torch.Tensor,
+        output_size: tuple[int, int] | int | None = None,
+        backend: str = "fused",
+        validate: bool | None = None,
+    ) -> Prediction:
+        """Anomaly maps and scores for a batch of images.
+
+        Args:
+            images: (N, 3, H, W) RGB, uint8 or float in [0, 1], H and W >= 256.
+            output_size: size of the map; None = the image size.
+            backend: "fused" (the custom op) or "reference" (plain PyTorch, op by op).
+            validate: check float images lie in [0, 1]; default only for CPU tensors, since
+                on a GPU the check would synchronize the stream.
+
+        Returns:
+            :class:`Prediction` with float32 ``score`` (N,) and ``anomaly_map`` (N, 1, H, W).
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                x = self._prepare_images(images, validate)
+                if output_size is None:
+                    output_size = (x.shape[2], x.shape[3])
+                xn = self.teacher.normalize(x)
+                student = self.student(xn, normalized=True)
+                autoencoder = self.autoencoder(xn, normalized=True)
+                kwargs = dict(
+                    quantiles=self.quantiles if self.quantiles_set else None,
+                    alpha=self.alpha,
+                    pad=4 if self.pad_maps else 0,
+                    output_size=output_size,
+                    distance=self.distance,
+                )
+                if backend == "fused":
+                    weight, bias = self._folded_teacher_conv()
+                    teacher = self.teacher.last_conv._conv_forward(self.teacher.body(xn), weight, bias)
+                    amap, score = anomaly_map(teacher, student, autoencoder, **kwargs)
+                else:
+                    teacher = self.teacher(xn, normalized=True)
+                    amap, score = reference_anomaly_map(
+                        teacher, student, autoencoder,
+                        teacher_mean=self.teacher_mean, teacher_std=self.teacher_std, **kwargs,
+                    )
+        finally:
+            self.train(was_training)
+        return Prediction(score=score, anomaly_map=amap)
+
+    def forward(self, images: torch.Tensor) -> Prediction:
+        return self.predict(images)
+
+    # -- persistence ------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write one self-describing file: weights, statistics, quantiles, config, format version.
+        The file is written next to ``path`` first and renamed, so a crash leaves no half file."""
+        path = Path(path)
+        payload = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": self.config(),
+            "state_dict": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.state_dict().items()},
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> EfficientAD:
+    """Read a file written by :meth:`EfficientAD.save` (with ``torch.load(weights_only=True)``).
+
+    Raises FileNotFoundError for a missing file and ValueError for a truncated or corrupt
+    file, a file of another format, a newer format version or weights of the wrong size.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read it as a model file (truncated or corrupt?): {exc}") from exc
+    except Exception as exc:  # pickle.UnpicklingError and friends: not our format
+        raise ValueError(f"{path}: not an efficientad_fast model file: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        hint = ""
+        if isinstance(payload, dict) and "state_dict" in payload:
+            hint = " (a Lightning/anomalib checkpoint? use efficientad_fast.from_anomalib)"
+        keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: not an efficientad_fast model file{hint}; found {keys}")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format version {version!r} is newer than this efficientad_fast reads ({FORMAT_VERSION}); upgrade"
+        )
+    model = EfficientAD(**payload["config"])
+    load_state_dict_checked(model, payload["state_dict"], source=str(path))
+    return model.to(map_location)
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> None:
+    """load_state_dict with errors that name the source, the key and both shapes."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: weights do not match an EfficientAD {getattr(model, 'model_size', '')} model: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for key, value in expected.items():
+        if torch.is_tensor(value) and tuple(state_dict[key].shape) != tuple(value.shape):
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(state_dict[key].shape)}, expected {tuple(value.shape)}"
+            )
+    model.load_state_dict(state_dict)
