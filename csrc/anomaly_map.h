@@ -105,13 +105,19 @@ struct LinearTap {
 };
 
 EAD_HOST_DEVICE LinearTap linear_tap(int64_t dst, int64_t in_size, float scale) {
+  LinearTap tap;
+  if (scale == 1.f) {  // same size: a copy, as ATen does (no NaN leaks from neighbours)
+    tap.i0 = tap.i1 = dst;
+    tap.w0 = 1.f;
+    tap.w1 = 0.f;
+    return tap;
+  }
   float src = scale * (static_cast<float>(dst) + 0.5f) - 0.5f;
   if (src < 0.f) src = 0.f;
   int64_t i0 = static_cast<int64_t>(floorf(src));
   if (i0 > in_size - 1) i0 = in_size - 1;
   float w1 = src - static_cast<float>(i0);
   w1 = fminf(fmaxf(w1, 0.f), 1.f);
-  LinearTap tap;
   tap.i0 = i0;
   tap.i1 = i0 + (i0 < in_size - 1 ? 1 : 0);
   tap.w1 = w1;

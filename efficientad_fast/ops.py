@@ -4,8 +4,10 @@ and its fake (meta) kernel for ``torch.compile`` and ``torch.export``."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ._extension import load_extension
@@ -25,6 +27,8 @@ def _op():
 def _as_quantiles(quantiles, device: torch.device) -> torch.Tensor | None:
     if quantiles is None or torch.is_tensor(quantiles):
         return quantiles
+    if isinstance(quantiles, np.ndarray):
+        quantiles = quantiles.reshape(-1).tolist()
     if not isinstance(quantiles, Sequence) or len(quantiles) != 4:
         raise ValueError(
             f"quantiles must be (q_a_st, q_b_st, q_a_ae, q_b_ae) or a tensor of 4 values, got {quantiles!r}"
@@ -39,14 +43,14 @@ def _as_quantiles(quantiles, device: torch.device) -> torch.Tensor | None:
 def _as_output_size(output_size) -> list[int] | None:
     if output_size is None:
         return None
-    if isinstance(output_size, int):
+    if isinstance(output_size, numbers.Integral):
         output_size = (output_size, output_size)
     size = list(output_size)
-    if len(size) != 2 or not all(isinstance(v, int) for v in size):
+    if len(size) != 2 or not all(isinstance(v, numbers.Integral) for v in size):
         raise ValueError(f"output_size must be an int or (H, W) of ints, got {output_size!r}")
     if size[0] <= 0 or size[1] <= 0:
         raise ValueError(f"output_size must be positive, got {tuple(size)}")
-    return size
+    return [int(v) for v in size]
 
 
 def anomaly_map(
@@ -113,6 +117,17 @@ def _register_fake() -> None:
 
     @torch.library.register_fake("efficientad_fast::anomaly_map")
     def _(teacher, student, autoencoder, teacher_mean, teacher_std, quantiles, alpha, pad, output_size, distance):
+        # Also serves as the Meta kernel: check what needs no values, as the C++ kernels do.
+        for name, value in (("student", student), ("autoencoder", autoencoder), ("teacher_mean", teacher_mean),
+                            ("teacher_std", teacher_std), ("quantiles", quantiles)):
+            if value is not None and value.device != teacher.device:
+                raise ValueError(f"anomaly_map: {name} is on {value.device} but teacher is on {teacher.device}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"anomaly_map: alpha must be in [0, 1], got {alpha}")
+        if pad < 0:
+            raise ValueError(f"anomaly_map: pad must be >= 0, got {pad}")
+        if distance not in DISTANCES:
+            raise ValueError(f"anomaly_map: distance must be 'l2' or 'cosine', got {distance!r}")
         torch._check(teacher.dim() == 4 and student.dim() == 4 and autoencoder.dim() == 4,
                      lambda: "anomaly_map: teacher, student and autoencoder must be 4-D")
         torch._check(student.shape[1] == 2 * teacher.shape[1],
