@@ -1,0 +1,469 @@
+"""The slim training loop (paper Algorithm 1), teacher statistics and map calibration.
+
+    stats   = teacher channel mean/std over the training images, one streaming pass
+    loop    : hard feature loss (mean of the student-teacher squared differences at or
+              above their 0.999 quantile) + penalty (student[:, :384]^2 on a generic image)
+              + autoencoder loss on an augmented image + student-autoencoder loss;
+              Adam(lr 1e-4, weight decay 1e-5), lr x 0.1 at 95 % of the steps
+    calibrate: q_a = 0.9 and q_b = 0.995 quantiles of each map on held-out training images
+
+Every random draw (batch order, augmentation, penalty images, dropout) comes from state
+saved in the checkpoint, so ``resume`` ends exactly where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .model import EfficientAD, load_state_dict_checked
+from .models import TEACHER_CHANNELS, feature_size
+from .ops import anomaly_map
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults are the paper's."""
+
+    steps: int = 70_000
+    batch_size: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    lr_drop_fraction: float = 0.95  # lr x 0.1 from this fraction of the steps on
+    hard_quantile: float = 0.999
+    augment_range: tuple[float, float] = (0.8, 1.2)
+    seed: int = 0
+    amp: str | None = None  # "fp16" or "bf16": autocast on CUDA
+    checkpoint_every: int = 1000  # steps; 0 = only at the end and on Ctrl-C
+    # Keep the frozen teacher's outputs for the training images in host memory when they
+    # fit in this many MiB (4.8 MiB per 256x256 image): saves one teacher pass per step.
+    teacher_cache_mib: int = 2048
+    workers: int = 2  # image-loading processes
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.amp not in (None, "fp16", "bf16"):
+            raise ValueError(f"amp must be None, 'fp16' or 'bf16', got {self.amp!r}")
+        if not 0 < self.hard_quantile < 1:
+            raise ValueError(f"hard_quantile must be in (0, 1), got {self.hard_quantile}")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)  # one row per logged step
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the checkpoint to resume from was written first."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+# -- exact quantiles ---------------------------------------------------------------------
+
+
+def exact_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """torch.quantile(values, q) (linear interpolation) for any number of elements:
+    torch.quantile refuses more than 2^24, kthvalue has no such limit."""
+    flat = values.reshape(-1)
+    n = flat.numel()
+    if n == 0:
+        raise ValueError("quantile of an empty tensor")
+    pos = q * (n - 1)
+    lo = int(math.floor(pos))
+    frac = pos - lo
+    v_lo = torch.kthvalue(flat, lo + 1).values
+    if frac == 0 or lo + 1 >= n:
+        return v_lo
+    v_hi = torch.kthvalue(flat, lo + 2).values
+    return v_lo + frac * (v_hi - v_lo)
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+def _image_of(item) -> torch.Tensor:
+    return item["image"] if isinstance(item, dict) else item
+
+
+def load_images_uint8(dataset: Dataset, workers: int = 2, desc: str = "loading images") -> torch.Tensor:
+    """All images of a dataset as one uint8 (N, 3, H, W) tensor, decoded by ``workers``
+    processes. 8-bit sources lose nothing (the float images are k/255)."""
+    if len(dataset) == 0:
+        raise ValueError(f"{desc}: the dataset holds no images")
+    loader = DataLoader(dataset, batch_size=16, shuffle=False, num_workers=workers,
+                        collate_fn=lambda items: torch.stack([_image_of(i) for i in items]))
+    return torch.cat([(b.clamp(0, 1) * 255).round().to(torch.uint8) for b in loader])
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, factor_range=(0.8, 1.2)) -> torch.Tensor:
+    """One of brightness, contrast or saturation per image with a factor from U(0.8, 1.2),
+    as torchvision's adjust_* do it (grayscale weights 0.2989, 0.587, 0.114)."""
+    n = images.shape[0]
+    choice = torch.randint(0, 3, (n,), generator=generator)
+    lo, hi = factor_range
+    factor = (torch.rand(n, generator=generator) * (hi - lo) + lo).to(images.device, images.dtype)
+    choice = choice.to(images.device)
+    f = factor.view(n, 1, 1, 1)
+    gray = (0.2989 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).unsqueeze(1)
+    brightness = images * f
+    contrast = (images - gray.mean(dim=(2, 3), keepdim=True)) * f + gray.mean(dim=(2, 3), keepdim=True)
+    saturation = images * f + gray * (1 - f)
+    c = choice.view(n, 1, 1, 1)
+    out = torch.where(c == 0, brightness, torch.where(c == 1, contrast, saturation))
+    return out.clamp(0, 1)
+
+
+class BatchSchedule:
+    """Which training images each step uses: epochs of seeded permutations, computed from
+    the step alone so a resumed run draws the same batches."""
+
+    def __init__(self, n_images: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n_images, batch_size, seed
+        self._epoch, self._perm = -1, None
+
+    def indices(self, step: int) -> torch.Tensor:
+        start = step * self.batch_size
+        out = []
+        for pos in range(start, start + self.batch_size):
+            epoch, i = divmod(pos, self.n)
+            if epoch != self._epoch:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
+            out.append(int(self._perm[i]))
+        return torch.tensor(out)
+
+
+# -- statistics and calibration -----------------------------------------------------------
+
+
+@torch.no_grad()
+def teacher_channel_stats(model: EfficientAD, images: torch.Tensor, batch_size: int = 8,
+                          progress: bool = False, keep_outputs: bool = False):
+    """Per-channel mean and std of the teacher's outputs over ``images`` (uint8, N×3×H×W),
+    accumulated batch by batch in float64 (never all outputs in memory, unless
+    ``keep_outputs``: then the raw outputs come back too, as a CPU tensor)."""
+    device = model.device
+    total = sq_total = None
+    count = 0
+    kept = []
+    batches = range(0, images.shape[0], batch_size)
+    for start in _progress(batches, progress, "teacher statistics"):
+        x = images[start:start + batch_size].to(device).float().div_(255)
+        out = model.teacher(x)
+        if keep_outputs:
+            kept.append(out.cpu())
+        y = out.double()
+        s, sq = y.sum(dim=(0, 2, 3)), (y * y).sum(dim=(0, 2, 3))
+        total = s if total is None else total + s
+        sq_total = sq if sq_total is None else sq_total + sq
+        count += y.shape[0] * y.shape[2] * y.shape[3]
+    mean = total / count
+    std = (sq_total / count - mean * mean).clamp_min(0).sqrt()
+    if keep_outputs:
+        return mean.float().cpu(), std.float().cpu(), torch.cat(kept)
+    return mean.float().cpu(), std.float().cpu()
+
+
+@torch.no_grad()
+def calibrate(model: EfficientAD, images: torch.Tensor, batch_size: int = 8,
+              q_a: float = 0.9, q_b: float = 0.995, progress: bool = False) -> tuple[float, ...]:
+    """Set the model's map quantiles from held-out *training* images (uint8, N×3×H×W):
+    q_a and q_b of the unnormalized student-teacher and autoencoder maps at image
+    resolution, exact over all pixels. Returns (q_a_st, q_b_st, q_a_ae, q_b_ae)."""
+    if images.shape[0] == 0:
+        raise ValueError("calibration needs at least one held-out training image")
+    was_training = model.training
+    model.eval()
+    maps_st, maps_ae = [], []
+    pad = 4 if model.pad_maps else 0
+    for start in _progress(range(0, images.shape[0], batch_size), progress, "calibrating"):
+        x = images[start:start + batch_size].to(model.device).to(model.dtype).div_(255)
+        xn = model.teacher.normalize(x)
+        teacher = model.teacher(xn, normalized=True)
+        student = model.student(xn, normalized=True)
+        ae = model.autoencoder(xn, normalized=True)
+        common = dict(teacher_mean=model.teacher_mean, teacher_std=model.teacher_std, pad=pad,
+                      output_size=tuple(x.shape[-2:]), distance=model.distance)
+        maps_st.append(anomaly_map(teacher, student, ae, alpha=1.0, **common)[0].cpu())
+        maps_ae.append(anomaly_map(teacher, student, ae, alpha=0.0, **common)[0].cpu())
+    model.train(was_training)
+    st, ae = torch.cat(maps_st), torch.cat(maps_ae)
+    q = [exact_quantile(st, q_a), exact_quantile(st, q_b), exact_quantile(ae, q_a), exact_quantile(ae, q_b)]
+    q = tuple(float(v) for v in q)
+    if not (q[1] > q[0] and q[3] > q[2]):
+        raise ValueError(f"calibration maps are (nearly) constant, quantiles {q}: train longer or check the data")
+    model.set_quantiles(*q)
+    return q
+
+
+# -- the loop ----------------------------------------------------------------------------
+
+
+def _progress(iterable, enabled: bool, desc: str, total: int | None = None, initial: int = 0):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, initial=initial, dynamic_ncols=True)
+
+
+def compute_losses(model: EfficientAD, images: torch.Tensor, penalty: torch.Tensor | None,
+                   generator: torch.Generator, config: TrainConfig,
+                   teacher_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The three losses of one step.
+
+    Same losses as anomalib's, computed with less work: the images are normalized once;
+    the student's body runs once on [images, augmented, penalty] and the teacher once on
+    [images, augmented]; and the student's last conv computes only the half of its output
+    channels each loss reads (the first C for the images and the penalty, the last C for
+    the augmented images), which saves a quarter of the student's work. ``teacher_images``
+    are the teacher's (frozen, so cacheable) standardized outputs for ``images``."""
+    c = model.teacher_mean.numel()
+    n = images.shape[0]
+    augmented = augment(images, generator, config.augment_range)
+    parts = [images, augmented] + ([penalty] if penalty is not None else [])
+    x = model.teacher.normalize(torch.cat(parts))
+    with torch.no_grad():
+        t = model.teacher(x[n: 2 * n] if teacher_images is not None else x[: 2 * n], normalized=True)
+        t = (t - model.teacher_mean.view(1, -1, 1, 1)) / model.teacher_std.view(1, -1, 1, 1)
+        if teacher_images is not None:
+            t = torch.cat([teacher_images.to(t.dtype), t])
+    features = model.student.body(x)
+    last = model.student.last_conv
+    for_st = features[:n] if penalty is None else torch.cat([features[:n], features[2 * n:]])
+    s_st = last._conv_forward(for_st, last.weight[:c], last.bias[:c])  # images (+ penalty)
+    s_ae = last._conv_forward(features[n: 2 * n], last.weight[c:], last.bias[c:])  # augmented
+    ae = model.autoencoder(x[n: 2 * n], normalized=True)
+
+    distance_st = (t[:n].float() - s_st[:n].float()) ** 2
+    d_hard = exact_quantile(distance_st.detach(), config.hard_quantile)
+    loss_hard = distance_st[distance_st >= d_hard].mean()
+    loss_penalty = (s_st[n:].float() ** 2).mean() if penalty is not None else torch.zeros((), device=x.device)
+    loss_ae = ((t[n:].float() - ae.float()) ** 2).mean()
+    loss_stae = ((ae.float() - s_ae.float()) ** 2).mean()
+    return {
+        "loss": loss_hard + loss_penalty + loss_ae + loss_stae,
+        "loss_hard": loss_hard,
+        "loss_penalty": loss_penalty,
+        "loss_ae": loss_ae,
+        "loss_stae": loss_stae,
+    }
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, step, generator, config, history) -> None:
+    payload = {
+        "kind": "efficientad_fast-training-checkpoint",
+        "step": step,
+        "model_config": model.config(),
+        "train_config": asdict(config),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(generator),
+        "history": history,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # never a half-written checkpoint
+
+
+def train(
+    model: EfficientAD,
+    train_images: torch.Tensor | Dataset,
+    config: TrainConfig | None = None,
+    *,
+    penalty_images: torch.Tensor | Dataset | None = None,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    callback: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train ``model``'s student and autoencoder (the teacher stays frozen).
+
+    Args:
+        model: an :class:`EfficientAD`; its teacher weights are used as they are.
+        train_images: good training images: a uint8 (N, 3, H, W) tensor, or a Dataset of
+            float (3, H, W) images in [0, 1] (or dicts with an "image" key).
+        config: :class:`TrainConfig` (steps, batch size, lr, ...).
+        penalty_images: generic natural images for the penalty loss (same forms), or None.
+        out_dir: where checkpoints go (``checkpoint.pt``); needed for checkpoints and resume.
+        resume: continue from ``out_dir/checkpoint.pt`` (model, optimizer, scheduler, RNG, step).
+        callback: called as ``callback(step, losses)`` after every step.
+
+    Computes the teacher statistics first (unless resuming). Ctrl-C writes a checkpoint and
+    raises :class:`TrainingInterrupted`. Returns a :class:`TrainResult` with the loss history.
+    """
+    config = config or TrainConfig()
+    config.check()
+    device = model.device
+    if isinstance(train_images, Dataset):
+        train_images = load_images_uint8(train_images, config.workers, "training images")
+    if isinstance(penalty_images, Dataset):
+        penalty_images = load_images_uint8(penalty_images, config.workers, "penalty images")
+    if train_images.dtype != torch.uint8 or train_images.dim() != 4 or train_images.shape[1] != 3:
+        raise ValueError(f"train_images must be uint8 (N, 3, H, W), got {train_images.dtype} {tuple(train_images.shape)}")
+    checkpoint = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+
+    params = list(model.student.parameters()) + list(model.autoencoder.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    drop_at = max(1, int(config.steps * config.lr_drop_fraction))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=drop_at, gamma=0.1)
+    generator = torch.Generator()
+    history: list[dict] = []
+    step = 0
+
+    feature_bytes = 4 * TEACHER_CHANNELS * math.prod(feature_size(tuple(train_images.shape[-2:]), model.padding))
+    use_cache = train_images.shape[0] * feature_bytes <= config.teacher_cache_mib * 2**20
+    teacher_cache = None
+
+    if resume:
+        if checkpoint is None or not checkpoint.is_file():
+            raise FileNotFoundError(f"resume: no checkpoint at {checkpoint}")
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state.get("kind") != "efficientad_fast-training-checkpoint":
+            raise ValueError(f"{checkpoint}: not a training checkpoint of efficientad_fast")
+        saved = {k: v for k, v in state["train_config"].items() if k not in ("progress", "workers", "checkpoint_every")}
+        wanted = {k: v for k, v in asdict(config).items() if k in saved}
+        wanted["augment_range"] = list(wanted["augment_range"])
+        saved["augment_range"] = list(saved["augment_range"])
+        if saved != wanted:
+            diff = {k: (saved[k], wanted[k]) for k in saved if saved[k] != wanted[k]}
+            raise ValueError(f"resume: the checkpoint was made with other settings (saved, now): {diff}")
+        load_state_dict_checked(model, state["model"], source=str(checkpoint))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], generator)
+        step = state["step"]
+        history = list(state["history"])
+    else:
+        torch.manual_seed(config.seed)
+        generator.manual_seed(config.seed)
+        stats = teacher_channel_stats(model, train_images, progress=config.progress, keep_outputs=use_cache)
+        model.set_teacher_stats(stats[0], stats[1].clamp_min(1e-6))
+        if use_cache:
+            teacher_cache = stats[2]
+    if use_cache and teacher_cache is None:  # resuming: one teacher pass refills the cache
+        teacher_cache = teacher_channel_stats(model, train_images, progress=config.progress, keep_outputs=True)[2]
+    if teacher_cache is not None:
+        teacher_cache = ((teacher_cache - model.teacher_mean.cpu().view(1, -1, 1, 1))
+                         / model.teacher_std.cpu().view(1, -1, 1, 1))
+
+    schedule = BatchSchedule(train_images.shape[0], config.batch_size, config.seed)
+    model.train()
+    model.teacher.eval()
+    autocast = None
+    if config.amp and device.type == "cuda":
+        autocast = torch.float16 if config.amp == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
+
+    started = time.perf_counter()
+    bar = _progress(range(step, config.steps), config.progress, "training", total=config.steps, initial=step)
+    try:
+        for step in bar:
+            indices = schedule.indices(step)
+            images = train_images[indices].to(device).float().div_(255)
+            teacher_images = teacher_cache[indices].to(device) if teacher_cache is not None else None
+            penalty = None
+            if penalty_images is not None:
+                pick = torch.randint(0, penalty_images.shape[0], (config.batch_size,), generator=generator)
+                penalty = penalty_images[pick].to(device).float().div_(255)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                losses = compute_losses(model, images, penalty, generator, config, teacher_images)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            done = step + 1
+            row = {k: float(v.detach()) for k, v in losses.items()}
+            row.update(step=done, lr=optimizer.param_groups[0]["lr"], time=time.perf_counter() - started)
+            history.append(row)
+            if config.progress:
+                bar.set_postfix(loss=f"{row['loss']:.4f}", st=f"{row['loss_hard']:.3f}",
+                                ae=f"{row['loss_ae']:.3f}", stae=f"{row['loss_stae']:.3f}")
+            if callback is not None:
+                callback(done, row)
+            if checkpoint is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
+                save_checkpoint(checkpoint, model, optimizer, scheduler, done, generator, config, history)
+    except KeyboardInterrupt:
+        done = len(history)
+        if checkpoint is None:
+            raise
+        save_checkpoint(checkpoint, model, optimizer, scheduler, done, generator, config, history)
+        raise TrainingInterrupted(done, checkpoint) from None
+    finally:
+        if config.progress and hasattr(bar, "close"):
+            bar.close()
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, model, optimizer, scheduler, config.steps, generator, config, history)
+    model.eval()
+    return TrainResult(steps=config.steps, seconds=time.perf_counter() - started, history=history)
+
+
+def write_training_log(history: list[dict], out_dir: str | os.PathLike) -> tuple[Path, Path | None]:
+    """Write ``train_log.jsonl`` and ``loss_curve.png`` (when matplotlib is installed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "train_log.jsonl"
+    log.write_text("".join(json.dumps(row) + "\n" for row in history))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return log, None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in history]
+    for key, label in (("loss", "total"), ("loss_hard", "student-teacher (hard)"),
+                       ("loss_penalty", "penalty"), ("loss_ae", "autoencoder"),
+                       ("loss_stae", "student-autoencoder")):
+        if any(r[key] for r in history):
+            ax.plot(steps, [r[key] for r in history], label=label, linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("EfficientAD training losses")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png = out / "loss_curve.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return log, png
