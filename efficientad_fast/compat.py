@@ -18,18 +18,34 @@ _SEQUENTIAL_CONV_INDICES = {"small": (0, 3, 6, 8), "medium": (0, 3, 6, 8, 10, 12
 _QUANTILE_KEYS = ("qa_st", "qb_st", "qa_ae", "qb_ae")
 
 
+def _anomalib_safe_globals() -> list:
+    """Types anomalib declares safe in its checkpoints (the model-size enum), when installed."""
+    try:
+        from anomalib.models import EfficientAd
+
+        return list(EfficientAd.checkpoint_safe_globals())
+    except Exception:  # anomalib absent or changed: load without them
+        return []
+
+
 def _read_checkpoint(path: Path, weights_only: bool) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        if weights_only:
+            with torch.serialization.safe_globals(_anomalib_safe_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"{path}: torch.load(weights_only=True) refused it ({exc}). If you trust this file, "
-            "pass weights_only=False."
-        ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{path}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): {exc}") from exc
+        if "weights_only" in str(exc):
+            raise ValueError(
+                f"{path}: torch.load(weights_only=True) refused a type in it ({exc}). If you trust "
+                "this file, pass weights_only=False."
+            ) from exc
+        raise ValueError(f"{path}: not a PyTorch checkpoint: {exc}") from exc
+    except Exception as exc:  # truncated zip, text file, ...: torch raises many kinds
+        raise ValueError(f"{path}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): "
+                         f"{type(exc).__name__}: {exc}") from exc
 
 
 def _anomalib_state_dict(obj, weights_only: bool) -> tuple[dict, dict]:

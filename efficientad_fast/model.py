@@ -277,7 +277,13 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> E
         raise ValueError(
             f"{path}: format version {version!r} is newer than this efficientad_fast reads ({FORMAT_VERSION}); upgrade"
         )
-    model = EfficientAD(**payload["config"])
+    missing = [k for k in ("config", "state_dict") if not isinstance(payload.get(k), dict)]
+    if missing:
+        raise ValueError(f"{path}: model file is incomplete: no {' or '.join(missing)}")
+    try:
+        model = EfficientAD(**payload["config"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: model file has an invalid config {payload['config']}: {exc}") from exc
     load_state_dict_checked(model, payload["state_dict"], source=str(path))
     return model.to(map_location)
 
