@@ -1,0 +1,96 @@
+"""pytest-benchmark suite: the fused anomaly-map op against the plain-PyTorch reference.
+
+EfficientAD-S shapes at 256 px: C=384, 56x56 features, pad 4, output 256x256, teacher
+mean/std and quantiles given, l2 distance. Batch 1, 8, 64 x fp32/fp16/bf16 x CPU/CUDA
+(CUDA cases skip without a GPU). Each (device, N, dtype) is one benchmark group, so the
+fused op and the reference print side by side:
+
+    pytest bench --benchmark-only
+    pytest bench --benchmark-only -k "cpu and N1"        # a subset
+
+These report figures; nothing here asserts a speed-up (bench/bench_core.py checks targets).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import efficientad_fast
+
+CHANNELS = 384
+FEATURE_SIZE = 56
+OUTPUT_SIZE = (256, 256)
+PAD = 4
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BATCHES = (1, 8, 64)
+IMPLS = {"fused": efficientad_fast.anomaly_map, "reference": efficientad_fast.reference_anomaly_map}
+
+# (rounds, warmup rounds) by device and batch. On 2 CPU cores the reference takes ~3 ms
+# (N=1), ~0.1 s (N=8) and ~1 s (N=64) a call, so the whole CPU grid stays within minutes.
+ROUNDS = {
+    "cpu": {1: (30, 3), 8: (8, 1), 64: (3, 1)},
+    "cuda": {1: (200, 20), 8: (100, 10), 64: (30, 5)},
+}
+
+CASES = [
+    pytest.param(device, batch, dtype, impl, id=f"{device}-N{batch}-{dtype}-{impl}",
+                 marks=[pytest.mark.cuda] if device == "cuda" else [])
+    for device in ("cpu", "cuda")
+    for batch in BATCHES
+    for dtype in DTYPES
+    for impl in IMPLS
+]
+
+# The fused and reference cases of one (device, N, dtype) run back to back and share their
+# inputs; only the latest set is kept (N=64 fp32 features are 1.2 GB).
+_cached: dict = {}
+
+
+def features(device: str, batch: int, dtype: str):
+    key = (device, batch, dtype)
+    if key not in _cached:
+        _cached.clear()
+        g = torch.Generator().manual_seed(0)
+        mean = torch.randn(CHANNELS, generator=g)
+        std = torch.rand(CHANNELS, generator=g) + 0.5
+        shape = (batch, CHANNELS, FEATURE_SIZE, FEATURE_SIZE)
+        teacher = torch.randn(shape, generator=g) * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
+        student = torch.randn((batch, 2 * CHANNELS, FEATURE_SIZE, FEATURE_SIZE), generator=g)
+        autoencoder = torch.randn(shape, generator=g)
+        tensors = tuple(t.to(device=device, dtype=DTYPES[dtype]) for t in (teacher, student, autoencoder))
+        kwargs = dict(
+            teacher_mean=mean.to(device),
+            teacher_std=std.to(device),
+            quantiles=torch.tensor([1.5, 3.0, 1.8, 3.5], device=device),
+            alpha=0.5,
+            pad=PAD,
+            output_size=OUTPUT_SIZE,
+            distance="l2",
+        )
+        _cached[key] = (tensors, kwargs)
+    return _cached[key]
+
+
+@pytest.mark.parametrize("device, batch, dtype, impl", CASES)
+def test_anomaly_map(benchmark, device, batch, dtype, impl):
+    tensors, kwargs = features(device, batch, dtype)
+    fn = IMPLS[impl]
+    if device == "cuda":
+        def run():
+            out = fn(*tensors, **kwargs)
+            torch.cuda.synchronize()
+            return out
+    else:
+        def run():
+            return fn(*tensors, **kwargs)
+
+    benchmark.group = f"anomaly_map {device} N={batch} {dtype}"
+    benchmark.extra_info.update(
+        impl=impl, device=device, batch=batch, dtype=dtype,
+        feature_bytes=sum(t.numel() * t.element_size() for t in tensors),
+        threads=torch.get_num_threads(),
+    )
+    rounds, warmup = ROUNDS[device][batch]
+    amap, score = benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    assert amap.shape == (batch, 1, *OUTPUT_SIZE) and score.shape == (batch,)
