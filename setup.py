@@ -5,6 +5,7 @@ from the same sources and flags (efficientad_fast/_build.py)."""
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -25,8 +26,10 @@ class build_py_with_sources(build_py):
 
 
 def ahead_of_time_extension():
-    spec = importlib.util.spec_from_file_location("_build", ROOT / "efficientad_fast" / "_build.py")
+    # Load _build.py by path: importing the package would import torch-dependent modules.
+    spec = importlib.util.spec_from_file_location("_efficientad_fast_build", ROOT / "efficientad_fast" / "_build.py")
     build = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = build  # dataclasses look their module up there
     spec.loader.exec_module(build)
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 

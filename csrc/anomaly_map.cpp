@@ -9,6 +9,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include "anomaly_map.h"
 #include "anomaly_map_inputs.h"
 
@@ -144,11 +148,43 @@ AnomalyMapInputs check_anomaly_map_inputs(
 
 namespace {
 
-// Reads element i of a feature tensor as float.
+// n values as float. Half needs F16C/AVX-512 intrinsics to convert 8/16 at a time (the
+// compiler does not vectorize c10::Half's scalar conversion); bfloat16 converts by a shift,
+// which it does vectorize.
 template <typename scalar_t>
-inline float load(const scalar_t* p, int64_t i) {
-  return static_cast<float>(p[i]);
+inline void to_float(const scalar_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
+
+template <>
+inline void to_float<at::Half>(const at::Half* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+// A float view of n contiguous feature values: float data is used in place, half and
+// bfloat16 are converted into a buffer, so the arithmetic loops only ever see float.
+template <typename scalar_t>
+struct FloatRow {
+  std::vector<float> buffer;
+  const float* operator()(const scalar_t* src, int64_t n) {
+    if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+    to_float(src, buffer.data(), n);
+    return buffer.data();
+  }
+};
+
+template <>
+struct FloatRow<float> {
+  const float* operator()(const float* src, int64_t) { return src; }
+};
 
 // Stage 1, NCHW: one task per feature row (n, y); channels outer, pixels inner so
 // the inner loops run over contiguous memory and vectorize.
@@ -167,6 +203,7 @@ void fused_feature_map_nchw(const AnomalyMapInputs& in, const Fusion& fusion, fl
     // rounding error near that of ATen's cascade sum instead of growing with C.
     constexpr int64_t kBlock = 16;
     std::vector<PairSums<D>> st(w), ae(w), st_total(w), ae_total(w);
+    FloatRow<scalar_t> t_row, s_st_row, s_ae_row, a_row;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / h, y = row % h;
       std::fill(st_total.begin(), st_total.end(), PairSums<D>{});
@@ -182,17 +219,17 @@ void fused_feature_map_nchw(const AnomalyMapInputs& in, const Fusion& fusion, fl
           std::fill(st.begin(), st.end(), PairSums<D>{});
           std::fill(ae.begin(), ae.end(), PairSums<D>{});
         }
-        const scalar_t* __restrict__ t = teacher + (n * C + c) * plane + y * w;
-        const scalar_t* __restrict__ s_st = student + (n * 2 * C + c) * plane + y * w;
-        const scalar_t* __restrict__ s_ae = student + (n * 2 * C + C + c) * plane + y * w;
-        const scalar_t* __restrict__ a = autoencoder + (n * C + c) * plane + y * w;
+        const float* __restrict__ t = t_row(teacher + (n * C + c) * plane + y * w, w);
+        const float* __restrict__ s_st = s_st_row(student + (n * 2 * C + c) * plane + y * w, w);
+        const float* __restrict__ s_ae = s_ae_row(student + (n * 2 * C + C + c) * plane + y * w, w);
+        const float* __restrict__ a = a_row(autoencoder + (n * C + c) * plane + y * w, w);
         if (mean != nullptr) {
           const float m = mean[c], sd = stdev[c];
-          for (int64_t x = 0; x < w; ++x) st_sums[x].add((load(t, x) - m) / sd, load(s_st, x));
+          for (int64_t x = 0; x < w; ++x) st_sums[x].add((t[x] - m) / sd, s_st[x]);
         } else {
-          for (int64_t x = 0; x < w; ++x) st_sums[x].add(load(t, x), load(s_st, x));
+          for (int64_t x = 0; x < w; ++x) st_sums[x].add(t[x], s_st[x]);
         }
-        for (int64_t x = 0; x < w; ++x) ae_sums[x].add(load(a, x), load(s_ae, x));
+        for (int64_t x = 0; x < w; ++x) ae_sums[x].add(a[x], s_ae[x]);
       }
       for (int64_t x = 0; x < w; ++x) st_total[x].merge(st_sums[x]);
       for (int64_t x = 0; x < w; ++x) ae_total[x].merge(ae_sums[x]);
@@ -215,30 +252,31 @@ void fused_feature_map_nhwc(const AnomalyMapInputs& in, const Fusion& fusion, fl
   const float* stdev = in.teacher_std.defined() ? in.teacher_std.data_ptr<float>() : nullptr;
 
   at::parallel_for(0, in.batch * h, 1, [&](int64_t begin, int64_t end) {
+    FloatRow<scalar_t> t_row, s_row, a_row;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / h, y = row % h;
       float* out = padded + (n * in.padded_height + y + in.pad) * in.padded_width + in.pad;
       for (int64_t x = 0; x < w; ++x) {
         const int64_t pixel = (n * h + y) * w + x;
-        const scalar_t* __restrict__ t = teacher + pixel * C;
-        const scalar_t* __restrict__ s_st = student + pixel * 2 * C;
-        const scalar_t* __restrict__ s_ae = s_st + C;
-        const scalar_t* __restrict__ a = autoencoder + pixel * C;
+        const float* __restrict__ t = t_row(teacher + pixel * C, C);
+        const float* __restrict__ s_st = s_row(student + pixel * 2 * C, 2 * C);
+        const float* __restrict__ s_ae = s_st + C;
+        const float* __restrict__ a = a_row(autoencoder + pixel * C, C);
         PairSums<D> st[kLanes] = {}, ae[kLanes] = {};
         int64_t c = 0;
         for (; c + kLanes <= C; c += kLanes) {
           if (mean != nullptr) {
             for (int64_t k = 0; k < kLanes; ++k)
-              st[k].add((load(t, c + k) - mean[c + k]) / stdev[c + k], load(s_st, c + k));
+              st[k].add((t[c + k] - mean[c + k]) / stdev[c + k], s_st[c + k]);
           } else {
-            for (int64_t k = 0; k < kLanes; ++k) st[k].add(load(t, c + k), load(s_st, c + k));
+            for (int64_t k = 0; k < kLanes; ++k) st[k].add(t[c + k], s_st[c + k]);
           }
-          for (int64_t k = 0; k < kLanes; ++k) ae[k].add(load(a, c + k), load(s_ae, c + k));
+          for (int64_t k = 0; k < kLanes; ++k) ae[k].add(a[c + k], s_ae[c + k]);
         }
         for (; c < C; ++c) {
-          const float tv = mean != nullptr ? (load(t, c) - mean[c]) / stdev[c] : load(t, c);
-          st[0].add(tv, load(s_st, c));
-          ae[0].add(load(a, c), load(s_ae, c));
+          const float tv = mean != nullptr ? (t[c] - mean[c]) / stdev[c] : t[c];
+          st[0].add(tv, s_st[c]);
+          ae[0].add(a[c], s_ae[c]);
         }
         for (int64_t k = 1; k < kLanes; ++k) {
           st[0].merge(st[k]);
