@@ -6,6 +6,7 @@ import argparse
 import json
 import platform
 import sys
+from pathlib import Path
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -61,6 +62,91 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+DATASET_CHOICES = ("mvtec", "visa", "loco", "mpdd", "folder")
+
+
+def _add_data_args(p: argparse.ArgumentParser, category_required: bool = False) -> None:
+    p.add_argument("--data", required=True, help="dataset root (the folder holding the categories)")
+    p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset layout")
+    p.add_argument("--category", required=category_required, default=None,
+                   help="category, e.g. bottle (a folder dataset may have none)")
+    p.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
+    p.add_argument("--workers", type=int, default=2, help="image-loading processes")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+
+
+def _progress_enabled(args) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train EfficientAD on one category, calibrate the map quantiles on held-out training
+    images and write model.pt, train_log.jsonl, loss_curve.png and train_summary.json."""
+    from .pipeline import train_category
+    from .train import TrainConfig, TrainingInterrupted
+
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, seed=args.seed, amp=args.amp,
+                         checkpoint_every=args.checkpoint_every, workers=args.workers,
+                         progress=_progress_enabled(args))
+    try:
+        _, summary = train_category(
+            args.data, args.dataset, args.category, args.out, model_size=args.model_size,
+            config=config, teacher=args.teacher, penalty_images=args.penalty_images,
+            image_size=args.image_size, padding=args.padding, device=args.device, resume=args.resume,
+        )
+    except TrainingInterrupted as stop:
+        print(f"\n{stop}\nresume with the same command plus --resume", file=sys.stderr)
+        return 130
+    print(f"model: {Path(args.out) / 'model.pt'}  ({summary['seconds_per_step']:.3f} s/step, "
+          f"{summary['total_seconds'] / 60:.1f} min)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a saved model on a dataset's test split: prints the metrics table and writes
+    metrics.json and metrics.md (and heatmaps with --heatmaps)."""
+    from . import load
+    from .pipeline import evaluate_model, metrics_table, resolve_device, write_metrics
+
+    model = load(args.model, map_location=resolve_device(args.device))
+    out = Path(args.out or Path(args.model).parent / "eval")
+    evaluation = evaluate_model(
+        model, args.data, args.dataset, args.category, image_size=args.image_size,
+        batch_size=args.batch_size, workers=args.workers, progress=_progress_enabled(args),
+        heatmap_dir=out / "heatmaps" if args.heatmaps else None,
+    )
+    name = args.category or Path(args.data).name
+    json_path, md_path = write_metrics(evaluation, out, name)
+    print(metrics_table({name: evaluation["metrics"]}))
+    print(f"\nwritten: {json_path}, {md_path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Score image files or folders with a saved model: writes scores.csv and, per image, a
+    heatmap overlay PNG (colour map over the image, threshold contour)."""
+    from . import load
+    from .pipeline import predict_files, resolve_device
+
+    model = load(args.model, map_location=resolve_device(args.device))
+    csv_path = predict_files(model, args.images, args.out, image_size=args.image_size,
+                             batch_size=args.batch_size, threshold=args.threshold,
+                             heatmaps=not args.no_heatmaps, progress=_progress_enabled(args))
+    print(f"scores: {csv_path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Make the built-in synthetic dataset, train EfficientAD-S on it, calibrate, evaluate,
+    write heatmaps and a report, and print the metrics table. Needs no arguments."""
+    from .pipeline import run_demo
+
+    run_demo(args.out, steps=args.steps, seed=args.seed, device=args.device, amp=args.amp,
+             progress=_progress_enabled(args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="efficientad-fast",
@@ -73,6 +159,59 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--no-build", action="store_true", help="report without building the extension")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=cmd_info)
+
+    train = sub.add_parser("train", help="train on one category", description=cmd_train.__doc__)
+    _add_data_args(train)
+    train.add_argument("--out", required=True, help="output folder")
+    train.add_argument("--model-size", choices=("small", "medium"), default="small")
+    train.add_argument("--steps", type=int, default=70_000, help="training steps (paper: 70000)")
+    train.add_argument("--batch-size", type=int, default=1, help="images per step (paper: 1)")
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--weight-decay", type=float, default=1e-5)
+    train.add_argument("--teacher", default=None,
+                       help="released teacher weights file (default: random PDN teacher)")
+    train.add_argument("--penalty-images", nargs="+", default=None, metavar="DIR",
+                       help="folder(s) of generic natural images for the penalty loss")
+    train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
+    train.add_argument("--amp", choices=("fp16", "bf16"), default=None, help="mixed precision (autocast)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="metrics of a saved model on a test split", description=cmd_eval.__doc__)
+    ev.add_argument("--model", required=True, help="model file written by train")
+    _add_data_args(ev)
+    ev.add_argument("--out", default=None, help="output folder (default: MODEL's folder/eval)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--heatmaps", action="store_true", help="also write heatmaps of a few images per defect")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="score images with heatmaps", description=cmd_predict.__doc__)
+    pr.add_argument("--model", required=True, help="model file written by train")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--threshold", type=float, default=None,
+                    help="map/score threshold (default 0.1: the q_b level of calibrated maps)")
+    pr.add_argument("--no-heatmaps", action="store_true", help="write only scores.csv")
+    pr.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    pr.set_defaults(func=cmd_predict)
+
+    from .pipeline import DEMO_STEPS
+
+    demo = sub.add_parser("demo", help="train and evaluate on the built-in dataset", description=cmd_demo.__doc__)
+    demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    demo.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"training steps per category (default {DEMO_STEPS})")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    demo.add_argument("--amp", choices=("fp16", "bf16"), default=None, help="mixed precision (autocast)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

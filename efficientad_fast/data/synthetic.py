@@ -1,0 +1,580 @@
+"""A small procedurally generated anomaly detection dataset in the MVTec AD layout.
+
+``make_synthetic(root)`` writes, for each category::
+
+    <root>/<category>/train/good/000.png ...                 normal images
+    <root>/<category>/test/good/000.png ...                  normal test images
+    <root>/<category>/test/<defect>/000.png ...              anomalous test images
+    <root>/<category>/ground_truth/<defect>/000_mask.png     0/255 masks, same size
+    <root>/synthetic.json                                    the parameters and defect kinds
+
+so ``open_dataset(root, "mvtec_ad", category, ...)`` (or ``"folder"``: the layout is also a
+valid generic folder dataset) reads it. Images are 8-bit RGB PNGs, 256x256 by default.
+
+Categories
+----------
+``weave`` (texture): a plain-woven fabric; every image has its own thread phase (shift),
+    a small rotation (+-3 deg), brightness (x0.8-1.2), a lighting gradient, a colour tint,
+    slow shading and pixel noise.
+``board`` (object): a green circuit board on a grey bench with five distinct parts at
+    fixed cells of a 3x3 grid (red chip with pins, blue capacitor, yellow resistor with
+    bands, white connector with slots, purple coil ring), each inside a white silkscreen
+    outline, on silver pads, over a land pattern (silver pad, vias) that it hides; the four
+    empty cells carry white silkscreen label squares. The board shifts by +-4 px
+    and each part by +-2 px; lighting varies as for ``weave``.
+
+Defects (structural: both categories; logical: ``board`` only)
+--------------------------------------------------------------
+``scratch``          a bright, slightly curved line, 70-120 px long, 3-4.5 px wide.
+``hole``             a dark irregular hole (radius 9-15 px) with a lighter frayed rim.
+``stain``            a soft-edged blob (radius 15-30 px): dark coffee brown on the
+                     fabric, whitish flux residue on the board.
+``crack``            a dark, wandering, sometimes branching line with lighter chipped
+                     edges, 60-110 px long, 3.5-5 px wide (+3 px edges).
+``missing_part``     one part is absent; its land pattern shows. Mask: where the part should be.
+``extra_part``       a copy of a part sits on a label square. Mask: the copy.
+``misplaced_part``   a part sits on a label square instead of its home. Mask: both
+                     the place it left (land pattern showing) and where it is now.
+``recoloured_part``  one part has a colour no part ever has (cyan, orange, lime or pink).
+                     Mask: the part.
+
+Masks cover the pixels a defect changes (soft edges: where its opacity exceeds ~25 %).
+Same seed and arguments give byte-identical files; each image has its own random stream,
+so changing a count leaves the other images unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+STRUCTURAL_DEFECTS = ("scratch", "hole", "stain", "crack")
+LOGICAL_DEFECTS = ("missing_part", "extra_part", "misplaced_part", "recoloured_part")
+SYNTHETIC_DEFECT_KINDS = {**{d: "structural" for d in STRUCTURAL_DEFECTS}, **{d: "logical" for d in LOGICAL_DEFECTS}}
+SYNTHETIC_CATEGORIES = {
+    "weave": {"type": "texture", "defects": STRUCTURAL_DEFECTS},
+    "board": {"type": "object", "defects": STRUCTURAL_DEFECTS + LOGICAL_DEFECTS},
+}
+_DESIGN = 256.0  # geometry below is in pixels of a 256x256 image and scales with the size
+_SUPERSAMPLE = 2  # shapes are drawn at 2x and box-filtered down (antialiased edges)
+
+
+# -- random streams ----------------------------------------------------------------------
+
+
+def _rng(seed: int, *keys: str | int) -> np.random.Generator:
+    words = [int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF]
+    words += [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) & 0xFFFFFFFF for k in keys]
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Zero-mean slow noise (H, W) in about [-1, 1]: a coarse grid upsampled bicubically."""
+    grid = rng.uniform(-1.0, 1.0, (cells, cells)).astype(np.float32)
+    return np.asarray(Image.fromarray(grid).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+
+
+def _shape_mask(size: int, draw: Callable[[ImageDraw.ImageDraw, float], None], blur: float = 0.0) -> np.ndarray:
+    """float (H, W) coverage in [0, 1] of shapes drawn by ``draw(d, scale)`` in design units,
+    supersampled for antialiased edges, optionally Gaussian-blurred (pixels)."""
+    big = Image.new("L", (size * _SUPERSAMPLE, size * _SUPERSAMPLE), 0)
+    draw(ImageDraw.Draw(big), size / _DESIGN * _SUPERSAMPLE)
+    small = big.resize((size, size), Image.Resampling.BOX)
+    if blur > 0:
+        small = small.filter(ImageFilter.GaussianBlur(blur))
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def _blend(image: np.ndarray, alpha: np.ndarray, colour) -> None:
+    a = alpha[..., None]
+    image *= 1.0 - a
+    image += a * np.asarray(colour, dtype=np.float32)
+
+
+# -- structural defects -----------------------------------------------------------------
+
+
+def _place(rng, region, extent):
+    x0, y0, x1, y1 = region
+    m = min(extent, (x1 - x0) / 2 - 1, (y1 - y0) / 2 - 1)
+    return rng.uniform(x0 + m, x1 - m), rng.uniform(y0 + m, y1 - m)
+
+
+def _scratch(image, rng, size, region, style):
+    length = rng.uniform(70, 120)
+    theta = rng.uniform(0, math.pi)
+    cx, cy = _place(rng, region, length / 2 * 0.9)
+    dx, dy = math.cos(theta) * length / 2, math.sin(theta) * length / 2
+    bend = rng.uniform(-0.15, 0.15) * length
+    nx, ny = -math.sin(theta) * bend, math.cos(theta) * bend
+    width = rng.uniform(3.0, 4.5)
+    t = np.linspace(0, 1, 24)
+    xs = (1 - t) ** 2 * (cx - dx) + 2 * (1 - t) * t * (cx + nx) + t**2 * (cx + dx)
+    ys = (1 - t) ** 2 * (cy - dy) + 2 * (1 - t) * t * (cy + ny) + t**2 * (cy + dy)
+
+    def draw(d, s):
+        d.line([(x * s, y * s) for x, y in zip(xs, ys)], fill=255, width=max(1, round(width * s)), joint="curve")
+
+    alpha = _shape_mask(size, draw, blur=0.5 * size / _DESIGN)
+    colour = np.clip(image * 0.35 + 0.7, 0, 1)  # bright, keeps a trace of the underlying hue
+    a = alpha[..., None] * 0.95
+    image[:] = image * (1 - a) + a * colour
+    return alpha > 0.25
+
+
+def _polygon(rng, cx, cy, radius, n=18, jitter=(0.75, 1.2)):
+    angles = np.sort(rng.uniform(0, 2 * math.pi, n))
+    radii = radius * rng.uniform(*jitter, n)
+    return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a, r in zip(angles, radii)]
+
+
+def _hole(image, rng, size, region, style):
+    radius = rng.uniform(9, 15)
+    cx, cy = _place(rng, region, radius * 1.5)
+    rim = _polygon(rng, cx, cy, radius * 1.35, n=26, jitter=(0.85, 1.15))
+    inner = _polygon(rng, cx, cy, radius)
+    rim_alpha = _shape_mask(size, lambda d, s: d.polygon([(x * s, y * s) for x, y in rim], fill=255))
+    hole_alpha = _shape_mask(size, lambda d, s: d.polygon([(x * s, y * s) for x, y in inner], fill=255))
+    _blend(image, rim_alpha * 0.8, style["rim"])
+    depth = 0.05 + 0.04 * _smooth_noise(rng, size, 24)[..., None]
+    a = hole_alpha[..., None]
+    image[:] = image * (1 - a) + a * depth
+    return np.maximum(rim_alpha * 0.8, hole_alpha) > 0.25
+
+
+def _stain(image, rng, size, region, style):
+    radius = rng.uniform(18, 28)
+    cx, cy = _place(rng, region, radius * 1.2)
+    scale = size / _DESIGN
+    radius, cx, cy = radius * scale, cx * scale, cy * scale
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    field = np.zeros((size, size), np.float32)
+    for _ in range(rng.integers(3, 6)):
+        ox, oy = rng.normal(0, radius * 0.35, 2)
+        sigma = radius * rng.uniform(0.35, 0.6)
+        field += np.exp(-((xx - cx - ox) ** 2 + (yy - cy - oy) ** 2) / (2 * sigma**2))
+    opacity = rng.uniform(0.7, 0.85)
+    alpha = np.clip((field - 0.35) * 5.0, 0, 1) * opacity
+    if style["stain_mode"] == "multiply":
+        tint = np.asarray(style["stain"], np.float32)
+        image *= 1 - alpha[..., None] * (1 - tint)
+    else:
+        _blend(image, alpha, style["stain"])
+    return alpha > 0.25 * opacity
+
+
+def _crack(image, rng, size, region, style):
+    length = rng.uniform(60, 110)
+    step = 3.0
+    x, y = _place(rng, region, length / 2)
+    theta = rng.uniform(0, 2 * math.pi)
+    # start from one end so the crack stays near its centre
+    x -= math.cos(theta) * length / 2
+    y -= math.sin(theta) * length / 2
+    x0, y0, x1, y1 = region
+    points = [(x, y)]
+    for _ in range(int(length / step)):
+        theta += rng.normal(0, 0.3)
+        x = min(max(x + step * math.cos(theta), x0), x1)
+        y = min(max(y + step * math.sin(theta), y0), y1)
+        points.append((x, y))
+    branches = [points]
+    if rng.random() < 0.6:
+        k = int(rng.integers(len(points) // 3, 2 * len(points) // 3))
+        bx, by = points[k]
+        btheta = theta + rng.choice([-1, 1]) * rng.uniform(0.6, 1.2)
+        branch = [(bx, by)]
+        for _ in range(int(length * 0.35 / step)):
+            btheta += rng.normal(0, 0.3)
+            bx = min(max(bx + step * math.cos(btheta), x0), x1)
+            by = min(max(by + step * math.sin(btheta), y0), y1)
+            branch.append((bx, by))
+        branches.append(branch)
+    width = rng.uniform(3.5, 5.0)
+
+    def drawer(w):
+        def draw(d, s):
+            for line in branches:
+                d.line([(px * s, py * s) for px, py in line], fill=255, width=max(1, round(w * s)), joint="curve")
+        return draw
+
+    edge = _shape_mask(size, drawer(width + 3.0), blur=0.4 * size / _DESIGN)  # chipped, lighter edges
+    core = _shape_mask(size, drawer(width), blur=0.4 * size / _DESIGN)
+    a = edge[..., None] * 0.5
+    image[:] = image * (1 - a) + a * np.clip(image * 0.5 + 0.45, 0, 1)
+    a = core[..., None] * 0.92
+    image[:] = image * (1 - a) + a * (image * 0.1)
+    return edge > 0.25
+
+
+_STRUCTURAL = {"scratch": _scratch, "hole": _hole, "stain": _stain, "crack": _crack}
+
+
+# -- lighting -----------------------------------------------------------------------------
+
+
+def _lighting(image: np.ndarray, rng: np.random.Generator, noise: float = 0.02) -> np.ndarray:
+    size = image.shape[0]
+    brightness = rng.uniform(0.8, 1.2)
+    tint = rng.uniform(0.95, 1.05, 3).astype(np.float32)
+    gx, gy = rng.uniform(-0.12, 0.12, 2)
+    ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
+    gain = brightness * (1 + gx * ramp[None, :] + gy * ramp[:, None]) * (1 + 0.05 * _smooth_noise(rng, size, 4))
+    out = image * gain[..., None] * tint
+    out += noise * rng.standard_normal(out.shape, dtype=np.float32)
+    return np.clip(out, 0, 1)
+
+
+# -- weave (texture) ----------------------------------------------------------------------
+
+_WEAVE_STYLE = {"rim": (0.93, 0.87, 0.74), "stain": (0.42, 0.28, 0.14), "stain_mode": "multiply"}
+
+
+def _weave(rng: np.random.Generator, size: int) -> np.ndarray:
+    scale = size / _DESIGN
+    period = 12.0 * scale
+    angle = math.radians(rng.uniform(-3, 3))
+    ox, oy = rng.uniform(0, 2 * period, 2)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    u = (math.cos(angle) * xx + math.sin(angle) * yy + ox) / period
+    v = (-math.sin(angle) * xx + math.cos(angle) * yy + oy) / period
+    iu, iv = np.floor(u), np.floor(v)
+    fu, fv = u - iu, v - iv
+    warp_top = ((iu + iv) % 2) == 0
+    across_u = np.sqrt(np.clip(np.sin(math.pi * fu), 0, 1))
+    across_v = np.sqrt(np.clip(np.sin(math.pi * fv), 0, 1))
+    warp = across_u * (0.72 + 0.28 * np.sin(math.pi * fv))
+    weft = across_v * (0.72 + 0.28 * np.sin(math.pi * fu))
+    shade = np.where(warp_top, warp, weft)
+    warp_colour = np.array([0.80, 0.68, 0.48], np.float32)
+    weft_colour = np.array([0.66, 0.56, 0.40], np.float32)
+    colour = np.where(warp_top[..., None], warp_colour, weft_colour)
+    fibre = 1 + 0.06 * rng.standard_normal((size, size), dtype=np.float32)
+    slow = 1 + 0.06 * _smooth_noise(rng, size, 8)
+    return (0.15 + 0.85 * shade)[..., None] * colour * (fibre * slow)[..., None]
+
+
+def _structural(image, drng, size, defect, region, style, apply):
+    target = image if apply else image.copy()
+    return _STRUCTURAL[defect](target, drng, size, region, style)
+
+
+def _render_weave(rng, drng, size: int, defect: str | None, apply: bool) -> tuple[np.ndarray, np.ndarray]:
+    image = _weave(rng, size)
+    mask = np.zeros((size, size), bool)
+    if defect is not None:
+        region = (12, 12, _DESIGN - 12, _DESIGN - 12)
+        mask = _structural(image, drng, size, defect, region, _WEAVE_STYLE, apply)
+    return _lighting(image, rng), mask
+
+
+# -- board (object) -----------------------------------------------------------------------
+
+_BOARD_STYLE = {"rim": (0.80, 0.76, 0.62), "stain": (0.88, 0.86, 0.72), "stain_mode": "blend"}
+_BENCH = (58, 58, 64)
+_BOARD_GREEN = (28, 104, 58)
+_TRACE = (176, 150, 70)
+_PAD = (196, 196, 186)
+_SILK = (236, 236, 230)
+_CELL = (40.0, 100.0, 160.0)  # cell centres, board coordinates
+_BOARD_SIZE = 200.0
+_PARTS = {  # name: (cell (row, col), colour)
+    "chip": ((0, 0), (205, 40, 30)),
+    "capacitor": ((0, 2), (40, 80, 210)),
+    "resistor": ((1, 1), (232, 200, 40)),
+    "connector": ((2, 0), (236, 236, 226)),
+    "coil": ((2, 2), (150, 50, 178)),
+}
+_FREE_CELLS = ((0, 1), (1, 0), (1, 2), (2, 1))
+_ODD_COLOURS = ((30, 205, 205), (250, 130, 20), (150, 235, 40), (250, 125, 175))
+
+
+def _part_shapes(name: str, cx: float, cy: float, colour) -> tuple[list, list]:
+    """(shapes, footprint): shapes are (method, coords, fill) in design units."""
+    dark = tuple(int(c * 0.45) for c in colour)
+    if name == "chip":
+        pins = (170, 170, 165)
+        shapes = [("rectangle", (cx - 24, cy - 15.5 + 9 * k, cx + 24, cy - 11.5 + 9 * k), pins) for k in range(4)]
+        shapes += [("rectangle", (cx - 19, cy - 19, cx + 19, cy + 19), colour),
+                   ("ellipse", (cx - 14, cy - 14, cx - 8, cy - 8), dark)]
+        return shapes, [("rectangle", (cx - 24, cy - 19, cx + 24, cy + 19))]
+    if name == "capacitor":
+        shapes = [("ellipse", (cx - 19, cy - 19, cx + 19, cy + 19), colour),
+                  ("rectangle", (cx - 19, cy - 4, cx + 19, cy + 4), dark),
+                  ("ellipse", (cx - 2, cy - 14, cx + 8, cy - 8), tuple(min(255, c + 90) for c in colour))]
+        return shapes, [("ellipse", (cx - 19, cy - 19, cx + 19, cy + 19))]
+    if name == "resistor":
+        shapes = [("rounded_rectangle", (cx - 24, cy - 9, cx + 24, cy + 9), colour)]
+        for i, band in enumerate(((110, 60, 20), (20, 20, 20), (200, 30, 30))):
+            x = cx - 12 + 10 * i
+            shapes.append(("rectangle", (x - 2.5, cy - 9, x + 2.5, cy + 9), band))
+        return shapes, [("rectangle", (cx - 24, cy - 9, cx + 24, cy + 9))]
+    if name == "connector":
+        shapes = [("rectangle", (cx - 22, cy - 12, cx + 22, cy + 12), colour)]
+        for i in range(4):
+            x = cx - 15 + 10 * i
+            shapes.append(("rectangle", (x - 3, cy - 6, x + 3, cy + 6), (40, 40, 44)))
+        return shapes, [("rectangle", (cx - 22, cy - 12, cx + 22, cy + 12))]
+    if name == "coil":
+        return ([("ellipse", (cx - 19, cy - 19, cx + 19, cy + 19), colour),
+                 ("ellipse", (cx - 9, cy - 9, cx + 9, cy + 9), _BOARD_GREEN)],
+                [("ellipse", (cx - 19, cy - 19, cx + 19, cy + 19))])
+    raise ValueError(name)
+
+
+def _pads(name: str, cx: float, cy: float) -> list:
+    """Silver pads under a part's home cell (peek out beside it; fully visible when it is gone)."""
+    if name in ("chip", "resistor", "connector"):
+        return [("rectangle", (cx - 30, cy - 8, cx - 20, cy + 8), _PAD), ("rectangle", (cx + 20, cy - 8, cx + 30, cy + 8), _PAD)]
+    return [("rectangle", (cx - 5, cy - 25, cx + 5, cy - 15), _PAD), ("rectangle", (cx - 5, cy + 15, cx + 5, cy + 25), _PAD),
+            ("ellipse", (cx - 6, cy - 6, cx + 6, cy + 6), _PAD)]
+
+
+def _land(name: str, cx: float, cy: float) -> list:
+    """Land pattern at a part's home, hidden under the part: a silver thermal pad and vias."""
+    if name in ("capacitor", "coil"):
+        shapes = [("ellipse", (cx - 9, cy - 9, cx + 9, cy + 9), _PAD)]
+    elif name == "resistor":
+        shapes = [("rectangle", (cx - 16, cy - 5, cx + 16, cy + 5), _PAD)]
+    else:
+        shapes = [("rectangle", (cx - 10, cy - 8, cx + 10, cy + 8), _PAD)]
+    return shapes + [("ellipse", (cx + dx - 2, cy + dy - 2, cx + dx + 2, cy + dy + 2), (20, 20, 22))
+                     for dx, dy in ((-4, 0), (4, 0))]
+
+
+def _outline(name: str, cx: float, cy: float) -> tuple[str, tuple]:
+    """Silkscreen outline around a part's home (visible around the part)."""
+    if name in ("capacitor", "coil"):
+        return "ellipse", (cx - 23, cy - 23, cx + 23, cy + 23)
+    x, y = {"chip": (24, 22), "resistor": (27, 12), "connector": (25, 15)}[name]
+    return "rectangle", (cx - x - 3, cy - y, cx + x + 3, cy + y)
+
+
+def _scaled(coords, s):
+    return [c * s for c in coords]
+
+
+def _draw_shapes(d: ImageDraw.ImageDraw, shapes, s: float) -> None:
+    for method, coords, fill in shapes:
+        if method == "rounded_rectangle":
+            d.rounded_rectangle(_scaled(coords, s), radius=6 * s, fill=fill)
+        else:
+            getattr(d, method)(_scaled(coords, s), fill=fill)
+
+
+def _render_board(rng, drng, size: int, defect: str | None, apply: bool) -> tuple[np.ndarray, np.ndarray]:
+    bx, by = 28 + rng.uniform(-4, 4, 2)
+    home = {
+        name: (bx + _CELL[c] + rng.uniform(-2, 2), by + _CELL[r] + rng.uniform(-2, 2), bx + _CELL[c], by + _CELL[r])
+        for name, ((r, c), _) in _PARTS.items()
+    }
+    # what is drawn where: name -> list of (x, y, colour); footprints for the mask
+    placed = {name: [(home[name][0], home[name][1], _PARTS[name][1])] for name in _PARTS}
+    masked: list[tuple[str, float, float]] = []
+    if defect in LOGICAL_DEFECTS:
+        name = list(_PARTS)[int(drng.integers(len(_PARTS)))]
+        free = _FREE_CELLS[int(drng.integers(len(_FREE_CELLS)))]
+        fx, fy = bx + _CELL[free[1]] + drng.uniform(-2, 2), by + _CELL[free[0]] + drng.uniform(-2, 2)
+        odd = _ODD_COLOURS[int(drng.integers(len(_ODD_COLOURS)))]
+        x, y, colour = placed[name][0]
+        normal = {k: list(v) for k, v in placed.items()}
+        if defect == "missing_part":
+            placed[name] = []
+            masked.append((name, x, y))
+        elif defect == "extra_part":
+            placed[name].append((fx, fy, colour))
+            masked.append((name, fx, fy))
+        elif defect == "misplaced_part":
+            placed[name] = [(fx, fy, colour)]
+            masked += [(name, x, y), (name, fx, fy)]
+        else:  # recoloured_part
+            placed[name] = [(x, y, odd)]
+            masked.append((name, x, y))
+        if not apply:
+            placed = normal
+
+    big = size * _SUPERSAMPLE
+    s = big / _DESIGN
+    canvas = Image.new("RGB", (big, big), _BENCH)
+    d = ImageDraw.Draw(canvas)
+    d.rounded_rectangle(_scaled((bx, by, bx + _BOARD_SIZE, by + _BOARD_SIZE), s), radius=10 * s, fill=_BOARD_GREEN)
+    for k in (70, 130):  # copper traces between the cells
+        d.line(_scaled((bx + 8, by + k, bx + _BOARD_SIZE - 8, by + k), s), fill=_TRACE, width=max(1, round(3 * s)))
+        d.line(_scaled((bx + k, by + 8, bx + k, by + _BOARD_SIZE - 8), s), fill=_TRACE, width=max(1, round(3 * s)))
+    for hx in (14, _BOARD_SIZE - 14):  # mounting holes
+        for hy in (14, _BOARD_SIZE - 14):
+            d.ellipse(_scaled((bx + hx - 7, by + hy - 7, bx + hx + 7, by + hy + 7), s), fill=_PAD)
+            d.ellipse(_scaled((bx + hx - 3.5, by + hy - 3.5, bx + hx + 3.5, by + hy + 3.5), s), fill=(20, 20, 22))
+    line = max(1, round(2 * s))
+    for r, c in _FREE_CELLS:  # white silkscreen label squares on the empty cells
+        x, y = bx + _CELL[c], by + _CELL[r]
+        d.rectangle(_scaled((x - 17, y - 17, x + 17, y + 17), s), fill=_SILK)
+    for name, (_, _, px, py) in home.items():
+        method, coords = _outline(name, px, py)
+        getattr(d, method)(_scaled(coords, s), outline=_SILK, width=line)
+        _draw_shapes(d, _pads(name, px, py) + _land(name, px, py), s)
+    for name, copies in placed.items():
+        for x, y, colour in copies:
+            _draw_shapes(d, _part_shapes(name, x, y, colour)[0], s)
+    image = np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.float32) / 255.0
+    image = image * (1 + 0.04 * _smooth_noise(rng, size, 16))[..., None]  # surface unevenness
+
+    mask = np.zeros((size, size), bool)
+    if masked:
+        def draw(dm, sm):
+            for name, x, y in masked:
+                for method, coords in _part_shapes(name, x, y, (0, 0, 0))[1]:
+                    getattr(dm, method)(_scaled(coords, sm), fill=255)
+        mask = _shape_mask(size, draw) > 0.5
+    elif defect is not None:
+        region = (bx + 10, by + 10, bx + _BOARD_SIZE - 10, by + _BOARD_SIZE - 10)
+        mask = _structural(image, drng, size, defect, region, _BOARD_STYLE, apply)
+    return _lighting(image, rng), mask
+
+
+_RENDER = {"weave": _render_weave, "board": _render_board}
+
+
+# -- writer -------------------------------------------------------------------------------
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    if array.dtype == bool:
+        data = array.astype(np.uint8) * 255
+    else:
+        data = np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(data).save(path, format="PNG", optimize=False)
+
+
+def render_synthetic(
+    category: str,
+    seed: int = 0,
+    split: str = "train",
+    defect: str | None = None,
+    index: int = 0,
+    image_size: int = 256,
+    clean: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic image: (float32 (H, W, 3) in [0, 1], bool (H, W) mask), as written by
+    :func:`make_synthetic` before 8-bit quantization.
+
+    ``clean=True`` renders the same image without its defect (same scene, lighting and
+    noise; the mask is still the defect's), so the two differ only where the defect is.
+    """
+    if category not in _RENDER:
+        raise ValueError(f"unknown synthetic category {category!r}; choose from {sorted(_RENDER)}")
+    allowed = SYNTHETIC_CATEGORIES[category]["defects"]
+    if defect is not None and defect not in allowed:
+        raise ValueError(f"category {category!r} has no defect {defect!r}; it has {allowed}")
+    key = (seed, category, split, defect or "good", index)
+    rng, drng = _rng(*key), _rng(*key, "defect")  # scene/lighting stream, defect stream
+    image, mask = _RENDER[category](rng, drng, int(image_size), defect, not clean)
+    if defect is not None and not mask.any():
+        raise AssertionError(f"empty mask for {category}/{defect}/{index}")  # never expected
+    return image.astype(np.float32), mask
+
+
+def make_synthetic(
+    root: str | os.PathLike,
+    seed: int = 0,
+    *,
+    categories: Sequence[str] = ("weave", "board"),
+    n_train: int = 60,
+    n_test_good: int = 10,
+    n_test_defect_per_type: int = 5,
+    defects: Sequence[str] | None = None,
+    image_size: int = 256,
+    overwrite: bool = False,
+) -> Path:
+    """Write the synthetic dataset (see the module docstring) to ``root`` and return it.
+
+    Args:
+        categories: any of ``"weave"`` (texture) and ``"board"`` (object).
+        n_train / n_test_good: normal images in train/good and test/good.
+        n_test_defect_per_type: anomalous test images per defect type.
+        defects: restrict to these defect types (each category keeps the ones it has).
+        image_size: side of the square images (>= 64; the model needs >= 256).
+        overwrite: replace an existing non-empty ``root``; otherwise that raises
+            FileExistsError. An empty folder is fine.
+
+    Everything is written into a temporary folder beside ``root`` and renamed at the end,
+    so ``root`` never holds a half-written dataset.
+    """
+    root = Path(root)
+    unknown = [c for c in categories if c not in SYNTHETIC_CATEGORIES]
+    if unknown or not categories:
+        raise ValueError(f"unknown synthetic categories {unknown}; choose from {sorted(SYNTHETIC_CATEGORIES)}")
+    if int(image_size) < 64:
+        raise ValueError(f"image_size must be >= 64, got {image_size}")
+    if min(n_train, n_test_good, n_test_defect_per_type) < 0:
+        raise ValueError("image counts must be >= 0")
+    if defects is not None:
+        bad = [d for d in defects if d not in SYNTHETIC_DEFECT_KINDS]
+        if bad:
+            raise ValueError(f"unknown synthetic defects {bad}; choose from {list(SYNTHETIC_DEFECT_KINDS)}")
+    if root.exists() and not overwrite and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root} exists and is not empty (pass overwrite=True to replace it)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        manifest = {
+            "seed": int(seed),
+            "image_size": int(image_size),
+            "layout": "mvtec_ad",
+            "categories": {},
+            "defect_kinds": SYNTHETIC_DEFECT_KINDS,
+        }
+        for category in categories:
+            chosen = [d for d in SYNTHETIC_CATEGORIES[category]["defects"] if defects is None or d in defects]
+            manifest["categories"][category] = {
+                "type": SYNTHETIC_CATEGORIES[category]["type"],
+                "defects": chosen,
+                "n_train": int(n_train),
+                "n_test_good": int(n_test_good),
+                "n_test_defect_per_type": int(n_test_defect_per_type),
+            }
+            base = tmp / category
+            jobs = [("train", "good", None, n_train), ("test", "good", None, n_test_good)]
+            jobs += [("test", d, d, n_test_defect_per_type) for d in chosen]
+            for split, folder, defect, count in jobs:
+                out = base / split / folder
+                out.mkdir(parents=True, exist_ok=True)
+                if defect is not None:
+                    (base / "ground_truth" / folder).mkdir(parents=True, exist_ok=True)
+                for i in range(count):
+                    image, mask = render_synthetic(category, seed, split, defect, i, image_size)
+                    _save_png(image, out / f"{i:03d}.png")
+                    if defect is not None:
+                        _save_png(mask, base / "ground_truth" / folder / f"{i:03d}_mask.png")
+        (tmp / "synthetic.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if root.exists():
+            if root.is_dir() and not any(root.iterdir()):
+                root.rmdir()
+            else:
+                trash = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+                os.replace(root, trash / root.name)
+                shutil.rmtree(trash, ignore_errors=True)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+__all__ = [
+    "LOGICAL_DEFECTS",
+    "STRUCTURAL_DEFECTS",
+    "SYNTHETIC_CATEGORIES",
+    "SYNTHETIC_DEFECT_KINDS",
+    "make_synthetic",
+    "render_synthetic",
+]
