@@ -44,7 +44,7 @@ class TrainConfig:
     hard_quantile: float = 0.999
     augment_range: tuple[float, float] = (0.8, 1.2)
     seed: int = 0
-    amp: str | None = None  # "fp16" or "bf16": autocast on CUDA
+    amp: str | None = None  # "fp16" or "bf16" autocast (on CPU: bf16, ~2x faster with AVX-512 BF16)
     checkpoint_every: int = 1000  # steps; 0 = only at the end and on Ctrl-C
     # Keep the frozen teacher's outputs for the training images in host memory when they
     # fit in this many MiB (4.8 MiB per 256x256 image): saves one teacher pass per step.
@@ -83,20 +83,25 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def exact_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """torch.quantile(values, q) (linear interpolation) for any number of elements:
-    torch.quantile refuses more than 2^24, kthvalue has no such limit."""
+    """torch.quantile(values, q) (linear interpolation) for any number of elements (older
+    torch.quantile refuses more than 2^24). Selects the two order statistics it needs with
+    topk from the nearer end: fast for the 0.999 / 0.995 / 0.9 quantiles used here and
+    robust to sorted input and ties (CPU kthvalue's quickselect takes minutes on those)."""
     flat = values.reshape(-1)
     n = flat.numel()
     if n == 0:
         raise ValueError("quantile of an empty tensor")
     pos = q * (n - 1)
     lo = int(math.floor(pos))
+    hi = min(lo + 1, n - 1)
     frac = pos - lo
-    v_lo = torch.kthvalue(flat, lo + 1).values
-    if frac == 0 or lo + 1 >= n:
-        return v_lo
-    v_hi = torch.kthvalue(flat, lo + 2).values
-    return v_lo + frac * (v_hi - v_lo)
+    if n - lo <= lo + 2:  # upper quantile: the n - lo largest, descending
+        top = torch.topk(flat, n - lo, largest=True, sorted=True).values
+        v_lo, v_hi = top[-1], top[n - 1 - hi]
+    else:  # lower quantile: the hi + 1 smallest, ascending
+        bottom = torch.topk(flat, hi + 1, largest=False, sorted=True).values
+        v_lo, v_hi = bottom[lo], bottom[hi]
+    return v_lo + frac * (v_hi - v_lo) if frac else v_lo
 
 
 # -- data --------------------------------------------------------------------------------
@@ -243,7 +248,7 @@ def compute_losses(model: EfficientAD, images: torch.Tensor, penalty: torch.Tens
     n = images.shape[0]
     augmented = augment(images, generator, config.augment_range)
     parts = [images, augmented] + ([penalty] if penalty is not None else [])
-    x = model.teacher.normalize(torch.cat(parts))
+    x = model.teacher.normalize(torch.cat(parts)).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         t = model.teacher(x[n: 2 * n] if teacher_images is not None else x[: 2 * n], normalized=True)
         t = (t - model.teacher_mean.view(1, -1, 1, 1)) / model.teacher_std.view(1, -1, 1, 1)
@@ -385,12 +390,13 @@ def train(
                          / model.teacher_std.cpu().view(1, -1, 1, 1))
 
     schedule = BatchSchedule(train_images.shape[0], config.batch_size, config.seed)
+    model.to(memory_format=torch.channels_last)  # 1.1x faster steps on CPU (bench/bench_train.py)
     model.train()
     model.teacher.eval()
     autocast = None
-    if config.amp and device.type == "cuda":
+    if config.amp:
         autocast = torch.float16 if config.amp == "fp16" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16 and device.type == "cuda")
 
     started = time.perf_counter()
     bar = _progress(range(step, config.steps), config.progress, "training", total=config.steps, initial=step)

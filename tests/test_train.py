@@ -49,6 +49,15 @@ def test_exact_quantile_beyond_torch_quantile_limit():
     assert float(exact_quantile(x, q)) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("q", [0.1, 0.9, 0.995])
+def test_exact_quantile_with_many_ties(q):
+    # Calibration maps hold many equal values (the padded border): must stay exact and quick.
+    x = torch.zeros(200_003)
+    x[::7] = 1.0
+    x[::11] = 0.5
+    assert float(exact_quantile(x, q)) == pytest.approx(float(torch.quantile(x.double(), q)), abs=1e-7)
+
+
 def test_augment_stays_in_range_and_is_seeded():
     x = torch.rand(6, 3, 8, 8)
     a = augment(x, torch.Generator().manual_seed(1))
