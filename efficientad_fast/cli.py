@@ -142,7 +142,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     write heatmaps and a report, and print the metrics table. Needs no arguments."""
     from .pipeline import run_demo
 
-    run_demo(args.out, steps=args.steps, seed=args.seed, device=args.device, amp=args.amp,
+    run_demo(args.out, steps=args.steps, seed=args.seed, device=args.device,
+             amp=None if args.amp == "none" else args.amp,
              progress=_progress_enabled(args))
     return 0
 
@@ -202,14 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     pr.set_defaults(func=cmd_predict)
 
-    from .pipeline import DEMO_STEPS
+    from .pipeline import DEMO_AMP, DEMO_STEPS
 
     demo = sub.add_parser("demo", help="train and evaluate on the built-in dataset", description=cmd_demo.__doc__)
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"training steps per category (default {DEMO_STEPS})")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    demo.add_argument("--amp", choices=("fp16", "bf16"), default=None, help="mixed precision (autocast)")
+    demo.add_argument("--amp", choices=("fp16", "bf16", "none"), default=DEMO_AMP,
+                      help=f"mixed precision (autocast; default {DEMO_AMP}, 'none' for float32)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
     return parser
