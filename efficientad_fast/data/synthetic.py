@@ -19,18 +19,19 @@ Categories
 ``board`` (object): a green circuit board on a grey bench with five distinct parts at
     fixed cells of a 3x3 grid (red chip with pins, blue capacitor, yellow resistor with
     bands, white connector with slots, purple coil ring), each inside a white silkscreen
-    outline, on silver pads, over a land pattern (silver pad, vias) that it hides; the four
+    outline, on silver pads, over a land pattern (copper pad, vias) that it hides; the four
     empty cells carry white silkscreen label squares. The board shifts by +-4 px
     and each part by +-2 px; lighting varies as for ``weave``.
 
 Defects (structural: both categories; logical: ``board`` only)
 --------------------------------------------------------------
-``scratch``          a bright, slightly curved line, 70-120 px long, 3-4.5 px wide.
+``scratch``          a bright, slightly curved line, 70-120 px long, 3-4.5 px wide
+                     (board: 4-6 px, pale laminate colour).
 ``hole``             a dark irregular hole (radius 9-15 px) with a lighter frayed rim.
 ``stain``            a soft-edged blob (radius 15-30 px): dark coffee brown on the
                      fabric, whitish flux residue on the board.
 ``crack``            a dark, wandering, sometimes branching line with lighter chipped
-                     edges, 60-110 px long, 3.5-5 px wide (+3 px edges).
+                     edges, 60-110 px long, 3.5-5 px wide (board: 5-7 px) plus 3 px edges.
 ``missing_part``     one part is absent; its land pattern shows. Mask: where the part should be.
 ``extra_part``       a copy of a part sits on a label square. Mask: the copy.
 ``misplaced_part``   a part sits on a label square instead of its home. Mask: both
@@ -116,7 +117,7 @@ def _scratch(image, rng, size, region, style):
     dx, dy = math.cos(theta) * length / 2, math.sin(theta) * length / 2
     bend = rng.uniform(-0.15, 0.15) * length
     nx, ny = -math.sin(theta) * bend, math.cos(theta) * bend
-    width = rng.uniform(3.0, 4.5)
+    width = rng.uniform(3.0, 4.5) * style["line_scale"]
     t = np.linspace(0, 1, 24)
     xs = (1 - t) ** 2 * (cx - dx) + 2 * (1 - t) * t * (cx + nx) + t**2 * (cx + dx)
     ys = (1 - t) ** 2 * (cy - dy) + 2 * (1 - t) * t * (cy + ny) + t**2 * (cy + dy)
@@ -125,7 +126,7 @@ def _scratch(image, rng, size, region, style):
         d.line([(x * s, y * s) for x, y in zip(xs, ys)], fill=255, width=max(1, round(width * s)), joint="curve")
 
     alpha = _shape_mask(size, draw, blur=0.5 * size / _DESIGN)
-    colour = np.clip(image * 0.35 + 0.7, 0, 1)  # bright, keeps a trace of the underlying hue
+    colour = np.clip(image * 0.35 + 0.65 * np.asarray(style["scratch"], np.float32), 0, 1)  # bright
     a = alpha[..., None] * 0.95
     image[:] = image * (1 - a) + a * colour
     return alpha > 0.25
@@ -199,7 +200,7 @@ def _crack(image, rng, size, region, style):
             by = min(max(by + step * math.sin(btheta), y0), y1)
             branch.append((bx, by))
         branches.append(branch)
-    width = rng.uniform(3.5, 5.0)
+    width = rng.uniform(3.5, 5.0) * style["line_scale"]
 
     def drawer(w):
         def draw(d, s):
@@ -236,7 +237,8 @@ def _lighting(image: np.ndarray, rng: np.random.Generator, noise: float = 0.02) 
 
 # -- weave (texture) ----------------------------------------------------------------------
 
-_WEAVE_STYLE = {"rim": (0.93, 0.87, 0.74), "stain": (0.42, 0.28, 0.14), "stain_mode": "multiply"}
+_WEAVE_STYLE = {"rim": (0.93, 0.87, 0.74), "stain": (0.42, 0.28, 0.14), "stain_mode": "multiply",
+                "scratch": (1.0, 1.0, 1.0), "line_scale": 1.0}
 
 
 def _weave(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -279,12 +281,16 @@ def _render_weave(rng, drng, size: int, defect: str | None, apply: bool) -> tupl
 
 # -- board (object) -----------------------------------------------------------------------
 
-_BOARD_STYLE = {"rim": (0.80, 0.76, 0.62), "stain": (0.88, 0.86, 0.72), "stain_mode": "blend"}
+# Lines on the board are wider than on the fabric: thin bright/dark lines (traces, outlines,
+# slots) are part of a normal board, so scratches (bare laminate) and cracks must stand out.
+_BOARD_STYLE = {"rim": (0.80, 0.76, 0.62), "stain": (0.88, 0.86, 0.72), "stain_mode": "blend",
+                "scratch": (1.0, 0.95, 0.72), "line_scale": 1.4}
 _BENCH = (58, 58, 64)
 _BOARD_GREEN = (28, 104, 58)
 _TRACE = (176, 150, 70)
 _PAD = (196, 196, 186)
 _SILK = (236, 236, 230)
+_COPPER = (214, 120, 56)
 _CELL = (40.0, 100.0, 160.0)  # cell centres, board coordinates
 _BOARD_SIZE = 200.0
 _PARTS = {  # name: (cell (row, col), colour)
@@ -340,15 +346,16 @@ def _pads(name: str, cx: float, cy: float) -> list:
 
 
 def _land(name: str, cx: float, cy: float) -> list:
-    """Land pattern at a part's home, hidden under the part: a silver thermal pad and vias."""
+    """Land pattern at a part's home, hidden under the part: a bare copper pad with a grid of
+    vias (a colour and pattern seen nowhere else on a normal board)."""
     if name in ("capacitor", "coil"):
-        shapes = [("ellipse", (cx - 9, cy - 9, cx + 9, cy + 9), _PAD)]
+        shapes = [("ellipse", (cx - 13, cy - 13, cx + 13, cy + 13), _COPPER)]
     elif name == "resistor":
-        shapes = [("rectangle", (cx - 16, cy - 5, cx + 16, cy + 5), _PAD)]
+        shapes = [("rectangle", (cx - 18, cy - 7, cx + 18, cy + 7), _COPPER)]
     else:
-        shapes = [("rectangle", (cx - 10, cy - 8, cx + 10, cy + 8), _PAD)]
+        shapes = [("rectangle", (cx - 14, cy - 11, cx + 14, cy + 11), _COPPER)]
     return shapes + [("ellipse", (cx + dx - 2, cy + dy - 2, cx + dx + 2, cy + dy + 2), (20, 20, 22))
-                     for dx, dy in ((-4, 0), (4, 0))]
+                     for dx in (-6, 0, 6) for dy in ((-4, 4) if name == "resistor" else (-6, 0, 6))]
 
 
 def _outline(name: str, cx: float, cy: float) -> tuple[str, tuple]:
