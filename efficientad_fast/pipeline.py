@@ -77,13 +77,13 @@ class GenericImages(Dataset):
 
 
 def _held_out(data, dataset, category, train_set, image_size, fraction, seed):
-    """LOCO (and folder datasets with validation/good) bring their own held-out set;
+    """MVTec LOCO (and folder datasets with validation/good) bring their own held-out set;
     elsewhere a seeded fraction of train is held out."""
-    try:
-        validation = open_dataset(data, dataset, category, "validation", image_size)
-        return train_set, validation
-    except (ValueError, FileNotFoundError):
-        return split_train_validation(train_set, fraction=fraction, seed=seed)
+    own = train_set.name == "mvtec_loco" or (
+        train_set.name == "folder" and (Path(data) / (category or "") / "validation").is_dir())
+    if own:  # errors in that folder surface; no silent fallback to a split of train
+        return train_set, open_dataset(data, dataset, category, "validation", image_size)
+    return split_train_validation(train_set, fraction=fraction, seed=seed)
 
 
 def train_category(
