@@ -16,22 +16,24 @@ Categories
 ``weave`` (texture): a plain-woven fabric; every image has its own thread phase (shift),
     a small rotation (+-3 deg), brightness (x0.8-1.2), a lighting gradient, a colour tint,
     slow shading and pixel noise.
-``board`` (object): a green circuit board on a grey bench with five distinct parts at
-    fixed cells of a 3x3 grid (red chip with pins, blue capacitor, yellow resistor with
-    bands, white connector with slots, purple coil ring), each inside a white silkscreen
-    outline, on silver pads, over a land pattern (copper pad, vias) that it hides; the four
-    empty cells carry white silkscreen label squares. The board shifts by +-4 px
-    and each part by +-2 px; lighting varies as for ``weave``.
+``board`` (object): a green circuit board with copper traces on a grey bench; five
+    distinct flat parts sit at fixed cells of a 3x3 grid (red square chip, blue disc
+    capacitor, yellow bar resistor, dark grey connector, purple coil ring), each hiding a
+    land pattern (bare copper pad with vias); the four empty cells carry white silkscreen
+    label squares. The board shifts by +-4 px and each part by +-2 px; lighting varies as
+    for ``weave``. The board is kept plain (flat parts, no fine print): a random-teacher
+    model trained for a few hundred steps learns smooth content quickly, so defects stand
+    out against a well-learned normal.
 
 Defects (structural: both categories; logical: ``board`` only)
 --------------------------------------------------------------
 ``scratch``          a bright, slightly curved line, 70-120 px long, 3-4.5 px wide
-                     (board: 4-6 px, pale laminate colour).
+                     (board: 5-7 px, pale laminate colour).
 ``hole``             a dark irregular hole (radius 9-15 px) with a lighter frayed rim.
 ``stain``            a soft-edged blob (radius 15-30 px): dark coffee brown on the
                      fabric, whitish flux residue on the board.
 ``crack``            a dark, wandering, sometimes branching line with lighter chipped
-                     edges, 60-110 px long, 3.5-5 px wide (board: 5-7 px) plus 3 px edges.
+                     edges, 60-110 px long, 3.5-5 px wide (board: 5.5-8 px) plus 3 px edges.
 ``missing_part``     one part is absent; its land pattern shows. Mask: where the part should be.
 ``extra_part``       a copy of a part sits on a label square. Mask: the copy.
 ``misplaced_part``   a part sits on a label square instead of its home. Mask: both
@@ -284,11 +286,10 @@ def _render_weave(rng, drng, size: int, defect: str | None, apply: bool) -> tupl
 # Lines on the board are wider than on the fabric: thin bright/dark lines (traces, outlines,
 # slots) are part of a normal board, so scratches (bare laminate) and cracks must stand out.
 _BOARD_STYLE = {"rim": (0.80, 0.76, 0.62), "stain": (0.88, 0.86, 0.72), "stain_mode": "blend",
-                "scratch": (1.0, 0.95, 0.72), "line_scale": 1.4}
+                "scratch": (1.0, 0.95, 0.72), "line_scale": 1.6}
 _BENCH = (58, 58, 64)
 _BOARD_GREEN = (28, 104, 58)
 _TRACE = (176, 150, 70)
-_PAD = (196, 196, 186)
 _SILK = (236, 236, 230)
 _COPPER = (214, 120, 56)
 _CELL = (40.0, 100.0, 160.0)  # cell centres, board coordinates
@@ -297,7 +298,7 @@ _PARTS = {  # name: (cell (row, col), colour)
     "chip": ((0, 0), (205, 40, 30)),
     "capacitor": ((0, 2), (40, 80, 210)),
     "resistor": ((1, 1), (232, 200, 40)),
-    "connector": ((2, 0), (236, 236, 226)),
+    "connector": ((2, 0), (64, 64, 76)),
     "coil": ((2, 2), (150, 50, 178)),
 }
 _FREE_CELLS = ((0, 1), (1, 0), (1, 2), (2, 1))
@@ -305,44 +306,25 @@ _ODD_COLOURS = ((30, 205, 205), (250, 130, 20), (150, 235, 40), (250, 125, 175))
 
 
 def _part_shapes(name: str, cx: float, cy: float, colour) -> tuple[list, list]:
-    """(shapes, footprint): shapes are (method, coords, fill) in design units."""
-    dark = tuple(int(c * 0.45) for c in colour)
+    """(shapes, footprint): shapes are (method, coords, fill) in design units. Parts are
+    flat and simple on purpose: a random-teacher model trained for a few hundred steps
+    learns smooth content fast, so defects stand out against a well-learned normal."""
     if name == "chip":
-        pins = (170, 170, 165)
-        shapes = [("rectangle", (cx - 24, cy - 15.5 + 9 * k, cx + 24, cy - 11.5 + 9 * k), pins) for k in range(4)]
-        shapes += [("rectangle", (cx - 19, cy - 19, cx + 19, cy + 19), colour),
-                   ("ellipse", (cx - 14, cy - 14, cx - 8, cy - 8), dark)]
-        return shapes, [("rectangle", (cx - 24, cy - 19, cx + 24, cy + 19))]
+        box = ("rectangle", (cx - 20, cy - 20, cx + 20, cy + 20))
+        return [(*box, colour)], [box]
     if name == "capacitor":
-        shapes = [("ellipse", (cx - 19, cy - 19, cx + 19, cy + 19), colour),
-                  ("rectangle", (cx - 19, cy - 4, cx + 19, cy + 4), dark),
-                  ("ellipse", (cx - 2, cy - 14, cx + 8, cy - 8), tuple(min(255, c + 90) for c in colour))]
-        return shapes, [("ellipse", (cx - 19, cy - 19, cx + 19, cy + 19))]
+        disc = ("ellipse", (cx - 19, cy - 19, cx + 19, cy + 19))
+        return [(*disc, colour)], [disc]
     if name == "resistor":
-        shapes = [("rounded_rectangle", (cx - 24, cy - 9, cx + 24, cy + 9), colour)]
-        for i, band in enumerate(((110, 60, 20), (20, 20, 20), (200, 30, 30))):
-            x = cx - 12 + 10 * i
-            shapes.append(("rectangle", (x - 2.5, cy - 9, x + 2.5, cy + 9), band))
-        return shapes, [("rectangle", (cx - 24, cy - 9, cx + 24, cy + 9))]
+        bar = ("rectangle", (cx - 26, cy - 10, cx + 26, cy + 10))
+        return [("rounded_rectangle", bar[1], colour)], [bar]
     if name == "connector":
-        shapes = [("rectangle", (cx - 22, cy - 12, cx + 22, cy + 12), colour)]
-        for i in range(4):
-            x = cx - 15 + 10 * i
-            shapes.append(("rectangle", (x - 3, cy - 6, x + 3, cy + 6), (40, 40, 44)))
-        return shapes, [("rectangle", (cx - 22, cy - 12, cx + 22, cy + 12))]
+        box = ("rectangle", (cx - 24, cy - 13, cx + 24, cy + 13))
+        return [(*box, colour)], [box]
     if name == "coil":
-        return ([("ellipse", (cx - 19, cy - 19, cx + 19, cy + 19), colour),
-                 ("ellipse", (cx - 9, cy - 9, cx + 9, cy + 9), _BOARD_GREEN)],
-                [("ellipse", (cx - 19, cy - 19, cx + 19, cy + 19))])
+        disc = ("ellipse", (cx - 20, cy - 20, cx + 20, cy + 20))
+        return [(*disc, colour), ("ellipse", (cx - 8, cy - 8, cx + 8, cy + 8), _BOARD_GREEN)], [disc]
     raise ValueError(name)
-
-
-def _pads(name: str, cx: float, cy: float) -> list:
-    """Silver pads under a part's home cell (peek out beside it; fully visible when it is gone)."""
-    if name in ("chip", "resistor", "connector"):
-        return [("rectangle", (cx - 30, cy - 8, cx - 20, cy + 8), _PAD), ("rectangle", (cx + 20, cy - 8, cx + 30, cy + 8), _PAD)]
-    return [("rectangle", (cx - 5, cy - 25, cx + 5, cy - 15), _PAD), ("rectangle", (cx - 5, cy + 15, cx + 5, cy + 25), _PAD),
-            ("ellipse", (cx - 6, cy - 6, cx + 6, cy + 6), _PAD)]
 
 
 def _land(name: str, cx: float, cy: float) -> list:
@@ -352,18 +334,13 @@ def _land(name: str, cx: float, cy: float) -> list:
         shapes = [("ellipse", (cx - 13, cy - 13, cx + 13, cy + 13), _COPPER)]
     elif name == "resistor":
         shapes = [("rectangle", (cx - 18, cy - 7, cx + 18, cy + 7), _COPPER)]
+    elif name == "connector":
+        shapes = [("rectangle", (cx - 16, cy - 8, cx + 16, cy + 8), _COPPER)]
     else:
-        shapes = [("rectangle", (cx - 14, cy - 11, cx + 14, cy + 11), _COPPER)]
+        shapes = [("rectangle", (cx - 14, cy - 12, cx + 14, cy + 12), _COPPER)]
+    rows = (-4, 4) if name in ("resistor", "connector") else (-6, 0, 6)
     return shapes + [("ellipse", (cx + dx - 2, cy + dy - 2, cx + dx + 2, cy + dy + 2), (20, 20, 22))
-                     for dx in (-6, 0, 6) for dy in ((-4, 4) if name == "resistor" else (-6, 0, 6))]
-
-
-def _outline(name: str, cx: float, cy: float) -> tuple[str, tuple]:
-    """Silkscreen outline around a part's home (visible around the part)."""
-    if name in ("capacitor", "coil"):
-        return "ellipse", (cx - 23, cy - 23, cx + 23, cy + 23)
-    x, y = {"chip": (24, 22), "resistor": (27, 12), "connector": (25, 15)}[name]
-    return "rectangle", (cx - x - 3, cy - y, cx + x + 3, cy + y)
+                     for dx in (-6, 0, 6) for dy in rows]
 
 
 def _scaled(coords, s):
@@ -417,18 +394,11 @@ def _render_board(rng, drng, size: int, defect: str | None, apply: bool) -> tupl
     for k in (70, 130):  # copper traces between the cells
         d.line(_scaled((bx + 8, by + k, bx + _BOARD_SIZE - 8, by + k), s), fill=_TRACE, width=max(1, round(3 * s)))
         d.line(_scaled((bx + k, by + 8, bx + k, by + _BOARD_SIZE - 8), s), fill=_TRACE, width=max(1, round(3 * s)))
-    for hx in (14, _BOARD_SIZE - 14):  # mounting holes
-        for hy in (14, _BOARD_SIZE - 14):
-            d.ellipse(_scaled((bx + hx - 7, by + hy - 7, bx + hx + 7, by + hy + 7), s), fill=_PAD)
-            d.ellipse(_scaled((bx + hx - 3.5, by + hy - 3.5, bx + hx + 3.5, by + hy + 3.5), s), fill=(20, 20, 22))
-    line = max(1, round(2 * s))
     for r, c in _FREE_CELLS:  # white silkscreen label squares on the empty cells
         x, y = bx + _CELL[c], by + _CELL[r]
         d.rectangle(_scaled((x - 17, y - 17, x + 17, y + 17), s), fill=_SILK)
     for name, (_, _, px, py) in home.items():
-        method, coords = _outline(name, px, py)
-        getattr(d, method)(_scaled(coords, s), outline=_SILK, width=line)
-        _draw_shapes(d, _pads(name, px, py) + _land(name, px, py), s)
+        _draw_shapes(d, _land(name, px, py), s)
     for name, copies in placed.items():
         for x, y, colour in copies:
             _draw_shapes(d, _part_shapes(name, x, y, colour)[0], s)
