@@ -5,12 +5,16 @@
     pred = model.predict(images)                 # (N, 3, H, W) uint8 or float in [0, 1]
     pred.score, pred.anomaly_map                 # (N,), (N, 1, H, W)
 
+    fast = ead.FastPredictor(model.to("cuda", torch.float16), batch_size=1)  # CUDA graph
+    pred = fast(images)
+
     amap, score = ead.anomaly_map(teacher, student, autoencoder, quantiles=q)  # the fused op
 """
 
 from ._build import BuildError
 from ._extension import load_extension
 from .compat import from_anomalib, load_teacher
+from .inference import FastPredictor
 from .model import EfficientAD, Prediction, load
 from .ops import anomaly_map
 from .reference import reference_anomaly_map
@@ -20,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BuildError",
     "EfficientAD",
+    "FastPredictor",
     "Prediction",
     "anomaly_map",
     "from_anomalib",

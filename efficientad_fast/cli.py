@@ -148,6 +148,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Time EfficientAD by the paper's protocol: warm-up runs, then the mean over timed runs,
+    from the image on the host until the map is back on the host (and a GPU-resident
+    variant), per model size, batch size, dtype and CUDA graphs on/off. Prints a table and
+    writes JSON with the machine, versions and settings."""
+    from .benchmark import format_table, run_benchmark
+
+    graphs = {"off": (False,), "on": (True,), "both": (False, True), None: None}[args.cuda_graphs]
+    result = run_benchmark(
+        model_sizes=args.model_size, batch_sizes=args.batch_sizes, dtypes=args.dtypes, device=args.device,
+        image_size=args.image_size, paths=args.paths, cuda_graphs=graphs, compile=args.compile,
+        warmup=args.warmup, runs=args.runs, model_file=args.model, op=args.op, op_batches=args.op_batches,
+        json_path=args.json, log=(lambda *a, **k: None) if args.quiet else print,
+    )
+    table = format_table(result)
+    print("\n" + table)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(table + "\n")
+    if args.json:
+        print(f"\nwritten: {args.json}")
+    failed = [t["name"] for t in result["timings"] if t["error"]]
+    return 1 if failed and len(failed) == len(result["timings"]) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="efficientad-fast",
@@ -169,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=1, help="images per step (paper: 1)")
     train.add_argument("--lr", type=float, default=1e-4)
     train.add_argument("--weight-decay", type=float, default=1e-5)
-    train.add_argument("--teacher", default=None,
-                       help="released teacher weights file (default: random PDN teacher)")
+    train.add_argument("--teacher", default="default",
+                       help="'default': the shipped teacher distilled from ImageNet EfficientNet-Lite0 "
+                            "(small; medium: random, none ships); 'random': a randomly initialised PDN; "
+                            "or a teacher weights file (released or from distill-teacher)")
     train.add_argument("--penalty-images", nargs="+", default=None, metavar="DIR",
                        help="folder(s) of generic natural images for the penalty loss")
     train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
@@ -203,6 +230,32 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     pr.set_defaults(func=cmd_predict)
 
+    be = sub.add_parser("bench", help="latency and throughput by the paper's timing protocol",
+                        description=cmd_bench.__doc__)
+    be.add_argument("--model-size", nargs="+", choices=("small", "medium"), default=["small"])
+    be.add_argument("--model", default=None, help="time a saved model instead of a random one of --model-size")
+    be.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16],
+                    help="batch sizes (default 1 16: latency at 1, throughput at 16)")
+    be.add_argument("--dtypes", nargs="+", choices=("fp32", "fp16", "bf16"), default=None,
+                    help="network dtypes (default: fp32 fp16 on a GPU, fp32 bf16 on a CPU)")
+    be.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    be.add_argument("--image-size", type=int, default=256, help="square image size (>= 256)")
+    be.add_argument("--paths", nargs="+", choices=("host", "device"), default=None,
+                    help="host: image on the host -> map on the host (the paper's clock); device: "
+                         "GPU-resident (default: both on a GPU, host on a CPU)")
+    be.add_argument("--cuda-graphs", choices=("off", "on", "both"), default=None,
+                    help="replay the computation as one CUDA graph (default: both on a GPU, off on a CPU)")
+    be.add_argument("--compile", action="store_true", help="also wrap the networks in torch.compile")
+    be.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 1000 on a GPU, 1 on a CPU)")
+    be.add_argument("--runs", type=int, default=None,
+                    help="timed runs (default 1000 on a GPU; on a CPU max(3, 20 // batch))")
+    be.add_argument("--op", action="store_true", help="also time the fused op alone (with achieved GB/s)")
+    be.add_argument("--op-batches", type=int, nargs="+", default=[1, 16, 64])
+    be.add_argument("--json", default=None, help="write the results here (JSON)")
+    be.add_argument("--markdown", default=None, help="write the table here (Markdown)")
+    be.add_argument("--quiet", action="store_true", help="print only the final table")
+    be.set_defaults(func=cmd_bench)
+
     from .pipeline import DEMO_AMP, DEMO_STEPS
 
     demo = sub.add_parser("demo", help="train and evaluate on the built-in dataset", description=cmd_demo.__doc__)
@@ -214,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"mixed precision (autocast; default {DEMO_AMP}, 'none' for float32)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
+
+    from .distill import add_parser as add_distill_parser
+
+    add_distill_parser(sub)  # distill-teacher
     return parser
 
 

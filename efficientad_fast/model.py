@@ -215,29 +215,36 @@ class EfficientAD(nn.Module):
                 x = self._prepare_images(images, validate).contiguous(memory_format=torch.channels_last)
                 if output_size is None:
                     output_size = (x.shape[2], x.shape[3])
-                xn = self.teacher.normalize(x)
-                student = self.student(xn, normalized=True)
-                autoencoder = self.autoencoder(xn, normalized=True)
-                kwargs = dict(
-                    quantiles=self.quantiles if self.quantiles_set else None,
-                    alpha=self.alpha,
-                    pad=4 if self.pad_maps else 0,
-                    output_size=output_size,
-                    distance=self.distance,
-                )
-                if backend == "fused":
-                    weight, bias = self._folded_teacher_conv()
-                    teacher = self.teacher.last_conv._conv_forward(self.teacher.body(xn), weight, bias)
-                    amap, score = anomaly_map(teacher, student, autoencoder, **kwargs)
-                else:
-                    teacher = self.teacher(xn, normalized=True)
-                    amap, score = reference_anomaly_map(
-                        teacher, student, autoencoder,
-                        teacher_mean=self.teacher_mean, teacher_std=self.teacher_std, **kwargs,
-                    )
+                amap, score = self.score_images(x, output_size, backend)
         finally:
             self.train(was_training)
         return Prediction(score=score, anomaly_map=amap)
+
+    def score_images(self, x: torch.Tensor, output_size, backend: str = "fused") -> tuple[torch.Tensor, torch.Tensor]:
+        """The computation of :meth:`predict` without its checks and mode switches: ``x`` is
+        an (N, 3, H, W) batch already in the networks' device, dtype and [0, 1] range; returns
+        (map, score). Pure tensor code (no host sync), so it can be captured in a CUDA graph,
+        compiled with ``torch.compile`` or traced by ``torch.export``; call it in eval mode
+        under ``torch.inference_mode()``."""
+        xn = self.teacher.normalize(x)
+        student = self.student(xn, normalized=True)
+        autoencoder = self.autoencoder(xn, normalized=True)
+        kwargs = dict(
+            quantiles=self.quantiles if self.quantiles_set else None,
+            alpha=self.alpha,
+            pad=4 if self.pad_maps else 0,
+            output_size=output_size,
+            distance=self.distance,
+        )
+        if backend == "fused":
+            weight, bias = self._folded_teacher_conv()
+            teacher = self.teacher.last_conv._conv_forward(self.teacher.body(xn), weight, bias)
+            return anomaly_map(teacher, student, autoencoder, **kwargs)
+        teacher = self.teacher(xn, normalized=True)
+        return reference_anomaly_map(
+            teacher, student, autoencoder,
+            teacher_mean=self.teacher_mean, teacher_std=self.teacher_std, **kwargs,
+        )
 
     def forward(self, images: torch.Tensor) -> Prediction:
         return self.predict(images)

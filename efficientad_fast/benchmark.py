@@ -1,0 +1,401 @@
+"""The paper's timing protocol, as a function and as ``efficientad-fast bench``.
+
+EfficientAD's paper times a batch from the image on the host until the anomaly map is back
+on the host, reporting the mean over 1000 runs after 1000 warm-up runs. :func:`run_benchmark`
+does that for each (model size, batch size, dtype, CUDA graph on/off) and also times a
+device-resident variant (images already on the GPU, map left there; the clock stops at a
+stream synchronize). :func:`bench_op` times the fused scoring op alone against the plain
+PyTorch reference and reports the memory bandwidth it achieves.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .model import EfficientAD
+from .models import TEACHER_CHANNELS, feature_size
+from .inference import FastPredictor
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The paper's protocol on a GPU; a 2-core CPU needs about a second per image, so far fewer.
+GPU_WARMUP, GPU_RUNS = 1000, 1000
+CPU_WARMUP, CPU_IMAGES = 1, 20  # CPU: runs = max(3, CPU_IMAGES // batch)
+
+
+def default_runs(device: torch.device, batch: int) -> tuple[int, int]:
+    """(warm-up runs, timed runs) of the protocol on this device at this batch size."""
+    if device.type == "cuda":
+        return GPU_WARMUP, GPU_RUNS
+    return CPU_WARMUP, max(3, CPU_IMAGES // batch)
+
+
+def machine_info(device: torch.device | None = None) -> dict:
+    """What the figures were measured on: CPU, GPU, versions, threads, load."""
+    cpu_model, flags = None, []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if cpu_model is None and line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                elif not flags and line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+    except OSError:
+        cpu_model = platform.processor() or None
+    from . import __version__
+
+    info = {
+        "cpu_model": cpu_model,
+        "cpu_isa": [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags],
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "torch_num_threads": torch.get_num_threads(),
+        "efficientad_fast": __version__,
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if device is not None and device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["gpu_capability"] = f"sm_{props.major}{props.minor}"
+        info["gpu_peak_gbs"] = peak_bandwidth_gbs(device)
+    return info
+
+
+def peak_bandwidth_gbs(device: torch.device) -> float | None:
+    """Theoretical DRAM bandwidth, 2 x memory clock x bus width (as CUDA's bandwidth samples
+    compute it), or None where this torch does not report the clock."""
+    props = torch.cuda.get_device_properties(device)
+    clock_khz = getattr(props, "memory_clock_rate", None)
+    bus_bits = getattr(props, "memory_bus_width", None)
+    if not clock_khz or not bus_bits:
+        return None
+    return 2.0 * clock_khz * 1e3 * bus_bits / 8 / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # Linux reports ru_maxrss in KiB: the process's peak resident memory so far.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Timing:
+    """One configuration of the protocol and its figures (times in milliseconds per batch)."""
+
+    model_size: str
+    batch: int
+    dtype: str
+    path: str  # "host" (image on the host -> map on the host) or "device" (GPU-resident)
+    cuda_graph: bool
+    compiled: bool
+    warmup: int
+    runs: int
+    mean_ms: float = 0.0
+    median_ms: float = 0.0
+    p99_ms: float = 0.0
+    min_ms: float = 0.0
+    images_per_s: float = 0.0
+    peak_memory_mib: float = 0.0
+    peak_memory_kind: str = ""
+    error: str | None = None
+    times_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def name(self) -> str:
+        graph = " graph" if self.cuda_graph else ""
+        comp = " compile" if self.compiled else ""
+        return f"{self.model_size} N={self.batch} {self.dtype} {self.path}{graph}{comp}"
+
+
+def make_model(model_size: str, device: torch.device, dtype: torch.dtype, model_file: str | None = None,
+               seed: int = 0) -> EfficientAD:
+    """The model to time: a saved one, or a seeded random one with its quantiles set (the
+    timing does not depend on the weights, only on the shapes)."""
+    if model_file:
+        from .model import load
+
+        model = load(model_file, map_location=device)
+    else:
+        torch.manual_seed(seed)
+        model = EfficientAD(model_size=model_size)
+        model.set_quantiles(0.1, 1.0, 0.1, 1.0)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def time_predict(
+    model: EfficientAD,
+    batch: int,
+    *,
+    image_size: int = 256,
+    path: str = "host",
+    cuda_graph: bool = False,
+    compile: bool = False,
+    warmup: int | None = None,
+    runs: int | None = None,
+    dtype_name: str | None = None,
+) -> Timing:
+    """Time ``model`` on batches of ``batch`` random images by the paper's protocol.
+
+    ``path="host"``: each timed run copies a float32 batch from (pinned) host memory to the
+    model's device, scores it and copies map and scores back to the host. ``path="device"``:
+    the batch is already on the device and the run ends with a synchronize. ``cuda_graph``
+    replays one CUDA graph per run (:class:`FastPredictor`); ``compile`` uses torch.compile.
+    """
+    device = model.device
+    if path not in ("host", "device"):
+        raise ValueError(f"path must be 'host' or 'device', got {path!r}")
+    d_warm, d_runs = default_runs(device, batch)
+    warmup = d_warm if warmup is None else warmup
+    runs = d_runs if runs is None else runs
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    dtype_name = dtype_name or next((k for k, v in DTYPES.items() if v == model.dtype), str(model.dtype))
+    timing = Timing(model.model_size, batch, dtype_name, path, cuda_graph, compile, warmup, runs)
+    g = torch.Generator().manual_seed(batch)
+    host_images = torch.rand(batch, 3, image_size, image_size, generator=g)
+    if device.type == "cuda":
+        host_images = host_images.pin_memory()
+        torch.cuda.reset_peak_memory_stats(device)
+    device_images = host_images.to(device)
+    predictor = FastPredictor(model, batch, image_size, cuda_graph=cuda_graph, compile=compile,
+                              warmup=min(3, max(1, warmup)))
+    images = host_images if path == "host" else device_images
+
+    def run() -> None:
+        pred = predictor(images, copy=False)
+        if path == "host":
+            pred.anomaly_map.to("cpu")
+            pred.score.to("cpu")
+        else:
+            _sync(device)
+
+    for _ in range(warmup):
+        run()
+    _sync(device)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    timing.times_ms = times
+    timing.mean_ms = statistics.fmean(times)
+    timing.median_ms = statistics.median(times)
+    timing.min_ms = min(times)
+    timing.p99_ms = sorted(times)[min(len(times) - 1, int(0.99 * len(times)))]
+    timing.images_per_s = 1e3 * batch / timing.mean_ms
+    timing.peak_memory_mib = _peak_memory_mib(device)
+    timing.peak_memory_kind = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS"
+    return timing
+
+
+# -- the fused op alone -------------------------------------------------------------------
+
+
+@dataclass
+class OpTiming:
+    impl: str  # "fused" or "reference"
+    device: str
+    batch: int
+    dtype: str
+    runs: int
+    mean_ms: float
+    bytes_moved: int  # features read + map and scores written, once each
+    gbs: float  # bytes_moved / mean time
+    fraction_of_peak: float | None
+
+
+def op_inputs(batch: int, dtype: torch.dtype, device: torch.device, image_size: int = 256, seed: int = 0):
+    """Features shaped like EfficientAD-S's at ``image_size`` (no padding), and the options."""
+    h, w = feature_size((image_size, image_size), padding=False)
+    g = torch.Generator().manual_seed(seed)
+    c = TEACHER_CHANNELS
+    teacher = torch.randn(batch, c, h, w, generator=g).to(device, dtype)
+    student = torch.randn(batch, 2 * c, h, w, generator=g).to(device, dtype)
+    autoencoder = torch.randn(batch, c, h, w, generator=g).to(device, dtype)
+    kwargs = dict(teacher_mean=torch.randn(c, generator=g).to(device),
+                  teacher_std=(torch.rand(c, generator=g) + 0.5).to(device),
+                  quantiles=torch.tensor([1.5, 3.0, 1.8, 3.5], device=device),
+                  alpha=0.5, pad=4, output_size=(image_size, image_size), distance="l2")
+    return (teacher, student, autoencoder), kwargs
+
+
+def bench_op(device: torch.device, batches=(1, 16, 64), dtypes=("fp32", "fp16"), runs: int | None = None,
+             warmup: int | None = None, image_size: int = 256, reference: bool = True,
+             progress=None) -> list[OpTiming]:
+    """Mean time of the fused op (and of the reference) per call, and the bandwidth it
+    achieves: a loop of ``runs`` calls with one synchronize at the end, divided by ``runs``."""
+    from .ops import anomaly_map
+    from .reference import reference_anomaly_map
+
+    peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
+    rows = []
+    for batch in batches:
+        for dtype_name in dtypes:
+            args, kwargs = op_inputs(batch, DTYPES[dtype_name], device, image_size)
+            moved = sum(t.numel() * t.element_size() for t in args) + batch * (image_size * image_size + 1) * 4
+            impls = {"fused": anomaly_map}
+            if reference:
+                impls["reference"] = reference_anomaly_map
+            for impl, fn in impls.items():
+                if device.type == "cuda":
+                    n_warm, n_runs = warmup or 20, runs or 200
+                else:
+                    n_warm, n_runs = warmup or 1, runs or max(2, 16 // batch)
+                with torch.inference_mode():
+                    for _ in range(n_warm):
+                        fn(*args, **kwargs)
+                    _sync(device)
+                    start = time.perf_counter()
+                    for _ in range(n_runs):
+                        fn(*args, **kwargs)
+                    _sync(device)
+                mean_s = (time.perf_counter() - start) / n_runs
+                gbs = moved / mean_s / 1e9
+                row = OpTiming(impl, device.type, batch, dtype_name, n_runs, mean_s * 1e3, moved, gbs,
+                               gbs / peak if peak else None)
+                rows.append(row)
+                if progress:
+                    progress(f"op {impl:<9} N={batch:<3} {dtype_name}: {row.mean_ms:.3f} ms, {gbs:.1f} GB/s")
+            del args, kwargs
+    return rows
+
+
+# -- the whole benchmark --------------------------------------------------------------------
+
+
+def run_benchmark(
+    *,
+    model_sizes=("small",),
+    batch_sizes=(1, 16),
+    dtypes=None,
+    device: str | torch.device = "auto",
+    image_size: int = 256,
+    paths=None,
+    cuda_graphs=None,
+    compile: bool = False,
+    warmup: int | None = None,
+    runs: int | None = None,
+    model_file: str | None = None,
+    op: bool = False,
+    op_batches=(1, 16, 64),
+    json_path: str | os.PathLike | None = None,
+    log=print,
+) -> dict:
+    """Run the timing protocol over every combination and return (and optionally write) the
+    results with machine, versions and settings. Defaults depend on the device: on a GPU
+    fp32 and fp16, host and device-resident paths, CUDA graphs off and on, 1000 + 1000 runs;
+    on a CPU fp32 and bf16, one path, no graphs, a few runs (see :func:`default_runs`).
+    A configuration that fails (say, out of memory) is reported with its error and the rest go on.
+    """
+    from .pipeline import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    cuda = dev.type == "cuda"
+    dtypes = list(dtypes or (("fp32", "fp16") if cuda else ("fp32", "bf16")))
+    for name in dtypes:
+        if name not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {name!r}")
+    paths = list(paths or (("host", "device") if cuda else ("host",)))
+    cuda_graphs = list(cuda_graphs if cuda_graphs is not None else ((False, True) if cuda else (False,)))
+    if any(cuda_graphs) and not cuda:
+        raise ValueError("CUDA graphs need a CUDA device; drop --cuda-graphs or use --device cuda")
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    sizes = [model_sizes] if isinstance(model_sizes, str) else list(model_sizes)
+    if model_file:
+        sizes = ["from file"]
+    settings = {
+        "model_sizes": sizes, "batch_sizes": list(batch_sizes), "dtypes": dtypes, "device": str(dev),
+        "image_size": image_size, "paths": paths, "cuda_graphs": cuda_graphs, "compile": compile,
+        "warmup": warmup if warmup is not None else "default", "runs": runs if runs is not None else "default",
+        "model_file": model_file, "images": "torch.rand float32 in [0, 1]",
+        "protocol": "mean over the timed runs after the warm-up; host path: pinned host image -> "
+                    "device -> map and scores back on the host; device path: image on the device, "
+                    "ends with a stream synchronize",
+        "cudnn_benchmark": cuda,
+    }
+    from ._extension import load_extension
+
+    load_extension()  # JIT-builds on first use: keep that out of every timing
+    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "machine": machine_info(dev), "settings": settings, "timings": [], "op": []}
+    total = len(sizes) * len(dtypes) * len(batch_sizes) * len(paths) * len(cuda_graphs)
+    done = 0
+    for size in sizes:
+        for dtype_name in dtypes:
+            model = make_model("small" if size == "from file" else size, dev, DTYPES[dtype_name], model_file)
+            for batch in batch_sizes:
+                for path in paths:
+                    for graph in cuda_graphs:
+                        done += 1
+                        try:
+                            t = time_predict(model, batch, image_size=image_size, path=path, cuda_graph=graph,
+                                             compile=compile, warmup=warmup, runs=runs, dtype_name=dtype_name)
+                            msg = (f"{t.mean_ms:9.3f} ms mean, {t.images_per_s:9.1f} images/s, "
+                                   f"peak {t.peak_memory_mib:.0f} MiB")
+                        except Exception as exc:  # e.g. out of memory at a big batch: report, go on
+                            t = Timing(model.model_size, batch, dtype_name, path, graph, compile, 0, 0,
+                                       error=f"{type(exc).__name__}: {exc}")
+                            msg = f"FAILED: {t.error}"
+                            if cuda:
+                                torch.cuda.empty_cache()
+                        result["timings"].append(t)
+                        log(f"[{done}/{total}] {t.name:<40} {msg}")
+            del model
+    if op:
+        result["op"] = bench_op(dev, op_batches, dtypes, image_size=image_size, progress=log)
+    result["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result["timings"] = [asdict(t) | {"name": t.name} for t in result["timings"]]
+    result["op"] = [asdict(r) for r in result["op"]]
+    if json_path:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def format_table(result: dict) -> str:
+    """Markdown tables of a :func:`run_benchmark` result."""
+    m = result["machine"]
+    where = m.get("gpu") or m.get("cpu_model") or "unknown CPU"
+    lines = [f"Timing protocol on {where} (torch {m['torch']}, {m['torch_num_threads']} CPU threads)", "",
+             "| model | batch | dtype | path | CUDA graph | compile | mean ms | median ms | p99 ms | images/s | peak MiB | runs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for t in result["timings"]:
+        if t["error"]:
+            lines.append(f"| {t['model_size']} | {t['batch']} | {t['dtype']} | {t['path']} | "
+                         f"{'yes' if t['cuda_graph'] else 'no'} | {'yes' if t['compiled'] else 'no'} | "
+                         f"failed: {t['error'][:60]} | | | | | |")
+            continue
+        lines.append(
+            f"| {t['model_size']} | {t['batch']} | {t['dtype']} | {t['path']} | {'yes' if t['cuda_graph'] else 'no'} | "
+            f"{'yes' if t['compiled'] else 'no'} | {t['mean_ms']:.3f} | {t['median_ms']:.3f} | {t['p99_ms']:.3f} | "
+            f"{t['images_per_s']:.1f} | {t['peak_memory_mib']:.0f} | {t['runs']} |")
+    if result["op"]:
+        lines += ["", "Fused op vs reference (C=384 features of a 256 px image, pad 4, quantiles, l2)", "",
+                  "| impl | device | N | dtype | mean ms | GB/s | of peak |", "|---|---|---|---|---|---|---|"]
+        for r in result["op"]:
+            frac = "" if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.0f} %"
+            lines.append(f"| {r['impl']} | {r['device']} | {r['batch']} | {r['dtype']} | {r['mean_ms']:.3f} | "
+                         f"{r['gbs']:.1f} | {frac} |")
+    return "\n".join(lines)
