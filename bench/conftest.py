@@ -50,3 +50,12 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["efficientad_fast"] = efficientad_fast.__version__
     if torch.cuda.is_available():
         machine_info["cuda_device"] = torch.cuda.get_device_name()
+
+
+def pytest_collection_finish(session):
+    """Save every benchmark run as JSON (with the machine info above) unless told where:
+    ``pytest bench --benchmark-only`` then leaves .benchmarks/<machine>/NNNN_<commit>.json."""
+    option = session.config.option
+    if not (getattr(option, "benchmark_disable", False) or getattr(option, "benchmark_json", None)
+            or getattr(option, "benchmark_save", None) or getattr(option, "benchmark_autosave", False)):
+        option.benchmark_autosave = True
