@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 EXTENSION_NAME = "efficientad_fast"
-CPU_SOURCES = ["anomaly_map.cpp"]
+# CMakeLists.txt (the C++-host build) lists the same sources; a test checks they agree.
+CPU_SOURCES = ["anomaly_map.cpp", "anomaly_map_api.cpp"]
 CUDA_SOURCES = ["anomaly_map_cuda.cu"]
-HEADERS = ["anomaly_map.h", "anomaly_map_inputs.h"]
+HEADERS = ["anomaly_map.h", "anomaly_map_inputs.h", "include/efficientad_fast/efficientad_fast.h"]
+PUBLIC_INCLUDE_DIR = "include"  # under csrc/: the C++ API header efficientad_fast/efficientad_fast.h
 CXX_FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inlined into our code
 JIT_CXX_FLAGS = ["-march=native"]  # the JIT build runs where it was built
 LD_FLAGS = ["-fopenmp"]
@@ -167,7 +169,7 @@ def build_plan(jit: bool, with_cuda: bool | None = None) -> BuildPlan:
         with_cuda=with_cuda,
         reason=reason,
         sources=[str(src / s) for s in CPU_SOURCES],
-        include_dirs=[str(src)],
+        include_dirs=[str(src), str(src / PUBLIC_INCLUDE_DIR)],
         cxx_flags=CXX_FLAGS + (JIT_CXX_FLAGS if jit else []),
         ld_flags=list(LD_FLAGS),
     )
