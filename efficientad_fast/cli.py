@@ -173,6 +173,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if failed and len(failed) == len(result["timings"]) else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Train and evaluate every category of a dataset and write the benchmark report's tables:
+    per category Image AUROC, Image F1, Pixel AUROC, Pixel F1, AU-PRO (AU-sPRO for LOCO),
+    training time, inference time and latency, the dataset average, and with --sweep the
+    hyperparameter table. Writes report.md, report.csv, report.json and report.png to --out;
+    a category that fails is reported and the rest go on."""
+    from .report import parse_sweep, report_tables, run_report
+    from .train import TrainConfig
+
+    try:
+        sweep = parse_sweep(args.sweep)
+    except ValueError as exc:
+        print(f"efficientad-fast report: error: {exc}", file=sys.stderr)
+        return 2
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, seed=args.seed, amp=args.amp,
+                         checkpoint_every=0, workers=args.workers, progress=_progress_enabled(args))
+    result = run_report(
+        args.data, args.dataset, args.out, categories=args.categories, model_size=args.model_size,
+        config=config, sweep=sweep, teacher=args.teacher, image_size=args.image_size, device=args.device,
+        latency_batches=args.latency_batches, latency_runs=args.latency_runs,
+    )
+    print("\n" + report_tables(result))
+    print(f"\nwritten: {Path(args.out) / 'report.md'} (+ .csv, .json, .png)")
+    return 1 if all(r["error"] for r in result["rows"]) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="efficientad-fast",
@@ -255,6 +282,33 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--markdown", default=None, help="write the table here (Markdown)")
     be.add_argument("--quiet", action="store_true", help="print only the final table")
     be.set_defaults(func=cmd_bench)
+
+    rep = sub.add_parser("report", help="train and evaluate every category; the benchmark report's tables",
+                         description=cmd_report.__doc__)
+    rep.add_argument("--data", required=True, help="dataset root (the folder holding the categories)")
+    rep.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset layout")
+    rep.add_argument("--categories", nargs="+", default=None, help="categories (default: all found)")
+    rep.add_argument("--out", required=True, help="output folder")
+    rep.add_argument("--model-size", choices=("small", "medium"), default="small")
+    rep.add_argument("--steps", type=int, default=70_000, help="training steps per category (paper: 70000)")
+    rep.add_argument("--batch-size", type=int, default=1)
+    rep.add_argument("--lr", type=float, default=1e-4)
+    rep.add_argument("--weight-decay", type=float, default=1e-5)
+    rep.add_argument("--sweep", nargs="+", default=None, metavar="KEY=V1,V2",
+                     help="hyperparameter grid, e.g. --sweep lr=1e-6,1e-4 weight_decay=1e-6,1e-4 "
+                          "(keys: lr, weight_decay, steps, batch_size)")
+    rep.add_argument("--teacher", default=None, help="teacher weights file (default: the package default)")
+    rep.add_argument("--amp", choices=("fp16", "bf16"), default=None, help="mixed precision training (autocast)")
+    rep.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
+    rep.add_argument("--latency-batches", type=int, nargs="*", default=[1, 4, 16],
+                     help="batch sizes of the latency chart (default 1 4 16; none to skip)")
+    rep.add_argument("--latency-runs", type=int, default=None,
+                     help="timed runs per latency figure (default: 1000 on a GPU, a few on a CPU)")
+    rep.add_argument("--seed", type=int, default=0)
+    rep.add_argument("--workers", type=int, default=2, help="image-loading processes")
+    rep.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    rep.add_argument("--quiet", action="store_true", help="no progress bars")
+    rep.set_defaults(func=cmd_report)
 
     from .pipeline import DEMO_AMP, DEMO_STEPS
 

@@ -1,0 +1,85 @@
+"""efficientad-fast report and efficientad-fast bench, end to end at tiny settings."""
+
+import csv
+import json
+
+import pytest
+
+from efficientad_fast.cli import main
+from efficientad_fast.data import make_synthetic
+from efficientad_fast.report import parse_sweep
+
+pytestmark = pytest.mark.usefixtures("op_library")
+
+
+def test_parse_sweep():
+    assert parse_sweep(["lr=1e-6,1e-4", "weight-decay=1e-5"]) == {"lr": [1e-6, 1e-4], "weight_decay": [1e-5]}
+    assert parse_sweep(["steps=2,4"]) == {"steps": [2, 4]}
+    assert parse_sweep(None) == {}
+    with pytest.raises(ValueError, match="can sweep"):
+        parse_sweep(["momentum=0.9"])
+    with pytest.raises(ValueError, match="looks like"):
+        parse_sweep(["lr"])
+    with pytest.raises(ValueError, match="bad value"):
+        parse_sweep(["lr=fast"])
+
+
+def test_report_sweeps_writes_tables_and_survives_a_failing_category(tmp_path, capsys):
+    data = make_synthetic(tmp_path / "data", seed=1, categories=("board",), n_train=5, n_test_good=2,
+                          n_test_defect_per_type=1, defects=("scratch", "missing_part"))
+    out = tmp_path / "report"
+    rc = main(["report", "--data", str(data), "--dataset", "mvtec", "--categories", "board", "nosuch",
+               "--out", str(out), "--steps", "2", "--sweep", "lr=1e-4,1e-3", "--latency-batches", "1", "2",
+               "--latency-runs", "1", "--workers", "0", "--quiet"])
+    assert rc == 0  # some runs worked
+    printed = capsys.readouterr().out
+    assert "| Category | Lr | Image AUROC |" in printed.replace("LR", "Lr")
+    result = json.loads((out / "report.json").read_text())
+    rows = result["rows"]
+    assert [(r["category"], r["lr"]) for r in rows] == [("board", 1e-4), ("board", 1e-3), ("nosuch", 1e-4),
+                                                        ("nosuch", 1e-3)]
+    for good in rows[:2]:
+        assert good["error"] is None
+        assert 0 <= good["image_auroc"] <= 1 and 0 <= good["pixel_auroc"] <= 1 and 0 <= good["aupro"] <= 1
+        assert good["train_s"] > 0 and good["infer_s"] > 0 and good["latency_ms"] > 0
+    for bad in rows[2:]:
+        assert "nosuch" in bad["error"]
+    assert [p["batch"] for p in result["latency_vs_batch"]] == [1, 2]
+    with open(out / "report.csv") as f:
+        assert [r["category"] for r in csv.DictReader(f)] == ["board", "board", "nosuch", "nosuch"]
+    md = (out / "report.md").read_text()
+    assert "Table 5" in md and "failed:" in md and "Latency against batch size" in md
+    assert (out / "report.png").stat().st_size > 1000
+    # each run kept its model and log
+    assert (out / "board_lr0.0001" / "model.pt").is_file()
+
+
+def test_report_bad_sweep_is_a_usage_error(tmp_path, capsys):
+    rc = main(["report", "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(tmp_path / "o"),
+               "--sweep", "alpha=1"])
+    assert rc == 2 and "can sweep" in capsys.readouterr().err
+
+
+def test_report_without_categories_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no categories"):
+        main(["report", "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(tmp_path / "o")])
+
+
+def test_bench_command_prints_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    rc = main(["bench", "--batch-sizes", "1", "--dtypes", "fp32", "--device", "cpu", "--warmup", "0",
+               "--runs", "1", "--json", str(out), "--markdown", str(md), "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| small | 1 | fp32 | host | no | no |" in printed
+    saved = json.loads(out.read_text())
+    assert saved["timings"][0]["runs"] == 1 and saved["settings"]["device"] == "cpu"
+    assert md.read_text().startswith("Timing protocol on")
+
+
+@pytest.mark.parametrize("command", ["bench", "report"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "usage" in capsys.readouterr().out
