@@ -19,6 +19,7 @@ from . import metrics as metrics_lib
 from .compat import load_teacher
 from .data import make_loader, open_dataset, split_train_validation
 from .data._io import IMAGE_SUFFIXES, list_images, open_image, to_rgb_array
+from .inference import resolve_device  # noqa: F401  (pipeline.resolve_device for callers)
 from .model import EfficientAD
 from .train import TrainConfig, calibrate, load_images_uint8, train, write_training_log
 
@@ -26,15 +27,6 @@ MODEL_FILE = "model.pt"
 # Normalized maps put the q_b (99.5 %) level of normal training maps at 0.1 (both maps,
 # any alpha): pixels above it are flagged by default.
 DEFAULT_THRESHOLD = 0.1
-
-
-def resolve_device(device: str | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
-    return dev
 
 
 def build_model(model_size: str = "small", teacher: str | None = None, padding: bool = False,

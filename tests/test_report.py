@@ -83,3 +83,51 @@ def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_gpu_check_script_runs_end_to_end_without_a_gpu(tmp_path):
+    """bench/gpu_check.sh must not waste its first GPU run: on this machine it installs
+    nothing (skipped), builds, runs the CUDA tests (they skip without a GPU) and writes the
+    summary; with a GPU it also runs the benchmarks."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
+    env = dict(os.environ, OUT=str(tmp_path), GPU_CHECK_SKIP_INSTALL="1", PYTHON=sys.executable)
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine run the script itself (it takes minutes)")
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "build: ok" in summary and "cuda_tests: ok" in summary
+    assert "GPU benchmarks skipped" in summary and "targets not checked" in summary
+    assert (tmp_path / "cuda_tests.xml").is_file()
+
+
+def test_check_targets_picks_the_best_device_configuration():
+    from efficientad_fast.benchmark import check_targets, format_targets
+
+    def timing(size, batch, path, graph, mean_ms):
+        return {"model_size": size, "batch": batch, "dtype": "fp16", "path": path, "cuda_graph": graph,
+                "error": None, "mean_ms": mean_ms, "images_per_s": 1e3 * batch / mean_ms,
+                "name": f"{size} N={batch} fp16 {path}{' graph' if graph else ''}"}
+
+    result = {
+        "timings": [timing("small", 1, "device", False, 0.9), timing("small", 1, "device", True, 0.5),
+                    timing("small", 1, "host", True, 0.1),  # host path is not what the target measures
+                    timing("small", 64, "device", True, 20.0), timing("medium", 1, "device", True, 1.5)],
+        "op": [{"impl": "fused", "batch": 64, "dtype": "fp16", "fraction_of_peak": 0.75, "gbs": 3600.0},
+               {"impl": "reference", "batch": 64, "dtype": "fp16", "fraction_of_peak": 0.9, "gbs": 4300.0}],
+    }
+    rows = {r["target"].split(",")[0] + r["target"].split(",")[1]: r for r in check_targets(result)}
+    s1, s64, m1, op = rows.values()
+    assert s1["measured"] == 0.5 and s1["met"] and "graph" in s1["config"]
+    assert s64["measured"] == pytest.approx(3200.0) and not s64["met"]
+    assert m1["measured"] == 1.5 and not m1["met"]
+    assert op["measured"] == 0.75 and op["met"]
+    assert "| NO |" in format_targets(list(rows.values()))
+    assert check_targets({"timings": [], "op": []}) == []
