@@ -326,31 +326,15 @@ def bench_predict(rounds: int, warmup: int, anomalib_parts) -> tuple[list[Row], 
 
 
 def machine_info() -> dict:
-    cpu_model, flags = None, []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if cpu_model is None and line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                elif not flags and line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-    except OSError:
-        cpu_model = platform.processor() or None
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile") if f in flags]
-    return {
-        "cpu_model": cpu_model,
-        "cpu_isa": isa,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torch_num_threads": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "mkldnn_enabled": torch.backends.mkldnn.is_available(),
-        "cuda_available": torch.cuda.is_available(),
-        "efficientad_fast": efficientad_fast.__version__,
-        "loadavg_start": list(os.getloadavg()),
-    }
+    """efficientad_fast.benchmark.machine_info plus what matters for CPU timings here."""
+    from efficientad_fast.benchmark import machine_info as base_info
+
+    info = base_info()
+    info["loadavg_start"] = info.pop("loadavg")
+    info["torch_num_interop_threads"] = torch.get_num_interop_threads()
+    info["mkldnn_enabled"] = torch.backends.mkldnn.is_available()
+    info["cuda_available"] = torch.cuda.is_available()
+    return info
 
 
 # -- main ---------------------------------------------------------------------------------
