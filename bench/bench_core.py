@@ -27,7 +27,6 @@ import copy
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
