@@ -21,3 +21,37 @@ def op_library():
 def seeded():
     """Same random values in every run, whatever the test order or selection."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def calibrated_model():
+    """A seeded EfficientAD-S (random weights) with teacher statistics and quantiles set."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = efficientad_fast.EfficientAD(model_size="small")
+    model.set_teacher_stats(torch.randn(384, generator=generator) * 0.1,
+                            torch.rand(384, generator=generator) + 0.5)
+    model.set_quantiles(0.2, 1.4, 0.3, 1.9)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def aoti_package(calibrated_model, tmp_path_factory):
+    """``efficientad-fast export --format aoti`` of ``calibrated_model`` (256 px), made once
+    per session (AOTInductor compiles for ~30 s on 2 cores): (model file, package path)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path_factory.mktemp("aoti")
+    model_path, package_path = folder / "model.pt", folder / "model.pt2"
+    calibrated_model.save(model_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "efficientad_fast", "export", "--model", str(model_path),
+         "--format", "aoti", "--out", str(package_path)],
+        capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert package_path.is_file()
+    return model_path, package_path
