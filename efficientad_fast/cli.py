@@ -325,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .distill import add_parser as add_distill_parser
 
     add_distill_parser(sub)  # distill-teacher
+
+    from .export import add_parser as add_export_parser
+
+    add_export_parser(sub)  # export (AOTInductor package, ONNX)
     return parser
 
 
