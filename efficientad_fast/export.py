@@ -16,7 +16,8 @@ Outputs: ``anomaly_map`` float32 (N, 1, H, W) and ``score`` float32 (N,), equal 
 ``model.predict(images)`` (the AOTI package to within float rounding of the compiled
 networks, the ONNX model to within 1e-4 of the map's range).
 
-The package carries metadata a host can check before running it (see ``PACKAGE_METADATA``).
+Both carry metadata a host can check before running them (:func:`metadata`): the format
+``efficientad_fast.predict``, the image size, the device and whether the map is calibrated.
 """
 
 from __future__ import annotations
@@ -150,6 +151,8 @@ def export_aoti(model: EfficientAD, out: str | os.PathLike, image_size=256, devi
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("a CUDA package is compiled on a machine with a GPU: none is visible here")
     size, example = _prepare(model, image_size)
     out = Path(out)
     if out.suffix != ".pt2":
@@ -223,8 +226,11 @@ def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opse
     """
     try:
         import onnx
+        import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter writes with it)
     except ImportError as exc:
-        raise ImportError('ONNX export needs onnx and onnxscript: pip install "efficientad_fast[onnx]"') from exc
+        raise ImportError(
+            f'ONNX export needs onnx and onnxscript ({exc}): pip install "efficientad_fast[onnx]"'
+        ) from exc
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
     size, example = _prepare(model, image_size)

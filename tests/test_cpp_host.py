@@ -175,3 +175,20 @@ def test_cpp_api_equals_python_op(host):
     )
     assert lines[1] == f"map 3 1 256 256 sum {amap.sum().item():.9g}"
     assert lines[2:] == [f"score {s:.9g}" for s in score.tolist()]
+
+
+@pytest.mark.skipif(torch.version.cuda is None or _build.find_cuda_home() is None,
+                    reason="needs a CUDA build of libtorch and a CUDA toolkit (nvcc)")
+def test_cmake_cuda_build_registers_the_cuda_kernel(host):
+    """-DEFFICIENTAD_FAST_CUDA=ON compiles the CUDA kernel into the library (one architecture,
+    to keep it quick); no GPU is needed to see the kernel registered."""
+    build = cmake_cache() / "library-build-cuda"
+    env = dict(os.environ, TORCH_CUDA_ARCH_LIST=_build.DEFAULT_CUDA_ARCH_LIST)
+    run(["cmake", "-S", ROOT, "-B", build, "-DEFFICIENTAD_FAST_CUDA=ON", *torch_cmake_args()], env=env)
+    run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2)], env=env)
+    library = build / "libefficientad_fast.so.0"
+    # The example links the installed CPU-only library by soname; preload the CUDA one instead.
+    out = subprocess.run([str(host["op_example"]), "1"], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, LD_PRELOAD=str(library)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "kernels cpu,cuda"

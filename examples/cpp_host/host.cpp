@@ -10,8 +10,9 @@
 // float32, H x W row-major) and OUT.pgm (the map scaled to 8 bits for viewing).
 // Exit status: 0 ok, 2 bad arguments or input, 3 package cannot be loaded or run.
 #include <efficientad_fast/efficientad_fast.h>
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
-#include <torch/torch.h>
 
 #include <cctype>
 #include <cstdio>
@@ -47,7 +48,7 @@ std::string pnm_token(std::istream& in) {
 }
 
 // A binary PPM (P6, maxval 255) as a uint8 (H, W, 3) tensor.
-torch::Tensor read_ppm(const std::string& path) {
+at::Tensor read_ppm(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError("cannot open image " + path);
   std::string magic = pnm_token(in).substr(0, 8);
@@ -68,7 +69,7 @@ torch::Tensor read_ppm(const std::string& path) {
   if (width <= 0 || height <= 0) throw InputError(path + ": PPM size must be positive");
   if (maxval != 255) throw InputError(path + ": only 8-bit PPM (maxval 255) is read, got maxval " +
                                       std::to_string(maxval));
-  auto image = torch::empty({height, width, 3}, torch::kUInt8);
+  auto image = at::empty({height, width, 3}, at::kByte);
   in.read(reinterpret_cast<char*>(image.data_ptr<uint8_t>()), image.numel());
   if (in.gcount() != image.numel())
     throw InputError(path + ": truncated PPM, expected " + std::to_string(image.numel()) +
@@ -77,14 +78,14 @@ torch::Tensor read_ppm(const std::string& path) {
   return image;
 }
 
-void write_outputs(const torch::Tensor& map, const std::string& out) {
-  const auto m = map.to(torch::kCPU).contiguous();  // (H, W) float32
+void write_outputs(const at::Tensor& map, const std::string& out) {
+  const auto m = map.to(at::kCPU).contiguous();  // (H, W) float32
   std::ofstream raw(out + ".f32", std::ios::binary);
   raw.write(reinterpret_cast<const char*>(m.data_ptr<float>()), m.numel() * sizeof(float));
   if (!raw) throw std::runtime_error("cannot write " + out + ".f32");
   // The PGM is for looking at: the map's min..max stretched to 0..255.
   const float lo = m.min().item<float>(), hi = m.max().item<float>();
-  const auto gray = ((m - lo) / std::max(hi - lo, 1e-12f) * 255.f).round().clamp(0, 255).to(torch::kUInt8);
+  const auto gray = ((m - lo) / std::max(hi - lo, 1e-12f) * 255.f).round().clamp(0, 255).to(at::kByte);
   std::ofstream pgm(out + ".pgm", std::ios::binary);
   pgm << "P5\n" << m.size(1) << " " << m.size(0) << "\n255\n";
   pgm.write(reinterpret_cast<const char*>(gray.data_ptr<uint8_t>()), gray.numel());
@@ -111,7 +112,7 @@ int run(int argc, char** argv) {
   if (!efficientad_fast::op_registered())
     throw std::runtime_error("the op efficientad_fast::anomaly_map is not registered: link libefficientad_fast");
 
-  torch::NoGradGuard no_grad;
+  c10::InferenceMode inference;  // no autograd bookkeeping
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader;
   try {
     loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(package);
@@ -135,17 +136,17 @@ int run(int argc, char** argv) {
   }
   const std::string device = metadata_value(metadata, "device").empty() ? "cpu" : metadata_value(metadata, "device");
 
-  const torch::Tensor image = read_ppm(image_path);
+  const at::Tensor image = read_ppm(image_path);
   if (image.size(0) != want_h || image.size(1) != want_w)
     throw InputError(image_path + " is " + std::to_string(image.size(1)) + "x" +
                      std::to_string(image.size(0)) + " (WxH) but " + package +
                      " was exported for " + std::to_string(want_w) + "x" + std::to_string(want_h) +
                      "; resize the image or export for its size (--image-size)");
   // (H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1], as the package expects.
-  const torch::Tensor batch =
-      image.permute({2, 0, 1}).unsqueeze(0).to(torch::kFloat).div(255).contiguous().to(device);
+  const at::Tensor batch =
+      image.permute({2, 0, 1}).unsqueeze(0).to(at::kFloat).div(255).contiguous().to(device);
 
-  std::vector<torch::Tensor> outputs;
+  std::vector<at::Tensor> outputs;
   try {
     outputs = loader->run({batch});
   } catch (const c10::Error& e) {
@@ -153,7 +154,7 @@ int run(int argc, char** argv) {
     return 3;
   }
   if (outputs.size() != 2) throw std::runtime_error("expected (anomaly_map, score) from the package");
-  const torch::Tensor map = outputs[0][0][0], score = outputs[1].to(torch::kCPU);
+  const at::Tensor map = outputs[0][0][0], score = outputs[1].to(at::kCPU);
   write_outputs(map, out);
   std::printf("score %.9g\n", score[0].item<float>());
   std::printf("map %s.f32 (%lld x %lld float32), %s.pgm\n", out.c_str(),

@@ -7,7 +7,7 @@
 // Python bit for bit), calls efficientad_fast::anomaly_map with anomalib's options and
 // prints the scores and the map's sum.
 #include <efficientad_fast/efficientad_fast.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <cstdio>
 #include <iostream>
@@ -15,8 +15,8 @@
 
 namespace {
 
-torch::Tensor features(int64_t n, int64_t c, int64_t h, int64_t w, double phase) {
-  return torch::arange(n * c * h * w, torch::kFloat).mul(0.37).add(phase).sin().reshape({n, c, h, w});
+at::Tensor features(int64_t n, int64_t c, int64_t h, int64_t w, double phase) {
+  return at::arange(n * c * h * w, at::kFloat).mul(0.37).add(phase).sin().reshape({n, c, h, w});
 }
 
 }  // namespace
@@ -30,9 +30,9 @@ int main(int argc, char** argv) {
     const auto autoencoder = features(n, c, h, w, 2.0);
 
     efficientad_fast::AnomalyMapOptions options;
-    options.teacher_mean = torch::full({c}, 0.1f);
-    options.teacher_std = torch::full({c}, 2.0f);
-    options.quantiles = torch::tensor({0.2f, 1.5f, 0.3f, 1.8f});
+    options.teacher_mean = at::full({c}, 0.1f);
+    options.teacher_std = at::full({c}, 2.0f);
+    options.quantiles = at::tensor({0.2f, 1.5f, 0.3f, 1.8f});
     options.output_size = std::vector<int64_t>{256, 256};
     const auto [map, score] = efficientad_fast::anomaly_map(teacher, student, autoencoder, options);
 
