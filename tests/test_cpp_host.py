@@ -89,6 +89,21 @@ def host(installed_library):
     return {"host": build / "efficientad_fast_host", "op_example": build / "efficientad_fast_op_example"}
 
 
+@pytest.fixture(scope="module")
+def foreign_package(tmp_path_factory):
+    """A real AOTInductor package that is not an efficientad_fast model (~10 s to compile)."""
+    path = tmp_path_factory.mktemp("foreign") / "linear.pt2"
+    with torch.no_grad():
+        program = torch.export.export(torch.nn.Linear(4, 2).eval(), (torch.rand(2, 4),))
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    return path
+
+
+def test_python_loader_rejects_a_foreign_package(foreign_package):
+    with pytest.raises(ValueError, match="not an efficientad_fast model"):
+        export.load_package(foreign_package)
+
+
 def write_ppm(path, pixels):
     from PIL import Image
 
@@ -126,7 +141,7 @@ def test_host_score_and_map_equal_python(tmp_path, host, aoti_package, calibrate
     assert pgm.startswith(b"P5\n256 256\n255\n") and len(pgm) == len(b"P5\n256 256\n255\n") + 256 * 256
 
 
-def test_host_bad_input_gives_message_and_exit_status(tmp_path, host, aoti_package):
+def test_host_bad_input_gives_message_and_exit_status(tmp_path, host, aoti_package, foreign_package):
     _, package_path = aoti_package
     good = tmp_path / "good.ppm"
     write_ppm(good, np.zeros((256, 256, 3), dtype=np.uint8))
@@ -148,6 +163,7 @@ def test_host_bad_input_gives_message_and_exit_status(tmp_path, host, aoti_packa
         ((package_path, png, out_prefix), 2, "not a binary PPM"),
         ((package_path, truncated, out_prefix), 2, "truncated PPM"),
         ((garbage, good, out_prefix), 3, "cannot load"),
+        ((foreign_package, good, out_prefix), 2, "not an efficientad_fast model"),
         ((package_path, good), 2, "usage:"),
     ]
     for args, status, words in cases:
