@@ -143,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
 
     run_demo(args.out, steps=args.steps, seed=args.seed, device=args.device,
-             amp=None if args.amp == "none" else args.amp,
+             amp=None if args.amp == "none" else args.amp, teacher=args.teacher,
              progress=_progress_enabled(args))
     return 0
 
@@ -221,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=1, help="images per step (paper: 1)")
     train.add_argument("--lr", type=float, default=1e-4)
     train.add_argument("--weight-decay", type=float, default=1e-5)
-    train.add_argument("--teacher", default="default",
-                       help="'default': the shipped teacher distilled from ImageNet EfficientNet-Lite0 "
-                            "(small; medium: random, none ships); 'random': a randomly initialised PDN; "
-                            "or a teacher weights file (released or from distill-teacher)")
+    train.add_argument("--teacher", default="random",
+                       help="'random' (default): a randomly initialised PDN; 'distilled': the shipped PDN-S "
+                            "teacher distilled from ImageNet EfficientNet-Lite0; or a teacher weights file "
+                            "(released or from distill-teacher)")
     train.add_argument("--penalty-images", nargs="+", default=None, metavar="DIR",
                        help="folder(s) of generic natural images for the penalty loss")
     train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     demo.add_argument("--amp", choices=("fp16", "bf16", "none"), default=DEMO_AMP,
                       help=f"mixed precision (autocast; default {DEMO_AMP}, 'none' for float32)")
+    demo.add_argument("--teacher", default="random",
+                      help="'random' (default), 'distilled' (the shipped PDN-S teacher) or a teacher file")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 

@@ -100,7 +100,8 @@ def from_anomalib(
     model_size = "medium" if "teacher.conv6.weight" in state else "small"
     padding = hparams.get("padding", False) if padding is None else padding
     pad_maps = hparams.get("pad_maps", True) if pad_maps is None else pad_maps
-    model = EfficientAD(model_size=model_size, padding=bool(padding), pad_maps=bool(pad_maps))
+    model = EfficientAD(model_size=model_size, padding=bool(padding), pad_maps=bool(pad_maps),
+                        teacher="random")  # its weights come from the state dict
 
     ours = {}
     for key, value in state.items():

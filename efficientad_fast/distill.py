@@ -412,7 +412,7 @@ class DistillConfig:
     model_size: str = "small"
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None
-    steps: int = 2000
+    steps: int = 1400
     batch_size: int = 8
     crop: int = 128  # PDN input size; the backbone sees 2 x crop
     lr: float = 5e-4

@@ -15,6 +15,7 @@ from torch import nn
 from .models import MODEL_SIZES, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
 from .ops import DISTANCES, anomaly_map
 from .reference import reference_anomaly_map
+from .teachers import init_teacher
 
 FORMAT = "efficientad_fast"
 FORMAT_VERSION = 1
@@ -41,6 +42,10 @@ class EfficientAD(nn.Module):
         alpha: weight of the student-teacher map in the fused map (1 - alpha: autoencoder map).
         pad_maps: pad the feature-resolution maps by 4 pixels before resizing, as anomalib does.
         distance: "l2" (the paper) or "cosine".
+        teacher: "random" (PyTorch's default initialization, from the global RNG),
+            "distilled" (the PDN-S teacher distilled offline from ImageNet EfficientNet-Lite0
+            that ships in ``efficientad_fast/teachers``; small only) or a teacher file
+            (released ``conv1..`` or ``nn.Sequential`` layouts). ``teacher_source`` says which.
 
     Holds ``teacher``, ``student``, ``autoencoder`` and the float32 buffers ``teacher_mean``,
     ``teacher_std`` (384) and ``quantiles`` (q_a_st, q_b_st, q_a_ae, q_b_ae); the map is
@@ -56,6 +61,7 @@ class EfficientAD(nn.Module):
         alpha: float = 0.5,
         pad_maps: bool = True,
         distance: str = "l2",
+        teacher: str | os.PathLike = "random",
     ) -> None:
         super().__init__()
         if model_size not in MODEL_SIZES:
@@ -73,6 +79,8 @@ class EfficientAD(nn.Module):
         self.student = make_pdn(model_size, 2 * TEACHER_CHANNELS, self.padding)
         self.autoencoder = AutoEncoder(TEACHER_CHANNELS, self.padding)
         self.teacher.requires_grad_(False)
+        # After all three networks drew their random init, so seeds give the same student.
+        self.teacher_source = init_teacher(self.teacher, teacher, model_size, self.padding)
         self.register_buffer("teacher_mean", torch.zeros(TEACHER_CHANNELS))
         self.register_buffer("teacher_std", torch.ones(TEACHER_CHANNELS))
         self.register_buffer("quantiles", torch.zeros(4))
@@ -296,7 +304,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> E
     if missing:
         raise ValueError(f"{path}: model file is incomplete: no {' or '.join(missing)}")
     try:
-        model = EfficientAD(**payload["config"])
+        # The file holds the teacher's weights: skip reading the shipped one.
+        model = EfficientAD(**payload["config"], teacher="random")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: model file has an invalid config {payload['config']}: {exc}") from exc
     load_state_dict_checked(model, payload["state_dict"], source=str(path))

@@ -31,15 +31,11 @@ DEFAULT_THRESHOLD = 0.1
 
 def build_model(model_size: str = "small", teacher: str | None = None, padding: bool = False,
                 seed: int = 0) -> EfficientAD:
-    """A new EfficientAD. ``teacher``: a released teacher file, or None / "random" for the
-    default teacher: the PDN's PyTorch default initialization drawn with ``seed`` (the
-    paper's accuracy needs an ImageNet-distilled teacher: pass its file)."""
+    """A new EfficientAD with networks initialized from ``seed``. ``teacher``: None /
+    "random" (the PDN's default initialization), "distilled" (the shipped ImageNet-distilled
+    PDN-S teacher, see efficientad_fast.teachers) or a teacher file."""
     torch.manual_seed(seed)
-    model = EfficientAD(model_size=model_size, padding=padding)
-    if teacher not in (None, "random"):
-        loaded = load_teacher(teacher, model_size=model_size, padding=padding)
-        model.teacher.load_state_dict(loaded.state_dict())
-    return model
+    return EfficientAD(model_size=model_size, padding=padding, teacher=teacher or "random")
 
 
 class GenericImages(Dataset):
@@ -117,7 +113,7 @@ def train_category(
         "dataset": dataset,
         "category": category,
         "model_size": model_size,
-        "teacher": teacher or "random",
+        "teacher": model.teacher_source,
         "train_images": len(train_set),
         "held_out_images": len(held_out),
         "penalty_images": len(penalty) if penalty else 0,
@@ -359,7 +355,8 @@ DEMO_AMP = "bf16"
 
 def run_demo(out: str | os.PathLike = "demo_out", *, steps: int = DEMO_STEPS, seed: int = 0,
              categories=("weave", "board"), device: str = "auto", batch_size: int = 1,
-             amp: str | None = DEMO_AMP, progress: bool = True, log=print) -> dict:
+             amp: str | None = DEMO_AMP, teacher: str = "random", progress: bool = True,
+             log=print) -> dict:
     """Make the built-in synthetic dataset, train EfficientAD-S on each category, calibrate,
     evaluate, write heatmaps and ``report.md``; returns {category: evaluation}."""
     from .data import make_synthetic
@@ -375,7 +372,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, steps: int = DEMO_STEPS, se
         config = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, amp=amp,
                              checkpoint_every=0, progress=progress)
         model, summaries[category] = train_category(data, "mvtec_ad", category, out / category,
-                                                    config=config, device=device)
+                                                    config=config, device=device, teacher=teacher)
         log(f"[demo] {category}: evaluating")
         evaluation = evaluate_model(model, data, "mvtec_ad", category, progress=progress,
                                     heatmap_dir=out / category / "heatmaps")
@@ -394,8 +391,8 @@ def write_demo_report(out: Path, results: dict, summaries: dict, table: str, ela
         "# efficientad_fast demo",
         "",
         "EfficientAD-S trained on the built-in synthetic dataset (efficientad_fast.data.make_synthetic) "
-        "with the default (random, not ImageNet-distilled) teacher, calibrated on held-out training "
-        "images and evaluated on the test split.",
+        f"with the teacher: {next(iter(summaries.values()))['teacher']}, calibrated on held-out "
+        "training images and evaluated on the test split.",
         "",
         table,
         "",

