@@ -270,3 +270,13 @@ def test_resume_without_checkpoint(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="ckpt"):
         distill_teacher(tmp_path / "t.pt", tiny(), resume=True, log=lambda *_: None)
+
+
+def test_distill_command_has_help_without_the_extra_loaded():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-m", "efficientad_fast", "distill-teacher", "--help"], capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.returncode == 0 and "--backbone-weights" in out.stdout
