@@ -5,6 +5,7 @@ image (score and map equal Python's), its error handling, and the C++ API of the
 The CMake builds are cached in the build cache (``~/.cache/efficientad_fast/cmake-*``,
 keyed by torch and Python version), so reruns only check that nothing changed."""
 
+import hashlib
 import os
 import re
 import shutil
@@ -40,7 +41,10 @@ def test_cmake_build_compiles_the_python_build_sources():
 
 
 def cmake_cache() -> Path:
-    tag = f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}"
+    # CMake ties a build folder to one source folder: key it by this checkout too, so two
+    # clones (say a CI clone beside a working copy) never share one.
+    checkout = hashlib.sha1(str(ROOT.resolve()).encode()).hexdigest()[:8]
+    tag = f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}-{checkout}"
     return _build.cache_root() / f"cmake-{tag}"
 
 
