@@ -79,16 +79,39 @@ def _progress_enabled(args) -> bool:
     return not getattr(args, "quiet", False)
 
 
+def _add_training_args(p: argparse.ArgumentParser, steps_help: str) -> None:
+    """The training settings that train and report share."""
+    p.add_argument("--model-size", choices=("small", "medium"), default="small")
+    p.add_argument("--steps", type=int, default=70_000, help=steps_help)
+    p.add_argument("--batch-size", type=int, default=1, help="images per step (paper: 1)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--teacher", default="random",
+                       help="'random' (default): a randomly initialised PDN; 'distilled': the shipped PDN-S "
+                            "teacher distilled from ImageNet EfficientNet-Lite0; or a teacher weights file "
+                            "(released or from distill-teacher)")
+    p.add_argument("--amp", choices=("fp16", "bf16"), default=None, help="mixed precision (autocast)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _train_config(args: argparse.Namespace, checkpoint_every: int):
+    """TrainConfig from the arguments _add_training_args (and --workers) define."""
+    from .train import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       weight_decay=args.weight_decay, seed=args.seed, amp=args.amp,
+                       checkpoint_every=checkpoint_every, workers=args.workers,
+                       progress=_progress_enabled(args))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train EfficientAD on one category, calibrate the map quantiles on held-out training
     images and write model.pt, train_log.jsonl, loss_curve.png and train_summary.json."""
     from .pipeline import train_category
-    from .train import TrainConfig, TrainingInterrupted
+    from .train import TrainingInterrupted
 
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         weight_decay=args.weight_decay, seed=args.seed, amp=args.amp,
-                         checkpoint_every=args.checkpoint_every, workers=args.workers,
-                         progress=_progress_enabled(args))
+    config = _train_config(args, checkpoint_every=args.checkpoint_every)
     try:
         _, summary = train_category(
             args.data, args.dataset, args.category, args.out, model_size=args.model_size,
@@ -180,16 +203,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     hyperparameter table. Writes report.md, report.csv, report.json and report.png to --out;
     a category that fails is reported and the rest go on."""
     from .report import parse_sweep, report_tables, run_report
-    from .train import TrainConfig
 
     try:
         sweep = parse_sweep(args.sweep)
     except ValueError as exc:
         print(f"efficientad-fast report: error: {exc}", file=sys.stderr)
         return 2
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         weight_decay=args.weight_decay, seed=args.seed, amp=args.amp,
-                         checkpoint_every=0, workers=args.workers, progress=_progress_enabled(args))
+    config = _train_config(args, checkpoint_every=0)
     result = run_report(
         args.data, args.dataset, args.out, categories=args.categories, model_size=args.model_size,
         config=config, sweep=sweep, teacher=args.teacher, image_size=args.image_size, device=args.device,
@@ -216,23 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train on one category", description=cmd_train.__doc__)
     _add_data_args(train)
     train.add_argument("--out", required=True, help="output folder")
-    train.add_argument("--model-size", choices=("small", "medium"), default="small")
-    train.add_argument("--steps", type=int, default=70_000, help="training steps (paper: 70000)")
-    train.add_argument("--batch-size", type=int, default=1, help="images per step (paper: 1)")
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--weight-decay", type=float, default=1e-5)
-    train.add_argument("--teacher", default="random",
-                       help="'random' (default): a randomly initialised PDN; 'distilled': the shipped PDN-S "
-                            "teacher distilled from ImageNet EfficientNet-Lite0; or a teacher weights file "
-                            "(released or from distill-teacher)")
+    _add_training_args(train, steps_help="training steps (paper: 70000)")
     train.add_argument("--penalty-images", nargs="+", default=None, metavar="DIR",
                        help="folder(s) of generic natural images for the penalty loss")
     train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
-    train.add_argument("--amp", choices=("fp16", "bf16"), default=None, help="mixed precision (autocast)")
-    train.add_argument("--seed", type=int, default=0)
     train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="metrics of a saved model on a test split", description=cmd_eval.__doc__)
@@ -289,25 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset layout")
     rep.add_argument("--categories", nargs="+", default=None, help="categories (default: all found)")
     rep.add_argument("--out", required=True, help="output folder")
-    rep.add_argument("--model-size", choices=("small", "medium"), default="small")
-    rep.add_argument("--steps", type=int, default=70_000, help="training steps per category (paper: 70000)")
-    rep.add_argument("--batch-size", type=int, default=1)
-    rep.add_argument("--lr", type=float, default=1e-4)
-    rep.add_argument("--weight-decay", type=float, default=1e-5)
+    _add_training_args(rep, steps_help="training steps per category (paper: 70000)")
     rep.add_argument("--sweep", nargs="+", default=None, metavar="KEY=V1,V2",
                      help="hyperparameter grid, e.g. --sweep lr=1e-6,1e-4 weight_decay=1e-6,1e-4 "
                           "(keys: lr, weight_decay, steps, batch_size)")
-    rep.add_argument("--teacher", default=None, help="teacher weights file (default: the package default)")
-    rep.add_argument("--amp", choices=("fp16", "bf16"), default=None, help="mixed precision training (autocast)")
     rep.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
     rep.add_argument("--latency-batches", type=int, nargs="*", default=[1, 4, 16],
                      help="batch sizes of the latency chart (default 1 4 16; none to skip)")
     rep.add_argument("--latency-runs", type=int, default=None,
                      help="timed runs per latency figure (default: 1000 on a GPU, a few on a CPU)")
-    rep.add_argument("--seed", type=int, default=0)
     rep.add_argument("--workers", type=int, default=2, help="image-loading processes")
     rep.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    rep.add_argument("--quiet", action="store_true", help="no progress bars")
     rep.set_defaults(func=cmd_report)
 
     from .pipeline import DEMO_AMP, DEMO_STEPS

@@ -149,7 +149,7 @@ def run_report(
     result = {
         "dataset": dataset, "data": str(data), "model_size": model_size, "image_size": image_size,
         "device": str(resolve_device(device)), "train_config": dataclasses.asdict(config),
-        "sweep": sweep or {}, "teacher": teacher or "default", "rows": rows,
+        "sweep": sweep or {}, "teacher": teacher or "random", "rows": rows,
         "latency_vs_batch": latency_curve, "total_s": time.perf_counter() - started,
     }
     write_report(result, out)
