@@ -193,6 +193,16 @@ def distill_teacher_quiet(fn, config, tmp=None):
     return record
 
 
+def _interrupt_at_step_2(learning_rate):
+    """A learning-rate schedule that stops distillation as Ctrl-C would, at step 2."""
+    def schedule(step, config):
+        if step == 2:
+            raise KeyboardInterrupt
+        return learning_rate(step, config)
+
+    return schedule
+
+
 @needs_distill
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
     from efficientad_fast import distill
@@ -200,13 +210,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
     straight = distill_teacher_quiet(distill.distill_teacher, tiny(), tmp_path / "a")
     (tmp_path / "b").mkdir()
     original = distill.learning_rate
-
-    def interrupt_at_step_2(step, config):
-        if step == 2:
-            raise KeyboardInterrupt
-        return original(step, config)
-
-    monkeypatch.setattr(distill, "learning_rate", interrupt_at_step_2)
+    monkeypatch.setattr(distill, "learning_rate", _interrupt_at_step_2(original))
     with pytest.raises(KeyboardInterrupt):
         distill.distill_teacher(tmp_path / "b" / "t.pt", tiny(), log=lambda *_: None)
     assert torch.load(tmp_path / "b" / "t.pt.ckpt", weights_only=True)["step"] == 2
@@ -224,13 +228,7 @@ def test_resume_with_other_steps_changes_the_schedule_and_records_it(tmp_path, m
     from efficientad_fast import distill
 
     original = distill.learning_rate
-
-    def interrupt_at_step_2(step, config):
-        if step == 2:
-            raise KeyboardInterrupt
-        return original(step, config)
-
-    monkeypatch.setattr(distill, "learning_rate", interrupt_at_step_2)
+    monkeypatch.setattr(distill, "learning_rate", _interrupt_at_step_2(original))
     with pytest.raises(KeyboardInterrupt):
         distill.distill_teacher(tmp_path / "t.pt", tiny(), log=lambda *_: None)
     monkeypatch.setattr(distill, "learning_rate", original)
