@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 
 import efficientad_fast
+from efficientad_fast.benchmark import op_inputs
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHANNELS = 384
@@ -171,32 +172,11 @@ def print_table(rows: list[Row], title: str) -> None:
 # -- 1. fused op vs reference -------------------------------------------------------------
 
 
-def op_inputs(batch: int, dtype: torch.dtype, seed: int = 0) -> tuple[tuple, dict]:
-    """Teacher/student/AE features shaped like EfficientAD-S's at 256 px, plus the options."""
-    g = torch.Generator().manual_seed(seed)
-    mean = torch.randn(CHANNELS, generator=g)
-    std = torch.rand(CHANNELS, generator=g) + 0.5
-    shape = (batch, CHANNELS, FEATURE_SIZE, FEATURE_SIZE)
-    teacher = (torch.randn(shape, generator=g) * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)).to(dtype)
-    student = torch.randn((batch, 2 * CHANNELS, FEATURE_SIZE, FEATURE_SIZE), generator=g).to(dtype)
-    autoencoder = torch.randn(shape, generator=g).to(dtype)
-    kwargs = dict(
-        teacher_mean=mean,
-        teacher_std=std,
-        quantiles=(1.5, 3.0, 1.8, 3.5),
-        alpha=0.5,
-        pad=PAD,
-        output_size=(IMAGE_SIZE, IMAGE_SIZE),
-        distance="l2",
-    )
-    return (teacher, student, autoencoder), kwargs
-
-
 def bench_op(batches: list[int], dtypes: list[str], rounds: int, warmup: int) -> list[Row]:
     rows = []
     for batch in batches:
         for dtype_name in dtypes:
-            args, kwargs = op_inputs(batch, DTYPES[dtype_name])
+            args, kwargs = op_inputs(batch, DTYPES[dtype_name])  # CPU, 256 px
             # Fewer rounds where the reference is slow (N=64: ~1-2 s a call on 2 threads).
             n_rounds = rounds if batch <= 8 else max(3, rounds // 10)
             series = interleaved(

@@ -17,11 +17,9 @@ import pytest
 import torch
 
 import efficientad_fast
+from efficientad_fast.benchmark import op_inputs
 
-CHANNELS = 384
-FEATURE_SIZE = 56
 OUTPUT_SIZE = (256, 256)
-PAD = 4
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BATCHES = (1, 8, 64)
 IMPLS = {"fused": efficientad_fast.anomaly_map, "reference": efficientad_fast.reference_anomaly_map}
@@ -51,24 +49,7 @@ def features(device: str, batch: int, dtype: str):
     key = (device, batch, dtype)
     if key not in _cached:
         _cached.clear()
-        g = torch.Generator().manual_seed(0)
-        mean = torch.randn(CHANNELS, generator=g)
-        std = torch.rand(CHANNELS, generator=g) + 0.5
-        shape = (batch, CHANNELS, FEATURE_SIZE, FEATURE_SIZE)
-        teacher = torch.randn(shape, generator=g) * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
-        student = torch.randn((batch, 2 * CHANNELS, FEATURE_SIZE, FEATURE_SIZE), generator=g)
-        autoencoder = torch.randn(shape, generator=g)
-        tensors = tuple(t.to(device=device, dtype=DTYPES[dtype]) for t in (teacher, student, autoencoder))
-        kwargs = dict(
-            teacher_mean=mean.to(device),
-            teacher_std=std.to(device),
-            quantiles=torch.tensor([1.5, 3.0, 1.8, 3.5], device=device),
-            alpha=0.5,
-            pad=PAD,
-            output_size=OUTPUT_SIZE,
-            distance="l2",
-        )
-        _cached[key] = (tensors, kwargs)
+        _cached[key] = op_inputs(batch, DTYPES[dtype], device, image_size=OUTPUT_SIZE[0])
     return _cached[key]
 
 

@@ -176,10 +176,9 @@ def time_predict(
     if device.type == "cuda":
         host_images = host_images.pin_memory()
         torch.cuda.reset_peak_memory_stats(device)
-    device_images = host_images.to(device)
     predictor = FastPredictor(model, batch, image_size, cuda_graph=cuda_graph, compile=compile,
                               warmup=min(3, max(1, warmup)))
-    images = host_images if path == "host" else device_images
+    images = host_images if path == "host" else host_images.to(device)
 
     def run() -> None:
         pred = predictor(images, copy=False)
@@ -224,19 +223,24 @@ class OpTiming:
     fraction_of_peak: float | None
 
 
-def op_inputs(batch: int, dtype: torch.dtype, device: torch.device, image_size: int = 256, seed: int = 0):
-    """Features shaped like EfficientAD-S's at ``image_size`` (no padding), and the options."""
+def op_inputs(batch: int, dtype: torch.dtype, device: torch.device | str = "cpu", image_size: int = 256,
+              seed: int = 0):
+    """Teacher/student/AE features shaped like EfficientAD-S's at ``image_size`` (no padding;
+    the teacher drawn around its channel mean/std), and the op's options: the benchmarks'
+    common input."""
     h, w = feature_size((image_size, image_size), padding=False)
     g = torch.Generator().manual_seed(seed)
     c = TEACHER_CHANNELS
-    teacher = torch.randn(batch, c, h, w, generator=g).to(device, dtype)
-    student = torch.randn(batch, 2 * c, h, w, generator=g).to(device, dtype)
-    autoencoder = torch.randn(batch, c, h, w, generator=g).to(device, dtype)
-    kwargs = dict(teacher_mean=torch.randn(c, generator=g).to(device),
-                  teacher_std=(torch.rand(c, generator=g) + 0.5).to(device),
+    mean = torch.randn(c, generator=g)
+    std = torch.rand(c, generator=g) + 0.5
+    teacher = torch.randn(batch, c, h, w, generator=g) * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
+    student = torch.randn(batch, 2 * c, h, w, generator=g)
+    autoencoder = torch.randn(batch, c, h, w, generator=g)
+    args = tuple(t.to(device, dtype) for t in (teacher, student, autoencoder))
+    kwargs = dict(teacher_mean=mean.to(device), teacher_std=std.to(device),
                   quantiles=torch.tensor([1.5, 3.0, 1.8, 3.5], device=device),
                   alpha=0.5, pad=4, output_size=(image_size, image_size), distance="l2")
-    return (teacher, student, autoencoder), kwargs
+    return args, kwargs
 
 
 def bench_op(device: torch.device, batches=(1, 16, 64), dtypes=("fp32", "fp16"), runs: int | None = None,
