@@ -4,7 +4,9 @@ and the synthetic dataset generator. Every dataset here is a tiny tree written t
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from efficientad_fast.data import (
     split_train_validation,
 )
 
+HAVE_SKIMAGE = importlib.util.find_spec("skimage") is not None
 SIZE = (40, 48)  # (H, W) of the written images: not square, so H/W mix-ups show
 OUT = (32, 32)
 
@@ -435,7 +438,8 @@ def test_synthetic_layout_masks_and_loading(tmp_path):
     root = make_synthetic(tmp_path / "syn", seed=0, n_train=4, n_test_good=2, n_test_defect_per_type=1)
     manifest = json.loads((root / "synthetic.json").read_text())
     assert sorted(manifest["categories"]) == ["board", "weave"]
-    for category, info in D.SYNTHETIC_CATEGORIES.items():
+    for category in manifest["categories"]:
+        info = D.SYNTHETIC_CATEGORIES[category]
         train = open_dataset(root, "mvtec_ad", category, "train")
         test = open_dataset(root, "mvtec_ad", category, "test")
         assert len(train) == 4 and len(test) == 2 + len(info["defects"])
@@ -463,6 +467,8 @@ def test_synthetic_defects_are_visible_and_masked():
     """Against the same image rendered without its defect: the defect changes the image
     clearly inside its mask and (almost) nowhere else."""
     for category, info in D.SYNTHETIC_CATEGORIES.items():
+        if category in D.PHOTO_TEXTURES and not HAVE_SKIMAGE:
+            continue  # test_photo_textures says why it is skipped
         for defect in info["defects"]:
             for index in range(2):
                 image, mask = D.render_synthetic(category, 0, "test", defect, index)
@@ -474,6 +480,31 @@ def test_synthetic_defects_are_visible_and_masked():
                 grown = np.asarray(Image.fromarray(mask).filter(ImageFilter.MaxFilter(5))) > 0
                 assert (change[~grown] > 0.1).mean() < 1e-3, (category, defect, index)
             assert D.SYNTHETIC_DEFECT_KINDS[defect] in ("structural", "logical")
+
+
+@pytest.mark.skipif(not HAVE_SKIMAGE, reason="photo textures need scikit-image (the [distill] extra)")
+def test_photo_textures(tmp_path):
+    root = make_synthetic(tmp_path / "photo", seed=3, categories=D.PHOTO_TEXTURES, **SMALL)
+    again = make_synthetic(tmp_path / "again", seed=3, categories=D.PHOTO_TEXTURES, **SMALL)
+    assert _tree(root) == _tree(again)
+    for category in D.PHOTO_TEXTURES:
+        train = open_dataset(root, "mvtec_ad", category, "train")
+        test = open_dataset(root, "mvtec_ad", category, "test")
+        assert len(train) == 3 and len(test) == 2 + len(D.STRUCTURAL_DEFECTS)
+        first, second = train[0]["image"], train[1]["image"]
+        assert (first - second).abs().mean() > 0.05  # different windows of the photograph
+        assert 0.2 < first.mean() < 0.8 and first.std() > 0.05  # a textured photo, not a flat fill
+
+
+def test_photo_textures_without_scikit_image(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "skimage", None)  # import fails
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
+    D.synthetic._photo.cache_clear()
+    try:
+        with pytest.raises(ImportError, match="needs scikit-image"):
+            D.render_synthetic("gravel", 0, "train", None, 0, 64)
+    finally:
+        D.synthetic._photo.cache_clear()
 
 
 def test_synthetic_refuses_to_clobber_and_cleans_up(tmp_path, monkeypatch):

@@ -46,6 +46,7 @@ from .datasets import (
 )
 from .synthetic import (
     LOGICAL_DEFECTS,
+    PHOTO_TEXTURES,
     STRUCTURAL_DEFECTS,
     SYNTHETIC_CATEGORIES,
     SYNTHETIC_DEFECT_KINDS,
@@ -60,6 +61,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "KINDS",
     "LOGICAL_DEFECTS",
+    "PHOTO_TEXTURES",
     "STRUCTURAL_DEFECTS",
     "SYNTHETIC_CATEGORIES",
     "SYNTHETIC_DEFECT_KINDS",

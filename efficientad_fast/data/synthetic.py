@@ -25,7 +25,16 @@ Categories
     model trained for a few hundred steps learns smooth content quickly, so defects stand
     out against a well-learned normal.
 
-Defects (structural: both categories; logical: ``board`` only)
+Photo textures (need scikit-image, the ``[distill]`` extra)
+-------------------------------------------------------------
+``brick``, ``grass``, ``gravel`` (texture): real photographed surfaces, the scikit-image
+    sample photographs of those names (512x512 grayscale, bundled with scikit-image). Each
+    image is a random 288x288 window of the photo (random flips), resized to the image size,
+    with the lighting variation of ``weave``. The distillation of the teacher
+    (``efficientad_fast.distill``) keeps these photographs out, so they measure how a
+    teacher does on real textures it has never seen. Not part of the default dataset.
+
+Defects (structural: every category; logical: ``board`` only)
 --------------------------------------------------------------
 ``scratch``          a bright, slightly curved line, 70-120 px long, 3-4.5 px wide
                      (board: 5-7 px, pale laminate colour).
@@ -48,6 +57,7 @@ so changing a count leaves the other images unchanged.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -63,9 +73,11 @@ from PIL import Image, ImageDraw, ImageFilter
 STRUCTURAL_DEFECTS = ("scratch", "hole", "stain", "crack")
 LOGICAL_DEFECTS = ("missing_part", "extra_part", "misplaced_part", "recoloured_part")
 SYNTHETIC_DEFECT_KINDS = {**{d: "structural" for d in STRUCTURAL_DEFECTS}, **{d: "logical" for d in LOGICAL_DEFECTS}}
+PHOTO_TEXTURES = ("brick", "grass", "gravel")
 SYNTHETIC_CATEGORIES = {
     "weave": {"type": "texture", "defects": STRUCTURAL_DEFECTS},
     "board": {"type": "object", "defects": STRUCTURAL_DEFECTS + LOGICAL_DEFECTS},
+    **{name: {"type": "texture", "defects": STRUCTURAL_DEFECTS} for name in PHOTO_TEXTURES},
 }
 _DESIGN = 256.0  # geometry below is in pixels of a 256x256 image and scales with the size
 _SUPERSAMPLE = 2  # shapes are drawn at 2x and box-filtered down (antialiased edges)
@@ -418,7 +430,43 @@ def _render_board(rng, drng, size: int, defect: str | None, apply: bool) -> tupl
     return _lighting(image, rng), mask
 
 
-_RENDER = {"weave": _render_weave, "board": _render_board}
+# -- photo textures ----------------------------------------------------------------------
+
+_PHOTO_WINDOW = 288  # pixels of the 512x512 photograph per image
+
+
+@functools.lru_cache(maxsize=None)
+def _photo(name: str) -> Image.Image:
+    try:
+        import skimage.data
+    except ImportError as exc:
+        raise ImportError(f"the photo texture {name!r} needs scikit-image: "
+                          "pip install 'efficientad_fast[distill]' (or scikit-image)") from exc
+    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+
+
+def _photo_renderer(name: str):
+    def render(rng, drng, size: int, defect: str | None, apply: bool) -> tuple[np.ndarray, np.ndarray]:
+        photo = _photo(name)
+        left, top = (int(v) for v in rng.integers(0, np.array(photo.size) - _PHOTO_WINDOW + 1))
+        window = photo.crop((left, top, left + _PHOTO_WINDOW, top + _PHOTO_WINDOW))
+        window = window.resize((size, size), Image.Resampling.LANCZOS)
+        image = np.asarray(window, dtype=np.float32) / 255.0
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        if rng.random() < 0.5:
+            image = image[::-1]
+        image = np.ascontiguousarray(image)
+        mask = np.zeros((size, size), bool)
+        if defect is not None:
+            region = (12, 12, _DESIGN - 12, _DESIGN - 12)
+            mask = _structural(image, drng, size, defect, region, _WEAVE_STYLE, apply)
+        return _lighting(image, rng), mask
+
+    return render
+
+
+_RENDER = {"weave": _render_weave, "board": _render_board, **{n: _photo_renderer(n) for n in PHOTO_TEXTURES}}
 
 
 # -- writer -------------------------------------------------------------------------------
@@ -475,7 +523,8 @@ def make_synthetic(
     """Write the synthetic dataset (see the module docstring) to ``root`` and return it.
 
     Args:
-        categories: any of ``"weave"`` (texture) and ``"board"`` (object).
+        categories: any of ``"weave"`` (texture), ``"board"`` (object) and the photo
+            textures ``"brick"``, ``"grass"``, ``"gravel"`` (need scikit-image).
         n_train / n_test_good: normal images in train/good and test/good.
         n_test_defect_per_type: anomalous test images per defect type.
         defects: restrict to these defect types (each category keeps the ones it has).
@@ -549,6 +598,7 @@ def make_synthetic(
 
 __all__ = [
     "LOGICAL_DEFECTS",
+    "PHOTO_TEXTURES",
     "STRUCTURAL_DEFECTS",
     "SYNTHETIC_CATEGORIES",
     "SYNTHETIC_DEFECT_KINDS",
