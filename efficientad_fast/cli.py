@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_args(rep, steps_help="training steps per category (paper: 70000)")
     rep.add_argument("--sweep", nargs="+", default=None, metavar="KEY=V1,V2",
                      help="hyperparameter grid, e.g. --sweep lr=1e-6,1e-4 weight_decay=1e-6,1e-4 "
-                          "(keys: lr, weight_decay, steps, batch_size)")
+                          "(keys: lr, weight_decay, steps, batch_size, teacher; "
+                          "teacher=random,distilled,FILE compares teachers)")
     rep.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
     rep.add_argument("--latency-batches", type=int, nargs="*", default=[1, 4, 16],
                      help="batch sizes of the latency chart (default 1 4 16; none to skip)")

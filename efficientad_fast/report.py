@@ -22,7 +22,8 @@ import torch
 from .train import TrainConfig
 
 METRICS = ("image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "aupro")
-SWEEP_KEYS = {"lr": float, "weight_decay": float, "steps": int, "batch_size": int}
+# teacher: "random", "distilled" or a teacher file (compares teachers on the same data)
+SWEEP_KEYS = {"lr": float, "weight_decay": float, "steps": int, "batch_size": int, "teacher": str}
 HEADERS = {"image_auroc": "Image AUROC", "image_f1": "Image F1", "pixel_auroc": "Pixel AUROC",
            "pixel_f1": "Pixel F1", "aupro": "AU-PRO"}
 
@@ -51,8 +52,14 @@ def _settings(sweep: dict[str, list]) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
 
 
+def _setting_label(key: str, value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return Path(value).stem if key == "teacher" else str(value)  # a file's name, no folders
+
+
 def _run_name(category: str, setting: dict) -> str:
-    return category + "".join(f"_{k}{v:g}" if isinstance(v, float) else f"_{k}{v}" for k, v in setting.items())
+    return category + "".join(f"_{k}{_setting_label(k, v)}" for k, v in setting.items())
 
 
 def _headline(metrics: dict) -> dict[str, float]:
@@ -116,11 +123,11 @@ def run_report(
         row = {"dataset": dataset, "category": category or Path(data).name, "model_size": model_size,
                "lr": setting.get("lr", config.lr), "weight_decay": setting.get("weight_decay", config.weight_decay),
                "steps": setting.get("steps", config.steps), "batch_size": setting.get("batch_size", config.batch_size),
-               "error": None}
+               "teacher": setting.get("teacher", teacher or "random"), "error": None}
         try:
-            run_config = dataclasses.replace(config, **setting)
+            run_config = dataclasses.replace(config, **{k: v for k, v in setting.items() if k != "teacher"})
             model, summary = train_category(data, dataset, category, out / name, model_size=model_size,
-                                            config=run_config, teacher=teacher, image_size=image_size,
+                                            config=run_config, teacher=row["teacher"], image_size=image_size,
                                             device=device)
             log(f"{label}: evaluating")
             evaluation = evaluate_model(model, data, dataset, category, image_size=image_size,
@@ -167,6 +174,11 @@ def _fmt(value, digits=4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _teachers(result: dict) -> str:
+    swept = result["sweep"].get("teacher")
+    return ", ".join(str(t) for t in swept) + " (swept)" if swept else result["teacher"]
+
+
 def report_tables(result: dict) -> str:
     """Markdown: Table 4 (per category, with the dataset average) and, with a sweep,
     Table 5 (one row per category and setting)."""
@@ -179,7 +191,7 @@ def report_tables(result: dict) -> str:
         "Train time (s)", "Infer time (s)", "Latency (ms)"]
     lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["category"]] + [_fmt(r[k], 0) if isinstance(r[k], int) else f"{r[k]:g}" for k in swept]
+        cells = [r["category"]] + [_setting_label(k, r[k]) for k in swept]
         if r["error"]:
             cells += [f"failed: {r['error'][:80]}"] + [""] * (len(head) - len(cells) - 1)
         else:
@@ -205,7 +217,7 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
         f"# EfficientAD-{result['model_size'][0].upper()} on {result['dataset']} ({result['data']})",
         "",
         f"{cfg['steps']} training steps, batch {cfg['batch_size']}, lr {cfg['lr']:g}, weight decay "
-        f"{cfg['weight_decay']:g}, {result['image_size']} px, teacher: {result['teacher']}, device "
+        f"{cfg['weight_decay']:g}, {result['image_size']} px, teacher: {_teachers(result)}, device "
         f"{result['device']}. Train time = training + calibration; infer time = the test split "
         "(networks + scoring); latency = mean of the paper's protocol at batch 1 (image on the host "
         "to map on the host).",
@@ -224,7 +236,7 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
     md += [f"![chart](report.png)", "", f"Total {result['total_s'] / 60:.1f} min."]
     paths["md"].write_text("\n".join(md) + "\n")
 
-    fields = ["dataset", "category", "model_size", "lr", "weight_decay", "steps", "batch_size", *METRICS,
+    fields = ["dataset", "category", "model_size", "teacher", "lr", "weight_decay", "steps", "batch_size", *METRICS,
               "train_s", "infer_s", "infer_ms_per_image", "latency_ms", "error"]
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")

@@ -4,9 +4,12 @@ import csv
 import json
 
 import pytest
+import torch
 
 from efficientad_fast.cli import main
 from efficientad_fast.data import make_synthetic
+from efficientad_fast.model import load
+from efficientad_fast.models import make_pdn
 from efficientad_fast.report import parse_sweep
 
 pytestmark = pytest.mark.usefixtures("op_library")
@@ -16,6 +19,7 @@ def test_parse_sweep():
     assert parse_sweep(["lr=1e-6,1e-4", "weight-decay=1e-5"]) == {"lr": [1e-6, 1e-4], "weight_decay": [1e-5]}
     assert parse_sweep(["steps=2,4"]) == {"steps": [2, 4]}
     assert parse_sweep(None) == {}
+    assert parse_sweep(["teacher=random,/x/t.pt"]) == {"teacher": ["random", "/x/t.pt"]}
     with pytest.raises(ValueError, match="can sweep"):
         parse_sweep(["momentum=0.9"])
     with pytest.raises(ValueError, match="looks like"):
@@ -131,3 +135,29 @@ def test_check_targets_picks_the_best_device_configuration():
     assert op["measured"] == 0.75 and op["met"]
     assert "| NO |" in format_targets(list(rows.values()))
     assert check_targets({"timings": [], "op": []}) == []
+
+
+def test_report_sweeps_teachers(tmp_path):
+    """teacher=random,FILE trains one model per teacher on the same data; rows name them."""
+    data = make_synthetic(tmp_path / "data", seed=2, categories=("weave",), n_train=4, n_test_good=2,
+                          n_test_defect_per_type=1, defects=("hole",))
+    torch.manual_seed(7)
+    teacher_file = tmp_path / "teachers" / "my_teacher.pt"
+    teacher_file.parent.mkdir()
+    torch.save(make_pdn("small", out_channels=384).state_dict(), teacher_file)
+    out = tmp_path / "report"
+    rc = main(["report", "--data", str(data), "--dataset", "mvtec", "--out", str(out), "--steps", "2",
+               "--sweep", f"teacher=random,{teacher_file}", "--latency-batches", "--latency-runs", "1",
+               "--workers", "0", "--quiet"])
+    assert rc == 0
+    result = json.loads((out / "report.json").read_text())
+    assert [(r["teacher"], r["error"]) for r in result["rows"]] == [("random", None), (str(teacher_file), None)]
+    assert (out / "weave_teacherrandom" / "model.pt").is_file()
+    assert (out / "weave_teachermy_teacher" / "model.pt").is_file()
+    first, second = (load(out / name / "model.pt") for name in ("weave_teacherrandom",
+                                                                             "weave_teachermy_teacher"))
+    saved = torch.load(teacher_file, weights_only=True)
+    assert all(torch.equal(v, second.teacher.state_dict()[k]) for k, v in saved.items())
+    assert not any(torch.equal(v, first.teacher.state_dict()[k]) for k, v in saved.items() if v.dim() == 4)
+    md = (out / "report.md").read_text()
+    assert "| weave | my_teacher |" in md and "| weave | random |" in md and "(swept)" in md
