@@ -114,6 +114,10 @@ def run_report(
             raise FileNotFoundError(f"no categories (folders with a train/ folder) under {data}")
     settings = _settings(sweep or {})
     runs = [(c, s) for c in categories for s in settings]
+    names = [_run_name(c or Path(data).name, s) for c, s in runs]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:  # e.g. two teacher files with the same name in different folders
+        raise ValueError(f"sweep settings would share the run folders {clashes}; give them different names")
     rows, latency_curve = [], []
     started = time.perf_counter()
     for i, (category, setting) in enumerate(runs, 1):

@@ -161,3 +161,11 @@ def test_report_sweeps_teachers(tmp_path):
     assert not any(torch.equal(v, first.teacher.state_dict()[k]) for k, v in saved.items() if v.dim() == 4)
     md = (out / "report.md").read_text()
     assert "| weave | my_teacher |" in md and "| weave | random |" in md and "(swept)" in md
+
+
+def test_report_refuses_sweep_settings_that_share_a_run_folder(tmp_path):
+    from efficientad_fast.report import run_report
+
+    with pytest.raises(ValueError, match="share the run folders"):
+        run_report(tmp_path, "mvtec", tmp_path / "o", categories=["board"],
+                   sweep={"teacher": ["a/teacher.pt", "b/teacher.pt"]})
