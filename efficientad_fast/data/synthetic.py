@@ -284,13 +284,17 @@ def _structural(image, drng, size, defect, region, style, apply):
     return _STRUCTURAL[defect](target, drng, size, region, style)
 
 
-def _render_weave(rng, drng, size: int, defect: str | None, apply: bool) -> tuple[np.ndarray, np.ndarray]:
-    image = _weave(rng, size)
+def _textured(image, rng, drng, size: int, defect: str | None, apply: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A texture image with its structural defect anywhere but the border, then lit."""
     mask = np.zeros((size, size), bool)
     if defect is not None:
         region = (12, 12, _DESIGN - 12, _DESIGN - 12)
         mask = _structural(image, drng, size, defect, region, _WEAVE_STYLE, apply)
     return _lighting(image, rng), mask
+
+
+def _render_weave(rng, drng, size: int, defect: str | None, apply: bool) -> tuple[np.ndarray, np.ndarray]:
+    return _textured(_weave(rng, size), rng, drng, size, defect, apply)
 
 
 # -- board (object) -----------------------------------------------------------------------
@@ -456,12 +460,7 @@ def _photo_renderer(name: str):
             image = image[:, ::-1]
         if rng.random() < 0.5:
             image = image[::-1]
-        image = np.ascontiguousarray(image)
-        mask = np.zeros((size, size), bool)
-        if defect is not None:
-            region = (12, 12, _DESIGN - 12, _DESIGN - 12)
-            mask = _structural(image, drng, size, defect, region, _WEAVE_STYLE, apply)
-        return _lighting(image, rng), mask
+        return _textured(np.ascontiguousarray(image), rng, drng, size, defect, apply)
 
     return render
 
