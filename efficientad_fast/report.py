@@ -120,8 +120,7 @@ def run_report(
         raise ValueError(f"sweep settings would share the run folders {clashes}; give them different names")
     rows, latency_curve = [], []
     started = time.perf_counter()
-    for i, (category, setting) in enumerate(runs, 1):
-        name = _run_name(category or Path(data).name, setting)
+    for i, ((category, setting), name) in enumerate(zip(runs, names), 1):
         label = f"[report {i}/{len(runs)}] {name}"
         log(f"{label}: training {model_size} for {setting.get('steps', config.steps)} steps")
         row = {"dataset": dataset, "category": category or Path(data).name, "model_size": model_size,
