@@ -13,7 +13,8 @@
 
 from ._build import BuildError
 from ._extension import load_extension
-from .compat import from_anomalib, load_teacher
+from .anomalib_io import from_anomalib
+from .teachers import load_teacher
 from .inference import FastPredictor
 from .model import EfficientAD, Prediction, load
 from .ops import anomaly_map

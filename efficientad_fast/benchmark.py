@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .model import EfficientAD
-from .models import TEACHER_CHANNELS, feature_size
+from .networks import TEACHER_CHANNELS, feature_size
 from .inference import FastPredictor, resolve_device
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

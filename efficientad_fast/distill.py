@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import IMAGENET_MEAN, IMAGENET_STD, MODEL_SIZES, TEACHER_CHANNELS, make_pdn
+from .networks import IMAGENET_MEAN, IMAGENET_STD, MODEL_SIZES, TEACHER_CHANNELS, make_pdn
 
 # Flat block indices of EfficientNet-Lite0 whose outputs form the target:
 # 24, 40, 80, 112, 192 channels at strides 4, 8, 16, 16, 32 (448 in all).

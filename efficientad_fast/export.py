@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .model import EfficientAD
-from .models import check_image_size
+from .networks import check_image_size
 from .reference import reference_anomaly_map
 
 FORMATS = ("aoti", "onnx")

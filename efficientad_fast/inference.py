@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .model import EfficientAD, Prediction
-from .models import check_image_size
+from .networks import check_image_size
 
 INPUT_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 

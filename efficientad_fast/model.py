@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import MODEL_SIZES, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
+from ._checkpoint import atomic_save, load_state_dict_checked
+from .networks import MODEL_SIZES, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
 from .ops import DISTANCES, anomaly_map
 from .reference import reference_anomaly_map
 from .teachers import init_teacher
@@ -269,9 +270,7 @@ class EfficientAD(nn.Module):
             "config": self.config(),
             "state_dict": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.state_dict().items()},
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_save(payload, path)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> EfficientAD:
@@ -310,22 +309,3 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> E
         raise ValueError(f"{path}: model file has an invalid config {payload['config']}: {exc}") from exc
     load_state_dict_checked(model, payload["state_dict"], source=str(path))
     return model.to(map_location)
-
-
-def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> None:
-    """load_state_dict with errors that name the source, the key and both shapes."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    if missing or unexpected:
-        raise ValueError(
-            f"{source}: weights do not match an EfficientAD {getattr(model, 'model_size', '')} model: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
-    for key, value in expected.items():
-        if torch.is_tensor(value) and tuple(state_dict[key].shape) != tuple(value.shape):
-            raise ValueError(
-                f"{source}: {key} has shape {tuple(state_dict[key].shape)}, expected {tuple(value.shape)}"
-            )
-    model.load_state_dict(state_dict)

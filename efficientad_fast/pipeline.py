@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from . import metrics as metrics_lib
-from .compat import load_teacher
+
 from .data import make_loader, open_dataset, split_train_validation
 from .data._io import IMAGE_SUFFIXES, list_images, open_image, to_rgb_array
 from .inference import resolve_device  # noqa: F401  (pipeline.resolve_device for callers)

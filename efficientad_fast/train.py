@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .model import EfficientAD, load_state_dict_checked
-from .models import TEACHER_CHANNELS, feature_size
+from ._checkpoint import load_state_dict_checked
+from .model import EfficientAD
+from .networks import TEACHER_CHANNELS, feature_size
 from .ops import anomaly_map
 
 CHECKPOINT_NAME = "checkpoint.pt"

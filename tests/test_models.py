@@ -14,7 +14,7 @@ import torch
 
 import efficientad_fast as ead
 from efficientad_fast.model import FORMAT_VERSION
-from efficientad_fast.models import AutoEncoder, feature_size, make_pdn
+from efficientad_fast.networks import AutoEncoder, feature_size, make_pdn
 
 # --------------------------------------------------------------------------- helpers
 

@@ -9,7 +9,7 @@ import torch
 from efficientad_fast.cli import main
 from efficientad_fast.data import make_synthetic
 from efficientad_fast.model import load
-from efficientad_fast.models import make_pdn
+from efficientad_fast.networks import make_pdn
 from efficientad_fast.report import parse_sweep
 
 pytestmark = pytest.mark.usefixtures("op_library")

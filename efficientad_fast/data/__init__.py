@@ -32,7 +32,7 @@ an antialiasing bilinear filter, masks with nearest neighbour; grayscale becomes
 dropped, 16-bit images keep their precision. Any non-zero mask pixel is defect.
 """
 
-from ._io import IMAGE_SUFFIXES, DataError
+from ._io import IMAGE_SUFFIXES, DataError, find_images
 from .datasets import (
     DATASETS,
     KINDS,
@@ -44,6 +44,7 @@ from .datasets import (
     open_dataset,
     split_train_validation,
 )
+from .penalty import GenericImages
 from .synthetic import (
     LOGICAL_DEFECTS,
     PHOTO_TEXTURES,
@@ -58,6 +59,7 @@ __all__ = [
     "AnomalyDataset",
     "DATASETS",
     "DataError",
+    "GenericImages",
     "IMAGE_SUFFIXES",
     "KINDS",
     "LOGICAL_DEFECTS",
@@ -66,6 +68,7 @@ __all__ = [
     "SYNTHETIC_CATEGORIES",
     "SYNTHETIC_DEFECT_KINDS",
     "Sample",
+    "find_images",
     "list_categories",
     "load_defects_config",
     "make_loader",

@@ -36,6 +36,18 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p.name))
 
 
+def find_images(folder: str | os.PathLike, what: str = "image") -> list[Path]:
+    """Image files under ``folder`` and its subfolders, sorted (hidden files skipped).
+    FileNotFoundError when the folder is missing, ValueError when it holds no image."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder {folder} does not exist")
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p.name))
+    if not found:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {what} folder {folder}")
+    return found
+
+
 def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     """Open and fully decode ``path`` with Pillow; errors name the file."""
     path = os.fspath(path)

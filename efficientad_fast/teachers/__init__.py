@@ -1,4 +1,4 @@
-"""Teachers that ship inside the package, and how ``EfficientAD(teacher=...)`` picks one.
+"""Teachers: the ones that ship inside the package, reading released teacher files, and how ``EfficientAD(teacher=...)`` picks one.
 
 ``pdn_small_lite0.pt``: a PDN-S teacher (384 channels, float32 state dict with ``conv1.weight``,
 ... keys) distilled offline from ImageNet-pretrained EfficientNet-Lite0 features by
@@ -17,9 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._checkpoint import load_state_dict_checked, read_checkpoint
+from ..networks import TEACHER_CHANNELS, make_pdn
+
 HERE = Path(__file__).resolve().parent
 SHIPPED = {"small": "pdn_small_lite0.pt"}
-TEACHER_CHOICES = ("random", "distilled")
+# nn.Sequential indices of the convs in released teacher files, in conv1, conv2, ... order.
+_SEQUENTIAL_CONV_INDICES = {"small": (0, 3, 6, 8), "medium": (0, 3, 6, 8, 10, 12)}
 
 
 def shipped_teacher_path(model_size: str) -> Path | None:
@@ -55,8 +59,6 @@ def init_teacher(pdn: nn.Module, teacher: str | os.PathLike, model_size: str, pa
         path = Path(teacher)
         if not path.is_file():
             raise FileNotFoundError(f"teacher file {path} does not exist (or pass 'random' / 'distilled')")
-        from ..compat import load_teacher  # compat imports the model module
-
         state = load_teacher(path, model_size=model_size, padding=padding).state_dict()
         source = str(path)
     with torch.no_grad():
@@ -66,3 +68,31 @@ def init_teacher(pdn: nn.Module, teacher: str | os.PathLike, model_size: str, pa
                 raise ValueError(f"{path}: {name} is {got}, a {model_size} teacher needs {tuple(value.shape)}")
             value.copy_(state[name])
     return source
+
+
+def load_teacher(source, model_size: str | None = None, padding: bool = False) -> nn.Module:
+    """A teacher PDN (384 outputs) from a released teacher file or state dict.
+
+    Accepts keys ``conv1.weight, ...`` (optionally prefixed ``teacher.``) or ``nn.Sequential``
+    indices (``0., 3., 6., 8.`` for small; ``0, 3, 6, 8, 10, 12`` for medium). The size is
+    read from the keys unless given.
+    """
+    state = read_checkpoint(Path(source), True) if isinstance(source, (str, os.PathLike)) else source
+    if not isinstance(state, dict):
+        raise TypeError(f"a teacher state dict must be a dict, got {type(state).__name__}")
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    state = {k[len("teacher."):] if k.startswith("teacher.") else k: v for k, v in state.items()}
+    if "0.weight" in state:
+        size = model_size or ("medium" if "12.weight" in state else "small")
+        renamed = {}
+        for conv, index in enumerate(_SEQUENTIAL_CONV_INDICES[size], start=1):
+            for kind in ("weight", "bias"):
+                if f"{index}.{kind}" not in state:
+                    raise ValueError(f"teacher file lacks '{index}.{kind}' of a {size} PDN")
+                renamed[f"conv{conv}.{kind}"] = state[f"{index}.{kind}"]
+        state = renamed
+    size = model_size or ("medium" if "conv6.weight" in state else "small")
+    teacher = make_pdn(size, TEACHER_CHANNELS, padding)
+    load_state_dict_checked(teacher, state, source=f"teacher ({size})")
+    return teacher

@@ -1,58 +1,26 @@
-"""Loading weights from elsewhere: anomalib's EfficientAdModel (module, state dict or
-Lightning checkpoint) and released teacher files in either key layout."""
+"""anomalib's EfficientAD as ours: ``from_anomalib`` reads its EfficientAdModel (module,
+state dict or Lightning checkpoint) into an :class:`EfficientAD` that scores the same."""
 
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .model import EfficientAD, load_state_dict_checked
-from .models import TEACHER_CHANNELS, make_pdn
+from ._checkpoint import load_state_dict_checked, read_checkpoint
+from .model import EfficientAD
+from .networks import TEACHER_CHANNELS
 
-# nn.Sequential indices of the convs in released teacher files, in conv1, conv2, ... order.
-_SEQUENTIAL_CONV_INDICES = {"small": (0, 3, 6, 8), "medium": (0, 3, 6, 8, 10, 12)}
 _QUANTILE_KEYS = ("qa_st", "qb_st", "qa_ae", "qb_ae")
-
-
-def _anomalib_safe_globals() -> list:
-    """Types anomalib declares safe in its checkpoints (the model-size enum), when installed."""
-    try:
-        from anomalib.models import EfficientAd
-
-        return list(EfficientAd.checkpoint_safe_globals())
-    except Exception:  # anomalib absent or changed: load without them
-        return []
-
-
-def _read_checkpoint(path: Path, weights_only: bool) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        if weights_only:
-            with torch.serialization.safe_globals(_anomalib_safe_globals()):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc):
-            raise ValueError(
-                f"{path}: torch.load(weights_only=True) refused a type in it ({exc}). If you trust "
-                "this file, pass weights_only=False."
-            ) from exc
-        raise ValueError(f"{path}: not a PyTorch checkpoint: {exc}") from exc
-    except Exception as exc:  # truncated zip, text file, ...: torch raises many kinds
-        raise ValueError(f"{path}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): "
-                         f"{type(exc).__name__}: {exc}") from exc
 
 
 def _anomalib_state_dict(obj, weights_only: bool) -> tuple[dict, dict]:
     """(state dict with anomalib's EfficientAdModel keys, hyperparameters found)."""
     hparams: dict = {}
     if isinstance(obj, (str, os.PathLike)):
-        obj = _read_checkpoint(Path(obj), weights_only)
+        obj = read_checkpoint(Path(obj), weights_only)
     if isinstance(obj, nn.Module):
         model = getattr(obj, "model", obj)  # the Lightning module wraps the torch model
         hparams = {
@@ -124,31 +92,3 @@ def from_anomalib(
     if all(q is not None for q in quantiles) and any(float(q) != 0 for q in quantiles):
         model.set_quantiles(*(float(q) for q in quantiles))
     return model
-
-
-def load_teacher(source, model_size: str | None = None, padding: bool = False) -> nn.Module:
-    """A teacher PDN (384 outputs) from a released teacher file or state dict.
-
-    Accepts keys ``conv1.weight, ...`` (optionally prefixed ``teacher.``) or ``nn.Sequential``
-    indices (``0., 3., 6., 8.`` for small; ``0, 3, 6, 8, 10, 12`` for medium). The size is
-    read from the keys unless given.
-    """
-    state = _read_checkpoint(Path(source), True) if isinstance(source, (str, os.PathLike)) else source
-    if not isinstance(state, dict):
-        raise TypeError(f"a teacher state dict must be a dict, got {type(state).__name__}")
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    state = {k[len("teacher."):] if k.startswith("teacher.") else k: v for k, v in state.items()}
-    if "0.weight" in state:
-        size = model_size or ("medium" if "12.weight" in state else "small")
-        renamed = {}
-        for conv, index in enumerate(_SEQUENTIAL_CONV_INDICES[size], start=1):
-            for kind in ("weight", "bias"):
-                if f"{index}.{kind}" not in state:
-                    raise ValueError(f"teacher file lacks '{index}.{kind}' of a {size} PDN")
-                renamed[f"conv{conv}.{kind}"] = state[f"{index}.{kind}"]
-        state = renamed
-    size = model_size or ("medium" if "conv6.weight" in state else "small")
-    teacher = make_pdn(size, TEACHER_CHANNELS, padding)
-    load_state_dict_checked(teacher, state, source=f"teacher ({size})")
-    return teacher

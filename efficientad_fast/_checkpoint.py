@@ -1,0 +1,82 @@
+"""Files of weights and state: read a PyTorch checkpoint with errors a user can act on,
+write one atomically (never a half file), load a state dict with checked keys and shapes,
+and say which settings differ between a saved run and the one asked for."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def _anomalib_safe_globals() -> list:
+    """Types anomalib declares safe in its checkpoints (the model-size enum), when installed."""
+    try:
+        from anomalib.models import EfficientAd
+
+        return list(EfficientAd.checkpoint_safe_globals())
+    except Exception:  # anomalib absent or changed: load without them
+        return []
+
+
+def read_checkpoint(path: Path, weights_only: bool = True) -> dict:
+    """``torch.load`` of ``path`` on the CPU; FileNotFoundError or ValueError that say why not."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        if weights_only:
+            with torch.serialization.safe_globals(_anomalib_safe_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc):
+            raise ValueError(
+                f"{path}: torch.load(weights_only=True) refused a type in it ({exc}). If you trust "
+                "this file, pass weights_only=False."
+            ) from exc
+        raise ValueError(f"{path}: not a PyTorch checkpoint: {exc}") from exc
+    except Exception as exc:  # truncated zip, text file, ...: torch raises many kinds
+        raise ValueError(f"{path}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
+def atomic_save(payload, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a file beside ``path``, then rename: a crash leaves no half file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> None:
+    """load_state_dict with errors that name the source, the key and both shapes."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: weights do not match an EfficientAD {getattr(model, 'model_size', '')} model: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for key, value in expected.items():
+        if torch.is_tensor(value) and tuple(state_dict[key].shape) != tuple(value.shape):
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(state_dict[key].shape)}, expected {tuple(value.shape)}"
+            )
+    model.load_state_dict(state_dict)
+
+
+def config_diff(saved: dict, wanted: dict, ignore=()) -> dict:
+    """{key: (saved, wanted)} for the settings a resumed run would change. Keys in ``ignore``
+    (progress bars, worker counts, ...) may differ; tuples and lists compare equal."""
+    def plain(value):
+        return list(value) if isinstance(value, (tuple, list)) else value
+
+    keys = [k for k in saved if k not in ignore]
+    return {k: (saved[k], wanted.get(k)) for k in keys if plain(saved[k]) != plain(wanted.get(k))}

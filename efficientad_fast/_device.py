@@ -1,0 +1,28 @@
+"""Where and in what precision to run: the ``--device`` and ``--dtype``/``--amp`` choices
+shared by the jobs, the benchmarks and the distillation."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The torch device for a ``--device`` value: "auto" (or None) is the first CUDA GPU if
+    there is one, else the CPU; a CUDA device that is not there is a clear error."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible to torch {torch.__version__}")
+    return dev
+
+
+def autocast_dtype(amp: str | None) -> torch.dtype | None:
+    """The autocast dtype for an ``amp`` setting: None (float32), "fp16" or "bf16"."""
+    if amp is None:
+        return None
+    if amp not in ("fp16", "bf16"):
+        raise ValueError(f"amp must be None, 'fp16' or 'bf16', got {amp!r}")
+    return DTYPES[amp]
