@@ -54,7 +54,7 @@ __all__ = [
     "best_f1",
     "evaluate",
     "evaluate_loco",
-    "load_defects_config",
+    "parse_defects_config",
     "roc_auc",
 ]
 
@@ -148,7 +148,7 @@ def _binary_mask(m: np.ndarray, name: str) -> np.ndarray:
     return m != 0
 
 
-def load_defects_config(defects_config: Any) -> dict[int, dict]:
+def parse_defects_config(defects_config: Any) -> dict[int, dict]:
     """MVTec LOCO ``defects_config.json`` as {pixel_value: entry}.
 
     Accepts a path to the JSON file, its parsed list of entries, or such a mapping. Each
@@ -323,85 +323,110 @@ def _loco_regions(masks: Any, n: int, hw: tuple[int, int], region_defect_ids: An
     sequence (or (K, H, W) stack) of region masks, or an integer-labelled (N, H, W) /
     (N, 1, H, W) array where each positive value of an image is one region.
     """
-    h, w = hw
-    pixels: list[np.ndarray] = []
-    defect_ids: list[int] = []
     if region_defect_ids is not None and len(region_defect_ids) != n:
         raise ValueError(
             f"length mismatch: {n} scores but {len(region_defect_ids)} region_defect_ids"
         )
-
     if isinstance(masks, (list, tuple)):
-        if len(masks) != n:
-            raise ValueError(f"length mismatch: {n} scores but {len(masks)} masks")
-        for i, entry in enumerate(masks):
-            regions = [] if entry is None else entry
-            if isinstance(regions, (np.ndarray, torch.Tensor)) and regions.ndim == 2:
-                regions = [regions]
-            ids = None if region_defect_ids is None else region_defect_ids[i]
-            if ids is not None and len(ids) != len(regions):
-                raise ValueError(
-                    f"image {i}: {len(regions)} region masks but {len(ids)} region_defect_ids"
-                )
-            for j, region in enumerate(regions):
-                m = _to_numpy(region, f"masks[{i}][{j}]")
-                if m.ndim == 3 and m.shape[0] == 1:
-                    m = m[0]
-                if m.shape != (h, w):
-                    raise ValueError(
-                        f"shape mismatch: masks[{i}][{j}] is {tuple(m.shape)}, maps are {(h, w)}"
-                    )
-                flat = np.flatnonzero(m)
-                if flat.size == 0:
-                    raise ValueError(f"masks[{i}][{j}] is empty: a region needs pixels")
-                if ids is not None:
-                    defect = int(ids[j])
-                else:
-                    values = m.reshape(-1)[flat]
-                    if m.dtype == np.bool_:
-                        raise ValueError(
-                            f"masks[{i}][{j}] is boolean: give region_defect_ids, or masks "
-                            "whose positive pixels carry the defect's pixel_value"
-                        )
-                    if values.min() != values.max():
-                        raise ValueError(
-                            f"masks[{i}][{j}] has several pixel values; one mask is one "
-                            "defect (split it, or use region_defect_ids)"
-                        )
-                    defect = int(values[0])
-                pixels.append(flat + i * h * w)
-                defect_ids.append(defect)
+        pixels, defect_ids = _listed_regions(masks, n, hw, region_defect_ids)
     else:
-        labelled = _image_stack(masks, "masks", n, floating=False)
-        if labelled.shape[1:] != (h, w):
-            raise ValueError(f"shape mismatch: masks are {tuple(labelled.shape)}, maps {(n, h, w)}")
-        if not (np.issubdtype(labelled.dtype, np.integer) or labelled.dtype == np.bool_):
-            raise ValueError(
-                f"integer-labelled masks must have an integer dtype, got {labelled.dtype}"
-            )
-        flat_labels = labelled.reshape(-1)
-        where = np.flatnonzero(flat_labels)
-        values = flat_labels[where].astype(np.int64)
-        if values.size and values.min() < 0:
-            raise ValueError("integer-labelled masks must be >= 0 (0 = normal)")
-        stride = int(values.max(initial=0)) + 1
-        keys, region_of = np.unique((where // (h * w)) * stride + values, return_inverse=True)
-        region_of = region_of.reshape(-1)
-        image_of, label_of = keys // stride, keys % stride
-        for image, label in zip(image_of.tolist(), label_of.tolist()):
-            if region_defect_ids is None:
-                defect_ids.append(label)
-            else:
-                ids = region_defect_ids[image]
-                if label > len(ids):
-                    raise ValueError(
-                        f"image {image}: label {label} but only {len(ids)} region_defect_ids"
-                    )
-                defect_ids.append(int(ids[label - 1]))
-        order = np.argsort(region_of, kind="stable")
-        split = np.cumsum(np.bincount(region_of, minlength=keys.size))[:-1]
-        pixels = np.split(where[order], split) if keys.size else []
+        pixels, defect_ids = _labelled_regions(masks, n, hw, region_defect_ids)
+    return _region_pairs(pixels, defect_ids, n, hw)
 
+
+def _listed_regions(
+    masks: Sequence, n: int, hw: tuple[int, int], region_defect_ids: Any
+) -> tuple[list[np.ndarray], list[int]]:
+    """Flat pixel indices and defect id of each region mask of the sequence form."""
+    h, w = hw
+    if len(masks) != n:
+        raise ValueError(f"length mismatch: {n} scores but {len(masks)} masks")
+    pixels: list[np.ndarray] = []
+    defect_ids: list[int] = []
+    for i, entry in enumerate(masks):
+        regions = [] if entry is None else entry
+        if isinstance(regions, (np.ndarray, torch.Tensor)) and regions.ndim == 2:
+            regions = [regions]
+        ids = None if region_defect_ids is None else region_defect_ids[i]
+        if ids is not None and len(ids) != len(regions):
+            raise ValueError(
+                f"image {i}: {len(regions)} region masks but {len(ids)} region_defect_ids"
+            )
+        for j, region in enumerate(regions):
+            m = _to_numpy(region, f"masks[{i}][{j}]")
+            if m.ndim == 3 and m.shape[0] == 1:
+                m = m[0]
+            if m.shape != (h, w):
+                raise ValueError(
+                    f"shape mismatch: masks[{i}][{j}] is {tuple(m.shape)}, maps are {(h, w)}"
+                )
+            flat = np.flatnonzero(m)
+            if flat.size == 0:
+                raise ValueError(f"masks[{i}][{j}] is empty: a region needs pixels")
+            pixels.append(flat + i * h * w)
+            defect_ids.append(
+                int(ids[j]) if ids is not None else _mask_defect_id(m, flat, f"masks[{i}][{j}]")
+            )
+    return pixels, defect_ids
+
+
+def _mask_defect_id(m: np.ndarray, flat: np.ndarray, name: str) -> int:
+    """The defect pixel_value a region mask carries on its pixels ``flat`` (one value)."""
+    values = m.reshape(-1)[flat]
+    if m.dtype == np.bool_:
+        raise ValueError(
+            f"{name} is boolean: give region_defect_ids, or masks "
+            "whose positive pixels carry the defect's pixel_value"
+        )
+    if values.min() != values.max():
+        raise ValueError(
+            f"{name} has several pixel values; one mask is one "
+            "defect (split it, or use region_defect_ids)"
+        )
+    return int(values[0])
+
+
+def _labelled_regions(
+    masks: Any, n: int, hw: tuple[int, int], region_defect_ids: Any
+) -> tuple[list[np.ndarray], list[int]]:
+    """Flat pixel indices and defect id of each (image, label) region of the labelled form."""
+    h, w = hw
+    labelled = _image_stack(masks, "masks", n, floating=False)
+    if labelled.shape[1:] != (h, w):
+        raise ValueError(f"shape mismatch: masks are {tuple(labelled.shape)}, maps {(n, h, w)}")
+    if not (np.issubdtype(labelled.dtype, np.integer) or labelled.dtype == np.bool_):
+        raise ValueError(
+            f"integer-labelled masks must have an integer dtype, got {labelled.dtype}"
+        )
+    flat_labels = labelled.reshape(-1)
+    where = np.flatnonzero(flat_labels)
+    values = flat_labels[where].astype(np.int64)
+    if values.size and values.min() < 0:
+        raise ValueError("integer-labelled masks must be >= 0 (0 = normal)")
+    stride = int(values.max(initial=0)) + 1
+    keys, region_of = np.unique((where // (h * w)) * stride + values, return_inverse=True)
+    region_of = region_of.reshape(-1)
+    image_of, label_of = keys // stride, keys % stride
+    defect_ids: list[int] = []
+    for image, label in zip(image_of.tolist(), label_of.tolist()):
+        if region_defect_ids is None:
+            defect_ids.append(label)
+        else:
+            ids = region_defect_ids[image]
+            if label > len(ids):
+                raise ValueError(
+                    f"image {image}: label {label} but only {len(ids)} region_defect_ids"
+                )
+            defect_ids.append(int(ids[label - 1]))
+    order = np.argsort(region_of, kind="stable")
+    split = np.cumsum(np.bincount(region_of, minlength=keys.size))[:-1]
+    pixels = np.split(where[order], split) if keys.size else []
+    return pixels, defect_ids
+
+
+def _region_pairs(pixels: Sequence[np.ndarray], defect_ids: Sequence[int], n: int, hw: tuple[int, int]):
+    """(pair_pixel, pair_region, area, defect_ids, union mask (N, H, W)) of flat regions."""
+    h, w = hw
     if pixels:
         pair_pixel = np.concatenate(pixels)
         area = np.array([p.size for p in pixels], dtype=np.int64)
@@ -482,9 +507,34 @@ def evaluate(
     if masks is None:
         raise ValueError("maps given without masks: pixel metrics need the ground truth")
 
-    amaps = _image_stack(maps, "maps", s.shape[0], floating=True)
+    result.update(
+        _pixel_metrics(
+            maps,
+            masks,
+            y,
+            defects_config=defects_config,
+            region_defect_ids=region_defect_ids,
+            pro_limit=pro_limit,
+            spro_limits=spro_limits,
+        )
+    )
+    return result
+
+
+def _pixel_metrics(
+    maps: Any,
+    masks: Any,
+    y: np.ndarray,
+    *,
+    defects_config: Any,
+    region_defect_ids: Any,
+    pro_limit: float,
+    spro_limits: Sequence[float],
+) -> dict[str, float]:
+    """The pixel half of :func:`evaluate`: pixel AUROC and F1, then (s)PRO."""
+    amaps = _image_stack(maps, "maps", y.shape[0], floating=True)
     n, h, w = amaps.shape
-    config = None if defects_config is None else load_defects_config(defects_config)
+    config = None if defects_config is None else parse_defects_config(defects_config)
     if config is None:
         gt = _image_stack(masks, "masks", n, floating=False)
         if gt.shape != amaps.shape:
@@ -505,8 +555,7 @@ def evaluate(
         )
 
     pixels = _Ranking(amaps, anomalous, "pixels of the masks")
-    result["pixel_auroc"] = pixels.auroc()
-    result["pixel_f1"] = pixels.best_f1()
+    result = {"pixel_auroc": pixels.auroc(), "pixel_f1": pixels.best_f1()}
     if config is None:
         pair_pixel, pair_region, area = _connected_regions(anomalous)
         del anomalous

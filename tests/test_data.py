@@ -19,10 +19,10 @@ from efficientad_fast.data import (
     AnomalyDataset,
     DataError,
     list_categories,
-    load_defects_config,
     make_loader,
     make_synthetic,
     open_dataset,
+    read_loco_defects_config,
     split_train_validation,
 )
 
@@ -190,8 +190,13 @@ def test_loco_layout_kinds_and_mask_union(tmp_path):
     assert len(regions) == 2 and [v for _, v in regions] == [255, 255]
     assert regions[0][0].sum() == 64 and regions[1][0].sum() == 100
     assert [v for _, v in test.region_masks(4)] == [254, 254]
-    config = load_defects_config(root, "box")
+    config = read_loco_defects_config(root, "box")
     assert config[254]["defect_name"] == "dent" and config[255]["relative_saturation"] is True
+    with pytest.raises(FileNotFoundError, match=r"nope[/\\]defects_config.json does not exist"):
+        read_loco_defects_config(root, "nope")
+    (root / "box" / "defects_config.json").write_text('[{"defect_name": "x", "pixel_value": 1}]')
+    with pytest.raises(DataError, match=r"defects_config.json: .*lacks"):
+        read_loco_defects_config(root, "box")
     assert test[0]["kind"] == "good" and test[0]["mask"].sum() == 0
 
 

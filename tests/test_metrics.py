@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from efficientad_fast.metrics import auc_up_to, evaluate, evaluate_loco, load_defects_config
+from efficientad_fast.metrics import auc_up_to, evaluate, evaluate_loco, parse_defects_config
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 ndimage = pytest.importorskip("scipy.ndimage")
@@ -346,7 +346,7 @@ def test_auspro_mask_forms_agree(tmp_path):
     path.write_text(json.dumps(DEFECTS))
     assert evaluate(labels, labels, maps, region_lists, defects_config=path) == ref
     assert (
-        evaluate(labels, labels, maps, region_lists, defects_config=load_defects_config(DEFECTS))
+        evaluate(labels, labels, maps, region_lists, defects_config=parse_defects_config(DEFECTS))
         == ref
     )
     # (K, H, W) stacks, torch tensors, None for good images

@@ -20,7 +20,7 @@ Layouts read (``root`` holds the category folders):
     mvtec_loco      <cat>/{train/good, validation/good, test/{good,logical_anomalies,structural_anomalies}},
                     <cat>/ground_truth/<type>/<stem>/000.png, 001.png, ... (OR-ed into one mask;
                     AnomalyDataset.region_masks(i) gives them one by one for sPRO,
-                    load_defects_config(root, cat) reads defects_config.json)
+                    read_loco_defects_config(root, cat) reads defects_config.json)
     folder          [<cat>/]train/good, optional validation/good, test/<label>/ ("good" = normal),
                     optional ground_truth/<label>/<stem>_mask.png or <stem>.png (without that
                     folder, the label's images have has_mask=False and an all-zero mask)
@@ -39,9 +39,9 @@ from .datasets import (
     AnomalyDataset,
     Sample,
     list_categories,
-    load_defects_config,
     make_loader,
     open_dataset,
+    read_loco_defects_config,
     split_train_validation,
 )
 from .penalty import GenericImages
@@ -70,10 +70,10 @@ __all__ = [
     "Sample",
     "find_images",
     "list_categories",
-    "load_defects_config",
     "make_loader",
     "make_synthetic",
     "open_dataset",
+    "read_loco_defects_config",
     "render_synthetic",
     "split_train_validation",
 ]

@@ -8,7 +8,6 @@ when the item is loaded. Every message names the file or folder and what is wron
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..metrics import parse_defects_config
 from ._io import (
     DataError,
     IMAGE_SUFFIXES,
@@ -177,7 +177,7 @@ class AnomalyDataset(Dataset):
         """The individual ground-truth masks of sample ``index``, each as (bool (H, W), value).
 
         ``value`` is the mask's largest pixel value (MVTec LOCO: the ``pixel_value`` of its
-        defect in ``defects_config.json``, see :func:`load_defects_config`), for sPRO.
+        defect in ``defects_config.json``, see :func:`read_loco_defects_config`), for sPRO.
         ``image_size="same"`` uses the dataset's size; None keeps the original resolution
         (sPRO's saturation areas are defined there).
         """
@@ -281,24 +281,16 @@ def _scan_mvtec(base: Path, split: str, pretty: str) -> list[Sample]:
     """MVTec AD / MPDD: train/good, test/{good,<defect>}, ground_truth/<defect>/<stem>_mask.png."""
     if split == "train":
         return _good(_require_images(base / "train" / "good", f"{pretty} train"))
-    test = _require_dir(base / "test", f"{pretty} test")
-    samples: list[Sample] = []
-    for folder in sorted(p for p in test.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = _require_images(folder, f"{pretty} test")
-        if folder.name == GOOD:
-            samples += _good(images)
-            continue
-        gt = base / "ground_truth" / folder.name
-        for image in images:
-            mask = _find_mask(gt, image.stem, (f"{image.stem}_mask",))
-            if mask is None:
-                raise FileNotFoundError(
-                    f"anomalous test image {image} has no mask: expected {gt / (image.stem + '_mask.png')}"
-                )
-            samples.append(Sample(str(image), 1, folder.name, "anomalous", (str(mask),)))
-    if not samples:
-        raise DataError(f"{pretty} test folder {test} holds no image folders (good, <defect>, ...)")
-    return samples
+
+    def anomalous(image: Path, defect: str, gt: Path) -> Sample:
+        mask = _find_mask(gt, image.stem, (f"{image.stem}_mask",))
+        if mask is None:
+            raise FileNotFoundError(
+                f"anomalous test image {image} has no mask: expected {gt / (image.stem + '_mask.png')}"
+            )
+        return Sample(str(image), 1, defect, "anomalous", (str(mask),))
+
+    return _scan_test_folders(base, pretty, "defect", anomalous)
 
 
 def _scan_loco(base: Path, split: str) -> list[Sample]:
@@ -337,27 +329,37 @@ def _scan_folder(base: Path, split: str) -> list[Sample]:
                 f"with split_train_validation(open_dataset(..., split='train'))"
             )
         return _good(_require_images(base / split / "good", f"folder dataset {split}"))
-    test = _require_dir(base / "test", "folder dataset test")
+
+    def anomalous(image: Path, label: str, gt: Path) -> Sample:
+        if not gt.is_dir():
+            return Sample(str(image), 1, label, "anomalous", (), has_mask=False)
+        mask = _find_mask(gt, image.stem, (f"{image.stem}_mask", image.stem))
+        if mask is None:
+            raise FileNotFoundError(
+                f"anomalous test image {image} has no mask: expected {gt / (image.stem + '_mask.png')} "
+                f"or {gt / (image.stem + '.png')} (ground_truth/{label}/ exists)"
+            )
+        return Sample(str(image), 1, label, "anomalous", (str(mask),))
+
+    return _scan_test_folders(base, "folder dataset", "label", anomalous)
+
+
+def _scan_test_folders(
+    base: Path, pretty: str, label_word: str, anomalous: Callable[[Path, str, Path], Sample]
+) -> list[Sample]:
+    """test/good and test/<label>/ folders (sorted, hidden skipped): good images, and
+    ``anomalous(image, label, base/ground_truth/<label>)`` for each image of another folder."""
+    test = _require_dir(base / "test", f"{pretty} test")
     samples: list[Sample] = []
     for folder in sorted(p for p in test.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = _require_images(folder, "folder dataset test")
+        images = _require_images(folder, f"{pretty} test")
         if folder.name == GOOD:
             samples += _good(images)
             continue
         gt = base / "ground_truth" / folder.name
-        for image in images:
-            if not gt.is_dir():
-                samples.append(Sample(str(image), 1, folder.name, "anomalous", (), has_mask=False))
-                continue
-            mask = _find_mask(gt, image.stem, (f"{image.stem}_mask", image.stem))
-            if mask is None:
-                raise FileNotFoundError(
-                    f"anomalous test image {image} has no mask: expected {gt / (image.stem + '_mask.png')} "
-                    f"or {gt / (image.stem + '.png')} (ground_truth/{folder.name}/ exists)"
-                )
-            samples.append(Sample(str(image), 1, folder.name, "anomalous", (str(mask),)))
+        samples += [anomalous(image, folder.name, gt) for image in images]
     if not samples:
-        raise DataError(f"folder dataset test folder {test} holds no image folders (good, <label>, ...)")
+        raise DataError(f"{pretty} test folder {test} holds no image folders (good, <{label_word}>, ...)")
     return samples
 
 
@@ -524,15 +526,15 @@ def list_categories(root: str | os.PathLike, dataset: str) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "train").is_dir() and not p.name.startswith("."))
 
 
-def load_defects_config(root: str | os.PathLike, category: str) -> dict[int, dict]:
-    """MVTec LOCO ``<category>/defects_config.json`` as {pixel_value: entry}; entries keep the
-    file's keys (defect_name, pixel_value, saturation_threshold, relative_saturation)."""
+def read_loco_defects_config(root: str | os.PathLike, category: str) -> dict[int, dict]:
+    """MVTec LOCO ``<root>/<category>/defects_config.json`` as {pixel_value: entry}, parsed and
+    checked by :func:`efficientad_fast.metrics.parse_defects_config`; entries keep the file's
+    keys (defect_name, pixel_value, saturation_threshold, relative_saturation)."""
     path = Path(root) / category / "defects_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"MVTec LOCO defects config {path} does not exist")
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-        return {int(e["pixel_value"]): dict(e) for e in entries}
+        return parse_defects_config(path)
     except (ValueError, KeyError, TypeError) as error:
         raise DataError(f"cannot parse MVTec LOCO defects config {path}: {error}") from error
 
@@ -597,7 +599,7 @@ __all__ = [
     "KINDS",
     "Sample",
     "list_categories",
-    "load_defects_config",
+    "read_loco_defects_config",
     "make_loader",
     "open_dataset",
     "split_train_validation",

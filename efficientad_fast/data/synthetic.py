@@ -195,25 +195,13 @@ def _crack(image, rng, size, region, style):
     # start from one end so the crack stays near its centre
     x -= math.cos(theta) * length / 2
     y -= math.sin(theta) * length / 2
-    x0, y0, x1, y1 = region
-    points = [(x, y)]
-    for _ in range(int(length / step)):
-        theta += rng.normal(0, 0.3)
-        x = min(max(x + step * math.cos(theta), x0), x1)
-        y = min(max(y + step * math.sin(theta), y0), y1)
-        points.append((x, y))
+    points, theta = _wander(rng, x, y, theta, int(length / step), step, region)
     branches = [points]
     if rng.random() < 0.6:
         k = int(rng.integers(len(points) // 3, 2 * len(points) // 3))
         bx, by = points[k]
         btheta = theta + rng.choice([-1, 1]) * rng.uniform(0.6, 1.2)
-        branch = [(bx, by)]
-        for _ in range(int(length * 0.35 / step)):
-            btheta += rng.normal(0, 0.3)
-            bx = min(max(bx + step * math.cos(btheta), x0), x1)
-            by = min(max(by + step * math.sin(btheta), y0), y1)
-            branch.append((bx, by))
-        branches.append(branch)
+        branches.append(_wander(rng, bx, by, btheta, int(length * 0.35 / step), step, region)[0])
     width = rng.uniform(3.5, 5.0) * style["line_scale"]
 
     def drawer(w):
@@ -229,6 +217,19 @@ def _crack(image, rng, size, region, style):
     a = core[..., None] * 0.92
     image[:] = image * (1 - a) + a * (image * 0.1)
     return edge > 0.25
+
+
+def _wander(rng, x, y, theta, n_steps, step, region) -> tuple[list, float]:
+    """A random walk of ``n_steps`` steps from (x, y), heading ``theta`` turning a little at
+    each step, kept inside ``region``: (points, final heading)."""
+    x0, y0, x1, y1 = region
+    points = [(x, y)]
+    for _ in range(n_steps):
+        theta += rng.normal(0, 0.3)
+        x = min(max(x + step * math.cos(theta), x0), x1)
+        y = min(max(y + step * math.sin(theta), y0), y1)
+        points.append((x, y))
+    return points, theta
 
 
 _STRUCTURAL = {"scratch": _scratch, "hole": _hole, "stain": _stain, "crack": _crack}
@@ -535,17 +536,7 @@ def make_synthetic(
     so ``root`` never holds a half-written dataset.
     """
     root = Path(root)
-    unknown = [c for c in categories if c not in SYNTHETIC_CATEGORIES]
-    if unknown or not categories:
-        raise ValueError(f"unknown synthetic categories {unknown}; choose from {sorted(SYNTHETIC_CATEGORIES)}")
-    if int(image_size) < 64:
-        raise ValueError(f"image_size must be >= 64, got {image_size}")
-    if min(n_train, n_test_good, n_test_defect_per_type) < 0:
-        raise ValueError("image counts must be >= 0")
-    if defects is not None:
-        bad = [d for d in defects if d not in SYNTHETIC_DEFECT_KINDS]
-        if bad:
-            raise ValueError(f"unknown synthetic defects {bad}; choose from {list(SYNTHETIC_DEFECT_KINDS)}")
+    _check_synthetic_args(categories, n_train, n_test_good, n_test_defect_per_type, defects, image_size)
     if root.exists() and not overwrite and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root} exists and is not empty (pass overwrite=True to replace it)")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -558,41 +549,63 @@ def make_synthetic(
             "categories": {},
             "defect_kinds": SYNTHETIC_DEFECT_KINDS,
         }
+        counts = {"n_train": int(n_train), "n_test_good": int(n_test_good),
+                  "n_test_defect_per_type": int(n_test_defect_per_type)}
         for category in categories:
             chosen = [d for d in SYNTHETIC_CATEGORIES[category]["defects"] if defects is None or d in defects]
-            manifest["categories"][category] = {
-                "type": SYNTHETIC_CATEGORIES[category]["type"],
-                "defects": chosen,
-                "n_train": int(n_train),
-                "n_test_good": int(n_test_good),
-                "n_test_defect_per_type": int(n_test_defect_per_type),
-            }
-            base = tmp / category
+            manifest["categories"][category] = {"type": SYNTHETIC_CATEGORIES[category]["type"], "defects": chosen,
+                                                **counts}
             jobs = [("train", "good", None, n_train), ("test", "good", None, n_test_good)]
             jobs += [("test", d, d, n_test_defect_per_type) for d in chosen]
-            for split, folder, defect, count in jobs:
-                out = base / split / folder
-                out.mkdir(parents=True, exist_ok=True)
-                if defect is not None:
-                    (base / "ground_truth" / folder).mkdir(parents=True, exist_ok=True)
-                for i in range(count):
-                    image, mask = render_synthetic(category, seed, split, defect, i, image_size)
-                    _save_png(image, out / f"{i:03d}.png")
-                    if defect is not None:
-                        _save_png(mask, base / "ground_truth" / folder / f"{i:03d}_mask.png")
+            _write_category(tmp / category, category, seed, jobs, image_size)
         (tmp / "synthetic.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if root.exists():
-            if root.is_dir() and not any(root.iterdir()):
-                root.rmdir()
-            else:
-                trash = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-                os.replace(root, trash / root.name)
-                shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, root)
+        _replace_folder(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def _check_synthetic_args(categories, n_train, n_test_good, n_test_defect_per_type, defects, image_size) -> None:
+    unknown = [c for c in categories if c not in SYNTHETIC_CATEGORIES]
+    if unknown or not categories:
+        raise ValueError(f"unknown synthetic categories {unknown}; choose from {sorted(SYNTHETIC_CATEGORIES)}")
+    if int(image_size) < 64:
+        raise ValueError(f"image_size must be >= 64, got {image_size}")
+    if min(n_train, n_test_good, n_test_defect_per_type) < 0:
+        raise ValueError("image counts must be >= 0")
+    if defects is not None:
+        bad = [d for d in defects if d not in SYNTHETIC_DEFECT_KINDS]
+        if bad:
+            raise ValueError(f"unknown synthetic defects {bad}; choose from {list(SYNTHETIC_DEFECT_KINDS)}")
+
+
+def _write_category(base: Path, category: str, seed: int, jobs, image_size: int) -> None:
+    """Render and save one category's images (and masks) for each job
+    (split, folder, defect or None, count)."""
+    for split, folder, defect, count in jobs:
+        out = base / split / folder
+        out.mkdir(parents=True, exist_ok=True)
+        if defect is not None:
+            (base / "ground_truth" / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image, mask = render_synthetic(category, seed, split, defect, i, image_size)
+            _save_png(image, out / f"{i:03d}.png")
+            if defect is not None:
+                _save_png(mask, base / "ground_truth" / folder / f"{i:03d}_mask.png")
+
+
+def _replace_folder(new: Path, root: Path) -> None:
+    """Rename the finished folder ``new`` to ``root``, moving an existing ``root`` aside first
+    (an empty one is just removed) and deleting it after."""
+    if root.exists():
+        if root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        else:
+            trash = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+            os.replace(root, trash / root.name)
+            shutil.rmtree(trash, ignore_errors=True)
+    os.replace(new, root)
 
 
 __all__ = [
