@@ -92,13 +92,14 @@ def test_lite0_weights_load_strictly_and_classify_a_cat():
     import skimage.data
     import torch.nn.functional as F
 
-    from efficientad_fast.distill import _normalize, load_lite0
+    from efficientad_fast.distill import load_lite0
+    from efficientad_fast.networks import ImageNetNormalize
 
     net = load_lite0()
     x = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1)[None].float() / 255
     x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
     with torch.no_grad():
-        top = int(net(_normalize(x)).argmax())
+        top = int(net(ImageNetNormalize()(x)).argmax())
     assert 281 <= top <= 285, f"chelsea classified as ImageNet class {top}, not a cat (281-285)"
 
 
@@ -137,6 +138,22 @@ def test_builtin_photos_are_offline_and_exclude_held_out():
     images = photo_images(BUILTIN_PHOTOS)
     assert len(images) == len(BUILTIN_PHOTOS) + 1 + 2  # stereo pair: 2 images, faces: 3 mosaics
     assert all(img.shape[0] == 3 and img.dtype == torch.float32 for img in images.values())
+
+
+@needs_distill
+def test_folder_images_are_found_recursively_without_hidden_files(tmp_path):
+    from PIL import Image
+
+    from efficientad_fast.distill import folder_images
+
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (5, 4), (255, 0, 0)).save(tmp_path / "sub" / "a.png")
+    Image.new("L", (3, 3), 128).save(tmp_path / "b.jpg")
+    Image.new("RGB", (3, 3)).save(tmp_path / ".hidden.png")
+    images = folder_images([tmp_path])
+    assert list(images) == [str(tmp_path / "b.jpg"), str(tmp_path / "sub" / "a.png")]
+    red = images[str(tmp_path / "sub" / "a.png")]
+    assert red.shape == (3, 4, 5) and red.dtype == torch.float32 and red[0].eq(1).all() and red[1:].eq(0).all()
 
 
 # -- the command, end to end ---------------------------------------------------------------
@@ -206,15 +223,20 @@ def _interrupt_at_step_2(learning_rate):
 @needs_distill
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
     from efficientad_fast import distill
+    from efficientad_fast.distill import loop
 
     straight = distill_teacher_quiet(distill.distill_teacher, tiny(), tmp_path / "a")
     (tmp_path / "b").mkdir()
-    original = distill.learning_rate
-    monkeypatch.setattr(distill, "learning_rate", _interrupt_at_step_2(original))
+    original = loop.learning_rate
+    monkeypatch.setattr(loop, "learning_rate", _interrupt_at_step_2(original))
     with pytest.raises(KeyboardInterrupt):
         distill.distill_teacher(tmp_path / "b" / "t.pt", tiny(), log=lambda *_: None)
-    assert torch.load(tmp_path / "b" / "t.pt.ckpt", weights_only=True)["step"] == 2
-    monkeypatch.setattr(distill, "learning_rate", original)
+    ckpt = torch.load(tmp_path / "b" / "t.pt.ckpt", weights_only=True)
+    assert ckpt["step"] == 2
+    # Checkpoints written before the always-zero out_mean was dropped still resume.
+    ckpt["projection"]["out_mean"] = torch.zeros(384)
+    torch.save(ckpt, tmp_path / "b" / "t.pt.ckpt")
+    monkeypatch.setattr(loop, "learning_rate", original)
     distill.distill_teacher(tmp_path / "b" / "t.pt", tiny(), resume=True, log=lambda *_: None)
     resumed = torch.load(tmp_path / "b" / "t.pt", weights_only=True)
     for name, value in straight["_state"].items():
@@ -226,12 +248,13 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
 @needs_distill
 def test_resume_with_other_steps_changes_the_schedule_and_records_it(tmp_path, monkeypatch):
     from efficientad_fast import distill
+    from efficientad_fast.distill import loop
 
-    original = distill.learning_rate
-    monkeypatch.setattr(distill, "learning_rate", _interrupt_at_step_2(original))
+    original = loop.learning_rate
+    monkeypatch.setattr(loop, "learning_rate", _interrupt_at_step_2(original))
     with pytest.raises(KeyboardInterrupt):
         distill.distill_teacher(tmp_path / "t.pt", tiny(), log=lambda *_: None)
-    monkeypatch.setattr(distill, "learning_rate", original)
+    monkeypatch.setattr(loop, "learning_rate", original)
     record = distill.distill_teacher(tmp_path / "t.pt", tiny(steps=3), resume=True, log=lambda *_: None)
     assert record["steps"] == 3
     assert record["schedule_changes"] == [{"at_step": 2, "from_steps": 4, "to_steps": 3}]

@@ -1,0 +1,15 @@
+"""The ``[distill]`` extra's packages (timm, scikit-image, torchvision), imported on first use
+with an error that says how to install them."""
+
+from __future__ import annotations
+
+import importlib
+
+
+def require(module: str):
+    """``importlib.import_module(module)``, or an ImportError naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"teacher distillation needs '{module.split('.')[0]}': "
+                          "pip install 'efficientad_fast[distill]'") from exc

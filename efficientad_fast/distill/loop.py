@@ -1,0 +1,343 @@
+"""The distillation loop: train a PDN to reproduce the target (:mod:`.target`) on random crops
+of generic images (:mod:`.images`), offline, with checkpoints and resume.
+
+    loss    = mean squared error between the PDN's output and the target
+    optim   = Adam (weight decay 1e-5), linear warm-up then cosine decay of the lr
+
+:func:`distill_teacher` runs the steps in order: :func:`_prepare` (device, backbone, PDN,
+images), :func:`_calibrate` (fit the projection) or :func:`_resume` (from the checkpoint),
+:func:`_held_out_evaluator`, :func:`_train` and :func:`_write_teacher`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checkpoint import atomic_save, config_diff
+from .._device import autocast_dtype, resolve_device
+from .._progress import progress
+from ..networks import MODEL_SIZES, TEACHER_CHANNELS, make_pdn
+from .backbones import BACKBONES, LITE0_BLOCKS, RESNET_LAYERS, load_backbone
+from .images import HELD_OUT_PHOTOS, CropSampler, photo_images, training_images
+from .target import TargetProjection, fit_projection, targets
+
+CHECKPOINT_KIND = "efficientad_fast-distill-checkpoint"
+# Settings a resumed run may change; with another ``steps`` the lr schedule follows the new
+# length from the resumed step on.
+RESUMABLE = ("progress", "device", "eval_every", "checkpoint_every", "steps")
+HELD_OUT_SEED = 12345
+EVAL_BATCH = 8
+
+
+@dataclass
+class DistillConfig:
+    """Distillation settings (defaults: the recipe of the shipped teacher)."""
+
+    model_size: str = "small"
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: str | None = None
+    lite0_blocks: tuple[int, ...] = LITE0_BLOCKS
+    steps: int = 1400
+    batch_size: int = 8
+    crop: int = 128  # PDN input size; the backbone sees 2 x crop
+    lr: float = 5e-4
+    warmup_fraction: float = 0.03
+    final_lr_fraction: float = 0.02  # cosine decay down to lr x this
+    weight_decay: float = 1e-5
+    scale: tuple[float, float] = (0.03, 0.6)
+    builtin_photos: bool = True
+    procedural: int = 48  # generated images added to the pool
+    images: list[str] = field(default_factory=list)  # extra folders
+    calibration_crops: int = 96
+    held_out_crops: int = 32
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    seed: int = 0
+    amp: str | None = "auto"  # "auto": bf16 on CPU, fp16 on CUDA; None: float32
+    device: str = "auto"
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.model_size not in MODEL_SIZES:
+            raise ValueError(f"model_size must be one of {MODEL_SIZES}, got {self.model_size!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.crop < 32 or self.crop % 4:
+            raise ValueError(f"crop must be a multiple of 4 and >= 32, got {self.crop}")
+        if self.amp not in (None, "auto", "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'auto', 'bf16' or 'fp16', got {self.amp!r}")
+        if not self.builtin_photos and not self.procedural and not self.images:
+            raise ValueError("no images: enable the built-in photos, procedural images or pass folders")
+
+    def as_json(self) -> dict:
+        """The settings as JSON gives them back (tuples become lists): for records and checkpoints."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+def learning_rate(step: int, config: DistillConfig) -> float:
+    """Linear warm-up, then cosine decay to ``lr x final_lr_fraction`` at the last step."""
+    warmup = max(1, int(config.steps * config.warmup_fraction))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, config.steps - warmup)
+    low = config.final_lr_fraction
+    return config.lr * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@dataclass
+class _Run:
+    """What the steps of one distillation share; the checkpoint holds its changing part."""
+
+    config: DistillConfig
+    ckpt_path: Path
+    device: torch.device
+    autocast: torch.dtype | None
+    backbone: nn.Module
+    pdn: nn.Module
+    pool: dict[str, torch.Tensor]
+    sampler: CropSampler
+    held: CropSampler
+    optimizer: torch.optim.Optimizer
+    projection: TargetProjection | None = None
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    schedule_changes: list[dict] = field(default_factory=list)  # resumed with another --steps
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The padded PDN's output grid."""
+        return (self.config.crop // 4, self.config.crop // 4)
+
+    def targets(self, big: torch.Tensor, projected: bool = True) -> torch.Tensor:
+        return targets(self.backbone, self.projection if projected else None, big, self.grid, self.autocast,
+                       self.device)
+
+    def autocast_context(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
+
+
+def _prepare(config: DistillConfig, ckpt_path: Path) -> _Run:
+    """Device, seeded backbone and PDN, the image pool, the crop samplers and the optimizer."""
+    device = resolve_device(config.device)
+    amp = ("fp16" if device.type == "cuda" else "bf16") if config.amp == "auto" else config.amp
+    torch.manual_seed(config.seed)
+    backbone = load_backbone(config.backbone, config.backbone_weights, config.lite0_blocks).to(device)
+    pdn = make_pdn(config.model_size, TEACHER_CHANNELS, padding=True).to(device)
+    pool = training_images(config.builtin_photos, config.procedural, config.images, config.seed)
+    sampler = CropSampler(list(pool.values()), config.crop, seed=config.seed, scale=config.scale)
+    held = CropSampler(list(photo_images(HELD_OUT_PHOTOS).values()), config.crop, seed=HELD_OUT_SEED,
+                       scale=config.scale, augment=False)
+    optimizer = torch.optim.Adam(pdn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return _Run(config, ckpt_path, device, autocast_dtype(amp), backbone, pdn, pool, sampler, held, optimizer)
+
+
+def _calibrate(run: _Run, log) -> None:
+    """Fit the target projection on ``calibration_crops`` crops of the pool."""
+    config = run.config
+    started = time.perf_counter()
+    sampler = CropSampler(list(run.pool.values()), config.crop, seed=config.seed + 1, scale=config.scale)
+    feats = []
+    for start in range(0, config.calibration_crops, config.batch_size):
+        big, _ = sampler.batch(min(config.batch_size, config.calibration_crops - start))
+        feats.append(run.targets(big, projected=False).cpu())
+    run.projection = fit_projection(feats, seed=config.seed).to(run.device)
+    log(f"[distill] {len(run.pool)} training images; target: {feats[0].shape[1]} backbone channels -> "
+        f"{TEACHER_CHANNELS} (projection keeps {float(run.projection.explained):.1%} of the variance); "
+        f"calibration on {config.calibration_crops} crops took {time.perf_counter() - started:.0f} s")
+
+
+def _resume(run: _Run, log) -> None:
+    """Restore the PDN, optimizer, projection, random states and history from the checkpoint."""
+    config, path = run.config, run.ckpt_path
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    diff = config_diff(state["config"], config.as_json(), ignore=RESUMABLE)
+    if diff:
+        raise ValueError(f"resume: {path} was made with other settings (saved, now): {diff}")
+    run.pdn.load_state_dict(state["pdn"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    # Older checkpoints also hold the projection's out_mean, which was always zero.
+    projection = {k: v for k, v in state["projection"].items() if k != "out_mean"}
+    run.projection = TargetProjection(projection["weight"].shape[0]).to(run.device)
+    run.projection.load_state_dict(projection)
+    run.sampler.generator.set_state(state["sampler_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    run.step, run.history = state["step"], list(state["history"])
+    run.schedule_changes = list(state.get("schedule_changes", []))
+    saved_steps = state["config"]["steps"]
+    if saved_steps != config.steps:
+        if run.step >= config.steps:
+            raise ValueError(f"resume: {path} is at step {run.step}, beyond --steps {config.steps}")
+        run.schedule_changes.append({"at_step": run.step, "from_steps": saved_steps, "to_steps": config.steps})
+    log(f"[distill] resuming at step {run.step} of {config.steps} from {path}")
+
+
+def _held_out_evaluator(run: _Run) -> Callable[[], float]:
+    """A function giving the PDN's loss on fixed crops of the held-out photographs."""
+    big, small = run.held.batch(run.config.held_out_crops)
+    target = torch.cat([run.targets(big[i:i + EVAL_BATCH]) for i in range(0, big.shape[0], EVAL_BATCH)]).float()
+    small = small.to(run.device)
+
+    @torch.no_grad()
+    def held_out_loss() -> float:
+        run.pdn.eval()
+        with run.autocast_context():
+            pred = torch.cat([run.pdn(small[i:i + EVAL_BATCH]) for i in range(0, small.shape[0], EVAL_BATCH)])
+        run.pdn.train()
+        return float(F.mse_loss(pred.float(), target))
+
+    return held_out_loss
+
+
+def _save_checkpoint(run: _Run, at: int) -> None:
+    atomic_save({"kind": CHECKPOINT_KIND, "step": at, "config": run.config.as_json(),
+                 "pdn": run.pdn.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "projection": run.projection.state_dict(), "sampler_rng": run.sampler.generator.get_state(),
+                 "torch_rng": torch.get_rng_state(), "history": run.history,
+                 "schedule_changes": run.schedule_changes}, run.ckpt_path)
+
+
+def _train_step(run: _Run, step: int, scaler: torch.amp.GradScaler) -> float:
+    """One optimizer step on a fresh batch of crops; returns its loss."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(step, run.config)
+    big, small = run.sampler.batch(run.config.batch_size)
+    target = run.targets(big).float()
+    with run.autocast_context():
+        pred = run.pdn(small.to(run.device))
+    loss = F.mse_loss(pred.float(), target)
+    run.optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(run.optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
+def _train(run: _Run, held_out_loss: Callable[[], float], log) -> None:
+    """Steps from ``run.step`` to ``config.steps``: history, held-out evaluations and checkpoints
+    (also on Ctrl-C, which is re-raised)."""
+    config = run.config
+    # fp16 gradients need loss scaling (CUDA); bf16 and float32 do not.
+    scaler = torch.amp.GradScaler(run.device.type, enabled=run.autocast == torch.float16 and run.device.type == "cuda")
+    run.pdn.train()
+    started = time.perf_counter() - (run.history[-1]["time"] if run.history else 0.0)  # resumed: keep counting
+    bar = progress(range(run.step, config.steps), config.progress, "distilling", total=config.steps, initial=run.step)
+    recent: list[float] = []
+    try:
+        for step in bar:
+            recent = (recent + [_train_step(run, step, scaler)])[-50:]
+            done = step + 1
+            row = {"step": done, "loss": recent[-1], "lr": run.optimizer.param_groups[0]["lr"],
+                   "time": time.perf_counter() - started}
+            if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+                row["held_out_loss"] = held_out_loss()
+                log(f"[distill] step {done}: train loss (mean of last {len(recent)}) {sum(recent) / len(recent):.4f}, "
+                    f"held-out loss {row['held_out_loss']:.4f}, {row['time']:.0f} s")
+            run.history.append(row)
+            if config.progress:
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if config.checkpoint_every and done % config.checkpoint_every == 0:
+                _save_checkpoint(run, done)
+    except KeyboardInterrupt:
+        _save_checkpoint(run, len(run.history))
+        log(f"[distill] interrupted; checkpoint at {run.ckpt_path}; rerun with --resume")
+        raise
+    finally:
+        if config.progress and hasattr(bar, "close"):
+            bar.close()
+    _save_checkpoint(run, config.steps)
+
+
+def _record(run: _Run, out: Path, command: str | None) -> dict:
+    """The JSON recipe written beside the teacher: settings, images, losses, environment."""
+    config, history = run.config, run.history
+    channels = int(run.projection.in_mean.numel())
+    tail = [r["loss"] for r in history[-50:]]
+    return {
+        "what": f"PDN-{config.model_size[0].upper()} teacher (384 channels) distilled from {config.backbone}",
+        "command": command or f"efficientad_fast.distill.distill_teacher({str(out)!r}, DistillConfig(...))",
+        "config": config.as_json(),
+        "backbone_features": (f"flat blocks {list(config.lite0_blocks)}" if config.backbone == "efficientnet_lite0"
+                              else f"{list(RESNET_LAYERS)}"),
+        "backbone_channels": channels,
+        "projection": ("PCA to 384 + fixed random rotation" if channels >= TEACHER_CHANNELS
+                       else "fixed random orthogonal lift to 384"),
+        "projection_variance_kept": float(run.projection.explained),
+        "images": sorted(run.pool),
+        "held_out_images": list(HELD_OUT_PHOTOS),
+        "steps": config.steps,
+        "schedule_changes": run.schedule_changes,
+        "seed": config.seed,
+        "final_train_loss_mean_last_50": sum(tail) / len(tail),
+        "final_held_out_loss": next((r["held_out_loss"] for r in reversed(history) if "held_out_loss" in r), None),
+        "held_out_curve": [[r["step"], r["held_out_loss"]] for r in history if "held_out_loss" in r],
+        "seconds": history[-1]["time"] if history else 0.0,
+        "device": str(run.device),
+        "amp": str(run.autocast).replace("torch.", "") if run.autocast else "float32",
+        "weights_dtype": "float32",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "note": "targets are standardized, so a loss of L means about 1 - L of the target variance explained",
+    }
+
+
+def _write_teacher(run: _Run, out: Path, command: str | None, log) -> dict:
+    """The teacher's float32 state dict at ``out`` and its record at ``out`` with suffix .json."""
+    atomic_save({k: v.detach().cpu().float().clone() for k, v in run.pdn.state_dict().items()}, out)
+    record = _record(run, out, command)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    log(f"[distill] wrote {out} and {out.with_suffix('.json')}")
+    return record
+
+
+def distill_teacher(out: str | os.PathLike, config: DistillConfig | None = None, *,
+                    resume: bool = False, command: str | None = None, log=print) -> dict:
+    """Distill a PDN teacher and write it to ``out`` (a state dict with ``conv1.weight``,
+    ... keys, readable by :func:`efficientad_fast.load_teacher` and ``--teacher``) plus
+    ``out`` with suffix ``.json`` recording the recipe and the final losses. A checkpoint
+    ``out`` + ``.ckpt`` is written every ``checkpoint_every`` steps and on Ctrl-C;
+    ``resume=True`` continues from it. Returns the JSON record."""
+    config = config or DistillConfig()
+    config.check()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run = _prepare(config, out.with_name(out.name + ".ckpt"))
+    if resume:
+        _resume(run, log)
+    else:
+        _calibrate(run, log)
+    _train(run, _held_out_evaluator(run), log)
+    return _write_teacher(run, out, command, log)
+
+
+def command_line(out, config: DistillConfig) -> str:
+    """The distill-teacher command that reproduces ``config`` (every setting spelled out)."""
+    parts = ["efficientad-fast distill-teacher", f"--out {out}", f"--model-size {config.model_size}",
+             f"--backbone {config.backbone}"]
+    if config.backbone_weights:
+        parts.append(f"--backbone-weights {config.backbone_weights}")
+    if config.backbone == "efficientnet_lite0" and tuple(config.lite0_blocks) != LITE0_BLOCKS:
+        parts.append("--lite0-blocks " + " ".join(map(str, config.lite0_blocks)))
+    if config.images:
+        parts.append("--images " + " ".join(config.images))
+    if not config.builtin_photos:
+        parts.append("--no-builtin-images")
+    parts += [f"--procedural {config.procedural}", f"--steps {config.steps}", f"--batch-size {config.batch_size}",
+              f"--crop {config.crop}", f"--lr {config.lr}", f"--calibration-crops {config.calibration_crops}",
+              f"--held-out-crops {config.held_out_crops}", f"--seed {config.seed}",
+              f"--amp {config.amp or 'none'}"]
+    return " ".join(parts)
