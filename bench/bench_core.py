@@ -25,154 +25,34 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import os
-import statistics
 import sys
 import time
-import warnings
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-import efficientad_fast
-from efficientad_fast.benchmark import op_inputs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import efficientad_fast  # noqa: E402
+from efficientad_fast._device import DTYPES  # noqa: E402
+from efficientad_fast.networks import TEACHER_CHANNELS as CHANNELS, feature_size  # noqa: E402
+from efficientad_fast.testing import op_inputs  # noqa: E402
+from timing import (Row, cpu_machine_info, import_anomalib, interleaved, print_table,  # noqa: E402
+                    write_results)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CHANNELS = 384
-FEATURE_SIZE = 56
 IMAGE_SIZE = 256
+FEATURE_SIZE = feature_size((IMAGE_SIZE, IMAGE_SIZE), padding=False)[0]  # 56, as op_inputs makes them
 PAD = 4
 # Op targets (reference / fused, median), fp32 only; other dtypes are extra rows.
 OP_TARGETS = {1: 2.0, 8: 5.0}
 PREDICT_TARGET_FP32 = 1.2
-PREDICT_TARGET_BF16 = 2.0
-BF16_MAP_TOLERANCE = 0.02  # max |bf16 map - fp32 map| / range of the fp32 map
-
-
-# -- timing -------------------------------------------------------------------------------
-
-
-@dataclass
-class Series:
-    name: str
-    times_ms: list[float] = field(default_factory=list)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.times_ms)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times_ms)
-
-    @property
-    def stdev(self) -> float:
-        return statistics.stdev(self.times_ms) if len(self.times_ms) > 1 else 0.0
-
-    @property
-    def minimum(self) -> float:
-        return min(self.times_ms)
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
-
-
-def interleaved(variants: dict[str, callable], rounds: int, warmup: int) -> dict[str, Series]:
-    """Time each variant once per round, in a rotating round-robin (ABAB for two)."""
-    names = list(variants)
-    for _ in range(warmup):
-        for name in names:
-            variants[name]()
-    series = {name: Series(name) for name in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            series[name].times_ms.append(_timed(variants[name]))
-    return series
-
-
-# -- results ------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    group: str
-    name: str
-    series: Series
-    baseline: Series | None = None
-    target: float | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float | None:
-        return None if self.baseline is None else self.baseline.median / self.series.median
-
-    @property
-    def ratio_mean(self) -> float | None:
-        return None if self.baseline is None else self.baseline.mean / self.series.mean
-
-    @property
-    def ratio_min(self) -> float | None:
-        return None if self.baseline is None else self.baseline.minimum / self.series.minimum
-
-    @property
-    def met(self) -> bool | None:
-        if self.target is None or self.ratio is None:
-            return None
-        ok = self.ratio >= self.target
-        if "map_rel_diff" in self.extra:
-            ok = ok and self.extra["map_rel_diff"] <= BF16_MAP_TOLERANCE
-        return ok
-
-    def as_dict(self) -> dict:
-        return {
-            "group": self.group,
-            "name": self.name,
-            "mean_ms": self.series.mean,
-            "median_ms": self.series.median,
-            "min_ms": self.series.minimum,
-            "stdev_ms": self.series.stdev,
-            "rounds": len(self.series.times_ms),
-            "baseline": None if self.baseline is None else self.baseline.name,
-            "ratio_median": self.ratio,
-            "ratio_mean": self.ratio_mean,
-            "ratio_min": self.ratio_min,
-            "target": self.target,
-            "met": self.met,
-            **self.extra,
-            "times_ms": [round(t, 4) for t in self.series.times_ms],
-        }
-
-
-def print_table(rows: list[Row], title: str) -> None:
-    header = (f"{'name':<36} {'mean ms':>9} {'median ms':>9} {'min ms':>9} {'ratio':>7} {'(mean)':>7} "
-              f"{'(min)':>7} {'target':>7} {'met?':>5}")
-    print(f"\n{title}\n{header}\n{'-' * len(header)}")
-    for row in rows:
-        ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
-        ratio_mean = "" if row.ratio_mean is None else f"{row.ratio_mean:.2f}x"
-        ratio_min = "" if row.ratio_min is None else f"{row.ratio_min:.2f}x"
-        target = "" if row.target is None else f">={row.target:g}x"
-        met = {None: "", True: "yes", False: "NO"}[row.met]
-        s = row.series
-        print(f"{row.name:<36} {s.mean:>9.2f} {s.median:>9.2f} {s.minimum:>9.2f} {ratio:>7} "
-              f"{ratio_mean:>7} {ratio_min:>7} {target:>7} {met:>5}")
-        for key, value in row.extra.items():
-            if key == "map_rel_diff":
-                print(f"{'':<6}max|map - fp32 map| / fp32 map range = {value:.3e} "
-                      f"(limit {BF16_MAP_TOLERANCE:g})")
-            elif key == "map_rel_diff_vs_anomalib":
-                print(f"{'':<6}max|map - anomalib map| / anomalib map range = {value:.3e}")
+PREDICT_TARGET_BF16 = 2.0  # and the map within timing.MAP_TOLERANCE of the fp32 map
 
 
 # -- 1. fused op vs reference -------------------------------------------------------------
 
 
-def bench_op(batches: list[int], dtypes: list[str], rounds: int, warmup: int) -> list[Row]:
+def compare_op(batches: list[int], dtypes: list[str], rounds: int, warmup: int) -> list[Row]:
     rows = []
     for batch in batches:
         for dtype_name in dtypes:
@@ -196,17 +76,6 @@ def bench_op(batches: list[int], dtypes: list[str], rounds: int, warmup: int) ->
 
 
 # -- 2. predict vs anomalib ---------------------------------------------------------------
-
-
-def _import_anomalib():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import anomalib
-            from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, EfficientAdModelSize
-    except ImportError as exc:
-        return None, str(exc)
-    return (anomalib.__version__, EfficientAdModel, EfficientAdModelSize), None
 
 
 def calibrated_anomalib_model(EfficientAdModel, EfficientAdModelSize, seed: int = 0):
@@ -234,8 +103,8 @@ def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b).abs().max() / (b.max() - b.min()))
 
 
-def bench_predict(rounds: int, warmup: int, anomalib_parts) -> tuple[list[Row], dict]:
-    version, EfficientAdModel, EfficientAdModelSize = anomalib_parts
+def compare_predict(rounds: int, warmup: int, anomalib) -> tuple[list[Row], dict]:
+    version, EfficientAdModel, EfficientAdModelSize = anomalib
     theirs = calibrated_anomalib_model(EfficientAdModel, EfficientAdModelSize)
     ours = efficientad_fast.from_anomalib(theirs).eval()
     images = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(2))
@@ -301,21 +170,6 @@ def bench_predict(rounds: int, warmup: int, anomalib_parts) -> tuple[list[Row], 
     return rows, info
 
 
-# -- machine ------------------------------------------------------------------------------
-
-
-def machine_info() -> dict:
-    """efficientad_fast.benchmark.machine_info plus what matters for CPU timings here."""
-    from efficientad_fast.benchmark import machine_info as base_info
-
-    info = base_info()
-    info["loadavg_start"] = info.pop("loadavg")
-    info["torch_num_interop_threads"] = torch.get_num_interop_threads()
-    info["mkldnn_enabled"] = torch.backends.mkldnn.is_available()
-    info["cuda_available"] = torch.cuda.is_available()
-    return info
-
-
 # -- main ---------------------------------------------------------------------------------
 
 
@@ -346,7 +200,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     ext = efficientad_fast.load_extension()  # first use JIT-builds; keep it out of any timing
     load_s = time.perf_counter() - t0
-    machine = machine_info()
+    machine = cpu_machine_info()
     print(f"CPU: {machine['cpu_model']} ({machine['logical_cpus']} logical, {' '.join(machine['cpu_isa'])}); "
           f"torch {machine['torch']}, {machine['torch_num_threads']} threads; op library: {ext['how']} "
           f"({load_s:.1f} s to load); load average {machine['loadavg_start']}")
@@ -370,20 +224,20 @@ def main(argv=None) -> int:
     }
 
     if not args.skip_op:
-        op_rows = bench_op(args.op_batches, args.op_dtypes, args.op_rounds, args.warmup)
+        op_rows = compare_op(args.op_batches, args.op_dtypes, args.op_rounds, args.warmup)
         print_table(op_rows, f"1. fused anomaly_map vs reference_anomaly_map (CPU, C={CHANNELS}, "
                              f"{FEATURE_SIZE}x{FEATURE_SIZE} -> {IMAGE_SIZE}x{IMAGE_SIZE}, pad {PAD}, "
                              "quantiles, teacher stats, l2); ratio = reference / fused")
         rows += op_rows
 
     if not args.skip_predict:
-        parts, error = _import_anomalib()
+        parts, error = import_anomalib()
         if parts is None:
             print(f"\n2. predict vs anomalib: SKIPPED, anomalib is not installed ({error}); "
                   "pip install 'efficientad_fast[anomalib]' to run it")
             result["predict_skipped"] = f"anomalib not installed: {error}"
         else:
-            predict_rows, info = bench_predict(args.rounds, args.warmup, parts)
+            predict_rows, info = compare_predict(args.rounds, args.warmup, parts)
             print_table(predict_rows, f"2. EfficientAD-S predict vs anomalib {info['anomalib_version']} "
                                       f"EfficientAdModel.forward (CPU, 1x3x{IMAGE_SIZE}x{IMAGE_SIZE}, "
                                       f"{args.threads} threads); ratio = anomalib / ours")
@@ -400,9 +254,7 @@ def main(argv=None) -> int:
     result["wall_s"] = time.perf_counter() - started
     print(f"\nload average at the end {machine['loadavg_end']}; total {result['wall_s']:.0f} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_results(args.json, result)
         print(f"wrote {args.json}")
     return 0
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,15 +22,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import Row, _import_anomalib, interleaved, machine_info, print_table  # noqa: E402
-
-from efficientad_fast import EfficientAD  # noqa: E402
+from efficientad_fast import from_anomalib  # noqa: E402
 from efficientad_fast.train import TrainConfig, compute_losses  # noqa: E402
+from timing import Row, cpu_machine_info, import_anomalib, interleaved, print_table, write_results  # noqa: E402
 
 TARGET = 1.3  # ours >= 1.3x faster than anomalib per step
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=8, help="interleaved rounds (default 8)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps of each variant first")
@@ -39,20 +37,18 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--amp", choices=("bf16",), default=None, help="also time ours with CPU bf16 autocast")
     p.add_argument("--json", metavar="OUT", help="write settings, machine info and results here")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    parts, error = _import_anomalib()
-    if parts is None:
-        print(f"anomalib is not installed ({error}): pip install 'efficientad_fast[anomalib]'")
-        return 1
-    version, EfficientAdModel, EfficientAdModelSize = parts
-    n = args.batch_size
+    return p.parse_args(argv)
+
+
+def train_steps(anomalib, n: int) -> tuple:
+    """(anomalib's step, our step taking an ``amp`` setting): EfficientAD-S with the same
+    random weights and teacher statistics (mean 0.1, std 1) on both sides, each with its Adam."""
     g = torch.Generator().manual_seed(0)
     images = torch.rand(n, 3, 256, 256, generator=g)
     penalty = torch.rand(n, 3, 256, 256, generator=g)
 
     torch.manual_seed(0)
-    theirs = EfficientAdModel(model_size=EfficientAdModelSize.S)
+    theirs = anomalib.EfficientAdModel(model_size=anomalib.EfficientAdModelSize.S)
     theirs.train()
     with torch.no_grad():  # set: anomalib normalizes the teacher only when mean_std is set
         theirs.mean_std["mean"].fill_(0.1)
@@ -60,11 +56,7 @@ def main(argv=None) -> int:
     their_opt = torch.optim.Adam(list(theirs.student.parameters()) + list(theirs.ae.parameters()),
                                  lr=1e-4, weight_decay=1e-5)
 
-    ours = EfficientAD().to(memory_format=torch.channels_last)
-    ours.load_state_dict({k.replace("ae.", "autoencoder.", 1) if k.startswith("ae.") else k: v
-                          for k, v in theirs.state_dict().items() if k.startswith(("teacher.", "student.", "ae."))},
-                         strict=False)
-    ours.set_teacher_stats(torch.full((384,), 0.1), torch.ones(384))
+    ours = from_anomalib(theirs).to(memory_format=torch.channels_last)  # its weights, teacher mean 0.1, std 1
     ours.train()
     ours.teacher.eval()
     our_opt = torch.optim.Adam(list(ours.student.parameters()) + list(ours.autoencoder.parameters()),
@@ -89,6 +81,17 @@ def main(argv=None) -> int:
         losses["loss"].backward()
         our_opt.step()
 
+    return anomalib_step, our_step
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    anomalib, error = import_anomalib()
+    if anomalib is None:
+        print(f"anomalib is not installed ({error}): pip install 'efficientad_fast[anomalib]'")
+        return 1
+    anomalib_step, our_step = train_steps(anomalib, args.batch_size)
     variants = {"anomalib fp32 step": anomalib_step, "ours fp32 step": our_step}
     if args.amp:
         variants["ours bf16-autocast step"] = lambda: our_step("bf16")
@@ -99,15 +102,14 @@ def main(argv=None) -> int:
     rows.append(Row("train", "ours fp32 step", series["ours fp32 step"], base, TARGET))
     if args.amp:
         rows.append(Row("train", "ours bf16-autocast step", series["ours bf16-autocast step"], base))
-    print_table(rows, f"EfficientAD-S training step, batch {n}, 256x256, penalty on, {args.threads} threads "
-                      f"(anomalib {version}); ratio = anomalib / ours")
+    print_table(rows, f"EfficientAD-S training step, batch {args.batch_size}, 256x256, penalty on, "
+                      f"{args.threads} threads (anomalib {anomalib.version}); ratio = anomalib / ours")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
+        write_results(args.json, {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "settings": vars(args), "machine": machine_info(), "seconds": time.perf_counter() - started,
+            "settings": vars(args), "machine": cpu_machine_info(), "seconds": time.perf_counter() - started,
             "rows": [r.as_dict() for r in rows],
-        }, indent=2))
+        })
     return 0
 
 

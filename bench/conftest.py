@@ -9,17 +9,7 @@ import pytest
 import torch
 
 import efficientad_fast
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+from efficientad_fast.benchmark import cpu_info
 
 
 def pytest_configure(config):
@@ -44,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["cpu_model"] = _cpu_model()
+    machine_info["cpu_model"] = cpu_info()[0]
     machine_info["torch"] = torch.__version__
     machine_info["torch_num_threads"] = torch.get_num_threads()
     machine_info["efficientad_fast"] = efficientad_fast.__version__

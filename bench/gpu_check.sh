@@ -14,7 +14,7 @@
 #      batch 16/64 throughput (10 + 50), fp32 and fp16, host and GPU-resident, CUDA graphs
 #      off and on; then the fused op vs reference at N 1/16/64, fp32/fp16, with GB/s
 #   5. pytest bench --benchmark-only -k cuda (the pytest-benchmark CUDA cases)
-#   6. summary.md: build, tests, tables and the targets met or not
+#   6. summary.md: build, tests, tables and the targets met or not (bench/gpu_targets.py)
 # Without a GPU steps 4-5 are skipped, so the script can be checked end to end on a CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -75,26 +75,7 @@ else
 fi
 
 # Tables and targets from whatever JSON the benchmarks wrote.
-"$PY" - "$OUT" >> "$SUMMARY" <<'EOF'
-import json, sys
-from pathlib import Path
-from efficientad_fast.benchmark import check_targets, format_table, format_targets
-out = Path(sys.argv[1])
-merged = {"timings": [], "op": []}
-for name in ("bench_latency.json", "bench_throughput.json"):
-    path = out / name
-    if path.is_file():
-        result = json.loads(path.read_text())
-        print(f"\n## {name}\n\n{format_table(result)}")
-        merged["timings"] += result["timings"]
-        merged["op"] += result["op"]
-targets = check_targets(merged)
-if targets:
-    print("\n## Targets (H200)\n\n" + format_targets(targets))
-    (out / "targets.json").write_text(json.dumps(targets, indent=2))
-else:
-    print("\nno GPU figures measured: targets not checked")
-EOF
+"$PY" bench/gpu_targets.py "$OUT" >> "$SUMMARY"
 note "finished in $(elapsed) s; exit $failed"
 echo "summary: $SUMMARY"
 cat "$SUMMARY"

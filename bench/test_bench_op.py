@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from timing import device_case
 
 import efficientad_fast
-from efficientad_fast.benchmark import op_inputs
+from efficientad_fast._device import DTYPES
+from efficientad_fast.benchmark import sync
+from efficientad_fast.testing import op_inputs
 
 OUTPUT_SIZE = (256, 256)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BATCHES = (1, 8, 64)
 IMPLS = {"fused": efficientad_fast.anomaly_map, "reference": efficientad_fast.reference_anomaly_map}
 
@@ -32,8 +34,7 @@ ROUNDS = {
 }
 
 CASES = [
-    pytest.param(device, batch, dtype, impl, id=f"{device}-N{batch}-{dtype}-{impl}",
-                 marks=[pytest.mark.cuda] if device == "cuda" else [])
+    device_case(device, batch, dtype, impl, id=f"{device}-N{batch}-{dtype}-{impl}")
     for device in ("cpu", "cuda")
     for batch in BATCHES
     for dtype in DTYPES
@@ -57,14 +58,11 @@ def features(device: str, batch: int, dtype: str):
 def test_anomaly_map(benchmark, device, batch, dtype, impl):
     tensors, kwargs = features(device, batch, dtype)
     fn = IMPLS[impl]
-    if device == "cuda":
-        def run():
-            out = fn(*tensors, **kwargs)
-            torch.cuda.synchronize()
-            return out
-    else:
-        def run():
-            return fn(*tensors, **kwargs)
+
+    def run():
+        out = fn(*tensors, **kwargs)
+        sync(device)
+        return out
 
     benchmark.group = f"anomaly_map {device} N={batch} {dtype}"
     benchmark.extra_info.update(

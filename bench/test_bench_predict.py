@@ -18,12 +18,13 @@ CPU rounds are few: on 2 cores EfficientAD-S takes ~1 s an image, -M ~3 s.
 from __future__ import annotations
 
 import copy
-import warnings
 
 import pytest
 import torch
+from timing import anomalib_twin, device_case, import_anomalib
 
-import efficientad_fast
+from efficientad_fast.benchmark import sync
+from efficientad_fast.testing import random_model
 from efficientad_fast.train import TrainConfig, compute_losses
 
 SIZES = ("small", "medium")
@@ -31,21 +32,6 @@ BATCHES = (1, 16)
 HALF = {"cpu": torch.bfloat16, "cuda": torch.float16}
 # (rounds, warm-up rounds) by device and batch.
 ROUNDS = {"cpu": {1: (5, 1), 16: (2, 1), 8: (2, 1)}, "cuda": {1: (200, 20), 16: (100, 10), 8: (50, 5)}}
-
-
-def _anomalib():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, EfficientAdModelSize
-    except ImportError:
-        return None
-    return EfficientAdModel, EfficientAdModelSize
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 _models: dict = {}
@@ -56,33 +42,17 @@ def models(size: str, device: str):
     key = (size, device)
     if key not in _models:
         _models.clear()
-        anomalib = _anomalib()
-        torch.manual_seed(0)
-        ours = efficientad_fast.EfficientAD(size)  # the timing depends on shapes, not weights
-        ours.set_teacher_stats(torch.randn(384) * 0.1, torch.rand(384) + 0.5)
-        ours.set_quantiles(0.1, 1.0, 0.1, 1.0)
-        theirs = None
-        if anomalib is not None:
-            EfficientAdModel, EfficientAdModelSize = anomalib
-            theirs = EfficientAdModel(
-                model_size=EfficientAdModelSize.S if size == "small" else EfficientAdModelSize.M).eval()
-            state = {("ae." + k[len("autoencoder."):] if k.startswith("autoencoder.") else k): v
-                     for k, v in ours.state_dict().items() if k.startswith(("teacher.", "student.", "autoencoder."))}
-            theirs.load_state_dict(state, strict=False)
-            with torch.no_grad():  # anomalib keeps its statistics as parameters
-                theirs.mean_std["mean"].copy_(ours.teacher_mean.view(1, -1, 1, 1))
-                theirs.mean_std["std"].copy_(ours.teacher_std.view(1, -1, 1, 1))
-                for name, value in zip(("qa_st", "qb_st", "qa_ae", "qb_ae"), ours.quantiles):
-                    theirs.quantiles[name].copy_(value)
-            theirs = theirs.to(device)
+        anomalib, _ = import_anomalib()
+        # The timing depends on shapes, not weights.
+        ours = random_model(size, seed=0, quantiles=(0.1, 1.0, 0.1, 1.0))
+        theirs = None if anomalib is None else anomalib_twin(ours, anomalib).to(device)
         half = copy.deepcopy(ours).to(device, HALF[device])
         _models[key] = (ours.to(device), half, theirs)
     return _models[key]
 
 
 PREDICT_CASES = [
-    pytest.param(device, size, batch, impl, id=f"predict-{device}-{size}-N{batch}-{impl}",
-                 marks=[pytest.mark.cuda] if device == "cuda" else [])
+    device_case(device, size, batch, impl, id=f"predict-{device}-{size}-N{batch}-{impl}")
     for device in ("cpu", "cuda")
     for size in SIZES
     for batch in BATCHES
@@ -101,14 +71,14 @@ def test_predict(benchmark, device, size, batch, impl):
         def run():
             with torch.inference_mode():
                 out = theirs(images)
-            _sync(device)
+            sync(device)
             return out.anomaly_map
     else:
         model = ours if impl == "fp32" else half
 
         def run():
             out = model.predict(images)
-            _sync(device)
+            sync(device)
             return out.anomaly_map
 
     dtype = {"fp32": "fp32", "half": str(HALF[device]).replace("torch.", ""), "anomalib": "anomalib fp32"}[impl]
@@ -123,8 +93,7 @@ def test_predict(benchmark, device, size, batch, impl):
 
 
 TRAIN_CASES = [
-    pytest.param(device, batch, amp, id=f"train-{device}-small-N{batch}-{amp}",
-                 marks=[pytest.mark.cuda] if device == "cuda" else [])
+    device_case(device, batch, amp, id=f"train-{device}-small-N{batch}-{amp}")
     for device in ("cpu", "cuda")
     for batch in (1, 8)
     for amp in ("fp32", "bf16" if device == "cpu" else "fp16")
@@ -133,9 +102,7 @@ TRAIN_CASES = [
 
 @pytest.mark.parametrize("device, batch, amp", TRAIN_CASES)
 def test_train_step(benchmark, device, batch, amp):
-    torch.manual_seed(0)
-    model = efficientad_fast.EfficientAD("small").to(device, memory_format=torch.channels_last)
-    model.set_teacher_stats(torch.randn(384) * 0.1, torch.rand(384) + 0.5)
+    model = random_model("small", seed=0).to(device, memory_format=torch.channels_last)
     model.train()
     model.teacher.eval()
     g = torch.Generator().manual_seed(0)
@@ -158,7 +125,7 @@ def test_train_step(benchmark, device, batch, amp):
         scaler.scale(losses["loss"]).backward()
         scaler.step(optimizer)
         scaler.update()
-        _sync(device)
+        sync(device)
         return losses["loss"].detach()
 
     benchmark.group = f"train step {device} small N={batch}"

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
+from ._device import DTYPES, resolve_device
+from .inference import FastPredictor
 from .model import EfficientAD
-from .networks import TEACHER_CHANNELS, feature_size
-from .inference import FastPredictor, resolve_device
+from .testing import op_inputs, random_model
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The paper's protocol on a GPU; a 2-core CPU needs about a second per image, so far fewer.
 GPU_WARMUP, GPU_RUNS = 1000, 1000
 CPU_WARMUP, CPU_IMAGES = 1, 20  # CPU: runs = max(3, CPU_IMAGES // batch)
@@ -40,8 +40,9 @@ def default_runs(device: torch.device, batch: int) -> tuple[int, int]:
     return CPU_WARMUP, max(3, CPU_IMAGES // batch)
 
 
-def machine_info(device: torch.device | None = None) -> dict:
-    """What the figures were measured on: CPU, GPU, versions, threads, load."""
+def cpu_info() -> tuple[str | None, list[str]]:
+    """The CPU's model name and the instruction-set extensions that matter for the timings
+    (from /proc/cpuinfo; elsewhere ``platform.processor()`` and no extensions)."""
     cpu_model, flags = None, []
     try:
         with open("/proc/cpuinfo") as f:
@@ -52,11 +53,22 @@ def machine_info(device: torch.device | None = None) -> dict:
                     flags = line.split(":", 1)[1].split()
     except OSError:
         cpu_model = platform.processor() or None
+    return cpu_model, [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags]
+
+
+def loadavg() -> list[float] | None:
+    """The system's 1, 5 and 15 minute load averages (None where the OS has none)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def machine_info(device: torch.device | None = None) -> dict:
+    """What the figures were measured on: CPU, GPU, versions, threads, load."""
     from . import __version__
 
+    cpu_model, isa = cpu_info()
     info = {
         "cpu_model": cpu_model,
-        "cpu_isa": [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags],
+        "cpu_isa": isa,
         "logical_cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
@@ -64,7 +76,7 @@ def machine_info(device: torch.device | None = None) -> dict:
         "torch_cuda": torch.version.cuda,
         "torch_num_threads": torch.get_num_threads(),
         "efficientad_fast": __version__,
-        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "loadavg": loadavg(),
     }
     if device is not None and device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -86,7 +98,9 @@ def peak_bandwidth_gbs(device: torch.device) -> float | None:
     return 2.0 * clock_khz * 1e3 * bus_bits / 8 / 1e9
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): the end of a timed GPU run."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -136,9 +150,7 @@ def make_model(model_size: str, device: torch.device, dtype: torch.dtype, model_
 
         model = load(model_file, map_location=device)
     else:
-        torch.manual_seed(seed)
-        model = EfficientAD(model_size=model_size)
-        model.set_quantiles(0.1, 1.0, 0.1, 1.0)
+        model = random_model(model_size, seed=seed, teacher_stats=False, quantiles=(0.1, 1.0, 0.1, 1.0))
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -186,11 +198,11 @@ def time_predict(
             pred.anomaly_map.to("cpu")
             pred.score.to("cpu")
         else:
-            _sync(device)
+            sync(device)
 
     for _ in range(warmup):
         run()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -223,26 +235,6 @@ class OpTiming:
     fraction_of_peak: float | None
 
 
-def op_inputs(batch: int, dtype: torch.dtype, device: torch.device | str = "cpu", image_size: int = 256,
-              seed: int = 0):
-    """Teacher/student/AE features shaped like EfficientAD-S's at ``image_size`` (no padding;
-    the teacher drawn around its channel mean/std), and the op's options: the benchmarks'
-    common input."""
-    h, w = feature_size((image_size, image_size), padding=False)
-    g = torch.Generator().manual_seed(seed)
-    c = TEACHER_CHANNELS
-    mean = torch.randn(c, generator=g)
-    std = torch.rand(c, generator=g) + 0.5
-    teacher = torch.randn(batch, c, h, w, generator=g) * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
-    student = torch.randn(batch, 2 * c, h, w, generator=g)
-    autoencoder = torch.randn(batch, c, h, w, generator=g)
-    args = tuple(t.to(device, dtype) for t in (teacher, student, autoencoder))
-    kwargs = dict(teacher_mean=mean.to(device), teacher_std=std.to(device),
-                  quantiles=torch.tensor([1.5, 3.0, 1.8, 3.5], device=device),
-                  alpha=0.5, pad=4, output_size=(image_size, image_size), distance="l2")
-    return args, kwargs
-
-
 def bench_op(device: torch.device, batches=(1, 16, 64), dtypes=("fp32", "fp16"), runs: int | None = None,
              warmup: int | None = None, image_size: int = 256, reference: bool = True,
              progress=None) -> list[OpTiming]:
@@ -268,11 +260,11 @@ def bench_op(device: torch.device, batches=(1, 16, 64), dtypes=("fp32", "fp16"),
                 with torch.inference_mode():
                     for _ in range(n_warm):
                         fn(*args, **kwargs)
-                    _sync(device)
+                    sync(device)
                     start = time.perf_counter()
                     for _ in range(n_runs):
                         fn(*args, **kwargs)
-                    _sync(device)
+                    sync(device)
                 mean_s = (time.perf_counter() - start) / n_runs
                 gbs = moved / mean_s / 1e9
                 row = OpTiming(impl, device.type, batch, dtype_name, n_runs, mean_s * 1e3, moved, gbs,
@@ -312,6 +304,33 @@ def run_benchmark(
     A configuration that fails (say, out of memory) is reported with its error and the rest go on.
     """
     dev = resolve_device(device)
+    settings = benchmark_settings(dev, model_sizes=model_sizes, batch_sizes=batch_sizes, dtypes=dtypes,
+                                  image_size=image_size, paths=paths, cuda_graphs=cuda_graphs, compile=compile,
+                                  warmup=warmup, runs=runs, model_file=model_file)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    from ._extension import load_extension
+
+    load_extension()  # JIT-builds on first use: keep that out of every timing
+    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "machine": machine_info(dev), "settings": settings, "timings": [], "op": []}
+    timings = _time_grid(dev, settings, warmup, runs, log)
+    ops = bench_op(dev, op_batches, settings["dtypes"], image_size=image_size, progress=log) if op else []
+    result["machine"]["loadavg_end"] = loadavg()
+    result["timings"] = [asdict(t) | {"name": t.name} for t in timings]
+    result["op"] = [asdict(r) for r in ops]
+    if json_path:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def benchmark_settings(dev: torch.device, *, model_sizes, batch_sizes, dtypes, image_size: int, paths,
+                       cuda_graphs, compile: bool, warmup: int | None, runs: int | None,
+                       model_file: str | None) -> dict:
+    """:func:`run_benchmark`'s arguments checked, with the device's defaults filled in, as
+    the ``settings`` its result records (and the grid it times)."""
     cuda = dev.type == "cuda"
     dtypes = list(dtypes or (("fp32", "fp16") if cuda else ("fp32", "bf16")))
     for name in dtypes:
@@ -321,12 +340,10 @@ def run_benchmark(
     cuda_graphs = list(cuda_graphs if cuda_graphs is not None else ((False, True) if cuda else (False,)))
     if any(cuda_graphs) and not cuda:
         raise ValueError("CUDA graphs need a CUDA device; drop --cuda-graphs or use --device cuda")
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     sizes = [model_sizes] if isinstance(model_sizes, str) else list(model_sizes)
     if model_file:
         sizes = ["from file"]
-    settings = {
+    return {
         "model_sizes": sizes, "batch_sizes": list(batch_sizes), "dtypes": dtypes, "device": str(dev),
         "image_size": image_size, "paths": paths, "cuda_graphs": cuda_graphs, "compile": compile,
         "warmup": warmup if warmup is not None else "default", "runs": runs if runs is not None else "default",
@@ -336,44 +353,42 @@ def run_benchmark(
                     "ends with a stream synchronize",
         "cudnn_benchmark": cuda,
     }
-    from ._extension import load_extension
 
-    load_extension()  # JIT-builds on first use: keep that out of every timing
-    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": machine_info(dev), "settings": settings, "timings": [], "op": []}
-    total = len(sizes) * len(dtypes) * len(batch_sizes) * len(paths) * len(cuda_graphs)
-    done = 0
-    for size in sizes:
-        for dtype_name in dtypes:
-            model = make_model("small" if size == "from file" else size, dev, DTYPES[dtype_name], model_file)
-            for batch in batch_sizes:
-                for path in paths:
-                    for graph in cuda_graphs:
-                        done += 1
-                        try:
-                            t = time_predict(model, batch, image_size=image_size, path=path, cuda_graph=graph,
-                                             compile=compile, warmup=warmup, runs=runs, dtype_name=dtype_name)
-                            msg = (f"{t.mean_ms:9.3f} ms mean, {t.images_per_s:9.1f} images/s, "
-                                   f"peak {t.peak_memory_mib:.0f} MiB")
-                        except Exception as exc:  # e.g. out of memory at a big batch: report, go on
-                            t = Timing(model.model_size, batch, dtype_name, path, graph, compile, 0, 0,
-                                       error=f"{type(exc).__name__}: {exc}")
-                            msg = f"FAILED: {t.error}"
-                            if cuda:
-                                torch.cuda.empty_cache()
-                        result["timings"].append(t)
-                        log(f"[{done}/{total}] {t.name:<40} {msg}")
+
+def _time_grid(dev: torch.device, settings: dict, warmup: int | None, runs: int | None, log) -> list[Timing]:
+    """:func:`time_predict` over the settings' model size x dtype x batch x path x CUDA
+    graph grid (one model per size and dtype), logging a line per configuration."""
+    s = settings
+    total = len(s["model_sizes"]) * len(s["dtypes"]) * len(s["batch_sizes"]) * len(s["paths"]) * len(s["cuda_graphs"])
+    timings = []
+    for size in s["model_sizes"]:
+        for dtype_name in s["dtypes"]:
+            model = make_model("small" if size == "from file" else size, dev, DTYPES[dtype_name], s["model_file"])
+            for batch in s["batch_sizes"]:
+                for path in s["paths"]:
+                    for graph in s["cuda_graphs"]:
+                        t, msg = _time_one(model, batch, dtype_name, path, graph, s["image_size"], s["compile"],
+                                           warmup, runs)
+                        timings.append(t)
+                        log(f"[{len(timings)}/{total}] {t.name:<40} {msg}")
             del model
-    if op:
-        result["op"] = bench_op(dev, op_batches, dtypes, image_size=image_size, progress=log)
-    result["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    result["timings"] = [asdict(t) | {"name": t.name} for t in result["timings"]]
-    result["op"] = [asdict(r) for r in result["op"]]
-    if json_path:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
-    return result
+    return timings
+
+
+def _time_one(model: EfficientAD, batch: int, dtype_name: str, path: str, graph: bool, image_size: int,
+              compile: bool, warmup: int | None, runs: int | None) -> tuple[Timing, str]:
+    """One configuration's :class:`Timing` and its log message; a failure (e.g. out of
+    memory at a big batch) gives a Timing with the error, so the grid goes on."""
+    try:
+        t = time_predict(model, batch, image_size=image_size, path=path, cuda_graph=graph,
+                         compile=compile, warmup=warmup, runs=runs, dtype_name=dtype_name)
+    except Exception as exc:
+        t = Timing(model.model_size, batch, dtype_name, path, graph, compile, 0, 0,
+                   error=f"{type(exc).__name__}: {exc}")
+        if model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return t, f"FAILED: {t.error}"
+    return t, f"{t.mean_ms:9.3f} ms mean, {t.images_per_s:9.1f} images/s, peak {t.peak_memory_mib:.0f} MiB"
 
 
 def format_table(result: dict) -> str:
@@ -400,45 +415,4 @@ def format_table(result: dict) -> str:
             frac = "" if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.0f} %"
             lines.append(f"| {r['impl']} | {r['device']} | {r['batch']} | {r['dtype']} | {r['mean_ms']:.3f} | "
                          f"{r['gbs']:.1f} | {frac} |")
-    return "\n".join(lines)
-
-
-# -- targets (issue: H200) ------------------------------------------------------------------
-
-# (what, model size, batch, dtype, path, figure, bound): the fast path is CUDA graph + fp16 +
-# channels_last, GPU-resident.
-GPU_TARGETS = (
-    ("EfficientAD-S latency, batch 1, fp16, GPU-resident", "small", 1, "fp16", "mean_ms", "<=", 0.6),
-    ("EfficientAD-S throughput, batch 64, fp16", "small", 64, "fp16", "images_per_s", ">=", 4000.0),
-    ("EfficientAD-M latency, batch 1, fp16, GPU-resident", "medium", 1, "fp16", "mean_ms", "<=", 1.2),
-)
-OP_BANDWIDTH_TARGET = ("fused op N=64 fp16, fraction of peak bandwidth", 64, "fp16", 0.70)
-
-
-def check_targets(result: dict) -> list[dict]:
-    """The GPU targets against a :func:`run_benchmark` result: for each, the best measured
-    configuration (device path; CUDA graph on or off) and whether it meets the bound. Targets
-    whose configuration was not measured are left out."""
-    rows = []
-    for what, size, batch, dtype, key, op, bound in GPU_TARGETS:
-        candidates = [t for t in result["timings"] if not t["error"] and t["model_size"] == size
-                      and t["batch"] == batch and t["dtype"] == dtype and t["path"] == "device"]
-        if not candidates:
-            continue
-        best = (min if op == "<=" else max)(candidates, key=lambda t: t[key])
-        value = best[key]
-        rows.append({"target": what, "bound": f"{op} {bound:g}", "measured": value, "config": best["name"],
-                     "met": value <= bound if op == "<=" else value >= bound})
-    what, batch, dtype, bound = OP_BANDWIDTH_TARGET
-    for r in result.get("op", []):
-        if r["impl"] == "fused" and r["batch"] == batch and r["dtype"] == dtype and r["fraction_of_peak"]:
-            rows.append({"target": what, "bound": f">= {bound:g}", "measured": r["fraction_of_peak"],
-                         "config": f"{r['gbs']:.0f} GB/s", "met": r["fraction_of_peak"] >= bound})
-    return rows
-
-
-def format_targets(rows: list[dict]) -> str:
-    lines = ["| target | bound | measured | best configuration | met? |", "|---|---|---|---|---|"]
-    lines += [f"| {r['target']} | {r['bound']} | {r['measured']:.3f} | {r['config']} | "
-              f"{'yes' if r['met'] else 'NO'} |" for r in rows]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import efficientad_fast
+from efficientad_fast.testing import random_model
 
 
 @pytest.fixture(scope="session")
@@ -26,14 +27,7 @@ def seeded():
 @pytest.fixture(scope="session")
 def calibrated_model():
     """A seeded EfficientAD-S (random weights) with teacher statistics and quantiles set."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = efficientad_fast.EfficientAD(model_size="small")
-    model.set_teacher_stats(torch.randn(384, generator=generator) * 0.1,
-                            torch.rand(384, generator=generator) + 0.5)
-    model.set_quantiles(0.2, 1.4, 0.3, 1.9)
-    return model.eval()
+    return random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).eval()
 
 
 @pytest.fixture(scope="session")
