@@ -28,10 +28,18 @@ def read_checkpoint(path: Path, weights_only: bool = True) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        if weights_only:
-            with torch.serialization.safe_globals(_anomalib_safe_globals()):
+        if not weights_only:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            # Lightning checkpoints of anomalib hold its model-size enum: allow anomalib's
+            # safe types (importing anomalib takes seconds, so only when they are needed).
+            safe = _anomalib_safe_globals() if "weights_only" in str(exc) else []
+            if not safe:
+                raise
+            with torch.serialization.safe_globals(safe):
                 return torch.load(path, map_location="cpu", weights_only=True)
-        return torch.load(path, map_location="cpu", weights_only=False)
     except pickle.UnpicklingError as exc:
         if "weights_only" in str(exc):
             raise ValueError(

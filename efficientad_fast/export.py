@@ -22,11 +22,8 @@ Both carry metadata a host can check before running them (:func:`metadata`): the
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -66,16 +63,7 @@ class PredictGraph(nn.Module):
         # is, and predict leaves weights as inference tensors, which torch.export rejects.
         model = copy.deepcopy(model).eval()
         self.scoring = scoring
-        self.teacher = model.teacher
-        self.student = model.student
-        self.autoencoder = model.autoencoder
-        self.alpha = model.alpha
-        self.pad = 4 if model.pad_maps else 0
-        self.distance = model.distance
-        self.register_buffer("teacher_mean", model.teacher_mean.detach().clone())
-        self.register_buffer("teacher_std", model.teacher_std.detach().clone())
-        self.quantiles_set = model.quantiles_set
-        self.register_buffer("quantiles", model.quantiles.detach().clone())
+        self.model = model
         if scoring == "fused":
             # The same fold predict uses: the teacher's last conv emits standardized features.
             weight, bias = model._folded_teacher_conv()
@@ -84,25 +72,21 @@ class PredictGraph(nn.Module):
         self.eval()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
         x = images.contiguous(memory_format=torch.channels_last)
         output_size = (x.shape[2], x.shape[3])
-        xn = self.teacher.normalize(x)
-        student = self.student(xn, normalized=True)
-        autoencoder = self.autoencoder(xn, normalized=True)
-        quantiles = self.quantiles if self.quantiles_set else None
+        quantiles = model.quantiles if model.quantiles_set else None
         if self.scoring == "fused":
-            teacher = self.teacher.last_conv._conv_forward(self.teacher.body(xn), self.teacher_weight, self.teacher_bias)
+            features = model.features(x, teacher_conv=(self.teacher_weight, self.teacher_bias))
             return torch.ops.efficientad_fast.anomaly_map.default(
-                teacher, student, autoencoder, None, None, quantiles,
-                self.alpha, self.pad, list(output_size), self.distance,
+                *features, None, None, quantiles, model.alpha, model.map_pad, list(output_size), model.distance,
             )
-        teacher = self.teacher(xn, normalized=True)
         if quantiles is not None:
             quantiles = tuple(quantiles.unbind(0))
         return reference_anomaly_map(
-            teacher, student, autoencoder, teacher_mean=self.teacher_mean, teacher_std=self.teacher_std,
-            quantiles=quantiles, alpha=self.alpha, pad=self.pad, output_size=output_size,
-            distance=self.distance,
+            *model.features(x), teacher_mean=model.teacher_mean, teacher_std=model.teacher_std,
+            quantiles=quantiles, alpha=model.alpha, pad=model.map_pad, output_size=output_size,
+            distance=model.distance,
         )
 
 
@@ -250,39 +234,3 @@ def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opse
         entry.key, entry.value = key, value
     onnx.save(proto, str(out))
     return out
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """Export a saved model's predict (images in, map and score out, dynamic batch) as an
-    AOTInductor package (--format aoti, .pt2, for C++ hosts with libtorch and our op
-    library) or an ONNX model (--format onnx, scoring in standard ONNX ops)."""
-    from .model import load
-
-    start = time.perf_counter()
-    try:
-        model = load(args.model, map_location="cpu").float()
-        if args.format == "aoti":
-            path = export_aoti(model, args.out, image_size=args.image_size, device=args.device)
-        else:
-            path = export_onnx(model, args.out, image_size=args.image_size, opset=args.opset)
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.format}: {path}  ({time.perf_counter() - start:.1f} s; input float32 (N, 3, "
-          f"{args.image_size}, {args.image_size}) in [0, 1])")
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``export`` command on the CLI's subparsers."""
-    p = subparsers.add_parser("export", help="export predict as an AOTInductor package or ONNX model",
-                              description=cmd_export.__doc__)
-    p.add_argument("--model", required=True, help="model file written by train (or EfficientAD.save)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="aoti (.pt2) or onnx (.onnx)")
-    p.add_argument("--out", required=True, help="output file (.pt2 for aoti)")
-    p.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; onnx only)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                   help="device the AOTInductor package runs on (aoti only; cuda needs a GPU here)")
-    p.set_defaults(func=cmd_export)
-    return p

@@ -17,17 +17,6 @@ from .networks import check_image_size
 INPUT_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """The torch device for a ``--device`` value: "auto" (or None) is the first CUDA GPU if
-    there is one, else the CPU; a CUDA device that is not there is a clear error."""
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible to torch {torch.__version__}")
-    return dev
-
-
 class FastPredictor:
     """Anomaly maps and scores for batches of one fixed shape, as fast as the device allows.
 

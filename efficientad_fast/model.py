@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._checkpoint import atomic_save, load_state_dict_checked
@@ -235,25 +234,28 @@ class EfficientAD(nn.Module):
         (map, score). Pure tensor code (no host sync), so it can be captured in a CUDA graph,
         compiled with ``torch.compile`` or traced by ``torch.export``; call it in eval mode
         under ``torch.inference_mode()``."""
-        xn = self.teacher.normalize(x)
-        student = self.student(xn, normalized=True)
-        autoencoder = self.autoencoder(xn, normalized=True)
-        kwargs = dict(
-            quantiles=self.quantiles if self.quantiles_set else None,
-            alpha=self.alpha,
-            pad=4 if self.pad_maps else 0,
-            output_size=output_size,
-            distance=self.distance,
-        )
+        kwargs = dict(quantiles=self.quantiles if self.quantiles_set else None, alpha=self.alpha,
+                      pad=self.map_pad, output_size=output_size, distance=self.distance)
         if backend == "fused":
-            weight, bias = self._folded_teacher_conv()
-            teacher = self.teacher.last_conv._conv_forward(self.teacher.body(xn), weight, bias)
-            return anomaly_map(teacher, student, autoencoder, **kwargs)
-        teacher = self.teacher(xn, normalized=True)
-        return reference_anomaly_map(
-            teacher, student, autoencoder,
-            teacher_mean=self.teacher_mean, teacher_std=self.teacher_std, **kwargs,
-        )
+            return anomaly_map(*self.features(x, teacher_conv=self._folded_teacher_conv()), **kwargs)
+        return reference_anomaly_map(*self.features(x), teacher_mean=self.teacher_mean,
+                                     teacher_std=self.teacher_std, **kwargs)
+
+    def features(self, x: torch.Tensor, teacher_conv: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """(teacher, student, autoencoder) features of images ``x`` in [0, 1] (the networks'
+        device and dtype), the image normalized once for all three. ``teacher_conv``:
+        (weight, bias) to use in place of the teacher's last conv, e.g. the standardization
+        fold of :meth:`_folded_teacher_conv`; None gives the raw teacher features."""
+        xn = self.teacher.normalize(x)
+        conv = self.teacher.last_conv
+        weight, bias = teacher_conv if teacher_conv is not None else (conv.weight, conv.bias)
+        teacher = conv._conv_forward(self.teacher.body(xn), weight, bias)
+        return teacher, self.student(xn, normalized=True), self.autoencoder(xn, normalized=True)
+
+    @property
+    def map_pad(self) -> int:
+        """Zero border added to the feature-resolution maps before resizing (4, as anomalib)."""
+        return 4 if self.pad_maps else 0
 
     def forward(self, images: torch.Tensor) -> Prediction:
         return self.predict(images)

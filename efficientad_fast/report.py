@@ -1,169 +1,73 @@
-"""The benchmark report (``efficientad-fast report``): train and evaluate every category of a
-dataset and write the tables of the EfficientAD benchmark report our users start from —
-per category Image AUROC, Image F1, Pixel AUROC, Pixel F1, AU-PRO (AU-sPRO for MVTec
-LOCO), training time, inference time and latency, the per-dataset average, and with a sweep
-the learning-rate x weight-decay table — as Markdown, CSV, JSON and a PNG chart.
+"""Writers of results: the metrics tables of ``eval`` and the demo, the demo's report, and
+the benchmark report of ``efficientad-fast report`` — per category Image AUROC, Image F1,
+Pixel AUROC, Pixel F1, AU-PRO (AU-sPRO for MVTec LOCO), training time, inference time and
+latency, the per-dataset average, and with a sweep the learning-rate x weight-decay table —
+as Markdown, CSV, JSON and a PNG chart. The jobs that produce the results live in jobs.py.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import itertools
 import json
 import math
 import os
-import time
-import traceback
 from pathlib import Path
 
-import torch
-
-from .train import TrainConfig
-
 METRICS = ("image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "aupro")
-# teacher: "random", "distilled" or a teacher file (compares teachers on the same data)
-SWEEP_KEYS = {"lr": float, "weight_decay": float, "steps": int, "batch_size": int, "teacher": str}
 HEADERS = {"image_auroc": "Image AUROC", "image_f1": "Image F1", "pixel_auroc": "Pixel AUROC",
            "pixel_f1": "Pixel F1", "aupro": "AU-PRO"}
 
 
-def parse_sweep(items) -> dict[str, list]:
-    """``["lr=1e-6,1e-4", "weight_decay=1e-6,1e-4"]`` -> {"lr": [1e-6, 1e-4], ...}."""
-    sweep: dict[str, list] = {}
-    for item in items or ():
-        key, sep, values = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not values.strip():
-            raise ValueError(f"a sweep item looks like lr=1e-6,1e-4, got {item!r}")
-        if key not in SWEEP_KEYS:
-            raise ValueError(f"can sweep {sorted(SWEEP_KEYS)}, not {key!r}")
-        try:
-            sweep[key] = [SWEEP_KEYS[key](v) for v in values.split(",") if v.strip()]
-        except ValueError as exc:
-            raise ValueError(f"bad value in sweep item {item!r}: {exc}") from None
-    return sweep
+def _flatten_metrics(result: dict) -> dict[str, float]:
+    if all(isinstance(v, dict) for v in result.values()):  # LOCO: structural / logical / mean
+        return {f"{part}/{k}": v for part, values in result.items() for k, v in values.items()}
+    return dict(result)
 
 
-def _settings(sweep: dict[str, list]) -> list[dict]:
-    if not sweep:
-        return [{}]
-    keys = list(sweep)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
+def metrics_table(results: dict[str, dict]) -> str:
+    """Markdown table: one row per category, one column per metric."""
+    flat = {name: _flatten_metrics(r) for name, r in results.items()}
+    columns = list(dict.fromkeys(k for r in flat.values() for k in r))
+    lines = ["| category | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, values in flat.items():
+        cells = [f"{values[c]:.3f}" if isinstance(values.get(c), float) and not math.isnan(values[c])
+                 else str(values.get(c, "")) for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def _setting_label(key: str, value) -> str:
+def write_metrics(evaluation: dict, out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """``metrics.json`` (metrics, timing, per-image scores) and ``metrics.md``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "metrics.json", out_dir / "metrics.md"
+    json_path.write_text(json.dumps(evaluation, indent=2))
+    timing = evaluation["timing"]
+    md_path.write_text(
+        f"# EfficientAD evaluation: {name}\n\n{metrics_table({name: evaluation['metrics']})}\n\n"
+        f"{timing['images']} test images, {timing['ms_per_image']:.1f} ms per image "
+        f"(batch {timing['batch_size']}, network + scoring).\n"
+    )
+    return json_path, md_path
+
+
+def setting_label(key: str, value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return Path(value).stem if key == "teacher" else str(value)  # a file's name, no folders
 
 
-def _run_name(category: str, setting: dict) -> str:
-    return category + "".join(f"_{k}{_setting_label(k, v)}" for k, v in setting.items())
+def run_name(category: str, setting: dict) -> str:
+    return category + "".join(f"_{k}{setting_label(k, v)}" for k, v in setting.items())
 
 
-def _headline(metrics: dict) -> dict[str, float]:
+def headline_metrics(metrics: dict) -> dict[str, float]:
     """The report's five numbers; MVTec LOCO: the mean of structural and logical, with
     AU-sPRO in the PRO column."""
     if "mean" in metrics and isinstance(metrics["mean"], dict):
         mean = metrics["mean"]
         return {k: mean.get("auspro" if k == "aupro" else k, math.nan) for k in METRICS}
     return {k: metrics.get(k, math.nan) for k in METRICS}
-
-
-def _latency_ms(model, batch: int, image_size: int, runs: int | None) -> float:
-    from .benchmark import time_predict
-
-    return time_predict(model, batch, image_size=image_size, warmup=1, runs=runs).mean_ms
-
-
-def run_report(
-    data: str | os.PathLike,
-    dataset: str,
-    out: str | os.PathLike,
-    *,
-    categories=None,
-    model_size: str = "small",
-    config: TrainConfig | None = None,
-    sweep: dict[str, list] | None = None,
-    teacher: str | None = None,
-    image_size: int = 256,
-    device: str = "auto",
-    latency_batches=(1, 4, 16),
-    latency_runs: int | None = None,
-    log=print,
-) -> dict:
-    """Train, calibrate and evaluate each category (for each sweep setting) and write
-    ``report.md``, ``report.csv``, ``report.json`` and ``report.png`` to ``out``.
-
-    A category that fails is reported with its error and the others go on. Training time is
-    training + calibration; inference time is the test split's network and scoring time;
-    latency is the paper's protocol at batch 1 (mean ms, image on the host to map on the
-    host). ``latency_batches`` also times the first trained model at those batch sizes for
-    the latency-against-batch-size chart.
-    """
-    from .data import list_categories
-    from .pipeline import evaluate_model, resolve_device, train_category
-
-    config = config or TrainConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if categories is None:
-        categories = list_categories(data, dataset) if dataset != "folder" else [None]
-        if not categories:
-            raise FileNotFoundError(f"no categories (folders with a train/ folder) under {data}")
-    settings = _settings(sweep or {})
-    runs = [(c, s) for c in categories for s in settings]
-    names = [_run_name(c or Path(data).name, s) for c, s in runs]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:  # e.g. two teacher files with the same name in different folders
-        raise ValueError(f"sweep settings would share the run folders {clashes}; give them different names")
-    rows, latency_curve = [], []
-    started = time.perf_counter()
-    for i, ((category, setting), name) in enumerate(zip(runs, names), 1):
-        label = f"[report {i}/{len(runs)}] {name}"
-        log(f"{label}: training {model_size} for {setting.get('steps', config.steps)} steps")
-        row = {"dataset": dataset, "category": category or Path(data).name, "model_size": model_size,
-               "lr": setting.get("lr", config.lr), "weight_decay": setting.get("weight_decay", config.weight_decay),
-               "steps": setting.get("steps", config.steps), "batch_size": setting.get("batch_size", config.batch_size),
-               "teacher": setting.get("teacher", teacher or "random"), "error": None}
-        try:
-            run_config = dataclasses.replace(config, **{k: v for k, v in setting.items() if k != "teacher"})
-            model, summary = train_category(data, dataset, category, out / name, model_size=model_size,
-                                            config=run_config, teacher=row["teacher"], image_size=image_size,
-                                            device=device)
-            log(f"{label}: evaluating")
-            evaluation = evaluate_model(model, data, dataset, category, image_size=image_size,
-                                        progress=config.progress, workers=config.workers)
-            row.update(_headline(evaluation["metrics"]))
-            row["train_s"] = summary["total_seconds"]
-            row["infer_s"] = evaluation["timing"]["seconds"]
-            row["infer_ms_per_image"] = evaluation["timing"]["ms_per_image"]
-            row["latency_ms"] = _latency_ms(model, 1, image_size, latency_runs)
-            row["metrics"] = evaluation["metrics"]
-            if not latency_curve and latency_batches:
-                for batch in latency_batches:
-                    ms = _latency_ms(model, batch, image_size, latency_runs)
-                    latency_curve.append({"batch": batch, "ms": ms, "images_per_s": 1e3 * batch / ms})
-            log(f"{label}: image AUROC {row['image_auroc']:.3f}, pixel AUROC {row['pixel_auroc']:.3f}, "
-                f"latency {row['latency_ms']:.1f} ms")
-            del model
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # report it, go on with the next category
-            row["error"] = f"{type(exc).__name__}: {exc}"
-            (out / name).mkdir(parents=True, exist_ok=True)
-            (out / name / "error.txt").write_text(traceback.format_exc())
-            log(f"{label}: FAILED: {row['error']} (details in {out / name / 'error.txt'})")
-        rows.append(row)
-    result = {
-        "dataset": dataset, "data": str(data), "model_size": model_size, "image_size": image_size,
-        "device": str(resolve_device(device)), "train_config": dataclasses.asdict(config),
-        "sweep": sweep or {}, "teacher": teacher or "random", "rows": rows,
-        "latency_vs_batch": latency_curve, "total_s": time.perf_counter() - started,
-    }
-    write_report(result, out)
-    return result
 
 
 def _mean(rows, key) -> float:
@@ -194,7 +98,7 @@ def report_tables(result: dict) -> str:
         "Train time (s)", "Infer time (s)", "Latency (ms)"]
     lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["category"]] + [_setting_label(k, r[k]) for k in swept]
+        cells = [r["category"]] + [setting_label(k, r[k]) for k in swept]
         if r["error"]:
             cells += [f"failed: {r['error'][:80]}"] + [""] * (len(head) - len(cells) - 1)
         else:
@@ -236,7 +140,7 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
         md.append("")
     if failed:
         md += ["## Failures", ""] + [f"- {r['category']}: {r['error']}" for r in failed] + [""]
-    md += [f"![chart](report.png)", "", f"Total {result['total_s'] / 60:.1f} min."]
+    md += ["![chart](report.png)", "", f"Total {result['total_s'] / 60:.1f} min."]
     paths["md"].write_text("\n".join(md) + "\n")
 
     fields = ["dataset", "category", "model_size", "teacher", "lr", "weight_decay", "steps", "batch_size", *METRICS,
@@ -261,7 +165,7 @@ def plot_report(result: dict, path: str | os.PathLike) -> None:
     curve = result["latency_vs_batch"]
     fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(12 if curve else 7, 4), squeeze=False)
     ax = axes[0][0]
-    names = [_run_name(r["category"], {k: r[k] for k in result["sweep"]}) for r in rows]
+    names = [run_name(r["category"], {k: r[k] for k in result["sweep"]}) for r in rows]
     x = list(range(len(rows)))
     ax.bar([i - 0.2 for i in x], [r["image_auroc"] for r in rows], width=0.4, label="image AUROC")
     ax.bar([i + 0.2 for i in x], [r["pixel_auroc"] for r in rows], width=0.4, label="pixel AUROC")
@@ -282,3 +186,38 @@ def plot_report(result: dict, path: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def write_demo_report(out: Path, results: dict, summaries: dict, table: str, elapsed: float) -> Path:
+    lines = [
+        "# efficientad_fast demo",
+        "",
+        "EfficientAD-S trained on the built-in synthetic dataset (efficientad_fast.data.make_synthetic) "
+        f"with the teacher: {next(iter(summaries.values()))['teacher']}, calibrated on held-out "
+        "training images and evaluated on the test split.",
+        "",
+        table,
+        "",
+        f"Total time {elapsed / 60:.1f} min (dataset, training, calibration, evaluation, pictures).",
+        "",
+    ]
+    for category, evaluation in results.items():
+        s = summaries[category]
+        lines += [
+            f"## {category}",
+            "",
+            f"{s['train_images']} training images, {s['held_out_images']} held out for the quantiles, "
+            f"{s['train_config']['steps']} steps at {s['seconds_per_step']:.2f} s/step on {s['device']}; "
+            f"inference {evaluation['timing']['ms_per_image']:.0f} ms/image.",
+            "",
+            f"![loss curve]({category}/loss_curve.png)",
+            "",
+            "Heatmaps (left: image; right: anomaly map, white = above threshold, green = ground truth):",
+            "",
+        ]
+        for png in sorted((out / category / "heatmaps").glob("*.png")):
+            lines.append(f"![{png.stem}]({category}/heatmaps/{png.name})")
+        lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

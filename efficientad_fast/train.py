@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ._checkpoint import load_state_dict_checked
+from ._checkpoint import atomic_save, config_diff, load_state_dict_checked
+from ._device import autocast_dtype
+from ._progress import progress as progress_bar
 from .model import EfficientAD
 from .networks import TEACHER_CHANNELS, feature_size
 from .ops import anomaly_map
@@ -58,8 +59,7 @@ class TrainConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.amp not in (None, "fp16", "bf16"):
-            raise ValueError(f"amp must be None, 'fp16' or 'bf16', got {self.amp!r}")
+        autocast_dtype(self.amp)  # raises for anything but None, "fp16", "bf16"
         if not 0 < self.hard_quantile < 1:
             raise ValueError(f"hard_quantile must be in (0, 1), got {self.hard_quantile}")
 
@@ -174,7 +174,7 @@ def teacher_channel_stats(model: EfficientAD, images: torch.Tensor, batch_size: 
     count = 0
     kept = []
     batches = range(0, images.shape[0], batch_size)
-    for start in _progress(batches, progress, "teacher statistics"):
+    for start in progress_bar(batches, progress, "teacher statistics"):
         x = images[start:start + batch_size].to(device).float().div_(255)
         out = model.teacher(x)
         if keep_outputs:
@@ -202,14 +202,10 @@ def calibrate(model: EfficientAD, images: torch.Tensor, batch_size: int = 8,
     was_training = model.training
     model.eval()
     maps_st, maps_ae = [], []
-    pad = 4 if model.pad_maps else 0
-    for start in _progress(range(0, images.shape[0], batch_size), progress, "calibrating"):
+    for start in progress_bar(range(0, images.shape[0], batch_size), progress, "calibrating"):
         x = images[start:start + batch_size].to(model.device).to(model.dtype).div_(255)
-        xn = model.teacher.normalize(x)
-        teacher = model.teacher(xn, normalized=True)
-        student = model.student(xn, normalized=True)
-        ae = model.autoencoder(xn, normalized=True)
-        common = dict(teacher_mean=model.teacher_mean, teacher_std=model.teacher_std, pad=pad,
+        teacher, student, ae = model.features(x)
+        common = dict(teacher_mean=model.teacher_mean, teacher_std=model.teacher_std, pad=model.map_pad,
                       output_size=tuple(x.shape[-2:]), distance=model.distance)
         maps_st.append(anomaly_map(teacher, student, ae, alpha=1.0, **common)[0].cpu())
         maps_ae.append(anomaly_map(teacher, student, ae, alpha=0.0, **common)[0].cpu())
@@ -224,14 +220,6 @@ def calibrate(model: EfficientAD, images: torch.Tensor, batch_size: int = 8,
 
 
 # -- the loop ----------------------------------------------------------------------------
-
-
-def _progress(iterable, enabled: bool, desc: str, total: int | None = None, initial: int = 0):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, initial=initial, dynamic_ncols=True)
 
 
 def compute_losses(model: EfficientAD, images: torch.Tensor, penalty: torch.Tensor | None,
@@ -303,9 +291,54 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step, generator, co
         "rng": _rng_state(generator),
         "history": history,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # never a half-written checkpoint
+    atomic_save(payload, path)  # never a half-written checkpoint
+
+
+# Settings a resumed run may change (they do not change what is computed).
+_RESUMABLE_CHANGES = ("progress", "workers", "checkpoint_every")
+
+
+def _as_uint8_images(images, config: TrainConfig, desc: str) -> torch.Tensor | None:
+    if isinstance(images, Dataset):
+        return load_images_uint8(images, config.workers, desc)
+    return images
+
+
+def _restore(checkpoint: Path | None, model, optimizer, scheduler, generator, config) -> tuple[int, list]:
+    """Load a training checkpoint into the model, optimizer, scheduler and RNGs; returns
+    (step, history). Refuses a checkpoint made with settings that change the result."""
+    if checkpoint is None or not checkpoint.is_file():
+        raise FileNotFoundError(f"resume: no checkpoint at {checkpoint}")
+    state = torch.load(checkpoint, map_location=model.device, weights_only=True)
+    if state.get("kind") != "efficientad_fast-training-checkpoint":
+        raise ValueError(f"{checkpoint}: not a training checkpoint of efficientad_fast")
+    diff = config_diff(state["train_config"], asdict(config), ignore=_RESUMABLE_CHANGES)
+    if diff:
+        raise ValueError(f"resume: the checkpoint was made with other settings (saved, now): {diff}")
+    load_state_dict_checked(model, state["model"], source=str(checkpoint))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"], generator)
+    return state["step"], list(state["history"])
+
+
+def _standardized_teacher_cache(model, train_images, config, resume: bool, generator) -> torch.Tensor | None:
+    """Set the teacher statistics (new runs) and return the standardized teacher outputs of
+    all training images when they fit in ``config.teacher_cache_mib``, else None."""
+    feature_bytes = 4 * TEACHER_CHANNELS * math.prod(feature_size(tuple(train_images.shape[-2:]), model.padding))
+    use_cache = train_images.shape[0] * feature_bytes <= config.teacher_cache_mib * 2**20
+    cache = None
+    if not resume:
+        torch.manual_seed(config.seed)
+        generator.manual_seed(config.seed)
+        stats = teacher_channel_stats(model, train_images, progress=config.progress, keep_outputs=use_cache)
+        model.set_teacher_stats(stats[0], stats[1].clamp_min(1e-6))
+        cache = stats[2] if use_cache else None
+    elif use_cache:  # resuming: one teacher pass refills the cache
+        cache = teacher_channel_stats(model, train_images, progress=config.progress, keep_outputs=True)[2]
+    if cache is None:
+        return None
+    return (cache - model.teacher_mean.cpu().view(1, -1, 1, 1)) / model.teacher_std.cpu().view(1, -1, 1, 1)
 
 
 def train(
@@ -335,11 +368,8 @@ def train(
     """
     config = config or TrainConfig()
     config.check()
-    device = model.device
-    if isinstance(train_images, Dataset):
-        train_images = load_images_uint8(train_images, config.workers, "training images")
-    if isinstance(penalty_images, Dataset):
-        penalty_images = load_images_uint8(penalty_images, config.workers, "penalty images")
+    train_images = _as_uint8_images(train_images, config, "training images")
+    penalty_images = _as_uint8_images(penalty_images, config, "penalty images")
     if train_images.dtype != torch.uint8 or train_images.dim() != 4 or train_images.shape[1] != 3:
         raise ValueError(f"train_images must be uint8 (N, 3, H, W), got {train_images.dtype} {tuple(train_images.shape)}")
     checkpoint = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
@@ -351,96 +381,83 @@ def train(
     drop_at = max(1, int(config.steps * config.lr_drop_fraction))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=drop_at, gamma=0.1)
     generator = torch.Generator()
-    history: list[dict] = []
-    step = 0
-
-    feature_bytes = 4 * TEACHER_CHANNELS * math.prod(feature_size(tuple(train_images.shape[-2:]), model.padding))
-    use_cache = train_images.shape[0] * feature_bytes <= config.teacher_cache_mib * 2**20
-    teacher_cache = None
-
+    step, history = 0, []
     if resume:
-        if checkpoint is None or not checkpoint.is_file():
-            raise FileNotFoundError(f"resume: no checkpoint at {checkpoint}")
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if state.get("kind") != "efficientad_fast-training-checkpoint":
-            raise ValueError(f"{checkpoint}: not a training checkpoint of efficientad_fast")
-        saved = {k: v for k, v in state["train_config"].items() if k not in ("progress", "workers", "checkpoint_every")}
-        wanted = {k: v for k, v in asdict(config).items() if k in saved}
-        wanted["augment_range"] = list(wanted["augment_range"])
-        saved["augment_range"] = list(saved["augment_range"])
-        if saved != wanted:
-            diff = {k: (saved[k], wanted[k]) for k in saved if saved[k] != wanted[k]}
-            raise ValueError(f"resume: the checkpoint was made with other settings (saved, now): {diff}")
-        load_state_dict_checked(model, state["model"], source=str(checkpoint))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"], generator)
-        step = state["step"]
-        history = list(state["history"])
-    else:
-        torch.manual_seed(config.seed)
-        generator.manual_seed(config.seed)
-        stats = teacher_channel_stats(model, train_images, progress=config.progress, keep_outputs=use_cache)
-        model.set_teacher_stats(stats[0], stats[1].clamp_min(1e-6))
-        if use_cache:
-            teacher_cache = stats[2]
-    if use_cache and teacher_cache is None:  # resuming: one teacher pass refills the cache
-        teacher_cache = teacher_channel_stats(model, train_images, progress=config.progress, keep_outputs=True)[2]
-    if teacher_cache is not None:
-        teacher_cache = ((teacher_cache - model.teacher_mean.cpu().view(1, -1, 1, 1))
-                         / model.teacher_std.cpu().view(1, -1, 1, 1))
+        step, history = _restore(checkpoint, model, optimizer, scheduler, generator, config)
+    teacher_cache = _standardized_teacher_cache(model, train_images, config, resume, generator)
 
-    schedule = BatchSchedule(train_images.shape[0], config.batch_size, config.seed)
     model.to(memory_format=torch.channels_last)  # 1.1x faster steps on CPU (bench/bench_train.py)
     model.train()
     model.teacher.eval()
-    autocast = None
-    if config.amp:
-        autocast = torch.float16 if config.amp == "fp16" else torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16 and device.type == "cuda")
-
+    loop = _Loop(model, optimizer, scheduler, generator, config, checkpoint, history, callback)
     started = time.perf_counter()
-    bar = _progress(range(step, config.steps), config.progress, "training", total=config.steps, initial=step)
-    try:
-        for step in bar:
-            indices = schedule.indices(step)
-            images = train_images[indices].to(device).float().div_(255)
-            teacher_images = teacher_cache[indices].to(device) if teacher_cache is not None else None
-            penalty = None
-            if penalty_images is not None:
-                pick = torch.randint(0, penalty_images.shape[0], (config.batch_size,), generator=generator)
-                penalty = penalty_images[pick].to(device).float().div_(255)
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                losses = compute_losses(model, images, penalty, generator, config, teacher_images)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            done = step + 1
-            row = {k: float(v.detach()) for k, v in losses.items()}
-            row.update(step=done, lr=optimizer.param_groups[0]["lr"], time=time.perf_counter() - started)
-            history.append(row)
-            if config.progress:
-                bar.set_postfix(loss=f"{row['loss']:.4f}", st=f"{row['loss_hard']:.3f}",
-                                ae=f"{row['loss_ae']:.3f}", stae=f"{row['loss_stae']:.3f}")
-            if callback is not None:
-                callback(done, row)
-            if checkpoint is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
-                save_checkpoint(checkpoint, model, optimizer, scheduler, done, generator, config, history)
-    except KeyboardInterrupt:
-        done = len(history)
-        if checkpoint is None:
-            raise
-        save_checkpoint(checkpoint, model, optimizer, scheduler, done, generator, config, history)
-        raise TrainingInterrupted(done, checkpoint) from None
-    finally:
-        if config.progress and hasattr(bar, "close"):
-            bar.close()
+    loop.run(step, train_images, penalty_images, teacher_cache, started)
     if checkpoint is not None:
-        save_checkpoint(checkpoint, model, optimizer, scheduler, config.steps, generator, config, history)
+        loop.save(config.steps)
     model.eval()
     return TrainResult(steps=config.steps, seconds=time.perf_counter() - started, history=history)
+
+
+class _Loop:
+    """The optimisation steps of :func:`train`, with checkpoints and Ctrl-C handling."""
+
+    def __init__(self, model, optimizer, scheduler, generator, config, checkpoint, history, callback) -> None:
+        self.model, self.optimizer, self.scheduler, self.generator = model, optimizer, scheduler, generator
+        self.config, self.checkpoint, self.history, self.callback = config, checkpoint, history, callback
+        device = model.device
+        self.autocast = autocast_dtype(config.amp)
+        self.scaler = torch.amp.GradScaler(device.type,
+                                           enabled=self.autocast == torch.float16 and device.type == "cuda")
+
+    def save(self, step: int) -> None:
+        save_checkpoint(self.checkpoint, self.model, self.optimizer, self.scheduler, step, self.generator,
+                        self.config, self.history)
+
+    def step(self, images, penalty, teacher_images) -> dict:
+        device = self.model.device
+        with torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            losses = compute_losses(self.model, images, penalty, self.generator, self.config, teacher_images)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def run(self, first_step: int, train_images, penalty_images, teacher_cache, started: float) -> None:
+        config, device = self.config, self.model.device
+        schedule = BatchSchedule(train_images.shape[0], config.batch_size, config.seed)
+        bar = progress_bar(range(first_step, config.steps), config.progress, "training", total=config.steps,
+                           initial=first_step)
+        try:
+            for step in bar:
+                indices = schedule.indices(step)
+                images = train_images[indices].to(device).float().div_(255)
+                teacher_images = teacher_cache[indices].to(device) if teacher_cache is not None else None
+                penalty = None
+                if penalty_images is not None:
+                    pick = torch.randint(0, penalty_images.shape[0], (config.batch_size,), generator=self.generator)
+                    penalty = penalty_images[pick].to(device).float().div_(255)
+                row = self.step(images, penalty, teacher_images)
+                done = step + 1
+                row.update(step=done, lr=self.optimizer.param_groups[0]["lr"], time=time.perf_counter() - started)
+                self.history.append(row)
+                if config.progress:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", st=f"{row['loss_hard']:.3f}",
+                                    ae=f"{row['loss_ae']:.3f}", stae=f"{row['loss_stae']:.3f}")
+                if self.callback is not None:
+                    self.callback(done, row)
+                if self.checkpoint is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
+                    self.save(done)
+        except KeyboardInterrupt:
+            if self.checkpoint is None:
+                raise
+            done = len(self.history)
+            self.save(done)
+            raise TrainingInterrupted(done, self.checkpoint) from None
+        finally:
+            if config.progress and hasattr(bar, "close"):
+                bar.close()
 
 
 def write_training_log(history: list[dict], out_dir: str | os.PathLike) -> tuple[Path, Path | None]:

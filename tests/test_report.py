@@ -2,6 +2,8 @@
 
 import csv
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from efficientad_fast.cli import main
 from efficientad_fast.data import make_synthetic
 from efficientad_fast.model import load
 from efficientad_fast.networks import make_pdn
-from efficientad_fast.report import parse_sweep
+from efficientad_fast.jobs import parse_sweep
 
 pytestmark = pytest.mark.usefixtures("op_library")
 
@@ -96,7 +98,6 @@ def test_gpu_check_script_runs_end_to_end_without_a_gpu(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     import torch
 
@@ -113,7 +114,8 @@ def test_gpu_check_script_runs_end_to_end_without_a_gpu(tmp_path):
 
 
 def test_check_targets_picks_the_best_device_configuration():
-    from efficientad_fast.benchmark import check_targets, format_targets
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the targets live beside gpu_check.sh
+    from gpu_targets import check_targets, format_targets
 
     def timing(size, batch, path, graph, mean_ms):
         return {"model_size": size, "batch": batch, "dtype": "fp16", "path": path, "cuda_graph": graph,
@@ -164,7 +166,7 @@ def test_report_sweeps_teachers(tmp_path):
 
 
 def test_report_refuses_sweep_settings_that_share_a_run_folder(tmp_path):
-    from efficientad_fast.report import run_report
+    from efficientad_fast.jobs import run_report
 
     with pytest.raises(ValueError, match="share the run folders"):
         run_report(tmp_path, "mvtec", tmp_path / "o", categories=["board"],
