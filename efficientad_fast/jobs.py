@@ -21,8 +21,7 @@ from . import metrics as metrics_lib
 from ._device import resolve_device
 from .benchmark import time_predict
 from .data import (GenericImages, find_images, list_categories, make_loader, make_synthetic, open_dataset,
-                   read_loco_defects_config, split_train_validation)
-from .data._io import open_image, to_rgb_array
+                   open_image, read_loco_defects_config, split_train_validation, to_rgb_array)
 from .heatmaps import default_threshold, heatmap_overlay, save_png, write_eval_heatmaps
 from .model import EfficientAD
 from .report import headline_metrics, metrics_table, run_name, write_demo_report, write_metrics, write_report

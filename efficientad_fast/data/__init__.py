@@ -32,7 +32,7 @@ an antialiasing bilinear filter, masks with nearest neighbour; grayscale becomes
 dropped, 16-bit images keep their precision. Any non-zero mask pixel is defect.
 """
 
-from ._io import IMAGE_SUFFIXES, DataError, find_images
+from ._io import IMAGE_SUFFIXES, DataError, find_images, open_image, to_rgb_array
 from .datasets import (
     DATASETS,
     KINDS,
@@ -72,8 +72,10 @@ __all__ = [
     "list_categories",
     "make_loader",
     "make_synthetic",
+    "open_image",
     "open_dataset",
     "read_loco_defects_config",
     "render_synthetic",
     "split_train_validation",
+    "to_rgb_array",
 ]

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import find_images
-from ..data._io import open_image, to_rgb_array
+from ..data import find_images, open_image, to_rgb_array
 from ._optional import require
 
 # scikit-image photographs used for distillation. The other bundled images (rocket, brick,
