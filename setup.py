@@ -1,6 +1,7 @@
 """Packaging. ``pip install -e .`` compiles nothing: the extension is JIT-built on first use.
 ``EFFICIENTAD_FAST_BUILD_EXT=1 pip install --no-build-isolation .`` compiles it ahead of time
-from the same sources and flags (efficientad_fast/_build.py)."""
+from the same sources and flags (efficientad_fast/_build.py), except the JIT build's
+-march=native: a wheel may run on another CPU than the one that built it."""
 
 import importlib.util
 import os

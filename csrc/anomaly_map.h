@@ -1,6 +1,7 @@
 // Per-pixel math of the fused anomaly-map op, shared by the CPU kernel
-// (anomaly_map.cpp) and the CUDA kernel (anomaly_map_cuda.cu), so the CPU
-// tests exercise the same arithmetic the GPU runs.
+// (cpu/anomaly_map_cpu.cpp) and the CUDA kernels (cuda/anomaly_map_cuda.cu), so the
+// CPU tests exercise the same arithmetic the GPU runs; and the one parameter struct
+// both take. Plain C++ without ATen, so it compiles as device code.
 //
 // The op equals, in plain PyTorch (efficientad_fast/reference.py):
 //   t_hat  = (teacher - mean) / std
@@ -141,5 +142,25 @@ EAD_HOST_DEVICE float resize_scale(int64_t in_size, int64_t out_size) {
 
 // Max that propagates NaN, like torch.amax.
 EAD_HOST_DEVICE float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
+
+// The checked arguments of one call as plain values: built once by the input checks
+// (anomaly_map.cpp), read by the CPU kernel and passed by value to the CUDA kernels.
+// The pointers point into float32 tensors the checks keep alive (AnomalyMapInputs).
+struct AnomalyMapParams {
+  const float* mean = nullptr;       // (C) teacher mean, or nullptr: teacher already standardized
+  const float* stdev = nullptr;      // (C) teacher std, set together with mean
+  const float* quantiles = nullptr;  // (4) q_a_st, q_b_st, q_a_ae, q_b_ae, or nullptr: no normalization
+  float alpha = 0.5f;
+  Distance distance = Distance::L2;
+  bool channels_last = false;  // the features' memory format: channels_last (NHWC) or NCHW
+  int64_t batch = 0, channels = 0, height = 0, width = 0, pad = 0;
+  int64_t padded_height = 0, padded_width = 0, out_height = 0, out_width = 0;
+
+  // The teacher value t of channel c, standardized when a mean and std were given.
+  EAD_HOST_DEVICE float teacher_value(float t, int64_t c) const {
+    return mean != nullptr ? (t - mean[c]) / stdev[c] : t;
+  }
+  EAD_HOST_DEVICE Fusion fusion() const { return Fusion::make(quantiles, alpha); }
+};
 
 }  // namespace efficientad_fast

@@ -1,11 +1,14 @@
-// Argument checking and preparation shared by the CPU and CUDA kernels of
-// efficientad_fast::anomaly_map (defined in anomaly_map.cpp).
+// The input checks of efficientad_fast::anomaly_map (defined in anomaly_map.cpp) and the
+// entry point every backend registers: check once, build one AnomalyMapParams, allocate
+// the outputs, run the backend's kernel. Host-only (ATen); kept apart from
+// anomaly_map.h, which stays plain C++ so that it compiles as device code.
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 
 #include <optional>
 #include <string_view>
+#include <tuple>
 
 #include "anomaly_map.h"
 
@@ -13,24 +16,41 @@ namespace efficientad_fast {
 
 // Checked, layout-normalized arguments of one anomaly_map call.
 struct AnomalyMapInputs {
-  // teacher, student and autoencoder share one memory format: NCHW-contiguous,
-  // or channels_last (NHWC) when the teacher arrives that way.
+  // teacher, student and autoencoder in one memory format: NCHW-contiguous, or
+  // channels_last (NHWC) when the teacher arrives that way (params.channels_last).
   at::Tensor teacher, student, autoencoder;
-  bool channels_last = false;
-  // float32 (C) tensors on the features' device, or undefined for no normalization.
-  at::Tensor teacher_mean, teacher_std;
-  // float32 (4) tensor on the features' device, or undefined for no normalization.
-  at::Tensor quantiles;
-  float alpha = 0.5f;
-  Distance distance = Distance::L2;
-  int64_t batch = 0, channels = 0, height = 0, width = 0, pad = 0;
-  int64_t padded_height = 0, padded_width = 0, out_height = 0, out_width = 0;
+  // float32 tensors on the features' device that params' pointers point into; undefined
+  // when not given.
+  at::Tensor teacher_mean, teacher_std, quantiles;
+  AnomalyMapParams params;
 };
 
+// Checks every argument (TORCH_CHECK_VALUE / TORCH_CHECK_TYPE naming it) and prepares them.
 AnomalyMapInputs check_anomaly_map_inputs(
     const at::Tensor& teacher, const at::Tensor& student, const at::Tensor& autoencoder,
     const std::optional<at::Tensor>& teacher_mean, const std::optional<at::Tensor>& teacher_std,
     const std::optional<at::Tensor>& quantiles, double alpha, int64_t pad,
     at::OptionalIntArrayRef output_size, std::string_view distance);
+
+// One backend's kernel: fills map (N, 1, H, W) and score (N), float32, for N > 0.
+using AnomalyMapKernel = void (*)(const AnomalyMapInputs& in, at::Tensor& map, at::Tensor& score);
+
+// The op for one backend (registered by TORCH_LIBRARY_IMPL as &anomaly_map_entry<kernel>).
+template <AnomalyMapKernel kernel>
+std::tuple<at::Tensor, at::Tensor> anomaly_map_entry(
+    const at::Tensor& teacher, const at::Tensor& student, const at::Tensor& autoencoder,
+    const std::optional<at::Tensor>& teacher_mean, const std::optional<at::Tensor>& teacher_std,
+    const std::optional<at::Tensor>& quantiles, double alpha, int64_t pad,
+    at::OptionalIntArrayRef output_size, c10::string_view distance) {
+  const AnomalyMapInputs in = check_anomaly_map_inputs(
+      teacher, student, autoencoder, teacher_mean, teacher_std, quantiles, alpha, pad,
+      output_size, distance);
+  const AnomalyMapParams& p = in.params;
+  const auto opts = teacher.options().dtype(at::kFloat);
+  at::Tensor map = at::empty({p.batch, 1, p.out_height, p.out_width}, opts);
+  at::Tensor score = at::empty({p.batch}, opts);
+  if (p.batch > 0) kernel(in, map, score);
+  return {map, score};
+}
 
 }  // namespace efficientad_fast

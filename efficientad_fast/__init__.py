@@ -12,13 +12,15 @@
 """
 
 from ._build import BuildError
-from ._extension import load_extension
+from ._extension import load_extension, load_if_built
 from .anomalib_io import from_anomalib
 from .teachers import load_teacher
 from .inference import FastPredictor
 from .model import EfficientAD, Prediction, load
 from .ops import anomaly_map
 from .reference import reference_anomaly_map
+
+load_if_built()  # torch.ops.efficientad_fast works after import when a library is built
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,12 @@
 """One place for how the C++/CUDA extension is built: sources, compiler flags, the
 CUDA toolkit, and the JIT build used on first call. ``setup.py`` imports this file
-for the ahead-of-time build (``EFFICIENTAD_FAST_BUILD_EXT=1 pip install .``), so both
-paths compile the same sources with the same flags.
+for the ahead-of-time build (``EFFICIENTAD_FAST_BUILD_EXT=1 pip install .``) and
+CMakeLists.txt lists the same sources (a test checks), so every path compiles the same
+sources with the same flags but one: the JIT build adds ``-march=native`` (it runs on
+the machine that built it, so it may use every instruction that CPU has, e.g. AVX-512
+and F16C for the half-precision loads), while the ahead-of-time build, a wheel that may
+be installed on another CPU, keeps the compiler's baseline target. CMake does the same
+unless ``-DEFFICIENTAD_FAST_NATIVE=ON``.
 
 Switches (environment variables):
   EFFICIENTAD_FAST_CUDA=0|1     force the CPU-only build (0) or the CUDA build (1);
@@ -15,6 +20,7 @@ Switches (environment variables):
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -25,13 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 EXTENSION_NAME = "efficientad_fast"
-# CMakeLists.txt (the C++-host build) lists the same sources; a test checks they agree.
-CPU_SOURCES = ["anomaly_map.cpp", "anomaly_map_api.cpp"]
-CUDA_SOURCES = ["anomaly_map_cuda.cu"]
-HEADERS = ["anomaly_map.h", "anomaly_map_inputs.h", "include/efficientad_fast/efficientad_fast.h"]
+# Paths under csrc/. CMakeLists.txt (the C++-host build) lists the same sources; a test
+# checks they agree. The headers need no list: they sit beside the sources.
+CPU_SOURCES = ["anomaly_map.cpp", "cpu/anomaly_map_cpu.cpp", "api.cpp"]
+CUDA_SOURCES = ["cuda/anomaly_map_cuda.cu"]
+SOURCE_SUFFIXES = (".h", ".cpp", ".cu", ".cuh")  # what the library is built from
 PUBLIC_INCLUDE_DIR = "include"  # under csrc/: the C++ API header efficientad_fast/efficientad_fast.h
 CXX_FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inlined into our code
-JIT_CXX_FLAGS = ["-march=native"]  # the JIT build runs where it was built
+# JIT only: the JIT library runs on the CPU that built it; a wheel (AOT) may not.
+JIT_CXX_FLAGS = ["-march=native"]
 LD_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
 # The GPU architecture compiled when no GPU is visible (an H100/H200 is sm_90).
@@ -128,12 +136,16 @@ def want_cuda() -> tuple[bool, str]:
     return True, "EFFICIENTAD_FAST_CUDA=1" if switch == "1" else "torch has CUDA and a toolkit was found"
 
 
-def cuda_arch_list() -> str:
-    """TORCH_CUDA_ARCH_LIST if set, else the visible GPUs' architectures, else the default."""
+def cuda_arch_list(detect_gpus: bool = True) -> str | None:
+    """TORCH_CUDA_ARCH_LIST if set, else the visible GPUs' architectures, else the default.
+    With ``detect_gpus=False`` the GPUs are not asked (that initializes CUDA): None unless
+    TORCH_CUDA_ARCH_LIST is set."""
     import torch
 
     if os.environ.get("TORCH_CUDA_ARCH_LIST"):
         return os.environ["TORCH_CUDA_ARCH_LIST"]
+    if not detect_gpus:
+        return None
     if torch.cuda.is_available():
         caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
         return ";".join(f"{a}.{b}" for a, b in caps) + "+PTX"
@@ -159,8 +171,9 @@ class BuildPlan:
         return "cuda" if self.with_cuda else "cpu"
 
 
-def build_plan(jit: bool, with_cuda: bool | None = None) -> BuildPlan:
-    """The sources and flags of the build. ``with_cuda=None`` decides by :func:`want_cuda`."""
+def build_plan(jit: bool, with_cuda: bool | None = None, detect_gpus: bool = True) -> BuildPlan:
+    """The sources and flags of the build. ``with_cuda=None`` decides by :func:`want_cuda`;
+    ``detect_gpus=False``: see :func:`cuda_arch_list` (enough to find a built library)."""
     reason = "requested"
     if with_cuda is None:
         with_cuda, reason = want_cuda()
@@ -181,7 +194,7 @@ def build_plan(jit: bool, with_cuda: bool | None = None) -> BuildPlan:
         plan.sources += [str(src / s) for s in CUDA_SOURCES]
         plan.include_dirs += cuda_include_dirs(cuda_home)
         plan.nvcc_flags = list(NVCC_FLAGS)
-        plan.cuda_arch_list = cuda_arch_list()
+        plan.cuda_arch_list = cuda_arch_list(detect_gpus)
     return plan
 
 
@@ -231,6 +244,7 @@ def jit_build(plan: BuildPlan, verbose: bool | None = None) -> Path:
         verbose = os.environ.get("EFFICIENTAD_FAST_VERBOSE") == "1"
     directory = build_directory(plan)
     directory.mkdir(parents=True, exist_ok=True)
+    stamp = fingerprint(plan)  # of the sources as this build reads them
     use_toolkit(plan)
     cpp_extension = _import_cpp_extension()
 
@@ -258,15 +272,50 @@ def jit_build(plan: BuildPlan, verbose: bool | None = None) -> Path:
             f"efficientad_fast: building the {plan.variant} extension in {directory} failed.\n"
             f"{exc}\n{fallback} Set EFFICIENTAD_FAST_VERBOSE=1 to see every compiler command."
         ) from exc
-    (directory / "build_info.json").write_text(json.dumps(plan_summary(plan), indent=2))
+    info = {**plan_summary(plan), "library": str(path), "fingerprint": stamp}
+    temporary = directory / f"build_info.json.{os.getpid()}"
+    temporary.write_text(json.dumps(info, indent=2))
+    temporary.replace(directory / "build_info.json")  # whole, even with builds in parallel
     return Path(path)
+
+
+def fingerprint(plan: BuildPlan) -> str:
+    """A hash of what decides the built library: the variant, the flags, the toolkit and the
+    content of every file under csrc/ (sources and headers). The GPU architectures are
+    left out: finding the visible GPUs' would initialize CUDA (see :func:`built_library`)."""
+    digest = hashlib.sha256()
+    decided = [plan.variant, plan.cxx_flags, plan.nvcc_flags, plan.ld_flags, plan.cuda_home]
+    digest.update(json.dumps(decided).encode())
+    src = source_dir()
+    for path in sorted(p for p in src.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()):
+        digest.update(path.relative_to(src).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def built_library(plan: BuildPlan) -> tuple[Path, dict] | None:
+    """The JIT cache's library for ``plan`` and its build summary, when it was built from
+    today's sources and flags (and, with TORCH_CUDA_ARCH_LIST set, for those GPU
+    architectures); else None. Reads a few files and compiles nothing. Like torch's own JIT
+    cache, the cache belongs to one machine: neither -march=native's CPU nor the GPUs the
+    architectures were taken from are part of the key."""
+    try:
+        info = json.loads((build_directory(plan) / "build_info.json").read_text())
+    except (OSError, ValueError):
+        return None
+    library = Path(info.get("library") or "")
+    if not library.is_file() or info.get("fingerprint") != fingerprint(plan):
+        return None
+    if plan.cuda_arch_list is not None and info.get("cuda_arch_list") != plan.cuda_arch_list:
+        return None
+    return library, info
 
 
 def plan_summary(plan: BuildPlan) -> dict:
     return {
         "variant": plan.variant,
         "reason": plan.reason,
-        "sources": [Path(s).name for s in plan.sources],
+        "sources": [Path(s).relative_to(source_dir()).as_posix() for s in plan.sources],
         "cxx_flags": plan.cxx_flags,
         "nvcc_flags": plan.nvcc_flags,
         "cuda_home": plan.cuda_home,

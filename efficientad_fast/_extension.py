@@ -1,6 +1,12 @@
 """Loading the compiled op library into ``torch.ops.efficientad_fast``: the ahead-of-time
 build inside the package if there is one, else the JIT build (compiled on first use,
-cached, rebuilt when a source changes). Build settings live in ``_build.py``."""
+cached, rebuilt when a source changes); then the op's fake kernel. Build settings live in
+``_build.py``; the Python wrapper of the op in ``ops.py``, which imports this module.
+
+``import efficientad_fast`` calls :func:`load_if_built`, so ``torch.ops.efficientad_fast``
+works right after the import whenever a library is already built; :func:`load_extension`
+builds one otherwise.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ import torch
 
 from . import _build
 
+OP_NAME = "efficientad_fast::anomaly_map"
+
 _lock = threading.Lock()
 _loaded: dict | None = None
 
@@ -20,6 +28,15 @@ def _aot_library() -> Path | None:
     return libs[0] if libs else None
 
 
+def _load(path: Path, how: str, plan: dict | None) -> dict:
+    """Load the library at ``path``, then register the fake kernel (it needs the schema)."""
+    global _loaded
+    torch.ops.load_library(str(path))
+    torch.library.register_fake(OP_NAME)(_anomaly_map_fake)
+    _loaded = {"path": str(path), "how": how, "plan": plan}
+    return _loaded
+
+
 def load_extension(verbose: bool | None = None) -> dict:
     """Make ``torch.ops.efficientad_fast.anomaly_map`` available, building it if needed.
 
@@ -27,7 +44,6 @@ def load_extension(verbose: bool | None = None) -> dict:
     ``plan``: the build settings). Raises :class:`efficientad_fast.BuildError` with the
     compiler's message when the build fails.
     """
-    global _loaded
     if _loaded is not None:
         return _loaded
     with _lock:
@@ -35,16 +51,35 @@ def load_extension(verbose: bool | None = None) -> dict:
             return _loaded
         aot = _aot_library()
         if aot is not None:
-            torch.ops.load_library(str(aot))
-            _loaded = {"path": str(aot), "how": "aot", "plan": None}
-        else:
-            plan = _build.build_plan(jit=True)
-            path = _build.jit_build(plan, verbose=verbose)
-            _loaded = {"path": str(path), "how": "jit", "plan": _build.plan_summary(plan)}
-        from . import ops  # the fake kernel needs the op to exist
+            return _load(aot, "aot", None)
+        plan = _build.build_plan(jit=True)
+        path = _build.jit_build(plan, verbose=verbose)
+        return _load(path, "jit", _build.plan_summary(plan))
 
-        ops._register_fake()
-        return _loaded
+
+def load_if_built() -> bool:
+    """Load the library when one is built already (the ahead-of-time build, or a JIT cache
+    entry built from today's sources and flags: :func:`_build.built_library`), without
+    compiling and without asking the GPUs. Quick and silent either way, as it runs at
+    ``import efficientad_fast``; returns whether the op is loaded."""
+    if _loaded is not None:
+        return True
+    with _lock:
+        if _loaded is not None:
+            return True
+        try:
+            aot = _aot_library()
+            if aot is not None:
+                _load(aot, "aot", None)
+                return True
+            built = _build.built_library(_build.build_plan(jit=True, detect_gpus=False))
+            if built is not None:
+                path, info = built
+                info = {k: v for k, v in info.items() if k not in ("library", "fingerprint")}
+                _load(path, "jit", info)
+        except (_build.BuildError, OSError, RuntimeError):
+            pass  # not loadable now: load_extension() builds it, or says what is wrong
+        return _loaded is not None
 
 
 def is_loaded() -> bool:
@@ -53,6 +88,32 @@ def is_loaded() -> bool:
 
 def has_kernel(dispatch_key: str) -> bool:
     """Whether the loaded library registered anomaly_map for ``dispatch_key`` ("CPU", "CUDA")."""
-    return _loaded is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "efficientad_fast::anomaly_map", dispatch_key
-    )
+    return _loaded is not None and torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, dispatch_key)
+
+
+def _anomaly_map_fake(teacher, student, autoencoder, teacher_mean, teacher_std, quantiles, alpha, pad,
+                      output_size, distance):
+    """Shape-only kernel so torch.compile(fullgraph=True) and torch.export trace the op; also
+    its Meta kernel. It checks what the output shapes depend on, and the devices (a call that
+    mixes meta and CPU tensors lands here, not in C++); every other argument is checked by
+    the C++ kernels when the op runs."""
+    for name, value in (("student", student), ("autoencoder", autoencoder), ("teacher_mean", teacher_mean),
+                        ("teacher_std", teacher_std), ("quantiles", quantiles)):
+        if value is not None and value.device != teacher.device:
+            raise ValueError(f"anomaly_map: {name} is on {value.device} but teacher is on {teacher.device}")
+    if pad < 0:
+        raise ValueError(f"anomaly_map: pad must be >= 0, got {pad}")
+    torch._check(teacher.dim() == 4 and student.dim() == 4 and autoencoder.dim() == 4,
+                 lambda: "anomaly_map: teacher, student and autoencoder must be 4-D")
+    torch._check(student.shape[1] == 2 * teacher.shape[1],
+                 lambda: f"anomaly_map: student needs 2C channels, got {student.shape} for teacher {teacher.shape}")
+    torch._check(autoencoder.shape == teacher.shape,
+                 lambda: f"anomaly_map: autoencoder {autoencoder.shape} != teacher {teacher.shape}")
+    n, _, h, w = teacher.shape
+    if output_size is None:
+        out_h, out_w = h + 2 * pad, w + 2 * pad
+    else:
+        out_h, out_w = output_size
+    anomaly = teacher.new_empty((n, 1, out_h, out_w), dtype=torch.float32)
+    score = teacher.new_empty((n,), dtype=torch.float32)
+    return anomaly, score

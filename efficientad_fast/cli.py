@@ -42,8 +42,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if plan.with_cuda:
         rows.append(("CUDA architectures", plan.cuda_arch_list))
     if args.no_build and not _extension.is_loaded():
-        lib = _build.build_directory(plan) / f"{_build.EXTENSION_NAME}_{plan.variant}.so"
-        rows.append(("built", f"yes: {lib}" if lib.is_file() else "not yet (builds on first use)"))
+        built = _build.built_library(plan)
+        rows.append(("built", f"yes: {built[0]}" if built else "not yet (builds on first use)"))
     else:
         try:
             loaded = _extension.load_extension()

@@ -1,5 +1,9 @@
 """The fused anomaly-map op: the public wrapper over ``torch.ops.efficientad_fast.anomaly_map``
-and its fake (meta) kernel for ``torch.compile`` and ``torch.export``."""
+(loaded, with its fake kernel for ``torch.compile`` and ``torch.export``, by ``_extension``).
+
+The C++ kernels check every argument; the wrapper checks only what it must itself: that the
+features are tensors (a clear TypeError), and the quantiles and output_size it accepts in
+more forms than the op (errors that quote the caller's value)."""
 
 from __future__ import annotations
 
@@ -12,13 +16,12 @@ import torch
 
 from ._extension import load_extension
 
-DISTANCES = ("l2", "cosine")
-_fake_registered = False
+DISTANCES = ("l2", "cosine")  # the op's distance names (the C++ checks them)
 
 
 def _op():
-    # Under torch.compile the library must already be loaded (any eager call, or
-    # efficientad_fast.load_extension(), does it); loading is not traceable.
+    # Under torch.compile the library must already be loaded (the import does it when it is
+    # built; else any eager call or efficientad_fast.load_extension()): loading is not traceable.
     if not torch.compiler.is_compiling():
         load_extension()
     return torch.ops.efficientad_fast.anomaly_map.default
@@ -34,6 +37,7 @@ def _as_quantiles(quantiles, device: torch.device) -> torch.Tensor | None:
             f"quantiles must be (q_a_st, q_b_st, q_a_ae, q_b_ae) or a tensor of 4 values, got {quantiles!r}"
         )
     values = [float(q) for q in quantiles]
+    # Also checked by C++, but only in CPU tensors: reading a GPU tensor would synchronize.
     for name, (qa, qb) in (("st", values[:2]), ("ae", values[2:])):
         if not (math.isfinite(qa) and math.isfinite(qb) and qb > qa):
             raise ValueError(f"quantiles need finite q_b_{name} > q_a_{name}, got q_a_{name}={qa}, q_b_{name}={qb}")
@@ -93,8 +97,6 @@ def anomaly_map(
     for name, value in (("teacher", teacher), ("student", student), ("autoencoder", autoencoder)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"anomaly_map: {name} must be a torch.Tensor, got {type(value).__name__}")
-    if distance not in DISTANCES:
-        raise ValueError(f"anomaly_map: distance must be one of {DISTANCES}, got {distance!r}")
     return _op()(
         teacher,
         student,
@@ -108,39 +110,3 @@ def anomaly_map(
         distance,
     )
 
-
-def _register_fake() -> None:
-    """Shape-only kernel so torch.compile(fullgraph=True) and torch.export trace the op."""
-    global _fake_registered
-    if _fake_registered:
-        return
-
-    @torch.library.register_fake("efficientad_fast::anomaly_map")
-    def _(teacher, student, autoencoder, teacher_mean, teacher_std, quantiles, alpha, pad, output_size, distance):
-        # Also serves as the Meta kernel: check what needs no values, as the C++ kernels do.
-        for name, value in (("student", student), ("autoencoder", autoencoder), ("teacher_mean", teacher_mean),
-                            ("teacher_std", teacher_std), ("quantiles", quantiles)):
-            if value is not None and value.device != teacher.device:
-                raise ValueError(f"anomaly_map: {name} is on {value.device} but teacher is on {teacher.device}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"anomaly_map: alpha must be in [0, 1], got {alpha}")
-        if pad < 0:
-            raise ValueError(f"anomaly_map: pad must be >= 0, got {pad}")
-        if distance not in DISTANCES:
-            raise ValueError(f"anomaly_map: distance must be 'l2' or 'cosine', got {distance!r}")
-        torch._check(teacher.dim() == 4 and student.dim() == 4 and autoencoder.dim() == 4,
-                     lambda: "anomaly_map: teacher, student and autoencoder must be 4-D")
-        torch._check(student.shape[1] == 2 * teacher.shape[1],
-                     lambda: f"anomaly_map: student needs 2C channels, got {student.shape} for teacher {teacher.shape}")
-        torch._check(autoencoder.shape == teacher.shape,
-                     lambda: f"anomaly_map: autoencoder {autoencoder.shape} != teacher {teacher.shape}")
-        n, _, h, w = teacher.shape
-        if output_size is None:
-            out_h, out_w = h + 2 * pad, w + 2 * pad
-        else:
-            out_h, out_w = output_size
-        anomaly = teacher.new_empty((n, 1, out_h, out_w), dtype=torch.float32)
-        score = teacher.new_empty((n,), dtype=torch.float32)
-        return anomaly, score
-
-    _fake_registered = True

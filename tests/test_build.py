@@ -1,5 +1,6 @@
 """The build: toolkit discovery, the CPU-only and CUDA builds (the CUDA sources must compile
-and link on these GPU-less machines), the failure message, and the `info` command."""
+and link on these GPU-less machines), loading a built library at import (and building
+nothing there), the failure message, and the `info` command."""
 
 from __future__ import annotations
 
@@ -48,8 +49,41 @@ def test_cuda_switch_must_be_0_or_1(monkeypatch):
         _build.want_cuda()
 
 
-def test_cpu_only_build_runs_the_op():
+# A new user's first session: import, then the op through torch.ops as the README shows it.
+FIRST_IMPORT = """
+import os, time, torch
+start = time.perf_counter()
+import efficientad_fast
+print(f"import {time.perf_counter() - start:.2f} s")
+print("op loaded", hasattr(torch.ops.efficientad_fast, "anomaly_map"))
+print("cache", sorted(os.listdir(os.environ["EFFICIENTAD_FAST_CACHE"])))
+"""
+RAW_CALL = """
+t = torch.randn(1, 4, 5, 5); s = torch.randn(1, 8, 5, 5)
+m, sc = torch.ops.efficientad_fast.anomaly_map(t, s, t, None, None, None, 0.5, 4, None, "l2")
+print("map", tuple(m.shape))
+"""
+
+
+def library_files(cache: Path) -> dict[str, float]:
+    return {str(p.relative_to(cache)): p.stat().st_mtime for p in cache.rglob("*") if p.suffix in (".so", ".o")}
+
+
+@pytest.fixture(scope="module")
+def cpu_cache(tmp_path_factory):
+    """An empty build cache (CPU-only builds), built into by the first test below."""
+    return {"EFFICIENTAD_FAST_CUDA": "0", "EFFICIENTAD_FAST_CACHE": str(tmp_path_factory.mktemp("cache"))}
+
+
+def test_import_builds_nothing_then_load_extension_builds_the_cpu_op(cpu_cache):
     # A separate process: one process can hold only one build of the op library.
+    out = run_python(FIRST_IMPORT, **cpu_cache)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""  # silent
+    lines = out.stdout.splitlines()
+    assert lines[1:] == ["op loaded False", "cache []"], out.stdout  # nothing compiled, not even a folder
+    assert float(lines[0].split()[1]) < 30  # a build takes minutes here; no import does one
+
     out = run_python(
         "import torch, efficientad_fast as e\n"
         "info = e.load_extension()\n"
@@ -57,10 +91,40 @@ def test_cpu_only_build_runs_the_op():
         "t = torch.randn(1, 4, 5, 5); s = torch.randn(1, 8, 5, 5)\n"
         "m, sc = e.anomaly_map(t, s, t)\n"
         "print(info['plan']['variant'], _extension.has_kernel('CPU'), _extension.has_kernel('CUDA'), tuple(m.shape))\n",
-        EFFICIENTAD_FAST_CUDA="0",
+        **cpu_cache,
     )
     assert out.returncode == 0, out.stderr
     assert "cpu True False (1, 1, 13, 13)" in out.stdout
+
+
+def test_import_loads_a_built_library_without_compiling(cpu_cache):
+    cache = Path(cpu_cache["EFFICIENTAD_FAST_CACHE"])
+    before = library_files(cache)
+    assert any(name.endswith(".so") for name in before), "the test above builds the library"
+    out = run_python(FIRST_IMPORT + RAW_CALL + "from efficientad_fast import _extension\n"
+                     "print('how', _extension.load_extension()['how'])\n", **cpu_cache)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1] == "op loaded True" and lines[-2:] == ["map (1, 1, 13, 13)", "how jit"], out.stdout
+    assert float(lines[0].split()[1]) < 30
+    assert library_files(cache) == before  # loaded as built: nothing compiled or linked again
+
+
+def test_built_library_is_found_only_for_unchanged_sources(cpu_cache, tmp_path, monkeypatch):
+    """A cache entry counts as built only for the sources it was built from: a changed
+    header makes import leave the op to load_extension(), which rebuilds it."""
+    sources = tmp_path / "csrc"
+    shutil.copytree(_build.source_dir(), sources)
+    monkeypatch.setattr(_build, "source_dir", lambda: sources)
+    for key, value in cpu_cache.items():
+        monkeypatch.setenv(key, value)
+    plan = _build.build_plan(jit=True, detect_gpus=False)
+    found = _build.built_library(plan)
+    assert found is not None and found[0].is_file() and found[1]["variant"] == "cpu"
+    assert _build.built_library(_build.build_plan(jit=False, with_cuda=False)) is None  # other flags
+    header = sources / "anomaly_map.h"
+    header.write_text(header.read_text() + "\n// changed\n")
+    assert _build.built_library(plan) is None
 
 
 @pytest.mark.skipif(torch.version.cuda is None or _build.find_cuda_home() is None,
@@ -96,7 +160,7 @@ def test_failed_build_shows_compiler_message_and_fallback(tmp_path, monkeypatch)
 def test_failed_cuda_build_says_how_to_fall_back_to_cpu(tmp_path, monkeypatch):
     broken = tmp_path / "csrc"
     shutil.copytree(ROOT / "csrc", broken)
-    (broken / "anomaly_map_cuda.cu").write_text("this is not CUDA;\n")
+    (broken / "cuda" / "anomaly_map_cuda.cu").write_text("this is not CUDA;\n")
     monkeypatch.setattr(_build, "source_dir", lambda: broken)
     monkeypatch.setenv("EFFICIENTAD_FAST_CACHE", str(tmp_path / "cache"))
     with pytest.raises(_build.BuildError) as err:

@@ -32,7 +32,7 @@ def test_cmake_build_compiles_the_python_build_sources():
     def cmake_list(name):
         match = re.search(rf"set\({name}\s+([^)]*)\)", text)
         assert match, f"CMakeLists.txt sets no {name}"
-        return [Path(s).name for s in match.group(1).split()]
+        return [Path(s).relative_to("csrc").as_posix() for s in match.group(1).split()]
 
     assert cmake_list("EFFICIENTAD_FAST_CPU_SOURCES") == _build.CPU_SOURCES
     assert cmake_list("EFFICIENTAD_FAST_CUDA_SOURCES") == _build.CUDA_SOURCES

@@ -1,5 +1,5 @@
-// CUDA kernels of efficientad_fast::anomaly_map. The per-pixel math is in
-// anomaly_map.h (shared with the CPU kernel); argument checks in anomaly_map.cpp.
+// CUDA kernels of efficientad_fast::anomaly_map and their registration. The per-pixel
+// math is in anomaly_map.h (shared with the CPU kernel); the checks in anomaly_map.cpp.
 //
 // Three launches on the current stream, no host synchronisation:
 //   1. fused feature map: both channel distances, normalization and alpha-fusion
@@ -23,21 +23,9 @@ namespace {
 
 constexpr int kWarp = 32;
 
-struct FeatureArgs {
-  const float* mean;       // (C) or nullptr
-  const float* stdev;      // (C) or nullptr
-  const float* quantiles;  // (4) or nullptr
-  float alpha;
-  int64_t batch, channels, height, width, pad, padded_height, padded_width;
-};
-
 template <typename scalar_t>
 __device__ __forceinline__ float load(const scalar_t* p, int64_t i) {
   return static_cast<float>(p[i]);
-}
-
-__device__ __forceinline__ float teacher_value(const FeatureArgs& a, float t, int64_t c) {
-  return a.mean != nullptr ? (t - a.mean[c]) / a.stdev[c] : t;
 }
 
 // Stage 1, NCHW. Block = 32 pixels (x) by kGroups channel groups (y): each warp reads 32
@@ -48,7 +36,7 @@ template <typename scalar_t, Distance D>
 __global__ void fused_feature_map_nchw_kernel(const scalar_t* __restrict__ teacher,
                                               const scalar_t* __restrict__ student,
                                               const scalar_t* __restrict__ autoencoder,
-                                              FeatureArgs a, float* __restrict__ padded) {
+                                              AnomalyMapParams a, float* __restrict__ padded) {
   __shared__ PairSums<D> st_part[kGroups][kWarp];
   __shared__ PairSums<D> ae_part[kGroups][kWarp];
   const int64_t plane_padded = a.padded_height * a.padded_width;
@@ -71,7 +59,7 @@ __global__ void fused_feature_map_nchw_kernel(const scalar_t* __restrict__ teach
     const scalar_t* ae_in = autoencoder + n * C * plane + q;
 #pragma unroll 4
     for (int64_t c = threadIdx.y; c < C; c += kGroups) {
-      st.add(teacher_value(a, load(t, c * plane), c), load(s_st, c * plane));
+      st.add(a.teacher_value(load(t, c * plane), c), load(s_st, c * plane));
       ae.add(load(ae_in, c * plane), load(s_ae, c * plane));
     }
   }
@@ -79,7 +67,7 @@ __global__ void fused_feature_map_nchw_kernel(const scalar_t* __restrict__ teach
   ae_part[threadIdx.y][threadIdx.x] = ae;
   __syncthreads();
   if (threadIdx.y != 0 || !active) return;
-  const Fusion fusion = Fusion::make(a.quantiles, a.alpha);
+  const Fusion fusion = a.fusion();
   if (!inside) {
     padded[index] = fusion.border();
     return;
@@ -115,13 +103,13 @@ template <typename scalar_t, Distance D>
 __global__ void fused_feature_map_nhwc_kernel(const scalar_t* __restrict__ teacher,
                                               const scalar_t* __restrict__ student,
                                               const scalar_t* __restrict__ autoencoder,
-                                              FeatureArgs a, float* __restrict__ padded) {
+                                              AnomalyMapParams a, float* __restrict__ padded) {
   const int64_t plane_padded = a.padded_height * a.padded_width;
   const int64_t index = static_cast<int64_t>(blockIdx.x) * kPixelsPerBlock + threadIdx.y;
   if (index >= a.batch * plane_padded) return;  // whole warp leaves together
   const int64_t n = index / plane_padded, r = index % plane_padded;
   const int64_t y = r / a.padded_width - a.pad, x = r % a.padded_width - a.pad;
-  const Fusion fusion = Fusion::make(a.quantiles, a.alpha);
+  const Fusion fusion = a.fusion();
   if (y < 0 || y >= a.height || x < 0 || x >= a.width) {
     if (threadIdx.x == 0) padded[index] = fusion.border();
     return;
@@ -134,7 +122,7 @@ __global__ void fused_feature_map_nhwc_kernel(const scalar_t* __restrict__ teach
   PairSums<D> st{}, ae{};
 #pragma unroll 4
   for (int64_t c = threadIdx.x; c < C; c += kWarp) {
-    st.add(teacher_value(a, load(t, c), c), load(s_st, c));
+    st.add(a.teacher_value(load(t, c), c), load(s_st, c));
     ae.add(load(ae_in, c), load(s_ae, c));
   }
   warp_merge(st);
@@ -193,80 +181,58 @@ __global__ void score_kernel(const float* __restrict__ partial_max, int64_t part
   if (threadIdx.x == 0) score[blockIdx.x] = m;
 }
 
-std::tuple<at::Tensor, at::Tensor> anomaly_map_cuda(
-    const at::Tensor& teacher, const at::Tensor& student, const at::Tensor& autoencoder,
-    const std::optional<at::Tensor>& teacher_mean, const std::optional<at::Tensor>& teacher_std,
-    const std::optional<at::Tensor>& quantiles, double alpha, int64_t pad,
-    at::OptionalIntArrayRef output_size, c10::string_view distance) {
-  const AnomalyMapInputs in = check_anomaly_map_inputs(
-      teacher, student, autoencoder, teacher_mean, teacher_std, quantiles, alpha, pad,
-      output_size, distance);
-  const c10::cuda::CUDAGuard guard(teacher.device());
-  const auto opts = teacher.options().dtype(at::kFloat);
-  at::Tensor map = at::empty({in.batch, 1, in.out_height, in.out_width}, opts);
-  at::Tensor score = at::empty({in.batch}, opts);
-  if (in.batch == 0) return {map, score};
-  TORCH_CHECK_VALUE(in.batch <= 65535, "anomaly_map: CUDA batch size must be <= 65535, got ",
-                    in.batch);
-
+void anomaly_map_cuda(const AnomalyMapInputs& in, at::Tensor& map, at::Tensor& score) {
+  const AnomalyMapParams& p = in.params;
+  TORCH_CHECK_VALUE(p.batch <= 65535, "anomaly_map: CUDA batch size must be <= 65535, got ",
+                    p.batch);
+  const c10::cuda::CUDAGuard guard(map.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor padded = at::empty({in.batch, in.padded_height, in.padded_width}, opts);
-  FeatureArgs args;
-  args.mean = in.teacher_mean.defined() ? in.teacher_mean.data_ptr<float>() : nullptr;
-  args.stdev = in.teacher_std.defined() ? in.teacher_std.data_ptr<float>() : nullptr;
-  args.quantiles = in.quantiles.defined() ? in.quantiles.data_ptr<float>() : nullptr;
-  args.alpha = in.alpha;
-  args.batch = in.batch;
-  args.channels = in.channels;
-  args.height = in.height;
-  args.width = in.width;
-  args.pad = in.pad;
-  args.padded_height = in.padded_height;
-  args.padded_width = in.padded_width;
-  const int64_t padded_pixels = in.batch * in.padded_height * in.padded_width;
+  at::Tensor padded = at::empty({p.batch, p.padded_height, p.padded_width}, map.options());
+  const int64_t padded_pixels = p.batch * p.padded_height * p.padded_width;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.teacher.scalar_type(),
                                   "anomaly_map_cuda", [&] {
     const scalar_t* t = in.teacher.data_ptr<scalar_t>();
     const scalar_t* s = in.student.data_ptr<scalar_t>();
     const scalar_t* ae = in.autoencoder.data_ptr<scalar_t>();
-    float* p = padded.data_ptr<float>();
-    if (in.channels_last) {
+    float* buffer = padded.data_ptr<float>();
+    if (p.channels_last) {
       const dim3 block(kWarp, kPixelsPerBlock);
       const dim3 grid((padded_pixels + kPixelsPerBlock - 1) / kPixelsPerBlock);
-      if (in.distance == Distance::L2) {
-        fused_feature_map_nhwc_kernel<scalar_t, Distance::L2><<<grid, block, 0, stream>>>(t, s, ae, args, p);
+      if (p.distance == Distance::L2) {
+        fused_feature_map_nhwc_kernel<scalar_t, Distance::L2><<<grid, block, 0, stream>>>(t, s, ae, p, buffer);
       } else {
-        fused_feature_map_nhwc_kernel<scalar_t, Distance::Cosine><<<grid, block, 0, stream>>>(t, s, ae, args, p);
+        fused_feature_map_nhwc_kernel<scalar_t, Distance::Cosine><<<grid, block, 0, stream>>>(t, s, ae, p, buffer);
       }
     } else {
       const dim3 block(kWarp, kGroups);
       const dim3 grid((padded_pixels + kWarp - 1) / kWarp);
-      if (in.distance == Distance::L2) {
-        fused_feature_map_nchw_kernel<scalar_t, Distance::L2><<<grid, block, 0, stream>>>(t, s, ae, args, p);
+      if (p.distance == Distance::L2) {
+        fused_feature_map_nchw_kernel<scalar_t, Distance::L2><<<grid, block, 0, stream>>>(t, s, ae, p, buffer);
       } else {
-        fused_feature_map_nchw_kernel<scalar_t, Distance::Cosine><<<grid, block, 0, stream>>>(t, s, ae, args, p);
+        fused_feature_map_nchw_kernel<scalar_t, Distance::Cosine><<<grid, block, 0, stream>>>(t, s, ae, p, buffer);
       }
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 
-  const int64_t out_pixels = in.out_height * in.out_width;
+  const int64_t out_pixels = p.out_height * p.out_width;
   const int64_t parts = std::min<int64_t>(
       (out_pixels + kResizeThreads - 1) / kResizeThreads, kMaxResizeBlocksPerImage);
-  at::Tensor partial_max = at::empty({in.batch, parts}, opts);
-  resize_kernel<<<dim3(parts, in.batch), kResizeThreads, 0, stream>>>(
-      padded.data_ptr<float>(), in.padded_height, in.padded_width, map.data_ptr<float>(),
-      in.out_height, in.out_width, partial_max.data_ptr<float>());
+  at::Tensor partial_max = at::empty({p.batch, parts}, map.options());
+  resize_kernel<<<dim3(parts, p.batch), kResizeThreads, 0, stream>>>(
+      padded.data_ptr<float>(), p.padded_height, p.padded_width, map.data_ptr<float>(),
+      p.out_height, p.out_width, partial_max.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  score_kernel<<<in.batch, kMaxResizeBlocksPerImage, 0, stream>>>(partial_max.data_ptr<float>(),
-                                                                   parts, score.data_ptr<float>());
+  score_kernel<<<p.batch, kMaxResizeBlocksPerImage, 0, stream>>>(partial_max.data_ptr<float>(),
+                                                                  parts, score.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {map, score};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(efficientad_fast, CUDA, m) { m.impl("anomaly_map", &anomaly_map_cuda); }
+TORCH_LIBRARY_IMPL(efficientad_fast, CUDA, m) {
+  m.impl("anomaly_map", &anomaly_map_entry<anomaly_map_cuda>);
+}
 
 }  // namespace efficientad_fast
