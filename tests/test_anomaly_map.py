@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from efficientad_fast import anomaly_map, reference_anomaly_map
+from efficientad_fast.testing import random_features as make_features
 
 # Every test needs the compiled op loaded (conftest.py) and reproducible random features.
 pytestmark = pytest.mark.usefixtures("op_library", "seeded")
@@ -31,28 +32,6 @@ QUANTILES = (0.5, 3.0, 0.25, 2.5)
 def raw_op():
     """The registered op itself (the library is loaded by the session fixture in conftest)."""
     return torch.ops.efficientad_fast.anomaly_map.default
-
-
-def make_features(n, c, h, w, *, dtype=torch.float32, device="cpu", teacher_stats=True):
-    """Random teacher (N, C, h, w), student (N, 2C, h, w) and autoencoder (N, C, h, w).
-
-    With ``teacher_stats`` the teacher is drawn around a per-channel mean/std (returned too),
-    so standardizing it matters, as with a real teacher.
-    """
-    teacher = torch.randn(n, c, h, w)
-    student = torch.randn(n, 2 * c, h, w)
-    autoencoder = torch.randn(n, c, h, w)
-    features = {}
-    if teacher_stats:
-        mean = torch.randn(c)
-        std = torch.rand(c) + 0.5
-        teacher = teacher * std.view(1, c, 1, 1) + mean.view(1, c, 1, 1)
-        features["teacher_mean"] = mean.to(device)
-        features["teacher_std"] = std.to(device)
-    features["teacher"] = teacher.to(device=device, dtype=dtype)
-    features["student"] = student.to(device=device, dtype=dtype)
-    features["autoencoder"] = autoencoder.to(device=device, dtype=dtype)
-    return features
 
 
 def quantiles_argument(kind, device="cpu"):
