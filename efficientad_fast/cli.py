@@ -89,6 +89,26 @@ def _progress_enabled(args) -> bool:
     return not getattr(args, "quiet", False)
 
 
+TEACHER_HELP = ("'random' (default): a randomly initialised PDN; 'distilled': the shipped PDN-S teacher "
+                "distilled from ImageNet EfficientNet-Lite0; 'paper': the authors' teacher (fetch it once with "
+                "fetch-teacher; never downloaded otherwise); or a teacher weights file (released or from "
+                "distill-teacher)")
+
+
+def _require_cached(teachers=(), model_sizes=("small",), penalty_images=None) -> None:
+    """Fail at once, before any data is read, when --teacher paper or --penalty-images
+    imagenette asks for a file that is not in the cache (NotCachedError says how to fetch it)."""
+    if "paper" in teachers:
+        from .teachers import paper_teacher_path
+
+        for size in model_sizes:
+            paper_teacher_path(size)
+    if penalty_images and "imagenette" in penalty_images:
+        from .data import imagenette_folder
+
+        imagenette_folder()
+
+
 def _add_training_args(p: argparse.ArgumentParser, steps_help: str) -> None:
     """The training settings that train and report share."""
     p.add_argument("--model-size", choices=("small", "medium"), default="small")
@@ -96,10 +116,7 @@ def _add_training_args(p: argparse.ArgumentParser, steps_help: str) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="images per step (paper: 1)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=1e-5)
-    p.add_argument("--teacher", default="random",
-                       help="'random' (default): a randomly initialised PDN; 'distilled': the shipped PDN-S "
-                            "teacher distilled from ImageNet EfficientNet-Lite0; or a teacher weights file "
-                            "(released or from distill-teacher)")
+    p.add_argument("--teacher", default="random", help=TEACHER_HELP)
     p.add_argument("--amp", choices=("fp16", "bf16"), default=None, help="mixed precision (autocast)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -121,6 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .jobs import train_category
     from .train import TrainingInterrupted
 
+    _require_cached((args.teacher,), (args.model_size,), args.penalty_images)
     config = _train_config(args, checkpoint_every=args.checkpoint_every)
     try:
         _, summary = train_category(
@@ -143,7 +161,9 @@ def _add_train_parser(subparsers) -> None:
     train.add_argument("--out", required=True, help="output folder")
     _add_training_args(train, steps_help="training steps (paper: 70000)")
     train.add_argument("--penalty-images", nargs="+", default=None, metavar="DIR",
-                       help="folder(s) of generic natural images for the penalty loss")
+                       help="folder(s) of generic natural images for the penalty loss, or 'imagenette': the "
+                            "paper's ImageNet subset with random grayscale 0.3 (fetch it once with "
+                            "fetch-imagenette; never downloaded otherwise). Default: none")
     train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
     train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -220,6 +240,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     write heatmaps and a report, and print the metrics table. Needs no arguments."""
     from .jobs import run_demo
 
+    _require_cached((args.teacher,))
     run_demo(args.out, steps=args.steps, seed=args.seed, device=args.device,
              amp=None if args.amp == "none" else args.amp, teacher=args.teacher,
              progress=_progress_enabled(args))
@@ -237,8 +258,7 @@ def _add_demo_parser(subparsers) -> None:
     demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     demo.add_argument("--amp", choices=("fp16", "bf16", "none"), default=DEMO_AMP,
                       help=f"mixed precision (autocast; default {DEMO_AMP}, 'none' for float32)")
-    demo.add_argument("--teacher", default="random",
-                      help="'random' (default), 'distilled' (the shipped PDN-S teacher) or a teacher file")
+    demo.add_argument("--teacher", default="random", help=TEACHER_HELP)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
@@ -311,6 +331,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"efficientad-fast report: error: {exc}", file=sys.stderr)
         return 2
+    _require_cached((args.teacher, *sweep.get("teacher", ())), (args.model_size,))
     config = _train_config(args, checkpoint_every=0)
     result = run_report(
         args.data, args.dataset, args.out, categories=args.categories, model_size=args.model_size,
@@ -334,7 +355,7 @@ def _add_report_parser(subparsers) -> None:
     rep.add_argument("--sweep", nargs="+", default=None, metavar="KEY=V1,V2",
                      help="hyperparameter grid, e.g. --sweep lr=1e-6,1e-4 weight_decay=1e-6,1e-4 "
                           "(keys: lr, weight_decay, steps, batch_size, teacher; "
-                          "teacher=random,distilled,FILE compares teachers)")
+                          "teacher=random,distilled,paper,FILE compares teachers)")
     rep.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
     rep.add_argument("--latency-batches", type=int, nargs="*", default=[1, 4, 16],
                      help="batch sizes of the latency chart (default 1 4 16; none to skip)")
@@ -443,6 +464,83 @@ def _add_export_parser(subparsers) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _run_fetch(args: argparse.Namespace, fetch, cached) -> Path | None:
+    """``fetch(args.source, progress=...)``, or without --from a copy ``cached()`` finds; the
+    folder of the verified files, or None after printing a one-line error."""
+    from .downloads import DownloadError, NotCachedError
+
+    try:
+        folder = None
+        if args.source is None:
+            try:
+                folder = cached()
+            except NotCachedError:
+                pass
+        if folder is None:
+            folder = fetch(args.source, progress=_progress_enabled(args))
+        else:
+            print(f"already in the cache (verified when fetched): {folder}")
+    except (DownloadError, OSError, ValueError) as exc:
+        print(f"efficientad-fast {args.command}: error: {exc}", file=sys.stderr)
+        return None
+    return folder
+
+
+def cmd_fetch_teacher(args: argparse.Namespace) -> int:
+    """Put the paper's pretrained teachers (PDN-S and PDN-M, the archive anomalib 2.7.0
+    downloads) into the cache for --teacher paper, verified by SHA-256: downloaded from the
+    release URL (or the mirror in $EFFICIENTAD_FAST_TEACHER_URL), or --from a copy of the
+    archive (a file, e.g. on a USB stick, or a URL). Nothing else downloads a teacher."""
+    from .teachers import PAPER_TEACHER_MEMBERS, PAPER_TEACHER_SHA256, fetch_paper_teacher, paper_teacher_path
+
+    folder = _run_fetch(args, fetch_paper_teacher, lambda: paper_teacher_path("small").parents[1])
+    if folder is None:
+        return 2
+    for size, member in PAPER_TEACHER_MEMBERS.items():
+        if (folder / member).is_file():
+            print(f"{size}: {folder / member}")
+    print(f"verified SHA-256 {PAPER_TEACHER_SHA256}; use --teacher paper (or EfficientAD(teacher='paper'))")
+    return 0
+
+
+def cmd_fetch_imagenette(args: argparse.Namespace) -> int:
+    """Put Imagenette (the ImageNet subset anomalib 2.7.0 uses as the paper's penalty images,
+    1.5 GB) into the cache for --penalty-images imagenette, verified by SHA-256 and safely
+    extracted: downloaded from its URL (or the mirror in $EFFICIENTAD_FAST_IMAGENETTE_URL), or
+    --from a copy of imagenette2.tgz (a file or a URL). Nothing else downloads it."""
+    from .data import fetch_imagenette, imagenette_folder
+    from .data.penalty import IMAGENETTE_SHA256
+
+    folder = _run_fetch(args, fetch_imagenette, imagenette_folder)
+    if folder is None:
+        return 2
+    print(f"Imagenette: {folder} (verified SHA-256 {IMAGENETTE_SHA256}); use --penalty-images imagenette")
+    return 0
+
+
+def _add_fetch_parser(subparsers, name: str, func, help: str, what: str) -> None:
+    p = subparsers.add_parser(name, help=help, description=func.__doc__)
+    p.add_argument("--from", dest="source", default=None, metavar="FILE_OR_URL",
+                   help=f"a copy of {what} (file path or http(s) URL) instead of the default download; "
+                        "verified by the same SHA-256")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=func)
+
+
+def _add_fetch_teacher_parser(subparsers) -> None:
+    """Register the ``fetch-teacher`` command."""
+    _add_fetch_parser(subparsers, "fetch-teacher", cmd_fetch_teacher,
+                      "download (or copy --from) the paper's teachers into the cache, verified",
+                      "efficientad_pretrained_weights.zip")
+
+
+def _add_fetch_imagenette_parser(subparsers) -> None:
+    """Register the ``fetch-imagenette`` command."""
+    _add_fetch_parser(subparsers, "fetch-imagenette", cmd_fetch_imagenette,
+                      "download (or copy --from) Imagenette penalty images into the cache, verified",
+                      "imagenette2.tgz")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``efficientad-fast`` parser: one subcommand per job, each registered by its
     ``_add_*_parser`` beside the ``cmd_*`` function it calls."""
@@ -453,14 +551,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_info_parser, _add_train_parser, _add_eval_parser, _add_predict_parser, _add_bench_parser,
-                _add_report_parser, _add_demo_parser, _add_distill_teacher_parser, _add_export_parser):
+                _add_report_parser, _add_demo_parser, _add_distill_teacher_parser, _add_export_parser,
+                _add_fetch_teacher_parser, _add_fetch_imagenette_parser):
         add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from .downloads import NotCachedError
+
+    try:
+        return args.func(args)
+    except NotCachedError as exc:  # --teacher paper / --penalty-images imagenette, not fetched
+        print(f"efficientad-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,15 +20,15 @@ import torch
 from . import metrics as metrics_lib
 from ._device import resolve_device
 from .benchmark import time_predict
-from .data import (GenericImages, find_images, list_categories, make_loader, make_synthetic, open_dataset,
-                   open_image, read_loco_defects_config, split_train_validation, to_rgb_array)
+from .data import (find_images, list_categories, make_loader, make_synthetic, open_dataset, open_image,
+                   penalty_image_set, read_loco_defects_config, split_train_validation, to_rgb_array)
 from .heatmaps import default_threshold, heatmap_overlay, save_png, write_eval_heatmaps
 from .model import EfficientAD
 from .report import headline_metrics, metrics_table, run_name, write_demo_report, write_metrics, write_report
 from .train import TrainConfig, calibrate, load_images_uint8, train, write_training_log
 
 MODEL_FILE = "model.pt"
-# teacher: "random", "distilled" or a teacher file (compares teachers on the same data)
+# teacher: "random", "distilled", "paper" or a teacher file (compares teachers on the same data)
 SWEEP_KEYS = {"lr": float, "weight_decay": float, "steps": int, "batch_size": int, "teacher": str}
 DEMO_STEPS = 250
 # bf16 autocast halves the step time on CPUs with AVX-512 BF16 (bench/bench_train.py).
@@ -39,7 +39,8 @@ def build_model(model_size: str = "small", teacher: str | None = None, padding: 
                 seed: int = 0) -> EfficientAD:
     """A new EfficientAD with networks initialized from ``seed``. ``teacher``: None /
     "random" (the PDN's default initialization), "distilled" (the shipped ImageNet-distilled
-    PDN-S teacher, see efficientad_fast.teachers) or a teacher file."""
+    PDN-S teacher, see efficientad_fast.teachers), "paper" (the authors' teacher, from the
+    cache) or a teacher file."""
     torch.manual_seed(seed)
     return EfficientAD(model_size=model_size, padding=padding, teacher=teacher or "random")
 
@@ -78,7 +79,7 @@ def train_category(
     out.mkdir(parents=True, exist_ok=True)
     train_set = open_dataset(data, dataset, category, "train", size)
     train_set, held_out = _held_out(data, dataset, category, train_set, size, validation_fraction, config.seed)
-    penalty = GenericImages(penalty_images, size) if penalty_images else None
+    penalty = penalty_image_set(penalty_images, size, config.seed)
     dev = resolve_device(device)
     model = build_model(model_size, teacher, padding, config.seed).to(dev)
 

@@ -44,8 +44,10 @@ class EfficientAD(nn.Module):
         distance: "l2" (the paper) or "cosine".
         teacher: "random" (PyTorch's default initialization, from the global RNG),
             "distilled" (the PDN-S teacher distilled offline from ImageNet EfficientNet-Lite0
-            that ships in ``efficientad_fast/teachers``; small only) or a teacher file
-            (released ``conv1..`` or ``nn.Sequential`` layouts). ``teacher_source`` says which.
+            that ships in ``efficientad_fast/teachers``; small only), "paper" (the authors'
+            teacher from the cache, put there by ``efficientad-fast fetch-teacher``; never
+            downloaded here: NotCachedError when absent) or a teacher file (released
+            ``conv1..`` or ``nn.Sequential`` layouts). ``teacher_source`` says which.
 
     Holds ``teacher``, ``student``, ``autoencoder`` and the float32 buffers ``teacher_mean``,
     ``teacher_std`` (384) and ``quantiles`` (q_a_st, q_b_st, q_a_ae, q_b_ae); the map is

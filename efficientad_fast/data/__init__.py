@@ -44,7 +44,7 @@ from .datasets import (
     read_loco_defects_config,
     split_train_validation,
 )
-from .penalty import GenericImages
+from .penalty import GenericImages, fetch_imagenette, imagenette_folder, penalty_image_set
 from .synthetic import (
     LOGICAL_DEFECTS,
     PHOTO_TEXTURES,
@@ -68,12 +68,15 @@ __all__ = [
     "SYNTHETIC_CATEGORIES",
     "SYNTHETIC_DEFECT_KINDS",
     "Sample",
+    "fetch_imagenette",
     "find_images",
+    "imagenette_folder",
     "list_categories",
     "make_loader",
     "make_synthetic",
     "open_image",
     "open_dataset",
+    "penalty_image_set",
     "read_loco_defects_config",
     "render_synthetic",
     "split_train_validation",

@@ -1,29 +1,100 @@
-"""Generic natural images for the penalty loss of training (paper: ImageNet)."""
+"""Generic natural images for the penalty loss of training (paper: ImageNet), and Imagenette.
+
+``penalty_images="imagenette"`` (``--penalty-images imagenette``) uses the Imagenette archive
+anomalib downloads for the same loss, from the cache once ``efficientad-fast
+fetch-imagenette`` has put it there; never downloaded implicitly.
+"""
 
 from __future__ import annotations
 
 import os
+import random
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..downloads import downloads_root, fetch_archive, not_cached_error
 from ._io import find_images, open_image, to_rgb_array
+
+# Imagenette 2 (full size), as anomalib 2.7.0 downloads it (its IMAGENETTE_DOWNLOAD_INFO).
+IMAGENETTE_URL = "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz"
+IMAGENETTE_SHA256 = "6cbfac238434d89fe99e651496f0812ebc7a10fa62bd42d6874042bf01de4efd"
+IMAGENETTE_ARCHIVE = "imagenette2.tgz"
+IMAGENETTE_URL_ENV = "EFFICIENTAD_FAST_IMAGENETTE_URL"
+IMAGENETTE_FOLDER = "imagenette"  # under <cache>/downloads; the archive holds imagenette2/{train,val}
+IMAGENETTE = "imagenette"  # the penalty_images value that selects it
+IMAGENETTE_GRAYSCALE_P = 0.3  # the paper's (and anomalib's) RandomGrayscale(p=0.3)
+_GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, 1, 1)  # ITU-R 601-2, as PIL
 
 
 class GenericImages(Dataset):
     """Generic natural images for the penalty loss, found recursively under ``folders``:
-    resized to twice the model size and centre-cropped (as anomalib prepares ImageNet)."""
+    resized to twice the model size and centre-cropped (as anomalib prepares ImageNet).
 
-    def __init__(self, folders, image_size: tuple[int, int]) -> None:
+    ``grayscale_p``: the probability that an image becomes grayscale (anomalib's
+    RandomGrayscale for Imagenette), decided per index from ``seed`` so that a run is
+    repeatable; 0 (the default) leaves every image in colour."""
+
+    def __init__(self, folders, image_size: tuple[int, int], grayscale_p: float = 0.0, seed: int = 0) -> None:
         folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
         self.paths = [path for folder in folders for path in find_images(folder, "penalty image")]
         self.image_size = image_size
+        self.grayscale_p = grayscale_p
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def is_grayscale(self, index: int) -> bool:
+        return self.grayscale_p > 0 and random.Random(f"{self.seed}:{index}").random() < self.grayscale_p
+
     def __getitem__(self, index: int) -> torch.Tensor:
         h, w = self.image_size
-        big = torch.from_numpy(to_rgb_array(open_image(self.paths[index], "penalty image"), (2 * h, 2 * w)))
+        big = to_rgb_array(open_image(self.paths[index], "penalty image"), (2 * h, 2 * w))
+        if self.is_grayscale(index):
+            big = np.ascontiguousarray(np.broadcast_to((big * _GRAY_WEIGHTS).sum(0), big.shape))
+        big = torch.from_numpy(big)
         top, left = (big.shape[1] - h) // 2, (big.shape[2] - w) // 2
         return big[:, top:top + h, left:left + w]
+
+
+def imagenette_url() -> str:
+    """``$EFFICIENTAD_FAST_IMAGENETTE_URL`` (a mirror) or the release URL; same SHA-256 check."""
+    return os.environ.get(IMAGENETTE_URL_ENV) or IMAGENETTE_URL
+
+
+def fetch_imagenette(source: str | os.PathLike | None = None, sha256: str = IMAGENETTE_SHA256,
+                     progress: bool = True) -> Path:
+    """Download (or copy, ``source`` a file) the Imagenette archive, verify its SHA-256 and
+    extract it safely into the cache (the 1.5 GB archive is deleted once extracted); returns
+    the image folder. ``source`` defaults to :func:`imagenette_url`."""
+    fetch_archive(source or imagenette_url(), sha256, IMAGENETTE_ARCHIVE, IMAGENETTE_FOLDER,
+                  what="Imagenette", keep_archive=False, progress=progress)
+    return imagenette_folder()
+
+
+def imagenette_folder() -> Path:
+    """The cached, extracted Imagenette images (train and val, as anomalib uses them). Never
+    downloads: raises NotCachedError saying how to fetch it, online or offline."""
+    folder = downloads_root() / IMAGENETTE_FOLDER
+    if folder.is_dir():  # extraction renames the folder into place only when complete
+        return folder
+    raise not_cached_error("Imagenette (penalty images 'imagenette')", where=folder, url=imagenette_url(),
+                           sha256=IMAGENETTE_SHA256, env=IMAGENETTE_URL_ENV, command="fetch-imagenette",
+                           alternatives="--penalty-images DIR (any folder of generic photographs), "
+                                        "or no --penalty-images")
+
+
+def penalty_image_set(penalty_images, image_size: tuple[int, int], seed: int = 0) -> GenericImages | None:
+    """The penalty images for training: None (none), ``"imagenette"`` (the cached Imagenette,
+    random grayscale 0.3 as in the paper) or folder(s) of images (kept in colour)."""
+    if not penalty_images:
+        return None
+    names = [penalty_images] if isinstance(penalty_images, (str, os.PathLike)) else list(penalty_images)
+    if any(isinstance(name, str) and name == IMAGENETTE for name in names):
+        if len(names) > 1:
+            raise ValueError("penalty images: 'imagenette' cannot be mixed with folders")
+        return GenericImages(imagenette_folder(), image_size, grayscale_p=IMAGENETTE_GRAYSCALE_P, seed=seed)
+    return GenericImages(names, image_size)

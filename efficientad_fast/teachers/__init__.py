@@ -6,6 +6,10 @@
 steps, seed, images and final losses. Select it with ``teacher="distilled"``. It is not the
 default: on the built-in demo dataset it measured worse than the random teacher (README,
 "The teacher"). No medium teacher ships (the CPU budget allowed only the small one).
+
+``teacher="paper"``: the authors' PDN-S / PDN-M teachers (the archive anomalib downloads),
+read from the cache once ``efficientad-fast fetch-teacher`` has put them there (see
+efficientad_fast.downloads); never downloaded implicitly.
 """
 
 from __future__ import annotations
@@ -18,9 +22,24 @@ import torch
 from torch import nn
 
 from .._checkpoint import load_state_dict_checked, read_checkpoint
+from ..downloads import downloads_root, fetch_archive, not_cached_error, safe_extract, sha256_of
 from ..networks import TEACHER_CHANNELS, make_pdn
 
 HERE = Path(__file__).resolve().parent
+# The paper's teachers (PDN-S and PDN-M distilled from WideResNet-101 by the authors), as
+# anomalib 2.7.0 downloads them (its WEIGHTS_DOWNLOAD_INFO). Fetched only by fetch-teacher.
+PAPER_TEACHER_URL = ("https://github.com/open-edge-platform/anomalib/releases/download/"
+                     "efficientad_pretrained_weights/efficientad_pretrained_weights.zip")
+PAPER_TEACHER_SHA256 = "c09aeaa2b33f244b3261a5efdaeae8f8284a949470a4c5a526c61275fe62684a"
+PAPER_TEACHER_ARCHIVE = "efficientad_pretrained_weights.zip"
+PAPER_TEACHER_MEMBERS = {
+    "small": "efficientad_pretrained_weights/pretrained_teacher_small.pth",
+    "medium": "efficientad_pretrained_weights/pretrained_teacher_medium.pth",
+}
+PAPER_TEACHER_URL_ENV = "EFFICIENTAD_FAST_TEACHER_URL"
+PAPER_TEACHER_FOLDER = "paper_teacher"  # under <cache>/downloads
+OFFLINE_TEACHERS = ("'distilled' (the shipped ImageNet-distilled PDN-S), 'random', "
+                    "or a teacher file (e.g. a pretrained_teacher_small.pth you have)")
 SHIPPED = {"small": "pdn_small_lite0.pt"}
 # nn.Sequential indices of the convs in released teacher files, in conv1, conv2, ... order.
 _SEQUENTIAL_CONV_INDICES = {"small": (0, 3, 6, 8), "medium": (0, 3, 6, 8, 10, 12)}
@@ -38,17 +57,72 @@ def shipped_teacher_info(model_size: str = "small") -> dict | None:
     return json.loads(path.with_suffix(".json").read_text()) if path else None
 
 
+def paper_teacher_url() -> str:
+    """Where fetch-teacher downloads from: ``$EFFICIENTAD_FAST_TEACHER_URL`` (a mirror) or the
+    release URL. The SHA-256 check is the same either way."""
+    return os.environ.get(PAPER_TEACHER_URL_ENV) or PAPER_TEACHER_URL
+
+
+def fetch_paper_teacher(source: str | os.PathLike | None = None, sha256: str = PAPER_TEACHER_SHA256,
+                        progress: bool = True) -> Path:
+    """Download (or copy, ``source`` a file) the paper's teacher archive, verify its SHA-256,
+    keep it in the cache and extract it there; returns the extracted folder. ``source``
+    defaults to :func:`paper_teacher_url`. This is the only code that downloads a teacher."""
+    return fetch_archive(source or paper_teacher_url(), sha256, PAPER_TEACHER_ARCHIVE, PAPER_TEACHER_FOLDER,
+                         what="the paper's teachers", progress=progress)
+
+
+def anomalib_teacher_archive() -> Path:
+    """Where anomalib 2.x keeps the same archive: ``<platformdirs user cache>/anomalib/pre_trained``."""
+    try:
+        import platformdirs
+
+        base = platformdirs.user_cache_path("anomalib")
+    except ImportError:  # platformdirs' Linux answer
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "anomalib"
+    return base / "pre_trained" / PAPER_TEACHER_ARCHIVE
+
+
+def paper_teacher_path(model_size: str = "small", sha256: str = PAPER_TEACHER_SHA256) -> Path:
+    """The cached file of the paper's teacher of this size, extracting it from the cached
+    archive (or from anomalib's copy, when its SHA-256 is ``sha256``) if needed. Never
+    downloads: raises NotCachedError saying how to fetch it, online or offline."""
+    if model_size not in PAPER_TEACHER_MEMBERS:
+        raise ValueError(f"the paper's teachers are {sorted(PAPER_TEACHER_MEMBERS)}, not {model_size!r}")
+    folder = downloads_root() / PAPER_TEACHER_FOLDER
+    path = folder / PAPER_TEACHER_MEMBERS[model_size]
+    if path.is_file():
+        return path
+    ours, anomalib = downloads_root() / PAPER_TEACHER_ARCHIVE, anomalib_teacher_archive()
+    if ours.is_file():  # verified when fetched
+        safe_extract(ours, folder)
+    elif anomalib.is_file() and sha256_of(anomalib) == sha256.lower():
+        safe_extract(anomalib, folder)
+    if path.is_file():
+        return path
+    raise not_cached_error(f"the paper's {model_size} teacher (teacher='paper')", where=folder,
+                           url=paper_teacher_url(), sha256=sha256, env=PAPER_TEACHER_URL_ENV,
+                           command="fetch-teacher", alternatives=f"teacher {OFFLINE_TEACHERS}")
+
+
 def init_teacher(pdn: nn.Module, teacher: str | os.PathLike, model_size: str, padding: bool) -> str:
     """Give ``pdn`` its weights and return where they came from.
 
     ``teacher``: "random" (PyTorch's default initialization, already drawn by the caller),
-    "distilled" (the shipped distilled teacher of this size) or the path of a teacher file
-    (released ``conv1..`` or ``nn.Sequential`` layouts, or one written by distill-teacher)."""
+    "distilled" (the shipped distilled teacher of this size), "paper" (the authors' teacher
+    from the cache, see :func:`paper_teacher_path`; never downloaded here) or the path of a
+    teacher file (released ``conv1..`` or ``nn.Sequential`` layouts, or one written by
+    distill-teacher)."""
     if not isinstance(teacher, (str, os.PathLike)):
-        raise TypeError(f"teacher must be 'random', 'distilled' or a file path, got {type(teacher).__name__}")
+        raise TypeError(f"teacher must be 'random', 'distilled', 'paper' or a file path, "
+                        f"got {type(teacher).__name__}")
     if teacher == "random":
         return "random"
-    if teacher == "distilled":
+    if teacher == "paper":
+        path = paper_teacher_path(model_size)
+        state = load_teacher(path, model_size=model_size, padding=padding).state_dict()
+        source = f"paper ({path.name})"
+    elif teacher == "distilled":
         path = shipped_teacher_path(model_size)
         if path is None:
             raise ValueError(f"no distilled {model_size} teacher ships with efficientad_fast (only small); "
@@ -58,7 +132,7 @@ def init_teacher(pdn: nn.Module, teacher: str | os.PathLike, model_size: str, pa
     else:
         path = Path(teacher)
         if not path.is_file():
-            raise FileNotFoundError(f"teacher file {path} does not exist (or pass 'random' / 'distilled')")
+            raise FileNotFoundError(f"teacher file {path} does not exist (or pass 'random', 'distilled' or 'paper')")
         state = load_teacher(path, model_size=model_size, padding=padding).state_dict()
         source = str(path)
     with torch.no_grad():
