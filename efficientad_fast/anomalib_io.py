@@ -87,7 +87,7 @@ def from_anomalib(
         ours["teacher_std"] = torch.ones(TEACHER_CHANNELS)
     quantiles = [state.get(f"quantiles.{k}") for k in _QUANTILE_KEYS]
     ours["quantiles"] = torch.zeros(4)
-    ours["_extra_state"] = {"quantiles_set": False}
+    ours["_extra_state"] = {"quantiles_set": False, "teacher_source": "anomalib"}
     load_state_dict_checked(model, ours, source="anomalib state dict")
     if all(q is not None for q in quantiles) and any(float(q) != 0 for q in quantiles):
         model.set_quantiles(*(float(q) for q in quantiles))

@@ -89,7 +89,8 @@ def _progress_enabled(args) -> bool:
     return not getattr(args, "quiet", False)
 
 
-TEACHER_HELP = ("'random' (default): a randomly initialised PDN; 'distilled': the shipped PDN-S teacher "
+TEACHER_HELP = ("'random' (default): a randomly initialised PDN; 'auto': the paper's teacher when it is in the "
+                "cache, else the shipped distilled one (small), else random; 'distilled': the shipped PDN-S teacher "
                 "distilled from ImageNet EfficientNet-Lite0; 'paper': the authors' teacher (fetch it once with "
                 "fetch-teacher; never downloaded otherwise); or a teacher weights file (released or from "
                 "distill-teacher)")

@@ -102,10 +102,12 @@ class EfficientAD(nn.Module):
         }
 
     def get_extra_state(self) -> dict:
-        return {"quantiles_set": self.quantiles_set}
+        return {"quantiles_set": self.quantiles_set, "teacher_source": self.teacher_source}
 
     def set_extra_state(self, state: dict) -> None:
         self.quantiles_set = bool(state.get("quantiles_set", False))
+        # Files written before the teacher was recorded say nothing about it.
+        self.teacher_source = str(state.get("teacher_source", "not recorded"))
 
     def set_teacher_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Set the per-channel teacher mean and std (384 values each, std > 0)."""

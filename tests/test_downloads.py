@@ -28,7 +28,7 @@ from efficientad_fast.downloads import (DownloadError, NotCachedError, UnsafeArc
                                         fetch_verified, safe_extract)
 from efficientad_fast.networks import TEACHER_CHANNELS, make_pdn
 from efficientad_fast.teachers import (PAPER_TEACHER_MEMBERS, PAPER_TEACHER_SHA256, PAPER_TEACHER_URL,
-                                       fetch_paper_teacher, paper_teacher_path)
+                                       fetch_paper_teacher, paper_teacher_path, resolve_auto_teacher)
 
 SMALL_MEMBER = PAPER_TEACHER_MEMBERS["small"]
 
@@ -369,3 +369,36 @@ def test_fetch_commands_have_help(command, capsys):
         main([command, "--help"])
     out = capsys.readouterr().out
     assert done.value.code == 0 and "--from FILE_OR_URL" in out and "SHA-256" in out
+
+
+# --------------------------------------------------------------------------- teacher="auto"
+
+
+def test_auto_teacher_in_each_cache_state(teacher_archive, capsys, monkeypatch):
+    monkeypatch.setattr(teachers, "_announced", set())
+    path, sha, state = teacher_archive
+    # Nothing cached: the shipped distilled teacher where one ships (small), else random.
+    assert resolve_auto_teacher("small") == "distilled"
+    assert resolve_auto_teacher("medium") == "random"
+    small = EfficientAD(teacher="auto")
+    assert small.teacher_source == "auto: distilled (pdn_small_lite0.pt)"
+    assert "teacher='auto' chose distilled (pdn_small_lite0.pt)" in capsys.readouterr().err
+    EfficientAD(teacher="auto")
+    assert "chose" not in capsys.readouterr().err  # printed once per process
+    # The paper's teacher cached: auto takes it, without any download.
+    fetch_paper_teacher(path, sha256=sha, progress=False)
+    assert resolve_auto_teacher("small") == "paper"
+    model = EfficientAD(teacher="auto")
+    assert model.teacher_source == "auto: paper (pretrained_teacher_small.pth)"
+    assert all(torch.equal(model.teacher.state_dict()[k], state[k]) for k in state)
+
+
+def test_auto_model_reloads_with_its_teacher_whatever_the_cache_says(teacher_archive, tmp_path):
+    model = EfficientAD(teacher="auto")  # nothing cached: the distilled teacher
+    model.save(tmp_path / "m.pt")
+    path, sha, _ = teacher_archive
+    fetch_paper_teacher(path, sha256=sha, progress=False)  # auto would now choose the paper's
+    loaded = load(tmp_path / "m.pt")
+    assert loaded.teacher_source == "auto: distilled (pdn_small_lite0.pt)"
+    assert all(torch.equal(a, b) for a, b in zip(loaded.teacher.state_dict().values(),
+                                                  model.teacher.state_dict().values()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -105,17 +106,45 @@ def paper_teacher_path(model_size: str = "small", sha256: str = PAPER_TEACHER_SH
                            command="fetch-teacher", alternatives=f"teacher {OFFLINE_TEACHERS}")
 
 
+AUTO_ORDER = ("paper", "distilled", "random")
+_announced: set[str] = set()
+
+
+def resolve_auto_teacher(model_size: str) -> str:
+    """What ``teacher="auto"`` means for this size now: "paper" when the paper's teacher is in
+    the cache (nothing is downloaded), else "distilled" when one ships for the size, else
+    "random". A saved model keeps the weights it was trained with, whatever this says later."""
+    try:
+        paper_teacher_path(model_size)
+        return "paper"
+    except FileNotFoundError:  # NotCachedError: not fetched
+        pass
+    return "distilled" if shipped_teacher_path(model_size) is not None else "random"
+
+
+def _announce_once(message: str) -> None:
+    if message not in _announced:
+        _announced.add(message)
+        print(message, file=sys.stderr)
+
+
 def init_teacher(pdn: nn.Module, teacher: str | os.PathLike, model_size: str, padding: bool) -> str:
     """Give ``pdn`` its weights and return where they came from.
 
-    ``teacher``: "random" (PyTorch's default initialization, already drawn by the caller),
+    ``teacher``: "auto" (:func:`resolve_auto_teacher`; the choice is printed once and the
+    source reads "auto: <choice>"), "random" (PyTorch's default initialization, already drawn by the caller),
     "distilled" (the shipped distilled teacher of this size), "paper" (the authors' teacher
     from the cache, see :func:`paper_teacher_path`; never downloaded here) or the path of a
     teacher file (released ``conv1..`` or ``nn.Sequential`` layouts, or one written by
     distill-teacher)."""
     if not isinstance(teacher, (str, os.PathLike)):
-        raise TypeError(f"teacher must be 'random', 'distilled', 'paper' or a file path, "
+        raise TypeError(f"teacher must be 'auto', 'random', 'distilled', 'paper' or a file path, "
                         f"got {type(teacher).__name__}")
+    if teacher == "auto":
+        choice = resolve_auto_teacher(model_size)
+        source = init_teacher(pdn, choice, model_size, padding)
+        _announce_once(f"teacher='auto' chose {source} for a {model_size} model")
+        return f"auto: {source}"
     if teacher == "random":
         return "random"
     if teacher == "paper":
