@@ -164,7 +164,9 @@ def _add_train_parser(subparsers) -> None:
     train.add_argument("--penalty-images", nargs="+", default=None, metavar="DIR",
                        help="folder(s) of generic natural images for the penalty loss, or 'imagenette': the "
                             "paper's ImageNet subset with random grayscale 0.3 (fetch it once with "
-                            "fetch-imagenette; never downloaded otherwise). Default: none")
+                            "fetch-imagenette; never downloaded otherwise), 'bundled': the scikit-image "
+                            "photographs and procedural images that ship with the dependencies, 'auto': "
+                            "imagenette when cached, else bundled. Default: none")
     train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
     train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -402,3 +402,33 @@ def test_auto_model_reloads_with_its_teacher_whatever_the_cache_says(teacher_arc
     assert loaded.teacher_source == "auto: distilled (pdn_small_lite0.pt)"
     assert all(torch.equal(a, b) for a, b in zip(loaded.teacher.state_dict().values(),
                                                   model.teacher.state_dict().values()))
+
+
+# --------------------------------------------------------------------------- penalty images "bundled" / "auto"
+
+
+def test_bundled_penalty_images_are_generic_photos_and_procedural(capsys):
+    from efficientad_fast.data.penalty import BUNDLED_PROCEDURAL, TensorImages
+    from efficientad_fast.data.generic_images import BUILTIN_PHOTOS, photo_images
+
+    images = penalty_image_set("bundled", (32, 48), seed=1)
+    assert isinstance(images, TensorImages)
+    assert len(images) == len(photo_images(BUILTIN_PHOTOS)) + BUNDLED_PROCEDURAL  # no held-out texture
+    for i in (0, len(images) - 1):
+        x = images[i]
+        assert x.shape == (3, 32, 48) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    again = penalty_image_set("bundled", (32, 48), seed=1)
+    assert torch.equal(images[len(images) - 1], again[len(images) - 1])  # seeded
+    with pytest.raises(ValueError, match="cannot be mixed"):
+        penalty_image_set(["bundled", "/some/folder"], (32, 32))
+
+
+def test_auto_penalty_images_in_each_cache_state(imagenette_archive, capsys):
+    from efficientad_fast.data.penalty import TensorImages
+
+    assert isinstance(penalty_image_set("auto", (16, 16)), TensorImages)
+    assert "Imagenette is not cached" in capsys.readouterr().err
+    fetch_imagenette(imagenette_archive[0], sha256=imagenette_archive[1], progress=False)
+    images = penalty_image_set("auto", (16, 16), seed=2)
+    assert type(images) is GenericImages and images.grayscale_p == 0.3 and len(images) == 6
+    assert "Imagenette from" in capsys.readouterr().err

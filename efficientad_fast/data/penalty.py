@@ -2,21 +2,26 @@
 
 ``penalty_images="imagenette"`` (``--penalty-images imagenette``) uses the Imagenette archive
 anomalib downloads for the same loss, from the cache once ``efficientad-fast
-fetch-imagenette`` has put it there; never downloaded implicitly.
+fetch-imagenette`` has put it there; never downloaded implicitly. ``"bundled"`` uses the
+generic images that ship with the dependencies (:mod:`.generic_images`); ``"auto"`` takes
+Imagenette when it is cached, else the bundled images.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..downloads import downloads_root, fetch_archive, not_cached_error
 from ._io import find_images, open_image, to_rgb_array
+from .generic_images import BUILTIN_PHOTOS, photo_images, procedural_images
 
 # Imagenette 2 (full size), as anomalib 2.7.0 downloads it (its IMAGENETTE_DOWNLOAD_INFO).
 IMAGENETTE_URL = "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz"
@@ -25,6 +30,9 @@ IMAGENETTE_ARCHIVE = "imagenette2.tgz"
 IMAGENETTE_URL_ENV = "EFFICIENTAD_FAST_IMAGENETTE_URL"
 IMAGENETTE_FOLDER = "imagenette"  # under <cache>/downloads; the archive holds imagenette2/{train,val}
 IMAGENETTE = "imagenette"  # the penalty_images value that selects it
+BUNDLED = "bundled"  # the scikit-image photographs (no held-out texture) + procedural images
+AUTO = "auto"  # Imagenette when cached, else bundled
+BUNDLED_PROCEDURAL = 24  # procedural images in the bundled set (20 photographs come with scikit-image)
 IMAGENETTE_GRAYSCALE_P = 0.3  # the paper's (and anomalib's) RandomGrayscale(p=0.3)
 _GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, 1, 1)  # ITU-R 601-2, as PIL
 
@@ -87,14 +95,64 @@ def imagenette_folder() -> Path:
                                         "or no --penalty-images")
 
 
-def penalty_image_set(penalty_images, image_size: tuple[int, int], seed: int = 0) -> GenericImages | None:
+class TensorImages(Dataset):
+    """Generic images held in memory ((3, H, W) float in [0, 1]) prepared as
+    :class:`GenericImages` prepares files: resized to twice the model size, centre-cropped."""
+
+    def __init__(self, images: list[torch.Tensor], image_size: tuple[int, int]) -> None:
+        self.images = images
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        h, w = self.image_size
+        big = F.interpolate(self.images[index][None], size=(2 * h, 2 * w), mode="bilinear",
+                            align_corners=False, antialias=True)[0].clamp(0, 1)
+        top, left = (big.shape[1] - h) // 2, (big.shape[2] - w) // 2
+        return big[:, top:top + h, left:left + w]
+
+
+def bundled_penalty_images(image_size: tuple[int, int], seed: int = 0) -> TensorImages:
+    """The bundled generic images: scikit-image's photographs (never the textures held out
+    from distillation; needs the ``[distill]`` extra, else left out with a notice) and
+    :data:`BUNDLED_PROCEDURAL` procedural images drawn from ``seed``."""
+    images = list(procedural_images(BUNDLED_PROCEDURAL, seed=seed).values())
+    try:
+        images = list(photo_images(BUILTIN_PHOTOS).values()) + images
+    except ImportError as exc:
+        print(f"penalty images: bundled photographs left out ({exc}); using {len(images)} procedural images",
+              file=sys.stderr)
+    return TensorImages(images, image_size)
+
+
+def _auto_penalty_images(image_size: tuple[int, int], seed: int) -> Dataset:
+    try:
+        folder = imagenette_folder()
+    except FileNotFoundError:  # NotCachedError
+        print("penalty images 'auto': Imagenette is not cached (efficientad-fast fetch-imagenette); "
+              "using the bundled generic images", file=sys.stderr)
+        return bundled_penalty_images(image_size, seed)
+    print(f"penalty images 'auto': Imagenette from {folder}", file=sys.stderr)
+    return GenericImages(folder, image_size, grayscale_p=IMAGENETTE_GRAYSCALE_P, seed=seed)
+
+
+def penalty_image_set(penalty_images, image_size: tuple[int, int], seed: int = 0) -> Dataset | None:
     """The penalty images for training: None (none), ``"imagenette"`` (the cached Imagenette,
-    random grayscale 0.3 as in the paper) or folder(s) of images (kept in colour)."""
+    random grayscale 0.3 as in the paper), ``"bundled"`` (:func:`bundled_penalty_images`),
+    ``"auto"`` (Imagenette when cached, else bundled; the choice is printed) or folder(s) of
+    images (kept in colour)."""
     if not penalty_images:
         return None
     names = [penalty_images] if isinstance(penalty_images, (str, os.PathLike)) else list(penalty_images)
-    if any(isinstance(name, str) and name == IMAGENETTE for name in names):
-        if len(names) > 1:
-            raise ValueError("penalty images: 'imagenette' cannot be mixed with folders")
+    keywords = [name for name in names if isinstance(name, str) and name in (IMAGENETTE, BUNDLED, AUTO)]
+    if keywords and len(names) > 1:
+        raise ValueError(f"penalty images: {keywords[0]!r} cannot be mixed with folders")
+    if keywords == [IMAGENETTE]:
         return GenericImages(imagenette_folder(), image_size, grayscale_p=IMAGENETTE_GRAYSCALE_P, seed=seed)
+    if keywords == [BUNDLED]:
+        return bundled_penalty_images(image_size, seed)
+    if keywords == [AUTO]:
+        return _auto_penalty_images(image_size, seed)
     return GenericImages(names, image_size)

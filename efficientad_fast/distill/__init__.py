@@ -29,15 +29,8 @@ from .backbones import (
     load_lite0,
     load_resnet,
 )
-from .images import (
-    BUILTIN_PHOTOS,
-    HELD_OUT_PHOTOS,
-    CropSampler,
-    folder_images,
-    photo_images,
-    procedural_images,
-    training_images,
-)
+from ..data.generic_images import BUILTIN_PHOTOS, HELD_OUT_PHOTOS, photo_images, procedural_images
+from .images import CropSampler, folder_images, training_images
 from .loop import DistillConfig, command_line, distill_teacher, learning_rate
 from .target import TargetProjection, fit_projection, raw_target, targets
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..networks import ImageNetNormalize
-from ._optional import require
+from .._optional import require
 
 # Flat block indices of EfficientNet-Lite0 whose outputs form the target:
 # 24, 40, 80, 112, 192 channels at strides 4, 8, 16, 16, 32 (448 in all).

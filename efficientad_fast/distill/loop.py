@@ -29,7 +29,8 @@ from .._device import autocast_dtype, resolve_device
 from .._progress import progress
 from ..networks import MODEL_SIZES, TEACHER_CHANNELS, make_pdn
 from .backbones import BACKBONES, LITE0_BLOCKS, RESNET_LAYERS, load_backbone
-from .images import HELD_OUT_PHOTOS, CropSampler, photo_images, training_images
+from ..data.generic_images import HELD_OUT_PHOTOS, photo_images
+from .images import CropSampler, training_images
 from .target import TargetProjection, fit_projection, targets
 
 CHECKPOINT_KIND = "efficientad_fast-distill-checkpoint"

@@ -1,5 +1,5 @@
 """The ``[distill]`` extra's packages (timm, scikit-image, torchvision), imported on first use
-with an error that says how to install them."""
+with an error that says how to install them (teacher distillation, the bundled penalty images)."""
 
 from __future__ import annotations
 
@@ -11,5 +11,5 @@ def require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"teacher distillation needs '{module.split('.')[0]}': "
+        raise ImportError(f"this needs '{module.split('.')[0]}' (teacher distillation, bundled penalty images): "
                           "pip install 'efficientad_fast[distill]'") from exc
