@@ -119,6 +119,12 @@ def _add_training_args(p: argparse.ArgumentParser, steps_help: str) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--teacher", default="random", help=TEACHER_HELP)
     p.add_argument("--amp", choices=("fp16", "bf16"), default=None, help="mixed precision (autocast)")
+    p.add_argument("--penalty-images", nargs="+", default=None, metavar="DIR",
+                   help="folder(s) of generic natural images for the penalty loss, or 'imagenette': the "
+                        "paper's ImageNet subset with random grayscale 0.3 (fetch it once with "
+                        "fetch-imagenette; never downloaded otherwise), 'bundled': the scikit-image "
+                        "photographs and procedural images that ship with the dependencies, 'auto': "
+                        "imagenette when cached, else bundled. Default: none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -161,12 +167,6 @@ def _add_train_parser(subparsers) -> None:
     _add_data_args(train)
     train.add_argument("--out", required=True, help="output folder")
     _add_training_args(train, steps_help="training steps (paper: 70000)")
-    train.add_argument("--penalty-images", nargs="+", default=None, metavar="DIR",
-                       help="folder(s) of generic natural images for the penalty loss, or 'imagenette': the "
-                            "paper's ImageNet subset with random grayscale 0.3 (fetch it once with "
-                            "fetch-imagenette; never downloaded otherwise), 'bundled': the scikit-image "
-                            "photographs and procedural images that ship with the dependencies, 'auto': "
-                            "imagenette when cached, else bundled. Default: none")
     train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
     train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -334,12 +334,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"efficientad-fast report: error: {exc}", file=sys.stderr)
         return 2
-    _require_cached((args.teacher, *sweep.get("teacher", ())), (args.model_size,))
+    _require_cached((args.teacher, *sweep.get("teacher", ())), (args.model_size,), args.penalty_images)
     config = _train_config(args, checkpoint_every=0)
     result = run_report(
         args.data, args.dataset, args.out, categories=args.categories, model_size=args.model_size,
         config=config, sweep=sweep, teacher=args.teacher, image_size=args.image_size, device=args.device,
-        latency_batches=args.latency_batches, latency_runs=args.latency_runs,
+        latency_batches=args.latency_batches, latency_runs=args.latency_runs, penalty_images=args.penalty_images,
     )
     print("\n" + report_tables(result))
     print(f"\nwritten: {Path(args.out) / 'report.md'} (+ .csv, .json, .png)")

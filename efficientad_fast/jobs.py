@@ -304,6 +304,7 @@ def run_report(
     device: str = "auto",
     latency_batches=(1, 4, 16),
     latency_runs: int | None = None,
+    penalty_images=None,
     log=print,
 ) -> dict:
     """Train, calibrate and evaluate each category (for each sweep setting) and write
@@ -331,7 +332,7 @@ def run_report(
         try:
             run_config = dataclasses.replace(config, **{k: v for k, v in setting.items() if k != "teacher"})
             model = _report_run(row, data, dataset, category, out / name, run_config, image_size, device,
-                                latency_runs, log, label)
+                                latency_runs, penalty_images, log, label)
             if not latency_curve and latency_batches:
                 for batch in latency_batches:
                     ms = _latency_ms(model, batch, image_size, latency_runs)
@@ -350,7 +351,7 @@ def run_report(
     result = {
         "dataset": dataset, "data": str(data), "model_size": model_size, "image_size": image_size,
         "device": str(resolve_device(device)), "train_config": dataclasses.asdict(config),
-        "sweep": sweep or {}, "teacher": teacher or "random", "rows": rows,
+        "sweep": sweep or {}, "teacher": teacher or "random", "penalty_images": penalty_images, "rows": rows,
         "latency_vs_batch": latency_curve, "total_s": time.perf_counter() - started,
     }
     write_report(result, out)
@@ -373,10 +374,11 @@ def _report_runs(data, dataset: str, categories, sweep) -> list[tuple[str | None
 
 
 def _report_run(row: dict, data, dataset, category, out_dir: Path, config: TrainConfig, image_size: int,
-                device: str, latency_runs: int | None, log, label: str) -> EfficientAD:
+                device: str, latency_runs: int | None, penalty_images, log, label: str) -> EfficientAD:
     """Train, evaluate and time one run of a report, filling ``row``; returns the trained model."""
     model, summary = train_category(data, dataset, category, out_dir, model_size=row["model_size"],
-                                    config=config, teacher=row["teacher"], image_size=image_size, device=device)
+                                    config=config, teacher=row["teacher"], penalty_images=penalty_images,
+                                    image_size=image_size, device=device)
     log(f"{label}: evaluating")
     evaluation = evaluate_model(model, data, dataset, category, image_size=image_size,
                                 progress=config.progress, workers=config.workers)

@@ -124,7 +124,8 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
         f"# EfficientAD-{result['model_size'][0].upper()} on {result['dataset']} ({result['data']})",
         "",
         f"{cfg['steps']} training steps, batch {cfg['batch_size']}, lr {cfg['lr']:g}, weight decay "
-        f"{cfg['weight_decay']:g}, {result['image_size']} px, teacher: {_teachers(result)}, device "
+        f"{cfg['weight_decay']:g}, {result['image_size']} px, teacher: {_teachers(result)}, penalty images: "
+        f"{' '.join(map(str, result.get('penalty_images') or ['none']))}, device "
         f"{result['device']}. Train time = training + calibration; infer time = the test split "
         "(networks + scoring); latency = mean of the paper's protocol at batch 1 (image on the host "
         "to map on the host).",
