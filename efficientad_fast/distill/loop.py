@@ -88,8 +88,22 @@ class DistillConfig:
         return json.loads(json.dumps(asdict(self)))
 
 
+# Named recipes for ``distill-teacher --preset``; explicit options override a preset's values.
+DISTILL_PRESETS = {
+    # The shipped teacher's recipe (pdn_small_lite0.pt): the DistillConfig defaults.
+    "shipped": DistillConfig(),
+    # A more local target with a constant learning rate on the photographs only (issue 12's
+    # recipe): Lite0 blocks 4, 7, 10, lr 1e-4 constant, no procedural images, 1,481 steps.
+    # (That recipe also jittered hue by 0.1, which CropSampler does not.)
+    "local": DistillConfig(lite0_blocks=(4, 7, 10), lr=1e-4, warmup_fraction=0.0, final_lr_fraction=1.0,
+                           procedural=0, steps=1481),
+}
+
+
 def learning_rate(step: int, config: DistillConfig) -> float:
     """Linear warm-up, then cosine decay to ``lr x final_lr_fraction`` at the last step."""
+    if config.warmup_fraction <= 0 and config.final_lr_fraction >= 1:
+        return config.lr  # constant
     warmup = max(1, int(config.steps * config.warmup_fraction))
     if step < warmup:
         return config.lr * (step + 1) / warmup
