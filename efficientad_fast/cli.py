@@ -97,17 +97,30 @@ TEACHER_HELP = ("'random' (default): a randomly initialised PDN; 'auto': the pap
 
 
 def _require_cached(teachers=(), model_sizes=("small",), penalty_images=None) -> None:
-    """Fail at once, before any data is read, when --teacher paper or --penalty-images
-    imagenette asks for a file that is not in the cache (NotCachedError says how to fetch it)."""
+    """Fail at once, before any data is read or folder made, when --teacher paper or
+    --penalty-images imagenette asks for a file that is not in the cache (NotCachedError says
+    how to fetch it) or a --penalty-images keyword is mixed with folders (ValueError)."""
     if "paper" in teachers:
         from .teachers import paper_teacher_path
 
         for size in model_sizes:
             paper_teacher_path(size)
-    if penalty_images and "imagenette" in penalty_images:
-        from .data import imagenette_folder
+    if penalty_images:
+        from .data import check_penalty_images
 
-        imagenette_folder()
+        try:
+            check_penalty_images(penalty_images)
+        except ValueError as exc:
+            raise _BadArguments(str(exc)) from None
+
+
+class _BadArguments(Exception):
+    """Arguments found wrong before any work: ``main`` prints one error line, exit 2."""
+
+
+def _error(args: argparse.Namespace, exc: BaseException) -> int:
+    print(f"efficientad-fast {args.command}: error: {exc}", file=sys.stderr)
+    return 2
 
 
 def _add_training_args(p: argparse.ArgumentParser, steps_help: str) -> None:
@@ -332,8 +345,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         sweep = parse_sweep(args.sweep)
     except ValueError as exc:
-        print(f"efficientad-fast report: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(args, exc)
     _require_cached((args.teacher, *sweep.get("teacher", ())), (args.model_size,), args.penalty_images)
     config = _train_config(args, checkpoint_every=0)
     result = run_report(
@@ -495,7 +507,7 @@ def _run_fetch(args: argparse.Namespace, fetch, cached) -> Path | None:
         else:
             print(f"already in the cache (verified when fetched): {folder}")
     except (DownloadError, OSError, ValueError) as exc:
-        print(f"efficientad-fast {args.command}: error: {exc}", file=sys.stderr)
+        _error(args, exc)
         return None
     return folder
 
@@ -577,9 +589,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except NotCachedError as exc:  # --teacher paper / --penalty-images imagenette, not fetched
-        print(f"efficientad-fast {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (NotCachedError, _BadArguments) as exc:  # not fetched, or checked before any work
+        return _error(args, exc)
 
 
 if __name__ == "__main__":

@@ -432,3 +432,14 @@ def test_auto_penalty_images_in_each_cache_state(imagenette_archive, capsys):
     images = penalty_image_set("auto", (16, 16), seed=2)
     assert type(images) is GenericImages and images.grayscale_p == 0.3 and len(images) == 6
     assert "Imagenette from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "report"])
+def test_penalty_keyword_mixed_with_a_folder_is_one_error_line(command, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [command, "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(out),
+            "--penalty-images", "bundled", str(tmp_path)]
+    assert main(args + (["--category", "board"] if command == "train" else [])) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "cannot be mixed" in err and "Traceback" not in err
+    assert not out.exists()

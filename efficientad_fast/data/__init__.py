@@ -44,7 +44,7 @@ from .datasets import (
     read_loco_defects_config,
     split_train_validation,
 )
-from .penalty import GenericImages, fetch_imagenette, imagenette_folder, penalty_image_set
+from .penalty import GenericImages, check_penalty_images, fetch_imagenette, imagenette_folder, penalty_image_set
 from .synthetic import (
     LOGICAL_DEFECTS,
     PHOTO_TEXTURES,
@@ -60,6 +60,7 @@ __all__ = [
     "DATASETS",
     "DataError",
     "GenericImages",
+    "check_penalty_images",
     "IMAGE_SUFFIXES",
     "KINDS",
     "LOGICAL_DEFECTS",

@@ -127,6 +127,10 @@ def bundled_penalty_images(image_size: tuple[int, int], seed: int = 0) -> Tensor
     return TensorImages(images, image_size)
 
 
+def _imagenette_images(folder: Path, image_size: tuple[int, int], seed: int) -> GenericImages:
+    return GenericImages(folder, image_size, grayscale_p=IMAGENETTE_GRAYSCALE_P, seed=seed)
+
+
 def _auto_penalty_images(image_size: tuple[int, int], seed: int) -> Dataset:
     try:
         folder = imagenette_folder()
@@ -135,7 +139,25 @@ def _auto_penalty_images(image_size: tuple[int, int], seed: int) -> Dataset:
               "using the bundled generic images", file=sys.stderr)
         return bundled_penalty_images(image_size, seed)
     print(f"penalty images 'auto': Imagenette from {folder}", file=sys.stderr)
-    return GenericImages(folder, image_size, grayscale_p=IMAGENETTE_GRAYSCALE_P, seed=seed)
+    return _imagenette_images(folder, image_size, seed)
+
+
+def _penalty_names(penalty_images) -> tuple[list, list[str]]:
+    """(all values, the keyword values among them); a keyword mixed with folders is a ValueError."""
+    names = [penalty_images] if isinstance(penalty_images, (str, os.PathLike)) else list(penalty_images)
+    keywords = [name for name in names if isinstance(name, str) and name in (IMAGENETTE, BUNDLED, AUTO)]
+    if keywords and len(names) > 1:
+        raise ValueError(f"penalty images: {keywords[0]!r} cannot be mixed with folders")
+    return names, keywords
+
+
+def check_penalty_images(penalty_images) -> None:
+    """Check a ``penalty_images`` value without reading any image: a keyword ("imagenette",
+    "bundled", "auto") stands alone, and "imagenette" must be cached (NotCachedError)."""
+    if penalty_images:
+        _, keywords = _penalty_names(penalty_images)
+        if keywords == [IMAGENETTE]:
+            imagenette_folder()
 
 
 def penalty_image_set(penalty_images, image_size: tuple[int, int], seed: int = 0) -> Dataset | None:
@@ -145,12 +167,9 @@ def penalty_image_set(penalty_images, image_size: tuple[int, int], seed: int = 0
     images (kept in colour)."""
     if not penalty_images:
         return None
-    names = [penalty_images] if isinstance(penalty_images, (str, os.PathLike)) else list(penalty_images)
-    keywords = [name for name in names if isinstance(name, str) and name in (IMAGENETTE, BUNDLED, AUTO)]
-    if keywords and len(names) > 1:
-        raise ValueError(f"penalty images: {keywords[0]!r} cannot be mixed with folders")
+    names, keywords = _penalty_names(penalty_images)
     if keywords == [IMAGENETTE]:
-        return GenericImages(imagenette_folder(), image_size, grayscale_p=IMAGENETTE_GRAYSCALE_P, seed=seed)
+        return _imagenette_images(imagenette_folder(), image_size, seed)
     if keywords == [BUNDLED]:
         return bundled_penalty_images(image_size, seed)
     if keywords == [AUTO]:

@@ -106,7 +106,6 @@ def paper_teacher_path(model_size: str = "small", sha256: str = PAPER_TEACHER_SH
                            command="fetch-teacher", alternatives=f"teacher {OFFLINE_TEACHERS}")
 
 
-AUTO_ORDER = ("paper", "distilled", "random")
 _announced: set[str] = set()
 
 
