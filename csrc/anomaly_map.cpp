@@ -37,6 +37,18 @@ at::Tensor check_channel_stat(const at::Tensor& x, const char* name, int64_t cha
   return x.reshape({channels}).to(at::kFloat).contiguous();
 }
 
+// A zero, negative or non-finite std turns the standardized teacher into inf/NaN maps.
+// Values on a GPU are not read back here: that would synchronize the stream.
+void check_teacher_std_values(const at::Tensor& std_f32) {
+  if (!std_f32.is_cpu()) return;
+  const float* v = std_f32.data_ptr<float>();
+  for (int64_t c = 0; c < std_f32.numel(); ++c) {
+    TORCH_CHECK_VALUE(std::isfinite(v[c]) && v[c] > 0.0f,
+                      "anomaly_map: teacher_std must be finite and > 0 in every channel, got ",
+                      v[c], " in channel ", c);
+  }
+}
+
 at::Tensor check_quantiles(const at::Tensor& q, const at::Device& device) {
   TORCH_CHECK_TYPE(at::isFloatingType(q.scalar_type()), "anomaly_map: quantiles must be a ",
                    "floating-point tensor, got ", q.scalar_type());
@@ -137,6 +149,7 @@ AnomalyMapInputs check_anomaly_map_inputs(
   if (teacher_mean.has_value()) {
     in.teacher_mean = check_channel_stat(*teacher_mean, "teacher_mean", p.channels, device);
     in.teacher_std = check_channel_stat(*teacher_std, "teacher_std", p.channels, device);
+    check_teacher_std_values(in.teacher_std);
     p.mean = in.teacher_mean.data_ptr<float>();
     p.stdev = in.teacher_std.data_ptr<float>();
   }

@@ -4,6 +4,8 @@ and say which settings differ between a saved run and the one asked for."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -53,12 +55,32 @@ def read_checkpoint(path: Path, weights_only: bool = True) -> dict:
 
 
 def atomic_save(payload, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a file beside ``path``, then rename: a crash leaves no half file."""
+    """``torch.save`` to a file beside ``path``, then rename: a crash leaves no half file.
+    On any failure the temporary file is removed; a full disk raises an OSError that says so."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:  # Ctrl-C included: never leave the half file behind
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left writing {path} (free some space and save again)") from exc
+        raise
     return path
+
+
+def state_checksum(state_dict: dict) -> str:
+    """SHA-256 (hex) of a state dict's tensors: their names, dtypes, shapes and bytes, in
+    key order. Non-tensor entries (extra state) are left out."""
+    digest = hashlib.sha256()
+    for key, value in state_dict.items():
+        if not torch.is_tensor(value):
+            continue
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}\0{flat.dtype}\0{tuple(value.shape)}\0".encode())
+        digest.update(flat.view(torch.uint8).numpy().data)  # view: bfloat16 has no numpy dtype
+    return digest.hexdigest()
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> None:

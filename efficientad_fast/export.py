@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .model import EfficientAD
+from .model import EfficientAD, check_unit_range
 from .networks import check_image_size
 from .reference import reference_anomaly_map
 
@@ -158,7 +158,8 @@ class LoadedPackage:
     """An exported ``.pt2`` package loaded in Python: ``package(images) -> (map, score)``.
 
     Checks what the compiled code does not: the input's dtype, shape and device (the
-    package reads its input as contiguous float32, so other layouts are made contiguous).
+    package reads its input as contiguous float32, so other layouts are made contiguous),
+    and, for CPU tensors, that the values lie in [0, 1] as :meth:`EfficientAD.predict` does.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -194,6 +195,8 @@ class LoadedPackage:
             )
         if images.shape[0] == 0:
             raise ValueError("images must hold at least one image")
+        if images.device.type == "cpu":  # as predict: on a GPU the check would synchronize
+            check_unit_range(images)
         return tuple(self._runner(images.to(self.device).contiguous()))
 
 

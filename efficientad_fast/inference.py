@@ -9,6 +9,8 @@ conversion, the three networks, the fused scoring op) in one CUDA graph and repl
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from .model import EfficientAD, Prediction
@@ -36,6 +38,11 @@ class FastPredictor:
     device) and returns a :class:`Prediction`. With ``copy=False`` the returned tensors are
     the predictor's output buffers, overwritten by the next call: read them (or ``.cpu()``
     them) before calling again.
+
+    Thread-safe: calls from several threads take turns (a lock guards the input and output
+    buffers, which every call shares), so each gets the results for its own images. With
+    ``copy=False`` the returned buffers are still overwritten by the next call from any
+    thread. For parallel work, make one predictor per thread.
     """
 
     def __init__(
@@ -90,6 +97,7 @@ class FastPredictor:
         self._input = torch.zeros(self.shape, dtype=input_dtype, device=device).contiguous(
             memory_format=torch.channels_last)
         self._graph = None
+        self._lock = threading.Lock()  # one call at a time: all calls share the buffers
         with torch.inference_mode():
             if self.cuda_graph:
                 # Warm up on a side stream (cuDNN picks its algorithms, compile traces, the
@@ -119,13 +127,14 @@ class FastPredictor:
                              "make another FastPredictor for another batch or image size")
         if images.dtype != self.input_dtype:
             raise TypeError(f"this predictor takes {self.input_dtype} images, got {images.dtype}")
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             self._input.copy_(images, non_blocking=True)
             if self._graph is not None:
                 self._graph.replay()
                 amap, score = self._outputs
             else:
                 amap, score = self._run(self._input)
-        if copy and self._graph is not None:
-            amap, score = amap.clone(), score.clone()
+            if copy and self._graph is not None:
+                # Inside the lock: the next call's replay overwrites the output buffers.
+                amap, score = amap.clone(), score.clone()
         return Prediction(score=score, anomaly_map=amap)

@@ -3,7 +3,10 @@ and map quantiles, with a fast ``predict`` over the fused op and a one-file save
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._checkpoint import atomic_save, load_state_dict_checked
+from ._checkpoint import atomic_save, load_state_dict_checked, state_checksum
 from .networks import MODEL_SIZES, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
 from .ops import DISTANCES, anomaly_map
 from .reference import reference_anomaly_map
@@ -22,6 +25,23 @@ FORMAT_VERSION = 1
 BACKENDS = ("fused", "reference")
 # Statistics that stay float32 when the networks move to fp16/bf16.
 _FLOAT32_BUFFERS = ("teacher_mean", "teacher_std", "quantiles")
+# Serializes the one-time switch to channels_last: threads sharing a model must not run
+# convolutions while another thread swaps the weights' layout under them. Module-level,
+# not per model, because a lock cannot be deep-copied (export copies models).
+_LAYOUT_LOCK = threading.Lock()
+
+
+def check_unit_range(images: torch.Tensor) -> None:
+    """ValueError when float ``images`` hold values outside [0, 1] (8-bit values passed as
+    float are the usual mistake). Reads the values: call it on CPU tensors only, since on a
+    GPU it would synchronize the stream."""
+    if images.numel() > 0:
+        lo, hi = torch.aminmax(images)
+        if not (lo >= 0 and hi <= 1):
+            raise ValueError(
+                f"float images must lie in [0, 1], got values in [{lo.item():.4g}, {hi.item():.4g}]; "
+                "divide 8-bit images by 255 or pass them as uint8"
+            )
 
 
 @dataclass
@@ -172,8 +192,9 @@ class EfficientAD(nn.Module):
         return self._folded_teacher[1], self._folded_teacher[2]
 
     def _use_channels_last(self) -> None:
-        if not self.teacher.conv1.weight.is_contiguous(memory_format=torch.channels_last):
-            self.to(memory_format=torch.channels_last)
+        with _LAYOUT_LOCK:
+            if not self.teacher.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+                self.to(memory_format=torch.channels_last)
 
     def _prepare_images(self, images: torch.Tensor, validate: bool | None) -> torch.Tensor:
         if not isinstance(images, torch.Tensor):
@@ -187,13 +208,8 @@ class EfficientAD(nn.Module):
             raise TypeError(f"images must be uint8 or floating point in [0, 1], got {images.dtype}")
         if validate is None:
             validate = images.device.type == "cpu"  # elsewhere a range check would synchronize
-        if validate and images.numel() > 0:
-            lo, hi = torch.aminmax(images)
-            if not (lo >= 0 and hi <= 1):
-                raise ValueError(
-                    f"float images must lie in [0, 1], got values in [{lo.item():.4g}, {hi.item():.4g}]; "
-                    "divide 8-bit images by 255 or pass them as uint8"
-                )
+        if validate:
+            check_unit_range(images)
         return images.to(self.device, self.dtype, non_blocking=True)
 
     def predict(
@@ -214,47 +230,50 @@ class EfficientAD(nn.Module):
 
         Returns:
             :class:`Prediction` with float32 ``score`` (N,) and ``anomaly_map`` (N, 1, H, W).
+
+        Computes as in eval mode (no dropout) without switching the model's mode, so threads
+        may share one model, even one that is in training mode.
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                # channels_last runs the convolutions and pools 1.4-1.5x faster on CPU
-                # (bench/bench_core.py) and is the tensor-core layout on GPUs.
-                self._use_channels_last()
-                x = self._prepare_images(images, validate).contiguous(memory_format=torch.channels_last)
-                if output_size is None:
-                    output_size = (x.shape[2], x.shape[3])
-                amap, score = self.score_images(x, output_size, backend)
-        finally:
-            self.train(was_training)
+        with torch.inference_mode():
+            # channels_last runs the convolutions and pools 1.4-1.5x faster on CPU
+            # (bench/bench_core.py) and is the tensor-core layout on GPUs.
+            self._use_channels_last()
+            x = self._prepare_images(images, validate).contiguous(memory_format=torch.channels_last)
+            if output_size is None:
+                output_size = (x.shape[2], x.shape[3])
+            amap, score = self.score_images(x, output_size, backend)
         return Prediction(score=score, anomaly_map=amap)
 
     def score_images(self, x: torch.Tensor, output_size, backend: str = "fused") -> tuple[torch.Tensor, torch.Tensor]:
-        """The computation of :meth:`predict` without its checks and mode switches: ``x`` is
-        an (N, 3, H, W) batch already in the networks' device, dtype and [0, 1] range; returns
-        (map, score). Pure tensor code (no host sync), so it can be captured in a CUDA graph,
-        compiled with ``torch.compile`` or traced by ``torch.export``; call it in eval mode
-        under ``torch.inference_mode()``."""
+        """The computation of :meth:`predict` without its checks: ``x`` is an (N, 3, H, W)
+        batch already in the networks' device, dtype and [0, 1] range; returns (map, score),
+        computed as in eval mode whatever the modules' mode. Pure tensor code (no host sync),
+        so it can be captured in a CUDA graph, compiled with ``torch.compile`` or traced by
+        ``torch.export``; call it under ``torch.inference_mode()``."""
         kwargs = dict(quantiles=self.quantiles if self.quantiles_set else None, alpha=self.alpha,
                       pad=self.map_pad, output_size=output_size, distance=self.distance)
         if backend == "fused":
-            return anomaly_map(*self.features(x, teacher_conv=self._folded_teacher_conv()), **kwargs)
-        return reference_anomaly_map(*self.features(x), teacher_mean=self.teacher_mean,
+            features = self.features(x, teacher_conv=self._folded_teacher_conv(), eval_mode=True)
+            return anomaly_map(*features, **kwargs)
+        return reference_anomaly_map(*self.features(x, eval_mode=True), teacher_mean=self.teacher_mean,
                                      teacher_std=self.teacher_std, **kwargs)
 
-    def features(self, x: torch.Tensor, teacher_conv: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def features(self, x: torch.Tensor, teacher_conv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 eval_mode: bool = False):
         """(teacher, student, autoencoder) features of images ``x`` in [0, 1] (the networks'
         device and dtype), the image normalized once for all three. ``teacher_conv``:
         (weight, bias) to use in place of the teacher's last conv, e.g. the standardization
-        fold of :meth:`_folded_teacher_conv`; None gives the raw teacher features."""
+        fold of :meth:`_folded_teacher_conv`; None gives the raw teacher features.
+        ``eval_mode``: no autoencoder dropout even when the model is in training mode (the
+        mode itself is left alone: other threads may be using the model)."""
         xn = self.teacher.normalize(x)
         conv = self.teacher.last_conv
         weight, bias = teacher_conv if teacher_conv is not None else (conv.weight, conv.bias)
         teacher = conv._conv_forward(self.teacher.body(xn), weight, bias)
-        return teacher, self.student(xn, normalized=True), self.autoencoder(xn, normalized=True)
+        ae = self.autoencoder(xn, normalized=True, dropout=False if eval_mode else None)
+        return teacher, self.student(xn, normalized=True), ae
 
     @property
     def map_pad(self) -> int:
@@ -270,20 +289,46 @@ class EfficientAD(nn.Module):
         """Write one self-describing file: weights, statistics, quantiles, config, format version.
         The file is written next to ``path`` first and renamed, so a crash leaves no half file."""
         path = Path(path)
+        state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.state_dict().items()}
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "config": self.config(),
-            "state_dict": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.state_dict().items()},
+            "state_dict": state,
+            # Flipped bytes in a tensor still unpickle: load compares this hash to notice.
+            "checksum": {"sha256": state_checksum(state)},
         }
         atomic_save(payload, path)
 
 
+def _check_statistics(model: EfficientAD, path: Path) -> None:
+    """What set_teacher_stats and set_quantiles enforce, for the values a file brought:
+    a zero std or NaN statistics would make every map inf or NaN, silently."""
+    mean, std = model.teacher_mean, model.teacher_std
+    bad = (~(torch.isfinite(mean) & torch.isfinite(std) & (std > 0))).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"{path}: teacher std must be finite and > 0 and mean finite in every channel; channels "
+            f"{bad[:8]}{'...' if len(bad) > 8 else ''} have mean {mean[bad[:4]].tolist()}, std {std[bad[:4]].tolist()}"
+        )
+    if model.quantiles_set:
+        qa_st, qb_st, qa_ae, qb_ae = model.quantiles.tolist()
+        if not (all(math.isfinite(q) for q in (qa_st, qb_st, qa_ae, qb_ae)) and qb_st > qa_st and qb_ae > qa_ae):
+            raise ValueError(
+                f"{path}: quantiles need finite q_b > q_a for both maps, got q_a_st={qa_st}, q_b_st={qb_st}, "
+                f"q_a_ae={qa_ae}, q_b_ae={qb_ae}"
+            )
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> EfficientAD:
-    """Read a file written by :meth:`EfficientAD.save` (with ``torch.load(weights_only=True)``).
+    """Read a file written by :meth:`EfficientAD.save` (with ``torch.load(weights_only=True)``);
+    the model comes back in eval mode.
 
     Raises FileNotFoundError for a missing file and ValueError for a truncated or corrupt
-    file, a file of another format, a newer format version or weights of the wrong size.
+    file (including bytes changed in place: the file's SHA-256 of the weights must match),
+    a file of another format, a newer format version, weights of the wrong size, or
+    teacher statistics or quantiles that would make the maps inf or NaN. Files written
+    before the checksum existed load with a warning.
     """
     path = Path(path)
     if not path.is_file():
@@ -313,5 +358,13 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> E
         model = EfficientAD(**payload["config"], teacher="random")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: model file has an invalid config {payload['config']}: {exc}") from exc
+    # Missing keys and wrong shapes first: their errors say more than a checksum mismatch.
     load_state_dict_checked(model, payload["state_dict"], source=str(path))
-    return model.to(map_location)
+    checksum = payload.get("checksum")
+    if checksum is None:
+        warnings.warn(f"{path}: model file has no checksum (written by an older efficientad_fast); "
+                      "corruption cannot be detected. Save it again to add one.", stacklevel=2)
+    elif not isinstance(checksum, dict) or checksum.get("sha256") != state_checksum(payload["state_dict"]):
+        raise ValueError(f"{path}: corrupt: checksum mismatch (the weights changed since the file was written)")
+    _check_statistics(model, path)
+    return model.to(map_location).eval()

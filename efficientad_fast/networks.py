@@ -142,11 +142,14 @@ class Decoder(nn.Module):
             feature,
         ]
 
-    def forward(self, x: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, image_size: tuple[int, int], dropout: bool | None = None) -> torch.Tensor:
+        """``dropout``: None follows ``self.training``; False is eval mode's output without
+        touching the flag (threads may share the module)."""
         targets = self.resize_targets(image_size)
+        drop = self.training if dropout is None else dropout
         for i, size in enumerate(targets[:6], start=1):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            x = self.dropout(F.relu(getattr(self, f"deconv{i}")(x)))
+            x = F.dropout(F.relu(getattr(self, f"deconv{i}")(x)), self.dropout.p, training=drop)
         x = F.interpolate(x, size=targets[6], mode="bilinear", align_corners=False)
         x = F.relu(self.deconv7(x))
         return self.deconv8(x)
@@ -161,11 +164,11 @@ class AutoEncoder(nn.Module):
         self.encoder = Encoder()
         self.decoder = Decoder(out_channels, padding)
 
-    def forward(self, x: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, normalized: bool = False, dropout: bool | None = None) -> torch.Tensor:
         image_size = (x.shape[-2], x.shape[-1])
         if not normalized:
             x = self.normalize(x)
-        return self.decoder(self.encoder(x), image_size)
+        return self.decoder(self.encoder(x), image_size, dropout)
 
 
 def feature_size(image_size: tuple[int, int], padding: bool = False) -> tuple[int, int]:

@@ -7,6 +7,20 @@ import torch
 import torch.nn.functional as F
 
 
+def _check_teacher_std(std: torch.Tensor) -> None:
+    """The op's check: a std that is not finite and > 0 makes the map inf or NaN. Like the
+    op, only eager CPU tensors are read: on a GPU it would synchronize, and traced (export,
+    compile) tensors have no values to read."""
+    if std.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return
+    values = std.detach().float().reshape(-1)
+    bad = ~(torch.isfinite(values) & (values > 0))
+    if bool(bad.any()):
+        channel = int(bad.nonzero()[0])
+        raise ValueError(f"anomaly_map: teacher_std must be finite and > 0 in every channel, "
+                         f"got {values[channel].item()} in channel {channel}")
+
+
 def reference_anomaly_map(
     teacher: torch.Tensor,
     student: torch.Tensor,
@@ -35,6 +49,7 @@ def reference_anomaly_map(
     channels = teacher.shape[1]
     t, s, ae = teacher.float(), student.float(), autoencoder.float()
     if teacher_mean is not None:
+        _check_teacher_std(teacher_std)
         mean = teacher_mean.float().reshape(1, channels, 1, 1)
         std = teacher_std.float().reshape(1, channels, 1, 1)
         t = (t - mean) / std

@@ -8,7 +8,8 @@
     calibrate: q_a = 0.9 and q_b = 0.995 quantiles of each map on held-out training images
 
 Every random draw (batch order, augmentation, penalty images, dropout) comes from state
-saved in the checkpoint, so ``resume`` ends exactly where an uninterrupted run would.
+saved in the checkpoint, so ``resume`` ends exactly where an uninterrupted run would; a
+checkpoint written on Ctrl-C holds the state as of the last completed step.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -279,7 +283,9 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step, generator, config, history) -> None:
+def save_checkpoint(path: Path, model, optimizer, scheduler, step, generator, config, history,
+                    rng: dict | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Write a training checkpoint; ``rng``: the RNG state to store (default: the current one)."""
     payload = {
         "kind": "efficientad_fast-training-checkpoint",
         "step": step,
@@ -288,8 +294,10 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step, generator, co
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(generator),
+        "rng": rng if rng is not None else _rng_state(generator),
         "history": history,
+        # fp16 loss scaling on CUDA: the scale is part of where the run is.
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
     }
     atomic_save(payload, path)  # never a half-written checkpoint
 
@@ -304,9 +312,10 @@ def _as_uint8_images(images, config: TrainConfig, desc: str) -> torch.Tensor | N
     return images
 
 
-def _restore(checkpoint: Path | None, model, optimizer, scheduler, generator, config) -> tuple[int, list]:
+def _restore(checkpoint: Path | None, model, optimizer, scheduler, generator, config) -> tuple[int, list, dict]:
     """Load a training checkpoint into the model, optimizer, scheduler and RNGs; returns
-    (step, history). Refuses a checkpoint made with settings that change the result."""
+    (step, history, the GradScaler's state or {}). Refuses a checkpoint made with settings
+    that change the result."""
     if checkpoint is None or not checkpoint.is_file():
         raise FileNotFoundError(f"resume: no checkpoint at {checkpoint}")
     state = torch.load(checkpoint, map_location=model.device, weights_only=True)
@@ -319,7 +328,7 @@ def _restore(checkpoint: Path | None, model, optimizer, scheduler, generator, co
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"], generator)
-    return state["step"], list(state["history"])
+    return state["step"], list(state["history"]), dict(state.get("scaler") or {})
 
 
 def _standardized_teacher_cache(model, train_images, config, resume: bool, generator) -> torch.Tensor | None:
@@ -381,15 +390,17 @@ def train(
     drop_at = max(1, int(config.steps * config.lr_drop_fraction))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=drop_at, gamma=0.1)
     generator = torch.Generator()
-    step, history = 0, []
+    step, history, scaler_state = 0, [], {}
     if resume:
-        step, history = _restore(checkpoint, model, optimizer, scheduler, generator, config)
+        step, history, scaler_state = _restore(checkpoint, model, optimizer, scheduler, generator, config)
     teacher_cache = _standardized_teacher_cache(model, train_images, config, resume, generator)
 
     model.to(memory_format=torch.channels_last)  # 1.1x faster steps on CPU (bench/bench_train.py)
     model.train()
     model.teacher.eval()
     loop = _Loop(model, optimizer, scheduler, generator, config, checkpoint, history, callback)
+    if scaler_state and loop.scaler.is_enabled():
+        loop.scaler.load_state_dict(scaler_state)
     started = time.perf_counter()
     loop.run(step, train_images, penalty_images, teacher_cache, started)
     if checkpoint is not None:
@@ -398,8 +409,31 @@ def train(
     return TrainResult(steps=config.steps, seconds=time.perf_counter() - started, history=history)
 
 
+@contextmanager
+def _sigint_held():
+    """Hold Ctrl-C until the block has run, then raise KeyboardInterrupt: an optimizer
+    update must be applied whole or not at all. Only the main thread gets signals."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield  # previous None: a handler not set from Python, which we could not restore
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 class _Loop:
-    """The optimisation steps of :func:`train`, with checkpoints and Ctrl-C handling."""
+    """The optimisation steps of :func:`train`, with checkpoints and Ctrl-C handling.
+
+    A step first computes (forward, backward: this draws from the RNGs but changes no
+    saved state), then commits (optimizer, scheduler, history) with Ctrl-C held. Ctrl-C
+    during the computation saves the state of the last completed step, RNGs included, so
+    the resumed run redoes the step exactly as an uninterrupted run does it."""
 
     def __init__(self, model, optimizer, scheduler, generator, config, checkpoint, history, callback) -> None:
         self.model, self.optimizer, self.scheduler, self.generator = model, optimizer, scheduler, generator
@@ -408,27 +442,36 @@ class _Loop:
         self.autocast = autocast_dtype(config.amp)
         self.scaler = torch.amp.GradScaler(device.type,
                                            enabled=self.autocast == torch.float16 and device.type == "cuda")
+        # (steps done, RNG state then): what a checkpoint saves; set between steps.
+        self.completed: tuple[int, dict] | None = None
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, rng: dict | None = None) -> None:
         save_checkpoint(self.checkpoint, self.model, self.optimizer, self.scheduler, step, self.generator,
-                        self.config, self.history)
+                        self.config, self.history, rng=rng, scaler=self.scaler)
 
-    def step(self, images, penalty, teacher_images) -> dict:
+    def step(self, images, penalty, teacher_images, done: int, started: float) -> dict:
+        """One optimisation step, ``done`` = its number counted from 1; returns its history row."""
         device = self.model.device
         with torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None):
             losses = compute_losses(self.model, images, penalty, self.generator, self.config, teacher_images)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        row = {k: float(v.detach()) for k, v in losses.items()}
+        with _sigint_held():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            row.update(step=done, lr=self.optimizer.param_groups[0]["lr"], time=time.perf_counter() - started)
+            self.history.append(row)
+            self.completed = (done, _rng_state(self.generator))
+        return row
 
     def run(self, first_step: int, train_images, penalty_images, teacher_cache, started: float) -> None:
         config, device = self.config, self.model.device
         schedule = BatchSchedule(train_images.shape[0], config.batch_size, config.seed)
         bar = progress_bar(range(first_step, config.steps), config.progress, "training", total=config.steps,
                            initial=first_step)
+        self.completed = (first_step, _rng_state(self.generator))
         try:
             for step in bar:
                 indices = schedule.indices(step)
@@ -438,10 +481,8 @@ class _Loop:
                 if penalty_images is not None:
                     pick = torch.randint(0, penalty_images.shape[0], (config.batch_size,), generator=self.generator)
                     penalty = penalty_images[pick].to(device).float().div_(255)
-                row = self.step(images, penalty, teacher_images)
                 done = step + 1
-                row.update(step=done, lr=self.optimizer.param_groups[0]["lr"], time=time.perf_counter() - started)
-                self.history.append(row)
+                row = self.step(images, penalty, teacher_images, done, started)
                 if config.progress:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", st=f"{row['loss_hard']:.3f}",
                                     ae=f"{row['loss_ae']:.3f}", stae=f"{row['loss_stae']:.3f}")
@@ -452,8 +493,9 @@ class _Loop:
         except KeyboardInterrupt:
             if self.checkpoint is None:
                 raise
-            done = len(self.history)
-            self.save(done)
+            # Not the RNGs of now: the interrupted step may have drawn from them already.
+            done, rng = self.completed
+            self.save(done, rng)
             raise TrainingInterrupted(done, self.checkpoint) from None
         finally:
             if config.progress and hasattr(bar, "close"):

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -20,6 +20,8 @@ IMAGE_RESAMPLE = Image.Resampling.BILINEAR
 MASK_RESAMPLE = Image.Resampling.NEAREST
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# EXIF orientations that turn the image by 90 or 270 degrees (swap width and height).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 class DataError(ValueError):
@@ -49,11 +51,15 @@ def find_images(folder: str | os.PathLike, what: str = "image") -> list[Path]:
 
 
 def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
-    """Open and fully decode ``path`` with Pillow; errors name the file."""
+    """Open and fully decode ``path`` with Pillow, turned as its EXIF orientation says
+    (as image viewers show it); errors name the file."""
     path = os.fspath(path)
     try:
         image = Image.open(path)
         image.load()
+        # Cameras store photos as the sensor saw them and record the turn in EXIF: without
+        # this, a photo taken upright would reach the model (and its mask) rotated.
+        ImageOps.exif_transpose(image, in_place=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} file {path} does not exist") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -62,11 +68,15 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
 
 
 def image_size_of(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
-    """(width, height) from the file header only."""
+    """(width, height) from the file header only, as :func:`open_image` returns the image
+    (swapped when the EXIF orientation turns it by 90 degrees)."""
     path = os.fspath(path)
     try:
         with Image.open(path) as image:
-            return image.size
+            width, height = image.size
+            if image.getexif().get(ExifTags.Base.Orientation, 1) in _TRANSPOSING_ORIENTATIONS:
+                return height, width
+            return width, height
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} file {path} does not exist") from None
     except (OSError, SyntaxError, ValueError) as error:

@@ -1,0 +1,331 @@
+"""Reliability: predict and FastPredictor shared by threads, resume after Ctrl-C mid-step,
+model files with bad statistics or flipped bytes, EXIF orientation, the range check of
+exported packages, and a full disk while saving."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import efficientad_fast
+from efficientad_fast import EfficientAD, reference_anomaly_map
+from efficientad_fast.data._io import image_size_of, open_image, to_rgb_array
+from efficientad_fast.testing import random_model
+
+pytestmark = pytest.mark.usefixtures("op_library")
+
+
+@pytest.fixture(scope="module")
+def two_images():
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(1, 3, 256, 256, generator=g) for _ in range(2)]
+
+
+def _in_threads(*calls):
+    """Run each call in its own thread (named "t0", "t1", ...); return their results."""
+    results, errors = [None] * len(calls), []
+
+    def work(i, call):
+        try:
+            results[i] = call()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i, c), name=f"t{i}") for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    return results
+
+
+# -- 1. predict from two threads ----------------------------------------------------------
+
+
+def test_predict_from_two_threads_on_a_training_model(two_images):
+    model = random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).train()
+    a, b = two_images
+    lone = [model.predict(a), model.predict(b)]
+    assert model.training and model.autoencoder.decoder.dropout.training
+    # predict has eval semantics (no dropout) whatever the training flag.
+    model.eval()
+    reference = model.predict(a)
+    model.train()
+    assert torch.equal(reference.anomaly_map, lone[0].anomaly_map)
+
+    # t1 starts once t0 is at the autoencoder's input, and t0 finishes its whole predict
+    # while t1 waits there: with a predict that flips the mode and back, t1's dropout ran
+    # in training mode and the model was left in eval mode.
+    t0_at_autoencoder, t1_at_autoencoder, t0_done = threading.Event(), threading.Event(), threading.Event()
+
+    def hold(module, inputs):
+        if threading.current_thread().name == "t0":
+            t0_at_autoencoder.set()
+            t1_at_autoencoder.wait(timeout=60)
+        elif threading.current_thread().name == "t1":
+            t1_at_autoencoder.set()
+            t0_done.wait(timeout=60)
+
+    handle = model.autoencoder.encoder.register_forward_pre_hook(hold)
+
+    def first():
+        try:
+            return model.predict(a)
+        finally:
+            t0_done.set()
+
+    def second():
+        t0_at_autoencoder.wait(timeout=60)
+        return model.predict(b)
+
+    try:
+        got = _in_threads(first, second)
+    finally:
+        handle.remove()
+    for mine, alone in zip(got, lone):
+        assert torch.equal(mine.anomaly_map, alone.anomaly_map)
+        assert torch.equal(mine.score, alone.score)
+    assert model.training and all(m.training for m in model.modules())
+
+
+def test_load_returns_an_eval_mode_model(tmp_path):
+    model = random_model("small", seed=0).train()
+    model.save(tmp_path / "model.pt")
+    loaded = efficientad_fast.load(tmp_path / "model.pt")
+    assert not any(m.training for m in loaded.modules())
+
+
+# -- 2. one FastPredictor, two threads ----------------------------------------------------
+
+
+def test_fast_predictor_shared_by_two_threads(two_images):
+    from efficientad_fast.inference import FastPredictor
+
+    model = random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9))
+    predictor = FastPredictor(model, 1, 256, cuda_graph=False, warmup=0)
+    a, b = two_images
+    lone = [predictor(a), predictor(b)]
+
+    # t0 has copied its images into the input buffer and pauses before computing when t1
+    # starts: without a lock t1 overwrites the buffer under t0.
+    t0_in_run = threading.Event()
+    run = predictor._run
+
+    def slow_run(images):
+        if threading.current_thread().name == "t0":
+            t0_in_run.set()
+            time.sleep(1.0)
+        return run(images)
+
+    predictor._run = slow_run
+
+    def second():
+        t0_in_run.wait(timeout=60)
+        return predictor(b)
+
+    got = _in_threads(lambda: predictor(a), second)
+    for mine, alone in zip(got, lone):
+        assert torch.equal(mine.anomaly_map, alone.anomaly_map)
+        assert torch.equal(mine.score, alone.score)
+
+
+# -- 3. resume after Ctrl-C in the middle of a step ---------------------------------------
+
+
+def test_resume_after_an_interrupt_mid_step_is_bit_identical(tmp_path, monkeypatch):
+    from efficientad_fast import train as train_module
+    from efficientad_fast.train import TrainConfig, TrainingInterrupted, train
+
+    g = torch.Generator().manual_seed(0)
+    small = torch.rand(5, 3, 32, 32, generator=g)
+    images = (torch.nn.functional.interpolate(small, size=256, mode="bilinear") * 255).round().to(torch.uint8)
+    config = TrainConfig(steps=8, progress=False, workers=0, checkpoint_every=0)
+
+    torch.manual_seed(0)
+    straight = EfficientAD(teacher="random")
+    expected = train(straight, images, config, penalty_images=images[:2], out_dir=tmp_path / "straight")
+
+    # Ctrl-C in step 5, after its penalty pick and augmentation drew from the RNGs.
+    augment, calls = train_module.augment, []
+
+    def interrupting_augment(*args, **kwargs):
+        out = augment(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(train_module, "augment", interrupting_augment)
+    torch.manual_seed(0)
+    interrupted = EfficientAD(teacher="random")
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(interrupted, images, config, penalty_images=images[:2], out_dir=tmp_path / "resumed")
+    assert stop.value.step == 4
+    monkeypatch.setattr(train_module, "augment", augment)
+
+    torch.manual_seed(123)
+    resumed = EfficientAD(teacher="random")
+    result = train(resumed, images, config, penalty_images=images[:2], out_dir=tmp_path / "resumed", resume=True)
+    assert [r["step"] for r in result.history] == list(range(1, 9))
+    for mine, want in zip(result.history, expected.history):
+        assert {k: v for k, v in mine.items() if k != "time"} == {k: v for k, v in want.items() if k != "time"}
+    for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        if torch.is_tensor(a):
+            assert torch.equal(a, b), key
+    saved = [torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("straight", "resumed")]
+    for (key, a), b in zip(saved[0]["optimizer"]["state"].items(), saved[1]["optimizer"]["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]), key
+
+
+# -- 6. statistics that would give NaN or inf maps -----------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["std_zero", "std_one_zero", "std_nan", "mean_nan", "quantiles_nan"])
+def test_load_refuses_bad_statistics(tmp_path, bad):
+    model = random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9))
+    with torch.no_grad():
+        if bad == "std_zero":
+            model.teacher_std.zero_()
+        elif bad == "std_one_zero":
+            model.teacher_std[7] = 0
+        elif bad == "std_nan":
+            model.teacher_std[3] = float("nan")
+        elif bad == "mean_nan":
+            model.teacher_mean[3] = float("nan")
+        else:
+            model.quantiles.fill_(float("nan"))
+    path = tmp_path / "model.pt"
+    model.save(path)
+    with pytest.raises(ValueError, match=str(path).replace("\\", "\\\\")):
+        efficientad_fast.load(path)
+
+
+def test_nan_quantiles_load_when_not_set(tmp_path):
+    model = random_model("small", seed=0)
+    with torch.no_grad():
+        model.quantiles.fill_(float("nan"))  # unused until set_quantiles
+    model.save(tmp_path / "model.pt")
+    assert not efficientad_fast.load(tmp_path / "model.pt").quantiles_set
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
+def test_op_and_reference_refuse_a_bad_teacher_std(value):
+    g = torch.Generator().manual_seed(0)
+    teacher, student, ae = (torch.randn(1, c, 6, 6, generator=g) for c in (8, 16, 8))
+    mean, std = torch.zeros(8), torch.ones(8)
+    std[2] = value
+    with pytest.raises(ValueError, match="teacher_std must be finite and > 0"):
+        efficientad_fast.anomaly_map(teacher, student, ae, teacher_mean=mean, teacher_std=std)
+    with pytest.raises(ValueError, match="teacher_std must be finite and > 0"):
+        reference_anomaly_map(teacher, student, ae, teacher_mean=mean, teacher_std=std)
+
+
+# -- 7. flipped bytes -----------------------------------------------------------------------
+
+
+def _flip_bytes_in_largest_tensor(path):
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    # Local header: 30 bytes, then the name and the extra field, then the stored data.
+    name_len = int.from_bytes(data[info.header_offset + 26: info.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[info.header_offset + 28: info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    for i in range(start, start + 8):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_load_refuses_a_file_with_flipped_bytes(tmp_path):
+    path = tmp_path / "model.pt"
+    random_model("small", seed=0).save(path)
+    size = path.stat().st_size
+    _flip_bytes_in_largest_tensor(path)
+    assert path.stat().st_size == size
+    with pytest.raises(ValueError, match="corrupt: checksum mismatch") as error:
+        efficientad_fast.load(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_file_without_checksum_loads_with_a_warning(tmp_path):
+    path = tmp_path / "model.pt"
+    model = random_model("small", seed=0)
+    model.save(path)
+    payload = torch.load(path, weights_only=True)
+    assert "checksum" in payload
+    del payload["checksum"]
+    torch.save(payload, path)
+    with pytest.warns(UserWarning, match="no checksum"):
+        loaded = efficientad_fast.load(path)
+    assert torch.equal(loaded.student.conv1.weight, model.student.conv1.weight)
+
+
+# -- 8. EXIF orientation --------------------------------------------------------------------
+
+
+def test_jpeg_exif_orientation_is_applied(tmp_path):
+    array = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high, left half white
+    array[:, :20] = 255
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: show the stored image rotated 90 degrees clockwise
+    Image.fromarray(array).save(path, exif=exif, quality=95)
+
+    image = to_rgb_array(open_image(path), None)
+    assert image.shape == (3, 40, 20)
+    assert image_size_of(path) == (20, 40)  # (width, height) as displayed
+    # Rotated clockwise: the stored left half becomes the top half.
+    assert image[:, :18].mean() > 0.9 and image[:, 22:].mean() < 0.1
+
+
+# -- 9. the package's input range -----------------------------------------------------------
+
+
+def test_package_refuses_float_images_outside_0_1():
+    from efficientad_fast.export import LoadedPackage
+
+    package = LoadedPackage.__new__(LoadedPackage)  # a stand-in runner: no 30 s AOTI compile
+    package._runner = lambda images: [images.sum((1, 2, 3)), images.amax((1, 2, 3))]
+    package.path, package.image_size, package.device = "stub.pt2", (256, 256), torch.device("cpu")
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        package(torch.full((1, 3, 256, 256), 200.0))
+    package(torch.full((1, 3, 256, 256), 0.5))
+
+
+# -- 10. full disk while saving --------------------------------------------------------------
+
+
+def test_full_disk_while_saving_leaves_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    model = random_model("small", seed=0)
+    model.save(path)
+    before = path.read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        with open(f, "wb") as out:
+            out.write(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=f"no space left writing {path}"):
+        model.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert path.read_bytes() == before
+
+    def other_error(obj, f, *args, **kwargs):
+        with open(f, "wb") as out:
+            out.write(b"half a file")
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(torch, "save", other_error)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        model.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
