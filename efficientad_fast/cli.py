@@ -89,8 +89,9 @@ def _progress_enabled(args) -> bool:
     return not getattr(args, "quiet", False)
 
 
-TEACHER_HELP = ("'random' (default): a randomly initialised PDN; 'auto': the paper's teacher when it is in the "
-                "cache, else the shipped distilled one (small), else random; 'distilled': the shipped PDN-S teacher "
+TEACHER_HELP = ("'auto' (default): the paper's teacher when it is in the cache (never downloaded), else the "
+                "shipped distilled one (small), else random; the choice is printed and recorded; 'random': a "
+                "randomly initialised PDN; 'distilled': the shipped PDN-S teacher "
                 "distilled from ImageNet EfficientNet-Lite0; 'paper': the authors' teacher (fetch it once with "
                 "fetch-teacher; never downloaded otherwise); or a teacher weights file (released or from "
                 "distill-teacher)")
@@ -123,6 +124,17 @@ def _error(args: argparse.Namespace, exc: BaseException) -> int:
     return 2
 
 
+def _add_penalty_arg(p: argparse.ArgumentParser, default: str) -> None:
+    """--penalty-images, as train, report and demo take it."""
+    p.add_argument("--penalty-images", nargs="+", default=default, metavar="DIR",
+                   help="folder(s) of generic natural images for the penalty loss, or 'imagenette': the "
+                        "paper's ImageNet subset with random grayscale 0.3 (fetch it once with "
+                        "fetch-imagenette; never downloaded otherwise), 'bundled': the scikit-image "
+                        "photographs and procedural images that ship with the dependencies, 'auto': "
+                        "imagenette when cached, else bundled; 'none': no penalty loss "
+                        f"(default: {default})")
+
+
 def _add_training_args(p: argparse.ArgumentParser, steps_help: str) -> None:
     """The training settings that train and report share."""
     p.add_argument("--model-size", choices=("small", "medium"), default="small")
@@ -130,14 +142,9 @@ def _add_training_args(p: argparse.ArgumentParser, steps_help: str) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="images per step (paper: 1)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=1e-5)
-    p.add_argument("--teacher", default="random", help=TEACHER_HELP)
+    p.add_argument("--teacher", default="auto", help=TEACHER_HELP)
     p.add_argument("--amp", choices=("fp16", "bf16"), default=None, help="mixed precision (autocast)")
-    p.add_argument("--penalty-images", nargs="+", default=None, metavar="DIR",
-                   help="folder(s) of generic natural images for the penalty loss, or 'imagenette': the "
-                        "paper's ImageNet subset with random grayscale 0.3 (fetch it once with "
-                        "fetch-imagenette; never downloaded otherwise), 'bundled': the scikit-image "
-                        "photographs and procedural images that ship with the dependencies, 'auto': "
-                        "imagenette when cached, else bundled. Default: none")
+    _add_penalty_arg(p, default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -256,16 +263,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     write heatmaps and a report, and print the metrics table. Needs no arguments."""
     from .jobs import run_demo
 
-    _require_cached((args.teacher,))
+    _require_cached((args.teacher,), penalty_images=args.penalty_images)
     run_demo(args.out, steps=args.steps, seed=args.seed, device=args.device,
              amp=None if args.amp == "none" else args.amp, teacher=args.teacher,
-             progress=_progress_enabled(args))
+             penalty_images=args.penalty_images, progress=_progress_enabled(args))
     return 0
 
 
 def _add_demo_parser(subparsers) -> None:
     """Register the ``demo`` command."""
-    from .jobs import DEMO_AMP, DEMO_STEPS
+    from .jobs import DEMO_AMP, DEMO_PENALTY, DEMO_STEPS
 
     demo = subparsers.add_parser("demo", help="train and evaluate on the built-in dataset", description=cmd_demo.__doc__)
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
@@ -274,7 +281,8 @@ def _add_demo_parser(subparsers) -> None:
     demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     demo.add_argument("--amp", choices=("fp16", "bf16", "none"), default=DEMO_AMP,
                       help=f"mixed precision (autocast; default {DEMO_AMP}, 'none' for float32)")
-    demo.add_argument("--teacher", default="random", help=TEACHER_HELP)
+    demo.add_argument("--teacher", default="auto", help=TEACHER_HELP)
+    _add_penalty_arg(demo, default=DEMO_PENALTY)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 

@@ -33,16 +33,18 @@ SWEEP_KEYS = {"lr": float, "weight_decay": float, "steps": int, "batch_size": in
 DEMO_STEPS = 250
 # bf16 autocast halves the step time on CPUs with AVX-512 BF16 (bench/bench_train.py).
 DEMO_AMP = "bf16"
+DEMO_PENALTY = "auto"  # as train and report
 
 
-def build_model(model_size: str = "small", teacher: str | None = None, padding: bool = False,
+def build_model(model_size: str = "small", teacher: str | None = "auto", padding: bool = False,
                 seed: int = 0) -> EfficientAD:
-    """A new EfficientAD with networks initialized from ``seed``. ``teacher``: None /
+    """A new EfficientAD with networks initialized from ``seed``. ``teacher``: "auto" (or
+    None; the paper's teacher when cached, else the shipped distilled one, else random),
     "random" (the PDN's default initialization), "distilled" (the shipped ImageNet-distilled
     PDN-S teacher, see efficientad_fast.teachers), "paper" (the authors' teacher, from the
     cache) or a teacher file."""
     torch.manual_seed(seed)
-    return EfficientAD(model_size=model_size, padding=padding, teacher=teacher or "random")
+    return EfficientAD(model_size=model_size, padding=padding, teacher=teacher or "auto")
 
 
 def _held_out(data, dataset, category, train_set, image_size, fraction, seed):
@@ -63,8 +65,8 @@ def train_category(
     *,
     model_size: str = "small",
     config: TrainConfig | None = None,
-    teacher: str | None = None,
-    penalty_images=None,
+    teacher: str | None = "auto",
+    penalty_images="auto",
     image_size: int | tuple[int, int] = 256,
     padding: bool = False,
     device: str = "auto",
@@ -72,7 +74,10 @@ def train_category(
     validation_fraction: float = 0.1,
 ) -> tuple[EfficientAD, dict]:
     """Train, calibrate on held-out training images and save ``out/model.pt``, with
-    ``train_log.jsonl``, ``loss_curve.png`` and ``train_summary.json``."""
+    ``train_log.jsonl``, ``loss_curve.png`` and ``train_summary.json``. ``teacher``: see
+    :func:`build_model`; ``penalty_images``: see :func:`efficientad_fast.data.penalty_image_set`
+    ("auto": Imagenette when cached, else the bundled generic images; "none" for none). The
+    summary records the teacher and penalty images actually used."""
     config = config or TrainConfig()
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     out = Path(out)
@@ -98,6 +103,7 @@ def train_category(
         "train_images": len(train_set),
         "held_out_images": len(held_out),
         "penalty_images": len(penalty) if penalty else 0,
+        "penalty_source": penalty.source if penalty else "none",
         "image_size": list(size),
         "device": str(dev),
         "train_config": asdict(config),
@@ -233,10 +239,11 @@ def predict_files(model: EfficientAD, inputs, out_dir, *, image_size: int | tupl
 
 def run_demo(out: str | os.PathLike = "demo_out", *, steps: int = DEMO_STEPS, seed: int = 0,
              categories=("weave", "board"), device: str = "auto", batch_size: int = 1,
-             amp: str | None = DEMO_AMP, teacher: str = "random", progress: bool = True,
-             log=print) -> dict:
+             amp: str | None = DEMO_AMP, teacher: str = "auto", penalty_images=DEMO_PENALTY,
+             progress: bool = True, log=print) -> dict:
     """Make the built-in synthetic dataset, train EfficientAD-S on each category, calibrate,
-    evaluate, write heatmaps and ``report.md``; returns {category: evaluation}."""
+    evaluate, write heatmaps and ``report.md``; returns {category: evaluation}. ``teacher``
+    and ``penalty_images`` as :func:`train_category` takes them."""
     out = Path(out)
     data = out / "data"
     started = time.perf_counter()
@@ -248,7 +255,8 @@ def run_demo(out: str | os.PathLike = "demo_out", *, steps: int = DEMO_STEPS, se
         config = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, amp=amp,
                              checkpoint_every=0, progress=progress)
         model, summaries[category] = train_category(data, "mvtec_ad", category, out / category,
-                                                    config=config, device=device, teacher=teacher)
+                                                    config=config, device=device, teacher=teacher,
+                                                    penalty_images=penalty_images)
         log(f"[demo] {category}: evaluating")
         evaluation = evaluate_model(model, data, "mvtec_ad", category, progress=progress,
                                     heatmap_dir=out / category / "heatmaps")
@@ -299,12 +307,12 @@ def run_report(
     model_size: str = "small",
     config: TrainConfig | None = None,
     sweep: dict[str, list] | None = None,
-    teacher: str | None = None,
+    teacher: str | None = "auto",
     image_size: int = 256,
     device: str = "auto",
     latency_batches=(1, 4, 16),
     latency_runs: int | None = None,
-    penalty_images=None,
+    penalty_images="auto",
     log=print,
 ) -> dict:
     """Train, calibrate and evaluate each category (for each sweep setting) and write
@@ -328,7 +336,7 @@ def run_report(
         row = {"dataset": dataset, "category": category or Path(data).name, "model_size": model_size,
                "lr": setting.get("lr", config.lr), "weight_decay": setting.get("weight_decay", config.weight_decay),
                "steps": setting.get("steps", config.steps), "batch_size": setting.get("batch_size", config.batch_size),
-               "teacher": setting.get("teacher", teacher or "random"), "error": None}
+               "teacher": setting.get("teacher", teacher or "auto"), "error": None}
         try:
             run_config = dataclasses.replace(config, **{k: v for k, v in setting.items() if k != "teacher"})
             model = _report_run(row, data, dataset, category, out / name, run_config, image_size, device,
@@ -351,7 +359,7 @@ def run_report(
     result = {
         "dataset": dataset, "data": str(data), "model_size": model_size, "image_size": image_size,
         "device": str(resolve_device(device)), "train_config": dataclasses.asdict(config),
-        "sweep": sweep or {}, "teacher": teacher or "random", "penalty_images": penalty_images, "rows": rows,
+        "sweep": sweep or {}, "teacher": teacher or "auto", "penalty_images": penalty_images, "rows": rows,
         "latency_vs_batch": latency_curve, "total_s": time.perf_counter() - started,
     }
     write_report(result, out)
@@ -383,6 +391,8 @@ def _report_run(row: dict, data, dataset, category, out_dir: Path, config: Train
     evaluation = evaluate_model(model, data, dataset, category, image_size=image_size,
                                 progress=config.progress, workers=config.workers)
     row.update(headline_metrics(evaluation["metrics"]))
+    row["teacher_used"] = summary["teacher"]  # what "auto" chose, or the file's name
+    row["penalty_used"] = summary["penalty_source"]
     row["train_s"] = summary["total_seconds"]
     row["infer_s"] = evaluation["timing"]["seconds"]
     row["infer_ms_per_image"] = evaluation["timing"]["ms_per_image"]

@@ -62,8 +62,11 @@ class EfficientAD(nn.Module):
         alpha: weight of the student-teacher map in the fused map (1 - alpha: autoencoder map).
         pad_maps: pad the feature-resolution maps by 4 pixels before resizing, as anomalib does.
         distance: "l2" (the paper) or "cosine".
-        teacher: "random" (PyTorch's default initialization, from the global RNG),
-            "distilled" (the PDN-S teacher distilled offline from ImageNet EfficientNet-Lite0
+        teacher: "auto" (the default: the paper's teacher when it is in the cache, else the
+            shipped distilled one for this size, else random; see
+            :func:`efficientad_fast.teachers.resolve_auto_teacher`; the choice is printed once
+            and ``teacher_source`` reads "auto: <choice>"), "random" (PyTorch's default
+            initialization, from the global RNG), "distilled" (the PDN-S teacher distilled offline from ImageNet EfficientNet-Lite0
             that ships in ``efficientad_fast/teachers``; small only), "paper" (the authors'
             teacher from the cache, put there by ``efficientad-fast fetch-teacher``; never
             downloaded here: NotCachedError when absent) or a teacher file (released
@@ -83,7 +86,7 @@ class EfficientAD(nn.Module):
         alpha: float = 0.5,
         pad_maps: bool = True,
         distance: str = "l2",
-        teacher: str | os.PathLike = "random",
+        teacher: str | os.PathLike = "auto",
     ) -> None:
         super().__init__()
         if model_size not in MODEL_SIZES:

@@ -86,6 +86,12 @@ def _teachers(result: dict) -> str:
     return ", ".join(str(t) for t in swept) + " (swept)" if swept else result["teacher"]
 
 
+def _used(rows: list[dict], key: str) -> str:
+    """What the runs used (e.g. what teacher "auto" chose), each value once."""
+    values = list(dict.fromkeys(r[key] for r in rows if r.get(key)))
+    return ", ".join(values) if values else "–"
+
+
 def report_tables(result: dict) -> str:
     """Markdown: Table 4 (per category, with the dataset average) and, with a sweep,
     Table 5 (one row per category and setting)."""
@@ -130,6 +136,8 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
         "(networks + scoring); latency = mean of the paper's protocol at batch 1 (image on the host "
         "to map on the host).",
         "",
+        f"Used: teacher {_used(rows, 'teacher_used')}; penalty images {_used(rows, 'penalty_used')}.",
+        "",
         f"## {title}",
         "",
         report_tables(result),
@@ -144,7 +152,7 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
     md += ["![chart](report.png)", "", f"Total {result['total_s'] / 60:.1f} min."]
     paths["md"].write_text("\n".join(md) + "\n")
 
-    fields = ["dataset", "category", "model_size", "teacher", "lr", "weight_decay", "steps", "batch_size", *METRICS,
+    fields = ["dataset", "category", "model_size", "teacher", "teacher_used", "penalty_used", "lr", "weight_decay", "steps", "batch_size", *METRICS,
               "train_s", "infer_s", "infer_ms_per_image", "latency_ms", "error"]
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -194,7 +202,8 @@ def write_demo_report(out: Path, results: dict, summaries: dict, table: str, ela
         "# efficientad_fast demo",
         "",
         "EfficientAD-S trained on the built-in synthetic dataset (efficientad_fast.data.make_synthetic) "
-        f"with the teacher: {next(iter(summaries.values()))['teacher']}, calibrated on held-out "
+        f"with the teacher: {next(iter(summaries.values()))['teacher']} and penalty images: "
+        f"{next(iter(summaries.values())).get('penalty_source', 'none')}, calibrated on held-out "
         "training images and evaluated on the test split.",
         "",
         table,

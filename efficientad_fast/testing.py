@@ -71,7 +71,7 @@ def random_model(model_size: str = "small", *, seed: int = 0, teacher_stats: boo
     shapes only; tests get the same model in every run."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = EfficientAD(model_size=model_size)
+        model = EfficientAD(model_size=model_size, teacher="random")
     if teacher_stats:
         model.set_teacher_stats(*random_teacher_stats(generator=torch.Generator().manual_seed(seed)))
     if quantiles is not None:

@@ -44,15 +44,17 @@ def test_shipped_distilled_teacher_loads_and_is_documented():
     assert not set(info["images"]) & set(info["held_out_images"])
 
 
-def test_random_teacher_is_the_default_and_the_student_init_does_not_depend_on_the_teacher():
+def test_auto_teacher_is_the_default_and_the_student_init_does_not_depend_on_the_teacher(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFICIENTAD_FAST_CACHE", str(tmp_path))  # an empty cache: no paper teacher
     torch.manual_seed(3)
     default = ead.EfficientAD()
     torch.manual_seed(3)
     distilled = ead.EfficientAD(teacher="distilled")
     torch.manual_seed(3)
     random_ = ead.EfficientAD(teacher="random")
-    assert default.teacher_source == random_.teacher_source == "random"
-    assert torch.equal(default.teacher.conv1.weight, random_.teacher.conv1.weight)
+    assert random_.teacher_source == "random"
+    assert default.teacher_source == "auto: distilled (pdn_small_lite0.pt)"
+    assert torch.equal(default.teacher.conv1.weight, distilled.teacher.conv1.weight)
     assert not torch.equal(distilled.teacher.conv1.weight, random_.teacher.conv1.weight)
     # The student and autoencoder draw the same initialization whichever teacher is chosen.
     assert torch.equal(distilled.student.conv1.weight, random_.student.conv1.weight)

@@ -443,3 +443,32 @@ def test_penalty_keyword_mixed_with_a_folder_is_one_error_line(command, tmp_path
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "cannot be mixed" in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.usefixtures("op_library")
+def test_report_defaults_are_auto_and_record_what_they_chose(teacher_archive, imagenette_archive, tmp_path):
+    data = make_synthetic(tmp_path / "data", seed=1, categories=("board",), n_train=4, n_test_good=1,
+                          n_test_defect_per_type=1, defects=("hole",))
+    common = ["--data", str(data), "--dataset", "mvtec", "--steps", "1", "--latency-batches",
+              "--latency-runs", "1", "--workers", "0", "--quiet"]
+    # Nothing cached: the shipped distilled teacher and the bundled generic images.
+    assert main(["report", *common, "--out", str(tmp_path / "empty")]) == 0
+    row = json.loads((tmp_path / "empty" / "report.json").read_text())["rows"][0]
+    assert (row["teacher"], row["error"]) == ("auto", None)
+    assert row["teacher_used"] == "auto: distilled (pdn_small_lite0.pt)" and row["penalty_used"] == "auto: bundled"
+    summary = json.loads((tmp_path / "empty" / "board" / "train_summary.json").read_text())
+    assert summary["teacher"] == row["teacher_used"] and summary["penalty_source"] == "auto: bundled"
+    assert "Used: teacher auto: distilled (pdn_small_lite0.pt); penalty images auto: bundled." in (
+        tmp_path / "empty" / "report.md").read_text()
+    # Both cached: the paper's teacher and Imagenette, without a download.
+    fetch_paper_teacher(teacher_archive[0], sha256=teacher_archive[1], progress=False)
+    fetch_imagenette(imagenette_archive[0], sha256=imagenette_archive[1], progress=False)
+    assert main(["report", *common, "--out", str(tmp_path / "cached")]) == 0
+    row = json.loads((tmp_path / "cached" / "report.json").read_text())["rows"][0]
+    assert row["teacher_used"] == "auto: paper (pretrained_teacher_small.pth)"
+    assert row["penalty_used"] == "auto: imagenette"
+    # "none" trains without the penalty loss.
+    assert main(["report", *common, "--out", str(tmp_path / "none"), "--teacher", "random",
+                 "--penalty-images", "none"]) == 0
+    row = json.loads((tmp_path / "none" / "report.json").read_text())["rows"][0]
+    assert (row["teacher_used"], row["penalty_used"]) == ("random", "none")

@@ -16,7 +16,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = ead.EfficientAD("small")
+    m = ead.EfficientAD("small", teacher="random")
     m.set_quantiles(0.1, 0.6, 0.2, 0.7)
     return m
 
@@ -70,7 +70,7 @@ def test_fast_predictor_cuda_graph_needs_cuda_model(model):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.uint8])
 def test_cuda_graph_predictor_equals_predict(model, dtype, input_dtype):
-    gpu = ead.EfficientAD("small")
+    gpu = ead.EfficientAD("small", teacher="random")
     gpu.load_state_dict(model.state_dict())
     gpu = gpu.to("cuda", dtype)
     x = images(4)

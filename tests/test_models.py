@@ -75,7 +75,7 @@ def small(images) -> ead.EfficientAD:
     """A PDN-S EfficientAD with seeded weights, non-trivial teacher stats and quantiles.
     Left in training mode (nn.Module's default) on purpose: predict must not need eval()."""
     torch.manual_seed(1)
-    model = ead.EfficientAD("small")
+    model = ead.EfficientAD("small", teacher="random")
     nontrivial_stats(model, images[:1])
     assert model.training
     return model
@@ -98,7 +98,7 @@ def base(small, images) -> dict:
     [("small", 2_694_144, 4_267_392), ("medium", 8_026_624, 11_615_488)],
 )
 def test_parameter_counts(size, teacher, student):
-    model = ead.EfficientAD(size)
+    model = ead.EfficientAD(size, teacher="random")
     assert n_params(model.teacher) == teacher
     assert n_params(model.student) == student
     assert n_params(model.autoencoder) == 1_096_320
@@ -303,7 +303,7 @@ def test_save_load_round_trip(small, base, images, tmp_path):
 
 def test_save_load_config_variants(tmp_path):
     torch.manual_seed(5)
-    medium = ead.EfficientAD("medium", alpha=0.3, pad_maps=False, distance="cosine")
+    medium = ead.EfficientAD("medium", alpha=0.3, pad_maps=False, distance="cosine", teacher="random")
     medium.set_teacher_stats(torch.randn(384), torch.rand(384) + 0.5)
     medium.set_quantiles(0.1, 0.4, 0.2, 0.9)
     medium.save(tmp_path / "m.pt")
@@ -314,7 +314,7 @@ def test_save_load_config_variants(tmp_path):
     assert loaded.quantiles_set is True
     assert_same_state(loaded, medium)
 
-    padded = ead.EfficientAD("small", padding=True)  # quantiles never set
+    padded = ead.EfficientAD("small", padding=True, teacher="random")  # quantiles never set
     padded.save(tmp_path / "p.pt")
     loaded = ead.load(str(tmp_path / "p.pt"))
     assert loaded.config() == padded.config() and loaded.padding is True
@@ -415,7 +415,7 @@ def test_load_newer_format_version(saved, tmp_path):
      (0.0, float("inf"), 0.0, 1.0), (0.0, 1.0, 0.0, float("nan"))],
 )
 def test_set_quantiles_rejects(q):
-    model = ead.EfficientAD()
+    model = ead.EfficientAD(teacher="random")
     with pytest.raises(ValueError, match="q_b"):
         model.set_quantiles(*q)
     assert model.quantiles_set is False
@@ -423,7 +423,7 @@ def test_set_quantiles_rejects(q):
 
 
 def test_set_quantiles_accepts_and_sets():
-    model = ead.EfficientAD()
+    model = ead.EfficientAD(teacher="random")
     model.set_quantiles(0.1, 0.2, -0.3, 0.4)
     assert model.quantiles_set is True
     torch.testing.assert_close(model.quantiles, torch.tensor([0.1, 0.2, -0.3, 0.4]))
@@ -442,7 +442,7 @@ def test_set_quantiles_accepts_and_sets():
     ids=["mean-383", "std-385", "std-zero", "std-negative", "one-std-zero", "mean-nan"],
 )
 def test_set_teacher_stats_rejects(mean, std, match):
-    model = ead.EfficientAD()
+    model = ead.EfficientAD(teacher="random")
     with pytest.raises(ValueError, match=match):
         model.set_teacher_stats(mean, std)
     assert torch.equal(model.teacher_mean, torch.zeros(384))
@@ -450,7 +450,7 @@ def test_set_teacher_stats_rejects(mean, std, match):
 
 
 def test_set_teacher_stats_accepts_anomalib_shape():
-    model = ead.EfficientAD()
+    model = ead.EfficientAD(teacher="random")
     mean, std = torch.randn(1, 384, 1, 1), torch.rand(1, 384, 1, 1) + 0.1
     model.set_teacher_stats(mean, std)
     assert torch.equal(model.teacher_mean, mean.reshape(-1))

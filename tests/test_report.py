@@ -36,7 +36,7 @@ def test_report_sweeps_writes_tables_and_survives_a_failing_category(tmp_path, c
     out = tmp_path / "report"
     rc = main(["report", "--data", str(data), "--dataset", "mvtec", "--categories", "board", "nosuch",
                "--out", str(out), "--steps", "2", "--sweep", "lr=1e-4,1e-3", "--latency-batches", "1", "2",
-               "--latency-runs", "1", "--workers", "0", "--quiet"])
+               "--latency-runs", "1", "--workers", "0", "--quiet", "--teacher", "random", "--penalty-images", "none"])
     assert rc == 0  # some runs worked
     printed = capsys.readouterr().out
     assert "| Category | Lr | Image AUROC |" in printed.replace("LR", "Lr")
@@ -150,7 +150,7 @@ def test_report_sweeps_teachers(tmp_path):
     out = tmp_path / "report"
     rc = main(["report", "--data", str(data), "--dataset", "mvtec", "--out", str(out), "--steps", "2",
                "--sweep", f"teacher=random,{teacher_file}", "--latency-batches", "--latency-runs", "1",
-               "--workers", "0", "--quiet"])
+               "--workers", "0", "--quiet", "--penalty-images", "none"])
     assert rc == 0
     result = json.loads((out / "report.json").read_text())
     assert [(r["teacher"], r["error"]) for r in result["rows"]] == [("random", None), (str(teacher_file), None)]

@@ -80,7 +80,7 @@ def test_augment_matches_torchvision():
 
 
 def test_teacher_stats_equal_direct_computation(images):
-    model = EfficientAD()
+    model = EfficientAD(teacher="random")
     mean, std = teacher_channel_stats(model, images, batch_size=2)
     with torch.no_grad():
         out = model.teacher(images.float() / 255).double()
@@ -89,7 +89,7 @@ def test_teacher_stats_equal_direct_computation(images):
 
 
 def test_calibration_quantiles_are_those_of_the_reference_maps(images):
-    model = EfficientAD().eval()
+    model = EfficientAD(teacher="random").eval()
     q = calibrate(model, images[:2])
     x = images[:2].float() / 255
     with torch.no_grad():
@@ -106,7 +106,7 @@ def test_calibration_quantiles_are_those_of_the_reference_maps(images):
 
 def test_a_few_steps_lower_the_loss(images):
     torch.manual_seed(0)
-    model = EfficientAD()
+    model = EfficientAD(teacher="random")
     result = train(model, images, tiny_config(steps=6, lr=1e-3, checkpoint_every=0), penalty_images=images[:2])
     losses = [row["loss"] for row in result.history]
     assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
@@ -117,7 +117,7 @@ def test_a_few_steps_lower_the_loss(images):
 
 def test_batch_size_above_one_and_no_teacher_cache(images):
     torch.manual_seed(0)
-    model = EfficientAD()
+    model = EfficientAD(teacher="random")
     result = train(model, images, tiny_config(steps=2, batch_size=3, checkpoint_every=0, teacher_cache_mib=0))
     assert len(result.history) == 2
 
@@ -126,7 +126,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(images, tmp_path):
     config = tiny_config(steps=4, checkpoint_every=1)
 
     torch.manual_seed(0)
-    straight = EfficientAD()
+    straight = EfficientAD(teacher="random")
     train(straight, images, config, penalty_images=images[:2], out_dir=tmp_path / "straight")
 
     def stop_after_two(step, losses):
@@ -134,14 +134,14 @@ def test_resume_ends_where_an_uninterrupted_run_ends(images, tmp_path):
             raise KeyboardInterrupt
 
     torch.manual_seed(0)
-    interrupted = EfficientAD()
+    interrupted = EfficientAD(teacher="random")
     with pytest.raises(TrainingInterrupted) as stop:
         train(interrupted, images, config, penalty_images=images[:2], out_dir=tmp_path / "resumed",
               callback=stop_after_two)
     assert stop.value.step == 2 and stop.value.checkpoint.is_file()
 
     torch.manual_seed(123)  # the resumed run must not depend on the global RNG state
-    resumed = EfficientAD()
+    resumed = EfficientAD(teacher="random")
     result = train(resumed, images, config, penalty_images=images[:2], out_dir=tmp_path / "resumed", resume=True)
     assert [r["step"] for r in result.history] == [1, 2, 3, 4]
     for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
@@ -150,7 +150,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(images, tmp_path):
 
 
 def test_bad_training_input(images, tmp_path):
-    model = EfficientAD()
+    model = EfficientAD(teacher="random")
     with pytest.raises(ValueError, match="steps"):
         train(model, images, tiny_config(steps=0))
     with pytest.raises(ValueError, match="batch_size"):
@@ -165,6 +165,6 @@ def test_bad_training_input(images, tmp_path):
 
 def test_resume_with_other_settings_is_refused(images, tmp_path):
     torch.manual_seed(0)
-    train(EfficientAD(), images, tiny_config(steps=1), out_dir=tmp_path)
+    train(EfficientAD(teacher="random"), images, tiny_config(steps=1), out_dir=tmp_path)
     with pytest.raises(ValueError, match="other settings"):
-        train(EfficientAD(), images, tiny_config(steps=1, lr=5e-4), out_dir=tmp_path, resume=True)
+        train(EfficientAD(teacher="random"), images, tiny_config(steps=1, lr=5e-4), out_dir=tmp_path, resume=True)

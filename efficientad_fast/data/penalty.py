@@ -3,8 +3,9 @@
 ``penalty_images="imagenette"`` (``--penalty-images imagenette``) uses the Imagenette archive
 anomalib downloads for the same loss, from the cache once ``efficientad-fast
 fetch-imagenette`` has put it there; never downloaded implicitly. ``"bundled"`` uses the
-generic images that ship with the dependencies (:mod:`.generic_images`); ``"auto"`` takes
-Imagenette when it is cached, else the bundled images.
+generic images that ship with the dependencies (:mod:`.generic_images`); ``"auto"`` (the
+default of ``train`` and ``report``) takes Imagenette when it is cached, else the bundled
+images; ``"none"`` (or None) trains without the penalty loss.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ IMAGENETTE_FOLDER = "imagenette"  # under <cache>/downloads; the archive holds i
 IMAGENETTE = "imagenette"  # the penalty_images value that selects it
 BUNDLED = "bundled"  # the scikit-image photographs (no held-out texture) + procedural images
 AUTO = "auto"  # Imagenette when cached, else bundled
+NONE = "none"  # no penalty loss
+KEYWORDS = (IMAGENETTE, BUNDLED, AUTO, NONE)
 BUNDLED_PROCEDURAL = 24  # procedural images in the bundled set (20 photographs come with scikit-image)
 IMAGENETTE_GRAYSCALE_P = 0.3  # the paper's (and anomalib's) RandomGrayscale(p=0.3)
 _GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, 1, 1)  # ITU-R 601-2, as PIL
@@ -145,7 +148,7 @@ def _auto_penalty_images(image_size: tuple[int, int], seed: int) -> Dataset:
 def _penalty_names(penalty_images) -> tuple[list, list[str]]:
     """(all values, the keyword values among them); a keyword mixed with folders is a ValueError."""
     names = [penalty_images] if isinstance(penalty_images, (str, os.PathLike)) else list(penalty_images)
-    keywords = [name for name in names if isinstance(name, str) and name in (IMAGENETTE, BUNDLED, AUTO)]
+    keywords = [name for name in names if isinstance(name, str) and name in KEYWORDS]
     if keywords and len(names) > 1:
         raise ValueError(f"penalty images: {keywords[0]!r} cannot be mixed with folders")
     return names, keywords
@@ -153,7 +156,7 @@ def _penalty_names(penalty_images) -> tuple[list, list[str]]:
 
 def check_penalty_images(penalty_images) -> None:
     """Check a ``penalty_images`` value without reading any image: a keyword ("imagenette",
-    "bundled", "auto") stands alone, and "imagenette" must be cached (NotCachedError)."""
+    "bundled", "auto", "none") stands alone, and "imagenette" must be cached (NotCachedError)."""
     if penalty_images:
         _, keywords = _penalty_names(penalty_images)
         if keywords == [IMAGENETTE]:
@@ -161,17 +164,24 @@ def check_penalty_images(penalty_images) -> None:
 
 
 def penalty_image_set(penalty_images, image_size: tuple[int, int], seed: int = 0) -> Dataset | None:
-    """The penalty images for training: None (none), ``"imagenette"`` (the cached Imagenette,
-    random grayscale 0.3 as in the paper), ``"bundled"`` (:func:`bundled_penalty_images`),
-    ``"auto"`` (Imagenette when cached, else bundled; the choice is printed) or folder(s) of
-    images (kept in colour)."""
+    """The penalty images for training: None or ``"none"`` (none), ``"imagenette"`` (the
+    cached Imagenette, random grayscale 0.3 as in the paper), ``"bundled"``
+    (:func:`bundled_penalty_images`), ``"auto"`` (Imagenette when cached, else bundled; the
+    choice is printed) or folder(s) of images (kept in colour). The dataset's ``source``
+    says which, for the training summary."""
     if not penalty_images:
         return None
     names, keywords = _penalty_names(penalty_images)
+    if keywords == [NONE]:
+        return None
     if keywords == [IMAGENETTE]:
-        return _imagenette_images(imagenette_folder(), image_size, seed)
-    if keywords == [BUNDLED]:
-        return bundled_penalty_images(image_size, seed)
-    if keywords == [AUTO]:
-        return _auto_penalty_images(image_size, seed)
-    return GenericImages(names, image_size)
+        images, source = _imagenette_images(imagenette_folder(), image_size, seed), IMAGENETTE
+    elif keywords == [BUNDLED]:
+        images, source = bundled_penalty_images(image_size, seed), BUNDLED
+    elif keywords == [AUTO]:
+        images = _auto_penalty_images(image_size, seed)
+        source = f"auto: {IMAGENETTE if isinstance(images, GenericImages) else BUNDLED}"
+    else:
+        images, source = GenericImages(names, image_size), " ".join(map(str, names))
+    images.source = source
+    return images
