@@ -1,6 +1,7 @@
-"""Files of weights and state: read a PyTorch checkpoint with errors a user can act on,
-write one atomically (never a half file), load a state dict with checked keys and shapes,
-and say which settings differ between a saved run and the one asked for."""
+"""Files of weights and state: make sure an output folder can be written before any work,
+read a PyTorch checkpoint with errors a user can act on, write one atomically (never a half
+file), load a state dict with checked keys and shapes, and say which settings differ between
+a saved run and the one asked for."""
 
 from __future__ import annotations
 
@@ -24,6 +25,26 @@ def _anomalib_safe_globals() -> list:
         return []
 
 
+def writable_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and its parents) and write and remove a probe file in it: a folder
+    that cannot be written fails now, with its path, not after hours of work. Returns it."""
+    folder = Path(folder)
+    probe = folder / f".efficientad_fast_probe_{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:  # read-only, not a folder, a file in the way, full disk, ...
+        raise PermissionError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from exc
+    return folder
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message: torch.load's run over many lines (one of them
+    'WeightsUnpickler error: ...'), which would read as several errors of the command line."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def read_checkpoint(path: Path, weights_only: bool = True) -> dict:
     """``torch.load`` of ``path`` on the CPU; FileNotFoundError or ValueError that say why not."""
     path = Path(path)
@@ -45,13 +66,13 @@ def read_checkpoint(path: Path, weights_only: bool = True) -> dict:
     except pickle.UnpicklingError as exc:
         if "weights_only" in str(exc):
             raise ValueError(
-                f"{path}: torch.load(weights_only=True) refused a type in it ({exc}). If you trust "
-                "this file, pass weights_only=False."
+                f"{path}: torch.load(weights_only=True) refused a type in it ({first_line(exc)}). If you "
+                "trust this file, pass weights_only=False."
             ) from exc
-        raise ValueError(f"{path}: not a PyTorch checkpoint: {exc}") from exc
+        raise ValueError(f"{path}: not a PyTorch checkpoint: {first_line(exc)}") from exc
     except Exception as exc:  # truncated zip, text file, ...: torch raises many kinds
         raise ValueError(f"{path}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): "
-                         f"{type(exc).__name__}: {exc}") from exc
+                         f"{type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def atomic_save(payload, path: str | os.PathLike) -> Path:
@@ -95,6 +116,8 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> 
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
     for key, value in expected.items():
+        if torch.is_tensor(value) and not torch.is_tensor(state_dict[key]):
+            raise ValueError(f"{source}: {key} is a {type(state_dict[key]).__name__}, not a tensor")
         if torch.is_tensor(value) and tuple(state_dict[key].shape) != tuple(value.shape):
             raise ValueError(
                 f"{source}: {key} has shape {tuple(state_dict[key].shape)}, expected {tuple(value.shape)}"

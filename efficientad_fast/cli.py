@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 
@@ -109,14 +111,48 @@ def _require_cached(teachers=(), model_sizes=("small",), penalty_images=None) ->
     if penalty_images:
         from .data import check_penalty_images
 
-        try:
-            check_penalty_images(penalty_images)
-        except ValueError as exc:
-            raise _BadArguments(str(exc)) from None
+        check_penalty_images(penalty_images)
 
 
 class _BadArguments(Exception):
     """Arguments found wrong before any work: ``main`` prints one error line, exit 2."""
+
+
+# The smallest value of each numeric option, whichever command has it (lists: every value).
+_MINIMUM = {"steps": 1, "batch_size": 1, "batch_sizes": 1, "latency_batches": 1, "op_batches": 1, "workers": 0,
+            "checkpoint_every": 0, "warmup": 0, "runs": 1, "latency_runs": 1, "procedural": 0,
+            "calibration_crops": 1, "held_out_crops": 1, "eval_every": 1}
+_FINITE = ("lr", "weight_decay", "threshold")
+TEACHER_KEYWORDS = ("auto", "random", "distilled", "paper")
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The cheap checks of every command, before any file is read or folder made: numbers in
+    range, an image size the networks take, and input paths that exist. (Each job checks
+    the rest, such as a dataset's layout, before it creates its output folder.)"""
+    from .networks import check_image_size
+
+    # First: the message of a file not in the cache says how to fetch it, whatever else is wrong.
+    teacher, penalty_images = getattr(args, "teacher", None), getattr(args, "penalty_images", None)
+    _require_cached((teacher,), (getattr(args, "model_size", None) or "small",), penalty_images)
+    for name, least in _MINIMUM.items():
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and value < least:
+                raise _BadArguments(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+    for name in _FINITE:
+        value = getattr(args, name, None)
+        if value is not None and not math.isfinite(value):
+            raise _BadArguments(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if getattr(args, "image_size", None) is not None:
+        check_image_size(args.image_size, args.image_size)
+    data, model = getattr(args, "data", None), getattr(args, "model", None)
+    if data is not None and not Path(data).is_dir():
+        raise FileNotFoundError(f"--data: no folder {data}")
+    if model is not None and not Path(model).is_file():
+        raise FileNotFoundError(f"--model: no model file at {model}")
+    if teacher is not None and teacher not in TEACHER_KEYWORDS and not Path(teacher).is_file():
+        raise FileNotFoundError(f"--teacher: no teacher file {teacher} (or pass one of {', '.join(TEACHER_KEYWORDS)})")
 
 
 def _error(args: argparse.Namespace, exc: BaseException) -> int:
@@ -165,13 +201,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .jobs import train_category
     from .train import TrainingInterrupted
 
-    _require_cached((args.teacher,), (args.model_size,), args.penalty_images)
     config = _train_config(args, checkpoint_every=args.checkpoint_every)
     try:
         _, summary = train_category(
             args.data, args.dataset, args.category, args.out, model_size=args.model_size,
             config=config, teacher=args.teacher, penalty_images=args.penalty_images,
             image_size=args.image_size, padding=args.padding, device=args.device, resume=args.resume,
+            overwrite=args.overwrite,
         )
     except TrainingInterrupted as stop:
         print(f"\n{stop}\nresume with the same command plus --resume", file=sys.stderr)
@@ -190,6 +226,8 @@ def _add_train_parser(subparsers) -> None:
     train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
     train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an OUT that holds another run's checkpoint.pt or model.pt")
     train.set_defaults(func=cmd_train)
 
 
@@ -197,12 +235,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a saved model on a dataset's test split: prints the metrics table and writes
     metrics.json and metrics.md (and heatmaps with --heatmaps)."""
     from . import load
+    from ._checkpoint import writable_folder
     from ._device import resolve_device
     from .jobs import evaluate_model
     from .report import metrics_table, write_metrics
 
     model = load(args.model, map_location=resolve_device(args.device))
-    out = Path(args.out or Path(args.model).parent / "eval")
+    out = writable_folder(args.out or Path(args.model).parent / "eval")
     evaluation = evaluate_model(
         model, args.data, args.dataset, args.category, image_size=args.image_size,
         batch_size=args.batch_size, workers=args.workers, progress=_progress_enabled(args),
@@ -229,17 +268,21 @@ def _add_eval_parser(subparsers) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Score image files or folders with a saved model: writes scores.csv and, per image, a
-    heatmap overlay PNG (colour map over the image, threshold contour)."""
+    heatmap overlay PNG (colour map over the image, threshold contour). Files that cannot be
+    read are listed with the reason in errors.csv; exit 1 when no image could be scored."""
     from . import load
     from ._device import resolve_device
     from .jobs import predict_files
 
     model = load(args.model, map_location=resolve_device(args.device))
-    csv_path = predict_files(model, args.images, args.out, image_size=args.image_size,
-                             batch_size=args.batch_size, threshold=args.threshold,
-                             heatmaps=not args.no_heatmaps, progress=_progress_enabled(args))
+    csv_path, rows, errors = predict_files(model, args.images, args.out, image_size=args.image_size,
+                                           batch_size=args.batch_size, threshold=args.threshold,
+                                           heatmaps=not args.no_heatmaps, progress=_progress_enabled(args))
     print(f"scores: {csv_path}")
-    return 0
+    if errors:
+        print(f"{len(errors)} of {len(errors) + len(rows)} images could not be read: "
+              f"{csv_path.with_name('errors.csv')}", file=sys.stderr)
+    return 0 if rows else 1
 
 
 def _add_predict_parser(subparsers) -> None:
@@ -263,7 +306,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     write heatmaps and a report, and print the metrics table. Needs no arguments."""
     from .jobs import run_demo
 
-    _require_cached((args.teacher,), penalty_images=args.penalty_images)
     run_demo(args.out, steps=args.steps, seed=args.seed, device=args.device,
              amp=None if args.amp == "none" else args.amp, teacher=args.teacher,
              penalty_images=args.penalty_images, progress=_progress_enabled(args))
@@ -292,8 +334,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from the image on the host until the map is back on the host (and a GPU-resident
     variant), per model size, batch size, dtype and CUDA graphs on/off. Prints a table and
     writes JSON with the machine, versions and settings."""
+    from ._checkpoint import writable_folder
     from .benchmark import format_table, run_benchmark
 
+    for path in (args.json, args.markdown):
+        if path:
+            writable_folder(Path(path).parent)
     graphs = {"off": (False,), "on": (True,), "both": (False, True), None: None}[args.cuda_graphs]
     result = run_benchmark(
         model_sizes=args.model_size, batch_sizes=args.batch_sizes, dtypes=args.dtypes, device=args.device,
@@ -304,7 +350,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     table = format_table(result)
     print("\n" + table)
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(table + "\n")
     if args.json:
         print(f"\nwritten: {args.json}")
@@ -350,11 +395,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .jobs import parse_sweep, run_report
     from .report import report_tables
 
-    try:
-        sweep = parse_sweep(args.sweep)
-    except ValueError as exc:
-        return _error(args, exc)
-    _require_cached((args.teacher, *sweep.get("teacher", ())), (args.model_size,), args.penalty_images)
+    sweep = parse_sweep(args.sweep)
+    _require_cached(sweep.get("teacher", ()), (args.model_size,))  # --teacher: checked by main
     config = _train_config(args, checkpoint_every=0)
     result = run_report(
         args.data, args.dataset, args.out, categories=args.categories, model_size=args.model_size,
@@ -468,15 +510,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .model import load
 
     start = time.perf_counter()
-    try:
-        model = load(args.model, map_location="cpu").float()
-        if args.format == "aoti":
-            path = export_aoti(model, args.out, image_size=args.image_size, device=args.device)
-        else:
-            path = export_onnx(model, args.out, image_size=args.image_size, opset=args.opset)
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model = load(args.model, map_location="cpu").float()
+    if args.format == "aoti":
+        path = export_aoti(model, args.out, image_size=args.image_size, device=args.device)
+    else:
+        path = export_onnx(model, args.out, image_size=args.image_size, opset=args.opset)
     print(f"{args.format}: {path}  ({time.perf_counter() - start:.1f} s; input float32 (N, 3, "
           f"{args.image_size}, {args.image_size}) in [0, 1])")
     return 0
@@ -582,22 +620,37 @@ def build_parser() -> argparse.ArgumentParser:
         prog="efficientad-fast",
         description="Fast EfficientAD anomaly detection over fused C++/CUDA kernels.",
     )
+    debug_help = "show the traceback of an error, not only its one-line message"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_info_parser, _add_train_parser, _add_eval_parser, _add_predict_parser, _add_bench_parser,
                 _add_report_parser, _add_demo_parser, _add_distill_teacher_parser, _add_export_parser,
                 _add_fetch_teacher_parser, _add_fetch_imagenette_parser):
         add(sub)
+    for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps the one before
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the user's input or machine, which the message explains: one line, exit 2.
+    Anything else is a bug and keeps its traceback."""
+    from ._build import BuildError
+    from .downloads import NotCachedError
+
+    return (_BadArguments, NotCachedError, BuildError, ValueError, TypeError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, PermissionError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .downloads import NotCachedError
-
     try:
+        _check_arguments(args)
         return args.func(args)
-    except (NotCachedError, _BadArguments) as exc:  # not fetched, or checked before any work
+    except _expected_errors() as exc:
+        if args.debug:
+            traceback.print_exc()
         return _error(args, exc)
 
 

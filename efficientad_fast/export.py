@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._checkpoint import writable_folder
 from .model import EfficientAD, check_unit_range
 from .networks import check_image_size
 from .reference import reference_anomaly_map
@@ -141,7 +142,7 @@ def export_aoti(model: EfficientAD, out: str | os.PathLike, image_size=256, devi
     out = Path(out)
     if out.suffix != ".pt2":
         raise ValueError(f"an AOTInductor package must end in .pt2, got {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(out.parent)
     graph = PredictGraph(model, "fused").to(device)
     batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad():
@@ -222,7 +223,7 @@ def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opse
         raise ValueError(f"opset must be >= 17, got {opset}")
     size, example = _prepare(model, image_size)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(out.parent)
     graph = PredictGraph(model, "reference").cpu()
     batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad():

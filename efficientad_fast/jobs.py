@@ -18,14 +18,17 @@ import numpy as np
 import torch
 
 from . import metrics as metrics_lib
+from ._checkpoint import writable_folder
 from ._device import resolve_device
 from .benchmark import time_predict
-from .data import (find_images, list_categories, make_loader, make_synthetic, open_dataset, open_image,
-                   penalty_image_set, read_loco_defects_config, split_train_validation, to_rgb_array)
+from .data import (DataError, find_images, list_categories, make_loader, make_synthetic, open_dataset,
+                   open_image, penalty_image_set, read_loco_defects_config, split_train_validation,
+                   to_rgb_array)
 from .heatmaps import default_threshold, heatmap_overlay, save_png, write_eval_heatmaps
 from .model import EfficientAD
+from .networks import check_image_size
 from .report import headline_metrics, metrics_table, run_name, write_demo_report, write_metrics, write_report
-from .train import TrainConfig, calibrate, load_images_uint8, train, write_training_log
+from .train import CHECKPOINT_NAME, TrainConfig, calibrate, load_images_uint8, train, write_training_log
 
 MODEL_FILE = "model.pt"
 # teacher: "random", "distilled", "paper" or a teacher file (compares teachers on the same data)
@@ -57,6 +60,15 @@ def _held_out(data, dataset, category, train_set, image_size, fraction, seed):
     return split_train_validation(train_set, fraction=fraction, seed=seed)
 
 
+def _refuse_previous_run(out: Path) -> None:
+    """FileExistsError when ``out`` holds a run's checkpoint or model: a new run would
+    overwrite an interrupted run's checkpoint at its first save."""
+    for name in (CHECKPOINT_NAME, MODEL_FILE):
+        if (out / name).is_file():
+            raise FileExistsError(f"{out / name} is there from another run: continue it with --resume, "
+                                  "start afresh with --overwrite, or choose another --out")
+
+
 def train_category(
     data: str | os.PathLike,
     dataset: str,
@@ -71,22 +83,33 @@ def train_category(
     padding: bool = False,
     device: str = "auto",
     resume: bool = False,
+    overwrite: bool = False,
     validation_fraction: float = 0.1,
 ) -> tuple[EfficientAD, dict]:
     """Train, calibrate on held-out training images and save ``out/model.pt``, with
     ``train_log.jsonl``, ``loss_curve.png`` and ``train_summary.json``. ``teacher``: see
     :func:`build_model`; ``penalty_images``: see :func:`efficientad_fast.data.penalty_image_set`
     ("auto": Imagenette when cached, else the bundled generic images; "none" for none). The
-    summary records the teacher and penalty images actually used."""
+    summary records the teacher and penalty images actually used.
+
+    Everything is checked before the first step (settings, data, teacher, that ``out`` can
+    be written), and nothing is created before the settings and data are. A folder holding
+    another run's checkpoint or model is refused unless ``resume`` or ``overwrite``."""
     config = config or TrainConfig()
+    config.check()
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    check_image_size(*size)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if resume and not (out / CHECKPOINT_NAME).is_file():
+        raise FileNotFoundError(f"resume: no checkpoint at {out / CHECKPOINT_NAME}")
+    if not (resume or overwrite):
+        _refuse_previous_run(out)
     train_set = open_dataset(data, dataset, category, "train", size)
     train_set, held_out = _held_out(data, dataset, category, train_set, size, validation_fraction, config.seed)
     penalty = penalty_image_set(penalty_images, size, config.seed)
     dev = resolve_device(device)
     model = build_model(model_size, teacher, padding, config.seed).to(dev)
+    writable_folder(out)
 
     started = time.perf_counter()
     result = train(model, train_set, config, penalty_images=penalty, out_dir=out, resume=resume)
@@ -194,18 +217,43 @@ def collect_image_paths(inputs) -> list[Path]:
     return paths
 
 
+def _read_images(paths: list[Path], size: tuple[int, int], errors: list[dict]) -> tuple[list[Path], list]:
+    """The readable ``paths`` and their (3, H, W) arrays; each unreadable file goes to
+    ``errors`` with its reason, so one bad file does not stop a folder's worth of scoring."""
+    read, arrays = [], []
+    for path in paths:
+        try:
+            arrays.append(to_rgb_array(open_image(path), size))
+            read.append(path)
+        except (DataError, OSError) as exc:  # corrupt, truncated, a folder, unreadable, vanished
+            errors.append({"path": str(path), "error": str(exc)})
+    return read, arrays
+
+
+def _write_csv(path: Path, fieldnames: list[str], rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 @torch.no_grad()
 def predict_files(model: EfficientAD, inputs, out_dir, *, image_size: int | tuple[int, int] = 256,
                   batch_size: int = 8, threshold: float | None = None, heatmaps: bool = True,
-                  progress: bool = True) -> Path:
+                  progress: bool = True) -> tuple[Path, list[dict], list[dict]]:
     """Score image files: ``out_dir/scores.csv`` (path, score, anomalous) and, per image,
-    ``out_dir/heatmaps/<name>.png``. Returns the CSV's path."""
+    ``out_dir/heatmaps/<name>.png``. Files that cannot be read are skipped and listed with
+    the reason in ``out_dir/errors.csv``. Returns the scores CSV's path, its rows and the
+    errors ({"path", "error"} rows)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    check_image_size(*size)
     paths = collect_image_paths(inputs)
     threshold = threshold if threshold is not None else default_threshold(model)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    out_dir = writable_folder(out_dir)
+    rows, errors = [], []
     chunks = range(0, len(paths), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -213,8 +261,10 @@ def predict_files(model: EfficientAD, inputs, out_dir, *, image_size: int | tupl
         chunks = tqdm(chunks, desc="predicting", dynamic_ncols=True)
     used_names: set[str] = set()
     for start in chunks:
-        batch_paths = paths[start:start + batch_size]
-        images = torch.stack([torch.from_numpy(to_rgb_array(open_image(p), size)) for p in batch_paths])
+        batch_paths, arrays = _read_images(paths[start:start + batch_size], size, errors)
+        if not batch_paths:
+            continue
+        images = torch.stack([torch.from_numpy(a) for a in arrays])
         pred = model.predict(images)
         for i, path in enumerate(batch_paths):
             score = float(pred.score[i])
@@ -229,12 +279,13 @@ def predict_files(model: EfficientAD, inputs, out_dir, *, image_size: int | tupl
                 save_png(heatmap_overlay(images[i].numpy(), pred.anomaly_map[i, 0].cpu().numpy(), threshold), heatmap)
                 row["heatmap"] = str(heatmap)
             rows.append(row)
-    csv_path = out_dir / "scores.csv"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return csv_path
+    fields = ["path", "score", "anomalous"] + (["heatmap"] if heatmaps else [])
+    csv_path = _write_csv(out_dir / "scores.csv", fields, rows)
+    if errors:
+        _write_csv(out_dir / "errors.csv", ["path", "error"], errors)
+    else:  # a previous run's list would be read as this one's
+        (out_dir / "errors.csv").unlink(missing_ok=True)
+    return csv_path, rows, errors
 
 
 def run_demo(out: str | os.PathLike = "demo_out", *, steps: int = DEMO_STEPS, seed: int = 0,
@@ -244,7 +295,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, steps: int = DEMO_STEPS, se
     """Make the built-in synthetic dataset, train EfficientAD-S on each category, calibrate,
     evaluate, write heatmaps and ``report.md``; returns {category: evaluation}. ``teacher``
     and ``penalty_images`` as :func:`train_category` takes them."""
-    out = Path(out)
+    out = writable_folder(out)
     data = out / "data"
     started = time.perf_counter()
     log(f"[demo] writing the built-in dataset to {data}")
@@ -254,9 +305,10 @@ def run_demo(out: str | os.PathLike = "demo_out", *, steps: int = DEMO_STEPS, se
         log(f"[demo] {category}: training EfficientAD-S for {steps} steps")
         config = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, amp=amp,
                              checkpoint_every=0, progress=progress)
+        # overwrite: the demo remakes its data and runs each time
         model, summaries[category] = train_category(data, "mvtec_ad", category, out / category,
                                                     config=config, device=device, teacher=teacher,
-                                                    penalty_images=penalty_images)
+                                                    penalty_images=penalty_images, overwrite=True)
         log(f"[demo] {category}: evaluating")
         evaluation = evaluate_model(model, data, "mvtec_ad", category, progress=progress,
                                     heatmap_dir=out / category / "heatmaps")
@@ -325,9 +377,9 @@ def run_report(
     the latency-against-batch-size chart.
     """
     config = config or TrainConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    config.check()
     runs = _report_runs(data, dataset, categories, sweep)
+    out = writable_folder(out)
     rows, latency_curve = [], []
     started = time.perf_counter()
     for i, (category, setting, name) in enumerate(runs, 1):
@@ -384,9 +436,10 @@ def _report_runs(data, dataset: str, categories, sweep) -> list[tuple[str | None
 def _report_run(row: dict, data, dataset, category, out_dir: Path, config: TrainConfig, image_size: int,
                 device: str, latency_runs: int | None, penalty_images, log, label: str) -> EfficientAD:
     """Train, evaluate and time one run of a report, filling ``row``; returns the trained model."""
+    # overwrite: a report reruns every run of its folder
     model, summary = train_category(data, dataset, category, out_dir, model_size=row["model_size"],
                                     config=config, teacher=row["teacher"], penalty_images=penalty_images,
-                                    image_size=image_size, device=device)
+                                    image_size=image_size, device=device, overwrite=True)
     log(f"{label}: evaluating")
     evaluation = evaluate_model(model, data, dataset, category, image_size=image_size,
                                 progress=config.progress, workers=config.workers)

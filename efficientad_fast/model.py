@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._checkpoint import atomic_save, load_state_dict_checked, state_checksum
+from ._checkpoint import atomic_save, first_line, load_state_dict_checked, read_checkpoint, state_checksum
 from .networks import MODEL_SIZES, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
 from .ops import DISTANCES, anomaly_map
 from .reference import reference_anomaly_map
@@ -105,7 +105,11 @@ class EfficientAD(nn.Module):
         self.autoencoder = AutoEncoder(TEACHER_CHANNELS, self.padding)
         self.teacher.requires_grad_(False)
         # After all three networks drew their random init, so seeds give the same student.
-        self.teacher_source = init_teacher(self.teacher, teacher, model_size, self.padding)
+        try:
+            self.teacher_source = init_teacher(self.teacher, teacher, model_size, self.padding)
+        except ValueError as exc:
+            _refuse_model_file_as_teacher(teacher, exc)
+            raise
         self.register_buffer("teacher_mean", torch.zeros(TEACHER_CHANNELS))
         self.register_buffer("teacher_std", torch.ones(TEACHER_CHANNELS))
         self.register_buffer("quantiles", torch.zeros(4))
@@ -304,6 +308,23 @@ class EfficientAD(nn.Module):
         atomic_save(payload, path)
 
 
+def _refuse_model_file_as_teacher(teacher, error: ValueError) -> None:
+    """After a teacher file failed to load: if it is a whole model file (as train writes),
+    say so, since the key mismatch alone does not tell the user what went wrong."""
+    if not isinstance(teacher, (str, os.PathLike)) or not Path(teacher).is_file():
+        return
+    try:
+        payload = read_checkpoint(Path(teacher))
+    except ValueError:
+        return
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        raise ValueError(
+            f"{teacher} is a full model file (written by train or EfficientAD.save), not a teacher file; a "
+            "teacher comes from teacher= files like those distill-teacher writes (or the paper's released "
+            "ones). To reuse this model, load it with efficientad_fast.load"
+        ) from error
+
+
 def _check_statistics(model: EfficientAD, path: Path) -> None:
     """What set_teacher_stats and set_quantiles enforce, for the values a file brought:
     a zero std or NaN statistics would make every map inf or NaN, silently."""
@@ -330,18 +351,24 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> E
     Raises FileNotFoundError for a missing file and ValueError for a truncated or corrupt
     file (including bytes changed in place: the file's SHA-256 of the weights must match),
     a file of another format, a newer format version, weights of the wrong size, or
-    teacher statistics or quantiles that would make the maps inf or NaN. Files written
+    teacher statistics or quantiles that would make the maps inf or NaN, or a CUDA
+    ``map_location`` on a machine without a GPU. Files written
     before the checksum existed load with a warning.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
+    device = torch.device(map_location)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # Else torch.load's error would read as a broken file.
+        raise ValueError(f"cannot load {path} onto {device}: no CUDA device is available (use map_location='cpu')")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        # On the CPU first: the checks below run there, then the model moves to the device.
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read it as a model file (truncated or corrupt?): {exc}") from exc
+        raise ValueError(f"{path}: cannot read it as a model file (truncated or corrupt?): {first_line(exc)}") from exc
     except Exception as exc:  # pickle.UnpicklingError and friends: not our format
-        raise ValueError(f"{path}: not an efficientad_fast model file: {exc}") from exc
+        raise ValueError(f"{path}: not an efficientad_fast model file: {first_line(exc)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         hint = ""
         if isinstance(payload, dict) and "state_dict" in payload:
@@ -349,7 +376,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> E
         keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: not an efficientad_fast model file{hint}; found {keys}")
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"{path}: format version {version!r} is newer than this efficientad_fast reads ({FORMAT_VERSION}); upgrade"
         )
@@ -370,4 +399,4 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> E
     elif not isinstance(checksum, dict) or checksum.get("sha256") != state_checksum(payload["state_dict"]):
         raise ValueError(f"{path}: corrupt: checksum mismatch (the weights changed since the file was written)")
     _check_statistics(model, path)
-    return model.to(map_location).eval()
+    return model.to(device).eval()

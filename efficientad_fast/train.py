@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ._checkpoint import atomic_save, config_diff, load_state_dict_checked
+from ._checkpoint import atomic_save, config_diff, load_state_dict_checked, read_checkpoint, writable_folder
 from ._device import autocast_dtype
 from ._progress import progress as progress_bar
 from .model import EfficientAD
@@ -63,6 +63,10 @@ class TrainConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         autocast_dtype(self.amp)  # raises for anything but None, "fp16", "bf16"
         if not 0 < self.hard_quantile < 1:
             raise ValueError(f"hard_quantile must be in (0, 1), got {self.hard_quantile}")
@@ -312,14 +316,24 @@ def _as_uint8_images(images, config: TrainConfig, desc: str) -> torch.Tensor | N
     return images
 
 
+def _refuse_constant_images(images: torch.Tensor) -> None:
+    """ValueError when every training image is one colour (all black, say): the teacher's
+    statistics would have no spread and the run would learn nothing, after hours."""
+    flat = images.flatten(1)
+    if bool((flat.amax(dim=1) == flat.amin(dim=1)).all()):
+        raise ValueError(f"all {images.shape[0]} training images are constant (one value everywhere, e.g. "
+                         "all black): check the data")
+
+
 def _restore(checkpoint: Path | None, model, optimizer, scheduler, generator, config) -> tuple[int, list, dict]:
     """Load a training checkpoint into the model, optimizer, scheduler and RNGs; returns
     (step, history, the GradScaler's state or {}). Refuses a checkpoint made with settings
     that change the result."""
     if checkpoint is None or not checkpoint.is_file():
         raise FileNotFoundError(f"resume: no checkpoint at {checkpoint}")
-    state = torch.load(checkpoint, map_location=model.device, weights_only=True)
-    if state.get("kind") != "efficientad_fast-training-checkpoint":
+    # On the CPU; load_state_dict copies to the model's device, the optimizer to its parameters'.
+    state = read_checkpoint(checkpoint)
+    if not isinstance(state, dict) or state.get("kind") != "efficientad_fast-training-checkpoint":
         raise ValueError(f"{checkpoint}: not a training checkpoint of efficientad_fast")
     diff = config_diff(state["train_config"], asdict(config), ignore=_RESUMABLE_CHANGES)
     if diff:
@@ -381,9 +395,10 @@ def train(
     penalty_images = _as_uint8_images(penalty_images, config, "penalty images")
     if train_images.dtype != torch.uint8 or train_images.dim() != 4 or train_images.shape[1] != 3:
         raise ValueError(f"train_images must be uint8 (N, 3, H, W), got {train_images.dtype} {tuple(train_images.shape)}")
+    _refuse_constant_images(train_images)
     checkpoint = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     if checkpoint is not None:
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        writable_folder(checkpoint.parent)  # not after all the steps, at the first checkpoint
 
     params = list(model.student.parameters()) + list(model.autoencoder.parameters())
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)

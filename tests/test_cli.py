@@ -77,9 +77,10 @@ def test_predict_writes_scores_and_heatmaps(trained, dataset, tmp_path):
         assert Path(r["heatmap"]).is_file()
 
 
-def test_predict_missing_input_is_a_clear_error(trained, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such image or folder"):
-        main(["predict", "--model", str(trained / "model.pt"), str(tmp_path / "nope.png"), "--out", str(tmp_path)])
+def test_predict_missing_input_is_a_clear_error(trained, tmp_path, capsys):
+    code = main(["predict", "--model", str(trained / "model.pt"), str(tmp_path / "nope.png"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "no such image or folder" in err and "Traceback" not in err
 
 
 def test_train_resume_continues_the_same_run(dataset, trained, tmp_path):

@@ -1,10 +1,14 @@
 """Reliability: predict and FastPredictor shared by threads, resume after Ctrl-C mid-step,
 model files with bad statistics or flipped bytes, EXIF orientation, the range check of
-exported packages, and a full disk while saving."""
+exported packages, a full disk while saving, a rerun into another run's folder, an
+unwritable output folder, unreadable files among the images to predict, and files that
+load to a clear error."""
 
 from __future__ import annotations
 
+import csv
 import errno
+import os
 import threading
 import time
 import zipfile
@@ -329,3 +333,160 @@ def test_full_disk_while_saving_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk on fire"):
         model.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+# -- 4. a rerun into the folder of another run ------------------------------------------------
+
+# Whatever the cache holds ("auto" would pick the paper's teacher or Imagenette when cached).
+PINNED = ["--teacher", "random", "--penalty-images", "none"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from efficientad_fast.data import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("synthetic") / "data", seed=1, categories=("board",),
+                          n_train=4, n_test_good=1, n_test_defect_per_type=1, defects=("hole",))
+
+
+def _train_args(dataset, out):
+    return ["train", "--data", str(dataset), "--dataset", "mvtec", "--category", "board", "--out", str(out),
+            "--steps", "1", "--checkpoint-every", "1", "--workers", "0", "--quiet", *PINNED]
+
+
+@pytest.mark.parametrize("left", ["checkpoint.pt", "model.pt"])
+def test_train_refuses_a_folder_holding_another_run(left, dataset, tmp_path, capsys):
+    from efficientad_fast.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / left).write_bytes(b"an interrupted run")
+    assert main(_train_args(dataset, out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert str(out / left) in err and "--resume" in err and "--overwrite" in err
+    assert [p.name for p in out.iterdir()] == [left]
+    assert (out / left).read_bytes() == b"an interrupted run"
+    assert main([*_train_args(dataset, out), "--overwrite"]) == 0
+    assert efficientad_fast.load(out / "model.pt").quantiles_set
+
+
+# -- 5. an output folder that cannot be written --------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["read_only", "under_a_file"])
+def test_train_into_an_unwritable_folder_fails_before_training(how, dataset, tmp_path, capsys, monkeypatch):
+    from efficientad_fast import jobs
+    from efficientad_fast.cli import main
+
+    if how == "read_only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders; 'under_a_file' covers root")
+        out = tmp_path / "read_only"
+        out.mkdir()
+        out.chmod(0o555)
+    else:  # a folder that cannot be made, for any user
+        (tmp_path / "a_file").write_text("")
+        out = tmp_path / "a_file" / "out"
+
+    def no_training(*args, **kwargs):
+        pytest.fail("trained although the output folder cannot be written")
+
+    monkeypatch.setattr(jobs, "train", no_training)
+    assert main(_train_args(dataset, out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert f"cannot write to the output folder {out}" in err
+
+
+# -- 11. unreadable files among the images to predict -----------------------------------------
+
+
+def test_predict_lists_unreadable_files_and_scores_the_rest(tmp_path, capsys):
+    from efficientad_fast.cli import main
+
+    model = tmp_path / "model.pt"
+    random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).save(model)
+    images = tmp_path / "images"
+    (images / "x.png").mkdir(parents=True)  # a folder with an image's name
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(images / "good.png")
+    whole = (images / "good.png").read_bytes()
+    (images / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    (images / "corrupt.png").write_bytes(b"not an image at all")
+    (images / "._good.png").write_bytes(b"AppleDouble metadata, not an image")
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(model), str(images), "--out", str(out), "--quiet", "--no-heatmaps"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "2 of 3 images could not be read" in captured.out + captured.err
+    assert [r["path"] for r in csv.DictReader(open(out / "scores.csv"))] == [str(images / "good.png")]
+    errors = list(csv.DictReader(open(out / "errors.csv")))
+    assert [r["path"] for r in errors] == [str(images / "corrupt.png"), str(images / "truncated.png")]
+    assert all(r["error"] for r in errors)
+
+    # Nothing readable: exit 1.
+    (images / "good.png").unlink()
+    assert main(args) == 1
+    assert list(csv.DictReader(open(out / "scores.csv"))) == []
+    assert len(list(csv.DictReader(open(out / "errors.csv")))) == 2
+
+
+# -- 12. files that load to a clear error ------------------------------------------------------
+
+
+def test_load_refuses_a_string_format_version(tmp_path):
+    path = tmp_path / "model.pt"
+    random_model("small", seed=0).save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = "1"
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="format_version must be an integer, got '1'"):
+        efficientad_fast.load(path)
+
+
+def test_load_refuses_a_state_dict_entry_that_is_not_a_tensor(tmp_path):
+    path = tmp_path / "model.pt"
+    random_model("small", seed=0).save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["student.conv1.weight"] = [1.0, 2.0]
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="student.conv1.weight is a list, not a tensor"):
+        efficientad_fast.load(path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_load_onto_cuda_without_a_gpu_says_so(tmp_path):
+    path = tmp_path / "model.pt"
+    random_model("small", seed=0).save(path)
+    with pytest.raises(ValueError, match="no CUDA device") as error:
+        efficientad_fast.load(path, map_location="cuda")
+    assert "corrupt" not in str(error.value)
+
+
+def test_resume_from_a_truncated_checkpoint_names_it(tmp_path):
+    from efficientad_fast.train import TrainConfig, train
+
+    images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=1, progress=False, workers=0)
+    train(EfficientAD(teacher="random"), images, config, out_dir=tmp_path)
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated or corrupt") as error:
+        train(EfficientAD(teacher="random"), images, config, out_dir=tmp_path, resume=True)
+    assert str(checkpoint) in str(error.value)
+
+
+def test_a_full_model_file_as_teacher_says_what_a_teacher_file_is(tmp_path):
+    path = tmp_path / "model.pt"
+    random_model("small", seed=0).save(path)
+    with pytest.raises(ValueError, match="full model file") as error:
+        EfficientAD(teacher=str(path))
+    assert "distill-teacher" in str(error.value)
+
+
+def test_training_on_constant_images_fails_before_the_first_step(tmp_path):
+    from efficientad_fast.train import TrainConfig, train
+
+    black = torch.zeros(3, 3, 256, 256, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="constant"):
+        train(EfficientAD(teacher="random"), black, TrainConfig(steps=1, progress=False, workers=0))

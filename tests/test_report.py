@@ -66,9 +66,10 @@ def test_report_bad_sweep_is_a_usage_error(tmp_path, capsys):
     assert rc == 2 and "can sweep" in capsys.readouterr().err
 
 
-def test_report_without_categories_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no categories"):
-        main(["report", "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(tmp_path / "o")])
+def test_report_without_categories_is_a_clear_error(tmp_path, capsys):
+    code = main(["report", "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no categories" in err and "Traceback" not in err and not (tmp_path / "o").exists()
 
 
 def test_bench_command_prints_table_and_writes_json(tmp_path, capsys):

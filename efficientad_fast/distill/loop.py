@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checkpoint import atomic_save, config_diff
+from .._checkpoint import atomic_save, config_diff, writable_folder
 from .._device import autocast_dtype, resolve_device
 from .._progress import progress
 from ..networks import MODEL_SIZES, TEACHER_CHANNELS, make_pdn
@@ -82,6 +82,12 @@ class DistillConfig:
             raise ValueError(f"amp must be None, 'auto', 'bf16' or 'fp16', got {self.amp!r}")
         if not self.builtin_photos and not self.procedural and not self.images:
             raise ValueError("no images: enable the built-in photos, procedural images or pass folders")
+        # Missing paths fail before the backbone loads and the output folder is made.
+        for folder in self.images or ():
+            if not Path(folder).is_dir():
+                raise FileNotFoundError(f"image folder {folder} does not exist")
+        if self.backbone_weights and not Path(self.backbone_weights).is_file():
+            raise FileNotFoundError(f"backbone weights file {self.backbone_weights} does not exist")
 
     def as_json(self) -> dict:
         """The settings as JSON gives them back (tuples become lists): for records and checkpoints."""
@@ -329,7 +335,7 @@ def distill_teacher(out: str | os.PathLike, config: DistillConfig | None = None,
     config = config or DistillConfig()
     config.check()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(out.parent)
     run = _prepare(config, out.with_name(out.name + ".ckpt"))
     if resume:
         _resume(run, log)

@@ -1,0 +1,130 @@
+"""The command line's expected errors: every command answers a bad argument with exactly one
+``efficientad-fast <command>: error: ...`` line and exit code 2, no traceback, and creates no
+output folder; --debug shows the traceback; unexpected errors keep theirs."""
+
+from __future__ import annotations
+
+import pytest
+
+from efficientad_fast.cli import main
+from efficientad_fast.data import make_synthetic
+from efficientad_fast.testing import random_model
+
+# Whatever the cache holds ("auto" would pick the paper's teacher or Imagenette when cached).
+PINNED = ["--teacher", "random", "--penalty-images", "none"]
+TRAIN = ["train", "--dataset", "mvtec", "--category", "board", "--workers", "0", "--quiet", *PINNED]
+EVAL = ["eval", "--model", "{model}", "--dataset", "mvtec", "--category", "board", "--workers", "0", "--quiet"]
+PREDICT = ["predict", "--model", "{model}", "--quiet"]
+REPORT = ["report", "--dataset", "mvtec", "--steps", "1", "--workers", "0", "--quiet", *PINNED]
+EXPORT = ["export", "--model", "{model}", "--format", "onnx"]
+DEMO = ["demo", "--steps", "1", "--quiet", *PINNED]
+DISTILL = ["distill-teacher", "--steps", "1", "--quiet"]
+
+# One bad argument each. {out}: a folder that must not be created; {blocked}: a path under a
+# regular file, which cannot be created (the read-only folder of any user, root included).
+CASES = {
+    "train-steps-0": [*TRAIN, "--data", "{data}", "--out", "{out}", "--steps", "0"],
+    "train-batch-size-0": [*TRAIN, "--data", "{data}", "--out", "{out}", "--batch-size", "0"],
+    "train-image-size-100": [*TRAIN, "--data", "{data}", "--out", "{out}", "--image-size", "100"],
+    "train-lr-nan": [*TRAIN, "--data", "{data}", "--out", "{out}", "--lr", "nan"],
+    "train-missing-data": [*TRAIN, "--data", "{root}/nope", "--out", "{out}"],
+    "train-missing-category": [*TRAIN, "--data", "{data}", "--out", "{out}", "--category", "nope"],
+    "train-missing-teacher": [*TRAIN, "--data", "{data}", "--out", "{out}", "--teacher", "{root}/nope.pt"],
+    "train-unwritable-out": [*TRAIN, "--data", "{data}", "--out", "{blocked}"],
+    "eval-batch-size-0": [*EVAL, "--data", "{data}", "--out", "{out}", "--batch-size", "0"],
+    "eval-missing-model": [*EVAL, "--data", "{data}", "--out", "{out}", "--model", "{root}/nope.pt"],
+    "eval-missing-data": [*EVAL, "--data", "{root}/nope", "--out", "{out}"],
+    "eval-unwritable-out": [*EVAL, "--data", "{data}", "--out", "{blocked}"],
+    "predict-batch-size-0": [*PREDICT, "{image}", "--out", "{out}", "--batch-size", "0"],
+    "predict-threshold-nan": [*PREDICT, "{image}", "--out", "{out}", "--threshold", "nan"],
+    "predict-image-size-100": [*PREDICT, "{image}", "--out", "{out}", "--image-size", "100"],
+    "predict-missing-image": [*PREDICT, "{root}/nope.png", "--out", "{out}"],
+    "predict-not-a-model": [*PREDICT, "{image}", "--out", "{out}", "--model", "{image}"],
+    "predict-unwritable-out": [*PREDICT, "{image}", "--out", "{blocked}"],
+    "report-steps-0": [*REPORT, "--data", "{data}", "--out", "{out}", "--steps", "0"],
+    "report-no-categories": [*REPORT, "--data", "{root}", "--out", "{out}"],
+    "report-unwritable-out": [*REPORT, "--data", "{data}", "--out", "{blocked}"],
+    "export-image-size-100": [*EXPORT, "--out", "{out}/m.onnx", "--image-size", "100"],
+    "export-missing-model": [*EXPORT, "--out", "{out}/m.onnx", "--model", "{root}/nope.pt"],
+    "export-unwritable-out": [*EXPORT, "--out", "{blocked}/m.onnx"],
+    "demo-steps-0": [*DEMO, "--out", "{out}", "--steps", "0"],
+    "demo-unwritable-out": [*DEMO, "--out", "{blocked}"],
+    "distill-teacher-steps-0": [*DISTILL, "--out", "{out}/t.pt", "--steps", "0"],
+    "distill-teacher-missing-images": [*DISTILL, "--out", "{out}/t.pt", "--images", "{root}/nope"],
+    "distill-teacher-unwritable-out": [*DISTILL, "--out", "{blocked}/t.pt"],
+    "bench-batch-size-0": ["bench", "--device", "cpu", "--batch-sizes", "0", "--json", "{out}/b.json"],
+    "bench-image-size-100": ["bench", "--device", "cpu", "--image-size", "100", "--json", "{out}/b.json"],
+    "fetch-teacher-missing-file": ["fetch-teacher", "--from", "{root}/nope.zip", "--quiet"],
+    "fetch-imagenette-missing-file": ["fetch-imagenette", "--from", "{root}/nope.tgz", "--quiet"],
+}
+
+
+@pytest.fixture(autouse=True)
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFICIENTAD_FAST_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_errors")
+    data = make_synthetic(root / "data", seed=1, categories=("board",), n_train=4, n_test_good=1,
+                          n_test_defect_per_type=1, defects=("hole",))
+    model = root / "model.pt"
+    random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).save(model)
+    (root / "a_file").write_text("a file, not a folder")
+    image = next((data / "board" / "test" / "good").iterdir())
+    return {"root": root, "data": data, "model": model, "image": image, "blocked": root / "a_file" / "out"}
+
+
+def one_error_line(command: str, err: str) -> str:
+    """The one 'error:' line of ``err``, checked to be the CLI's and alone, with no traceback."""
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"efficientad-fast {command}: error: "), err
+    assert "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_argument_is_one_error_line_and_creates_nothing(case, files, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [arg.format(out=out, **files) for arg in CASES[case]]
+    assert main(args) == 2
+    one_error_line(args[0], capsys.readouterr().err)
+    assert not out.exists()
+    assert not (files["root"] / "a_file" / "out").exists()
+
+
+def test_messages_say_what_is_wrong(files, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    expect = {
+        "predict-batch-size-0": "--batch-size must be >= 1, got 0",
+        "predict-threshold-nan": "--threshold must be a finite number, got nan",
+        "train-image-size-100": "at least 256x256",
+        "train-unwritable-out": "cannot write to the output folder",
+        "predict-missing-image": "no such image or folder",
+        "report-no-categories": "no categories",
+    }
+    for case, text in expect.items():
+        assert main([arg.format(out=out, **files) for arg in CASES[case]]) == 2
+        assert text in capsys.readouterr().err, case
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback(where, files, tmp_path, capsys):
+    args = [arg.format(out=tmp_path / "out", **files) for arg in CASES["predict-batch-size-0"]]
+    args = ["--debug", *args] if where == "before" else [*args, "--debug"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "efficientad-fast predict: error: --batch-size" in err
+
+
+def test_an_unexpected_error_keeps_its_traceback(files, tmp_path, monkeypatch):
+    from efficientad_fast import jobs
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(jobs, "predict_files", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["predict", "--model", str(files["model"]), str(files["image"]), "--out", str(tmp_path / "o")])
