@@ -318,7 +318,9 @@ def _add_demo_parser(subparsers) -> None:
 
     demo = subparsers.add_parser("demo", help="train and evaluate on the built-in dataset", description=cmd_demo.__doc__)
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    demo.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"training steps per category (default {DEMO_STEPS})")
+    per_category = ", ".join(f"{c} {n}" for c, n in DEMO_STEPS.items())
+    demo.add_argument("--steps", type=int, default=None,
+                      help=f"training steps for every category (default: {per_category})")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     demo.add_argument("--amp", choices=("fp16", "bf16", "none"), default=DEMO_AMP,
