@@ -13,6 +13,11 @@ Switches (environment variables):
                                 default: CUDA when torch has CUDA and a toolkit is found.
   EFFICIENTAD_FAST_CACHE=DIR    where JIT builds live (default ~/.cache/efficientad_fast).
   EFFICIENTAD_FAST_VERBOSE=1    show the compiler's command lines and output.
+  EFFICIENTAD_FAST_EXTRA_CFLAGS="FLAGS"  more C++ compiler flags (shell-split), appended
+                                to every build's; the JIT build then uses its own cache
+                                folder (named by the flags' hash), so a failing build,
+                                e.g. an invalid flag to test that failures show, never
+                                touches the normal cache.
   TORCH_CUDA_ARCH_LIST          GPU architectures (default: the visible GPUs, else 9.0).
   CUDA_HOME                     the CUDA toolkit, when it cannot be found by itself.
 """
@@ -24,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -42,12 +48,18 @@ CXX_FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inlined into our 
 JIT_CXX_FLAGS = ["-march=native"]
 LD_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
+EXTRA_CFLAGS_ENV = "EFFICIENTAD_FAST_EXTRA_CFLAGS"
 # The GPU architecture compiled when no GPU is visible (an H100/H200 is sm_90).
 DEFAULT_CUDA_ARCH_LIST = "9.0"
 
 
 class BuildError(RuntimeError):
     """The extension failed to compile or load."""
+
+
+def extra_cxx_flags() -> list[str]:
+    """The C++ flags of ``EFFICIENTAD_FAST_EXTRA_CFLAGS`` (shell-split; empty when unset)."""
+    return shlex.split(os.environ.get(EXTRA_CFLAGS_ENV, ""))
 
 
 def source_dir() -> Path:
@@ -165,6 +177,7 @@ class BuildPlan:
     ld_flags: list[str] = field(default_factory=list)
     cuda_home: str | None = None
     cuda_arch_list: str | None = None
+    extra_cxx_flags: list[str] = field(default_factory=list)  # EFFICIENTAD_FAST_EXTRA_CFLAGS, also in cxx_flags
 
     @property
     def variant(self) -> str:
@@ -178,13 +191,15 @@ def build_plan(jit: bool, with_cuda: bool | None = None, detect_gpus: bool = Tru
     if with_cuda is None:
         with_cuda, reason = want_cuda()
     src = source_dir()
+    extra = extra_cxx_flags()
     plan = BuildPlan(
         with_cuda=with_cuda,
         reason=reason,
         sources=[str(src / s) for s in CPU_SOURCES],
         include_dirs=[str(src), str(src / PUBLIC_INCLUDE_DIR)],
-        cxx_flags=CXX_FLAGS + (JIT_CXX_FLAGS if jit else []),
+        cxx_flags=CXX_FLAGS + (JIT_CXX_FLAGS if jit else []) + extra,
         ld_flags=list(LD_FLAGS),
+        extra_cxx_flags=extra,
     )
     if with_cuda:
         cuda_home = find_cuda_home()
@@ -230,10 +245,14 @@ def cache_root() -> Path:
 
 
 def build_directory(plan: BuildPlan) -> Path:
-    """One folder per torch version, Python version and variant, so builds never mix ABIs."""
+    """One folder per torch version, Python version and variant, so builds never mix ABIs;
+    with EFFICIENTAD_FAST_EXTRA_CFLAGS, one more per set of extra flags, so a build with
+    odd (or broken) flags never leaves its objects, build.ninja or lock in the normal one."""
     import torch
 
     tag = f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}-{plan.variant}"
+    if plan.extra_cxx_flags:
+        tag += "-x" + hashlib.sha256(json.dumps(plan.extra_cxx_flags).encode()).hexdigest()[:8]
     return cache_root() / tag
 
 

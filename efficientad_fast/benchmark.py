@@ -237,9 +237,10 @@ class OpTiming:
 
 def bench_op(device: torch.device, batches=(1, 16, 64), dtypes=("fp32", "fp16"), runs: int | None = None,
              warmup: int | None = None, image_size: int = 256, reference: bool = True,
-             progress=None) -> list[OpTiming]:
+             progress=None, on_row=None) -> list[OpTiming]:
     """Mean time of the fused op (and of the reference) per call, and the bandwidth it
-    achieves: a loop of ``runs`` calls with one synchronize at the end, divided by ``runs``."""
+    achieves: a loop of ``runs`` calls with one synchronize at the end, divided by ``runs``.
+    ``on_row(rows)`` is called with the rows so far after each one is measured."""
     from .ops import anomaly_map
     from .reference import reference_anomaly_map
 
@@ -270,6 +271,8 @@ def bench_op(device: torch.device, batches=(1, 16, 64), dtypes=("fp32", "fp16"),
                 row = OpTiming(impl, device.type, batch, dtype_name, n_runs, mean_s * 1e3, moved, gbs,
                                gbs / peak if peak else None)
                 rows.append(row)
+                if on_row:
+                    on_row(rows)
                 if progress:
                     progress(f"op {impl:<9} N={batch:<3} {dtype_name}: {row.mean_ms:.3f} ms, {gbs:.1f} GB/s")
             del args, kwargs
@@ -302,6 +305,8 @@ def run_benchmark(
     fp32 and fp16, host and device-resident paths, CUDA graphs off and on, 1000 + 1000 runs;
     on a CPU fp32 and bf16, one path, no graphs, a few runs (see :func:`default_runs`).
     A configuration that fails (say, out of memory) is reported with its error and the rest go on.
+    With ``json_path`` the file is rewritten (whole, by rename) after every measured row, so a
+    run cut short (a time limit) keeps what it measured.
     """
     dev = resolve_device(device)
     settings = benchmark_settings(dev, model_sizes=model_sizes, batch_sizes=batch_sizes, dtypes=dtypes,
@@ -314,16 +319,33 @@ def run_benchmark(
     load_extension()  # JIT-builds on first use: keep that out of every timing
     result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": machine_info(dev), "settings": settings, "timings": [], "op": []}
-    timings = _time_grid(dev, settings, warmup, runs, log)
-    ops = bench_op(dev, op_batches, settings["dtypes"], image_size=image_size, progress=log) if op else []
+
+    def save_timings(timings: list[Timing]) -> None:
+        result["timings"] = [asdict(t) | {"name": t.name} for t in timings]
+        _write_json(result, json_path)
+
+    def save_ops(ops: list[OpTiming]) -> None:
+        result["op"] = [asdict(r) for r in ops]
+        _write_json(result, json_path)
+
+    _time_grid(dev, settings, warmup, runs, log, on_row=save_timings)
+    if op:
+        bench_op(dev, op_batches, settings["dtypes"], image_size=image_size, progress=log, on_row=save_ops)
     result["machine"]["loadavg_end"] = loadavg()
-    result["timings"] = [asdict(t) | {"name": t.name} for t in timings]
-    result["op"] = [asdict(r) for r in ops]
-    if json_path:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
+    _write_json(result, json_path)
     return result
+
+
+def _write_json(result: dict, json_path: str | os.PathLike | None) -> None:
+    """Write ``result`` to ``json_path`` (if given) whole: a reader, or a kill mid-write,
+    never sees half a file."""
+    if not json_path:
+        return
+    path = Path(json_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(result, indent=2))
+    temporary.replace(path)
 
 
 def benchmark_settings(dev: torch.device, *, model_sizes, batch_sizes, dtypes, image_size: int, paths,
@@ -355,9 +377,11 @@ def benchmark_settings(dev: torch.device, *, model_sizes, batch_sizes, dtypes, i
     }
 
 
-def _time_grid(dev: torch.device, settings: dict, warmup: int | None, runs: int | None, log) -> list[Timing]:
+def _time_grid(dev: torch.device, settings: dict, warmup: int | None, runs: int | None, log,
+               on_row=None) -> list[Timing]:
     """:func:`time_predict` over the settings' model size x dtype x batch x path x CUDA
-    graph grid (one model per size and dtype), logging a line per configuration."""
+    graph grid (one model per size and dtype), logging a line per configuration and
+    calling ``on_row(timings so far)`` after each."""
     s = settings
     total = len(s["model_sizes"]) * len(s["dtypes"]) * len(s["batch_sizes"]) * len(s["paths"]) * len(s["cuda_graphs"])
     timings = []
@@ -370,6 +394,8 @@ def _time_grid(dev: torch.device, settings: dict, warmup: int | None, runs: int 
                         t, msg = _time_one(model, batch, dtype_name, path, graph, s["image_size"], s["compile"],
                                            warmup, runs)
                         timings.append(t)
+                        if on_row:
+                            on_row(timings)
                         log(f"[{len(timings)}/{total}] {t.name:<40} {msg}")
             del model
     return timings

@@ -13,7 +13,9 @@ from pathlib import Path
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print versions, the CUDA toolkit, which kernels are built and where the build cache is."""
+    """Print versions, the CUDA toolkit, which kernels are built and where the build cache is.
+    Exits 1 when the op library fails to build or load (the report still prints, with the
+    error under "build"), so scripts see a failed build as failed."""
     import torch
 
     from . import __version__, _build, _extension
@@ -43,6 +45,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows.append(("build cache", str(_build.build_directory(plan))))
     if plan.with_cuda:
         rows.append(("CUDA architectures", plan.cuda_arch_list))
+    failed = False
     if args.no_build and not _extension.is_loaded():
         built = _build.built_library(plan)
         rows.append(("built", f"yes: {built[0]}" if built else "not yet (builds on first use)"))
@@ -56,13 +59,16 @@ def cmd_info(args: argparse.Namespace) -> int:
             rows.append(("CUDA kernel", f"yes ({archs})" if cuda and archs else ("yes" if cuda else "no")))
         except Exception as exc:  # report, don't crash: info is what people run when it breaks
             rows.append(("build", f"FAILED: {exc}"))
+            failed = True
     if args.json:
         print(json.dumps(dict(rows), indent=2))
     else:
         width = max(len(k) for k, _ in rows)
         for key, value in rows:
             print(f"{key:<{width}}  {value}")
-    return 0
+    if failed:  # the JSON on stdout stays whole; say it on stderr too, for logs
+        print("efficientad-fast info: the op library failed to build (see 'build' above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _add_info_parser(subparsers) -> None:
