@@ -70,6 +70,20 @@ at::Tensor check_quantiles(const at::Tensor& q, const at::Device& device) {
   return qf;
 }
 
+// Quantiles given as numbers: checked here (they are on the host) and kept in p by value.
+void check_quantile_values(at::ArrayRef<double> q, AnomalyMapParams& p) {
+  TORCH_CHECK_VALUE(q.size() == 4, "anomaly_map: quantile_values must hold 4 values ",
+                    "(q_a_st, q_b_st, q_a_ae, q_b_ae), got ", q.size());
+  TORCH_CHECK_VALUE(std::isfinite(q[0]) && std::isfinite(q[1]) && q[1] > q[0],
+                    "anomaly_map: quantiles need finite q_b_st > q_a_st, got q_a_st=", q[0],
+                    ", q_b_st=", q[1]);
+  TORCH_CHECK_VALUE(std::isfinite(q[2]) && std::isfinite(q[3]) && q[3] > q[2],
+                    "anomaly_map: quantiles need finite q_b_ae > q_a_ae, got q_a_ae=", q[2],
+                    ", q_b_ae=", q[3]);
+  p.has_quantile_values = true;
+  for (int i = 0; i < 4; ++i) p.quantile_values[i] = static_cast<float>(q[i]);
+}
+
 // The three feature tensors: dtypes, one device, matching shapes -> the sizes in p.
 void check_feature_shapes(const at::Tensor& teacher, const at::Tensor& student,
                           const at::Tensor& autoencoder, AnomalyMapParams& p) {
@@ -139,7 +153,8 @@ AnomalyMapInputs check_anomaly_map_inputs(
     const at::Tensor& teacher, const at::Tensor& student, const at::Tensor& autoencoder,
     const std::optional<at::Tensor>& teacher_mean, const std::optional<at::Tensor>& teacher_std,
     const std::optional<at::Tensor>& quantiles, double alpha, int64_t pad,
-    at::OptionalIntArrayRef output_size, std::string_view distance) {
+    at::OptionalIntArrayRef output_size, std::string_view distance,
+    std::optional<at::ArrayRef<double>> quantile_values) {
   AnomalyMapInputs in;
   AnomalyMapParams& p = in.params;
   check_feature_shapes(teacher, student, autoencoder, p);
@@ -153,10 +168,13 @@ AnomalyMapInputs check_anomaly_map_inputs(
     p.mean = in.teacher_mean.data_ptr<float>();
     p.stdev = in.teacher_std.data_ptr<float>();
   }
+  TORCH_CHECK_VALUE(!(quantiles.has_value() && quantile_values.has_value()),
+                    "anomaly_map: give quantiles as a tensor or as quantile_values, not both");
   if (quantiles.has_value()) {
     in.quantiles = check_quantiles(*quantiles, device);
     p.quantiles = in.quantiles.data_ptr<float>();
   }
+  if (quantile_values.has_value()) check_quantile_values(*quantile_values, p);
   check_options(alpha, pad, output_size, distance, p);
 
   // One memory format for all three: the teacher's if it is channels_last, else NCHW.
@@ -173,7 +191,7 @@ TORCH_LIBRARY(efficientad_fast, m) {
   m.def(
       "anomaly_map(Tensor teacher, Tensor student, Tensor autoencoder, Tensor? teacher_mean, "
       "Tensor? teacher_std, Tensor? quantiles, float alpha, int pad, int[]? output_size, "
-      "str distance) -> (Tensor, Tensor)");
+      "str distance, float[]? quantile_values=None) -> (Tensor, Tensor)");
 }
 
 }  // namespace efficientad_fast

@@ -31,8 +31,14 @@ enum class Distance : int { L2 = 0, Cosine = 1 };
 // torch.nn.functional.cosine_similarity's default eps: each norm is clamped to it.
 constexpr float kCosineEps = 1e-8f;
 
+// A teacher value standardized by its channel's statistics (both kernels, every layout).
+EAD_HOST_DEVICE float standardize(float t, float mean, float stdev) { return (t - mean) / stdev; }
+
 // Running per-pixel sums over channels for one pair of feature maps (a, b).
-// Plain aggregates (usable in CUDA shared memory): value-initialize with {} to zero them.
+// Plain aggregates of floats only (usable in CUDA shared memory, shuffled field by field
+// across a warp): value-initialize with {} to zero them. merge() adds another partial sum:
+// the CPU kernel merges its lanes and channel blocks with it, the CUDA kernels their
+// channel groups and warp lanes.
 template <Distance D>
 struct PairSums;
 
@@ -150,6 +156,10 @@ struct AnomalyMapParams {
   const float* mean = nullptr;       // (C) teacher mean, or nullptr: teacher already standardized
   const float* stdev = nullptr;      // (C) teacher std, set together with mean
   const float* quantiles = nullptr;  // (4) q_a_st, q_b_st, q_a_ae, q_b_ae, or nullptr: no normalization
+  // The same four quantiles given as numbers (float[] in the schema): held here, by value,
+  // so no tensor is built or copied to the device per call (CUDA-graph capturable).
+  bool has_quantile_values = false;
+  float quantile_values[4] = {0.f, 0.f, 0.f, 0.f};
   float alpha = 0.5f;
   Distance distance = Distance::L2;
   bool channels_last = false;  // the features' memory format: channels_last (NHWC) or NCHW
@@ -158,9 +168,11 @@ struct AnomalyMapParams {
 
   // The teacher value t of channel c, standardized when a mean and std were given.
   EAD_HOST_DEVICE float teacher_value(float t, int64_t c) const {
-    return mean != nullptr ? (t - mean[c]) / stdev[c] : t;
+    return mean != nullptr ? standardize(t, mean[c], stdev[c]) : t;
   }
-  EAD_HOST_DEVICE Fusion fusion() const { return Fusion::make(quantiles, alpha); }
+  EAD_HOST_DEVICE Fusion fusion() const {
+    return Fusion::make(has_quantile_values ? quantile_values : quantiles, alpha);
+  }
 };
 
 }  // namespace efficientad_fast

@@ -26,11 +26,14 @@ struct AnomalyMapInputs {
 };
 
 // Checks every argument (TORCH_CHECK_VALUE / TORCH_CHECK_TYPE naming it) and prepares them.
+// The quantiles come as a tensor (`quantiles`, e.g. a model's buffer) or as four numbers
+// (`quantile_values`), not both.
 AnomalyMapInputs check_anomaly_map_inputs(
     const at::Tensor& teacher, const at::Tensor& student, const at::Tensor& autoencoder,
     const std::optional<at::Tensor>& teacher_mean, const std::optional<at::Tensor>& teacher_std,
     const std::optional<at::Tensor>& quantiles, double alpha, int64_t pad,
-    at::OptionalIntArrayRef output_size, std::string_view distance);
+    at::OptionalIntArrayRef output_size, std::string_view distance,
+    std::optional<at::ArrayRef<double>> quantile_values);
 
 // One backend's kernel: fills map (N, 1, H, W) and score (N), float32, for N > 0.
 using AnomalyMapKernel = void (*)(const AnomalyMapInputs& in, at::Tensor& map, at::Tensor& score);
@@ -41,10 +44,11 @@ std::tuple<at::Tensor, at::Tensor> anomaly_map_entry(
     const at::Tensor& teacher, const at::Tensor& student, const at::Tensor& autoencoder,
     const std::optional<at::Tensor>& teacher_mean, const std::optional<at::Tensor>& teacher_std,
     const std::optional<at::Tensor>& quantiles, double alpha, int64_t pad,
-    at::OptionalIntArrayRef output_size, c10::string_view distance) {
+    at::OptionalIntArrayRef output_size, c10::string_view distance,
+    std::optional<at::ArrayRef<double>> quantile_values) {
   const AnomalyMapInputs in = check_anomaly_map_inputs(
       teacher, student, autoencoder, teacher_mean, teacher_std, quantiles, alpha, pad,
-      output_size, distance);
+      output_size, distance, quantile_values);
   const AnomalyMapParams& p = in.params;
   const auto opts = teacher.options().dtype(at::kFloat);
   at::Tensor map = at::empty({p.batch, 1, p.out_height, p.out_width}, opts);

@@ -12,7 +12,7 @@ namespace {
 using AnomalyMapSignature = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double, int64_t,
-    at::OptionalIntArrayRef, c10::string_view);
+    at::OptionalIntArrayRef, c10::string_view, std::optional<at::ArrayRef<double>>);
 
 const c10::TypedOperatorHandle<AnomalyMapSignature>& op() {
   static const auto handle = c10::Dispatcher::singleton()
@@ -29,9 +29,11 @@ std::tuple<at::Tensor, at::Tensor> anomaly_map(const at::Tensor& teacher,
                                                const AnomalyMapOptions& options) {
   at::OptionalIntArrayRef output_size;
   if (options.output_size.has_value()) output_size = at::IntArrayRef(*options.output_size);
+  std::optional<at::ArrayRef<double>> quantile_values;
+  if (options.quantile_values.has_value()) quantile_values = at::ArrayRef<double>(*options.quantile_values);
   return op().call(teacher, student, autoencoder, options.teacher_mean, options.teacher_std,
                    options.quantiles, options.alpha, options.pad, output_size,
-                   options.distance);
+                   options.distance, quantile_values);
 }
 
 bool op_registered() {

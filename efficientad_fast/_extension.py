@@ -92,7 +92,7 @@ def has_kernel(dispatch_key: str) -> bool:
 
 
 def _anomaly_map_fake(teacher, student, autoencoder, teacher_mean, teacher_std, quantiles, alpha, pad,
-                      output_size, distance):
+                      output_size, distance, quantile_values=None):
     """Shape-only kernel so torch.compile(fullgraph=True) and torch.export trace the op; also
     its Meta kernel. It checks what the output shapes depend on, and the devices (a call that
     mixes meta and CPU tensors lands here, not in C++); every other argument is checked by

@@ -27,9 +27,12 @@ def _op():
     return torch.ops.efficientad_fast.anomaly_map.default
 
 
-def _as_quantiles(quantiles, device: torch.device) -> torch.Tensor | None:
+def _as_quantiles(quantiles) -> tuple[torch.Tensor | None, list[float] | None]:
+    """``(quantiles tensor, quantile values)`` for the op, at most one of them set: a tensor
+    stays a tensor (a model's buffer: no host read); numbers go to the op as numbers, so no
+    tensor is built and copied to the device on every call (CUDA-graph capturable)."""
     if quantiles is None or torch.is_tensor(quantiles):
-        return quantiles
+        return quantiles, None
     if isinstance(quantiles, np.ndarray):
         quantiles = quantiles.reshape(-1).tolist()
     if not isinstance(quantiles, Sequence) or len(quantiles) != 4:
@@ -37,11 +40,11 @@ def _as_quantiles(quantiles, device: torch.device) -> torch.Tensor | None:
             f"quantiles must be (q_a_st, q_b_st, q_a_ae, q_b_ae) or a tensor of 4 values, got {quantiles!r}"
         )
     values = [float(q) for q in quantiles]
-    # Also checked by C++, but only in CPU tensors: reading a GPU tensor would synchronize.
+    # Also checked by C++; here the error quotes the caller's values by their names.
     for name, (qa, qb) in (("st", values[:2]), ("ae", values[2:])):
         if not (math.isfinite(qa) and math.isfinite(qb) and qb > qa):
             raise ValueError(f"quantiles need finite q_b_{name} > q_a_{name}, got q_a_{name}={qa}, q_b_{name}={qb}")
-    return torch.tensor(values, dtype=torch.float32, device=device)
+    return None, values
 
 
 def _as_output_size(output_size) -> list[int] | None:
@@ -79,8 +82,10 @@ def anomaly_map(
         teacher_mean, teacher_std: (C) channel statistics that standardize the teacher
             features, or None when they are standardized already (both or neither).
         quantiles: (q_a_st, q_b_st, q_a_ae, q_b_ae) as numbers or a tensor of 4 values, or
-            None for no map normalization (as anomalib does before calibration). Values in
-            a CUDA tensor are not checked (that would synchronize); q_b must exceed q_a.
+            None for no map normalization (as anomalib does before calibration). Numbers
+            reach the kernel by value (no tensor made or copied to the device per call, so
+            a CUDA graph can capture the call); values in a CUDA tensor are not checked
+            (that would synchronize); q_b must exceed q_a.
         alpha: weight of the student-teacher map; 1 - alpha weighs the autoencoder map.
         pad: zero padding added to each side of the feature-resolution maps (4 in anomalib).
         output_size: (H, W) or an int for the map; None keeps the padded feature size.
@@ -97,16 +102,18 @@ def anomaly_map(
     for name, value in (("teacher", teacher), ("student", student), ("autoencoder", autoencoder)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"anomaly_map: {name} must be a torch.Tensor, got {type(value).__name__}")
+    quantile_tensor, quantile_values = _as_quantiles(quantiles)
     return _op()(
         teacher,
         student,
         autoencoder,
         teacher_mean,
         teacher_std,
-        _as_quantiles(quantiles, teacher.device),
+        quantile_tensor,
         float(alpha),
         int(pad),
         _as_output_size(output_size),
         distance,
+        quantile_values,
     )
 

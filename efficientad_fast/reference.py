@@ -36,7 +36,8 @@ def reference_anomaly_map(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same signature and result as :func:`efficientad_fast.anomaly_map`, in plain PyTorch.
 
-    Computes in float32 whatever the input dtype::
+    Computes in float32 whatever the input dtype, except float64 features, which it keeps
+    in float64 (the tests' exact reference; the op itself takes no float64)::
 
         t = (teacher - mean) / std                                  # if mean/std given
         d_st = ((t - student[:, :C]) ** 2).mean(1)                  # "l2"
@@ -47,11 +48,12 @@ def reference_anomaly_map(
         map = alpha * m_st + (1 - alpha) * m_ae;  score = map.amax((-2, -1))
     """
     channels = teacher.shape[1]
-    t, s, ae = teacher.float(), student.float(), autoencoder.float()
+    dtype = torch.float64 if teacher.dtype == torch.float64 else torch.float32
+    t, s, ae = teacher.to(dtype), student.to(dtype), autoencoder.to(dtype)
     if teacher_mean is not None:
         _check_teacher_std(teacher_std)
-        mean = teacher_mean.float().reshape(1, channels, 1, 1)
-        std = teacher_std.float().reshape(1, channels, 1, 1)
+        mean = teacher_mean.to(dtype).reshape(1, channels, 1, 1)
+        std = teacher_std.to(dtype).reshape(1, channels, 1, 1)
         t = (t - mean) / std
     if distance == "l2":
         d_st = torch.mean((t - s[:, :channels]) ** 2, dim=1, keepdim=True)
@@ -71,7 +73,7 @@ def reference_anomaly_map(
     d_st = F.interpolate(d_st, size=tuple(output_size), mode="bilinear", align_corners=False)
     d_ae = F.interpolate(d_ae, size=tuple(output_size), mode="bilinear", align_corners=False)
     if quantiles is not None:
-        qa_st, qb_st, qa_ae, qb_ae = (q.float() if torch.is_tensor(q) else float(q) for q in quantiles)
+        qa_st, qb_st, qa_ae, qb_ae = (q.to(dtype) if torch.is_tensor(q) else float(q) for q in quantiles)
         d_st = 0.1 * (d_st - qa_st) / (qb_st - qa_st)
         d_ae = 0.1 * (d_ae - qa_ae) / (qb_ae - qa_ae)
     anomaly_map = alpha * d_st + (1 - alpha) * d_ae

@@ -1,4 +1,5 @@
-"""Random inputs shared by the tests and the benchmarks: op features, op calls, models.
+"""Random inputs shared by the tests and the benchmarks: op features, op calls, models; and
+the one tolerance rule by which the tests compare maps with the reference.
 
 Nothing here is needed to use the library; it gives the tests (``tests/``), the pytest-benchmark
 suites and timing scripts (``bench/``) and the ``bench`` command one definition of the random
@@ -7,6 +8,7 @@ features and seeded models they time or check, so a figure and a test speak of t
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .model import EfficientAD
@@ -77,3 +79,39 @@ def random_model(model_size: str = "small", *, seed: int = 0, teacher_stats: boo
     if quantiles is not None:
         model.set_quantiles(*quantiles)
     return model
+
+
+def map_tolerance(expected_map: torch.Tensor, rtol: float, atol: float = 1e-6) -> torch.Tensor:
+    """Per-image tolerance (N,) for a float32 map compared with ``expected_map`` (N, 1, H, W):
+    ``rtol`` x the image's map range (max - min), plus a floor of ``atol`` and of float32's
+    rounding of the map's largest magnitude (8 ulp), so a flat or near-constant map, whose
+    range is ~0, is held to what float32 can represent rather than to ~1e-9."""
+    flat = expected_map.detach().double().reshape(expected_map.shape[0], -1)
+    if flat.shape[1] == 0:
+        return torch.full((flat.shape[0],), float(atol), dtype=torch.float64)
+    span = flat.amax(1) - flat.amin(1)
+    rounding = 8 * np.finfo(np.float32).eps * flat.abs().amax(1)
+    return rtol * span + torch.clamp(rounding, min=atol)
+
+
+def assert_map_close(result, expected, rtol: float, atol: float = 1e-6) -> None:
+    """``result`` = (map, score) equals ``expected`` (map, score, any float dtype and device) to
+    within :func:`map_tolerance` per image, in the map and in the score; the result must be
+    float32 and of the expected shapes. NaN must match NaN. Errors name the worst image."""
+    got_map, got_score = (t.detach().cpu().double() for t in result)
+    expected_map, expected_score = (t.detach().cpu().double() for t in expected)
+    assert result[0].dtype == torch.float32 and result[1].dtype == torch.float32, (result[0].dtype, result[1].dtype)
+    assert got_map.shape == expected_map.shape, (tuple(got_map.shape), tuple(expected_map.shape))
+    assert got_score.shape == expected_score.shape == (expected_map.shape[0],), (
+        tuple(got_score.shape), tuple(expected_score.shape))
+    if got_map.numel() == 0:
+        return
+    tolerance = map_tolerance(expected_map, rtol, atol)
+    for name, got, want in (("map", got_map, expected_map), ("score", got_score, expected_score)):
+        got, want = got.reshape(got.shape[0], -1), want.reshape(want.shape[0], -1)
+        assert torch.equal(got.isnan(), want.isnan()), f"{name}: NaN in different places"
+        error = (got - want).nan_to_num(0.0).abs().amax(1)
+        worst = int((error - tolerance).argmax())
+        assert bool((error <= tolerance).all()), (
+            f"{name} error {error[worst].item():.3g} > tolerance {tolerance[worst].item():.3g} in image "
+            f"{worst} (map range {(want[worst].amax() - want[worst].amin()).item():.3g}, rtol {rtol}, atol {atol})")

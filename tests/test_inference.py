@@ -7,6 +7,7 @@ import torch
 
 import efficientad_fast as ead
 from efficientad_fast.benchmark import bench_op, format_table, run_benchmark, time_predict
+from efficientad_fast.testing import assert_map_close, random_teacher_stats
 
 pytestmark = pytest.mark.usefixtures("op_library")
 
@@ -86,6 +87,67 @@ def test_cuda_graph_predictor_equals_predict(model, dtype, input_dtype):
     if input_dtype == torch.uint8:
         y = (y * 255).round().to(torch.uint8)
     torch.testing.assert_close(fast(y).score, gpu.predict(y).score, rtol=0, atol=1e-5)
+
+
+# --- predict on each device against the CPU reference backend ---------------------------
+
+def seeded_model(model_size: str, padding: bool) -> ead.EfficientAD:
+    """A seeded EfficientAD (random weights, teacher statistics, quantiles), in eval mode."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = ead.EfficientAD(model_size, padding=padding, teacher="random")
+    model.set_teacher_stats(*random_teacher_stats(generator=torch.Generator().manual_seed(0)))
+    model.set_quantiles(0.1, 0.6, 0.2, 0.7)
+    return model.eval()
+
+
+def copy_model(model: ead.EfficientAD, device, dtype) -> ead.EfficientAD:
+    """The same weights, statistics and quantiles in a new model on device, in dtype."""
+    twin = ead.EfficientAD(model.model_size, padding=model.padding, teacher="random")
+    twin.load_state_dict(model.state_dict())
+    twin.set_quantiles(*model.quantiles.tolist())
+    return twin.to(device, dtype).eval()
+
+
+# Of each image's map range (assert_map_close). fp32 on CUDA runs without TF32 (below), so
+# only summation order differs from the CPU; fp16 networks round every layer's output to
+# 11 bits (estimates: not yet measured on a GPU).
+PREDICT_RTOL = {torch.float32: 1e-4, torch.float16: 5e-2}
+
+
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.float32),
+    pytest.param("cuda", torch.float32, marks=requires_cuda),
+    pytest.param("cuda", torch.float16, marks=requires_cuda),
+], ids=["cpu-fp32", "cuda-fp32", "cuda-fp16"])
+@pytest.mark.parametrize("padding", [False, True], ids=["no-padding", "padding"])
+@pytest.mark.parametrize("model_size", ["small", "medium"])
+def test_predict_matches_cpu_reference_backend(model_size, padding, device, dtype):
+    cpu_model = seeded_model(model_size, padding)
+    n = 1 if device == "cpu" else 2  # keep the CPU twin cheap (2 cores)
+    x = images(n, seed=3)
+    expected = cpu_model.predict(x, backend="reference")
+    model = copy_model(cpu_model, device, dtype)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        got = model.predict(x.to(device))
+    assert got.anomaly_map.device.type == device
+    assert_map_close((got.anomaly_map, got.score), (expected.anomaly_map, expected.score),
+                     rtol=PREDICT_RTOL[dtype])
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("padding", [False, True], ids=["no-padding", "padding"])
+@pytest.mark.parametrize("model_size", ["small", "medium"])
+def test_cuda_graph_predictor_equals_eager_predictor(model_size, padding, dtype):
+    model = copy_model(seeded_model(model_size, padding), "cuda", dtype)
+    graphed = ead.FastPredictor(model, 2, 256, cuda_graph=True)
+    eager = ead.FastPredictor(model, 2, 256, cuda_graph=False)
+    for seed in (4, 5):  # a second batch: the replay reads the new images
+        x = images(2, seed=seed).cuda()
+        got, expected = graphed(x), eager(x)
+        # The same kernels on the same inputs: equal but for cuDNN's algorithm choice.
+        assert_map_close((got.anomaly_map, got.score), (expected.anomaly_map, expected.score), rtol=1e-4)
 
 
 def test_time_predict_reports_consistent_figures(model):

@@ -97,7 +97,7 @@ void fused_feature_map_nchw(const AnomalyMapInputs& in, const Fusion& fusion, fl
         const float* __restrict__ a = a_row(autoencoder + (n * C + c) * plane + y * w, w);
         if (mean != nullptr) {
           const float m = mean[c], sd = stdev[c];
-          for (int64_t x = 0; x < w; ++x) st_sums[x].add((t[x] - m) / sd, s_st[x]);
+          for (int64_t x = 0; x < w; ++x) st_sums[x].add(standardize(t[x], m, sd), s_st[x]);
         } else {
           for (int64_t x = 0; x < w; ++x) st_sums[x].add(t[x], s_st[x]);
         }
@@ -139,15 +139,14 @@ void fused_feature_map_nhwc(const AnomalyMapInputs& in, const Fusion& fusion, fl
         for (; c + kLanes <= C; c += kLanes) {
           if (mean != nullptr) {
             for (int64_t k = 0; k < kLanes; ++k)
-              st[k].add((t[c + k] - mean[c + k]) / stdev[c + k], s_st[c + k]);
+              st[k].add(standardize(t[c + k], mean[c + k], stdev[c + k]), s_st[c + k]);
           } else {
             for (int64_t k = 0; k < kLanes; ++k) st[k].add(t[c + k], s_st[c + k]);
           }
           for (int64_t k = 0; k < kLanes; ++k) ae[k].add(a[c + k], s_ae[c + k]);
         }
         for (; c < C; ++c) {
-          const float tv = mean != nullptr ? (t[c] - mean[c]) / stdev[c] : t[c];
-          st[0].add(tv, s_st[c]);
+          st[0].add(p.teacher_value(t[c], c), s_st[c]);
           ae[0].add(a[c], s_ae[c]);
         }
         for (int64_t k = 1; k < kLanes; ++k) {

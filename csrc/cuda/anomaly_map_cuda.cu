@@ -7,6 +7,9 @@
 //      zero distance normalizes to);
 //   2. bilinear resize to the output size, one partial max per block;
 //   3. per-image max of the partial maxima -> score.
+// Blocks run along gridDim.x only, so any batch the CPU kernel takes works here too; a
+// batch whose grid would pass CUDA's 2^31 - 1 blocks is launched in chunks of images
+// (never for a batch that fits in memory, but the limit stays the same as on the CPU).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -79,20 +82,19 @@ __global__ void fused_feature_map_nchw_kernel(const scalar_t* __restrict__ teach
   padded[index] = fusion(st.finish(a.channels), ae.finish(a.channels));
 }
 
+// Butterfly sum of a warp's partial sums: each step fetches the partner lane's sums field by
+// field (PairSums holds floats only) and adds them with the shared PairSums::merge.
 template <Distance D>
-__device__ __forceinline__ void warp_merge(PairSums<D>& s);
-
-template <>
-__device__ __forceinline__ void warp_merge(PairSums<Distance::L2>& s) {
-  for (int o = kWarp / 2; o > 0; o /= 2) s.squared_diff += __shfl_xor_sync(0xffffffffu, s.squared_diff, o);
-}
-
-template <>
-__device__ __forceinline__ void warp_merge(PairSums<Distance::Cosine>& s) {
+__device__ __forceinline__ void warp_merge(PairSums<D>& s) {
+  constexpr int kFields = sizeof(PairSums<D>) / sizeof(float);
+  static_assert(sizeof(PairSums<D>) == kFields * sizeof(float), "PairSums must hold floats only");
   for (int o = kWarp / 2; o > 0; o /= 2) {
-    s.dot += __shfl_xor_sync(0xffffffffu, s.dot, o);
-    s.a_sq += __shfl_xor_sync(0xffffffffu, s.a_sq, o);
-    s.b_sq += __shfl_xor_sync(0xffffffffu, s.b_sq, o);
+    PairSums<D> other;
+    const float* mine = reinterpret_cast<const float*>(&s);
+    float* theirs = reinterpret_cast<float*>(&other);
+#pragma unroll
+    for (int f = 0; f < kFields; ++f) theirs[f] = __shfl_xor_sync(0xffffffffu, mine[f], o);
+    s.merge(other);
   }
 }
 
@@ -147,19 +149,20 @@ __device__ __forceinline__ float block_nan_max(float v, float* shared) {
   return v;
 }
 
+// Grid: `parts` blocks per image, the images one after another in gridDim.x (not gridDim.y,
+// which stops at 65535: the CPU kernel takes any batch, so the CUDA one must too).
 __global__ void resize_kernel(const float* __restrict__ padded, int64_t padded_height,
                               int64_t padded_width, float* __restrict__ out, int64_t out_height,
-                              int64_t out_width, float* __restrict__ partial_max) {
+                              int64_t out_width, int64_t parts, float* __restrict__ partial_max) {
   __shared__ float shared[kResizeThreads / kWarp];
-  const int64_t n = blockIdx.y;
+  const int64_t n = blockIdx.x / parts, part = blockIdx.x % parts;
   const int64_t pixels = out_height * out_width;
   const float scale_y = resize_scale(padded_height, out_height);
   const float scale_x = resize_scale(padded_width, out_width);
   const float* map = padded + n * padded_height * padded_width;
   float* o = out + n * pixels;
   float m = -INFINITY;
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < pixels;
-       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t p = part * blockDim.x + threadIdx.x; p < pixels; p += parts * blockDim.x) {
     const int64_t y = p / out_width, x = p % out_width;
     const float v = bilinear(map, padded_width, linear_tap(y, padded_height, scale_y),
                              linear_tap(x, padded_width, scale_x));
@@ -167,7 +170,7 @@ __global__ void resize_kernel(const float* __restrict__ padded, int64_t padded_h
     m = nan_max(m, v);
   }
   m = block_nan_max(m, shared);
-  if (threadIdx.x == 0) partial_max[n * gridDim.x + blockIdx.x] = m;
+  if (threadIdx.x == 0) partial_max[blockIdx.x] = m;
 }
 
 // Stage 3: one block per image reduces that image's partial maxima.
@@ -181,52 +184,82 @@ __global__ void score_kernel(const float* __restrict__ partial_max, int64_t part
   if (threadIdx.x == 0) score[blockIdx.x] = m;
 }
 
-void anomaly_map_cuda(const AnomalyMapInputs& in, at::Tensor& map, at::Tensor& score) {
-  const AnomalyMapParams& p = in.params;
-  TORCH_CHECK_VALUE(p.batch <= 65535, "anomaly_map: CUDA batch size must be <= 65535, got ",
-                    p.batch);
-  const c10::cuda::CUDAGuard guard(map.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor padded = at::empty({p.batch, p.padded_height, p.padded_width}, map.options());
-  const int64_t padded_pixels = p.batch * p.padded_height * p.padded_width;
+// The blocks of one launch along gridDim.x (CUDA's limit, 2^31 - 1).
+constexpr int64_t kMaxBlocks = 2147483647;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.teacher.scalar_type(),
-                                  "anomaly_map_cuda", [&] {
-    const scalar_t* t = in.teacher.data_ptr<scalar_t>();
-    const scalar_t* s = in.student.data_ptr<scalar_t>();
-    const scalar_t* ae = in.autoencoder.data_ptr<scalar_t>();
-    float* buffer = padded.data_ptr<float>();
-    if (p.channels_last) {
+int64_t blocks(int64_t items, int64_t per_block) { return (items + per_block - 1) / per_block; }
+
+// Images per launch, so that no launch of `blocks_per_image(images)` blocks exceeds the grid
+// limit. One chunk (the whole batch) for any batch that fits in memory; the loop only keeps
+// the CPU's and the CUDA kernel's accepted inputs the same.
+int64_t images_per_launch(int64_t batch, int64_t items_per_image, int64_t per_block) {
+  return std::max<int64_t>(1, std::min(batch, kMaxBlocks * per_block / std::max<int64_t>(items_per_image, 1)));
+}
+
+template <typename scalar_t>
+void launch_fused_feature_map(const AnomalyMapInputs& in, float* padded, cudaStream_t stream) {
+  const AnomalyMapParams& p = in.params;
+  const bool nhwc = p.channels_last;
+  const int64_t per_block = nhwc ? kPixelsPerBlock : kWarp;
+  const int64_t plane_padded = p.padded_height * p.padded_width;
+  const int64_t feature_image = p.channels * p.height * p.width;  // values of one image
+  const int64_t chunk = images_per_launch(p.batch, plane_padded, per_block);
+  const scalar_t* t = in.teacher.data_ptr<scalar_t>();
+  const scalar_t* s = in.student.data_ptr<scalar_t>();
+  const scalar_t* ae = in.autoencoder.data_ptr<scalar_t>();
+  for (int64_t n0 = 0; n0 < p.batch; n0 += chunk) {
+    AnomalyMapParams a = p;
+    a.batch = std::min(chunk, p.batch - n0);
+    const dim3 grid(blocks(a.batch * plane_padded, per_block));
+    const scalar_t* t_n = t + n0 * feature_image;
+    const scalar_t* s_n = s + n0 * 2 * feature_image;
+    const scalar_t* ae_n = ae + n0 * feature_image;
+    float* out = padded + n0 * plane_padded;
+    if (nhwc) {
       const dim3 block(kWarp, kPixelsPerBlock);
-      const dim3 grid((padded_pixels + kPixelsPerBlock - 1) / kPixelsPerBlock);
       if (p.distance == Distance::L2) {
-        fused_feature_map_nhwc_kernel<scalar_t, Distance::L2><<<grid, block, 0, stream>>>(t, s, ae, p, buffer);
+        fused_feature_map_nhwc_kernel<scalar_t, Distance::L2><<<grid, block, 0, stream>>>(t_n, s_n, ae_n, a, out);
       } else {
-        fused_feature_map_nhwc_kernel<scalar_t, Distance::Cosine><<<grid, block, 0, stream>>>(t, s, ae, p, buffer);
+        fused_feature_map_nhwc_kernel<scalar_t, Distance::Cosine><<<grid, block, 0, stream>>>(t_n, s_n, ae_n, a, out);
       }
     } else {
       const dim3 block(kWarp, kGroups);
-      const dim3 grid((padded_pixels + kWarp - 1) / kWarp);
       if (p.distance == Distance::L2) {
-        fused_feature_map_nchw_kernel<scalar_t, Distance::L2><<<grid, block, 0, stream>>>(t, s, ae, p, buffer);
+        fused_feature_map_nchw_kernel<scalar_t, Distance::L2><<<grid, block, 0, stream>>>(t_n, s_n, ae_n, a, out);
       } else {
-        fused_feature_map_nchw_kernel<scalar_t, Distance::Cosine><<<grid, block, 0, stream>>>(t, s, ae, p, buffer);
+        fused_feature_map_nchw_kernel<scalar_t, Distance::Cosine><<<grid, block, 0, stream>>>(t_n, s_n, ae_n, a, out);
       }
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+void anomaly_map_cuda(const AnomalyMapInputs& in, at::Tensor& map, at::Tensor& score) {
+  const AnomalyMapParams& p = in.params;
+  const c10::cuda::CUDAGuard guard(map.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor padded = at::empty({p.batch, p.padded_height, p.padded_width}, map.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.teacher.scalar_type(),
+                                  "anomaly_map_cuda", [&] {
+    launch_fused_feature_map<scalar_t>(in, padded.data_ptr<float>(), stream);
   });
 
+  const int64_t plane_padded = p.padded_height * p.padded_width;
   const int64_t out_pixels = p.out_height * p.out_width;
-  const int64_t parts = std::min<int64_t>(
-      (out_pixels + kResizeThreads - 1) / kResizeThreads, kMaxResizeBlocksPerImage);
+  const int64_t parts = std::min<int64_t>(blocks(out_pixels, kResizeThreads), kMaxResizeBlocksPerImage);
   at::Tensor partial_max = at::empty({p.batch, parts}, map.options());
-  resize_kernel<<<dim3(parts, p.batch), kResizeThreads, 0, stream>>>(
-      padded.data_ptr<float>(), p.padded_height, p.padded_width, map.data_ptr<float>(),
-      p.out_height, p.out_width, partial_max.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  score_kernel<<<p.batch, kMaxResizeBlocksPerImage, 0, stream>>>(partial_max.data_ptr<float>(),
-                                                                  parts, score.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t chunk = images_per_launch(p.batch, parts, 1);
+  for (int64_t n0 = 0; n0 < p.batch; n0 += chunk) {
+    const int64_t images = std::min(chunk, p.batch - n0);
+    float* partial = partial_max.data_ptr<float>() + n0 * parts;
+    resize_kernel<<<images * parts, kResizeThreads, 0, stream>>>(
+        padded.data_ptr<float>() + n0 * plane_padded, p.padded_height, p.padded_width,
+        map.data_ptr<float>() + n0 * out_pixels, p.out_height, p.out_width, parts, partial);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    score_kernel<<<images, kMaxResizeBlocksPerImage, 0, stream>>>(partial, parts,
+                                                                  score.data_ptr<float>() + n0);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 }  // namespace

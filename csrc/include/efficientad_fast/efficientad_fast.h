@@ -29,6 +29,9 @@ struct AnomalyMapOptions {
   // (4) map quantiles q_a_st, q_b_st, q_a_ae, q_b_ae: each map becomes
   // 0.1 * (d - q_a) / (q_b - q_a). Unset: maps are not normalized (an uncalibrated model).
   std::optional<at::Tensor> quantiles;
+  // The same four quantiles as numbers (set at most one of the two): no tensor is made or
+  // copied to the device per call.
+  std::optional<std::vector<double>> quantile_values;
   // Weight of the student-teacher map; 1 - alpha weighs the autoencoder-student map.
   double alpha = 0.5;
   // Zero padding added to each side of the feature-resolution maps (4 in anomalib).
