@@ -49,6 +49,18 @@ void check_teacher_std_values(const at::Tensor& std_f32) {
   }
 }
 
+// The order both forms of the quantiles must have, whether from a CPU tensor (float) or
+// numbers (double); the message quotes the values as given.
+template <typename T>
+void check_quantile_order(T qa_st, T qb_st, T qa_ae, T qb_ae) {
+  TORCH_CHECK_VALUE(std::isfinite(qa_st) && std::isfinite(qb_st) && qb_st > qa_st,
+                    "anomaly_map: quantiles need finite q_b_st > q_a_st, got q_a_st=", qa_st,
+                    ", q_b_st=", qb_st);
+  TORCH_CHECK_VALUE(std::isfinite(qa_ae) && std::isfinite(qb_ae) && qb_ae > qa_ae,
+                    "anomaly_map: quantiles need finite q_b_ae > q_a_ae, got q_a_ae=", qa_ae,
+                    ", q_b_ae=", qb_ae);
+}
+
 at::Tensor check_quantiles(const at::Tensor& q, const at::Device& device) {
   TORCH_CHECK_TYPE(at::isFloatingType(q.scalar_type()), "anomaly_map: quantiles must be a ",
                    "floating-point tensor, got ", q.scalar_type());
@@ -60,12 +72,7 @@ at::Tensor check_quantiles(const at::Tensor& q, const at::Device& device) {
   // Values on a GPU are not read back here: that would synchronize the stream.
   if (qf.is_cpu()) {
     const float* v = qf.data_ptr<float>();
-    TORCH_CHECK_VALUE(std::isfinite(v[0]) && std::isfinite(v[1]) && v[1] > v[0],
-                      "anomaly_map: quantiles need finite q_b_st > q_a_st, got q_a_st=", v[0],
-                      ", q_b_st=", v[1]);
-    TORCH_CHECK_VALUE(std::isfinite(v[2]) && std::isfinite(v[3]) && v[3] > v[2],
-                      "anomaly_map: quantiles need finite q_b_ae > q_a_ae, got q_a_ae=", v[2],
-                      ", q_b_ae=", v[3]);
+    check_quantile_order(v[0], v[1], v[2], v[3]);
   }
   return qf;
 }
@@ -74,12 +81,7 @@ at::Tensor check_quantiles(const at::Tensor& q, const at::Device& device) {
 void check_quantile_values(at::ArrayRef<double> q, AnomalyMapParams& p) {
   TORCH_CHECK_VALUE(q.size() == 4, "anomaly_map: quantile_values must hold 4 values ",
                     "(q_a_st, q_b_st, q_a_ae, q_b_ae), got ", q.size());
-  TORCH_CHECK_VALUE(std::isfinite(q[0]) && std::isfinite(q[1]) && q[1] > q[0],
-                    "anomaly_map: quantiles need finite q_b_st > q_a_st, got q_a_st=", q[0],
-                    ", q_b_st=", q[1]);
-  TORCH_CHECK_VALUE(std::isfinite(q[2]) && std::isfinite(q[3]) && q[3] > q[2],
-                    "anomaly_map: quantiles need finite q_b_ae > q_a_ae, got q_a_ae=", q[2],
-                    ", q_b_ae=", q[3]);
+  check_quantile_order(q[0], q[1], q[2], q[3]);
   p.has_quantile_values = true;
   for (int i = 0; i < 4; ++i) p.quantile_values[i] = static_cast<float>(q[i]);
 }
