@@ -16,10 +16,13 @@
 #                       the run and skips the steps that need the library.
 #   3. cuda_tests       tests/test_anomaly_map.py and tests/test_inference.py, -k cuda. With a GPU,
 #                       a skipped CUDA test, or none run, is a failure (pytest exits 0 then).
-#   4. bench_latency    S and M, batch 1, fp16 then fp32, 300 warm-up + 1000 timed runs
-#   5. bench_op         the fused op vs reference at N 64/16/1 (GB/s, fraction of peak)
-#   6. bench_throughput S and M, batch 64 then 16, 10 + 50 runs
-#      (4-6 write their JSON after every measured row: a step cut by its limit keeps its rows)
+#   4. bench_latency    S and M, batch 1, fp16 then fp32
+#   5. bench_op         the fused op vs reference at N 64/16/1, features channels_last (the
+#                       model's) then NCHW: MB moved, GB/s, fraction of peak beyond the L2 cache
+#   6. bench_throughput S and M, batch 64 then 16
+#      (4-6 run the `budget` timing protocol, efficientad_fast.benchmark.PROTOCOLS: the one
+#      definition of warm-up and timed runs; they write their JSON after every measured row,
+#      so a step cut by its limit keeps its rows)
 #   7. memcheck         compute-sanitizer --tool memcheck over the first CUDA op tests
 #   8. pytest_bench     pytest bench --benchmark-only -k cuda (the pytest-benchmark CUDA cases)
 #   9. summary.md       every step's status, the tables, and every target of bench/gpu_targets.py
@@ -42,8 +45,8 @@ SUMMARY="$OUT/summary.md"
 RESERVE=15  # seconds kept back for gpu_targets.py and the summary at the end
 MIN_STEP=15  # a step with less time than this left is skipped, not started and killed
 # Each step's share of the budget (sum 295 of the default 330), scaled to other budgets.
-declare -A SHARE=([install]=20 [build]=100 [cuda_tests]=40 [bench_latency]=40 [bench_op]=15
-                  [bench_throughput]=35 [memcheck]=30 [pytest_bench]=15)
+declare -A SHARE=([install]=20 [build]=100 [cuda_tests]=40 [bench_latency]=36 [bench_op]=22
+                  [bench_throughput]=32 [memcheck]=30 [pytest_bench]=15)
 elapsed() { echo $(( $(date +%s) - START )); }
 note() { echo "[gpu_check $(elapsed)s] $*"; echo "- $*" >> "$SUMMARY"; }
 left() { echo $(( BUDGET - RESERVE - $(elapsed) )); }
@@ -140,19 +143,19 @@ if [[ "$HAS_GPU" != 1 ]]; then
 elif (( ! build_ok )); then
     note "GPU steps skipped (build not ok): ${GPU_STEPS// /, }"
 else
-    bench=("$PY" -m efficientad_fast bench --device cuda)  # an array: `timeout` cannot run a function
+    bench=("$PY" -m efficientad_fast bench --device cuda --protocol budget)  # an array: `timeout` cannot run a function
     # Target configurations first (fp16, device path), so a step cut short has measured them.
     run_step bench_latency "${bench[@]}" --model-size small medium --batch-sizes 1 --dtypes fp16 fp32 \
-        --paths device host --cuda-graphs both --warmup 300 --runs 1000 \
+        --paths device host --cuda-graphs both \
         --json "$OUT/bench_latency.json" --markdown "$OUT/bench_latency.md"
     rc=$?; (( rc != 0 && rc != 99 )) && failed=1
     # One batch-1 configuration by the same protocol (the bench command needs a grid), then the op.
     run_step bench_op "${bench[@]}" --model-size small --batch-sizes 1 --dtypes fp16 --paths device --cuda-graphs on \
-        --warmup 300 --runs 1000 --op --op-batches 64 16 1 \
+        --op --op-batches 64 16 1 --op-layouts channels_last nchw \
         --json "$OUT/bench_op.json" --markdown "$OUT/bench_op.md"
     rc=$?; (( rc != 0 && rc != 99 )) && failed=1
     run_step bench_throughput "${bench[@]}" --model-size small medium --batch-sizes 64 16 --dtypes fp16 fp32 \
-        --paths device host --cuda-graphs both --warmup 10 --runs 50 \
+        --paths device host --cuda-graphs both \
         --json "$OUT/bench_throughput.json" --markdown "$OUT/bench_throughput.md"
     rc=$?; (( rc != 0 && rc != 99 )) && failed=1
 

@@ -25,7 +25,9 @@ GPU_TARGETS = (
     ("EfficientAD-S throughput, batch 64, fp16", "small", 64, "fp16", "images_per_s", ">=", 4000.0),
     ("EfficientAD-M latency, batch 1, fp16, GPU-resident", "medium", 1, "fp16", "mean_ms", "<=", 1.2),
 )
-OP_BANDWIDTH_TARGET = ("fused op N=64 fp16, fraction of peak bandwidth", 64, "fp16", 0.70)
+# The op's bandwidth target reads the case the model runs: fp16 channels_last features, N=64
+# (616 MB moved, far beyond the 50 MB L2, so the bytes come from DRAM).
+OP_BANDWIDTH_TARGET = ("fused op N=64 fp16 channels_last, fraction of peak bandwidth", 64, "fp16", "channels_last", 0.70)
 # What gpu_check.sh's benchmark steps write into its OUT folder.
 BENCH_FILES = ("bench_latency.json", "bench_op.json", "bench_throughput.json")
 
@@ -64,9 +66,10 @@ def check_targets(result: dict) -> list[dict]:
         value = best[key]
         rows.append({"target": what, "bound": f"{op} {bound:g}", "measured": value, "config": best["name"],
                      "met": value <= bound if op == "<=" else value >= bound})
-    what, batch, dtype, bound = OP_BANDWIDTH_TARGET
+    what, batch, dtype, layout, bound = OP_BANDWIDTH_TARGET
     for r in result.get("op", []):
-        if r["impl"] == "fused" and r["batch"] == batch and r["dtype"] == dtype and r["fraction_of_peak"]:
+        if (r["impl"] == "fused" and r["batch"] == batch and r["dtype"] == dtype and r.get("layout") == layout
+                and r["fraction_of_peak"]):
             rows.append({"target": what, "bound": f">= {bound:g}", "measured": r["fraction_of_peak"],
                          "config": f"{r['gbs']:.0f} GB/s", "met": r["fraction_of_peak"] >= bound})
     return rows
@@ -77,7 +80,7 @@ def target_status(result: dict) -> list[dict]:
     ``status`` "met" or "missed", or a "not measured" row (``measured``/``met`` None)."""
     measured = {r["target"]: r for r in check_targets(result)}
     rows = []
-    for what, *_, op, bound in GPU_TARGETS + ((OP_BANDWIDTH_TARGET[0], ">=", OP_BANDWIDTH_TARGET[3]),):
+    for what, *_, op, bound in GPU_TARGETS + ((OP_BANDWIDTH_TARGET[0], ">=", OP_BANDWIDTH_TARGET[-1]),):
         row = measured.get(what) or {"target": what, "bound": f"{op} {bound:g}", "measured": None,
                                      "config": "", "met": None}
         rows.append(row | {"status": "not measured" if row["met"] is None else ("met" if row["met"] else "missed")})

@@ -6,6 +6,11 @@ does that for each (model size, batch size, dtype, CUDA graph on/off) and also t
 device-resident variant (images already on the GPU, map left there; the clock stops at a
 stream synchronize). :func:`bench_op` times the fused scoring op alone against the plain
 PyTorch reference and reports the memory bandwidth it achieves.
+
+How many warm-up and timed runs each of these makes is :data:`PROTOCOLS` (``paper``, the
+default, and ``budget``, what ``bench/gpu_check.sh`` runs in its few minutes): the one
+definition that the ``bench`` command's defaults and help, ``gpu_check.sh`` and the results'
+``settings`` read.
 """
 
 from __future__ import annotations
@@ -28,16 +33,70 @@ from .inference import FastPredictor
 from .model import EfficientAD
 from .testing import op_inputs, random_model
 
-# The paper's protocol on a GPU; a 2-core CPU needs about a second per image, so far fewer.
-GPU_WARMUP, GPU_RUNS = 1000, 1000
-CPU_WARMUP, CPU_IMAGES = 1, 20  # CPU: runs = max(3, CPU_IMAGES // batch)
+THROUGHPUT_BATCH = 16  # a batch this big or bigger is timed as throughput, smaller as latency
 
 
-def default_runs(device: torch.device, batch: int) -> tuple[int, int]:
+@dataclass(frozen=True)
+class Protocol:
+    """(warm-up runs, timed runs) of one timing protocol, by device and batch size.
+
+    ``gpu_latency`` for batches below :data:`THROUGHPUT_BATCH`, ``gpu_throughput`` from it on;
+    a CPU warms up ``cpu[0]`` times and times ``max(3, cpu[1] // batch)`` runs (about
+    ``cpu[1]`` images: a 2-core CPU needs about a second an image). The fused op alone: a loop
+    of ``op_gpu`` / ``op_cpu`` calls (CPU timed runs ``max(2, op_cpu[1] // batch)``).
+    """
+
+    name: str
+    gpu_latency: tuple[int, int]
+    gpu_throughput: tuple[int, int]
+    cpu: tuple[int, int]
+    op_gpu: tuple[int, int]
+    op_cpu: tuple[int, int]
+
+    def runs(self, device: torch.device, batch: int) -> tuple[int, int]:
+        """(warm-up runs, timed runs) of ``predict`` at this batch size on this device."""
+        if device.type == "cuda":
+            return self.gpu_latency if batch < THROUGHPUT_BATCH else self.gpu_throughput
+        return self.cpu[0], max(3, self.cpu[1] // batch)
+
+    def op_runs(self, device: torch.device, batch: int) -> tuple[int, int]:
+        """(warm-up calls, timed calls) of the fused op alone."""
+        if device.type == "cuda":
+            return self.op_gpu
+        return self.op_cpu[0], max(2, self.op_cpu[1] // batch)
+
+    def describe(self) -> str:
+        """One line for help texts and the results' settings."""
+        lat, thr = self.gpu_latency, self.gpu_throughput
+        gpu = (f"{lat[0]} + {lat[1]}" if lat == thr else
+               f"batch < {THROUGHPUT_BATCH}: {lat[0]} + {lat[1]}, batch >= {THROUGHPUT_BATCH}: {thr[0]} + {thr[1]}")
+        return (f"{self.name}: warm-up + timed runs on a GPU {gpu}; on a CPU {self.cpu[0]} + max(3, {self.cpu[1]} // batch); "
+                f"the op alone {self.op_gpu[0]} + {self.op_gpu[1]} calls on a GPU, "
+                f"{self.op_cpu[0]} + max(2, {self.op_cpu[1]} // batch) on a CPU")
+
+
+PROTOCOLS = {p.name: p for p in (
+    # The paper's: 1000 warm-up + 1000 timed runs on a GPU at every batch size.
+    Protocol("paper", gpu_latency=(1000, 1000), gpu_throughput=(1000, 1000), cpu=(1, 20),
+             op_gpu=(20, 200), op_cpu=(1, 16)),
+    # gpu_check.sh's few minutes: batch-1 latency keeps 1000 timed runs (its spread matters),
+    # throughput batches are long enough that 50 runs after 10 give a stable mean.
+    Protocol("budget", gpu_latency=(300, 1000), gpu_throughput=(10, 50), cpu=(1, 20),
+             op_gpu=(20, 200), op_cpu=(1, 16)),
+)}
+DEFAULT_PROTOCOL = "paper"
+
+
+def protocol(name: str) -> Protocol:
+    """The :data:`PROTOCOLS` entry called ``name`` (ValueError naming the choices otherwise)."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {name!r}")
+    return PROTOCOLS[name]
+
+
+def default_runs(device: torch.device, batch: int, protocol_name: str = DEFAULT_PROTOCOL) -> tuple[int, int]:
     """(warm-up runs, timed runs) of the protocol on this device at this batch size."""
-    if device.type == "cuda":
-        return GPU_WARMUP, GPU_RUNS
-    return CPU_WARMUP, max(3, CPU_IMAGES // batch)
+    return protocol(protocol_name).runs(device, batch)
 
 
 def cpu_info() -> tuple[str | None, list[str]]:
@@ -165,18 +224,22 @@ def time_predict(
     warmup: int | None = None,
     runs: int | None = None,
     dtype_name: str | None = None,
+    protocol_name: str = DEFAULT_PROTOCOL,
 ) -> Timing:
-    """Time ``model`` on batches of ``batch`` random images by the paper's protocol.
+    """Time ``model`` on batches of ``batch`` random images by a timing protocol
+    (:data:`PROTOCOLS`; ``warmup``/``runs`` override its counts).
 
-    ``path="host"``: each timed run copies a float32 batch from (pinned) host memory to the
-    model's device, scores it and copies map and scores back to the host. ``path="device"``:
-    the batch is already on the device and the run ends with a synchronize. ``cuda_graph``
-    replays one CUDA graph per run (:class:`FastPredictor`); ``compile`` uses torch.compile.
+    ``path="host"``: each timed run copies a float32 batch from pinned host memory to the
+    model's device, scores it and copies map and scores back into pinned host buffers
+    (allocated once, before the warm-up, so no run pays for an allocation or a pageable
+    copy). ``path="device"``: the batch is already on the device and the run ends with a
+    synchronize. ``cuda_graph`` replays one CUDA graph per run (:class:`FastPredictor`);
+    ``compile`` uses torch.compile.
     """
     device = model.device
     if path not in ("host", "device"):
         raise ValueError(f"path must be 'host' or 'device', got {path!r}")
-    d_warm, d_runs = default_runs(device, batch)
+    d_warm, d_runs = default_runs(device, batch, protocol_name)
     warmup = d_warm if warmup is None else warmup
     runs = d_runs if runs is None else runs
     if runs < 1:
@@ -191,14 +254,18 @@ def time_predict(
     predictor = FastPredictor(model, batch, image_size, cuda_graph=cuda_graph, compile=compile,
                               warmup=min(3, max(1, warmup)))
     images = host_images if path == "host" else host_images.to(device)
+    host_map = host_score = None
+    if path == "host" and device.type == "cuda":  # on a CPU the map is already on the host
+        pinned = dict(device="cpu", pin_memory=True)
+        host_map = torch.empty((batch, 1, image_size, image_size), dtype=torch.float32, **pinned)
+        host_score = torch.empty((batch,), dtype=torch.float32, **pinned)
 
     def run() -> None:
         pred = predictor(images, copy=False)
-        if path == "host":
-            pred.anomaly_map.to("cpu")
-            pred.score.to("cpu")
-        else:
-            sync(device)
+        if host_map is not None:
+            host_map.copy_(pred.anomaly_map, non_blocking=True)
+            host_score.copy_(pred.score, non_blocking=True)
+        sync(device)
 
     for _ in range(warmup):
         run()
@@ -228,54 +295,82 @@ class OpTiming:
     device: str
     batch: int
     dtype: str
+    layout: str  # memory format of the features: "channels_last" (what the networks emit) or "nchw"
     runs: int
     mean_ms: float
-    bytes_moved: int  # features read + map and scores written, once each
+    bytes_moved: int  # features read + map and scores written, once each (the working set)
     gbs: float  # bytes_moved / mean time
-    fraction_of_peak: float | None
+    l2_bytes: int | None  # the GPU's L2 cache; None on a CPU
+    fraction_of_peak: float | None  # gbs / peak; None on a CPU, or where bytes_moved fits in L2
+
+
+# The op's features in the layouts it is timed in: channels_last first, the model's.
+OP_LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
+H200_L2_BYTES = 50 * 2**20  # where torch does not report the L2 size
+
+
+def l2_cache_bytes(device: torch.device) -> int | None:
+    """The GPU's L2 cache size (None on a CPU): a working set that fits in it is read from
+    cache, so no DRAM bandwidth is claimed for it."""
+    if device.type != "cuda":
+        return None
+    return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", None) or H200_L2_BYTES
 
 
 def bench_op(device: torch.device, batches=(1, 16, 64), dtypes=("fp32", "fp16"), runs: int | None = None,
              warmup: int | None = None, image_size: int = 256, reference: bool = True,
+             layouts=tuple(OP_LAYOUTS), protocol_name: str = DEFAULT_PROTOCOL,
              progress=None, on_row=None) -> list[OpTiming]:
     """Mean time of the fused op (and of the reference) per call, and the bandwidth it
-    achieves: a loop of ``runs`` calls with one synchronize at the end, divided by ``runs``.
-    ``on_row(rows)`` is called with the rows so far after each one is measured."""
+    achieves: a loop of calls (counts from the protocol, or ``warmup``/``runs``) with one
+    synchronize at the end, divided by the calls. Each (batch, dtype) in each feature layout
+    of ``layouts`` (``channels_last``: what the networks emit and the model feeds the op;
+    ``nchw``). Bandwidth as a fraction of the GPU's peak only where the bytes moved exceed
+    its L2 cache (EfficientAD-S at 256 px: 9.6 MB of fp16 features an image, so from N=8 on
+    an H200's 50 MB). ``on_row(rows)`` is called with the rows so far after each one."""
     from .ops import anomaly_map
     from .reference import reference_anomaly_map
 
+    for layout in layouts:
+        if layout not in OP_LAYOUTS:
+            raise ValueError(f"layout must be one of {tuple(OP_LAYOUTS)}, got {layout!r}")
     peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
+    l2 = l2_cache_bytes(device)
     rows = []
     for batch in batches:
+        n_warm, n_runs = protocol(protocol_name).op_runs(device, batch)
+        n_warm = n_warm if warmup is None else warmup
+        n_runs = n_runs if runs is None else runs
         for dtype_name in dtypes:
-            args, kwargs = op_inputs(batch, DTYPES[dtype_name], device, image_size)
-            moved = sum(t.numel() * t.element_size() for t in args) + batch * (image_size * image_size + 1) * 4
-            impls = {"fused": anomaly_map}
-            if reference:
-                impls["reference"] = reference_anomaly_map
-            for impl, fn in impls.items():
-                if device.type == "cuda":
-                    n_warm, n_runs = warmup or 20, runs or 200
-                else:
-                    n_warm, n_runs = warmup or 1, runs or max(2, 16 // batch)
-                with torch.inference_mode():
-                    for _ in range(n_warm):
-                        fn(*args, **kwargs)
-                    sync(device)
-                    start = time.perf_counter()
-                    for _ in range(n_runs):
-                        fn(*args, **kwargs)
-                    sync(device)
-                mean_s = (time.perf_counter() - start) / n_runs
-                gbs = moved / mean_s / 1e9
-                row = OpTiming(impl, device.type, batch, dtype_name, n_runs, mean_s * 1e3, moved, gbs,
-                               gbs / peak if peak else None)
-                rows.append(row)
-                if on_row:
-                    on_row(rows)
-                if progress:
-                    progress(f"op {impl:<9} N={batch:<3} {dtype_name}: {row.mean_ms:.3f} ms, {gbs:.1f} GB/s")
-            del args, kwargs
+            for layout in layouts:
+                args, kwargs = op_inputs(batch, DTYPES[dtype_name], device, image_size,
+                                         memory_format=OP_LAYOUTS[layout])
+                moved = sum(t.numel() * t.element_size() for t in args) + batch * (image_size * image_size + 1) * 4
+                impls = {"fused": anomaly_map}
+                if reference:
+                    impls["reference"] = reference_anomaly_map
+                for impl, fn in impls.items():
+                    with torch.inference_mode():
+                        for _ in range(n_warm):
+                            fn(*args, **kwargs)
+                        sync(device)
+                        start = time.perf_counter()
+                        for _ in range(n_runs):
+                            fn(*args, **kwargs)
+                        sync(device)
+                    mean_s = (time.perf_counter() - start) / n_runs
+                    gbs = moved / mean_s / 1e9
+                    claimed = peak is not None and l2 is not None and moved > l2
+                    row = OpTiming(impl, device.type, batch, dtype_name, layout, n_runs, mean_s * 1e3, moved, gbs,
+                                   l2, gbs / peak if claimed else None)
+                    rows.append(row)
+                    if on_row:
+                        on_row(rows)
+                    if progress:
+                        cached = " (fits in L2: no bandwidth claimed)" if l2 is not None and moved <= l2 else ""
+                        progress(f"op {impl:<9} N={batch:<3} {dtype_name} {layout:<13}: {row.mean_ms:.3f} ms, "
+                                 f"{moved / 1e6:.1f} MB moved, {gbs:.1f} GB/s{cached}")
+                del args, kwargs
     return rows
 
 
@@ -297,13 +392,16 @@ def run_benchmark(
     model_file: str | None = None,
     op: bool = False,
     op_batches=(1, 16, 64),
+    op_layouts=tuple(OP_LAYOUTS),
+    protocol_name: str = DEFAULT_PROTOCOL,
     json_path: str | os.PathLike | None = None,
     log=print,
 ) -> dict:
-    """Run the timing protocol over every combination and return (and optionally write) the
-    results with machine, versions and settings. Defaults depend on the device: on a GPU
-    fp32 and fp16, host and device-resident paths, CUDA graphs off and on, 1000 + 1000 runs;
-    on a CPU fp32 and bf16, one path, no graphs, a few runs (see :func:`default_runs`).
+    """Run a timing protocol (:data:`PROTOCOLS`, default the paper's) over every combination
+    and return (and optionally write) the results with machine, versions and settings.
+    Defaults depend on the device: on a GPU fp32 and fp16, host and device-resident paths,
+    CUDA graphs off and on; on a CPU fp32 and bf16, one path, no graphs; the run counts are
+    the protocol's for the device and batch size unless ``warmup``/``runs`` are given.
     A configuration that fails (say, out of memory) is reported with its error and the rest go on.
     With ``json_path`` the file is rewritten (whole, by rename) after every measured row, so a
     run cut short (a time limit) keeps what it measured.
@@ -311,7 +409,7 @@ def run_benchmark(
     dev = resolve_device(device)
     settings = benchmark_settings(dev, model_sizes=model_sizes, batch_sizes=batch_sizes, dtypes=dtypes,
                                   image_size=image_size, paths=paths, cuda_graphs=cuda_graphs, compile=compile,
-                                  warmup=warmup, runs=runs, model_file=model_file)
+                                  warmup=warmup, runs=runs, model_file=model_file, protocol_name=protocol_name)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     from ._extension import load_extension
@@ -330,7 +428,8 @@ def run_benchmark(
 
     _time_grid(dev, settings, warmup, runs, log, on_row=save_timings)
     if op:
-        bench_op(dev, op_batches, settings["dtypes"], image_size=image_size, progress=log, on_row=save_ops)
+        bench_op(dev, op_batches, settings["dtypes"], image_size=image_size, layouts=op_layouts,
+                 protocol_name=protocol_name, progress=log, on_row=save_ops)
     result["machine"]["loadavg_end"] = loadavg()
     _write_json(result, json_path)
     return result
@@ -350,10 +449,11 @@ def _write_json(result: dict, json_path: str | os.PathLike | None) -> None:
 
 def benchmark_settings(dev: torch.device, *, model_sizes, batch_sizes, dtypes, image_size: int, paths,
                        cuda_graphs, compile: bool, warmup: int | None, runs: int | None,
-                       model_file: str | None) -> dict:
+                       model_file: str | None, protocol_name: str = DEFAULT_PROTOCOL) -> dict:
     """:func:`run_benchmark`'s arguments checked, with the device's defaults filled in, as
     the ``settings`` its result records (and the grid it times)."""
     cuda = dev.type == "cuda"
+    timing_protocol = protocol(protocol_name)
     dtypes = list(dtypes or (("fp32", "fp16") if cuda else ("fp32", "bf16")))
     for name in dtypes:
         if name not in DTYPES:
@@ -368,11 +468,12 @@ def benchmark_settings(dev: torch.device, *, model_sizes, batch_sizes, dtypes, i
     return {
         "model_sizes": sizes, "batch_sizes": list(batch_sizes), "dtypes": dtypes, "device": str(dev),
         "image_size": image_size, "paths": paths, "cuda_graphs": cuda_graphs, "compile": compile,
-        "warmup": warmup if warmup is not None else "default", "runs": runs if runs is not None else "default",
+        "protocol_name": timing_protocol.name, "timing_protocol": timing_protocol.describe(),
+        "warmup": warmup if warmup is not None else "protocol's", "runs": runs if runs is not None else "protocol's",
         "model_file": model_file, "images": "torch.rand float32 in [0, 1]",
         "protocol": "mean over the timed runs after the warm-up; host path: pinned host image -> "
-                    "device -> map and scores back on the host; device path: image on the device, "
-                    "ends with a stream synchronize",
+                    "device -> map and scores back into pinned host buffers; device path: image on "
+                    "the device, ends with a stream synchronize",
         "cudnn_benchmark": cuda,
     }
 
@@ -392,7 +493,7 @@ def _time_grid(dev: torch.device, settings: dict, warmup: int | None, runs: int 
                 for path in s["paths"]:
                     for graph in s["cuda_graphs"]:
                         t, msg = _time_one(model, batch, dtype_name, path, graph, s["image_size"], s["compile"],
-                                           warmup, runs)
+                                           warmup, runs, s["protocol_name"])
                         timings.append(t)
                         if on_row:
                             on_row(timings)
@@ -402,12 +503,14 @@ def _time_grid(dev: torch.device, settings: dict, warmup: int | None, runs: int 
 
 
 def _time_one(model: EfficientAD, batch: int, dtype_name: str, path: str, graph: bool, image_size: int,
-              compile: bool, warmup: int | None, runs: int | None) -> tuple[Timing, str]:
+              compile: bool, warmup: int | None, runs: int | None,
+              protocol_name: str = DEFAULT_PROTOCOL) -> tuple[Timing, str]:
     """One configuration's :class:`Timing` and its log message; a failure (e.g. out of
     memory at a big batch) gives a Timing with the error, so the grid goes on."""
     try:
         t = time_predict(model, batch, image_size=image_size, path=path, cuda_graph=graph,
-                         compile=compile, warmup=warmup, runs=runs, dtype_name=dtype_name)
+                         compile=compile, warmup=warmup, runs=runs, dtype_name=dtype_name,
+                         protocol_name=protocol_name)
     except Exception as exc:
         t = Timing(model.model_size, batch, dtype_name, path, graph, compile, 0, 0,
                    error=f"{type(exc).__name__}: {exc}")
@@ -435,10 +538,14 @@ def format_table(result: dict) -> str:
             f"{'yes' if t['compiled'] else 'no'} | {t['mean_ms']:.3f} | {t['median_ms']:.3f} | {t['p99_ms']:.3f} | "
             f"{t['images_per_s']:.1f} | {t['peak_memory_mib']:.0f} | {t['runs']} |")
     if result["op"]:
-        lines += ["", "Fused op vs reference (C=384 features of a 256 px image, pad 4, quantiles, l2)", "",
-                  "| impl | device | N | dtype | mean ms | GB/s | of peak |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "Fused op vs reference (C=384 features of a 256 px image, pad 4, quantiles, l2; MB moved = "
+                  "features read + map and scores written; of peak only where that exceeds the L2 cache)", "",
+                  "| impl | device | N | dtype | layout | mean ms | MB moved | GB/s | of peak |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in result["op"]:
-            frac = "" if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.0f} %"
-            lines.append(f"| {r['impl']} | {r['device']} | {r['batch']} | {r['dtype']} | {r['mean_ms']:.3f} | "
-                         f"{r['gbs']:.1f} | {frac} |")
+            l2 = r.get("l2_bytes")
+            frac = ("in L2" if l2 and r["bytes_moved"] <= l2 else "" if r["fraction_of_peak"] is None
+                    else f"{100 * r['fraction_of_peak']:.0f} %")
+            lines.append(f"| {r['impl']} | {r['device']} | {r['batch']} | {r['dtype']} | {r.get('layout', 'nchw')} | "
+                         f"{r['mean_ms']:.3f} | {r['bytes_moved'] / 1e6:.1f} | {r['gbs']:.1f} | {frac} |")
     return "\n".join(lines)

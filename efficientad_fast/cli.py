@@ -353,7 +353,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model_sizes=args.model_size, batch_sizes=args.batch_sizes, dtypes=args.dtypes, device=args.device,
         image_size=args.image_size, paths=args.paths, cuda_graphs=graphs, compile=args.compile,
         warmup=args.warmup, runs=args.runs, model_file=args.model, op=args.op, op_batches=args.op_batches,
-        json_path=args.json, log=(lambda *a, **k: None) if args.quiet else print,
+        op_layouts=args.op_layouts, protocol_name=args.protocol, json_path=args.json, log=(lambda *a, **k: None) if args.quiet else print,
     )
     table = format_table(result)
     print("\n" + table)
@@ -367,6 +367,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _add_bench_parser(subparsers) -> None:
     """Register the ``bench`` command."""
+    from .benchmark import DEFAULT_PROTOCOL, OP_LAYOUTS, PROTOCOLS
+
     be = subparsers.add_parser("bench", help="latency and throughput by the paper's timing protocol",
                         description=cmd_bench.__doc__)
     be.add_argument("--model-size", nargs="+", choices=("small", "medium"), default=["small"])
@@ -383,11 +385,15 @@ def _add_bench_parser(subparsers) -> None:
     be.add_argument("--cuda-graphs", choices=("off", "on", "both"), default=None,
                     help="replay the computation as one CUDA graph (default: both on a GPU, off on a CPU)")
     be.add_argument("--compile", action="store_true", help="also wrap the networks in torch.compile")
-    be.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 1000 on a GPU, 1 on a CPU)")
-    be.add_argument("--runs", type=int, default=None,
-                    help="timed runs (default 1000 on a GPU; on a CPU max(3, 20 // batch))")
-    be.add_argument("--op", action="store_true", help="also time the fused op alone (with achieved GB/s)")
+    protocols = "; ".join(p.describe() for p in PROTOCOLS.values())
+    be.add_argument("--protocol", choices=tuple(PROTOCOLS), default=DEFAULT_PROTOCOL,
+                    help=f"how many warm-up and timed runs (default {DEFAULT_PROTOCOL}) -- {protocols}")
+    be.add_argument("--warmup", type=int, default=None, help="warm-up runs (default: the protocol's)")
+    be.add_argument("--runs", type=int, default=None, help="timed runs (default: the protocol's)")
+    be.add_argument("--op", action="store_true", help="also time the fused op alone (with bytes moved and GB/s)")
     be.add_argument("--op-batches", type=int, nargs="+", default=[1, 16, 64])
+    be.add_argument("--op-layouts", nargs="+", choices=tuple(OP_LAYOUTS), default=list(OP_LAYOUTS),
+                    help="memory formats of the op's features (default: both; channels_last is what the model feeds it)")
     be.add_argument("--json", default=None, help="write the results here (JSON)")
     be.add_argument("--markdown", default=None, help="write the table here (Markdown)")
     be.add_argument("--quiet", action="store_true", help="print only the final table")

@@ -46,14 +46,15 @@ def random_features(n: int, c: int, h: int, w: int, *, dtype: torch.dtype = torc
 
 
 def op_inputs(batch: int, dtype: torch.dtype, device: torch.device | str = "cpu", image_size: int = 256,
-              seed: int = 0) -> tuple[tuple, dict]:
+              seed: int = 0, memory_format: torch.memory_format = torch.contiguous_format) -> tuple[tuple, dict]:
     """``(args, kwargs)`` of one op call on features shaped like EfficientAD-S's at
     ``image_size`` (no padding; the teacher drawn around its channel mean/std), with
-    quantiles, pad 4, α = 0.5 and l2: the benchmarks' common input."""
+    quantiles, pad 4, α = 0.5 and l2: the benchmarks' common input. ``memory_format``:
+    the features' layout (``torch.channels_last`` is what the networks emit)."""
     h, w = feature_size((image_size, image_size), padding=False)
     f = random_features(batch, TEACHER_CHANNELS, h, w, dtype=dtype, device=device,
                         generator=torch.Generator().manual_seed(seed))
-    args = (f.pop("teacher"), f.pop("student"), f.pop("autoencoder"))
+    args = tuple(f.pop(name).contiguous(memory_format=memory_format) for name in ("teacher", "student", "autoencoder"))
     kwargs = dict(f, quantiles=torch.tensor(OP_QUANTILES, device=device), alpha=0.5, pad=4,
                   output_size=(image_size, image_size), distance="l2")
     return args, kwargs

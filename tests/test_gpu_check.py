@@ -93,6 +93,55 @@ def test_every_target_is_reported_met_missed_or_not_measured():
     assert table.count("not measured") == 2 and "| NO |" in table
 
 
+def _op_row(layout: str, fraction: float | None, batch: int = 64, dtype: str = "fp16") -> dict:
+    return {"impl": "fused", "batch": batch, "dtype": dtype, "layout": layout, "gbs": 3000.0,
+            "bytes_moved": 616_000_000, "l2_bytes": 50 * 2**20, "fraction_of_peak": fraction}
+
+
+def test_the_bandwidth_target_reads_only_the_channels_last_case():
+    """The model feeds the op channels_last features: an NCHW row, however fast, is not the target's."""
+    target = gpu_targets.OP_BANDWIDTH_TARGET[0]
+    status = {r["target"]: r for r in gpu_targets.target_status({"timings": [], "op": [_op_row("nchw", 0.9)]})}
+    assert status[target]["status"] == "not measured"
+    rows = gpu_targets.target_status({"timings": [], "op": [_op_row("nchw", 0.9), _op_row("channels_last", 0.6),
+                                                            _op_row("channels_last", 0.95, batch=16)]})
+    status = {r["target"]: r for r in rows}
+    assert status[target]["status"] == "missed" and status[target]["measured"] == 0.6
+
+
+def test_one_timing_protocol_feeds_the_command_the_script_and_the_suite():
+    """The bench command's defaults and help, gpu_check.sh and the op suite read PROTOCOLS; the
+    script names the protocol instead of repeating its numbers."""
+    paper, budget = benchmark.PROTOCOLS["paper"], benchmark.PROTOCOLS["budget"]
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert benchmark.default_runs(gpu, 1) == paper.gpu_latency == (1000, 1000)  # the paper's protocol
+    assert benchmark.default_runs(gpu, 64, "budget") == budget.gpu_throughput
+    assert benchmark.default_runs(gpu, 1, "budget") == budget.gpu_latency
+    assert benchmark.default_runs(cpu, 4) == (paper.cpu[0], max(3, paper.cpu[1] // 4))
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        benchmark.default_runs(cpu, 1, "fast")
+    script = SCRIPT.read_text()
+    assert "--protocol budget" in script and "--warmup" not in script and "--runs" not in script
+    from efficientad_fast.cli import build_parser
+
+    bench_help = build_parser()._subparsers._group_actions[0].choices["bench"].format_help()
+    assert "budget" in bench_help and f"{budget.gpu_latency[0]} + {budget.gpu_latency[1]}" in " ".join(bench_help.split())
+    settings = benchmark.benchmark_settings(cpu, model_sizes="small", batch_sizes=(1,), dtypes=None, image_size=256,
+                                            paths=None, cuda_graphs=None, compile=False, warmup=None, runs=None,
+                                            model_file=None, protocol_name="budget")
+    assert settings["protocol_name"] == "budget" and settings["timing_protocol"] == budget.describe()
+
+
+def test_bench_op_times_both_layouts_and_claims_no_bandwidth_on_a_cpu():
+    rows = benchmark.bench_op(torch.device("cpu"), batches=(1,), dtypes=("fp16",), runs=1, warmup=0, reference=False)
+    assert [(r.impl, r.layout) for r in rows] == [("fused", "channels_last"), ("fused", "nchw")]
+    for r in rows:
+        assert r.bytes_moved == (4 * 384 * 56 * 56) * 2 + (256 * 256 + 1) * 4
+        assert r.l2_bytes is None and r.fraction_of_peak is None
+    with pytest.raises(ValueError, match="layout must be one of"):
+        benchmark.bench_op(torch.device("cpu"), batches=(1,), layouts=("nhwc",))
+
+
 def test_junit_counts_tells_expected_skips_from_unexpected(tmp_path):
     """With a GPU visible, gpu_check.sh fails a step whose CUDA tests skipped (pytest exits 0)."""
     xml = tmp_path / "t.xml"

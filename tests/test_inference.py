@@ -163,8 +163,8 @@ def test_time_predict_reports_consistent_figures(model):
 
 
 def test_bench_op_measures_both_implementations():
-    rows = bench_op(torch.device("cpu"), batches=(1,), dtypes=("fp32",), runs=2, warmup=0)
-    assert [r.impl for r in rows] == ["fused", "reference"]
+    rows = bench_op(torch.device("cpu"), batches=(1,), dtypes=("fp32",), runs=2, warmup=0, layouts=("nchw",))
+    assert [(r.impl, r.layout) for r in rows] == [("fused", "nchw"), ("reference", "nchw")]
     for r in rows:
         # features 384 + 768 + 384 channels of 56x56 fp32, plus a 256x256 float map and a score
         assert r.bytes_moved == (4 * 384 * 56 * 56) * 4 + (256 * 256 + 1) * 4
