@@ -447,7 +447,10 @@ def _add_report_parser(subparsers) -> None:
 
 def cmd_distill_teacher(args: argparse.Namespace) -> int:
     """Distill a PDN teacher from an ImageNet-pretrained backbone (paper Algorithm 3) on
-    generic images, offline; write the teacher file (for --teacher) and a JSON recipe."""
+    generic images, offline; write the teacher file (for --teacher) and a JSON recipe.
+    Data-parallel on several GPUs or machines: torchrun --nproc-per-node N -m efficientad_fast
+    distill-teacher ... (each process trains on batch-size / N crops a step; rank 0 writes
+    the files)."""
     import dataclasses
 
     from .distill import DISTILL_PRESETS, command_line, distill_teacher
@@ -498,7 +501,8 @@ def _add_distill_teacher_parser(subparsers) -> None:
                    help="leave out the bundled scikit-image photographs")
     p.add_argument("--procedural", type=int, default=None, help=f"generated images (default {d.procedural})")
     p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {d.steps})")
-    p.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"crops per step, over all torchrun processes (default {d.batch_size})")
     p.add_argument("--crop", type=int, default=None, help=f"PDN crop size in pixels (default {d.crop})")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr}; cosine decay)")
     p.add_argument("--calibration-crops", type=int, default=None, help=f"default {d.calibration_crops}")
@@ -510,8 +514,10 @@ def _add_distill_teacher_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                    help="autocast dtype (auto: bf16 on CPU, fp16 on CUDA)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda or auto (default); under torchrun each process takes cuda:LOCAL_RANK")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT.ckpt (written by any number of torchrun processes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_distill_teacher)
 

@@ -14,7 +14,9 @@ generated images and any folders given. Nothing is downloaded. Needs the ``[dist
 (imported on first use, so importing this package does not). The command is
 ``efficientad-fast distill-teacher`` (its parser lives in :mod:`efficientad_fast.cli`).
 
-Modules import downward only: loop -> target, images, backbones -> the package's helpers.
+Under ``torchrun`` the loop runs data-parallel (parallel.py: ranks, process group, each
+rank's share of the batch). Modules import downward only: loop -> target, images, backbones,
+parallel -> the package's helpers.
 """
 
 from .backbones import (

@@ -39,7 +39,11 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 class CropSampler:
     """Random resized crops (area scale, aspect 3/4-4/3) at the backbone's size, flips,
     colour jitter and grayscale, drawn from a seeded generator (its state is checkpointed).
-    Returns (backbone input at 2 x crop, PDN input at crop), both in [0, 1]."""
+    Returns (backbone input at 2 x crop, PDN input at crop), both in [0, 1].
+
+    Each crop's random choices are drawn first (:meth:`_draw`), then rendered
+    (:meth:`_render`): a data-parallel rank draws the choices of the whole batch, which keeps
+    its stream in step with the other ranks', and renders only its part (see :mod:`.parallel`)."""
 
     def __init__(self, images: list[torch.Tensor], crop: int, seed: int, scale=(0.03, 0.6),
                  jitter: float = 0.4, grayscale: float = 0.1, augment: bool = True) -> None:
@@ -52,39 +56,62 @@ class CropSampler:
     def _uniform(self, lo: float, hi: float) -> float:
         return lo + (hi - lo) * float(torch.rand((), generator=self.generator))
 
-    def _augmented(self, x: torch.Tensor) -> torch.Tensor:
-        """Flips, brightness, contrast and saturation jitter, sometimes grayscale."""
-        if torch.rand((), generator=self.generator) < 0.5:
-            x = x.flip(2)
-        if torch.rand((), generator=self.generator) < 0.5:
-            x = x.flip(1)
-        j = self.jitter
-        gray = _gray(x)
-        x = x * self._uniform(1 - j, 1 + j)  # brightness
-        m = gray.mean()
-        x = (x - m) * self._uniform(1 - j, 1 + j) + m  # contrast
-        gray = _gray(x)
-        s = self._uniform(1 - j, 1 + j)  # saturation
-        x = x * s + gray * (1 - s)
-        if torch.rand((), generator=self.generator) < self.grayscale:
-            x = _gray(x).expand(3, -1, -1)
-        return x.clamp(0, 1)
+    def _chance(self, p: float) -> bool:
+        return bool(torch.rand((), generator=self.generator) < p)
 
-    def one(self) -> torch.Tensor:
-        img = self.images[int(torch.randint(len(self.images), (), generator=self.generator))]
-        _, h, w = img.shape
+    def _draw(self) -> dict:
+        """The random choices of one crop: image, box, and (when augmenting) flips, brightness,
+        contrast and saturation factors and grayscale, always drawn in this order."""
+        index = int(torch.randint(len(self.images), (), generator=self.generator))
+        _, h, w = self.images[index].shape
         area = h * w * self._uniform(*self.scale)
         ratio = math.exp(self._uniform(math.log(3 / 4), math.log(4 / 3)))
         ch = max(8, min(h, int(round(math.sqrt(area / ratio)))))
         cw = max(8, min(w, int(round(math.sqrt(area * ratio)))))
         top = int(torch.randint(h - ch + 1, (), generator=self.generator))
         left = int(torch.randint(w - cw + 1, (), generator=self.generator))
-        x = img[None, :, top:top + ch, left:left + cw]
+        choice = {"index": index, "box": (top, left, ch, cw)}
+        if self.augment:
+            j = self.jitter
+            choice.update(flip_w=self._chance(0.5), flip_h=self._chance(0.5), brightness=self._uniform(1 - j, 1 + j),
+                          contrast=self._uniform(1 - j, 1 + j), saturation=self._uniform(1 - j, 1 + j),
+                          gray=self._chance(self.grayscale))
+        return choice
+
+    @staticmethod
+    def _augmented(x: torch.Tensor, choice: dict) -> torch.Tensor:
+        """Flips, brightness, contrast and saturation jitter, sometimes grayscale."""
+        if choice["flip_w"]:
+            x = x.flip(2)
+        if choice["flip_h"]:
+            x = x.flip(1)
+        gray = _gray(x)
+        x = x * choice["brightness"]
+        m = gray.mean()
+        x = (x - m) * choice["contrast"] + m
+        gray = _gray(x)
+        s = choice["saturation"]
+        x = x * s + gray * (1 - s)
+        if choice["gray"]:
+            x = _gray(x).expand(3, -1, -1)
+        return x.clamp(0, 1)
+
+    def _render(self, choice: dict) -> torch.Tensor:
+        """The crop ``choice`` describes, resized to 2 x crop (and augmented)."""
+        top, left, ch, cw = choice["box"]
+        x = self.images[choice["index"]][None, :, top:top + ch, left:left + cw]
         x = F.interpolate(x, size=(2 * self.crop, 2 * self.crop), mode="bilinear", align_corners=False,
                           antialias=True)[0]
-        return self._augmented(x) if self.augment else x
+        return self._augmented(x, choice) if self.augment else x
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        big = torch.stack([self.one() for _ in range(n)])
+    def one(self) -> torch.Tensor:
+        return self._render(self._draw())
+
+    def batch(self, n: int, part: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` crops as (backbone input, PDN input). With ``part``, the choices of all ``n``
+        are drawn (the stream moves on as for the whole batch) but only the crops in ``part``
+        are rendered and returned."""
+        choices = [self._draw() for _ in range(n)]
+        big = torch.stack([self._render(c) for c in choices[part or slice(None)]])
         small = F.interpolate(big, size=(self.crop, self.crop), mode="bilinear", align_corners=False, antialias=True)
         return big, small

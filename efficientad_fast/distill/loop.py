@@ -7,6 +7,12 @@ of generic images (:mod:`.images`), offline, with checkpoints and resume.
 :func:`distill_teacher` runs the steps in order: :func:`_prepare` (device, backbone, PDN,
 images), :func:`_calibrate` (fit the projection) or :func:`_resume` (from the checkpoint),
 :func:`_held_out_evaluator`, :func:`_train` and :func:`_write_teacher`.
+
+Under ``torchrun`` the same function runs data-parallel (:mod:`.parallel`): each rank trains
+on its slice of every global batch with the PDN in DistributedDataParallel; rank 0 alone
+calibrates (the projection is sent to the others), reads the checkpoint on ``resume`` (sent
+likewise), evaluates on the held-out crops, logs and writes the checkpoints, the teacher and
+its record. The recorded train loss is the mean over the ranks, i.e. the global batch's loss.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checkpoint import atomic_save, config_diff, writable_folder
-from .._device import autocast_dtype, resolve_device
+from .._device import autocast_dtype
 from .._progress import progress
 from ..networks import MODEL_SIZES, TEACHER_CHANNELS, make_pdn
 from .backbones import BACKBONES, LITE0_BLOCKS, RESNET_LAYERS, load_backbone
 from ..data.generic_images import HELD_OUT_PHOTOS, photo_images
+from . import parallel
 from .images import CropSampler, training_images
+from .parallel import Ranks
 from .target import TargetProjection, fit_projection, targets
 
 CHECKPOINT_KIND = "efficientad_fast-distill-checkpoint"
@@ -132,6 +140,8 @@ class _Run:
     sampler: CropSampler
     held: CropSampler
     optimizer: torch.optim.Optimizer
+    ranks: Ranks = field(default_factory=Ranks)
+    train_pdn: nn.Module | None = None  # what a train step calls: the PDN, or its DDP wrapper (parallel.wrap)
     projection: TargetProjection | None = None
     step: int = 0
     history: list[dict] = field(default_factory=list)
@@ -150,9 +160,10 @@ class _Run:
         return torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
 
 
-def _prepare(config: DistillConfig, ckpt_path: Path) -> _Run:
-    """Device, seeded backbone and PDN, the image pool, the crop samplers and the optimizer."""
-    device = resolve_device(config.device)
+def _prepare(config: DistillConfig, ckpt_path: Path, ranks: Ranks) -> _Run:
+    """Device, seeded backbone and PDN, the image pool, the crop samplers and the optimizer
+    (the same on every rank: same seeds)."""
+    device = parallel.device_for(config.device, ranks)
     amp = ("fp16" if device.type == "cuda" else "bf16") if config.amp == "auto" else config.amp
     torch.manual_seed(config.seed)
     backbone = load_backbone(config.backbone, config.backbone_weights, config.lite0_blocks).to(device)
@@ -162,11 +173,17 @@ def _prepare(config: DistillConfig, ckpt_path: Path) -> _Run:
     held = CropSampler(list(photo_images(HELD_OUT_PHOTOS).values()), config.crop, seed=HELD_OUT_SEED,
                        scale=config.scale, augment=False)
     optimizer = torch.optim.Adam(pdn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return _Run(config, ckpt_path, device, autocast_dtype(amp), backbone, pdn, pool, sampler, held, optimizer)
+    return _Run(config, ckpt_path, device, autocast_dtype(amp), backbone, pdn, pool, sampler, held, optimizer,
+                ranks=ranks, train_pdn=pdn)
 
 
 def _calibrate(run: _Run, log) -> None:
-    """Fit the target projection on ``calibration_crops`` crops of the pool."""
+    """Fit the target projection on ``calibration_crops`` crops of the pool (on rank 0, which
+    sends it to the other ranks: every rank must train towards the same target)."""
+    run.projection = parallel.from_main(run.ranks, lambda: _fitted_projection(run, log)).to(run.device)
+
+
+def _fitted_projection(run: _Run, log) -> TargetProjection:
     config = run.config
     started = time.perf_counter()
     sampler = CropSampler(list(run.pool.values()), config.crop, seed=config.seed + 1, scale=config.scale)
@@ -174,14 +191,15 @@ def _calibrate(run: _Run, log) -> None:
     for start in range(0, config.calibration_crops, config.batch_size):
         big, _ = sampler.batch(min(config.batch_size, config.calibration_crops - start))
         feats.append(run.targets(big, projected=False).cpu())
-    run.projection = fit_projection(feats, seed=config.seed).to(run.device)
+    projection = fit_projection(feats, seed=config.seed)
     log(f"[distill] {len(run.pool)} training images; target: {feats[0].shape[1]} backbone channels -> "
-        f"{TEACHER_CHANNELS} (projection keeps {float(run.projection.explained):.1%} of the variance); "
+        f"{TEACHER_CHANNELS} (projection keeps {float(projection.explained):.1%} of the variance); "
         f"calibration on {config.calibration_crops} crops took {time.perf_counter() - started:.0f} s")
+    return projection
 
 
-def _resume(run: _Run, log) -> None:
-    """Restore the PDN, optimizer, projection, random states and history from the checkpoint."""
+def _checked_checkpoint(run: _Run) -> dict:
+    """The checkpoint's contents, if it was made with the same settings (but RESUMABLE ones)."""
     config, path = run.config, run.ckpt_path
     if not path.is_file():
         raise FileNotFoundError(f"resume: no checkpoint at {path}")
@@ -189,6 +207,18 @@ def _resume(run: _Run, log) -> None:
     diff = config_diff(state["config"], config.as_json(), ignore=RESUMABLE)
     if diff:
         raise ValueError(f"resume: {path} was made with other settings (saved, now): {diff}")
+    saved_steps = state["config"]["steps"]
+    if saved_steps != config.steps and state["step"] >= config.steps:
+        raise ValueError(f"resume: {path} is at step {state['step']}, beyond --steps {config.steps}")
+    return state
+
+
+def _resume(run: _Run, log) -> None:
+    """Restore the PDN, optimizer, projection, random states and history from the checkpoint
+    (read by rank 0 and sent to the others: only rank 0 needs to see the file). The state
+    does not depend on the number of ranks (see :mod:`.parallel`), so any number resumes it."""
+    config, path = run.config, run.ckpt_path
+    state = parallel.from_main(run.ranks, lambda: _checked_checkpoint(run))
     run.pdn.load_state_dict(state["pdn"])
     run.optimizer.load_state_dict(state["optimizer"])
     # Older checkpoints also hold the projection's out_mean, which was always zero.
@@ -201,10 +231,11 @@ def _resume(run: _Run, log) -> None:
     run.schedule_changes = list(state.get("schedule_changes", []))
     saved_steps = state["config"]["steps"]
     if saved_steps != config.steps:
-        if run.step >= config.steps:
-            raise ValueError(f"resume: {path} is at step {run.step}, beyond --steps {config.steps}")
         run.schedule_changes.append({"at_step": run.step, "from_steps": saved_steps, "to_steps": config.steps})
-    log(f"[distill] resuming at step {run.step} of {config.steps} from {path}")
+    saved_processes = state.get("processes", 1)
+    log(f"[distill] resuming at step {run.step} of {config.steps} from {path}"
+        + (f" (written by {saved_processes} processes, now {run.ranks.world})"
+           if saved_processes != run.ranks.world else ""))
 
 
 def _held_out_evaluator(run: _Run) -> Callable[[], float]:
@@ -225,7 +256,10 @@ def _held_out_evaluator(run: _Run) -> Callable[[], float]:
 
 
 def _save_checkpoint(run: _Run, at: int) -> None:
-    atomic_save({"kind": CHECKPOINT_KIND, "step": at, "config": run.config.as_json(),
+    """The checkpoint (rank 0 only; every rank holds the same state)."""
+    if not run.ranks.main:
+        return
+    atomic_save({"kind": CHECKPOINT_KIND, "step": at, "config": run.config.as_json(), "processes": run.ranks.world,
                  "pdn": run.pdn.state_dict(), "optimizer": run.optimizer.state_dict(),
                  "projection": run.projection.state_dict(), "sampler_rng": run.sampler.generator.get_state(),
                  "torch_rng": torch.get_rng_state(), "history": run.history,
@@ -233,30 +267,32 @@ def _save_checkpoint(run: _Run, at: int) -> None:
 
 
 def _train_step(run: _Run, step: int, scaler: torch.amp.GradScaler) -> float:
-    """One optimizer step on a fresh batch of crops; returns its loss."""
+    """One optimizer step on a fresh batch of crops (this rank's share of it); returns the
+    loss of the whole batch (the mean over the ranks)."""
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(step, run.config)
-    big, small = run.sampler.batch(run.config.batch_size)
+    big, small = run.sampler.batch(run.config.batch_size, run.ranks.share(run.config.batch_size))
     target = run.targets(big).float()
     with run.autocast_context():
-        pred = run.pdn(small.to(run.device))
+        pred = run.train_pdn(small.to(run.device))
     loss = F.mse_loss(pred.float(), target)
     run.optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(run.optimizer)
     scaler.update()
-    return float(loss.detach())
+    return parallel.mean_over_ranks(loss.detach(), run.ranks)
 
 
-def _train(run: _Run, held_out_loss: Callable[[], float], log) -> None:
-    """Steps from ``run.step`` to ``config.steps``: history, held-out evaluations and checkpoints
-    (also on Ctrl-C, which is re-raised)."""
+def _train(run: _Run, held_out_loss: Callable[[], float] | None, log) -> None:
+    """Steps from ``run.step`` to ``config.steps``: history, held-out evaluations (when
+    ``held_out_loss`` is given: on rank 0) and checkpoints (also on Ctrl-C, which is re-raised)."""
     config = run.config
+    show = config.progress and run.ranks.main
     # fp16 gradients need loss scaling (CUDA); bf16 and float32 do not.
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.autocast == torch.float16 and run.device.type == "cuda")
     run.pdn.train()
     started = time.perf_counter() - (run.history[-1]["time"] if run.history else 0.0)  # resumed: keep counting
-    bar = progress(range(run.step, config.steps), config.progress, "distilling", total=config.steps, initial=run.step)
+    bar = progress(range(run.step, config.steps), show, "distilling", total=config.steps, initial=run.step)
     recent: list[float] = []
     try:
         for step in bar:
@@ -264,12 +300,13 @@ def _train(run: _Run, held_out_loss: Callable[[], float], log) -> None:
             done = step + 1
             row = {"step": done, "loss": recent[-1], "lr": run.optimizer.param_groups[0]["lr"],
                    "time": time.perf_counter() - started}
-            if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+            evaluate = config.eval_every and (done % config.eval_every == 0 or done == config.steps)
+            if evaluate and held_out_loss is not None:
                 row["held_out_loss"] = held_out_loss()
                 log(f"[distill] step {done}: train loss (mean of last {len(recent)}) {sum(recent) / len(recent):.4f}, "
                     f"held-out loss {row['held_out_loss']:.4f}, {row['time']:.0f} s")
             run.history.append(row)
-            if config.progress:
+            if show:
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
             if config.checkpoint_every and done % config.checkpoint_every == 0:
                 _save_checkpoint(run, done)
@@ -278,7 +315,7 @@ def _train(run: _Run, held_out_loss: Callable[[], float], log) -> None:
         log(f"[distill] interrupted; checkpoint at {run.ckpt_path}; rerun with --resume")
         raise
     finally:
-        if config.progress and hasattr(bar, "close"):
+        if show and hasattr(bar, "close"):
             bar.close()
     _save_checkpoint(run, config.steps)
 
@@ -308,6 +345,7 @@ def _record(run: _Run, out: Path, command: str | None) -> dict:
         "held_out_curve": [[r["step"], r["held_out_loss"]] for r in history if "held_out_loss" in r],
         "seconds": history[-1]["time"] if history else 0.0,
         "device": str(run.device),
+        "processes": run.ranks.world,  # torchrun ranks, each with batch_size / processes crops a step
         "amp": str(run.autocast).replace("torch.", "") if run.autocast else "float32",
         "weights_dtype": "float32",
         "torch": torch.__version__,
@@ -331,18 +369,33 @@ def distill_teacher(out: str | os.PathLike, config: DistillConfig | None = None,
     ... keys, readable by :func:`efficientad_fast.load_teacher` and ``--teacher``) plus
     ``out`` with suffix ``.json`` recording the recipe and the final losses. A checkpoint
     ``out`` + ``.ckpt`` is written every ``checkpoint_every`` steps and on Ctrl-C;
-    ``resume=True`` continues from it. Returns the JSON record."""
+    ``resume=True`` continues from it. Returns the JSON record.
+
+    Started by ``torchrun --nproc-per-node N`` (WORLD_SIZE > 1 in the environment) it runs
+    data-parallel over N processes, ``batch_size / N`` crops each (see :mod:`.parallel`);
+    rank 0 writes the files and returns the record, the other ranks return None."""
     config = config or DistillConfig()
     config.check()
+    ranks = parallel.torchrun_ranks()
+    ranks.share(config.batch_size)  # divisible: fail before any work
     out = Path(out)
-    writable_folder(out.parent)
-    run = _prepare(config, out.with_name(out.name + ".ckpt"))
+    if ranks.main:
+        writable_folder(out.parent)
+    else:
+        log = lambda *_: None  # noqa: E731 - rank 0 speaks for all
+    run = _prepare(config, out.with_name(out.name + ".ckpt"), ranks)
+    created = parallel.start(ranks, run.device)
     if resume:
         _resume(run, log)
     else:
         _calibrate(run, log)
-    _train(run, _held_out_evaluator(run), log)
-    return _write_teacher(run, out, command, log)
+    run.train_pdn = parallel.wrap(run.pdn, ranks, run.device)
+    _train(run, _held_out_evaluator(run) if ranks.main else None, log)
+    record = _write_teacher(run, out, command, log) if ranks.main else None
+    # Not in a finally: after an error on one rank the others may never reach the barrier;
+    # torchrun then stops them all.
+    parallel.stop(ranks, created)
+    return record
 
 
 def command_line(out, config: DistillConfig) -> str:
