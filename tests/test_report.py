@@ -105,8 +105,12 @@ def test_check_targets_picks_the_best_device_configuration():
         "timings": [timing("small", 1, "device", False, 0.9), timing("small", 1, "device", True, 0.5),
                     timing("small", 1, "host", True, 0.1),  # host path is not what the target measures
                     timing("small", 64, "device", True, 20.0), timing("medium", 1, "device", True, 1.5)],
-        "op": [{"impl": "fused", "batch": 64, "dtype": "fp16", "fraction_of_peak": 0.75, "gbs": 3600.0},
-               {"impl": "reference", "batch": 64, "dtype": "fp16", "fraction_of_peak": 0.9, "gbs": 4300.0}],
+        "op": [{"impl": "fused", "batch": 64, "dtype": "fp16", "layout": "channels_last", "fraction_of_peak": 0.75,
+                "gbs": 3600.0},
+               {"impl": "fused", "batch": 64, "dtype": "fp16", "layout": "nchw", "fraction_of_peak": 0.5,
+                "gbs": 2400.0},  # not the layout the model feeds the op
+               {"impl": "reference", "batch": 64, "dtype": "fp16", "layout": "channels_last", "fraction_of_peak": 0.9,
+                "gbs": 4300.0}],
     }
     rows = {r["target"].split(",")[0] + r["target"].split(",")[1]: r for r in check_targets(result)}
     s1, s64, m1, op = rows.values()
