@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -83,14 +84,80 @@ def _add_info_parser(subparsers) -> None:
 DATASET_CHOICES = ("mvtec", "visa", "loco", "mpdd", "folder")
 
 
-def _add_data_args(p: argparse.ArgumentParser, category_required: bool = False) -> None:
+def _add_image_size_arg(p: argparse.ArgumentParser) -> None:
+    """--image-size H W, or one number for a square size (_check_arguments makes it an int or
+    an (H, W) tuple), where the command's API takes (H, W)."""
+    p.add_argument("--image-size", type=int, nargs="+", default=256, metavar="PX",
+                   help="input size in pixels: H W, or one number for a square (default 256; each >= 256)")
+
+
+def _add_tile_args(p: argparse.ArgumentParser) -> None:
+    """--tile and --overlap, as predict and eval take them."""
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="score each --image-size image in PX x PX tiles, the tile maps stitched with blended "
+                        "overlaps and the score the stitched map's max (for small defects on large images); "
+                        "default: the model's own tile size (train --tile), else whole images; 0: whole images")
+    p.add_argument("--overlap", type=int, default=32, metavar="PX",
+                   help="pixels neighbouring tiles share (default 32; blended with linear ramps)")
+
+
+def _add_data_args(p: argparse.ArgumentParser, category_required: bool = False, several: bool = False) -> None:
     p.add_argument("--data", required=True, help="dataset root (the folder holding the categories)")
     p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset layout")
-    p.add_argument("--category", required=category_required, default=None,
-                   help="category, e.g. bottle (a folder dataset may have none)")
-    p.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
+    if several:  # train: --category a b, or --category a --category b
+        p.add_argument("--category", required=category_required, default=None, nargs="+", action="extend",
+                       help="category, e.g. bottle (a folder dataset may have none); several (given together or "
+                            "repeated) train one after another, or at once with --engine ray, each to OUT/<category>")
+    else:
+        p.add_argument("--category", required=category_required, default=None,
+                       help="category, e.g. bottle (a folder dataset may have none)")
+    _add_image_size_arg(p)
     p.add_argument("--workers", type=int, default=2, help="image-loading processes")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    folder = p.add_argument_group("--dataset folder with arbitrary folders (as anomalib's Folder; paths relative "
+                                  "to --data[/category] or absolute; images found recursively)")
+    folder.add_argument("--normal-dir", default=None, metavar="DIR",
+                        help="normal images; without --normal-test-dir a seeded --normal-split-ratio of them "
+                             "is the test split's normal part (instead of train/good and test/)")
+    folder.add_argument("--abnormal-dir", default=None, metavar="DIR",
+                        help="anomalous test images (subfolder names become defect names)")
+    folder.add_argument("--mask-dir", default=None, metavar="DIR",
+                        help="masks of the anomalous images, same subfolders, <stem>_mask.png or <stem>.png")
+    folder.add_argument("--normal-test-dir", default=None, metavar="DIR", help="normal test images kept apart")
+    folder.add_argument("--normal-split-ratio", type=_open_unit_interval, default=0.2, metavar="R",
+                        help="share of --normal-dir held out for testing without --normal-test-dir (default 0.2)")
+
+
+def _open_unit_interval(text: str) -> float:
+    """argparse type: a number in (0, 1)."""
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _folder_layout(args: argparse.Namespace):
+    """The FolderLayout of --normal-dir and friends, None without --normal-dir."""
+    given = [f"--{n.replace('_', '-')}" for n in ("abnormal_dir", "mask_dir", "normal_test_dir")
+             if getattr(args, n, None) is not None]
+    if args.normal_dir is None:
+        if given:
+            raise _BadArguments(f"{', '.join(given)} need --normal-dir")
+        return None
+    if args.dataset != "folder":
+        raise _BadArguments(f"--normal-dir is for --dataset folder, not {args.dataset}")
+    from .data import FolderLayout
+
+    return FolderLayout(normal_dir=args.normal_dir, abnormal_dir=args.abnormal_dir, mask_dir=args.mask_dir,
+                        normal_test_dir=args.normal_test_dir, normal_split_ratio=args.normal_split_ratio)
 
 
 def _progress_enabled(args) -> bool:
@@ -127,8 +194,12 @@ class _BadArguments(Exception):
 # The smallest value of each numeric option, whichever command has it (lists: every value).
 _MINIMUM = {"steps": 1, "batch_size": 1, "batch_sizes": 1, "latency_batches": 1, "op_batches": 1, "workers": 0,
             "checkpoint_every": 0, "warmup": 0, "runs": 1, "latency_runs": 1, "procedural": 0,
-            "calibration_crops": 1, "held_out_crops": 1, "eval_every": 1}
-_FINITE = ("lr", "weight_decay", "threshold")
+            "calibration_crops": 1, "held_out_crops": 1, "eval_every": 1, "tile": 0, "overlap": 0,
+            "retries": 0, "gpus_per_job": 0, "ray_workers": 1,
+            "max_frames": 1, "queue_size": 1, "kofn_k": 1, "kofn_n": 1, "calibration_size": 1}
+# Options of --engine ray only (None when not given).
+_RAY_ONLY = ("ray_address", "cpus_per_job", "gpus_per_job", "retries", "ray_workers")
+_FINITE = ("lr", "weight_decay", "threshold", "off_threshold", "ema_alpha", "map_alpha", "max_latency_ms")
 TEACHER_KEYWORDS = ("auto", "random", "distilled", "paper")
 
 
@@ -150,8 +221,20 @@ def _check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and not math.isfinite(value):
             raise _BadArguments(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if getattr(args, "engine", None) == "local":
+        for name in _RAY_ONLY:
+            if getattr(args, name, None) is not None:
+                flag = "--workers" if name == "ray_workers" else f"--{name.replace('_', '-')}"
+                raise _BadArguments(f"{flag} is an option of --engine ray")
+    if getattr(args, "cpus_per_job", None) is not None and not args.cpus_per_job > 0:
+        raise _BadArguments(f"--cpus-per-job must be > 0, got {args.cpus_per_job}")
+    if isinstance(getattr(args, "image_size", None), list):  # _add_image_size_arg's one or two numbers
+        if len(args.image_size) > 2:
+            raise _BadArguments(f"--image-size takes H W or one number, got {len(args.image_size)} numbers")
+        args.image_size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
     if getattr(args, "image_size", None) is not None:
-        check_image_size(args.image_size, args.image_size)
+        size = args.image_size
+        check_image_size(*((size, size) if isinstance(size, int) else size))
     data, model = getattr(args, "data", None), getattr(args, "model", None)
     if data is not None and not Path(data).is_dir():
         raise FileNotFoundError(f"--data: no folder {data}")
@@ -159,6 +242,16 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--model: no model file at {model}")
     if teacher is not None and teacher not in TEACHER_KEYWORDS and not Path(teacher).is_file():
         raise FileNotFoundError(f"--teacher: no teacher file {teacher} (or pass one of {', '.join(TEACHER_KEYWORDS)})")
+    if getattr(args, "max_latency_ms", None) is not None and not args.max_latency_ms > 0:
+        raise _BadArguments(f"--max-latency-ms must be > 0, got {args.max_latency_ms}")
+    calibration_data = getattr(args, "calibration_data", None)
+    if calibration_data is not None and not Path(calibration_data).is_dir():
+        raise FileNotFoundError(f"--calibration-data: no folder {calibration_data}")
+    if args.command == "export":
+        _check_export_options(args)
+    calibrate_on = getattr(args, "calibrate_on", None)
+    if calibrate_on is not None and "://" not in calibrate_on and not Path(calibrate_on).exists():
+        raise FileNotFoundError(f"--calibrate-on: no video file or folder {calibrate_on}")
 
 
 def _error(args: argparse.Namespace, exc: BaseException) -> int:
@@ -175,6 +268,31 @@ def _add_penalty_arg(p: argparse.ArgumentParser, default: str) -> None:
                         "photographs and procedural images that ship with the dependencies, 'auto': "
                         "imagenette when cached, else bundled; 'none': no penalty loss "
                         f"(default: {default})")
+
+
+def _add_engine_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--engine and the options of --engine ray that train and report share (``what``: the
+    unit that becomes one Ray task)."""
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help=f"local (default): one {what} after another in this process; ray: each {what} a Ray task "
+                        "(pip install -e '.[ray]'), on a local Ray instance or the cluster at --ray-address")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="Ray cluster to join (e.g. HEAD:6379, ray://HEAD:10001, or auto: the one 'ray start' made "
+                        "here); default: start a local Ray instance for this command. The cluster's nodes must see "
+                        "--data and --out at the same paths")
+    p.add_argument("--cpus-per-job", type=float, default=None, metavar="N",
+                   help=f"CPUs each {what} reserves, and its torch threads (default 1)")
+    p.add_argument("--gpus-per-job", type=float, default=None, metavar="G",
+                   help=f"GPUs each {what} reserves (default: 1 when the cluster has GPUs, else 0; 0.5 packs two per GPU)")
+    p.add_argument("--retries", type=int, default=None, metavar="R",
+                   help=f"times a failed {what} is tried again, also when its node is lost (default 1); then it "
+                        "is reported with its traceback")
+
+
+def _ray_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of the ray_engine functions from --engine ray's options."""
+    return {"ray_address": args.ray_address, "cpus_per_job": 1 if args.cpus_per_job is None else args.cpus_per_job,
+            "gpus_per_job": args.gpus_per_job, "retries": 1 if args.retries is None else args.retries}
 
 
 def _add_training_args(p: argparse.ArgumentParser, steps_help: str) -> None:
@@ -203,17 +321,23 @@ def _train_config(args: argparse.Namespace, checkpoint_every: int):
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train EfficientAD on one category, calibrate the map quantiles on held-out training
-    images and write model.pt, train_log.jsonl, loss_curve.png and train_summary.json."""
+    images and write model.pt, train_log.jsonl, loss_curve.png and train_summary.json. With
+    several --category, each goes to OUT/<category> (one after another, or as Ray tasks with
+    --engine ray); one that fails is reported and the others go on (exit 1)."""
     from .jobs import train_category
     from .train import TrainingInterrupted
 
     config = _train_config(args, checkpoint_every=args.checkpoint_every)
+    categories = args.category or [None]
+    if len(categories) > 1 or args.engine == "ray":
+        return _train_several(args, categories, config)
     try:
         _, summary = train_category(
-            args.data, args.dataset, args.category, args.out, model_size=args.model_size,
+            args.data, args.dataset, categories[0], args.out, model_size=args.model_size,
             config=config, teacher=args.teacher, penalty_images=args.penalty_images,
             image_size=args.image_size, padding=args.padding, device=args.device, resume=args.resume,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, layout=_folder_layout(args), threshold_from=args.threshold_from,
+            tile=args.tile,
         )
     except TrainingInterrupted as stop:
         print(f"\n{stop}\nresume with the same command plus --resume", file=sys.stderr)
@@ -223,17 +347,57 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_several(args: argparse.Namespace, categories: list, config) -> int:
+    """train with several categories (or --engine ray): each to OUT/<category> (one: OUT)."""
+    from .train import TrainingInterrupted
+
+    if len(set(categories)) != len(categories):
+        raise _BadArguments(f"--category: each category once, got {categories}")
+    train_args = dict(model_size=args.model_size, config=config, teacher=args.teacher,
+                      penalty_images=args.penalty_images, image_size=args.image_size, padding=args.padding,
+                      device=args.device, resume=args.resume, overwrite=args.overwrite,
+                      layout=_folder_layout(args), threshold_from=args.threshold_from, tile=args.tile)
+    try:
+        if args.engine == "ray":
+            from .ray_engine import train_categories
+
+            results = train_categories(args.data, args.dataset, categories, args.out, **_ray_options(args), **train_args)
+        else:
+            from .jobs import train_categories
+
+            results = train_categories(args.data, args.dataset, categories, args.out, **train_args)
+    except TrainingInterrupted as stop:
+        print(f"\n{stop}\nresume with the same command plus --resume", file=sys.stderr)
+        return 130
+    failed = [r["category"] for r in results if r["error"]]
+    print(f"trained {len(results) - len(failed)} of {len(results)} categories under {args.out}"
+          + (f"; failed: {', '.join(map(str, failed))} (see their error.txt)" if failed else ""))
+    return 1 if failed else 0
+
+
 def _add_train_parser(subparsers) -> None:
     """Register the ``train`` command."""
-    train = subparsers.add_parser("train", help="train on one category", description=cmd_train.__doc__)
-    _add_data_args(train)
+    train = subparsers.add_parser("train", help="train on one category (or several, e.g. on Ray)",
+                                  description=cmd_train.__doc__)
+    _add_data_args(train, several=True)
     train.add_argument("--out", required=True, help="output folder")
     _add_training_args(train, steps_help="training steps (paper: 70000)")
     train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
     train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from OUT/checkpoint.pt (several categories: a finished category is "
+                            "skipped, one with a checkpoint continues, one with none starts)")
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh in an OUT that holds another run's checkpoint.pt or model.pt")
+    train.add_argument("--threshold-from", default=None, metavar="DIR",
+                       help="labelled validation images, DIR/good/ and DIR/<defect>/ (as a test/ folder): the "
+                            "image threshold becomes the F1-optimal one on them (default: the 0.995 quantile of "
+                            "the held-out normal images' scores, which needs no defective image)")
+    train.add_argument("--tile", type=int, default=None, metavar="PX",
+                       help="train and calibrate on PX x PX tiles of the --image-size images instead of whole "
+                            "images (large images with small defects); the model records it, and predict and "
+                            "eval then score in tiles by default")
+    _add_engine_args(train, "category")
     train.set_defaults(func=cmd_train)
 
 
@@ -251,7 +415,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     evaluation = evaluate_model(
         model, args.data, args.dataset, args.category, image_size=args.image_size,
         batch_size=args.batch_size, workers=args.workers, progress=_progress_enabled(args),
-        heatmap_dir=out / "heatmaps" if args.heatmaps else None,
+        heatmap_dir=out / "heatmaps" if args.heatmaps else None, layout=_folder_layout(args),
+        tile=args.tile, overlap=args.overlap,
     )
     name = args.category or Path(args.data).name
     json_path, md_path = write_metrics(evaluation, out, name)
@@ -268,22 +433,38 @@ def _add_eval_parser(subparsers) -> None:
     ev.add_argument("--out", default=None, help="output folder (default: MODEL's folder/eval)")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--heatmaps", action="store_true", help="also write heatmaps of a few images per defect")
+    _add_tile_args(ev)
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Score image files or folders with a saved model: writes scores.csv and, per image, a
-    heatmap overlay PNG (colour map over the image, threshold contour). Files that cannot be
-    read are listed with the reason in errors.csv; exit 1 when no image could be scored."""
+    """Score image files or folders with a saved model: writes scores.csv (path, score, label =
+    score above the calibrated image threshold, anomalous = the same) and, per image, a
+    heatmap overlay PNG (colour map over the image, contour at the pixel threshold) and with
+    --masks a mask PNG. Files that cannot be read are listed with the reason in errors.csv; exit 1 when no image could be scored. With
+    --engine ray, a pool of Ray actors (Ray Data) decodes and scores, and scores.parquet is
+    written too."""
     from . import load
     from ._device import resolve_device
     from .jobs import predict_files
 
-    model = load(args.model, map_location=resolve_device(args.device))
-    csv_path, rows, errors = predict_files(model, args.images, args.out, image_size=args.image_size,
-                                           batch_size=args.batch_size, threshold=args.threshold,
-                                           heatmaps=not args.no_heatmaps, progress=_progress_enabled(args))
+    if args.engine == "ray":
+        from .ray_engine import predict_files as predict_on_ray
+
+        csv_path, rows, errors = predict_on_ray(
+            args.model, args.images, args.out, image_size=args.image_size, batch_size=args.batch_size,
+            threshold=args.threshold, heatmaps=not args.no_heatmaps, sensitivity=args.sensitivity,
+            masks=args.masks, tile=args.tile, overlap=args.overlap, workers=args.ray_workers, device=args.device,
+            ray_address=args.ray_address, progress=_progress_enabled(args),
+            log=(lambda *a, **k: None) if args.quiet else print)
+    else:
+        model = load(args.model, map_location=resolve_device(args.device))
+        csv_path, rows, errors = predict_files(model, args.images, args.out, image_size=args.image_size,
+                                               batch_size=args.batch_size, threshold=args.threshold,
+                                               heatmaps=not args.no_heatmaps, progress=_progress_enabled(args),
+                                               parquet=args.parquet, sensitivity=args.sensitivity,
+                                               masks=args.masks, tile=args.tile, overlap=args.overlap)
     print(f"scores: {csv_path}")
     if errors:
         print(f"{len(errors)} of {len(errors) + len(rows)} images could not be read: "
@@ -297,12 +478,31 @@ def _add_predict_parser(subparsers) -> None:
     pr.add_argument("--model", required=True, help="model file written by train")
     pr.add_argument("images", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder")
-    pr.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
+    _add_image_size_arg(pr)
+    _add_tile_args(pr)
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--threshold", type=float, default=None,
-                    help="map/score threshold (default 0.1: the q_b level of calibrated maps)")
+                    help="image score threshold for label, used as given (default: the model's calibrated "
+                         "one shifted by --sensitivity; models saved before thresholds existed: 0.1)")
+    pr.add_argument("--sensitivity", type=_unit_interval, default=0.5,
+                    help="in [0, 1]: multiplies both calibrated thresholds by 2**(1 - 2*S): 0.5 (default) the "
+                         "calibrated ones, 1 half of them (more flagged), 0 twice them (fewer flagged)")
+    pr.add_argument("--masks", action="store_true",
+                    help="also write OUT/masks/<name>.png: 255 where the map is above the pixel threshold")
     pr.add_argument("--no-heatmaps", action="store_true", help="write only scores.csv")
-    pr.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    pr.add_argument("--parquet", action="store_true",
+                    help="also write scores.parquet (float64 scores; needs pyarrow; always with --engine ray)")
+    pr.add_argument("--device", default="auto",
+                    help="cpu, cuda or auto (default; with --engine ray: a GPU per worker when the cluster has GPUs)")
+    pr.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local (default): this process; ray: Ray Data feeds the image paths to a pool of Ray "
+                         "actors, each holding one loaded model (pip install -e '.[ray]')")
+    pr.add_argument("--workers", dest="ray_workers", type=int, default=None, metavar="N",
+                    help="--engine ray: actors, each with one model (default: one per GPU of the cluster, else "
+                         "one per CPU but one)")
+    pr.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                    help="--engine ray: the Ray cluster to join (default: start a local Ray instance); its nodes "
+                         "must see the images and --out at the same paths")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     pr.set_defaults(func=cmd_predict)
 
@@ -314,7 +514,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, steps=args.steps, seed=args.seed, device=args.device,
              amp=None if args.amp == "none" else args.amp, teacher=args.teacher,
-             penalty_images=args.penalty_images, progress=_progress_enabled(args))
+             penalty_images=args.penalty_images, progress=_progress_enabled(args), video=args.video)
     return 0
 
 
@@ -333,8 +533,102 @@ def _add_demo_parser(subparsers) -> None:
                       help=f"mixed precision (autocast; default {DEMO_AMP}, 'none' for float32)")
     demo.add_argument("--teacher", default="auto", help=TEACHER_HELP)
     _add_penalty_arg(demo, default=DEMO_PENALTY)
+    demo.add_argument("--video", action="store_true",
+                      help="also make a synthetic conveyor video and watch it with the board model (live-line "
+                           "scoring, smoothers compared; a few more minutes on a CPU)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Score a live line: a video file, a folder of images (name order), a camera
+    (/dev/videoN or its number) or a stream URL (rtsp://...), with temporal smoothing and
+    alarms. Writes OUT/frames.jsonl (one JSON line per frame), OUT/alarms/ (a heatmap overlay
+    PNG per alarm onset) and OUT/summary.json, prints a live line (fps, latency p50/p99,
+    alarms) and a summary. A file is read as fast as scoring goes (no frame dropped) unless
+    --realtime; a camera or URL is live: frames that come while scoring lags are dropped and
+    counted. Ctrl-C stops and keeps everything written (exit 130)."""
+    import torch
+
+    from . import load
+    from ._device import resolve_device
+    from .stream import Inspector, format_summary, open_source, watch
+
+    source = open_source(args.source, fps=args.fps)  # a missing file fails before any work
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    model = load(args.model, map_location=resolve_device(args.device)).to(dtype)
+    tile = model.tile if args.tile is None else args.tile
+    predictor = None  # the Inspector's FastPredictor of the whole frame
+    if tile:  # predict cuts, scores and stitches the tiles
+        from .tiling import check_tile
+
+        check_tile(tile, args.overlap, args.image_size, args.image_size)
+        predictor = functools.partial(model.predict, tile=tile, overlap=args.overlap)
+    inspector = Inspector(model, smoothing=args.smoothing, threshold=args.threshold, image_size=args.image_size,
+                          ema_alpha=args.ema_alpha, k=args.kofn_k, n=args.kofn_n, off_threshold=args.off_threshold,
+                          map_alpha=args.map_alpha, queue_size=args.queue_size, max_latency_ms=args.max_latency_ms,
+                          predictor=predictor)
+    watching = False
+    try:
+        if args.calibrate_on is not None:
+            threshold = inspector.calibrate(args.calibrate_on)
+            print(f"threshold {threshold:.4g}: the 99.5 % quantile of {args.smoothing}-smoothed scores "
+                  f"of {args.calibrate_on}")
+        watching = True
+        summary = watch(inspector, source, args.out, max_frames=args.max_frames, realtime=args.realtime or None,
+                        save_video=args.save_video, fps=args.fps, progress=_progress_enabled(args))
+    except KeyboardInterrupt:
+        if watching:  # watch wrote the summary of what it did before it re-raised
+            print(format_summary(json.loads((Path(args.out) / "summary.json").read_text())), file=sys.stderr)
+        return 130
+    print(format_summary(summary))
+    print(f"written: {Path(args.out) / 'frames.jsonl'}, {Path(args.out) / 'alarms'}/"
+          + (f", {args.save_video}" if args.save_video else ""))
+    return 0 if summary["scored"] else 1
+
+
+def _add_watch_parser(subparsers) -> None:
+    """Register the ``watch`` command."""
+    from .stream import SMOOTHERS
+
+    w = subparsers.add_parser("watch", help="score a video, camera or image folder live, with smoothing and alarms",
+                              description=cmd_watch.__doc__)
+    w.add_argument("--model", required=True, help="model file written by train")
+    w.add_argument("--source", required=True,
+                   help="video file, folder of images, camera (/dev/video0 or 0) or URL (rtsp://...)")
+    w.add_argument("--out", default="watch_out", help="output folder (default: watch_out)")
+    w.add_argument("--smoothing", choices=SMOOTHERS, default="ema",
+                   help="ema (default; mean delay (1-a)/a frames), kofn (alarm when k of the last n scores are "
+                        "over; k-1 frames late), hysteresis (off below a lower threshold; 0 frames), none")
+    w.add_argument("--threshold", type=float, default=None,
+                   help="on the smoothed image score (default 0.1: the q_b level of calibrated maps)")
+    w.add_argument("--calibrate-on", default=None, metavar="CLIP",
+                   help="set the threshold to the 99.5 %% quantile of the smoothed scores of this clip of normal "
+                        "frames (a video file or folder)")
+    w.add_argument("--ema-alpha", type=float, default=0.4, help="weight of the newest score in ema (default 0.4)")
+    w.add_argument("--kofn-k", type=int, default=3, help="k of kofn (default 3)")
+    w.add_argument("--kofn-n", type=int, default=5, help="n of kofn (default 5)")
+    w.add_argument("--off-threshold", type=float, default=None,
+                   help="hysteresis: alarm off below this (default: 0.2 x |threshold| below it)")
+    w.add_argument("--map-alpha", type=float, default=None,
+                   help="per-pixel EMA of the map with this weight before scoring (static camera)")
+    w.add_argument("--save-video", default=None, metavar="FILE",
+                   help="write the annotated video (frame | heatmap, red border in alarm): .mp4 (H.264) or .avi (MJPEG)")
+    w.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    w.add_argument("--max-latency-ms", type=float, default=None,
+                   help="skip a waiting frame whose result would come later than this when a newer one waits")
+    w.add_argument("--queue-size", type=int, default=2, help="decoded frames waiting for scoring (default 2)")
+    w.add_argument("--realtime", action="store_true",
+                   help="play a file at its timestamps, dropping frames when scoring lags (cameras always are)")
+    w.add_argument("--fps", type=float, default=None,
+                   help="frame rate of a folder of images (timestamps; default: the read times)")
+    w.add_argument("--image-size", type=int, default=256, help="model input size in pixels (>= 256)")
+    _add_tile_args(w)
+    w.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="network dtype (bf16: ~2x faster on CPUs with AVX-512 BF16; fp16 on GPUs)")
+    w.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    w.add_argument("--quiet", action="store_true", help="no live line")
+    w.set_defaults(func=cmd_watch)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -405,18 +699,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     per category Image AUROC, Image F1, Pixel AUROC, Pixel F1, AU-PRO (AU-sPRO for LOCO),
     training time, inference time and latency, the dataset average, and with --sweep the
     hyperparameter table. Writes report.md, report.csv, report.json and report.png to --out;
-    a category that fails is reported and the rest go on."""
+    a category that fails is reported and the rest go on. With --engine ray each run is a Ray
+    task; with --resume finished runs are kept and interrupted ones continue."""
     from .jobs import parse_sweep, run_report
     from .report import report_tables
 
     sweep = parse_sweep(args.sweep)
     _require_cached(sweep.get("teacher", ()), (args.model_size,))  # --teacher: checked by main
-    config = _train_config(args, checkpoint_every=0)
-    result = run_report(
-        args.data, args.dataset, args.out, categories=args.categories, model_size=args.model_size,
-        config=config, sweep=sweep, teacher=args.teacher, image_size=args.image_size, device=args.device,
-        latency_batches=args.latency_batches, latency_runs=args.latency_runs, penalty_images=args.penalty_images,
-    )
+    config = _train_config(args, checkpoint_every=args.checkpoint_every)
+    settings = dict(categories=args.categories, model_size=args.model_size, config=config, sweep=sweep,
+                    teacher=args.teacher, image_size=args.image_size, device=args.device,
+                    latency_batches=args.latency_batches, latency_runs=args.latency_runs,
+                    penalty_images=args.penalty_images, resume=args.resume)
+    if args.engine == "ray":
+        from .ray_engine import run_report as run_report_on_ray
+
+        result = run_report_on_ray(args.data, args.dataset, args.out, **settings, **_ray_options(args))
+    else:
+        result = run_report(args.data, args.dataset, args.out, **settings)
     print("\n" + report_tables(result))
     print(f"\nwritten: {Path(args.out) / 'report.md'} (+ .csv, .json, .png)")
     return 1 if all(r["error"] for r in result["rows"]) else 0
@@ -442,6 +742,13 @@ def _add_report_parser(subparsers) -> None:
                      help="timed runs per latency figure (default: 1000 on a GPU, a few on a CPU)")
     rep.add_argument("--workers", type=int, default=2, help="image-loading processes")
     rep.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    rep.add_argument("--checkpoint-every", type=int, default=0,
+                     help="steps between a run's checkpoints, which --resume continues from (default 0: at the "
+                          "end only)")
+    rep.add_argument("--resume", action="store_true",
+                     help="keep the runs OUT holds finished (their row.json), continue interrupted ones from "
+                          "their checkpoint.pt, run the rest: rerun the same command after a crash or a lost node")
+    _add_engine_args(rep, "run (category, sweep setting)")
     rep.set_defaults(func=cmd_report)
 
 
@@ -522,10 +829,24 @@ def _add_distill_teacher_parser(subparsers) -> None:
     p.set_defaults(func=cmd_distill_teacher)
 
 
+def _check_export_options(args: argparse.Namespace) -> None:
+    """export's --precision and --calibration-data: OpenVINO options, int8 needs images."""
+    if args.format != "openvino":
+        for name in ("precision", "calibration_data", "calibration_size"):
+            if getattr(args, name) is not None:
+                raise _BadArguments(f"--{name.replace('_', '-')} is an option of --format openvino")
+    elif args.precision == "int8" and args.calibration_data is None:
+        raise _BadArguments("--precision int8 needs --calibration-data DIR: normal images to calibrate the "
+                            "quantization on (held-out training images)")
+    elif args.precision != "int8" and (args.calibration_data is not None or args.calibration_size is not None):
+        raise _BadArguments("--calibration-data and --calibration-size are for --precision int8")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a saved model's predict (images in, map and score out, dynamic batch) as an
     AOTInductor package (--format aoti, .pt2, for C++ hosts with libtorch and our op
-    library) or an ONNX model (--format onnx, scoring in standard ONNX ops)."""
+    library), an ONNX model (--format onnx, scoring in standard ONNX ops) or an OpenVINO IR
+    (--format openvino, .xml + .bin, fp32, fp16 or NNCF-quantized int8)."""
     from .export import export_aoti, export_onnx
     from .model import load
 
@@ -533,26 +854,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = load(args.model, map_location="cpu").float()
     if args.format == "aoti":
         path = export_aoti(model, args.out, image_size=args.image_size, device=args.device)
+    elif args.format == "openvino":
+        from .openvino_export import DEFAULT_CALIBRATION_SIZE, export_openvino
+
+        path = export_openvino(model, args.out, image_size=args.image_size, precision=args.precision or "fp32",
+                               calibration_data=args.calibration_data,
+                               calibration_size=args.calibration_size or DEFAULT_CALIBRATION_SIZE)
     else:
         path = export_onnx(model, args.out, image_size=args.image_size, opset=args.opset)
+    height, width = (args.image_size, args.image_size) if isinstance(args.image_size, int) else args.image_size
     print(f"{args.format}: {path}  ({time.perf_counter() - start:.1f} s; input float32 (N, 3, "
-          f"{args.image_size}, {args.image_size}) in [0, 1])")
+          f"{height}, {width}) in [0, 1])")
     return 0
 
 
 def _add_export_parser(subparsers) -> None:
     """Register the ``export`` command."""
     from .export import FORMATS
+    from .openvino_export import DEFAULT_CALIBRATION_SIZE, PRECISIONS
 
-    p = subparsers.add_parser("export", help="export predict as an AOTInductor package or ONNX model",
+    p = subparsers.add_parser("export", help="export predict as an AOTInductor package, ONNX model or OpenVINO IR",
                               description=cmd_export.__doc__)
     p.add_argument("--model", required=True, help="model file written by train (or EfficientAD.save)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="aoti (.pt2) or onnx (.onnx)")
-    p.add_argument("--out", required=True, help="output file (.pt2 for aoti)")
-    p.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
+    p.add_argument("--format", required=True, choices=(*FORMATS, "openvino"),
+                   help="aoti (.pt2), onnx (.onnx) or openvino (.xml, weights in the .bin beside it; "
+                        "pip install -e '.[openvino]')")
+    p.add_argument("--out", required=True, help="output file (.pt2 for aoti, .xml for openvino)")
+    _add_image_size_arg(p)
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; onnx only)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="device the AOTInductor package runs on (aoti only; cuda needs a GPU here)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="openvino only: fp32 (default; equal to predict), fp16 (weights stored in float16) or "
+                        "int8 (NNCF post-training quantization of the networks; needs --calibration-data)")
+    p.add_argument("--calibration-data", metavar="DIR", default=None,
+                   help="int8 only: folder of normal images (searched recursively), ideally held-out training "
+                        "images; resized to --image-size")
+    p.add_argument("--calibration-size", type=int, default=None, metavar="N",
+                   help=f"int8 only: use at most N of those images, evenly spaced (default {DEFAULT_CALIBRATION_SIZE})")
     p.set_defaults(func=cmd_export)
 
 
@@ -646,7 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add in (_add_info_parser, _add_train_parser, _add_eval_parser, _add_predict_parser, _add_bench_parser,
                 _add_report_parser, _add_demo_parser, _add_distill_teacher_parser, _add_export_parser,
-                _add_fetch_teacher_parser, _add_fetch_imagenette_parser):
+                _add_fetch_teacher_parser, _add_fetch_imagenette_parser, _add_watch_parser):
         add(sub)
     for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps the one before
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)

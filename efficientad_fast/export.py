@@ -16,8 +16,15 @@ Outputs: ``anomaly_map`` float32 (N, 1, H, W) and ``score`` float32 (N,), equal 
 ``model.predict(images)`` (the AOTI package to within float rounding of the compiled
 networks, the ONNX model to within 1e-4 of the map's range).
 
-Both carry metadata a host can check before running them (:func:`metadata`): the format
-``efficientad_fast.predict``, the image size, the device and whether the map is calibrated.
+Both carry metadata a host can check before running them (:func:`metadata`, string keys
+and values; schema version 2, see :data:`METADATA_KEYS`): the format name
+``efficientad_fast.predict`` and schema version, the image size, the input normalization,
+the device, the quantiles, the decision thresholds, the teacher's source and the model's
+settings. The graphs output score and map only: a host labels an image anomalous when its
+score is above ``image_threshold`` and marks pixels above ``pixel_threshold``
+(:meth:`LoadedPackage.predict` does this, with a sensitivity as ``EfficientAD.predict``).
+Our loaders (:func:`load_package`, :func:`read_onnx_metadata`) check the metadata with
+:func:`check_metadata` and refuse other formats and schema versions.
 """
 
 from __future__ import annotations
@@ -30,14 +37,39 @@ import torch
 from torch import nn
 
 from ._checkpoint import writable_folder
-from .model import EfficientAD, check_unit_range
+from .model import EfficientAD, Prediction, check_sensitivity, check_unit_range, shift_threshold
 from .networks import check_image_size
 from .reference import reference_anomaly_map
 
 FORMATS = ("aoti", "onnx")
 # Written into the .pt2 package (AOTInductor metadata) and the ONNX model's metadata_props.
 PACKAGE_FORMAT = "efficientad_fast.predict"
-PACKAGE_VERSION = "1"
+# The metadata schema version. 1: format, size, device, quantiles_set, model_size; 2 adds
+# the normalization, quantiles, thresholds, teacher source and model settings.
+PACKAGE_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")
+# Schema 2, key -> meaning. Every value is a string; numbers are Python reprs (round-trip
+# exact float32/float64 values); "" means "none" (an uncalibrated model has no thresholds).
+METADATA_KEYS = {
+    "format": f"always {PACKAGE_FORMAT!r}",
+    "format_version": "the schema version, '2'",
+    "device": "cpu or cuda: where the compiled package runs",
+    "image_height": "input height in pixels (fixed at export)",
+    "image_width": "input width in pixels (fixed at export)",
+    "input": "the input tensor, in words",
+    "outputs": "the output tensors, in words",
+    "normalization": "what the graph does to the input (ImageNet mean/std inside the networks)",
+    "quantiles_set": "'1' when the map is normalized by calibrated quantiles, else '0'",
+    "quantiles": "q_a_st,q_b_st,q_a_ae,q_b_ae of the map normalization ('' when not calibrated)",
+    "image_threshold": "label = score > this ('' when none)",
+    "pixel_threshold": "mask = anomaly_map > this ('' when none)",
+    "threshold_source": "how the thresholds were chosen",
+    "sensitivity_rule": "how a sensitivity s in [0, 1] moves both thresholds",
+    "teacher_source": "which teacher the model was trained with",
+    "model_size": "small or medium",
+    "alpha": "weight of the student-teacher map in the fused map",
+    "distance": "l2 or cosine",
+}
 INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["anomaly_map", "score"]
 
@@ -105,19 +137,67 @@ def _prepare(model: EfficientAD, image_size) -> tuple[tuple[int, int], torch.Ten
     return (height, width), example
 
 
+def _number(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
 def metadata(model: EfficientAD, image_size: tuple[int, int], device: str = "cpu") -> dict[str, str]:
-    """What a host needs to know about an exported package, as strings."""
+    """What a host needs to know about an exported model, as str -> str (schema version 2,
+    keys :data:`METADATA_KEYS`): AOTInductor metadata, ONNX ``metadata_props`` and OpenVINO
+    ``rt_info`` all carry this dict."""
+    quantiles = ",".join(repr(float(q)) for q in model.quantiles.tolist()) if model.quantiles_set else ""
     return {
-        "device": device,
+        "device": str(device),
         "format": PACKAGE_FORMAT,
         "format_version": PACKAGE_VERSION,
-        "image_height": str(image_size[0]),
-        "image_width": str(image_size[1]),
+        "image_height": str(int(image_size[0])),
+        "image_width": str(int(image_size[1])),
         "input": "float32 (N, 3, H, W) RGB in [0, 1]",
         "outputs": "anomaly_map float32 (N, 1, H, W); score float32 (N,)",
+        "normalization": "RGB in [0, 1]; ImageNet mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225) "
+                         "applied inside the graph",
         "quantiles_set": "1" if model.quantiles_set else "0",
+        "quantiles": quantiles,
+        "image_threshold": _number(model.image_threshold),
+        "pixel_threshold": _number(model.pixel_threshold),
+        "threshold_source": model.threshold_source,
+        "sensitivity_rule": "threshold * 2**(1 - 2*s) (threshold / 2**(1 - 2*s) when negative); s = 0.5: as stored",
+        "teacher_source": str(model.teacher_source),
         "model_size": model.model_size,
+        "alpha": repr(float(model.alpha)),
+        "distance": model.distance,
     }
+
+
+def check_metadata(info: dict[str, str], source: str | os.PathLike) -> dict:
+    """Check exported metadata (AOTInductor, ONNX or OpenVINO) read from ``source`` and
+    return what a loader needs: {"image_size": (H, W), "device", "image_threshold",
+    "pixel_threshold" (floats or None), "format_version"}. ValueError naming ``source`` for
+    another format, a schema version this efficientad_fast does not read, or bad values."""
+    if info.get("format") != PACKAGE_FORMAT:
+        raise ValueError(f"{source}: not an efficientad_fast model (metadata format={info.get('format')!r}, "
+                         f"expected {PACKAGE_FORMAT!r}); export one with `efficientad-fast export`")
+    version = info.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{source}: metadata schema version {version!r}; this efficientad_fast reads versions "
+                         f"{', '.join(READABLE_VERSIONS)}: export the model again with this version")
+    size = []
+    for key in ("image_height", "image_width"):
+        if not str(info.get(key, "")).isdigit() or int(info[key]) < 1:
+            raise ValueError(f"{source}: metadata has no valid {key} (got {info.get(key)!r})")
+        size.append(int(info[key]))
+    thresholds = {}
+    for key in ("image_threshold", "pixel_threshold"):
+        text = info.get(key, "")  # absent in version 1
+        try:
+            value = float(text) if text != "" else None
+        except ValueError:
+            raise ValueError(f"{source}: metadata {key} must be a number or empty, got {text!r}") from None
+        if value is not None and not torch.isfinite(torch.tensor(value)):
+            raise ValueError(f"{source}: metadata {key} must be finite, got {text!r}")
+        thresholds[key] = value
+    return {"image_size": tuple(size), "device": info.get("device", "cpu") or "cpu", "format_version": version,
+            **thresholds}
 
 
 def export_aoti(model: EfficientAD, out: str | os.PathLike, image_size=256, device: str = "cpu") -> Path:
@@ -175,14 +255,12 @@ class LoadedPackage:
         except Exception as exc:  # a zip that is not a package, a truncated file, ...
             raise ValueError(f"{path}: cannot load it as an AOTInductor package: {exc}") from exc
         self.metadata = dict(self._runner.get_metadata())
-        if self.metadata.get("format") != PACKAGE_FORMAT:
-            raise ValueError(
-                f"{path}: an AOTInductor package but not an efficientad_fast model "
-                f"(metadata format={self.metadata.get('format')!r}); export one with `efficientad-fast export`"
-            )
+        checked = check_metadata(self.metadata, f"{path} (an AOTInductor package)")
         self.path = path
-        self.image_size = (int(self.metadata["image_height"]), int(self.metadata["image_width"]))
-        self.device = torch.device(self.metadata.get("device", "cpu"))
+        self.image_size = checked["image_size"]
+        self.device = torch.device(checked["device"])
+        self.image_threshold: float | None = checked["image_threshold"]
+        self.pixel_threshold: float | None = checked["pixel_threshold"]
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(images, torch.Tensor):
@@ -199,6 +277,17 @@ class LoadedPackage:
         if images.device.type == "cpu":  # as predict: on a GPU the check would synchronize
             check_unit_range(images)
         return tuple(self._runner(images.to(self.device).contiguous()))
+
+    def predict(self, images: torch.Tensor, sensitivity: float = 0.5) -> Prediction:
+        """:class:`Prediction` with ``label`` and ``mask`` at the thresholds in the package's
+        metadata, shifted by ``sensitivity`` as :meth:`EfficientAD.predict` does (None when the
+        package has no such threshold)."""
+        check_sensitivity(sensitivity)
+        amap, score = self(images)
+        image, pixel = (None if t is None else shift_threshold(t, sensitivity)
+                        for t in (self.image_threshold, self.pixel_threshold))
+        return Prediction(score=score, anomaly_map=amap, label=None if image is None else score > image,
+                          mask=None if pixel is None else amap > pixel)
 
 
 def load_package(path: str | os.PathLike) -> LoadedPackage:
@@ -238,3 +327,20 @@ def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opse
         entry.key, entry.value = key, value
     onnx.save(proto, str(out))
     return out
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> tuple[dict[str, str], dict]:
+    """The ``metadata_props`` of an ONNX model written by :func:`export_onnx`, and what
+    :func:`check_metadata` makes of them (raises ValueError for another format or schema
+    version). Reads the graph without its weights."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX model at {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError and friends: not an ONNX file
+        raise ValueError(f"{path}: cannot read it as an ONNX model: {exc}") from exc
+    info = {p.key: p.value for p in proto.metadata_props}
+    return info, check_metadata(info, f"{path} (an ONNX model)")

@@ -13,7 +13,7 @@ import threading
 
 import torch
 
-from .model import EfficientAD, Prediction
+from .model import EfficientAD, Prediction, check_sensitivity
 from .networks import check_image_size
 
 INPUT_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
@@ -33,9 +33,12 @@ class FastPredictor:
             CUDA device). Needs a CUDA model.
         compile: wrap the computation in ``torch.compile`` (the fused op stays one opaque call).
         output_size: size of the map, default the image size.
+        sensitivity: shifts the model's decision thresholds for ``label`` and ``mask`` as
+            :meth:`EfficientAD.predict` does (0.5: the calibrated thresholds).
 
     Calling the predictor copies the images into its input buffer (from the host or the
-    device) and returns a :class:`Prediction`. With ``copy=False`` the returned tensors are
+    device) and returns a :class:`Prediction` (with ``label`` and ``mask`` when the model
+    holds thresholds; they are computed after the graph, as fresh tensors). With ``copy=False`` the returned tensors are
     the predictor's output buffers, overwritten by the next call: read them (or ``.cpu()``
     them) before calling again.
 
@@ -56,6 +59,7 @@ class FastPredictor:
         compile: bool = False,
         output_size: int | tuple[int, int] | None = None,
         warmup: int = 3,
+        sensitivity: float = 0.5,
     ) -> None:
         if not isinstance(model, EfficientAD):
             raise TypeError(f"model must be an efficientad_fast.EfficientAD, got {type(model).__name__}")
@@ -76,6 +80,7 @@ class FastPredictor:
         elif isinstance(output_size, int):
             output_size = (output_size, output_size)
         self.model = model
+        self.sensitivity = check_sensitivity(sensitivity)
         self.shape = (batch_size, 3, height, width)
         self.input_dtype = input_dtype
         self.output_size = tuple(output_size)
@@ -137,4 +142,4 @@ class FastPredictor:
             if copy and self._graph is not None:
                 # Inside the lock: the next call's replay overwrites the output buffers.
                 amap, score = amap.clone(), score.clone()
-        return Prediction(score=score, anomaly_map=amap)
+            return self.model.decide(score, amap, self.sensitivity)

@@ -6,19 +6,22 @@
     # maps (N, 1, H, W) or (N, H, W) float, masks of the same shape (0 = normal, one
     # positive value = anomalous; resize masks with nearest-neighbour).
     evaluate(scores, labels, maps, masks)
-    # -> {"image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "aupro"}
+    # -> {"image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_aupr", "aupro"}
 
     # MVTec LOCO: per image a list of region masks (ground_truth/<type>/<id>/000.png, ...);
     # each mask's positive pixel value names its defect in defects_config.json.
     evaluate_loco(scores, kinds, maps, masks, defects_config="<cat>/defects_config.json")
     # -> {"structural": {...}, "logical": {...}, "mean": {...}}, each with
-    #    "image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "auspro_0.05", "auspro_0.3"
+    #    "image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_aupr", "auspro_0.05", "auspro_0.3"
 
 Definitions (all curves are exact: every distinct score is a threshold, ties move together):
 
 - ``image_auroc`` / ``pixel_auroc``: area under the ROC curve (trapezoidal, as
   ``sklearn.metrics.roc_auc_score``); pixels of all images are pooled.
 - ``image_f1`` / ``pixel_f1``: best F1 = max over thresholds of 2·TP / (2·TP + FP + FN).
+- ``pixel_aupr``: average precision of the pooled pixels (area under the precision-recall
+  curve as ``sklearn.metrics.average_precision_score``: Σ (R_k − R_{k−1}) · P_k over the
+  distinct scores, descending), as VisA and MVTec AD papers report it.
 - ``aupro`` (MVTec AD, Bergmann et al. 2021): regions are the 8-connected components of
   each image's ground-truth mask; PRO(t) = mean over all regions of all images of the
   fraction of the region's pixels scoring ≥ t; FPR(t) over the normal pixels (mask 0) of
@@ -51,7 +54,9 @@ import torch
 
 __all__ = [
     "auc_up_to",
+    "average_precision",
     "best_f1",
+    "f1_optimal_threshold",
     "evaluate",
     "evaluate_loco",
     "parse_defects_config",
@@ -222,7 +227,17 @@ class _Ranking:
         return float(np.trapezoid(tpr, fpr))
 
     def best_f1(self) -> float:
-        return float(np.max(2.0 * self.tps / (self.tps + self.fps + self.n_pos)))
+        return float(np.max(self.f1_per_level()))
+
+    def f1_per_level(self) -> np.ndarray:
+        """F1 of "score >= level" for each level, the largest level first."""
+        return 2.0 * self.tps / (self.tps + self.fps + self.n_pos)
+
+    def average_precision(self) -> float:
+        """Σ (R_k − R_{k−1}) · P_k over the levels from the largest, R_{−1} = 0."""
+        precision = self.tps / (self.tps + self.fps)
+        recall_steps = np.diff(np.concatenate(([0], self.tps))) / self.n_pos
+        return float(np.sum(recall_steps * precision))
 
     def overlap_curve(
         self, pair_pixel: np.ndarray, pair_region: np.ndarray, saturation: np.ndarray
@@ -284,6 +299,33 @@ def best_f1(scores: Any, labels: Any) -> float:
     s = _float_array(scores, "scores").reshape(-1)
     y = _binary_labels(_to_numpy(labels, "labels").reshape(-1), s.size)
     return _Ranking(s, y, "labels").best_f1()
+
+
+def average_precision(scores: Any, labels: Any) -> float:
+    """Average precision (area under the precision-recall curve, as
+    ``sklearn.metrics.average_precision_score``) of ``scores`` against binary ``labels``."""
+    s = _float_array(scores, "scores").reshape(-1)
+    y = _binary_labels(_to_numpy(labels, "labels").reshape(-1), s.size)
+    return _Ranking(s, y, "labels").average_precision()
+
+
+def f1_optimal_threshold(scores: Any, labels: Any) -> tuple[float, float]:
+    """The decision threshold ``t`` for the rule "anomalous when score > t" with the best F1
+    on ``scores`` against binary ``labels``, and that F1. ``t`` lies halfway between the
+    lowest score the best rule flags and the next lower score (just below the lowest score
+    when the best rule flags everything), so scores seen here are never on the boundary."""
+    s = _float_array(scores, "scores", dtype=np.float64).reshape(-1)
+    y = _binary_labels(_to_numpy(labels, "labels").reshape(-1), s.size)
+    ranking = _Ranking(s, y, "labels")
+    f1 = ranking.f1_per_level()
+    best = int(np.argmax(f1))  # ties: the highest threshold (fewest images flagged)
+    index = ranking.levels.size - 1 - best  # ascending position of the lowest flagged score
+    lowest_flagged = float(ranking.levels[index])
+    if index == 0:
+        below = lowest_flagged - max(1.0, abs(lowest_flagged)) * 1e-6
+    else:
+        below = 0.5 * (lowest_flagged + float(ranking.levels[index - 1]))
+    return below, float(f1[best])
 
 
 # ------------------------------------------------------------------------ regions
@@ -484,7 +526,7 @@ def evaluate(
         spro_limits: FPR integration limits of ``auspro``; keys are ``f"auspro_{limit:g}"``.
 
     Returns:
-        {"image_auroc", "image_f1"} plus, with maps, {"pixel_auroc", "pixel_f1"} and
+        {"image_auroc", "image_f1"} plus, with maps, {"pixel_auroc", "pixel_f1", "pixel_aupr"} and
         "aupro" (no defects_config) or "auspro_0.05", "auspro_0.3" (with it).
 
     Raises:
@@ -531,7 +573,7 @@ def _pixel_metrics(
     pro_limit: float,
     spro_limits: Sequence[float],
 ) -> dict[str, float]:
-    """The pixel half of :func:`evaluate`: pixel AUROC and F1, then (s)PRO."""
+    """The pixel half of :func:`evaluate`: pixel AUROC, F1 and AUPR, then (s)PRO."""
     amaps = _image_stack(maps, "maps", y.shape[0], floating=True)
     n, h, w = amaps.shape
     config = None if defects_config is None else parse_defects_config(defects_config)
@@ -555,7 +597,8 @@ def _pixel_metrics(
         )
 
     pixels = _Ranking(amaps, anomalous, "pixels of the masks")
-    result = {"pixel_auroc": pixels.auroc(), "pixel_f1": pixels.best_f1()}
+    result = {"pixel_auroc": pixels.auroc(), "pixel_f1": pixels.best_f1(),
+              "pixel_aupr": pixels.average_precision()}
     if config is None:
         pair_pixel, pair_region, area = _connected_regions(anomalous)
         del anomalous

@@ -25,6 +25,11 @@ FORMAT_VERSION = 1
 BACKENDS = ("fused", "reference")
 # Statistics that stay float32 when the networks move to fp16/bf16.
 _FLOAT32_BUFFERS = ("teacher_mean", "teacher_std", "quantiles")
+# Normalized maps put the q_b (99.5 %) level of the normal held-out maps at 0.1 (both maps
+# are 0.1 there, so any alpha fuses them to 0.1): the default pixel threshold of masks.
+DEFAULT_PIXEL_THRESHOLD = 0.1
+# The image threshold calibrate stores: this quantile of held-out normal images' scores.
+DEFAULT_IMAGE_QUANTILE = 0.995
 # Serializes the one-time switch to channels_last: threads sharing a model must not run
 # convolutions while another thread swaps the weights' layout under them. Module-level,
 # not per model, because a lock cannot be deep-copied (export copies models).
@@ -44,12 +49,35 @@ def check_unit_range(images: torch.Tensor) -> None:
             )
 
 
+def check_sensitivity(sensitivity: float) -> float:
+    """``sensitivity`` as a float; ValueError unless it is a number in [0, 1]."""
+    if isinstance(sensitivity, bool) or not isinstance(sensitivity, (int, float)):
+        raise TypeError(f"sensitivity must be a number in [0, 1], got {type(sensitivity).__name__}")
+    if not 0.0 <= float(sensitivity) <= 1.0:  # NaN fails too
+        raise ValueError(f"sensitivity must be in [0, 1], got {sensitivity}")
+    return float(sensitivity)
+
+
+def shift_threshold(threshold: float, sensitivity: float = 0.5) -> float:
+    """The calibrated ``threshold`` moved by ``sensitivity`` in [0, 1]:
+    ``threshold * 2 ** (1 - 2 * sensitivity)`` (0.5: the threshold itself; 0: twice it, fewer
+    images and pixels flagged; 1: half of it, more flagged). A negative threshold is divided
+    by the factor instead, so a higher sensitivity always lowers the threshold."""
+    factor = 2.0 ** (1.0 - 2.0 * check_sensitivity(sensitivity))
+    return threshold * factor if threshold >= 0 else threshold / factor
+
+
 @dataclass
 class Prediction:
-    """What :meth:`EfficientAD.predict` returns: float32 tensors on the model's device."""
+    """What :meth:`EfficientAD.predict` returns: tensors on the model's device.
 
-    score: torch.Tensor  # (N,) image anomaly scores: the max of each map
-    anomaly_map: torch.Tensor  # (N, 1, H, W)
+    ``label`` and ``mask`` are the decisions at the calibrated thresholds (shifted by the
+    ``sensitivity`` predict was given): None when the model holds no such threshold."""
+
+    score: torch.Tensor  # (N,) float32 image anomaly scores: the max of each map
+    anomaly_map: torch.Tensor  # (N, 1, H, W) float32
+    label: torch.Tensor | None = None  # (N,) bool: score > image threshold (True = anomalous)
+    mask: torch.Tensor | None = None  # (N, 1, H, W) bool: anomaly_map > pixel threshold
 
 
 class EfficientAD(nn.Module):
@@ -71,10 +99,15 @@ class EfficientAD(nn.Module):
             teacher from the cache, put there by ``efficientad-fast fetch-teacher``; never
             downloaded here: NotCachedError when absent) or a teacher file (released
             ``conv1..`` or ``nn.Sequential`` layouts). ``teacher_source`` says which.
+        tile: the tile size :meth:`predict` scores images in by default (training on tiles
+            sets it; see :mod:`efficientad_fast.tiling`); None: whole images.
 
     Holds ``teacher``, ``student``, ``autoencoder`` and the float32 buffers ``teacher_mean``,
     ``teacher_std`` (384) and ``quantiles`` (q_a_st, q_b_st, q_a_ae, q_b_ae); the map is
-    normalized by the quantiles once :meth:`set_quantiles` has set them.
+    normalized by the quantiles once :meth:`set_quantiles` has set them. The decision
+    thresholds ``image_threshold`` and ``pixel_threshold`` (floats or None, set by
+    :meth:`set_thresholds`; ``threshold_source`` says how they were chosen) travel in the
+    module's extra state, so ``save``/``load`` and ``state_dict`` keep them.
     ``model.to(torch.bfloat16)`` (or float16) runs the networks in that dtype; images and
     results stay float.
     """
@@ -87,6 +120,7 @@ class EfficientAD(nn.Module):
         pad_maps: bool = True,
         distance: str = "l2",
         teacher: str | os.PathLike = "auto",
+        tile: int | None = None,
     ) -> None:
         super().__init__()
         if model_size not in MODEL_SIZES:
@@ -100,6 +134,11 @@ class EfficientAD(nn.Module):
         self.alpha = float(alpha)
         self.pad_maps = bool(pad_maps)
         self.distance = distance
+        if tile is not None:
+            if not isinstance(tile, int) or isinstance(tile, bool):
+                raise TypeError(f"tile must be an int or None, got {type(tile).__name__} {tile!r}")
+            check_image_size(tile, tile)  # each tile is an image to the networks
+        self.tile = tile
         self.teacher = make_pdn(model_size, TEACHER_CHANNELS, self.padding)
         self.student = make_pdn(model_size, 2 * TEACHER_CHANNELS, self.padding)
         self.autoencoder = AutoEncoder(TEACHER_CHANNELS, self.padding)
@@ -114,6 +153,9 @@ class EfficientAD(nn.Module):
         self.register_buffer("teacher_std", torch.ones(TEACHER_CHANNELS))
         self.register_buffer("quantiles", torch.zeros(4))
         self.quantiles_set = False
+        self.image_threshold: float | None = None
+        self._pixel_threshold: float | None = None
+        self.threshold_source = "not calibrated"
         self._folded_teacher: tuple | None = None
 
     # -- configuration and statistics -------------------------------------------------
@@ -126,15 +168,60 @@ class EfficientAD(nn.Module):
             "alpha": self.alpha,
             "pad_maps": self.pad_maps,
             "distance": self.distance,
+            "tile": self.tile,
         }
 
     def get_extra_state(self) -> dict:
-        return {"quantiles_set": self.quantiles_set, "teacher_source": self.teacher_source}
+        return {"quantiles_set": self.quantiles_set, "teacher_source": self.teacher_source,
+                "image_threshold": self.image_threshold, "pixel_threshold": self._pixel_threshold,
+                "threshold_source": self.threshold_source}
 
     def set_extra_state(self, state: dict) -> None:
         self.quantiles_set = bool(state.get("quantiles_set", False))
         # Files written before the teacher was recorded say nothing about it.
         self.teacher_source = str(state.get("teacher_source", "not recorded"))
+        # Files written before thresholds existed hold none: pixel_threshold falls back to
+        # the q_b level of calibrated maps, and there is no image label.
+        image, pixel = state.get("image_threshold"), state.get("pixel_threshold")
+        self.image_threshold = None if image is None else float(image)
+        self._pixel_threshold = None if pixel is None else float(pixel)
+        self.threshold_source = str(state.get("threshold_source", "not calibrated"))
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        """The map threshold of the masks: the stored one, else the q_b level (0.1) of a
+        model with calibrated quantiles (files from before thresholds were stored), else None."""
+        if self._pixel_threshold is not None:
+            return self._pixel_threshold
+        return DEFAULT_PIXEL_THRESHOLD if self.quantiles_set else None
+
+    def set_thresholds(self, image: float | None = None, pixel: float | None = DEFAULT_PIXEL_THRESHOLD,
+                       source: str = "set by hand") -> None:
+        """Set the decision thresholds: a score above ``image`` labels an image anomalous, a
+        map value above ``pixel`` marks the pixel in the mask (None: no such decision; for
+        ``pixel`` of a model with calibrated quantiles, None means the q_b level 0.1).
+        ``source`` records how they were chosen (shown in exports' metadata)."""
+        for name, value in (("image", image), ("pixel", pixel)):
+            if value is not None and (isinstance(value, bool) or not math.isfinite(float(value))):
+                raise ValueError(f"{name} threshold must be a finite number or None, got {value!r}")
+        self.image_threshold = None if image is None else float(image)
+        self._pixel_threshold = None if pixel is None else float(pixel)
+        self.threshold_source = str(source)
+
+    def thresholds(self, sensitivity: float = 0.5) -> tuple[float | None, float | None]:
+        """(image threshold, pixel threshold) shifted by ``sensitivity`` as
+        :func:`shift_threshold` says; None where the model holds no threshold."""
+        check_sensitivity(sensitivity)
+        return tuple(None if t is None else shift_threshold(t, sensitivity)
+                     for t in (self.image_threshold, self.pixel_threshold))
+
+    def decide(self, score: torch.Tensor, anomaly_map: torch.Tensor, sensitivity: float = 0.5) -> Prediction:
+        """A :class:`Prediction` of ``score`` and ``anomaly_map`` with ``label`` and ``mask``
+        at this model's thresholds shifted by ``sensitivity`` (None without a threshold)."""
+        image, pixel = self.thresholds(sensitivity)
+        return Prediction(score=score, anomaly_map=anomaly_map,
+                          label=None if image is None else score > image,
+                          mask=None if pixel is None else anomaly_map > pixel)
 
     def set_teacher_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Set the per-channel teacher mean and std (384 values each, std > 0)."""
@@ -225,8 +312,11 @@ class EfficientAD(nn.Module):
         output_size: tuple[int, int] | int | None = None,
         backend: str = "fused",
         validate: bool | None = None,
+        sensitivity: float = 0.5,
+        tile: int | None = None,
+        overlap: int = 32,
     ) -> Prediction:
-        """Anomaly maps and scores for a batch of images.
+        """Anomaly maps, scores and decisions for a batch of images.
 
         Args:
             images: (N, 3, H, W) RGB, uint8 or float in [0, 1], H and W >= 256.
@@ -234,15 +324,26 @@ class EfficientAD(nn.Module):
             backend: "fused" (the custom op) or "reference" (plain PyTorch, op by op).
             validate: check float images lie in [0, 1]; default only for CPU tensors, since
                 on a GPU the check would synchronize the stream.
+            sensitivity: in [0, 1]; shifts both decision thresholds as
+                :func:`shift_threshold` says: 0.5 uses the calibrated thresholds, higher
+                flags more (1: half the threshold), lower flags fewer (0: twice it).
+            tile, overlap: score each image in ``tile`` x ``tile`` tiles overlapping by
+                ``overlap`` pixels, the maps stitched with blended overlaps and the score the
+                stitched map's maximum (:mod:`efficientad_fast.tiling`); None: the model's
+                own ``tile`` (set by training on tiles; None there too: whole images);
+                0: whole images.
 
         Returns:
-            :class:`Prediction` with float32 ``score`` (N,) and ``anomaly_map`` (N, 1, H, W).
+            :class:`Prediction` with float32 ``score`` (N,) and ``anomaly_map`` (N, 1, H, W),
+            bool ``label`` (N,) = score > image threshold and ``mask`` (N, 1, H, W) =
+            anomaly_map > pixel threshold (None when the model has no such threshold).
 
         Computes as in eval mode (no dropout) without switching the model's mode, so threads
         may share one model, even one that is in training mode.
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_sensitivity(sensitivity)
         with torch.inference_mode():
             # channels_last runs the convolutions and pools 1.4-1.5x faster on CPU
             # (bench/bench_core.py) and is the tensor-core layout on GPUs.
@@ -250,8 +351,14 @@ class EfficientAD(nn.Module):
             x = self._prepare_images(images, validate).contiguous(memory_format=torch.channels_last)
             if output_size is None:
                 output_size = (x.shape[2], x.shape[3])
-            amap, score = self.score_images(x, output_size, backend)
-        return Prediction(score=score, anomaly_map=amap)
+            tile = self.tile if tile is None else tile
+            if tile:  # lazy: tiling imports nothing from here
+                from .tiling import tiled_scores
+
+                amap, score = tiled_scores(self, x, tile, overlap, output_size, backend)
+            else:
+                amap, score = self.score_images(x, output_size, backend)
+            return self.decide(score, amap, sensitivity)
 
     def score_images(self, x: torch.Tensor, output_size, backend: str = "fused") -> tuple[torch.Tensor, torch.Tensor]:
         """The computation of :meth:`predict` without its checks: ``x`` is an (N, 3, H, W)
@@ -335,6 +442,9 @@ def _check_statistics(model: EfficientAD, path: Path) -> None:
             f"{path}: teacher std must be finite and > 0 and mean finite in every channel; channels "
             f"{bad[:8]}{'...' if len(bad) > 8 else ''} have mean {mean[bad[:4]].tolist()}, std {std[bad[:4]].tolist()}"
         )
+    for name, value in (("image_threshold", model.image_threshold), ("pixel_threshold", model._pixel_threshold)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{path}: {name} must be finite, got {value}")
     if model.quantiles_set:
         qa_st, qb_st, qa_ae, qb_ae = model.quantiles.tolist()
         if not (all(math.isfinite(q) for q in (qa_st, qb_st, qa_ae, qb_ae)) and qb_st > qa_st and qb_ae > qa_ae):

@@ -1,6 +1,6 @@
 """Writers of results: the metrics tables of ``eval`` and the demo, the demo's report, and
 the benchmark report of ``efficientad-fast report`` — per category Image AUROC, Image F1,
-Pixel AUROC, Pixel F1, AU-PRO (AU-sPRO for MVTec LOCO), training time, inference time and
+Pixel AUROC, Pixel F1, Pixel AUPR, AU-PRO (AU-sPRO for MVTec LOCO), training time, inference time and
 latency, the per-dataset average, and with a sweep the learning-rate x weight-decay table —
 as Markdown, CSV, JSON and a PNG chart. The jobs that produce the results live in jobs.py.
 """
@@ -13,9 +13,9 @@ import math
 import os
 from pathlib import Path
 
-METRICS = ("image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "aupro")
+METRICS = ("image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_aupr", "aupro")
 HEADERS = {"image_auroc": "Image AUROC", "image_f1": "Image F1", "pixel_auroc": "Pixel AUROC",
-           "pixel_f1": "Pixel F1", "aupro": "AU-PRO"}
+           "pixel_f1": "Pixel F1", "pixel_aupr": "Pixel AUPR", "aupro": "AU-PRO"}
 
 
 def _flatten_metrics(result: dict) -> dict[str, float]:
@@ -62,11 +62,11 @@ def run_name(category: str, setting: dict) -> str:
 
 
 def headline_metrics(metrics: dict) -> dict[str, float]:
-    """The report's five numbers; MVTec LOCO: the mean of structural and logical, with
-    AU-sPRO in the PRO column."""
+    """The report's six numbers; MVTec LOCO: the mean of structural and logical, with
+    AU-sPRO (up to FPR 0.3) in the PRO column."""
     if "mean" in metrics and isinstance(metrics["mean"], dict):
         mean = metrics["mean"]
-        return {k: mean.get("auspro" if k == "aupro" else k, math.nan) for k in METRICS}
+        return {k: mean.get("auspro_0.3" if k == "aupro" else k, math.nan) for k in METRICS}
     return {k: metrics.get(k, math.nan) for k in METRICS}
 
 

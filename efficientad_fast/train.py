@@ -5,7 +5,10 @@
               above their 0.999 quantile) + penalty (student[:, :384]^2 on a generic image)
               + autoencoder loss on an augmented image + student-autoencoder loss;
               Adam(lr 1e-4, weight decay 1e-5), lr x 0.1 at 95 % of the steps
-    calibrate: q_a = 0.9 and q_b = 0.995 quantiles of each map on held-out training images
+    calibrate: q_a = 0.9 and q_b = 0.995 quantiles of each map on held-out training images,
+              then the decision thresholds: image = the 0.995 quantile of those images'
+              scores, pixel = the q_b level (0.1) of the normalized map; optionally the
+              F1-optimal image threshold on labelled validation images (threshold_from_f1)
 
 Every random draw (batch order, augmentation, penalty images, dropout) comes from state
 saved in the checkpoint, so ``resume`` ends exactly where an uninterrupted run would; a
@@ -31,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 from ._checkpoint import atomic_save, config_diff, load_state_dict_checked, read_checkpoint, writable_folder
 from ._device import autocast_dtype
 from ._progress import progress as progress_bar
-from .model import EfficientAD
+from .metrics import f1_optimal_threshold
+from .model import DEFAULT_IMAGE_QUANTILE, DEFAULT_PIXEL_THRESHOLD, EfficientAD
 from .networks import TEACHER_CHANNELS, feature_size
 from .ops import anomaly_map
 
@@ -201,10 +205,18 @@ def teacher_channel_stats(model: EfficientAD, images: torch.Tensor, batch_size: 
 
 @torch.no_grad()
 def calibrate(model: EfficientAD, images: torch.Tensor, batch_size: int = 8,
-              q_a: float = 0.9, q_b: float = 0.995, progress: bool = False) -> tuple[float, ...]:
+              q_a: float = 0.9, q_b: float = 0.995, progress: bool = False,
+              image_quantile: float = DEFAULT_IMAGE_QUANTILE) -> tuple[float, ...]:
     """Set the model's map quantiles from held-out *training* images (uint8, N×3×H×W):
     q_a and q_b of the unnormalized student-teacher and autoencoder maps at image
-    resolution, exact over all pixels. Returns (q_a_st, q_b_st, q_a_ae, q_b_ae)."""
+    resolution, exact over all pixels. Returns (q_a_st, q_b_st, q_a_ae, q_b_ae).
+
+    Then sets the decision thresholds (:meth:`EfficientAD.set_thresholds`): the image
+    threshold is the ``image_quantile`` quantile of these normal images' scores (the max of
+    each normalized map, as predict computes it; needs no defective image), the pixel
+    threshold the q_b level of normalized maps, 0.1."""
+    if not 0.0 < image_quantile <= 1.0:
+        raise ValueError(f"image_quantile must be in (0, 1], got {image_quantile}")
     if images.shape[0] == 0:
         raise ValueError("calibration needs at least one held-out training image")
     was_training = model.training
@@ -224,7 +236,35 @@ def calibrate(model: EfficientAD, images: torch.Tensor, batch_size: int = 8,
     if not (q[1] > q[0] and q[3] > q[2]):
         raise ValueError(f"calibration maps are (nearly) constant, quantiles {q}: train longer or check the data")
     model.set_quantiles(*q)
+    # The normalized fused map from the two maps at hand (normalizing commutes with the
+    # resize, so this is predict's map up to float rounding): no second network pass.
+    alpha = model.alpha
+    fused = (alpha * 0.1 * (st - q[0]) / (q[1] - q[0]) + (1 - alpha) * 0.1 * (ae - q[2]) / (q[3] - q[2]))
+    scores = fused.flatten(1).amax(dim=1)
+    image_threshold = float(exact_quantile(scores, image_quantile))
+    model.set_thresholds(image=image_threshold, pixel=DEFAULT_PIXEL_THRESHOLD,
+                         source=f"image: {image_quantile:g} quantile of {scores.numel()} held-out normal "
+                                f"images' scores; pixel: q_b level")
     return q
+
+
+@torch.no_grad()
+def threshold_from_f1(model: EfficientAD, images: torch.Tensor, labels, batch_size: int = 8,
+                      progress: bool = False) -> tuple[float, float]:
+    """Set the model's image threshold to the F1-optimal one on labelled validation images
+    (uint8 N×3×H×W, ``labels`` 1 = anomalous, both classes present; score them with the
+    calibrated model). The pixel threshold stays. Returns (threshold, its F1)."""
+    if not model.quantiles_set:
+        raise ValueError("threshold_from_f1 needs a calibrated model: run calibrate first")
+    scores = []
+    for start in progress_bar(range(0, images.shape[0], batch_size), progress, "F1 threshold"):
+        scores.append(model.predict(images[start:start + batch_size]).score.cpu())
+    threshold, f1 = f1_optimal_threshold(torch.cat(scores), labels)
+    n_bad = int(torch.as_tensor(labels).sum())
+    model.set_thresholds(image=threshold, pixel=model.pixel_threshold,
+                         source=f"image: F1-optimal (F1 {f1:.3f}) on {images.shape[0]} labelled validation "
+                                f"images ({n_bad} anomalous); pixel: {model.threshold_source.split('pixel: ')[-1]}")
+    return threshold, f1
 
 
 # -- the loop ----------------------------------------------------------------------------

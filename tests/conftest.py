@@ -26,8 +26,11 @@ def seeded():
 
 @pytest.fixture(scope="session")
 def calibrated_model():
-    """A seeded EfficientAD-S (random weights) with teacher statistics and quantiles set."""
-    return random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).eval()
+    """A seeded EfficientAD-S (random weights) with teacher statistics, quantiles and decision
+    thresholds set (so exports carry thresholds)."""
+    model = random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).eval()
+    model.set_thresholds(image=0.25, pixel=0.1, source="test fixture")
+    return model
 
 
 @pytest.fixture(scope="session")

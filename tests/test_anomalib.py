@@ -115,7 +115,7 @@ def ours_small(anomalib_small) -> ead.EfficientAD:
 
 def test_small_matches_anomalib(ours_small, anomalib_small, small_expected, images):
     assert ours_small.config() == {
-        "model_size": "small", "padding": False, "alpha": 0.5, "pad_maps": True, "distance": "l2",
+        "model_size": "small", "padding": False, "alpha": 0.5, "pad_maps": True, "distance": "l2", "tile": None,
     }
     assert ours_small.quantiles_set
     torch.testing.assert_close(ours_small.quantiles, torch.tensor(list(QUANTILES.values())))

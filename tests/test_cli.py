@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from efficientad_fast import load
@@ -32,9 +33,10 @@ PINNED = ("--teacher", "random", "--penalty-images", "none")
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
+    # --threshold-from: the test folder's good/ and defect folders, as labelled validation images.
     code = main(["train", "--data", str(dataset), "--dataset", "mvtec", "--category", "board",
                  "--out", str(out), "--steps", "2", "--workers", "0", "--quiet", "--checkpoint-every", "1",
-                 *PINNED])
+                 "--threshold-from", str(dataset / "board" / "test"), *PINNED])
     assert code == 0
     return out
 
@@ -46,6 +48,10 @@ def test_train_writes_model_log_curve_and_summary(trained):
     assert summary["train_config"]["steps"] == 2 and summary["held_out_images"] >= 1
     model = load(trained / "model.pt")
     assert model.quantiles_set
+    # The F1-optimal image threshold on the labelled folder, recorded in the model and summary.
+    assert model.image_threshold is not None and model.pixel_threshold == 0.1
+    assert "F1-optimal" in model.threshold_source and "on 4 labelled validation images" in model.threshold_source
+    assert summary["thresholds"] == {"image": model.image_threshold, "pixel": 0.1, "source": model.threshold_source}
     lines = (trained / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
 
@@ -58,7 +64,7 @@ def test_eval_prints_table_and_writes_json_and_markdown(trained, dataset, tmp_pa
     printed = capsys.readouterr().out
     assert "image_auroc" in printed and "aupro" in printed
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["metrics"]) >= {"image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "aupro"}
+    assert set(metrics["metrics"]) >= {"image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_aupr", "aupro"}
     assert len(metrics["images"]) == 4  # 2 good + 1 hole + 1 missing part
     assert (out / "metrics.md").read_text().startswith("# EfficientAD evaluation")
     assert list((out / "heatmaps").glob("*.png"))
@@ -73,8 +79,48 @@ def test_predict_writes_scores_and_heatmaps(trained, dataset, tmp_path):
     assert len(rows) == 4
     assert all(float(r["score"]) == float(r["score"]) for r in rows)
     assert all(r["anomalous"] in ("true", "false") for r in rows)
+    model = load(trained / "model.pt")
     for r in rows:
         assert Path(r["heatmap"]).is_file()
+        assert r["label"] == r["anomalous"] == str(float(r["score"]) > model.image_threshold).lower()
+
+
+def test_predict_sensitivity_moves_labels_and_masks(trained, dataset, tmp_path):
+    from PIL import Image
+
+    images = [dataset / "board" / "test" / "hole", dataset / "board" / "test" / "missing_part"]
+    flagged, pixels = {}, {}
+    for sensitivity in ("0", "1"):
+        out = tmp_path / sensitivity
+        assert main(["predict", "--model", str(trained / "model.pt"), *map(str, images), "--out", str(out), "--quiet",
+                     "--no-heatmaps", "--masks", "--sensitivity", sensitivity]) == 0
+        rows = list(csv.DictReader(open(out / "scores.csv")))
+        flagged[sensitivity] = {r["path"] for r in rows if r["label"] == "true"}
+        masks = sorted((out / "masks").glob("*.png"))
+        assert len(masks) == 2
+        pixels[sensitivity] = sum(int((np.asarray(Image.open(m)) == 255).sum()) for m in masks)
+    assert flagged["0"] <= flagged["1"] and pixels["0"] < pixels["1"]
+
+
+def test_folder_options_need_normal_dir_and_folder_dataset(trained, dataset, tmp_path, capsys):
+    model = str(trained / "model.pt")
+    code = main(["eval", "--model", model, "--data", str(dataset / "board"), "--dataset", "folder",
+                 "--abnormal-dir", "test/hole", "--out", str(tmp_path)])
+    assert code == 2 and "--abnormal-dir need --normal-dir" in capsys.readouterr().err
+    code = main(["eval", "--model", model, "--data", str(dataset), "--dataset", "mvtec", "--category", "board",
+                 "--normal-dir", "train/good", "--out", str(tmp_path)])
+    assert code == 2 and "is for --dataset folder" in capsys.readouterr().err
+
+
+def test_eval_folder_dataset_with_free_folders(trained, dataset, tmp_path):
+    out = tmp_path / "eval"
+    code = main(["eval", "--model", str(trained / "model.pt"), "--data", str(dataset / "board"), "--dataset", "folder",
+                 "--normal-dir", "train/good", "--abnormal-dir", "test/hole", "--mask-dir", "ground_truth/hole",
+                 "--normal-split-ratio", "0.3", "--out", str(out), "--workers", "0", "--quiet"])
+    assert code == 0
+    rows = json.loads((out / "metrics.json").read_text())["images"]
+    # round(0.3 * 6) = 2 normal training images held out for the test, and the one hole image.
+    assert sorted((r["defect"], r["label"]) for r in rows) == [("good", 0), ("good", 0), ("hole", 1)]
 
 
 def test_predict_missing_input_is_a_clear_error(trained, tmp_path, capsys):

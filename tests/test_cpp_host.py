@@ -136,6 +136,10 @@ def test_host_score_and_map_equal_python(tmp_path, host, aoti_package, calibrate
     amap, score = export.load_package(package_path)(images)
     np.testing.assert_array_equal(host_map.reshape(256, 256), amap[0, 0].numpy())
     assert host_score == score[0].item()
+    # The label from the package's metadata threshold, as Python's package.predict decides.
+    label = export.load_package(package_path).predict(images).label[0].item()
+    threshold = calibrated_model.image_threshold
+    assert f"label {'anomalous' if label else 'normal'} (threshold {threshold:.9g})" in out.stdout.splitlines()
     # ... and what predict gives, up to the compiled networks' float rounding.
     expected = calibrated_model.predict(torch.from_numpy(pixels).permute(2, 0, 1)[None])
     value_range = float(expected.anomaly_map.max() - expected.anomaly_map.min())

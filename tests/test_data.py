@@ -215,6 +215,73 @@ def test_folder_layout(tmp_path):
         open_dataset(root, "folder", None, "validation")
 
 
+def write_free_folders(root: Path, n_normal=10) -> Path:
+    """anomalib-Folder-style tree: normal/, abnormal/{crack,<loose>}, masks/ mirroring abnormal/."""
+    rng = np.random.default_rng(3)
+    for i in range(n_normal):
+        _save(root / "normal" / f"n{i:02d}.png", _rng_image(rng))
+    _save(root / "abnormal" / "loose.png", _rng_image(rng))  # directly inside: defect "abnormal"
+    _save(root / "masks" / "loose_mask.png", _box_mask())
+    for i in range(2):
+        _save(root / "abnormal" / "crack" / f"c{i}.png", _rng_image(rng))
+        _save(root / "masks" / "crack" / f"c{i}.png", _box_mask())
+    return root
+
+
+def test_folder_with_free_folders_splits_normal_images_for_test(tmp_path):
+    root = write_free_folders(tmp_path / "data")
+    layout = D.FolderLayout(normal_dir="normal", abnormal_dir="abnormal", mask_dir="masks")
+    train = open_dataset(root, "folder", None, "train", image_size=OUT, layout=layout)
+    test = open_dataset(root, "folder", None, "test", image_size=OUT, layout=layout)
+    normal = sorted(str(p) for p in (root / "normal").glob("*.png"))
+    test_normal = [s.path for s in test.samples if s.label == 0]
+    assert len(train) == 8 and len(test_normal) == 2  # round(0.2 * 10) held out for testing
+    assert sorted(train.paths + test_normal) == normal and not set(train.paths) & set(test_normal)
+    assert sorted(s.defect for s in test.samples if s.label) == ["abnormal", "crack", "crack"]
+    for i in range(len(test)):
+        item = test[i]
+        _check_item(item)
+        assert float(item["mask"].sum() > 0) == item["label"]  # masks found for every anomalous image
+    # Same seed, same split; another seed, another split of the same size.
+    again = open_dataset(root, "folder", None, "train", image_size=OUT, layout=layout)
+    assert again.paths == train.paths
+    other = open_dataset(root, "folder", None, "train", image_size=OUT,
+                         layout=D.FolderLayout(normal_dir="normal", seed=5))
+    assert len(other) == 8 and other.paths != train.paths
+    # A normal test folder of its own: every normal image trains.
+    layout = D.FolderLayout(normal_dir="normal", normal_test_dir="abnormal/crack")
+    assert len(open_dataset(root, "folder", None, "train", image_size=OUT, layout=layout)) == 10
+    # No masks: anomalous images say so.
+    test = open_dataset(root, "folder", None, "test", image_size=OUT,
+                        layout=D.FolderLayout(normal_dir="normal", abnormal_dir="abnormal"))
+    assert [s.has_mask for s in test.samples if s.label] == [False] * 3
+
+
+def test_folder_with_free_folders_errors(tmp_path):
+    root = write_free_folders(tmp_path / "data")
+    with pytest.raises(FileNotFoundError, match="normal images folder"):
+        open_dataset(root, "folder", None, "train", layout=D.FolderLayout(normal_dir="nope"))
+    (root / "masks" / "crack" / "c1.png").unlink()
+    with pytest.raises(FileNotFoundError, match="c1.png has no mask"):
+        open_dataset(root, "folder", None, "test",
+                     layout=D.FolderLayout(normal_dir="normal", abnormal_dir="abnormal", mask_dir="masks"))
+    with pytest.raises(ValueError, match="no validation split"):
+        open_dataset(root, "folder", None, "validation", layout=D.FolderLayout(normal_dir="normal"))
+    with pytest.raises(ValueError, match="for the folder dataset"):
+        open_dataset(root, "mvtec", "x", "train", layout=D.FolderLayout(normal_dir="normal"))
+    with pytest.raises(ValueError, match="normal_split_ratio"):
+        D.FolderLayout(normal_dir="normal", normal_split_ratio=1.0)
+
+
+def test_open_labelled_folder(tmp_path):
+    root = write_mvtec(tmp_path / "mvtec")
+    labelled = D.open_labelled_folder(root / "widget" / "test", image_size=OUT)
+    assert [(s.defect, s.label) for s in labelled.samples] == [("good", 0)] * 3 + [("hole", 1)] * 2 + [
+        ("scratch", 1)] * 2  # good/ first, then the defect folders in name order
+    with pytest.raises(DataError, match="needs good/ and at least one defect folder"):
+        D.open_labelled_folder(root / "widget" / "train")
+
+
 def test_native_size_and_with_image_size(tmp_path):
     root = write_mvtec(tmp_path)
     test = open_dataset(root, "mvtec", "widget", "test", image_size=None)

@@ -53,6 +53,43 @@ def test_aoti_package_matches_predict_with_dynamic_batch(calibrated_model, aoti_
         assert torch.equal(score, amap.amax((-2, -1)).flatten())
 
 
+def test_aoti_package_carries_thresholds_and_decides_as_predict(calibrated_model, aoti_package):
+    package = export.load_package(aoti_package[1])
+    assert package.metadata["format_version"] == export.PACKAGE_VERSION
+    assert package.image_threshold == calibrated_model.image_threshold
+    assert package.pixel_threshold == calibrated_model.pixel_threshold
+    assert package.metadata["teacher_source"] == calibrated_model.teacher_source
+    x = images(1)
+    for sensitivity in (0.5, 1.0):
+        got = package.predict(x, sensitivity=sensitivity)
+        image, pixel = calibrated_model.thresholds(sensitivity)
+        assert torch.equal(got.label, got.score > image) and torch.equal(got.mask, got.anomaly_map > pixel)
+
+
+def test_metadata_round_trip_and_refused_schema_versions(calibrated_model):
+    info = export.metadata(calibrated_model, (256, 320))
+    assert set(info) == set(export.METADATA_KEYS)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in info.items())
+    checked = export.check_metadata(info, "m.pt2")
+    assert checked["image_size"] == (256, 320) and checked["format_version"] == export.PACKAGE_VERSION
+    assert checked["image_threshold"] == calibrated_model.image_threshold  # repr round-trips exactly
+    assert checked["pixel_threshold"] == calibrated_model.pixel_threshold
+    quantiles = [float(q) for q in info["quantiles"].split(",")]
+    assert quantiles == calibrated_model.quantiles.tolist()
+    for version in ("3", "", "2.0"):
+        with pytest.raises(ValueError, match="schema version"):
+            export.check_metadata({**info, "format_version": version}, "m.pt2")
+    with pytest.raises(ValueError, match="not an efficientad_fast model"):
+        export.check_metadata({**info, "format": "other"}, "m.pt2")
+    with pytest.raises(ValueError, match="image_threshold"):
+        export.check_metadata({**info, "image_threshold": "nan"}, "m.pt2")
+    # Version 1 (no thresholds) still reads, without thresholds.
+    old = {k: info[k] for k in ("format", "image_height", "image_width", "device")} | {"format_version": "1"}
+    assert export.check_metadata(old, "old.pt2")["image_threshold"] is None
+    # An uncalibrated model has empty thresholds.
+    assert export.metadata(uncalibrated_model(), (256, 256))["image_threshold"] == ""
+
+
 def test_aoti_package_makes_inputs_contiguous(aoti_package):
     package = export.load_package(aoti_package[1])
     x = images(2)
@@ -125,7 +162,7 @@ def test_cli_export_help_and_bad_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         cli.main(["export", "--help"])
     assert done.value.code == 0
-    assert "--format {aoti,onnx}" in capsys.readouterr().out
+    assert "--format {aoti,onnx,openvino}" in capsys.readouterr().out
     code = cli.main(["export", "--model", str(tmp_path / "missing.pt"), "--format", "aoti",
                      "--out", str(tmp_path / "m.pt2")])
     assert code == 2
@@ -164,8 +201,9 @@ def test_onnx_matches_predict_in_onnxruntime(tmp_path, calibrated_model, calibra
     assert all(node.domain in ("", "ai.onnx") for node in proto.graph.node)
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
     props = {p.key: p.value for p in proto.metadata_props}
-    assert props["format"] == export.PACKAGE_FORMAT
-    assert props["quantiles_set"] == ("1" if calibrated else "0")
+    assert props == export.metadata(model, (256, 256))
+    info, checked = export.read_onnx_metadata(path)
+    assert info == props and checked["image_threshold"] == model.image_threshold
     x = images(3, seed=5)
     expected = model.predict(x)
     for n in (3, 1):  # dynamic batch

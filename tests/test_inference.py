@@ -43,6 +43,23 @@ def test_fast_predictor_equals_predict_on_cpu(model, input_dtype):
     torch.testing.assert_close(fast(y).score, model.predict(y).score, rtol=0, atol=1e-6)
 
 
+def test_fast_predictor_decides_at_the_model_thresholds(model):
+    import copy
+
+    decided = copy.deepcopy(model)
+    x = images(1, seed=3)
+    amap = model.predict(x).anomaly_map
+    decided.set_thresholds(image=float(amap.max()) * 0.9, pixel=float(amap.median()), source="test")
+    fast = ead.FastPredictor(decided, 1, 256, warmup=0, sensitivity=0.8)
+    got = fast(x)
+    image, pixel = decided.thresholds(0.8)
+    assert torch.equal(got.label, got.score > image) and torch.equal(got.mask, got.anomaly_map > pixel)
+    assert (image, pixel) != decided.thresholds(0.5)  # the predictor's sensitivity, not the default
+    assert ead.FastPredictor(model, 1, 256, warmup=0)(x).label is None  # no image threshold
+    with pytest.raises(ValueError, match="sensitivity"):
+        ead.FastPredictor(model, 1, 256, warmup=0, sensitivity=2)
+
+
 def test_fast_predictor_rejects_bad_input(model):
     fast = ead.FastPredictor(model, 1, 256, warmup=0)
     with pytest.raises(ValueError, match=r"shape \(1, 3, 256, 256\)"):

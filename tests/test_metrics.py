@@ -194,6 +194,46 @@ def test_pixel_metrics_match_sklearn(decimals):
     y, s = (masks > 0).ravel(), maps.ravel()
     assert r["pixel_auroc"] == pytest.approx(sklearn_metrics.roc_auc_score(y, s), abs=1e-9)
     assert r["pixel_f1"] == pytest.approx(sk_best_f1(y, s), abs=1e-9)
+    assert r["pixel_aupr"] == pytest.approx(sklearn_metrics.average_precision_score(y, s), abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("decimals", [None, 1], ids=["distinct", "ties"])
+def test_average_precision_matches_sklearn(seed, decimals):
+    from efficientad_fast.metrics import average_precision
+
+    rng = np.random.default_rng(40 + seed)
+    labels = rng.random(500) < 0.1
+    scores = rng.normal(size=500) + 1.5 * labels
+    if decimals is not None:
+        scores = np.round(scores, decimals)
+    assert average_precision(scores, labels) == pytest.approx(
+        sklearn_metrics.average_precision_score(labels, scores), abs=1e-12)
+    assert average_precision(labels.astype(float), labels) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_f1_optimal_threshold_matches_brute_force(seed):
+    from efficientad_fast.metrics import f1_optimal_threshold
+
+    rng = np.random.default_rng(seed)
+    labels = rng.random(40) < 0.3
+    labels[:2] = (True, False)
+    scores = np.round(rng.normal(size=40) + labels, 1)  # ties
+
+    def f1_of(t):
+        flagged = scores > t
+        tp = np.sum(flagged & labels)
+        return 2 * tp / (np.sum(flagged) + np.sum(labels))
+
+    candidates = np.concatenate(([scores.min() - 1], np.unique(scores)))  # "> t" for every distinct split
+    best = max(f1_of(t) for t in candidates)
+    threshold, f1 = f1_optimal_threshold(scores, labels)
+    assert f1 == pytest.approx(best, abs=1e-12) and f1_of(threshold) == pytest.approx(best, abs=1e-12)
+    assert not np.any(scores == threshold)  # no score sits on the boundary
+    # A perfect separation: the threshold lies between the classes.
+    t, f1 = f1_optimal_threshold([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])
+    assert 0.2 < t < 0.8 and f1 == 1.0
 
 
 # ------------------------------------------------------------------------------ AU-PRO
@@ -238,7 +278,8 @@ def test_perfect_detector():
     labels = (masks.reshape(10, -1).max(1) > 0).astype(int)
     r = evaluate(labels + rng.random(10) * 0.5, labels, maps, masks)
     assert r == pytest.approx(
-        {"image_auroc": 1.0, "image_f1": 1.0, "pixel_auroc": 1.0, "pixel_f1": 1.0, "aupro": 1.0},
+        {"image_auroc": 1.0, "image_f1": 1.0, "pixel_auroc": 1.0, "pixel_f1": 1.0, "pixel_aupr": 1.0,
+         "aupro": 1.0},
         abs=1e-12,
     )
 
@@ -305,6 +346,7 @@ def test_auspro_matches_official_definition(seed):
         "image_f1",
         "pixel_auroc",
         "pixel_f1",
+        "pixel_aupr",
         "auspro_0.05",
         "auspro_0.3",
     }

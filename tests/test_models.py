@@ -310,6 +310,7 @@ def test_save_load_config_variants(tmp_path):
     loaded = ead.load(tmp_path / "m.pt")
     assert loaded.config() == {
         "model_size": "medium", "padding": False, "alpha": 0.3, "pad_maps": False, "distance": "cosine",
+        "tile": None,
     }
     assert loaded.quantiles_set is True
     assert_same_state(loaded, medium)
@@ -557,3 +558,82 @@ def test_load_teacher_text_file(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ValueError):
         ead.load_teacher(path)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def test_shift_threshold_is_documented_and_monotone():
+    from efficientad_fast.model import shift_threshold
+
+    assert shift_threshold(0.2, 0.5) == 0.2
+    assert shift_threshold(0.2, 0.0) == pytest.approx(0.4) and shift_threshold(0.2, 1.0) == pytest.approx(0.1)
+    steps = [i / 10 for i in range(11)]
+    for t in (0.2, -0.3, 0.0):
+        shifted = [shift_threshold(t, s) for s in steps]
+        assert all(a >= b for a, b in zip(shifted, shifted[1:])), (t, shifted)
+    assert shift_threshold(-0.3, 0.0) > -0.3 > shift_threshold(-0.3, 1.0)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), True, "0.5"])
+def test_sensitivity_outside_unit_interval_is_refused(small, images, bad):
+    with pytest.raises((ValueError, TypeError), match="sensitivity"):
+        small.predict(images[:1], sensitivity=bad)
+
+
+def test_label_and_mask_follow_score_map_and_sensitivity(small, base, images):
+    model = copy.deepcopy(small)
+    score, amap = base["fused"].score, base["fused"].anomaly_map
+    assert base["fused"].label is None  # no image threshold set yet
+    model.set_thresholds(image=float(score.mean()), pixel=float(amap.median()), source="test")
+    pred = model.predict(images)
+    image, pixel = model.thresholds(0.5)
+    assert torch.equal(pred.label, pred.score > image) and torch.equal(pred.mask, pred.anomaly_map > pixel)
+    assert pred.label.dtype == torch.bool and pred.mask.shape == pred.anomaly_map.shape
+    previous = None
+    for sensitivity in (0.0, 0.25, 0.5, 0.75, 1.0):
+        decided = model.decide(score, amap, sensitivity)
+        if previous is not None:  # more sensitive: every flagged image and pixel stays flagged
+            assert bool((decided.label | ~previous.label).all()) and bool((decided.mask | ~previous.mask).all())
+        previous = decided
+    assert int(model.decide(score, amap, 1.0).mask.sum()) > int(model.decide(score, amap, 0.0).mask.sum())
+    with pytest.raises(ValueError, match="finite"):
+        model.set_thresholds(image=float("inf"))
+
+
+def test_thresholds_survive_save_load_and_old_files_still_load(small, tmp_path):
+    model = copy.deepcopy(small)
+    model.set_thresholds(image=0.3125, pixel=0.12, source="by hand")
+    model.save(tmp_path / "m.pt")
+    loaded = ead.load(tmp_path / "m.pt")
+    assert (loaded.image_threshold, loaded.pixel_threshold, loaded.threshold_source) == (0.3125, 0.12, "by hand")
+    # A file written before thresholds existed: its extra state has none of the keys.
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    extra = payload["state_dict"]["_extra_state"]
+    for key in ("image_threshold", "pixel_threshold", "threshold_source"):
+        del extra[key]
+    torch.save(payload, tmp_path / "old.pt")
+    old = ead.load(tmp_path / "old.pt")
+    assert old.image_threshold is None and old.pixel_threshold == 0.1  # the q_b level, as before
+    assert old.thresholds(0.5) == (None, 0.1)
+    extra["image_threshold"] = float("nan")
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="image_threshold must be finite"):
+        ead.load(tmp_path / "bad.pt")
+
+
+def test_calibrate_stores_the_995_quantile_of_held_out_image_scores(small):
+    import numpy as np
+
+    from efficientad_fast.train import calibrate
+
+    model = copy.deepcopy(small)
+    held_out = torch.randint(0, 256, (2, 3, 256, 256), generator=torch.Generator().manual_seed(3),
+                             dtype=torch.uint8)
+    calibrate(model, held_out)
+    scores = model.predict(held_out).score.double().numpy()
+    # calibrate normalizes after the resize, predict before it: equal up to float32 rounding.
+    tolerance = 1e-5 * np.abs(scores).max()
+    assert 0.005 * np.ptp(scores) > 2 * tolerance  # the 0.995 quantile is told from the max
+    assert model.image_threshold == pytest.approx(np.quantile(scores, 0.995), abs=tolerance)
+    assert model.pixel_threshold == 0.1 and "0.995 quantile of 2" in model.threshold_source

@@ -10,6 +10,7 @@
 
     make_synthetic("/tmp/synthetic")          # weave (texture) + board (object), MVTec AD layout
     open_dataset("/tmp/synthetic", "mvtec_ad", "board", "test")
+    make_synthetic_video("/tmp/conveyor.avi")  # boards on a conveyor + conveyor.avi.labels.csv
 
 Layouts read (``root`` holds the category folders):
 
@@ -37,10 +38,12 @@ from .datasets import (
     DATASETS,
     KINDS,
     AnomalyDataset,
+    FolderLayout,
     Sample,
     list_categories,
     make_loader,
     open_dataset,
+    open_labelled_folder,
     read_loco_defects_config,
     split_train_validation,
 )
@@ -54,11 +57,13 @@ from .synthetic import (
     make_synthetic,
     render_synthetic,
 )
+from .video import make_synthetic_video, read_video_labels
 
 __all__ = [
     "AnomalyDataset",
     "DATASETS",
     "DataError",
+    "FolderLayout",
     "GenericImages",
     "check_penalty_images",
     "IMAGE_SUFFIXES",
@@ -75,10 +80,13 @@ __all__ = [
     "list_categories",
     "make_loader",
     "make_synthetic",
+    "make_synthetic_video",
     "open_image",
     "open_dataset",
+    "open_labelled_folder",
     "penalty_image_set",
     "read_loco_defects_config",
+    "read_video_labels",
     "render_synthetic",
     "split_train_validation",
     "to_rgb_array",

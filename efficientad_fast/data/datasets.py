@@ -1,4 +1,8 @@
-"""Dataset loaders for MVTec AD, VisA, MVTec LOCO, MPDD and a generic folder layout.
+"""Dataset loaders for MVTec AD, VisA, MVTec LOCO, MPDD and generic folders: the fixed
+``train/good``, ``test/<label>`` layout, or arbitrary normal/abnormal/mask folders
+(:class:`FolderLayout`, as anomalib's ``Folder``) with a seeded test split of the normal
+images when there is no normal test folder; and labelled folders (``good/`` + defect
+folders) for choosing a decision threshold.
 
 The cheap checks (folders, file lists, masks present, CSV consistent) run when a dataset is
 opened; decoding errors (corrupt bytes, a mask whose size differs from its image) are raised
@@ -21,6 +25,7 @@ from ..metrics import parse_defects_config
 from ._io import (
     DataError,
     IMAGE_SUFFIXES,
+    find_images,
     image_size_of,
     list_images,
     mask_value,
@@ -344,6 +349,106 @@ def _scan_folder(base: Path, split: str) -> list[Sample]:
     return _scan_test_folders(base, "folder dataset", "label", anomalous)
 
 
+@dataclass(frozen=True)
+class FolderLayout:
+    """A folder dataset with arbitrary folders, as anomalib's ``Folder``: each folder is
+    relative to the dataset root (``root/category`` with a category) or absolute, and its
+    images are found recursively.
+
+    Args:
+        normal_dir: normal (good) images. Without ``normal_test_dir`` a seeded
+            ``normal_split_ratio`` of them (at least one) is the test split's normal part
+            and the rest the training split; with it, all of them train.
+        abnormal_dir: anomalous images for the test split (None: a test split of normal
+            images only). An image directly in it has the defect name of the folder; one in
+            a subfolder, the subfolder's name.
+        mask_dir: ground-truth masks of the anomalous images, in the same subfolders as
+            under ``abnormal_dir``, named ``<stem>_mask.<ext>`` or ``<stem>.<ext>``. None:
+            masks unknown (``has_mask`` False; pixel metrics need masks).
+        normal_test_dir: normal test images, when they are kept apart.
+        normal_split_ratio: share of ``normal_dir`` held out for testing, in (0, 1).
+        seed: the test split's seed (train and test are disjoint for the same seed).
+    """
+
+    normal_dir: str
+    abnormal_dir: str | None = None
+    mask_dir: str | None = None
+    normal_test_dir: str | None = None
+    normal_split_ratio: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.normal_dir:
+            raise ValueError("FolderLayout needs a normal_dir")
+        if not 0.0 < float(self.normal_split_ratio) < 1.0:
+            raise ValueError(f"normal_split_ratio must be in (0, 1), got {self.normal_split_ratio}")
+
+
+def _scan_folder_layout(base: Path, split: str, layout: FolderLayout) -> list[Sample]:
+    """The samples of ``split`` of a :class:`FolderLayout` under ``base``."""
+    if split == "validation":
+        raise ValueError(
+            "a folder dataset with --normal-dir (a FolderLayout) has no validation split: hold out training "
+            "images with split_train_validation(open_dataset(..., split='train', layout=layout))"
+        )
+    normal = find_images(_require_dir(base / layout.normal_dir, "normal images"), "normal images")
+    if layout.normal_test_dir is not None:
+        train, test_normal = normal, None
+    else:
+        if len(normal) < 2:
+            raise DataError(f"normal folder {base / layout.normal_dir} holds {len(normal)} image: a test split "
+                            "needs at least 2 (or give a normal test folder)")
+        n_test = min(len(normal) - 1, max(1, int(round(layout.normal_split_ratio * len(normal)))))
+        order = np.random.default_rng(layout.seed).permutation(len(normal))
+        held = set(order[:n_test].tolist())
+        train = [p for i, p in enumerate(normal) if i not in held]
+        test_normal = [p for i, p in enumerate(normal) if i in held]
+    if split == "train":
+        return _good(train)
+    if test_normal is None:
+        folder = _require_dir(base / layout.normal_test_dir, "normal test images")
+        test_normal = find_images(folder, "normal test images")
+    samples = _good(test_normal)
+    if layout.abnormal_dir is None:
+        return samples
+    abnormal = _require_dir(base / layout.abnormal_dir, "abnormal images")
+    masks = None if layout.mask_dir is None else _require_dir(base / layout.mask_dir, "mask")
+    for image in find_images(abnormal, "abnormal images"):
+        relative = image.parent.relative_to(abnormal)
+        defect = relative.parts[0] if relative.parts else abnormal.name
+        if masks is None:
+            samples.append(Sample(str(image), 1, defect, "anomalous", (), has_mask=False))
+            continue
+        mask = _find_mask(masks / relative, image.stem, (f"{image.stem}_mask", image.stem))
+        if mask is None:
+            raise FileNotFoundError(
+                f"anomalous image {image} has no mask: expected {masks / relative / (image.stem + '_mask.png')} "
+                f"or {masks / relative / (image.stem + '.png')}"
+            )
+        samples.append(Sample(str(image), 1, defect, "anomalous", (str(mask),)))
+    return samples
+
+
+def open_labelled_folder(
+    folder: str | os.PathLike, image_size: tuple[int, int] | int | None = (256, 256)
+) -> AnomalyDataset:
+    """Labelled images without masks, for choosing a decision threshold
+    (``train --threshold-from``): ``folder/good/`` holds normal images and every other
+    subfolder (``folder/<defect>/``) anomalous ones, as a ``test/`` folder of the MVTec AD or
+    folder layouts. Both kinds must be present."""
+    folder = _require_dir(Path(folder), "labelled images")
+    samples: list[Sample] = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = _require_images(sub, "labelled images")
+        samples += _good(images) if sub.name == GOOD else [
+            Sample(str(image), 1, sub.name, "anomalous", (), has_mask=False) for image in images]
+    if not any(s.label == 0 for s in samples) or not any(s.label for s in samples):
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        raise DataError(f"labelled folder {folder} needs good/ and at least one defect folder with images; "
+                        f"it holds: {', '.join(names) or 'no folders'}")
+    return AnomalyDataset(samples, image_size, name="folder", split="validation", root=folder)
+
+
 def _scan_test_folders(
     base: Path, pretty: str, label_word: str, anomalous: Callable[[Path, str, Path], Sample]
 ) -> list[Sample]:
@@ -456,6 +561,7 @@ def open_dataset(
     image_size: tuple[int, int] | int | None = (256, 256),
     transform: Callable[[dict], dict] | None = None,
     defect_kinds: Mapping[str, str] | None = None,
+    layout: FolderLayout | None = None,
 ) -> AnomalyDataset:
     """Open one category of a dataset on disk.
 
@@ -474,6 +580,8 @@ def open_dataset(
         defect_kinds: {defect: "structural" | "logical"} to set ``kind`` of anomalous
             samples by defect name (e.g. ``SYNTHETIC_DEFECT_KINDS`` for the synthetic set);
             others stay "anomalous" (MVTec LOCO sets kinds from its folders).
+        layout: for ``"folder"`` only: arbitrary normal/abnormal/mask folders
+            (:class:`FolderLayout`) in place of ``train/good`` and ``test/<label>``.
 
     Raises FileNotFoundError for missing folders/files/masks and :class:`DataError`
     (a ValueError) for empty folders or inconsistent split files, naming the path.
@@ -483,6 +591,8 @@ def open_dataset(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = Path(root)
     pretty = _PRETTY[name]
+    if layout is not None and name != "folder":
+        raise ValueError(f"a FolderLayout (normal/abnormal/mask folders) is for the folder dataset, not {pretty}")
     _require_dir(root, f"{pretty} root")
     if category is None and name != "folder":
         raise ValueError(f"{pretty} needs a category; {root} holds: {', '.join(list_categories(root, name)) or 'none'}")
@@ -500,6 +610,8 @@ def open_dataset(
             samples = _scan_mvtec(base, split, pretty)
         elif name == "mvtec_loco":
             samples = _scan_loco(base, split)
+        elif layout is not None:
+            samples = _scan_folder_layout(base, split, layout)
         else:
             samples = _scan_folder(base, split)
     if defect_kinds:
@@ -596,11 +708,13 @@ def make_loader(
 __all__ = [
     "AnomalyDataset",
     "DATASETS",
+    "FolderLayout",
     "KINDS",
     "Sample",
     "list_categories",
     "read_loco_defects_config",
     "make_loader",
     "open_dataset",
+    "open_labelled_folder",
     "split_train_validation",
 ]

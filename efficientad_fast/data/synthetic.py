@@ -280,22 +280,35 @@ def _weave(rng: np.random.Generator, size: int) -> np.ndarray:
     return (0.15 + 0.85 * shade)[..., None] * colour * (fibre * slow)[..., None]
 
 
-def _structural(image, drng, size, defect, region, style, apply):
+def _structural(image, drng, size, defect, region, style, apply, defect_scale=1.0):
     target = image if apply else image.copy()
-    return _STRUCTURAL[defect](target, drng, size, region, style)
+    if defect_scale == 1.0:
+        return _STRUCTURAL[defect](target, drng, size, region, style)
+    # A smaller defect: drawn as on a whole image into a square patch defect_scale times the
+    # image's side, placed inside ``region`` (the patch is a view: the defect lands in place).
+    patch = max(16, round(size * defect_scale))
+    x0, y0, x1, y1 = (round(v * size / _DESIGN) for v in region)
+    left = min(int(drng.integers(x0, max(x0, x1 - patch) + 1)), size - patch)  # a patch wider than the
+    top = min(int(drng.integers(y0, max(y0, y1 - patch) + 1)), size - patch)  # region still fits the image
+    mask = np.zeros((size, size), bool)
+    mask[top:top + patch, left:left + patch] = _STRUCTURAL[defect](
+        target[top:top + patch, left:left + patch], drng, patch, (12, 12, _DESIGN - 12, _DESIGN - 12), style)
+    return mask
 
 
-def _textured(image, rng, drng, size: int, defect: str | None, apply: bool) -> tuple[np.ndarray, np.ndarray]:
+def _textured(image, rng, drng, size: int, defect: str | None, apply: bool,
+              defect_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """A texture image with its structural defect anywhere but the border, then lit."""
     mask = np.zeros((size, size), bool)
     if defect is not None:
         region = (12, 12, _DESIGN - 12, _DESIGN - 12)
-        mask = _structural(image, drng, size, defect, region, _WEAVE_STYLE, apply)
+        mask = _structural(image, drng, size, defect, region, _WEAVE_STYLE, apply, defect_scale)
     return _lighting(image, rng), mask
 
 
-def _render_weave(rng, drng, size: int, defect: str | None, apply: bool) -> tuple[np.ndarray, np.ndarray]:
-    return _textured(_weave(rng, size), rng, drng, size, defect, apply)
+def _render_weave(rng, drng, size: int, defect: str | None, apply: bool,
+                  defect_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    return _textured(_weave(rng, size), rng, drng, size, defect, apply, defect_scale)
 
 
 # -- board (object) -----------------------------------------------------------------------
@@ -372,7 +385,8 @@ def _draw_shapes(d: ImageDraw.ImageDraw, shapes, s: float) -> None:
             getattr(d, method)(_scaled(coords, s), fill=fill)
 
 
-def _render_board(rng, drng, size: int, defect: str | None, apply: bool) -> tuple[np.ndarray, np.ndarray]:
+def _render_board(rng, drng, size: int, defect: str | None, apply: bool,
+                  defect_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     bx, by = 28 + rng.uniform(-4, 4, 2)
     home = {
         name: (bx + _CELL[c] + rng.uniform(-2, 2), by + _CELL[r] + rng.uniform(-2, 2), bx + _CELL[c], by + _CELL[r])
@@ -431,7 +445,7 @@ def _render_board(rng, drng, size: int, defect: str | None, apply: bool) -> tupl
         mask = _shape_mask(size, draw) > 0.5
     elif defect is not None:
         region = (bx + 10, by + 10, bx + _BOARD_SIZE - 10, by + _BOARD_SIZE - 10)
-        mask = _structural(image, drng, size, defect, region, _BOARD_STYLE, apply)
+        mask = _structural(image, drng, size, defect, region, _BOARD_STYLE, apply, defect_scale)
     return _lighting(image, rng), mask
 
 
@@ -451,7 +465,8 @@ def _photo(name: str) -> Image.Image:
 
 
 def _photo_renderer(name: str):
-    def render(rng, drng, size: int, defect: str | None, apply: bool) -> tuple[np.ndarray, np.ndarray]:
+    def render(rng, drng, size: int, defect: str | None, apply: bool,
+               defect_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         photo = _photo(name)
         left, top = (int(v) for v in rng.integers(0, np.array(photo.size) - _PHOTO_WINDOW + 1))
         window = photo.crop((left, top, left + _PHOTO_WINDOW, top + _PHOTO_WINDOW))
@@ -461,7 +476,7 @@ def _photo_renderer(name: str):
             image = image[:, ::-1]
         if rng.random() < 0.5:
             image = image[::-1]
-        return _textured(np.ascontiguousarray(image), rng, drng, size, defect, apply)
+        return _textured(np.ascontiguousarray(image), rng, drng, size, defect, apply, defect_scale)
 
     return render
 
@@ -488,12 +503,15 @@ def render_synthetic(
     index: int = 0,
     image_size: int = 256,
     clean: bool = False,
+    defect_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image: (float32 (H, W, 3) in [0, 1], bool (H, W) mask), as written by
     :func:`make_synthetic` before 8-bit quantization.
 
     ``clean=True`` renders the same image without its defect (same scene, lighting and
     noise; the mask is still the defect's), so the two differ only where the defect is.
+    ``defect_scale`` < 1 draws structural defects that much smaller than their usual size
+    relative to the image (see :func:`make_synthetic`).
     """
     if category not in _RENDER:
         raise ValueError(f"unknown synthetic category {category!r}; choose from {sorted(_RENDER)}")
@@ -502,7 +520,8 @@ def render_synthetic(
         raise ValueError(f"category {category!r} has no defect {defect!r}; it has {allowed}")
     key = (seed, category, split, defect or "good", index)
     rng, drng = _rng(*key), _rng(*key, "defect")  # scene/lighting stream, defect stream
-    image, mask = _RENDER[category](rng, drng, int(image_size), defect, not clean)
+    _check_defect_scale(defect_scale)
+    image, mask = _RENDER[category](rng, drng, int(image_size), defect, not clean, float(defect_scale))
     if defect is not None and not mask.any():
         raise AssertionError(f"empty mask for {category}/{defect}/{index}")  # never expected
     return image.astype(np.float32), mask
@@ -519,6 +538,7 @@ def make_synthetic(
     defects: Sequence[str] | None = None,
     image_size: int = 256,
     overwrite: bool = False,
+    defect_scale: float = 1.0,
 ) -> Path:
     """Write the synthetic dataset (see the module docstring) to ``root`` and return it.
 
@@ -531,12 +551,19 @@ def make_synthetic(
         image_size: side of the square images (>= 64; the model needs >= 256).
         overwrite: replace an existing non-empty ``root``; otherwise that raises
             FileExistsError. An empty folder is fine.
+        defect_scale: in (0, 1]: structural defects (scratch, hole, stain, crack) are drawn
+            this much smaller relative to the image, with their usual look (as on a 256 px
+            image, into a patch of ``defect_scale * image_size`` pixels). Large images with
+            small defects: ``image_size=1024, defect_scale=0.25`` gives defects of the pixel
+            sizes listed above on 1024 px images (a 3 px scratch; under 1 px at 256 px).
+            Logical defects keep their size.
 
     Everything is written into a temporary folder beside ``root`` and renamed at the end,
     so ``root`` never holds a half-written dataset.
     """
     root = Path(root)
     _check_synthetic_args(categories, n_train, n_test_good, n_test_defect_per_type, defects, image_size)
+    _check_defect_scale(defect_scale)
     if root.exists() and not overwrite and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root} exists and is not empty (pass overwrite=True to replace it)")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -549,6 +576,8 @@ def make_synthetic(
             "categories": {},
             "defect_kinds": SYNTHETIC_DEFECT_KINDS,
         }
+        if defect_scale != 1.0:  # the manifest of the usual dataset stays as it was
+            manifest["defect_scale"] = float(defect_scale)
         counts = {"n_train": int(n_train), "n_test_good": int(n_test_good),
                   "n_test_defect_per_type": int(n_test_defect_per_type)}
         for category in categories:
@@ -557,7 +586,7 @@ def make_synthetic(
                                                 **counts}
             jobs = [("train", "good", None, n_train), ("test", "good", None, n_test_good)]
             jobs += [("test", d, d, n_test_defect_per_type) for d in chosen]
-            _write_category(tmp / category, category, seed, jobs, image_size)
+            _write_category(tmp / category, category, seed, jobs, image_size, defect_scale)
         (tmp / "synthetic.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _replace_folder(tmp, root)
     except BaseException:
@@ -580,7 +609,12 @@ def _check_synthetic_args(categories, n_train, n_test_good, n_test_defect_per_ty
             raise ValueError(f"unknown synthetic defects {bad}; choose from {list(SYNTHETIC_DEFECT_KINDS)}")
 
 
-def _write_category(base: Path, category: str, seed: int, jobs, image_size: int) -> None:
+def _check_defect_scale(defect_scale) -> None:
+    if isinstance(defect_scale, bool) or not isinstance(defect_scale, (int, float)) or not 0 < defect_scale <= 1:
+        raise ValueError(f"defect_scale must be a number in (0, 1], got {defect_scale!r}")
+
+
+def _write_category(base: Path, category: str, seed: int, jobs, image_size: int, defect_scale: float = 1.0) -> None:
     """Render and save one category's images (and masks) for each job
     (split, folder, defect or None, count)."""
     for split, folder, defect, count in jobs:
@@ -589,7 +623,7 @@ def _write_category(base: Path, category: str, seed: int, jobs, image_size: int)
         if defect is not None:
             (base / "ground_truth" / folder).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            image, mask = render_synthetic(category, seed, split, defect, i, image_size)
+            image, mask = render_synthetic(category, seed, split, defect, i, image_size, defect_scale=defect_scale)
             _save_png(image, out / f"{i:03d}.png")
             if defect is not None:
                 _save_png(mask, base / "ground_truth" / folder / f"{i:03d}_mask.png")

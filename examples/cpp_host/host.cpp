@@ -1,6 +1,7 @@
 // Example C++ host: runs an EfficientAD model exported by
 //   efficientad-fast export --model model.pt --format aoti --out model.pt2
-// on one image, prints the image score and writes the anomaly map. No Python.
+// on one image, prints the image score and its label (score above the image_threshold in
+// the package's metadata: anomalous, else normal) and writes the anomaly map. No Python.
 //
 //   efficientad_fast_host MODEL.pt2 IMAGE.ppm OUT
 //
@@ -135,6 +136,17 @@ int run(int argc, char** argv) {
     throw InputError(package + ": its metadata lacks image_height/image_width; re-export it");
   }
   const std::string device = metadata_value(metadata, "device").empty() ? "cpu" : metadata_value(metadata, "device");
+  // Schema version 2 carries the calibrated decision threshold ("" when the model had none).
+  const std::string threshold_text = metadata_value(metadata, "image_threshold");
+  double image_threshold = 0;  // compared in float32, as torch compares a float32 score
+  const bool has_threshold = !threshold_text.empty();
+  if (has_threshold) {
+    try {
+      image_threshold = std::stod(threshold_text);
+    } catch (const std::exception&) {
+      throw InputError(package + ": its metadata image_threshold '" + threshold_text + "' is not a number");
+    }
+  }
 
   const at::Tensor image = read_ppm(image_path);
   if (image.size(0) != want_h || image.size(1) != want_w)
@@ -156,7 +168,13 @@ int run(int argc, char** argv) {
   if (outputs.size() != 2) throw std::runtime_error("expected (anomaly_map, score) from the package");
   const at::Tensor map = outputs[0][0][0], score = outputs[1].to(at::kCPU);
   write_outputs(map, out);
-  std::printf("score %.9g\n", score[0].item<float>());
+  const float image_score = score[0].item<float>();
+  std::printf("score %.9g\n", image_score);
+  if (has_threshold)
+    std::printf("label %s (threshold %.9g)\n", image_score > static_cast<float>(image_threshold) ? "anomalous" : "normal",
+                image_threshold);
+  else
+    std::printf("label unknown (the package has no image_threshold: calibrate the model, export again)\n");
   std::printf("map %s.f32 (%lld x %lld float32), %s.pgm\n", out.c_str(),
               static_cast<long long>(map.size(0)), static_cast<long long>(map.size(1)), out.c_str());
   return 0;

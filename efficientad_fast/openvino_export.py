@@ -1,0 +1,267 @@
+"""OpenVINO IR export of :meth:`EfficientAD.predict` and a Python loader for it.
+
+The same computation as the ONNX export (images in, anomaly map and image score out, batch
+size dynamic, image size fixed at export time), as an OpenVINO IR (``model.xml`` +
+``model.bin``) in one of three precisions:
+
+* ``fp32``: the weights and the arithmetic as ``predict`` has them (within 1e-4 of the map's
+  range, run with ``inference_precision="f32"``, the loader's default);
+* ``fp16``: the weights stored in float16 (half the file; OpenVINO computes in f32 or bf16 on
+  a CPU, so this is a storage format, not a speed-up there);
+* ``int8``: post-training quantization with NNCF on normal images (``calibration_data``):
+  the networks' convolutions run in INT8, while the scoring (squared feature differences,
+  quantile normalization, resize, max) is kept in floating point, because the distances of
+  a few features around the anomaly threshold are where INT8 rounding would show.
+
+The graph comes from ``torch.export`` of :class:`efficientad_fast.export.PredictGraph` with
+the scoring written in plain PyTorch ops (``scoring="reference"``: OpenVINO has no kernel of
+our fused op), converted by ``openvino.convert_model``. That is the path the AOTInductor
+export traces too, it needs neither onnx nor onnxscript (the ``[openvino]`` extra is
+openvino and nncf only), and in our test it matches ``predict`` as closely as the ONNX route.
+
+The metadata of :func:`efficientad_fast.export.metadata` (format name and version, image
+size, ...) is stored in the IR's ``rt_info`` under ``efficientad_fast``, with the precision;
+:func:`load_openvino` checks it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._checkpoint import writable_folder
+from .export import OUTPUT_NAMES, PredictGraph, _prepare, check_metadata, metadata
+from .model import EfficientAD, Prediction, check_sensitivity, check_unit_range, shift_threshold
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# rt_info section of the IR that holds export.metadata() and the OpenVINO-only keys below.
+RT_INFO_SECTION = "efficientad_fast"
+# Images NNCF collects activation statistics on (NNCF's own default subset size): a folder
+# with more is subsampled evenly, one with fewer is used whole.
+DEFAULT_CALIBRATION_SIZE = 300
+# What the loader asks the CPU plugin to compute in: on CPUs with AVX-512 BF16 or AMX
+# OpenVINO would otherwise pick bf16 by itself, which moves the map by ~3e-3 of its range.
+DEFAULT_INFERENCE_PRECISION = "f32"
+
+
+def _require(module: str):
+    """``importlib.import_module(module)``, or an ImportError naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"this needs '{module.split('.')[0]}' (OpenVINO export and INT8 quantization): "
+                          "pip install -e '.[openvino]'") from exc
+
+
+def calibration_images(source, image_size: tuple[int, int], size: int = DEFAULT_CALIBRATION_SIZE) -> torch.Tensor:
+    """The INT8 calibration images as float32 (N, 3, H, W) in [0, 1].
+
+    ``source``: a folder of normal images (searched recursively; ideally held-out normal
+    training images, as the quantiles use; they are resized to ``image_size``), or a uint8
+    or float [0, 1] tensor (N, 3, H, W) of the export's image size. At most ``size`` images
+    are used, chosen evenly spaced in sorted order when there are more.
+    """
+    if size < 1:
+        raise ValueError(f"calibration size must be >= 1, got {size}")
+    if isinstance(source, torch.Tensor):
+        if source.dim() != 4 or source.shape[1] != 3 or tuple(source.shape[2:]) != tuple(image_size):
+            raise ValueError(f"calibration images must be (N, 3, {image_size[0]}, {image_size[1]}), "
+                             f"got {tuple(source.shape)}")
+        if source.shape[0] == 0:
+            raise ValueError("calibration images must hold at least one image")
+        if source.dtype == torch.uint8:
+            images = source.float().div_(255)
+        elif source.is_floating_point():
+            images = source.detach().float().cpu()
+            check_unit_range(images)
+        else:
+            raise TypeError(f"calibration images must be uint8 or float in [0, 1], got {source.dtype}")
+        pick = np.unique(np.linspace(0, images.shape[0] - 1, min(size, images.shape[0])).round().astype(int))
+        return images[torch.from_numpy(pick)].contiguous()
+    from .data import find_images, open_image, to_rgb_array
+
+    paths = find_images(source, "calibration image")
+    pick = np.unique(np.linspace(0, len(paths) - 1, min(size, len(paths))).round().astype(int))
+    arrays = [to_rgb_array(open_image(paths[i], "calibration image"), tuple(image_size)) for i in pick]
+    return torch.from_numpy(np.stack(arrays))
+
+
+def _scoring_scope(ov_model, nncf):
+    """NNCF's IgnoredScope for the scoring: every node that runs after the three networks'
+    last convolutions (found by walking the graph from the outputs back to them; a ShapeOf
+    reads only a shape, so the walk does not follow it into the networks)."""
+    stop = {"Convolution", "GroupConvolution", "ShapeOf"}
+    names, todo = set(), [output.get_node() for output in ov_model.outputs]
+    while todo:
+        node = todo.pop()
+        if node.get_friendly_name() in names or node.get_type_name() in stop:
+            continue
+        names.add(node.get_friendly_name())
+        todo += [value.get_node() for value in node.input_values()]
+    return nncf.IgnoredScope(names=sorted(names), validate=False)
+
+
+def export_openvino(
+    model: EfficientAD,
+    out: str | os.PathLike,
+    image_size=256,
+    precision: str = "fp32",
+    calibration_data=None,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+) -> Path:
+    """Write an OpenVINO IR of ``model.predict`` to ``out`` (``.xml``; the weights go to the
+    ``.bin`` beside it): float32 (N, 3, H, W) images in [0, 1] -> ``anomaly_map``
+    (N, 1, H, W) and ``score`` (N,), dynamic batch.
+
+    ``precision``: "fp32", "fp16" (weights stored in float16) or "int8" (NNCF post-training
+    quantization of the networks on ``calibration_data``: a folder of normal images or an
+    (N, 3, H, W) tensor, see :func:`calibration_images`; needed for int8 only, at most
+    ``calibration_size`` images used). Needs the ``[openvino]`` extra.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8" and calibration_data is None:
+        raise ValueError("int8 needs calibration_data: a folder of normal images (held-out training images)")
+    if precision != "int8" and calibration_data is not None:
+        raise ValueError(f"calibration_data is for int8 only, got precision {precision!r}")
+    ov = _require("openvino")
+    nncf = _require("nncf") if precision == "int8" else None
+    size, example = _prepare(model, image_size)
+    out = Path(out)
+    if out.suffix != ".xml":
+        raise ValueError(f"an OpenVINO IR must end in .xml (weights go to the .bin beside it), got {out}")
+    images = calibration_images(calibration_data, size, calibration_size) if precision == "int8" else None
+    writable_folder(out.parent)
+
+    graph = PredictGraph(model, "reference").cpu()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with torch.no_grad():
+        program = torch.export.export(graph, (example,), dynamic_shapes=({0: batch},))
+        ov_model = ov.convert_model(program)
+    ov_model.reshape({ov_model.inputs[0]: ov.PartialShape([-1, 3, size[0], size[1]])})
+    for output, name in zip(ov_model.outputs, OUTPUT_NAMES):
+        output.get_tensor().set_names({name})
+    if images is not None:
+        dataset = nncf.Dataset([images[i:i + 1].numpy() for i in range(images.shape[0])])
+        nncf_log = logging.getLogger("nncf")
+        level = nncf_log.level
+        nncf_log.setLevel(logging.WARNING)  # not a line per operation it leaves in float
+        try:
+            ov_model = nncf.quantize(ov_model, dataset, subset_size=images.shape[0],
+                                     ignored_scope=_scoring_scope(ov_model, nncf))
+        finally:
+            nncf_log.setLevel(level)
+    info = metadata(model, size)
+    info["device"] = "any OpenVINO device (chosen at load)"
+    info["openvino_precision"] = precision
+    info["openvino_calibration_images"] = str(0 if images is None else images.shape[0])
+    for key, value in info.items():
+        ov_model.set_rt_info(str(value), [RT_INFO_SECTION, key])
+    # save_model stores float16 weights unless told not to: only the fp16 export wants that.
+    ov.save_model(ov_model, str(out), compress_to_fp16=precision == "fp16")
+    return out
+
+
+class LoadedOpenVINO:
+    """An exported IR compiled for an OpenVINO device: ``ir(images) -> (map, score)``, or
+    ``ir.predict(images, sensitivity=0.5)`` for a :class:`Prediction` with label and mask.
+
+    ``images``: float32 (N, 3, H, W) torch tensor in [0, 1] of the export's image size (the
+    same checks as :class:`efficientad_fast.export.LoadedPackage`); returns float32 CPU
+    tensors ``anomaly_map`` (N, 1, H, W) and ``score`` (N,). ``metadata``: the IR's
+    ``efficientad_fast`` rt_info as a dict of strings (checked by
+    :func:`efficientad_fast.export.check_metadata`: format name, schema version, image size,
+    thresholds); ``image_threshold`` and ``pixel_threshold``: floats or None.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "CPU",
+                 inference_precision: str | None = DEFAULT_INFERENCE_PRECISION, config: dict | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no OpenVINO model at {path}")
+        if path.suffix != ".xml":
+            raise ValueError(f"{path}: an OpenVINO IR is the .xml file (its weights are the .bin beside it)")
+        if not path.with_suffix(".bin").is_file():
+            raise FileNotFoundError(f"{path}: its weights file {path.with_suffix('.bin')} is missing")
+        ov = _require("openvino")
+        core = ov.Core()
+        try:
+            ov_model = core.read_model(str(path))
+        except Exception as exc:  # not XML, not an IR, a .bin that does not fit
+            raise ValueError(f"{path}: cannot read it as an OpenVINO IR: {exc}") from exc
+        self.metadata, checked = self._read_metadata(ov_model, path)
+        self.path = path
+        self.image_size = checked["image_size"]
+        self.image_threshold: float | None = checked["image_threshold"]
+        self.pixel_threshold: float | None = checked["pixel_threshold"]
+        shape = ov_model.inputs[0].get_partial_shape()
+        if shape.rank.is_dynamic or [d.get_length() if d.is_static else -1 for d in shape][1:] != [3, *self.image_size]:
+            raise ValueError(f"{path}: input shape {shape} does not match the metadata's image size {self.image_size}")
+        self.precision = self.metadata.get("openvino_precision", "unknown")
+        self.device = device
+        options = dict(config or {})
+        if inference_precision is not None:
+            options.setdefault("INFERENCE_PRECISION_HINT", inference_precision)
+        try:
+            self._compiled = core.compile_model(ov_model, device, options)
+        except Exception as exc:  # an unknown device or option
+            raise ValueError(f"{path}: OpenVINO cannot compile it for device {device!r} with {options}: {exc}") from exc
+
+    @staticmethod
+    def _read_metadata(ov_model, path: Path) -> tuple[dict[str, str], dict]:
+        if not ov_model.has_rt_info([RT_INFO_SECTION]):
+            raise ValueError(f"{path}: an OpenVINO IR but not an efficientad_fast model (no '{RT_INFO_SECTION}' "
+                             "rt_info); export one with `efficientad-fast export --format openvino`")
+        section = ov_model.get_rt_info([RT_INFO_SECTION])
+        info = {str(key): value.astype(str) for key, value in section.astype(dict).items()}
+        return info, check_metadata(info, f"{path} (an OpenVINO IR)")
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dtype != torch.float32:
+            raise TypeError(f"images must be float32 in [0, 1], got {images.dtype} (uint8: divide by 255)")
+        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.image_size:
+            raise ValueError(
+                f"images must be (N, 3, {self.image_size[0]}, {self.image_size[1]}) for {self.path}, "
+                f"got {tuple(images.shape)}"
+            )
+        if images.shape[0] == 0:
+            raise ValueError("images must hold at least one image")
+        images = images.detach().cpu()
+        check_unit_range(images)
+        # The compiled model's own request copies its outputs (share_outputs=False), so the
+        # arrays stay valid after the next call.
+        results = self._compiled(images.contiguous().numpy())
+        amap, score = (torch.from_numpy(results[output]) for output in self._compiled.outputs)
+        return amap, score
+
+    def predict(self, images: torch.Tensor, sensitivity: float = 0.5) -> Prediction:
+        """:class:`Prediction` with ``label`` and ``mask`` at the thresholds in the IR's
+        rt_info, shifted by ``sensitivity`` as :meth:`EfficientAD.predict` does (None when
+        the IR has no such threshold)."""
+        check_sensitivity(sensitivity)
+        amap, score = self(images)
+        image, pixel = (None if t is None else shift_threshold(t, sensitivity)
+                        for t in (self.image_threshold, self.pixel_threshold))
+        return Prediction(score=score, anomaly_map=amap, label=None if image is None else score > image,
+                          mask=None if pixel is None else amap > pixel)
+
+
+def load_openvino(path: str | os.PathLike, device: str = "CPU",
+                  inference_precision: str | None = DEFAULT_INFERENCE_PRECISION,
+                  config: dict | None = None) -> LoadedOpenVINO:
+    """Load and compile an IR written by :func:`export_openvino` for ``device`` ("CPU",
+    "GPU", "AUTO", ...), checking its rt_info (format name and version, image size).
+
+    ``inference_precision``: the ``INFERENCE_PRECISION_HINT`` ("f32", default, for results
+    equal to ``predict``; "bf16" lets a CPU with AVX-512 BF16 or AMX compute the float parts
+    in bfloat16; None: OpenVINO's choice). ``config``: further ``compile_model`` properties,
+    e.g. ``{"PERFORMANCE_HINT": "THROUGHPUT"}`` or ``{"INFERENCE_NUM_THREADS": 2}``.
+    """
+    return LoadedOpenVINO(path, device, inference_precision, config)
