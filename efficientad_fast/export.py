@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ._checkpoint import writable_folder
-from .model import EfficientAD, Prediction, check_sensitivity, check_unit_range, shift_threshold
+from .model import EfficientAD, Prediction, check_unit_range, decisions
 from .networks import check_image_size
 from .reference import reference_anomaly_map
 
@@ -263,17 +263,7 @@ class LoadedPackage:
         self.pixel_threshold: float | None = checked["pixel_threshold"]
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if images.dtype != torch.float32:
-            raise TypeError(f"images must be float32 in [0, 1], got {images.dtype} (uint8: divide by 255)")
-        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.image_size:
-            raise ValueError(
-                f"images must be (N, 3, {self.image_size[0]}, {self.image_size[1]}) for {self.path}, "
-                f"got {tuple(images.shape)}"
-            )
-        if images.shape[0] == 0:
-            raise ValueError("images must hold at least one image")
+        check_exported_input(images, self.image_size, self.path)
         if images.device.type == "cpu":  # as predict: on a GPU the check would synchronize
             check_unit_range(images)
         return tuple(self._runner(images.to(self.device).contiguous()))
@@ -282,12 +272,21 @@ class LoadedPackage:
         """:class:`Prediction` with ``label`` and ``mask`` at the thresholds in the package's
         metadata, shifted by ``sensitivity`` as :meth:`EfficientAD.predict` does (None when the
         package has no such threshold)."""
-        check_sensitivity(sensitivity)
         amap, score = self(images)
-        image, pixel = (None if t is None else shift_threshold(t, sensitivity)
-                        for t in (self.image_threshold, self.pixel_threshold))
-        return Prediction(score=score, anomaly_map=amap, label=None if image is None else score > image,
-                          mask=None if pixel is None else amap > pixel)
+        return decisions(score, amap, self.image_threshold, self.pixel_threshold, sensitivity)
+
+
+def check_exported_input(images: torch.Tensor, image_size: tuple[int, int], path) -> None:
+    """What an exported model (package, OpenVINO IR) takes: a float32 (N >= 1, 3, H, W) tensor
+    of the size it was exported for; TypeError/ValueError naming what is wrong otherwise."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.float32:
+        raise TypeError(f"images must be float32 in [0, 1], got {images.dtype} (uint8: divide by 255)")
+    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != tuple(image_size):
+        raise ValueError(f"images must be (N, 3, {image_size[0]}, {image_size[1]}) for {path}, got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError("images must hold at least one image")
 
 
 def load_package(path: str | os.PathLike) -> LoadedPackage:

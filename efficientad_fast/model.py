@@ -67,6 +67,18 @@ def shift_threshold(threshold: float, sensitivity: float = 0.5) -> float:
     return threshold * factor if threshold >= 0 else threshold / factor
 
 
+def decisions(score: torch.Tensor, anomaly_map: torch.Tensor, image_threshold: float | None,
+              pixel_threshold: float | None, sensitivity: float = 0.5) -> "Prediction":
+    """A :class:`Prediction` of ``score`` and ``anomaly_map`` with ``label`` = score > the image
+    threshold and ``mask`` = map > the pixel threshold, both shifted by ``sensitivity`` as
+    :func:`shift_threshold` says (None where the threshold is None). The one rule the model,
+    the exported-package loaders and the OpenVINO loader decide by."""
+    check_sensitivity(sensitivity)
+    image, pixel = (None if t is None else shift_threshold(t, sensitivity) for t in (image_threshold, pixel_threshold))
+    return Prediction(score=score, anomaly_map=anomaly_map, label=None if image is None else score > image,
+                      mask=None if pixel is None else anomaly_map > pixel)
+
+
 @dataclass
 class Prediction:
     """What :meth:`EfficientAD.predict` returns: tensors on the model's device.
@@ -218,10 +230,7 @@ class EfficientAD(nn.Module):
     def decide(self, score: torch.Tensor, anomaly_map: torch.Tensor, sensitivity: float = 0.5) -> Prediction:
         """A :class:`Prediction` of ``score`` and ``anomaly_map`` with ``label`` and ``mask``
         at this model's thresholds shifted by ``sensitivity`` (None without a threshold)."""
-        image, pixel = self.thresholds(sensitivity)
-        return Prediction(score=score, anomaly_map=anomaly_map,
-                          label=None if image is None else score > image,
-                          mask=None if pixel is None else anomaly_map > pixel)
+        return decisions(score, anomaly_map, self.image_threshold, self.pixel_threshold, sensitivity)
 
     def set_teacher_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Set the per-channel teacher mean and std (384 values each, std > 0)."""

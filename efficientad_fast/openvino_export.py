@@ -26,7 +26,6 @@ size, ...) is stored in the IR's ``rt_info`` under ``efficientad_fast``, with th
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from pathlib import Path
@@ -35,8 +34,9 @@ import numpy as np
 import torch
 
 from ._checkpoint import writable_folder
-from .export import OUTPUT_NAMES, PredictGraph, _prepare, check_metadata, metadata
-from .model import EfficientAD, Prediction, check_sensitivity, check_unit_range, shift_threshold
+from ._optional import require
+from .export import OUTPUT_NAMES, PredictGraph, _prepare, check_exported_input, check_metadata, metadata
+from .model import EfficientAD, Prediction, check_unit_range, decisions
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # rt_info section of the IR that holds export.metadata() and the OpenVINO-only keys below.
@@ -50,12 +50,7 @@ DEFAULT_INFERENCE_PRECISION = "f32"
 
 
 def _require(module: str):
-    """``importlib.import_module(module)``, or an ImportError naming the extra to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(f"this needs '{module.split('.')[0]}' (OpenVINO export and INT8 quantization): "
-                          "pip install -e '.[openvino]'") from exc
+    return require(module, "openvino")
 
 
 def calibration_images(source, image_size: tuple[int, int], size: int = DEFAULT_CALIBRATION_SIZE) -> torch.Tensor:
@@ -222,17 +217,7 @@ class LoadedOpenVINO:
         return info, check_metadata(info, f"{path} (an OpenVINO IR)")
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if images.dtype != torch.float32:
-            raise TypeError(f"images must be float32 in [0, 1], got {images.dtype} (uint8: divide by 255)")
-        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.image_size:
-            raise ValueError(
-                f"images must be (N, 3, {self.image_size[0]}, {self.image_size[1]}) for {self.path}, "
-                f"got {tuple(images.shape)}"
-            )
-        if images.shape[0] == 0:
-            raise ValueError("images must hold at least one image")
+        check_exported_input(images, self.image_size, self.path)
         images = images.detach().cpu()
         check_unit_range(images)
         # The compiled model's own request copies its outputs (share_outputs=False), so the
@@ -245,12 +230,8 @@ class LoadedOpenVINO:
         """:class:`Prediction` with ``label`` and ``mask`` at the thresholds in the IR's
         rt_info, shifted by ``sensitivity`` as :meth:`EfficientAD.predict` does (None when
         the IR has no such threshold)."""
-        check_sensitivity(sensitivity)
         amap, score = self(images)
-        image, pixel = (None if t is None else shift_threshold(t, sensitivity)
-                        for t in (self.image_threshold, self.pixel_threshold))
-        return Prediction(score=score, anomaly_map=amap, label=None if image is None else score > image,
-                          mask=None if pixel is None else amap > pixel)
+        return decisions(score, amap, self.image_threshold, self.pixel_threshold, sensitivity)
 
 
 def load_openvino(path: str | os.PathLike, device: str = "CPU",

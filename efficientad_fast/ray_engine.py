@@ -24,21 +24,16 @@ import torch
 
 from . import jobs
 from ._checkpoint import writable_folder
+from ._optional import require
 from .heatmaps import heatmap_overlay, save_png
 from .networks import check_image_size
 from .train import TrainConfig
 
-INSTALL = "pip install -e '.[ray]'"
-
 
 def require_ray():
     """The ``ray`` module, or an ImportError that says how to install it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401  (predict needs Ray Data: ray[data])
-    except ImportError as exc:
-        raise ImportError(f"--engine ray needs Ray with Ray Data: {INSTALL} (or pip install 'ray[data]' pyarrow)") from exc
-    return ray
+    require("ray.data", "ray")  # predict needs Ray Data: ray[data]
+    return require("ray", "ray")
 
 
 @contextlib.contextmanager

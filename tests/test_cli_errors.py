@@ -128,3 +128,12 @@ def test_an_unexpected_error_keeps_its_traceback(files, tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "predict_files", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["predict", "--model", str(files["model"]), str(files["image"]), "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("extra", ["distill", "ray", "video", "openvino"])
+def test_a_missing_optional_package_names_the_extra_that_installs_it(extra):
+    from efficientad_fast._optional import require
+
+    with pytest.raises(ImportError, match=rf"efficientad_fast\[{extra}\]") as info:
+        require("efficientad_fast_no_such_module.sub", extra)
+    assert "'efficientad_fast_no_such_module'" in str(info.value)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._optional import require
 from .synthetic import SYNTHETIC_CATEGORIES, render_synthetic
 
 # Container suffix -> codec: MJPEG codes every frame on its own (a damaged frame damages
@@ -45,12 +46,7 @@ _BELT = (0.227, 0.227, 0.251)  # the board's bench colour: the belt between part
 
 def require_av():
     """The ``av`` module (PyAV), or an ImportError saying how to install the ``[video]`` extra."""
-    try:
-        import av
-    except ImportError as exc:
-        raise ImportError("video files and cameras need PyAV (FFmpeg): pip install -e '.[video]' "
-                          "(or pip install 'efficientad_fast[video]')") from exc
-    return av
+    return require("av", "video")
 
 
 def labels_path(video: str | os.PathLike) -> Path:
