@@ -391,6 +391,17 @@ def _newer_frame_waits(frames: queue.Queue) -> bool:
         return any(isinstance(waiting, _Queued) for waiting in frames.queue)
 
 
+def _put_unless_stopped(frames: queue.Queue, item, stop: threading.Event) -> None:
+    """Wait for room in ``frames`` for ``item``, checking ``stop`` every 0.1 s so a stopped
+    scorer never leaves the decode thread blocked on a full queue."""
+    while not stop.is_set():
+        try:
+            frames.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            pass
+
+
 class Inspector:
     """Score frames one at a time with temporal smoothing and alarms.
 
@@ -551,21 +562,11 @@ class Inspector:
                             except queue.Empty:
                                 pass
                 else:
-                    while not stop.is_set():
-                        try:
-                            frames.put(queued, timeout=0.1)
-                            break
-                        except queue.Full:
-                            pass
+                    _put_unless_stopped(frames, queued, stop)
         except BaseException as exc:  # handed to the scoring thread, which raises it
             frames.put(_DecodeFailed(exc))
             return
-        while not stop.is_set():
-            try:
-                frames.put(_END, timeout=0.1)
-                return
-            except queue.Full:
-                pass
+        _put_unless_stopped(frames, _END, stop)
 
     def run(self, source, *, max_frames: int | None = None, realtime: bool | None = None,
             fps: float | None = None) -> Iterator[FrameResult]:
