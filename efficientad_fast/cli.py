@@ -203,6 +203,16 @@ _FINITE = ("lr", "weight_decay", "threshold", "off_threshold", "ema_alpha", "map
 TEACHER_KEYWORDS = ("auto", "random", "distilled", "paper")
 
 
+# Options whose attribute is not named after the flag (predict's --workers is Ray's actor count;
+# train's and report's --workers, image-loading processes, keep the name).
+_FLAG_OF_DEST = {"ray_workers": "--workers"}
+
+
+def _flag(dest: str) -> str:
+    """The command-line spelling of the option stored as ``dest``."""
+    return _FLAG_OF_DEST.get(dest, f"--{dest.replace('_', '-')}")
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """The cheap checks of every command, before any file is read or folder made: numbers in
     range, an image size the networks take, and input paths that exist. (Each job checks
@@ -216,16 +226,15 @@ def _check_arguments(args: argparse.Namespace) -> None:
         values = getattr(args, name, None)
         for value in values if isinstance(values, list) else [values]:
             if value is not None and value < least:
-                raise _BadArguments(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+                raise _BadArguments(f"{_flag(name)} must be >= {least}, got {value}")
     for name in _FINITE:
         value = getattr(args, name, None)
         if value is not None and not math.isfinite(value):
-            raise _BadArguments(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+            raise _BadArguments(f"{_flag(name)} must be a finite number, got {value}")
     if getattr(args, "engine", None) == "local":
         for name in _RAY_ONLY:
             if getattr(args, name, None) is not None:
-                flag = "--workers" if name == "ray_workers" else f"--{name.replace('_', '-')}"
-                raise _BadArguments(f"{flag} is an option of --engine ray")
+                raise _BadArguments(f"{_flag(name)} is an option of --engine ray")
     if getattr(args, "cpus_per_job", None) is not None and not args.cpus_per_job > 0:
         raise _BadArguments(f"--cpus-per-job must be > 0, got {args.cpus_per_job}")
     if isinstance(getattr(args, "image_size", None), list):  # _add_image_size_arg's one or two numbers

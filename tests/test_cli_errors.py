@@ -36,6 +36,7 @@ CASES = {
     "eval-missing-data": [*EVAL, "--data", "{root}/nope", "--out", "{out}"],
     "eval-unwritable-out": [*EVAL, "--data", "{data}", "--out", "{blocked}"],
     "predict-batch-size-0": [*PREDICT, "{image}", "--out", "{out}", "--batch-size", "0"],
+    "predict-ray-workers-0": [*PREDICT, "{image}", "--out", "{out}", "--engine", "ray", "--workers", "0"],
     "predict-threshold-nan": [*PREDICT, "{image}", "--out", "{out}", "--threshold", "nan"],
     "predict-image-size-100": [*PREDICT, "{image}", "--out", "{out}", "--image-size", "100"],
     "predict-missing-image": [*PREDICT, "{root}/nope.png", "--out", "{out}"],
@@ -99,6 +100,7 @@ def test_messages_say_what_is_wrong(files, tmp_path, capsys):
     out = str(tmp_path / "out")
     expect = {
         "predict-batch-size-0": "--batch-size must be >= 1, got 0",
+        "predict-ray-workers-0": "--workers must be >= 1, got 0",  # the flag the user typed, not its attribute
         "predict-threshold-nan": "--threshold must be a finite number, got nan",
         "train-image-size-100": "at least 256x256",
         "train-unwritable-out": "cannot write to the output folder",
