@@ -7,6 +7,11 @@ import torch
 import torch.nn.functional as F
 
 
+def normalize_map(d: torch.Tensor, q_a, q_b) -> torch.Tensor:
+    """The paper's map normalization: ``q_a`` goes to 0 and ``q_b`` to 0.1."""
+    return 0.1 * (d - q_a) / (q_b - q_a)
+
+
 def _check_teacher_std(std: torch.Tensor) -> None:
     """The op's check: a std that is not finite and > 0 makes the map inf or NaN. Like the
     op, only eager CPU tensors are read: on a GPU it would synchronize, and traced (export,
@@ -74,8 +79,8 @@ def reference_anomaly_map(
     d_ae = F.interpolate(d_ae, size=tuple(output_size), mode="bilinear", align_corners=False)
     if quantiles is not None:
         qa_st, qb_st, qa_ae, qb_ae = (q.to(dtype) if torch.is_tensor(q) else float(q) for q in quantiles)
-        d_st = 0.1 * (d_st - qa_st) / (qb_st - qa_st)
-        d_ae = 0.1 * (d_ae - qa_ae) / (qb_ae - qa_ae)
+        d_st = normalize_map(d_st, qa_st, qb_st)
+        d_ae = normalize_map(d_ae, qa_ae, qb_ae)
     anomaly_map = alpha * d_st + (1 - alpha) * d_ae
     score = torch.amax(anomaly_map, dim=(-2, -1)).reshape(-1)
     return anomaly_map, score

@@ -36,6 +36,7 @@ from ._device import autocast_dtype
 from ._progress import progress as progress_bar
 from .metrics import f1_optimal_threshold
 from .model import DEFAULT_IMAGE_QUANTILE, DEFAULT_PIXEL_THRESHOLD, EfficientAD
+from .reference import normalize_map
 from .networks import TEACHER_CHANNELS, feature_size
 from .ops import anomaly_map
 
@@ -239,7 +240,7 @@ def calibrate(model: EfficientAD, images: torch.Tensor, batch_size: int = 8,
     # The normalized fused map from the two maps at hand (normalizing commutes with the
     # resize, so this is predict's map up to float rounding): no second network pass.
     alpha = model.alpha
-    fused = (alpha * 0.1 * (st - q[0]) / (q[1] - q[0]) + (1 - alpha) * 0.1 * (ae - q[2]) / (q[3] - q[2]))
+    fused = alpha * normalize_map(st, q[0], q[1]) + (1 - alpha) * normalize_map(ae, q[2], q[3])
     scores = fused.flatten(1).amax(dim=1)
     image_threshold = float(exact_quantile(scores, image_quantile))
     model.set_thresholds(image=image_threshold, pixel=DEFAULT_PIXEL_THRESHOLD,
