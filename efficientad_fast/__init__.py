@@ -16,7 +16,7 @@ from ._extension import load_extension, load_if_built
 from .anomalib_io import from_anomalib
 from .teachers import load_teacher
 from .inference import FastPredictor
-from .model import EfficientAD, Prediction, load
+from .model import EfficientAD, Prediction, load, quantize
 from .ops import anomaly_map
 from .reference import reference_anomaly_map
 
@@ -34,6 +34,7 @@ __all__ = [
     "load",
     "load_extension",
     "load_teacher",
+    "quantize",
     "reference_anomaly_map",
     "__version__",
 ]

@@ -30,7 +30,8 @@ import torch
 
 from ._device import DTYPES, resolve_device
 from .inference import FastPredictor
-from .model import EfficientAD
+from .model import PRECISIONS, EfficientAD
+from .precision import cpu_info
 from .testing import op_inputs, random_model
 
 THROUGHPUT_BATCH = 16  # a batch this big or bigger is timed as throughput, smaller as latency
@@ -97,22 +98,6 @@ def protocol(name: str) -> Protocol:
 def default_runs(device: torch.device, batch: int, protocol_name: str = DEFAULT_PROTOCOL) -> tuple[int, int]:
     """(warm-up runs, timed runs) of the protocol on this device at this batch size."""
     return protocol(protocol_name).runs(device, batch)
-
-
-def cpu_info() -> tuple[str | None, list[str]]:
-    """The CPU's model name and the instruction-set extensions that matter for the timings
-    (from /proc/cpuinfo; elsewhere ``platform.processor()`` and no extensions)."""
-    cpu_model, flags = None, []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if cpu_model is None and line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                elif not flags and line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-    except OSError:
-        cpu_model = platform.processor() or None
-    return cpu_model, [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags]
 
 
 def loadavg() -> list[float] | None:
@@ -200,17 +185,23 @@ class Timing:
         return f"{self.model_size} N={self.batch} {self.dtype} {self.path}{graph}{comp}"
 
 
-def make_model(model_size: str, device: torch.device, dtype: torch.dtype, model_file: str | None = None,
-               seed: int = 0) -> EfficientAD:
-    """The model to time: a saved one, or a seeded random one with its quantiles set (the
-    timing does not depend on the weights, only on the shapes)."""
+def make_model(model_size: str, device: torch.device, precision: str, model_file: str | None = None,
+               seed: int = 0, image_size: int = 256) -> EfficientAD:
+    """The model to time, in ``precision`` ("fp32", "bf16", "fp16" or "int8"): a saved one,
+    or a seeded random one with its quantiles set (the timing does not depend on the
+    weights, only on the shapes). INT8 uses the file's calibration; a model without one is
+    calibrated on 4 seeded random images of ``image_size`` (enough to time it, not to score)."""
     if model_file:
         from .model import load
 
         model = load(model_file, map_location=device)
     else:
         model = random_model(model_size, seed=seed, teacher_stats=False, quantiles=(0.1, 1.0, 0.1, 1.0))
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device).eval()
+    if precision == "int8" and model.int8_calibration is None:
+        images = torch.rand(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+        model.record_int8_ranges(images)
+    return model.set_precision(precision)
 
 
 def time_predict(
@@ -244,7 +235,7 @@ def time_predict(
     runs = d_runs if runs is None else runs
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
-    dtype_name = dtype_name or next((k for k, v in DTYPES.items() if v == model.dtype), str(model.dtype))
+    dtype_name = dtype_name or model.precision
     timing = Timing(model.model_size, batch, dtype_name, path, cuda_graph, compile, warmup, runs)
     g = torch.Generator().manual_seed(batch)
     host_images = torch.rand(batch, 3, image_size, image_size, generator=g)
@@ -400,7 +391,7 @@ def run_benchmark(
     """Run a timing protocol (:data:`PROTOCOLS`, default the paper's) over every combination
     and return (and optionally write) the results with machine, versions and settings.
     Defaults depend on the device: on a GPU fp32 and fp16, host and device-resident paths,
-    CUDA graphs off and on; on a CPU fp32 and bf16, one path, no graphs; the run counts are
+    CUDA graphs off and on; on a CPU fp32, bf16 and int8, one path, no graphs; the run counts are
     the protocol's for the device and batch size unless ``warmup``/``runs`` are given.
     A configuration that fails (say, out of memory) is reported with its error and the rest go on.
     With ``json_path`` the file is rewritten (whole, by rename) after every measured row, so a
@@ -428,7 +419,8 @@ def run_benchmark(
 
     _time_grid(dev, settings, warmup, runs, log, on_row=save_timings)
     if op:
-        bench_op(dev, op_batches, settings["dtypes"], image_size=image_size, layouts=op_layouts,
+        op_dtypes = [d for d in settings["dtypes"] if d in DTYPES]  # the op's inputs: float features
+        bench_op(dev, op_batches, op_dtypes, image_size=image_size, layouts=op_layouts,
                  protocol_name=protocol_name, progress=log, on_row=save_ops)
     result["machine"]["loadavg_end"] = loadavg()
     _write_json(result, json_path)
@@ -454,10 +446,14 @@ def benchmark_settings(dev: torch.device, *, model_sizes, batch_sizes, dtypes, i
     the ``settings`` its result records (and the grid it times)."""
     cuda = dev.type == "cuda"
     timing_protocol = protocol(protocol_name)
-    dtypes = list(dtypes or (("fp32", "fp16") if cuda else ("fp32", "bf16")))
+    dtypes = list(dtypes or (("fp32", "fp16") if cuda else ("fp32", "bf16", "int8")))
+    if "all" in dtypes:  # every precision this device runs
+        dtypes = ["fp32", "fp16", "bf16"] if cuda else ["fp32", "bf16", "int8"]
     for name in dtypes:
-        if name not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {name!r}")
+        if name not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS} or 'all', got {name!r}")
+    if cuda and "int8" in dtypes:
+        raise ValueError("int8 runs on the CPU only: use --device cpu, or fp16 on a GPU")
     paths = list(paths or (("host", "device") if cuda else ("host",)))
     cuda_graphs = list(cuda_graphs if cuda_graphs is not None else ((False, True) if cuda else (False,)))
     if any(cuda_graphs) and not cuda:
@@ -488,7 +484,8 @@ def _time_grid(dev: torch.device, settings: dict, warmup: int | None, runs: int 
     timings = []
     for size in s["model_sizes"]:
         for dtype_name in s["dtypes"]:
-            model = make_model("small" if size == "from file" else size, dev, DTYPES[dtype_name], s["model_file"])
+            model = make_model("small" if size == "from file" else size, dev, dtype_name, s["model_file"],
+                               image_size=s["image_size"])
             for batch in s["batch_sizes"]:
                 for path in s["paths"]:
                     for graph in s["cuda_graphs"]:

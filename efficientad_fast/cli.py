@@ -164,6 +164,30 @@ def _progress_enabled(args) -> bool:
     return not getattr(args, "quiet", False)
 
 
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
+PRECISION_HELP = ("what the networks compute in: auto (default): the fastest on this machine among fp32, bf16 and "
+                  "int8 (fp16 on a GPU) whose map stays within 0.1 of the fp32 map's range, timed once for the "
+                  "batch size and cached; fp32; bf16; fp16 (GPU); int8 (CPU; the model needs the INT8 "
+                  "calibration that train records, or run efficientad-fast quantize)")
+
+
+def _add_precision_arg(p: argparse.ArgumentParser, *aliases: str) -> None:
+    """--precision (and ``aliases``, older names of it) for the commands that score."""
+    p.add_argument("--precision", *aliases, dest="precision", choices=PRECISION_CHOICES, default="auto",
+                   help=PRECISION_HELP)
+
+
+def _load_model(args: argparse.Namespace, batch_size: int):
+    """The --model file on --device in --precision (auto: timed for ``batch_size`` images of
+    --image-size)."""
+    from . import load
+    from ._device import resolve_device
+
+    size = getattr(args, "image_size", 256)
+    return load(args.model, map_location=resolve_device(args.device), precision=args.precision,
+                batch_size=batch_size, image_size=size)
+
+
 TEACHER_HELP = ("'auto' (default): the paper's teacher when it is in the cache (never downloaded), else the "
                 "shipped distilled one (small), else random; the choice is printed and recorded; 'random': a "
                 "randomly initialised PDN; 'distilled': the shipped PDN-S teacher "
@@ -312,7 +336,9 @@ def _add_training_args(p: argparse.ArgumentParser, steps_help: str) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--teacher", default="auto", help=TEACHER_HELP)
-    p.add_argument("--amp", choices=("fp16", "bf16"), default=None, help="mixed precision (autocast)")
+    p.add_argument("--amp", choices=("fp16", "bf16", "auto"), default=None,
+                   help="mixed precision (autocast; default none: float32); auto: bf16 (fp16 too on a GPU) only "
+                        "where a short probe of training steps shows it faster on this machine (cached)")
     _add_penalty_arg(p, default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -413,13 +439,11 @@ def _add_train_parser(subparsers) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a saved model on a dataset's test split: prints the metrics table and writes
     metrics.json and metrics.md (and heatmaps with --heatmaps)."""
-    from . import load
     from ._checkpoint import writable_folder
-    from ._device import resolve_device
     from .jobs import evaluate_model
     from .report import metrics_table, write_metrics
 
-    model = load(args.model, map_location=resolve_device(args.device))
+    model = _load_model(args, args.batch_size)
     out = writable_folder(args.out or Path(args.model).parent / "eval")
     evaluation = evaluate_model(
         model, args.data, args.dataset, args.category, image_size=args.image_size,
@@ -443,6 +467,7 @@ def _add_eval_parser(subparsers) -> None:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--heatmaps", action="store_true", help="also write heatmaps of a few images per defect")
     _add_tile_args(ev)
+    _add_precision_arg(ev)
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
 
@@ -454,8 +479,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     --masks a mask PNG. Files that cannot be read are listed with the reason in errors.csv; exit 1 when no image could be scored. With
     --engine ray, a pool of Ray actors (Ray Data) decodes and scores, and scores.parquet is
     written too."""
-    from . import load
-    from ._device import resolve_device
     from .jobs import predict_files
 
     if args.engine == "ray":
@@ -465,10 +488,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             args.model, args.images, args.out, image_size=args.image_size, batch_size=args.batch_size,
             threshold=args.threshold, heatmaps=not args.no_heatmaps, sensitivity=args.sensitivity,
             masks=args.masks, tile=args.tile, overlap=args.overlap, workers=args.ray_workers, device=args.device,
-            ray_address=args.ray_address, progress=_progress_enabled(args),
+            precision=args.precision, ray_address=args.ray_address, progress=_progress_enabled(args),
             log=(lambda *a, **k: None) if args.quiet else print)
     else:
-        model = load(args.model, map_location=resolve_device(args.device))
+        model = _load_model(args, args.batch_size)
         csv_path, rows, errors = predict_files(model, args.images, args.out, image_size=args.image_size,
                                                batch_size=args.batch_size, threshold=args.threshold,
                                                heatmaps=not args.no_heatmaps, progress=_progress_enabled(args),
@@ -503,6 +526,7 @@ def _add_predict_parser(subparsers) -> None:
                     help="also write scores.parquet (float64 scores; needs pyarrow; always with --engine ray)")
     pr.add_argument("--device", default="auto",
                     help="cpu, cuda or auto (default; with --engine ray: a GPU per worker when the cluster has GPUs)")
+    _add_precision_arg(pr)
     pr.add_argument("--engine", choices=("local", "ray"), default="local",
                     help="local (default): this process; ray: Ray Data feeds the image paths to a pool of Ray "
                          "actors, each holding one loaded model (pip install -e '.[ray]')")
@@ -538,8 +562,9 @@ def _add_demo_parser(subparsers) -> None:
                       help=f"training steps for every category (default: {per_category})")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    demo.add_argument("--amp", choices=("fp16", "bf16", "none"), default=DEMO_AMP,
-                      help=f"mixed precision (autocast; default {DEMO_AMP}, 'none' for float32)")
+    demo.add_argument("--amp", choices=("auto", "fp16", "bf16", "none"), default=DEMO_AMP,
+                      help=f"mixed precision (autocast; default {DEMO_AMP}: bf16 where a short probe shows it "
+                           "faster on this machine; 'none' for float32)")
     demo.add_argument("--teacher", default="auto", help=TEACHER_HELP)
     _add_penalty_arg(demo, default=DEMO_PENALTY)
     demo.add_argument("--video", action="store_true",
@@ -557,15 +582,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     alarms) and a summary. A file is read as fast as scoring goes (no frame dropped) unless
     --realtime; a camera or URL is live: frames that come while scoring lags are dropped and
     counted. Ctrl-C stops and keeps everything written (exit 130)."""
-    import torch
-
-    from . import load
-    from ._device import resolve_device
     from .stream import Inspector, format_summary, open_source, watch
 
     source = open_source(args.source, fps=args.fps)  # a missing file fails before any work
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    model = load(args.model, map_location=resolve_device(args.device)).to(dtype)
+    model = _load_model(args, 1)
     tile = model.tile if args.tile is None else args.tile
     predictor = None  # the Inspector's FastPredictor of the whole frame
     if tile:  # predict cuts, scores and stitches the tiles
@@ -633,8 +653,7 @@ def _add_watch_parser(subparsers) -> None:
                    help="frame rate of a folder of images (timestamps; default: the read times)")
     w.add_argument("--image-size", type=int, default=256, help="model input size in pixels (>= 256)")
     _add_tile_args(w)
-    w.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="network dtype (bf16: ~2x faster on CPUs with AVX-512 BF16; fp16 on GPUs)")
+    _add_precision_arg(w, "--dtype")
     w.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     w.add_argument("--quiet", action="store_true", help="no live line")
     w.set_defaults(func=cmd_watch)
@@ -678,8 +697,11 @@ def _add_bench_parser(subparsers) -> None:
     be.add_argument("--model", default=None, help="time a saved model instead of a random one of --model-size")
     be.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16],
                     help="batch sizes (default 1 16: latency at 1, throughput at 16)")
-    be.add_argument("--dtypes", nargs="+", choices=("fp32", "fp16", "bf16"), default=None,
-                    help="network dtypes (default: fp32 fp16 on a GPU, fp32 bf16 on a CPU)")
+    be.add_argument("--precision", "--dtypes", dest="dtypes", nargs="+",
+                    choices=("fp32", "fp16", "bf16", "int8", "all"), default=None,
+                    help="precisions of the networks (default: fp32 fp16 on a GPU, fp32 bf16 int8 on a CPU; all: "
+                         "every one the device runs): the table shows which is fastest on this machine. int8 uses "
+                         "the --model file's calibration (a random model is calibrated on random images)")
     be.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     be.add_argument("--image-size", type=int, default=256, help="square image size (>= 256)")
     be.add_argument("--paths", nargs="+", choices=("host", "device"), default=None,
@@ -877,6 +899,51 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Quantize a saved model's networks to INT8 for the CPU (PyTorch 2 export quantization with
+    torchao's x86 Inductor recipe, compiled by Inductor so oneDNN runs int8 convolutions; the
+    scoring stays the fused op in float32), calibrated on a folder of normal images, and write
+    it to --out, which then loads with precision int8 (or auto) without the images. Prints the
+    accuracy cost (the largest map difference to fp32 on those images, as a fraction of the
+    fp32 map's range) beside the batch-1 time of fp32 and int8 on this machine."""
+    from ._checkpoint import writable_folder
+    from .model import load, quantize
+    from .openvino_export import calibration_images
+    from .precision import measure_precisions
+
+    writable_folder(Path(args.out).parent)
+    start = time.perf_counter()
+    size = (args.image_size, args.image_size) if isinstance(args.image_size, int) else args.image_size
+    model = load(args.model, map_location="cpu")
+    images = calibration_images(args.calibration_data, size, args.calibration_size)
+    quantized = quantize(model, images, batch_size=args.batch_size)
+    reference, int8 = model.predict(images).anomaly_map, quantized.predict(images).anomaly_map
+    diff = float((int8 - reference).abs().max()) / max(float(reference.max() - reference.min()), 1e-12)
+    times = measure_precisions(quantized, batch_size=1, image_size=size, names=["fp32", "int8"])["times_ms"]
+    quantized.save(args.out)
+    print(f"int8: {args.out}  ({time.perf_counter() - start:.0f} s; calibrated on {images.shape[0]} images of "
+          f"{args.calibration_data})")
+    print(f"accuracy: map within {diff:.3g} of the fp32 map's range on those images; speed at batch 1 here: "
+          f"fp32 {times['fp32']:.0f} ms, int8 {times['int8']:.0f} ms ({times['fp32'] / times['int8']:.1f}x)")
+    return 0
+
+
+def _add_quantize_parser(subparsers) -> None:
+    """Register the ``quantize`` command."""
+    p = subparsers.add_parser("quantize", help="INT8 networks for the CPU, calibrated on normal images",
+                              description=cmd_quantize.__doc__)
+    p.add_argument("--model", required=True, help="model file written by train (or EfficientAD.save)")
+    p.add_argument("--calibration-data", required=True, metavar="DIR",
+                   help="folder of normal images (searched recursively), ideally held-out training images; "
+                        "resized to --image-size")
+    p.add_argument("--calibration-size", type=int, default=64, metavar="N",
+                   help="use at most N of those images, evenly spaced (default 64)")
+    p.add_argument("--out", required=True, help="output model file (e.g. model_int8.pt)")
+    _add_image_size_arg(p)
+    p.add_argument("--batch-size", type=int, default=8, help="calibration batch size (default 8)")
+    p.set_defaults(func=cmd_quantize)
+
+
 def _add_export_parser(subparsers) -> None:
     """Register the ``export`` command."""
     from .export import FORMATS
@@ -994,7 +1061,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add in (_add_info_parser, _add_train_parser, _add_eval_parser, _add_predict_parser, _add_bench_parser,
                 _add_report_parser, _add_demo_parser, _add_distill_teacher_parser, _add_export_parser,
-                _add_fetch_teacher_parser, _add_fetch_imagenette_parser, _add_watch_parser):
+                _add_quantize_parser, _add_fetch_teacher_parser, _add_fetch_imagenette_parser, _add_watch_parser):
         add(sub)
     for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps the one before
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)

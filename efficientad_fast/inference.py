@@ -15,6 +15,7 @@ import torch
 
 from .model import EfficientAD, Prediction, check_sensitivity
 from .networks import check_image_size
+from .precision import choose_precision
 
 INPUT_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 
@@ -35,6 +36,9 @@ class FastPredictor:
         output_size: size of the map, default the image size.
         sensitivity: shifts the model's decision thresholds for ``label`` and ``mask`` as
             :meth:`EfficientAD.predict` does (0.5: the calibrated thresholds).
+        precision: None (default): the model as it is; "fp32", "bf16", "fp16" or "int8":
+            :meth:`EfficientAD.set_precision` first (changes ``model``); "auto": the fastest on
+            this machine for this batch shape (:func:`efficientad_fast.precision.choose_precision`).
 
     Calling the predictor copies the images into its input buffer (from the host or the
     device) and returns a :class:`Prediction` (with ``label`` and ``mask`` when the model
@@ -60,6 +64,7 @@ class FastPredictor:
         output_size: int | tuple[int, int] | None = None,
         warmup: int = 3,
         sensitivity: float = 0.5,
+        precision: str | None = None,
     ) -> None:
         if not isinstance(model, EfficientAD):
             raise TypeError(f"model must be an efficientad_fast.EfficientAD, got {type(model).__name__}")
@@ -69,6 +74,10 @@ class FastPredictor:
         check_image_size(height, width)
         if input_dtype not in INPUT_DTYPES:
             raise TypeError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype}")
+        if precision == "auto":
+            model = choose_precision(model, batch_size, (height, width))
+        elif precision is not None:
+            model.set_precision(precision)
         device = model.device
         if cuda_graph is None:
             cuda_graph = device.type == "cuda"

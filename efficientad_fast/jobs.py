@@ -27,6 +27,7 @@ from .data import (DataError, find_images, list_categories, make_loader, make_sy
 from .heatmaps import default_threshold, heatmap_overlay, save_png, write_eval_heatmaps
 from .model import DEFAULT_IMAGE_QUANTILE, EfficientAD
 from .networks import check_image_size
+from .precision import choose_precision
 from .report import headline_metrics, metrics_table, run_name, write_demo_report, write_metrics, write_report
 from .tiling import check_tile, cut_tiles
 from .train import (CHECKPOINT_NAME, TrainConfig, calibrate, exact_quantile, load_images_uint8, threshold_from_f1,
@@ -38,8 +39,9 @@ SWEEP_KEYS = {"lr": float, "weight_decay": float, "steps": int, "batch_size": in
 # Steps per built-in category: the object (board) needs more than the texture (weave) with
 # the distilled teacher to reach the demo's 0.90 AUROC targets (bench/results/demo_defaults_2026-12-01.md).
 DEMO_STEPS = {"weave": 250, "board": 500}
-# bf16 autocast halves the step time on CPUs with AVX-512 BF16 (bench/bench_train.py).
-DEMO_AMP = "bf16"
+# bf16 autocast is 2-4x faster per step on CPUs with AMX or AVX-512 BF16 on AMD Zen, and 0.6x
+# on Intel CPUs with AVX-512 BF16 but no AMX (bench/bench_train.py): "auto" measures it.
+DEMO_AMP = "auto"
 # No penalty images in the demo (train and report default to "auto"): on board they cost 42 %
 # more time per step for +0.02 image AUROC within the seeds' spread (bench/results/demo_defaults_2026-12-01.md).
 DEMO_PENALTY = "none"
@@ -168,6 +170,7 @@ def train_category(
         "quantiles": dict(zip(("qa_st", "qb_st", "qa_ae", "qb_ae"), quantiles)),
         "thresholds": {"image": model.image_threshold, "pixel": model.pixel_threshold,
                        "source": model.threshold_source},
+        "int8_calibration_images": model.int8_calibration.images if model.int8_calibration else None,
         "loop_seconds": result.seconds,
         "seconds_per_step": result.seconds / max(1, len(result.history)),
         "total_seconds": total,
@@ -534,7 +537,8 @@ def _demo_video(model: EfficientAD, out: Path, category: str, seed: int, progres
     """The demo's live-line step: a synthetic conveyor of ``category`` parts and a clip of
     normal parts (:func:`efficientad_fast.data.make_synthetic_video`, 256 px frames), the
     threshold calibrated on the clip, ``watch`` over the conveyor with k-of-n smoothing
-    (bf16 on a CPU, fp16 on a GPU), and every smoother compared on the same raw scores.
+    (in the fastest precision here: :func:`efficientad_fast.precision.choose_precision`), and
+    every smoother compared on the same raw scores.
     Returns the report section's Markdown lines."""
     import copy
 
@@ -547,7 +551,7 @@ def _demo_video(model: EfficientAD, out: Path, category: str, seed: int, progres
                                 defect_fraction=0.0, glitch_rate=0.0, seed=seed + 1)
     conveyor = make_synthetic_video(folder / "conveyor.avi", category, frames=DEMO_VIDEO_FRAMES, frame_size=256,
                                     seed=seed)
-    fast = copy.deepcopy(model).to(torch.bfloat16 if model.device.type == "cpu" else torch.float16)
+    fast = choose_precision(copy.deepcopy(model), batch_size=1, image_size=256, log=log)
     inspector = Inspector(fast, smoothing="kofn")
     normal = [r.score for r in inspector.run(clip) if r.score is not None]
     calibrated = compare_smoothers(normal, [{"frame": i, "defective": 0, "part": 0} for i in range(len(normal))],

@@ -3,6 +3,7 @@ and map quantiles, with a fast ``predict`` over the fused op and a one-file save
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -15,14 +16,23 @@ import torch
 from torch import nn
 
 from ._checkpoint import atomic_save, first_line, load_state_dict_checked, read_checkpoint, state_checksum
+from .int8 import FeatureGraph, Int8Calibration, Int8Networks, calibrate_int8
 from .networks import MODEL_SIZES, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
 from .ops import DISTANCES, anomaly_map
+from .precision import choose_precision
 from .reference import reference_anomaly_map
 from .teachers import init_teacher
 
 FORMAT = "efficientad_fast"
 FORMAT_VERSION = 1
 BACKENDS = ("fused", "reference")
+# What the networks compute in (set_precision); "auto" (load) measures which is fastest.
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+_PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# On a CPU, predict scores a batch this many images at a time: one image's activations stay
+# in cache where a batch's do not (2-core Xeon with AMX, batch 16: bf16 17.7 images/s one at a
+# time vs 11.0 in one call, fp32 3.5 vs 3.3, INT8 32 vs 24; bench/results/int8_cpu_2026-12-06.md).
+CPU_CHUNK = 1
 # Statistics that stay float32 when the networks move to fp16/bf16.
 _FLOAT32_BUFFERS = ("teacher_mean", "teacher_std", "quantiles")
 # Normalized maps put the q_b (99.5 %) level of the normal held-out maps at 0.1 (both maps
@@ -169,6 +179,10 @@ class EfficientAD(nn.Module):
         self._pixel_threshold: float | None = None
         self.threshold_source = "not calibrated"
         self._folded_teacher: tuple | None = None
+        # INT8: the calibration (activation ranges, saved with the model) and, while the
+        # precision is "int8", the compiled INT8 networks that predict runs.
+        self.int8_calibration: Int8Calibration | None = None
+        self._int8: Int8Networks | None = None
 
     # -- configuration and statistics -------------------------------------------------
 
@@ -261,13 +275,79 @@ class EfficientAD(nn.Module):
     def _apply(self, fn, recurse=True):
         # Keep the statistics in float32 when the networks change dtype; follow device moves.
         kept = {name: getattr(self, name) for name in _FLOAT32_BUFFERS}
+        before = (self.dtype, self.device)
         super()._apply(fn, recurse)
         for name, old in kept.items():
             new = getattr(self, name)
             if new.dtype != torch.float32:
                 setattr(self, name, old.to(device=new.device))
         self._folded_teacher = None
+        if (self.dtype, self.device) != before:  # .to(bf16) or .cuda() leaves INT8
+            self._int8 = None
         return self
+
+    # -- precision --------------------------------------------------------------------
+
+    @property
+    def precision(self) -> str:
+        """What the networks compute in: "int8" (the compiled INT8 networks), else "fp32",
+        "bf16" or "fp16" (their dtype)."""
+        if self._int8 is not None:
+            return "int8"
+        return {v: k for k, v in _PRECISION_DTYPES.items()}[self.dtype]
+
+    def set_precision(self, precision: str) -> "EfficientAD":
+        """Run the networks in ``precision`` ("fp32", "bf16", "fp16" or "int8"); returns the
+        model. "int8" needs the INT8 calibration (:func:`quantize`, or ``train``, records it)
+        and a CPU model; the networks are quantized and compiled on the first predict of each
+        image size (some seconds), from the float32 weights as they are then: after changing
+        the weights, calibrate again. Images, maps and scores stay float32 in every precision."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision != "int8":
+            self.to(_PRECISION_DTYPES[precision])
+            self._int8 = None
+            return self
+        if self.int8_calibration is None:
+            raise ValueError("this model holds no INT8 calibration: quantize it first (efficientad_fast.quantize(model, "
+                             "normal_images) or efficientad-fast quantize --model M --calibration-data DIR --out Q.pt)")
+        if self.device.type != "cpu":
+            raise ValueError(f"INT8 runs on the CPU, the model is on {self.device}; call model.cpu() first")
+        self.float()
+        self._int8 = Int8Networks(self.int8_calibration)
+        return self
+
+    def feature_graph(self) -> FeatureGraph:
+        """A float32 copy of the three networks as one traceable module (images in [0, 1] ->
+        standardized teacher, student and autoencoder features): what INT8 quantizes."""
+        weight, bias = self._folded_teacher_conv()
+        nets = copy.deepcopy(nn.ModuleList([self.teacher, self.student, self.autoencoder])).float().cpu()
+        nets.to(memory_format=torch.contiguous_format)
+        return FeatureGraph(nets[0], weight.detach().cpu().float().contiguous(), bias.detach().cpu().float(),
+                            nets[1], nets[2])
+
+    def record_int8_ranges(self, images, batch_size: int = 8) -> Int8Calibration:
+        """Calibrate INT8 on normal ``images``: an (N, 3, H, W) tensor or an iterable of such
+        batches, uint8 or float in [0, 1]. Stores the activation ranges in the model (saved
+        with it) and returns them; the precision is left as it is."""
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[0] == 0:
+                raise ValueError(f"INT8 calibration needs normal images (N, 3, H, W) with N >= 1, got shape "
+                                 f"{tuple(images.shape)}")
+            images = [images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)]
+        size = None
+        batches = []
+        for batch in images:
+            x = self._prepare_images(batch, validate=True).float().cpu()
+            if size is not None and tuple(x.shape[2:]) != size:
+                raise ValueError(f"INT8 calibration images must share one size, got {size} and {tuple(x.shape[2:])}")
+            size = tuple(x.shape[2:])
+            batches.append(x)
+        if size is None:
+            raise ValueError("INT8 calibration needs at least one normal image, got none")
+        self.int8_calibration = calibrate_int8(self.feature_graph(), batches, size)
+        self._int8 = None if self._int8 is None else Int8Networks(self.int8_calibration)
+        return self.int8_calibration
 
     @property
     def device(self) -> torch.device:
@@ -375,8 +455,16 @@ class EfficientAD(nn.Module):
         computed as in eval mode whatever the modules' mode. Pure tensor code (no host sync),
         so it can be captured in a CUDA graph, compiled with ``torch.compile`` or traced by
         ``torch.export``; call it under ``torch.inference_mode()``."""
+        if x.device.type == "cpu" and x.shape[0] > CPU_CHUNK and not torch.compiler.is_compiling():
+            parts = [self.score_images(chunk, output_size, backend) for chunk in x.split(CPU_CHUNK)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         kwargs = dict(quantiles=self.quantiles if self.quantiles_set else None, alpha=self.alpha,
                       pad=self.map_pad, output_size=output_size, distance=self.distance)
+        if self._int8 is not None:  # standardized teacher features, float32
+            features = self._int8(x, self.feature_graph)
+            if backend == "fused":
+                return anomaly_map(*features, **kwargs)
+            return reference_anomaly_map(*features, teacher_mean=None, teacher_std=None, **kwargs)
         if backend == "fused":
             features = self.features(x, teacher_conv=self._folded_teacher_conv(), eval_mode=True)
             return anomaly_map(*features, **kwargs)
@@ -421,7 +509,24 @@ class EfficientAD(nn.Module):
             # Flipped bytes in a tensor still unpickle: load compares this hash to notice.
             "checksum": {"sha256": state_checksum(state)},
         }
+        if self.int8_calibration is not None:
+            payload["int8"] = self.int8_calibration.to_payload()
+            payload["checksum"]["int8_sha256"] = state_checksum(self.int8_calibration.tensors())
         atomic_save(payload, path)
+
+
+def quantize(model: EfficientAD, images, batch_size: int = 8) -> EfficientAD:
+    """An INT8 copy of ``model`` for the CPU: post-training quantization of teacher, student
+    and autoencoder, calibrated on normal ``images`` ((N, 3, H, W) uint8 or float in [0, 1],
+    or an iterable of such batches: a few dozen of the training images are enough); the
+    scoring tail stays the fused op in float32. The copy's ``precision`` is "int8" and
+    ``save`` stores the calibration, so ``load(path, precision="int8")`` needs no images.
+    ``model`` itself is left as it is."""
+    if not isinstance(model, EfficientAD):
+        raise TypeError(f"model must be an EfficientAD, got {type(model).__name__}")
+    quantized = copy.deepcopy(model).cpu().float().eval()
+    quantized.record_int8_ranges(images, batch_size)
+    return quantized.set_precision("int8")
 
 
 def _refuse_model_file_as_teacher(teacher, error: ValueError) -> None:
@@ -463,9 +568,14 @@ def _check_statistics(model: EfficientAD, path: Path) -> None:
             )
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> EfficientAD:
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", precision: str = "fp32",
+         batch_size: int = 1, image_size: int = 256) -> EfficientAD:
     """Read a file written by :meth:`EfficientAD.save` (with ``torch.load(weights_only=True)``);
-    the model comes back in eval mode.
+    the model comes back in eval mode, in ``precision``: "fp32" (default), "bf16", "fp16",
+    "int8" (needs the INT8 calibration that ``train`` and :func:`quantize` store) or "auto":
+    the fastest on this machine for batches of ``batch_size`` images of ``image_size`` px
+    among those whose map stays within 0.1 of the fp32 map's range, timed once (INT8
+    compiles first: a minute at most) and then cached (:func:`efficientad_fast.precision.choose_precision`).
 
     Raises FileNotFoundError for a missing file and ValueError for a truncated or corrupt
     file (including bytes changed in place: the file's SHA-256 of the weights must match),
@@ -517,5 +627,16 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> E
                       "corruption cannot be detected. Save it again to add one.", stacklevel=2)
     elif not isinstance(checksum, dict) or checksum.get("sha256") != state_checksum(payload["state_dict"]):
         raise ValueError(f"{path}: corrupt: checksum mismatch (the weights changed since the file was written)")
+    int8 = payload.get("int8")
+    if int8 is not None:
+        model.int8_calibration = Int8Calibration.from_payload(int8, str(path))
+        if checksum is not None and checksum.get("int8_sha256") != state_checksum(model.int8_calibration.tensors()):
+            raise ValueError(f"{path}: corrupt: checksum mismatch (the INT8 calibration changed since the file was written)")
     _check_statistics(model, path)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if precision == "auto":
+        return choose_precision(model, batch_size=batch_size, image_size=image_size)
+    try:
+        return model.set_precision(precision)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc

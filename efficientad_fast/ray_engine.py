@@ -254,12 +254,14 @@ class _Scorer:
     its error. Decisions as the local engine makes them (:func:`jobs.decision_thresholds`)."""
 
     def __init__(self, model_path: str, image_size: tuple[int, int], threshold: float | None, sensitivity: float,
-                 tile: int | None, overlap: int, device: str, threads: int):
+                 tile: int | None, overlap: int, device: str, threads: int, precision: str = "fp32",
+                 batch_size: int = 8):
         from ._device import resolve_device
         from .model import load
 
         torch.set_num_threads(threads)
-        self.model = load(model_path, map_location=resolve_device(device)).eval()
+        self.model = load(model_path, map_location=resolve_device(device), precision=precision, batch_size=batch_size,
+                          image_size=image_size).eval()
         self.size, self.tile, self.overlap = tuple(image_size), tile, overlap
         self.threshold, self.pixel_threshold = jobs.decision_thresholds(self.model, threshold, sensitivity)
 
@@ -293,8 +295,8 @@ class _Scorer:
 def predict_files(model_path, inputs, out_dir, *, image_size: int | tuple[int, int] = 256, batch_size: int = 8,
                   threshold: float | None = None, heatmaps: bool = True, sensitivity: float = 0.5,
                   masks: bool = False, tile: int | None = None, overlap: int = 32, workers: int | None = None,
-                  device: str = "auto", ray_address: str | None = None, progress: bool = True,
-                  log=print) -> tuple[Path, list[dict], list[dict]]:
+                  device: str = "auto", precision: str = "fp32", ray_address: str | None = None,
+                  progress: bool = True, log=print) -> tuple[Path, list[dict], list[dict]]:
     """:func:`efficientad_fast.jobs.predict_files` on Ray (the same arguments, the same
     files): Ray Data streams the image paths to ``workers`` actors, each holding one model
     loaded from ``model_path`` (one GPU per actor when the cluster has GPUs and ``device`` is
@@ -302,7 +304,9 @@ def predict_files(model_path, inputs, out_dir, *, image_size: int | tuple[int, i
     score and write heatmaps (and masks) in batches of ``batch_size``. Writes ``scores.csv``
     (rows in input order, the local layout), ``scores.parquet`` and ``errors.csv``
     (unreadable files and why); every input is in one of them (checked). Returns the scores
-    CSV's path, its rows and the errors.
+    CSV's path, its rows and the errors. ``precision``: each actor loads the model in it
+    (:func:`efficientad_fast.load`; "auto" is measured by the first actor on a machine and
+    cached for the others).
 
     Heatmap names are given out in input order before scoring, so an unreadable file keeps
     its name from a later readable file of the same name in another folder (locally the
@@ -351,7 +355,8 @@ def predict_files(model_path, inputs, out_dir, *, image_size: int | tuple[int, i
             num_cpus=1, num_gpus=1 if use_gpu else 0,
             fn_constructor_kwargs=dict(model_path=str(Path(model_path).resolve()), image_size=size,
                                        threshold=threshold, sensitivity=sensitivity, tile=tile, overlap=overlap,
-                                       device="cuda" if use_gpu else "cpu", threads=1))
+                                       device="cuda" if use_gpu else "cpu", threads=1, precision=precision,
+                                       batch_size=batch_size))
         columns: dict[str, list] = {k: [] for k in ("index", "score", "error")}
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for key, values in columns.items():

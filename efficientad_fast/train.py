@@ -17,6 +17,7 @@ checkpoint written on Ctrl-C holds the state as of the last completed step.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -55,7 +56,9 @@ class TrainConfig:
     hard_quantile: float = 0.999
     augment_range: tuple[float, float] = (0.8, 1.2)
     seed: int = 0
-    amp: str | None = None  # "fp16" or "bf16" autocast (on CPU: bf16, ~2x faster with AVX-512 BF16)
+    # "fp16" or "bf16" autocast, or "auto": bf16 (or fp16 on a GPU) only where a short probe of
+    # training steps on this machine shows it faster (precision.choose_amp; train resolves it)
+    amp: str | None = None
     checkpoint_every: int = 1000  # steps; 0 = only at the end and on Ctrl-C
     # Keep the frozen teacher's outputs for the training images in host memory when they
     # fit in this many MiB (4.8 MiB per 256x256 image): saves one teacher pass per step.
@@ -72,7 +75,8 @@ class TrainConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        autocast_dtype(self.amp)  # raises for anything but None, "fp16", "bf16"
+        if self.amp != "auto":
+            autocast_dtype(self.amp)  # raises for anything but None, "fp16", "bf16", "auto"
         if not 0 < self.hard_quantile < 1:
             raise ValueError(f"hard_quantile must be in (0, 1), got {self.hard_quantile}")
 
@@ -207,7 +211,7 @@ def teacher_channel_stats(model: EfficientAD, images: torch.Tensor, batch_size: 
 @torch.no_grad()
 def calibrate(model: EfficientAD, images: torch.Tensor, batch_size: int = 8,
               q_a: float = 0.9, q_b: float = 0.995, progress: bool = False,
-              image_quantile: float = DEFAULT_IMAGE_QUANTILE) -> tuple[float, ...]:
+              image_quantile: float = DEFAULT_IMAGE_QUANTILE, int8: bool = True) -> tuple[float, ...]:
     """Set the model's map quantiles from held-out *training* images (uint8, N×3×H×W):
     q_a and q_b of the unnormalized student-teacher and autoencoder maps at image
     resolution, exact over all pixels. Returns (q_a_st, q_b_st, q_a_ae, q_b_ae).
@@ -215,7 +219,9 @@ def calibrate(model: EfficientAD, images: torch.Tensor, batch_size: int = 8,
     Then sets the decision thresholds (:meth:`EfficientAD.set_thresholds`): the image
     threshold is the ``image_quantile`` quantile of these normal images' scores (the max of
     each normalized map, as predict computes it; needs no defective image), the pixel
-    threshold the q_b level of normalized maps, 0.1."""
+    threshold the q_b level of normalized maps, 0.1. With ``int8`` (default) it also records
+    the INT8 activation ranges from the same images (:meth:`EfficientAD.record_int8_ranges`,
+    a few seconds), so the model can run in INT8 on a CPU without another calibration."""
     if not 0.0 < image_quantile <= 1.0:
         raise ValueError(f"image_quantile must be in (0, 1], got {image_quantile}")
     if images.shape[0] == 0:
@@ -246,6 +252,8 @@ def calibrate(model: EfficientAD, images: torch.Tensor, batch_size: int = 8,
     model.set_thresholds(image=image_threshold, pixel=DEFAULT_PIXEL_THRESHOLD,
                          source=f"image: {image_quantile:g} quantile of {scores.numel()} held-out normal "
                                 f"images' scores; pixel: q_b level")
+    if int8:
+        model.record_int8_ranges(images, batch_size)
     return q
 
 
@@ -440,6 +448,8 @@ def train(
     checkpoint = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     if checkpoint is not None:
         writable_folder(checkpoint.parent)  # not after all the steps, at the first checkpoint
+    if config.amp == "auto":  # the checkpoint and summary record what it resolved to
+        config.amp = _choose_amp(model, train_images, config)
 
     params = list(model.student.parameters()) + list(model.autoencoder.parameters())
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -463,6 +473,32 @@ def train(
         loop.save(config.steps)
     model.eval()
     return TrainResult(steps=config.steps, seconds=time.perf_counter() - started, history=history)
+
+
+def _choose_amp(model: EfficientAD, train_images: torch.Tensor, config: TrainConfig) -> str | None:
+    """Resolve ``amp="auto"``: time training steps of a copy of ``model`` (so the model, the
+    global RNG and the run's results are untouched) with and without autocast."""
+    from .precision import choose_amp
+
+    probe = copy.deepcopy(model).to(memory_format=torch.channels_last).train()
+    probe.teacher.eval()
+    device = probe.device
+    images = train_images[: config.batch_size].to(device).float().div_(255)
+    params = list(probe.student.parameters()) + list(probe.autoencoder.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    generator = torch.Generator().manual_seed(0)
+
+    def run_step(amp: str | None) -> None:
+        dtype = autocast_dtype(amp)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = compute_losses(probe, images, None, generator, config)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    what = f"{probe.model_size} | batch {config.batch_size} | {images.shape[2]}x{images.shape[3]} px"
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return choose_amp(device, what, run_step)
 
 
 @contextmanager

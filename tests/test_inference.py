@@ -198,5 +198,5 @@ def test_run_benchmark_writes_json_and_table(tmp_path):
     assert "| small | 1 | fp32 | host | no | no |" in format_table(result)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         run_benchmark(device="cpu", cuda_graphs=(True,), log=lambda *a: None)
-    with pytest.raises(ValueError, match="dtype"):
+    with pytest.raises(ValueError, match="precision must be one of"):
         run_benchmark(device="cpu", dtypes=("fp64",), log=lambda *a: None)

@@ -1,0 +1,269 @@
+"""INT8 networks on the CPU: post-training quantization of teacher, student and autoencoder
+with PyTorch 2 export quantization (torchao's x86 Inductor quantizer: uint8 activations per
+tensor, int8 weights per output channel), compiled by Inductor so oneDNN runs the
+convolutions in int8 (VNNI, or AMX where the CPU has it). The scoring tail, the fused op,
+stays in float32.
+
+Activation ranges are the min and max seen on the calibration images, not the recipe's
+default histogram search, which clips the rare large activations to fit the common ones
+more finely: the large activations are where anomalies show. On a model trained 60 steps
+(bench/results/int8_cpu_2026-12-06.md) min/max kept the map within 0.026 of the fp32 map's
+range against 0.071 for histograms, and the image AUROC at fp32's.
+
+What calibration learns is the state of the activation observers (the min/max of each
+quantized activation): :class:`Int8Calibration` holds it as plain tensors,
+so a model file can carry it and a loaded model can rebuild and compile its INT8 networks
+without the calibration images. The weight observers are not stored: they are recomputed
+from the weights, so the ranges stay right for the weights they are used with.
+
+Only this module imports torchao (lazily: ``import efficientad_fast`` does not need it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+# Names the recipe: a file calibrated by another recipe is refused, not silently misread.
+SCHEME = "pt2e-x86-inductor-minmax-v1"
+_TORCHAO_HINT = "INT8 needs torchao (pip install 'torchao>=0.18'; it ships with efficientad_fast's dependencies)"
+
+
+def _torchao():
+    """torchao's PT2E entry points, or an ImportError that says what to install."""
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+    except ImportError as exc:
+        raise ImportError(_TORCHAO_HINT) from exc
+    return prepare_pt2e, convert_pt2e, xiq
+
+
+def _quantizer():
+    """The x86 Inductor quantizer with its default recipe, but min/max activation ranges
+    (see the module's docstring) and uint8 average pools.
+
+    The default recipe leaves conv -> ReLU -> avg_pool2d in float (the pool's input is not
+    a quantized pattern's output), so the PDNs' two largest activations (128 x 253 x 253 at
+    256 px) go through memory as float32 twice. Annotating each pool to take and give
+    uint8 with its input's scale lets the convolution emit uint8 and the pool run on it:
+    2.5 ms less per image at batch 1 (30.6 -> 28.0 ms on the Xeon of
+    bench/results/int8_cpu_2026-12-06.md), the map within 0.006 of the fp32 map's range."""
+    _, _, xiq = _torchao()
+    from torchao.quantization.pt2e import MinMaxObserver
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.utils import get_input_act_qspec
+
+    default = xiq.get_default_x86_inductor_quantization_config()
+    activation = dataclasses.replace(default.input_activation,
+                                     observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+    config = dataclasses.replace(default, input_activation=activation, output_activation=activation)
+
+    class PoolingX86InductorQuantizer(xiq.X86InductorQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                if node.target is torch.ops.aten.avg_pool2d.default:
+                    source = node.args[0]
+                    node.meta[xiq.QUANT_ANNOTATION_KEY] = xiq._X86InductorQuantizationAnnotation(
+                        input_qspec_map={source: get_input_act_qspec(config)},
+                        output_qspec=SharedQuantizationSpec((source, node)),
+                        _annotated=True, _is_output_of_quantized_pattern=True)
+            return model
+
+    quantizer = PoolingX86InductorQuantizer()
+    quantizer.set_global(config)
+    return quantizer
+
+
+class FeatureGraph(nn.Module):
+    """The three networks as one module that ``torch.export`` can trace: float32 images in
+    [0, 1] -> (standardized teacher, student, autoencoder) features, as in eval mode.
+
+    The teacher standardization is folded into a real ``nn.Conv2d`` (the teacher's last conv
+    with (t - mean) / std folded in): a convolution module the quantizer annotates like the
+    others (a functional conv on a buffer was left in fp32, at 25 ms of a 57 ms pass)."""
+
+    def __init__(self, teacher: nn.Module, head_weight: torch.Tensor, head_bias: torch.Tensor,
+                 student: nn.Module, autoencoder: nn.Module) -> None:
+        super().__init__()
+        last = teacher.last_conv
+        self.normalize = teacher.normalize
+        self.teacher = teacher
+        self.head = nn.Conv2d(last.in_channels, last.out_channels, last.kernel_size, last.stride, last.padding)
+        with torch.no_grad():
+            self.head.weight.copy_(head_weight.float())
+            self.head.bias.copy_(head_bias.float())
+        self.student = student
+        self.autoencoder = autoencoder
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xn = self.normalize(x)
+        teacher = self.head(self.teacher.body(xn))
+        return teacher, self.student(xn, normalized=True), self.autoencoder(xn, normalized=True, dropout=False)
+
+
+@dataclass
+class Int8Calibration:
+    """The activation observers' state after calibration: ``observers`` maps an observer's
+    name in the prepared graph to its tensors (``min_val``, ``max_val``, ``eps``).
+    ``images``: how many images it saw; ``image_size``: at which size (the ranges are used at
+    any size); ``scheme``: the quantization recipe (:data:`SCHEME`)."""
+
+    observers: dict[str, dict[str, torch.Tensor]]
+    images: int
+    image_size: tuple[int, int]
+    scheme: str = SCHEME
+    torchao_version: str = field(default="")
+
+    def to_payload(self) -> dict:
+        """Plain types and tensors for ``torch.save(weights_only=True)``."""
+        return {"scheme": self.scheme, "images": int(self.images), "image_size": list(self.image_size),
+                "torchao_version": self.torchao_version,
+                "observers": {name: {k: v.detach().cpu().clone() for k, v in state.items()}
+                              for name, state in self.observers.items()}}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor under one flat name (``observer.key``), for the file's checksum."""
+        return {f"{name}.{key}": value for name, state in sorted(self.observers.items())
+                for key, value in sorted(state.items())}
+
+    @classmethod
+    def from_payload(cls, payload, source: str = "model file") -> "Int8Calibration":
+        """Read what :meth:`to_payload` wrote; ValueError naming ``source`` when malformed or
+        written by another recipe."""
+        if not isinstance(payload, dict):
+            raise ValueError(f"{source}: INT8 calibration must be a dict, got {type(payload).__name__}")
+        scheme = payload.get("scheme")
+        if scheme != SCHEME:
+            raise ValueError(f"{source}: INT8 calibration of recipe {scheme!r}, this efficientad_fast reads "
+                             f"{SCHEME!r}; quantize the model again (efficientad-fast quantize)")
+        observers = payload.get("observers")
+        if not isinstance(observers, dict) or not observers or not all(
+                isinstance(state, dict) and state and all(torch.is_tensor(v) for v in state.values())
+                for state in observers.values()):
+            raise ValueError(f"{source}: INT8 calibration holds no observer tensors")
+        for name, state in observers.items():
+            for key, value in state.items():
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"{source}: INT8 calibration {name}.{key} holds NaN or inf")
+        size = payload.get("image_size")
+        images = payload.get("images")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and isinstance(images, int) and images > 0):
+            raise ValueError(f"{source}: INT8 calibration has a bad image_size {size!r} or image count {images!r}")
+        return cls(observers=observers, images=images, image_size=(int(size[0]), int(size[1])), scheme=scheme,
+                   torchao_version=str(payload.get("torchao_version", "")))
+
+
+def _prepared(graph: FeatureGraph, image_size: tuple[int, int]):
+    """``graph`` exported for float32 (N, 3, H, W) batches (N dynamic) with observers
+    inserted by the x86 Inductor quantizer; returns (prepared module, {name: observer})."""
+    prepare_pt2e, _, _ = _torchao()
+    height, width = image_size
+    # Batch 2 as the example: a batch of 1 would let torch.export specialize the batch to 1.
+    example = torch.rand(2, 3, height, width)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        exported = torch.export.export(graph, (example,), dynamic_shapes=({0: batch},)).module()
+    prepared = prepare_pt2e(exported, _quantizer())
+    observers = {name: module for name, module in prepared.named_modules() if "activation_post_process" in name}
+    return prepared, observers
+
+
+def _is_activation_observer(observer: nn.Module) -> bool:
+    # Activation observers are per tensor; weight observers per output channel.
+    return observer.qscheme in (torch.per_tensor_affine, torch.per_tensor_symmetric)
+
+
+def calibrate_int8(graph: FeatureGraph, batches: Iterable[torch.Tensor], image_size: tuple[int, int],
+                   progress: Callable[[int], None] | None = None) -> Int8Calibration:
+    """Run float32 batches in [0, 1] ((N, 3, H, W), the size of ``image_size``) through the
+    observed graph and return the activation observers' state. ValueError without images."""
+    import torchao
+
+    prepared, observers = _prepared(graph, image_size)
+    seen = 0
+    with torch.no_grad():
+        for batch in batches:
+            prepared(batch.float().contiguous())
+            seen += batch.shape[0]
+            if progress is not None:
+                progress(seen)
+    if seen == 0:
+        raise ValueError("INT8 calibration needs at least one normal image, got none")
+    states = {name: {k: v.detach().clone() for k, v in obs.state_dict().items()}
+              for name, obs in observers.items() if _is_activation_observer(obs)}
+    return Int8Calibration(observers=states, images=seen, image_size=tuple(image_size),
+                           torchao_version=getattr(torchao, "__version__", ""))
+
+
+def convert_int8(graph: FeatureGraph, calibration: Int8Calibration, image_size: tuple[int, int]) -> nn.Module:
+    """The quantized graph (not compiled) of ``graph`` at ``image_size`` with the activation
+    ranges of ``calibration``: the weight observers see the weights, the activation observers
+    get the stored state. ValueError when the stored observers do not fit the graph."""
+    _, convert_pt2e, _ = _torchao()
+    prepared, observers = _prepared(graph, image_size)
+    height, width = image_size
+    with torch.no_grad():
+        prepared(torch.zeros(1, 3, height, width))  # fills the weight observers (activations are replaced)
+    activation = {name for name, obs in observers.items() if _is_activation_observer(obs)}
+    if activation != set(calibration.observers):
+        raise ValueError(
+            f"the INT8 calibration does not fit this model's graph ({len(calibration.observers)} stored observers, "
+            f"{len(activation)} in the graph; recorded with torchao {calibration.torchao_version or '?'}): "
+            "quantize the model again (efficientad-fast quantize)")
+    for name in activation:
+        state = calibration.observers[name]
+        expected = observers[name].state_dict()
+        if set(state) != set(expected) or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in state):
+            raise ValueError(f"the INT8 calibration's observer {name} does not fit this model's graph: "
+                             "quantize the model again (efficientad-fast quantize)")
+        observers[name].load_state_dict(state)
+    return convert_pt2e(prepared)
+
+
+class Int8Networks:
+    """The compiled INT8 graphs of a model's networks, one per image size, built on first
+    use from :class:`FeatureGraph` s the model makes. Call with a float32 (N, 3, H, W) batch in
+    [0, 1]: returns the three feature maps in float32. Thread-safe; a deep copy keeps the
+    calibration and compiles afresh."""
+
+    def __init__(self, calibration: Int8Calibration) -> None:
+        self.calibration = calibration
+        self._compiled: dict[tuple[int, int], Callable] = {}
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo) -> "Int8Networks":
+        # Compiled graphs and locks do not copy; the copy compiles on its first call.
+        return Int8Networks(self.calibration)
+
+    def compiled(self, image_size: tuple[int, int], make_graph: Callable[[], FeatureGraph]) -> Callable:
+        """The compiled graph for ``image_size`` (quantized and compiled on first use)."""
+        image_size = tuple(int(v) for v in image_size)
+        with self._lock:
+            if image_size not in self._compiled:
+                quantized = convert_int8(make_graph(), self.calibration, image_size)
+                self._compiled[image_size] = torch.compile(quantized)
+            return self._compiled[image_size]
+
+    def __call__(self, x: torch.Tensor, make_graph: Callable[[], FeatureGraph]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if x.device.type != "cpu":
+            raise ValueError(f"INT8 networks run on the CPU, the images are on {x.device}")
+        run = self.compiled((x.shape[2], x.shape[3]), make_graph)
+        import torch._inductor.config as inductor_config
+
+        # Inductor's frozen INT8 graph fails to compile under inference mode (the weight
+        # prepacking has no fake kernel there): no_grad gives the same guarantees here.
+        # freezing (set here: compile's options reach the compiler too late): weights become
+        # constants that Inductor prepacks for oneDNN, and the int8 convolutions fuse with
+        # their quantize/dequantize neighbours.
+        with torch.inference_mode(False), torch.no_grad(), inductor_config.patch(freezing=True):
+            return run(x.float().contiguous())

@@ -1,0 +1,189 @@
+"""Which precision is fastest on this machine, measured, not assumed: on one CPU bf16 is 4x
+faster than fp32 (AMX), on another 0.6x (AVX-512 BF16 without AMX), and INT8 wins or loses
+by the CPU too. :func:`choose_precision` times the variants a model can run and keeps the
+fastest whose map stays within :data:`MAP_TOLERANCE` of the fp32 map; the choice is cached
+per (CPU, torch version, model size, batch size, image size) in the cache folder.
+:func:`choose_amp` does the same for training's autocast with a short probe of steps.
+
+Works on any model with ``predict``, ``set_precision``, ``precision``, ``model_size`` and
+``int8_calibration`` (duck-typed: this module sits below the model)."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ._build import cache_root
+
+# The largest map difference to fp32 a chosen precision may have, as a fraction of the fp32
+# map's range (an INT8 map moves by about 0.02-0.09 of it; bf16 by about 0.02).
+MAP_TOLERANCE = 0.1
+CACHE_FILE = "precision.json"
+# Cache entries of another layout are measured again.
+CACHE_VERSION = 1
+
+
+def cpu_info() -> tuple[str | None, list[str]]:
+    """The CPU's model name and the instruction-set extensions that matter for the timings
+    (from /proc/cpuinfo; elsewhere ``platform.processor()`` and no extensions)."""
+    cpu_model, flags = None, []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if cpu_model is None and line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                elif not flags and line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+    except OSError:
+        cpu_model = platform.processor() or None
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_int8")
+    return cpu_model, [f for f in wanted if f in flags]
+
+
+def machine_key(device: torch.device) -> str:
+    """What a measured choice depends on besides the model: the CPU (its name and the
+    extensions that decide bf16 and int8 speed, since virtual machines often share one
+    generic name), or the GPU; torch's version; the number of threads."""
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        name, flags = cpu_info()
+        hardware = f"{name} [{' '.join(flags)}]"
+    return f"{hardware} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def candidates(model) -> list[str]:
+    """The precisions ``model`` can run where it is: fp32 and bf16 everywhere, fp16 on a
+    GPU, int8 on a CPU when the model holds an INT8 calibration."""
+    if model.device.type == "cuda":
+        return ["fp32", "fp16", "bf16"]
+    return ["fp32", "bf16"] + (["int8"] if model.int8_calibration is not None else [])
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # absent or unreadable: measure again (and rewrite it whole)
+    return data if isinstance(data, dict) and data.get("version") == CACHE_VERSION else {}
+
+
+def _write_cache(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a measurement next time
+
+
+def _median_ms(run: Callable[[], object], calls: int) -> float:
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _size(image_size) -> tuple[int, int]:
+    return (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
+
+
+def measure_precisions(model, batch_size: int = 1, image_size: int | tuple[int, int] = 256, calls: int = 3,
+                       names: list[str] | None = None) -> dict:
+    """Time ``model.predict`` in each precision of ``names`` (default: :func:`candidates`)
+    on seeded random images: two untimed calls (INT8 compiles in the first), then ``calls``
+    rounds, every variant once per round, the median per variant. Returns ``{"times_ms":
+    {name: ms}, "map_diff": {name: max |map - fp32 map| / range of the fp32 map},
+    "models": {name: model in that precision}}``."""
+    names = names or candidates(model)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(batch_size, 3, *_size(image_size), generator=generator)
+    models = {}
+    for name in names:
+        models[name] = model if name == model.precision else copy.deepcopy(model).set_precision(name)
+    maps = {name: m.predict(images).anomaly_map.float() for name, m in models.items()}  # warm-up 1
+    for m in models.values():
+        m.predict(images)  # warm-up 2
+    times = {name: [] for name in names}
+    for _ in range(calls):
+        for name, m in models.items():
+            times[name].append(_median_ms(lambda m=m: m.predict(images), 1))
+    reference = maps.get("fp32", next(iter(maps.values())))
+    span = float(reference.max() - reference.min()) or 1.0
+    diff = {name: float((amap - reference).abs().max()) / span for name, amap in maps.items()}
+    return {"times_ms": {n: statistics.median(t) for n, t in times.items()}, "map_diff": diff, "models": models}
+
+
+def choose_precision(model, batch_size: int = 1, image_size: int | tuple[int, int] = 256,
+                     log: Callable[[str], None] | None = print, refresh: bool = False):
+    """``model`` in its fastest precision on this machine for batches of ``batch_size``
+    images of ``image_size`` px, among :func:`candidates` whose map stays within
+    :data:`MAP_TOLERANCE` of fp32. Measured by :func:`measure_precisions` the first time,
+    then read from the cache (``refresh``: measure again). Returns the model in that
+    precision (``model`` itself or a copy); ``log`` gets one line saying what was chosen."""
+    names = candidates(model)
+    height, width = _size(image_size)
+    key = " | ".join([machine_key(model.device), f"{model.model_size}", f"batch {batch_size}", f"{height}x{width} px",
+                      ",".join(names)])
+    path = cache_root() / CACHE_FILE
+    cache = _read_cache(path)
+    entry = None if refresh else cache.get("entries", {}).get(key)
+    if entry is None or entry.get("precision") not in names:
+        measured = measure_precisions(model, batch_size, image_size, names=names)
+        allowed = [n for n in names if measured["map_diff"][n] <= MAP_TOLERANCE]
+        choice = min(allowed, key=measured["times_ms"].get)
+        entry = {"precision": choice, "times_ms": measured["times_ms"], "map_diff": measured["map_diff"],
+                 "measured": datetime.date.today().isoformat()}
+        cache = {"version": CACHE_VERSION, "entries": {**cache.get("entries", {}), key: entry}}
+        _write_cache(path, cache)
+        chosen, how = measured["models"][choice], "measured now"
+    else:
+        chosen, how = model.set_precision(entry["precision"]), f"measured {entry.get('measured', '?')}, cached"
+    if log is not None:
+        times = ", ".join(f"{n} {entry['times_ms'][n]:.0f} ms" for n in names if n in entry.get("times_ms", {}))
+        log(f"precision auto: {entry['precision']} at batch {batch_size} ({times}; {how} in {path})")
+    return chosen
+
+
+def choose_amp(device: torch.device, what: str, run_step: Callable[[str | None], None], steps: int = 3,
+               log: Callable[[str], None] | None = print, refresh: bool = False) -> str | None:
+    """The faster of training without autocast (None) and with bf16 autocast (a GPU: fp16
+    too): ``run_step(amp)`` runs one training step; each setting gets one untimed step, then
+    ``steps`` timed ones, interleaved; the median decides. Cached like
+    :func:`choose_precision` under ``what`` (the model size, batch and image size)."""
+    names = [None, "fp16", "bf16"] if device.type == "cuda" else [None, "bf16"]
+    key = " | ".join([machine_key(device), "train", what])
+    path = cache_root() / CACHE_FILE
+    cache = _read_cache(path)
+    entry = None if refresh else cache.get("entries", {}).get(key)
+    label = {None: "fp32"}
+    if entry is None or entry.get("amp", "?") not in [label.get(n, n) for n in names]:
+        for amp in names:
+            run_step(amp)  # warm-up: allocations, oneDNN primitives
+        times = {label.get(n, n): [] for n in names}
+        for _ in range(steps):
+            for amp in names:
+                times[label.get(amp, amp)].append(_median_ms(lambda amp=amp: run_step(amp), 1))
+        medians = {n: statistics.median(t) for n, t in times.items()}
+        entry = {"amp": min(medians, key=medians.get), "step_ms": medians, "measured": datetime.date.today().isoformat()}
+        cache = {"version": CACHE_VERSION, "entries": {**cache.get("entries", {}), key: entry}}
+        _write_cache(path, cache)
+        how = "measured now"
+    else:
+        how = f"measured {entry.get('measured', '?')}, cached"
+    if log is not None:
+        times = ", ".join(f"{n} {ms:.0f} ms" for n, ms in entry.get("step_ms", {}).items())
+        log(f"amp auto: {entry['amp']} (a training step: {times}; {how} in {path})")
+    return None if entry["amp"] == "fp32" else entry["amp"]
