@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Our ``predict`` (fp32, bf16) against OpenVINO (fp32 IR, INT8 IR) on this CPU: latency at
+"""Our ``predict`` (fp32, bf16, int8, auto) against OpenVINO (fp32 IR, INT8 IR) on this CPU: latency at
 batch 1 and throughput at batch 16, measured in interleaved rounds (every variant once per
 round, the order rotating, so load from other jobs hits all of them alike), with the image
 and pixel AUROC of each variant on the built-in synthetic test set beside its timings.
@@ -11,6 +11,10 @@ normal training images. Variants:
 
 * ours fp32 / ours bf16: ``model.predict`` (fused op, channels_last), the model in float32 /
   bfloat16 (images and results float32);
+* ours int8: ``efficientad_fast.quantize(model, images)`` on the same calibration images as
+  the INT8 IR (torchao PT2E, Inductor-compiled; the scoring stays the fused op in float32);
+* ours auto: what ``load(..., precision="auto")`` picks (``precision.choose_precision``,
+  measured afresh for batch 1 and for batch 16), timed like the others;
 * OpenVINO fp32: the fp32 IR with ``INFERENCE_PRECISION_HINT=f32`` (equal to predict);
 * OpenVINO fp32, bf16 hint: the same IR as OpenVINO runs it by default on a CPU with
   AVX-512 BF16 (bf16 arithmetic where the plugin chooses);
@@ -37,10 +41,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from efficientad_fast import load, metrics  # noqa: E402
+from efficientad_fast import load, metrics, quantize  # noqa: E402
 from efficientad_fast.data import make_synthetic, open_dataset  # noqa: E402
 from efficientad_fast.jobs import train_category  # noqa: E402
-from efficientad_fast.openvino_export import export_openvino, load_openvino  # noqa: E402
+from efficientad_fast.openvino_export import calibration_images, export_openvino, load_openvino  # noqa: E402
+from efficientad_fast.precision import choose_precision  # noqa: E402
 from efficientad_fast.train import TrainConfig  # noqa: E402
 from timing import cpu_machine_info, interleaved  # noqa: E402
 
@@ -76,10 +81,13 @@ def prepare_model(args, work: Path, data: Path):
     return model.float().eval()
 
 
-def variants(model, fp32_ir: Path, int8_ir: Path, threads: int) -> dict:
-    """name -> callable(images float32 (N, 3, H, W)) -> (map, score) CPU tensors."""
+def variants(model, int8, fp32_ir: Path, int8_ir: Path, threads: int) -> tuple[dict, dict]:
+    """(name -> callable(images float32 (N, 3, H, W)) -> (map, score) CPU tensors, what auto
+    chose at batch 1 and at batch 16)."""
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     config = {"INFERENCE_NUM_THREADS": threads}
+    auto = {batch: choose_precision(copy.deepcopy(int8).set_precision("fp32"), batch_size=batch,
+                                    image_size=IMAGE_SIZE, refresh=True) for batch in (1, 16)}
 
     def ours(m):
         def run(x):
@@ -87,13 +95,19 @@ def variants(model, fp32_ir: Path, int8_ir: Path, threads: int) -> dict:
             return pred.anomaly_map, pred.score
         return run
 
+    def ours_auto(x):  # the model auto chose for this batch size (16 for any batch but 1)
+        pred = auto[1 if x.shape[0] == 1 else 16].predict(x)
+        return pred.anomaly_map, pred.score
+
     return {
         "ours fp32 (predict)": ours(model),
         "ours bf16 (predict)": ours(bf16),
+        "ours int8 (predict)": ours(int8),
+        "ours auto (predict)": ours_auto,
         "OpenVINO fp32 IR": load_openvino(fp32_ir, inference_precision="f32", config=config),
         "OpenVINO fp32 IR, bf16 hint": load_openvino(fp32_ir, inference_precision="bf16", config=config),
         "OpenVINO INT8 IR": load_openvino(int8_ir, inference_precision="f32", config=config),
-    }
+    }, {batch: m.precision for batch, m in auto.items()}
 
 
 def accuracy(run, images, labels, masks, reference_map, batch: int = 8) -> dict:
@@ -127,9 +141,10 @@ def main(argv=None) -> int:
                        n_test_good=args.n_test_good, n_test_defect_per_type=args.n_test_defect, overwrite=True)
     model = prepare_model(args, work, data)
     fp32_ir = export_openvino(model, work / "fp32" / "model.xml", IMAGE_SIZE, "fp32")
+    calibration = data / args.category / "train" / "good"
     int8_ir = export_openvino(model, work / "int8" / "model.xml", IMAGE_SIZE, "int8",
-                              calibration_data=data / args.category / "train" / "good",
-                              calibration_size=args.calibration_size)
+                              calibration_data=calibration, calibration_size=args.calibration_size)
+    int8 = quantize(model, calibration_images(calibration, (IMAGE_SIZE, IMAGE_SIZE), args.calibration_size))
     print(f"model and IRs ready ({time.perf_counter() - started:.0f} s)", flush=True)
 
     test = open_dataset(data, "mvtec", args.category, "test", (IMAGE_SIZE, IMAGE_SIZE))
@@ -137,7 +152,7 @@ def main(argv=None) -> int:
     images = torch.stack([item["image"] for item in items])
     labels = np.array([item["label"] for item in items])
     masks = torch.stack([item["mask"][0] for item in items]).numpy().astype(bool)
-    runs = variants(model, fp32_ir, int8_ir, args.threads)
+    runs, auto_chose = variants(model, int8, fp32_ir, int8_ir, args.threads)
     reference_map = model.predict(images).anomaly_map[:, 0]
     quality = {name: accuracy(run, images, labels, masks, reference_map) for name, run in runs.items()}
     print(f"accuracy done ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -158,7 +173,9 @@ def main(argv=None) -> int:
             "b16_median_ms": throughput[name].median,
             **quality[name],
         })
-    table = format_table(rows)
+    table = (f"CPU: {machine.get('cpu_model')} ({', '.join(machine.get('cpu_isa') or [])}), {args.threads} threads, "
+             f"load average {machine['loadavg_start'][0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end\n\n"
+             + format_table(rows) + f"\n\nauto chose: {auto_chose[1]} at batch 1, {auto_chose[16]} at batch 16")
     print("\n" + table)
     machine["loadavg_end"] = list(os.getloadavg())
     result = {
@@ -166,6 +183,7 @@ def main(argv=None) -> int:
         "command": "python " + " ".join(sys.argv),
         "settings": {**vars(args), "image_size": IMAGE_SIZE, "test_images": len(items),
                      "test_anomalous": int(labels.sum())},
+        "auto_chose": {f"batch {b}": p for b, p in auto_chose.items()},
         "machine": machine,
         "rows": rows,
         "latency_times_ms": {n: s.times_ms for n, s in latency.items()},

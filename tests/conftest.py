@@ -52,3 +52,29 @@ def aoti_package(calibrated_model, tmp_path_factory):
     assert out.returncode == 0, out.stdout + out.stderr
     assert package_path.is_file()
     return model_path, package_path
+
+
+@pytest.fixture(scope="session")
+def board_dataset(tmp_path_factory):
+    """The synthetic ``board`` category, small: 8 training images, 4 normal and 4 defective
+    test images (one per defect type)."""
+    from efficientad_fast.data import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("synthetic") / "data", seed=2, categories=("board",), n_train=8,
+                          n_test_good=4, n_test_defect_per_type=1,
+                          defects=("hole", "stain", "missing_part", "extra_part"))
+
+
+@pytest.fixture(scope="session")
+def board_trained(board_dataset, tmp_path_factory):
+    """EfficientAD-S with the shipped teacher, trained 3 steps on ``board_dataset`` and
+    calibrated (quantiles, thresholds, INT8 ranges) on 2 held-out training images:
+    (model, model file)."""
+    from efficientad_fast.jobs import train_category
+    from efficientad_fast.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig(steps=3, workers=0, progress=False, checkpoint_every=0)
+    model, _ = train_category(board_dataset, "mvtec", "board", out, config=config, teacher="distilled",
+                              penalty_images="none", validation_fraction=0.25)
+    return model.eval(), out / "model.pt"

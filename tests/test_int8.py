@@ -1,6 +1,6 @@
 """INT8 networks (efficientad_fast.int8, quantize, set_precision) and precision by
 measurement (efficientad_fast.precision): the round trip through a model file, the INT8 map
-against fp32 on a trained model, ``auto`` choosing a listed variant and caching it, the amp
+against fp32 on a board_trained model, ``auto`` choosing a listed variant and caching it, the amp
 probe, and one-line errors for bad input."""
 
 import json
@@ -11,16 +11,16 @@ import torch
 
 import efficientad_fast as ead
 from efficientad_fast import cli, metrics, precision
-from efficientad_fast.data import make_synthetic, open_dataset
+from efficientad_fast.data import open_dataset
 from efficientad_fast.int8 import SCHEME
 from efficientad_fast.jobs import train_category
 from efficientad_fast.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("op_library")
 
-# INT8 against fp32 as a fraction of the fp32 map's range on the model below (trained 3 steps,
+# INT8 against fp32 as a fraction of the fp32 map's range on the model below (board_trained 3 steps,
 # calibrated on 2 images): measured 0.080 (map) and 0.071 (scores) with torchao 0.18 on a Xeon
-# with AMX; the bound is the acceptance bound of the INT8 path. A model trained 60 steps and
+# with AMX; the bound is the acceptance bound of the INT8 path. A model board_trained 60 steps and
 # calibrated on 20 images stays within 0.026 (bench/results/int8_cpu_2026-12-06.md).
 INT8_MAP_BOUND = 0.1
 
@@ -33,25 +33,8 @@ def cache_folder(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_synthetic(tmp_path_factory.mktemp("synthetic") / "data", seed=3, categories=("board",), n_train=8,
-                          n_test_good=4, n_test_defect_per_type=1, defects=("hole", "stain", "missing_part"))
-
-
-@pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory):
-    """EfficientAD-S with the shipped teacher, trained 3 steps and calibrated on 2 held-out
-    images (which records the INT8 ranges too): (model, model file)."""
-    out = tmp_path_factory.mktemp("run")
-    config = TrainConfig(steps=3, workers=0, progress=False, checkpoint_every=0)
-    model, _ = train_category(dataset, "mvtec", "board", out, config=config, teacher="distilled",
-                              penalty_images="none", validation_fraction=0.25)
-    return model.eval(), out / "model.pt"
-
-
-@pytest.fixture(scope="module")
-def test_set(dataset):
-    test = open_dataset(dataset, "mvtec", "board", "test", (256, 256))
+def test_set(board_dataset):
+    test = open_dataset(board_dataset, "mvtec", "board", "test", (256, 256))
     items = [test[i] for i in range(len(test))]
     masks = torch.stack([item["mask"][0] for item in items]).numpy().astype(bool)
     return torch.stack([item["image"] for item in items]), np.array([item["label"] for item in items]), masks
@@ -63,8 +46,8 @@ def relative_error(actual, expected, expected_map=None):
     return float((actual - expected).abs().max() / (span.max() - span.min()))
 
 
-def test_train_records_int8_ranges_and_the_file_keeps_them(trained):
-    model, path = trained
+def test_train_records_int8_ranges_and_the_file_keeps_them(board_trained):
+    model, path = board_trained
     assert model.int8_calibration is not None and model.int8_calibration.scheme == SCHEME
     assert model.int8_calibration.images == 2 and model.precision == "fp32"
     loaded = ead.load(path)
@@ -72,8 +55,8 @@ def test_train_records_int8_ranges_and_the_file_keeps_them(trained):
     assert loaded.int8_calibration.tensors().keys() == model.int8_calibration.tensors().keys()
 
 
-def test_int8_map_within_tolerance_of_fp32_and_same_ranking(trained, test_set):
-    model, path = trained
+def test_int8_map_within_tolerance_of_fp32_and_same_ranking(board_trained, test_set):
+    model, path = board_trained
     images, labels, masks = test_set
     fp32 = model.predict(images)
     int8 = ead.load(path, precision="int8")
@@ -92,8 +75,8 @@ def test_int8_map_within_tolerance_of_fp32_and_same_ranking(trained, test_set):
     assert relative_error(reference, pred.anomaly_map[:2]) < 1e-4
 
 
-def test_quantize_save_load_round_trip(trained, test_set, tmp_path):
-    model, _ = trained
+def test_quantize_save_load_round_trip(board_trained, test_set, tmp_path):
+    model, _ = board_trained
     images = test_set[0]
     uint8 = (images[:4] * 255).round().to(torch.uint8)
     quantized = ead.quantize(model, uint8)  # uint8 calibration images are fine
@@ -109,8 +92,8 @@ def test_quantize_save_load_round_trip(trained, test_set, tmp_path):
     assert loaded.to(torch.bfloat16).precision == "bf16"  # a dtype change leaves INT8
 
 
-def test_changed_int8_calibration_bytes_are_refused(trained, tmp_path):
-    model, _ = trained
+def test_changed_int8_calibration_bytes_are_refused(board_trained, tmp_path):
+    model, _ = board_trained
     path = tmp_path / "m.pt"
     model.save(path)
     payload = torch.load(path, weights_only=True)
@@ -189,19 +172,19 @@ def test_amp_auto_chooses_by_a_probe_and_caches_it(cache_folder):
     assert len(calls) == 6  # the second answer came from the cache
 
 
-def test_train_with_amp_auto_records_the_resolved_setting(dataset, tmp_path):
+def test_train_with_amp_auto_records_the_resolved_setting(board_dataset, tmp_path):
     config = TrainConfig(steps=1, workers=0, progress=False, checkpoint_every=0, amp="auto")
-    _, summary = train_category(dataset, "mvtec", "board", tmp_path / "run", config=config, teacher="random",
+    _, summary = train_category(board_dataset, "mvtec", "board", tmp_path / "run", config=config, teacher="random",
                                 penalty_images="none", validation_fraction=0.25)
     saved = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert saved["train_config"]["amp"] in (None, "bf16") and summary["train_config"]["amp"] == saved["train_config"]["amp"]
     assert saved["int8_calibration_images"] == 2
 
 
-def test_cli_quantize_writes_an_int8_model_and_reports_the_cost(trained, dataset, tmp_path, capsys):
-    _, path = trained
+def test_cli_quantize_writes_an_int8_model_and_reports_the_cost(board_trained, board_dataset, tmp_path, capsys):
+    _, path = board_trained
     out = tmp_path / "q.pt"
-    code = cli.main(["quantize", "--model", str(path), "--calibration-data", str(dataset / "board" / "train" / "good"),
+    code = cli.main(["quantize", "--model", str(path), "--calibration-data", str(board_dataset / "board" / "train" / "good"),
                      "--calibration-size", "3", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file(), printed
@@ -209,8 +192,8 @@ def test_cli_quantize_writes_an_int8_model_and_reports_the_cost(trained, dataset
     assert ead.load(out, precision="int8").int8_calibration.images == 3
 
 
-def test_cli_quantize_and_precision_errors_are_one_line(trained, tmp_path, capsys):
-    _, path = trained
+def test_cli_quantize_and_precision_errors_are_one_line(board_trained, tmp_path, capsys):
+    _, path = board_trained
     empty = tmp_path / "empty"
     empty.mkdir()
     code = cli.main(["quantize", "--model", str(path), "--calibration-data", str(empty), "--out",

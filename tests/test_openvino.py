@@ -7,10 +7,8 @@ import pytest
 import torch
 
 from efficientad_fast import cli, export, metrics
-from efficientad_fast.data import make_synthetic, open_dataset
-from efficientad_fast.jobs import train_category
+from efficientad_fast.data import open_dataset
 from efficientad_fast.model import shift_threshold
-from efficientad_fast.train import TrainConfig
 
 ov = pytest.importorskip("openvino", reason="OpenVINO tests need the [openvino] extra: pip install -e '.[openvino]'")
 pytest.importorskip("nncf", reason="INT8 export needs nncf: pip install -e '.[openvino]'")
@@ -34,50 +32,32 @@ def relative_error(actual, expected, expected_map):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_synthetic(tmp_path_factory.mktemp("synthetic") / "data", seed=2, categories=("board",), n_train=8,
-                          n_test_good=4, n_test_defect_per_type=1,
-                          defects=("hole", "stain", "missing_part", "extra_part"))
-
-
-@pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory):
-    """EfficientAD-S with the shipped teacher, trained 3 steps and calibrated (quantiles and
-    thresholds) on 2 held-out training images: (model, model file)."""
-    out = tmp_path_factory.mktemp("run")
-    config = TrainConfig(steps=3, workers=0, progress=False, checkpoint_every=0)
-    model, _ = train_category(dataset, "mvtec", "board", out, config=config, teacher="distilled",
-                              penalty_images="none", validation_fraction=0.25)
-    return model.eval(), out / "model.pt"
-
-
-@pytest.fixture(scope="module")
-def test_set(dataset):
-    test = open_dataset(dataset, "mvtec", "board", "test", (256, 256))
+def test_set(board_dataset):
+    test = open_dataset(board_dataset, "mvtec", "board", "test", (256, 256))
     items = [test[i] for i in range(len(test))]
     return torch.stack([item["image"] for item in items]), np.array([item["label"] for item in items])
 
 
 @pytest.fixture(scope="module")
-def expected(trained, test_set):
+def expected(board_trained, test_set):
     """``model.predict`` on the test set, once for every test here."""
-    return trained[0].predict(test_set[0])
+    return board_trained[0].predict(test_set[0])
 
 
 @pytest.fixture(scope="module")
-def irs(trained, dataset, tmp_path_factory):
+def irs(board_trained, board_dataset, tmp_path_factory):
     """fp32 and int8 IRs made by `efficientad-fast export --format openvino`: {precision: path}."""
     folder = tmp_path_factory.mktemp("ir")
     paths = {"fp32": folder / "fp32.xml", "int8": folder / "int8.xml"}
-    assert cli.main(["export", "--model", str(trained[1]), "--format", "openvino", "--out", str(paths["fp32"])]) == 0
-    assert cli.main(["export", "--model", str(trained[1]), "--format", "openvino", "--precision", "int8",
-                     "--calibration-data", str(dataset / "board" / "train" / "good"), "--calibration-size", "4",
+    assert cli.main(["export", "--model", str(board_trained[1]), "--format", "openvino", "--out", str(paths["fp32"])]) == 0
+    assert cli.main(["export", "--model", str(board_trained[1]), "--format", "openvino", "--precision", "int8",
+                     "--calibration-data", str(board_dataset / "board" / "train" / "good"), "--calibration-size", "4",
                      "--out", str(paths["int8"])]) == 0
     return paths
 
 
-def test_fp32_ir_matches_predict(trained, irs, test_set, expected):
-    model = trained[0]
+def test_fp32_ir_matches_predict(board_trained, irs, test_set, expected):
+    model = board_trained[0]
     assert irs["fp32"].with_suffix(".bin").is_file()
     ir = ove.load_openvino(irs["fp32"])
     assert ir.metadata["format"] == export.PACKAGE_FORMAT and ir.metadata["format_version"] == export.PACKAGE_VERSION
@@ -96,8 +76,8 @@ def test_fp32_ir_matches_predict(trained, irs, test_set, expected):
         assert torch.equal(score, amap.amax((-2, -1)).flatten())
 
 
-def test_ir_decisions_use_the_thresholds_in_rt_info(trained, irs, test_set, expected):
-    model = trained[0]
+def test_ir_decisions_use_the_thresholds_in_rt_info(board_trained, irs, test_set, expected):
+    model = board_trained[0]
     ir = ove.load_openvino(irs["fp32"])
     assert model.image_threshold is not None and ir.image_threshold == model.image_threshold
     assert model.pixel_threshold is not None and ir.pixel_threshold == model.pixel_threshold
@@ -128,8 +108,8 @@ def test_int8_ir_keeps_accuracy(irs, test_set, expected):
     assert sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops()) >= 10
 
 
-def test_fp16_ir_stores_half_weights(trained, tmp_path, test_set, expected):
-    model = trained[0]
+def test_fp16_ir_stores_half_weights(board_trained, tmp_path, test_set, expected):
+    model = board_trained[0]
     path = ove.export_openvino(model, tmp_path / "fp16.xml", precision="fp16")
     assert path.with_suffix(".bin").stat().st_size < 0.6 * 4 * sum(p.numel() for p in model.parameters())
     ir = ove.load_openvino(path)
@@ -187,8 +167,8 @@ def test_loader_rejects_missing_and_foreign_files(tmp_path, irs):
         ove.load_openvino(irs["fp32"].with_suffix(".bin"))
 
 
-def test_export_rejects_bad_arguments(trained, tmp_path):
-    model = trained[0]
+def test_export_rejects_bad_arguments(board_trained, tmp_path):
+    model = board_trained[0]
     with pytest.raises(ValueError, match="precision must be one of"):
         ove.export_openvino(model, tmp_path / "m.xml", precision="int4")
     with pytest.raises(ValueError, match="int8 needs calibration_data"):
@@ -204,8 +184,8 @@ def test_export_rejects_bad_arguments(trained, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_calibration_images_from_folder_and_tensor(dataset):
-    folder = dataset / "board" / "train" / "good"
+def test_calibration_images_from_folder_and_tensor(board_dataset):
+    folder = board_dataset / "board" / "train" / "good"
     images = ove.calibration_images(folder, (256, 256), size=3)
     assert images.shape == (3, 3, 256, 256) and images.dtype == torch.float32
     assert 0 <= images.min() and images.max() <= 1
@@ -223,9 +203,9 @@ def test_calibration_images_from_folder_and_tensor(dataset):
     (["--format", "openvino", "--precision", "int8", "--calibration-data", ".", "--calibration-size", "0"],
      "--calibration-size must be >= 1"),
 ])
-def test_cli_export_openvino_argument_errors(trained, tmp_path, capsys, extra, words):
+def test_cli_export_openvino_argument_errors(board_trained, tmp_path, capsys, extra, words):
     out = tmp_path / "m.xml"
-    code = cli.main(["export", "--model", str(trained[1]), "--out", str(out), *extra])
+    code = cli.main(["export", "--model", str(board_trained[1]), "--out", str(out), *extra])
     assert code == 2
     assert words in capsys.readouterr().err
     assert not out.exists()
