@@ -154,6 +154,8 @@ class Int8Calibration:
             for key, value in state.items():
                 if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                     raise ValueError(f"{source}: INT8 calibration {name}.{key} holds NaN or inf")
+            if "min_val" in state and "max_val" in state and bool((state["min_val"] > state["max_val"]).any()):
+                raise ValueError(f"{source}: INT8 calibration {name} has min_val > max_val")
         size = payload.get("image_size")
         images = payload.get("images")
         if not (isinstance(size, (list, tuple)) and len(size) == 2 and isinstance(images, int) and images > 0):
@@ -182,8 +184,8 @@ def _is_activation_observer(observer: nn.Module) -> bool:
     return observer.qscheme in (torch.per_tensor_affine, torch.per_tensor_symmetric)
 
 
-def calibrate_int8(graph: FeatureGraph, batches: Iterable[torch.Tensor], image_size: tuple[int, int],
-                   progress: Callable[[int], None] | None = None) -> Int8Calibration:
+def calibrate_int8(graph: FeatureGraph, batches: Iterable[torch.Tensor], image_size: tuple[int, int]
+                   ) -> Int8Calibration:
     """Run float32 batches in [0, 1] ((N, 3, H, W), the size of ``image_size``) through the
     observed graph and return the activation observers' state. ValueError without images."""
     import torchao
@@ -194,8 +196,6 @@ def calibrate_int8(graph: FeatureGraph, batches: Iterable[torch.Tensor], image_s
         for batch in batches:
             prepared(batch.float().contiguous())
             seen += batch.shape[0]
-            if progress is not None:
-                progress(seen)
     if seen == 0:
         raise ValueError("INT8 calibration needs at least one normal image, got none")
     states = {name: {k: v.detach().clone() for k, v in obs.state_dict().items()}
