@@ -104,6 +104,33 @@ def state_checksum(state_dict: dict) -> str:
     return digest.hexdigest()
 
 
+def payload_checksum(payload: dict) -> str:
+    """SHA-256 (hex) of everything in a model file but its ``checksum`` entry: every tensor's
+    name, dtype, shape and bytes and every other value (format version, config, thresholds,
+    flags, teacher source, INT8 calibration), walked in sorted key order. A changed byte
+    anywhere that ``load`` reads changes it."""
+    digest = hashlib.sha256()
+
+    def walk(name: str, value) -> None:
+        if torch.is_tensor(value):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"T{name}\0{flat.dtype}\0{tuple(value.shape)}\0".encode())
+            digest.update(flat.view(torch.uint8).numpy().data)
+        elif isinstance(value, dict):
+            digest.update(f"D{name}\0{len(value)}\0".encode())
+            for key in sorted(value, key=str):
+                walk(f"{name}/{key}", value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"L{name}\0{len(value)}\0".encode())
+            for i, item in enumerate(value):
+                walk(f"{name}/{i}", item)
+        else:  # repr: exact for floats; the type name tells True from 1
+            digest.update(f"V{name}\0{type(value).__name__}\0{value!r}\0".encode())
+
+    walk("", {k: v for k, v in payload.items() if k != "checksum"})
+    return digest.hexdigest()
+
+
 def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> None:
     """load_state_dict with errors that name the source, the key and both shapes."""
     expected = model.state_dict()

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._checkpoint import atomic_save, first_line, load_state_dict_checked, read_checkpoint, state_checksum
+from ._checkpoint import (atomic_save, first_line, load_state_dict_checked, payload_checksum, read_checkpoint,
+                          state_checksum)
 from .int8 import FeatureGraph, Int8Calibration, Int8Networks, calibrate_int8
 from .networks import MODEL_SIZES, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
 from .ops import DISTANCES, anomaly_map
@@ -506,12 +507,13 @@ class EfficientAD(nn.Module):
             "format_version": FORMAT_VERSION,
             "config": self.config(),
             "state_dict": state,
-            # Flipped bytes in a tensor still unpickle: load compares this hash to notice.
-            "checksum": {"sha256": state_checksum(state)},
         }
         if self.int8_calibration is not None:
             payload["int8"] = self.int8_calibration.to_payload()
-            payload["checksum"]["int8_sha256"] = state_checksum(self.int8_calibration.tensors())
+        # Flipped bytes still unpickle: load compares these hashes to notice. "all" covers
+        # every entry (settings, thresholds, flags, INT8 ranges); "sha256", the weights only,
+        # is what versions before it check.
+        payload["checksum"] = {"sha256": state_checksum(state), "all_sha256": payload_checksum(payload)}
         atomic_save(payload, path)
 
 
@@ -578,7 +580,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", prec
     compiles first: a minute at most) and then cached (:func:`efficientad_fast.precision.choose_precision`).
 
     Raises FileNotFoundError for a missing file and ValueError for a truncated or corrupt
-    file (including bytes changed in place: the file's SHA-256 of the weights must match),
+    file (including bytes changed in place: the file's SHA-256 of everything it holds, weights,
+    settings, thresholds, flags and INT8 ranges, must match; files written before that
+    digest existed have the weights' only),
     a file of another format, a newer format version, weights of the wrong size, or
     teacher statistics or quantiles that would make the maps inf or NaN, or a CUDA
     ``map_location`` on a machine without a GPU. Files written
@@ -607,6 +611,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", prec
     version = payload.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise ValueError(f"{path}: format_version must be an integer, got {version!r}")
+    if version < 1:
+        raise ValueError(f"{path}: format_version must be >= 1, got {version}")
     if version > FORMAT_VERSION:
         raise ValueError(
             f"{path}: format version {version!r} is newer than this efficientad_fast reads ({FORMAT_VERSION}); upgrade"
@@ -625,13 +631,16 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", prec
     if checksum is None:
         warnings.warn(f"{path}: model file has no checksum (written by an older efficientad_fast); "
                       "corruption cannot be detected. Save it again to add one.", stacklevel=2)
-    elif not isinstance(checksum, dict) or checksum.get("sha256") != state_checksum(payload["state_dict"]):
+    elif not isinstance(checksum, dict):
+        raise ValueError(f"{path}: corrupt: the checksum entry is a {type(checksum).__name__}, not a dict")
+    elif "all_sha256" in checksum:
+        if checksum["all_sha256"] != payload_checksum(payload):
+            raise ValueError(f"{path}: corrupt: checksum mismatch (the weights, settings, thresholds or INT8 ranges "
+                             "changed since the file was written)")
+    elif checksum.get("sha256") != state_checksum(payload["state_dict"]):  # files written before "all_sha256"
         raise ValueError(f"{path}: corrupt: checksum mismatch (the weights changed since the file was written)")
-    int8 = payload.get("int8")
-    if int8 is not None:
-        model.int8_calibration = Int8Calibration.from_payload(int8, str(path))
-        if checksum is not None and checksum.get("int8_sha256") != state_checksum(model.int8_calibration.tensors()):
-            raise ValueError(f"{path}: corrupt: checksum mismatch (the INT8 calibration changed since the file was written)")
+    if payload.get("int8") is not None:
+        model.int8_calibration = Int8Calibration.from_payload(payload["int8"], str(path))
     _check_statistics(model, path)
     model = model.to(device).eval()
     if precision == "auto":

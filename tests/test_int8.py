@@ -11,6 +11,7 @@ import torch
 
 import efficientad_fast as ead
 from efficientad_fast import cli, metrics, precision
+from efficientad_fast._checkpoint import payload_checksum
 from efficientad_fast.data import open_dataset
 from efficientad_fast.int8 import SCHEME
 from efficientad_fast.jobs import train_category
@@ -102,7 +103,9 @@ def test_changed_int8_calibration_bytes_are_refused(board_trained, tmp_path):
     torch.save(payload, path)
     with pytest.raises(ValueError, match="checksum mismatch .*INT8"):
         ead.load(path)
+    payload["int8"]["observers"][name]["max_val"] -= 1.0
     payload["int8"]["scheme"] = "other-recipe"
+    payload["checksum"]["all_sha256"] = payload_checksum(payload)  # as if written so
     torch.save(payload, path)
     with pytest.raises(ValueError, match="recipe 'other-recipe'"):
         ead.load(path)

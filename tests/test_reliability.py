@@ -259,6 +259,59 @@ def test_load_refuses_a_file_with_flipped_bytes(tmp_path):
     assert str(path) in str(error.value)
 
 
+def test_load_refuses_a_flipped_bit_in_the_settings(tmp_path):
+    """Issue 24, bug 1: one bit of the pickled image threshold (its exponent's lowest bit:
+    the value doubles) changed in place, as a disk or a copy can; it loaded before."""
+    import struct
+
+    path = tmp_path / "model.pt"
+    model = random_model("small", seed=0, quantiles=(0.1, 1.0, 0.1, 1.0))
+    model.set_thresholds(image=0.1344, pixel=0.1)
+    model.save(path)
+    data = bytearray(path.read_bytes())
+    packed = struct.pack(">d", 0.1344)  # pickle's BINFLOAT
+    at = data.find(packed)
+    assert at > 0 and data.find(packed, at + 1) == -1
+    data[at + 1] ^= 0x10  # exponent + 1: 0.1344 -> 0.2688
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt: checksum mismatch"):
+        efficientad_fast.load(path)
+
+
+@pytest.mark.parametrize("change", ["alpha", "quantiles_set", "teacher_source", "pixel_threshold", "int8"])
+def test_load_refuses_changed_settings_flags_and_ranges(tmp_path, change):
+    """Issue 24, bug 1: the checksum covers everything load reads, not only the weights."""
+    path = tmp_path / "model.pt"
+    model = random_model("small", seed=0, quantiles=(0.1, 1.0, 0.1, 1.0))
+    model.set_thresholds(image=0.2, pixel=0.1)
+    if change == "int8":
+        model.record_int8_ranges(torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)))
+    model.save(path)
+    payload = torch.load(path, weights_only=True)
+    extra = payload["state_dict"]["_extra_state"]
+    if change == "alpha":
+        payload["config"]["alpha"] = 1.0
+    elif change == "int8":
+        observer = next(iter(payload["int8"]["observers"].values()))
+        observer["max_val"] = observer["max_val"] * 2
+    else:
+        extra[change] = {"quantiles_set": False, "teacher_source": "paper", "pixel_threshold": 0.2}[change]
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="corrupt: checksum mismatch"):
+        efficientad_fast.load(path)
+
+
+@pytest.mark.parametrize("version", [0, -5])
+def test_load_refuses_format_versions_below_one(tmp_path, version):
+    path = tmp_path / "model.pt"
+    random_model("small", seed=0).save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = version
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=f"format_version must be >= 1, got {version}"):
+        efficientad_fast.load(path)
+
+
 def test_a_file_without_checksum_loads_with_a_warning(tmp_path):
     path = tmp_path / "model.pt"
     model = random_model("small", seed=0)
