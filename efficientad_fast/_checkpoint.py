@@ -9,6 +9,8 @@ import errno
 import hashlib
 import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -89,6 +91,35 @@ def atomic_save(payload, path: str | os.PathLike) -> Path:
             raise OSError(errno.ENOSPC, f"no space left writing {path} (free some space and save again)") from exc
         raise
     return path
+
+
+@contextmanager
+def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Write several files whole or not at all: yields one temporary path beside each of
+    ``paths`` (same folder and suffix, so writers that go by the suffix still work); when the
+    block ends without error, renames each over its target (in reverse order, so the first
+    path, e.g. an IR's ``.xml``, appears last, after the files it refers to); on any failure,
+    Ctrl-C included, removes the temporary files and leaves the targets as they were. A
+    target that is a folder is refused on entry, before any work; a full disk says so."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder: give the path of the file to write")
+    temps = [p.with_name(f"{p.stem}.tmp{os.getpid()}{p.suffix}") for p in paths]
+    try:
+        yield temps
+        missing = [str(t) for t in temps if not t.is_file()]
+        if missing:
+            raise OSError(f"the writer did not create {', '.join(missing)}")
+        for temp, path in reversed(list(zip(temps, paths))):
+            os.replace(temp, path)
+    except BaseException as exc:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left writing {paths[0]} (free some space and write again; "
+                                        "any earlier file there is unchanged)") from exc
+        raise
 
 
 def state_checksum(state_dict: dict) -> str:

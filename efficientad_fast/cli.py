@@ -1075,7 +1075,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .downloads import NotCachedError
 
     return (_BadArguments, NotCachedError, BuildError, ValueError, TypeError, FileNotFoundError, FileExistsError,
-            NotADirectoryError, PermissionError, ImportError)
+            NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._checkpoint import writable_folder
+from ._checkpoint import atomic_files, writable_folder
 from .model import EfficientAD, Prediction, check_unit_range, decisions
 from .networks import check_image_size
 from .reference import reference_anomaly_map
@@ -225,11 +225,11 @@ def export_aoti(model: EfficientAD, out: str | os.PathLike, image_size=256, devi
     writable_folder(out.parent)
     graph = PredictGraph(model, "fused").to(device)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    with torch.no_grad():
+    with atomic_files(out) as (temporary,), torch.no_grad():  # a half package never replaces a whole one
         exported = torch.export.export(graph, (example.to(device),), dynamic_shapes=({0: batch},))
         torch._inductor.aoti_compile_and_package(
             exported,
-            package_path=str(out),
+            package_path=str(temporary),
             inductor_configs={"aot_inductor.metadata": metadata(model, size, device.type)},
         )
     return out
@@ -314,17 +314,18 @@ def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opse
     writable_folder(out.parent)
     graph = PredictGraph(model, "reference").cpu()
     batch = torch.export.Dim("batch", min=1, max=1024)
-    with torch.no_grad():
-        program = torch.onnx.export(
-            graph, (example,), dynamo=True, opset_version=opset,
-            input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-            dynamic_shapes=({0: batch},), external_data=False, verbose=False,
-        )
-    proto = program.model_proto
-    for key, value in metadata(model, size).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(out))
+    with atomic_files(out) as (temporary,):  # a half model never replaces a whole one
+        with torch.no_grad():
+            program = torch.onnx.export(
+                graph, (example,), dynamo=True, opset_version=opset,
+                input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+            )
+        proto = program.model_proto
+        for key, value in metadata(model, size).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(temporary))
     return out
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._checkpoint import writable_folder
+from ._checkpoint import atomic_files, writable_folder
 from ._optional import require
 from .export import OUTPUT_NAMES, PredictGraph, _prepare, check_exported_input, check_metadata, metadata
 from .model import EfficientAD, Prediction, check_unit_range, decisions
@@ -132,7 +132,18 @@ def export_openvino(
         raise ValueError(f"an OpenVINO IR must end in .xml (weights go to the .bin beside it), got {out}")
     images = calibration_images(calibration_data, size, calibration_size) if precision == "int8" else None
     writable_folder(out.parent)
+    # Both files under temporary names, renamed when whole (the .xml last): a failed or
+    # interrupted export leaves any earlier IR at ``out`` as it was.
+    with atomic_files(out, out.with_suffix(".bin")) as (temporary, _):
+        ov_model = _ir_model(model, size, example, images, precision, ov, nncf)
+        # save_model stores float16 weights unless told not to: only the fp16 export wants that.
+        ov.save_model(ov_model, str(temporary), compress_to_fp16=precision == "fp16")
+    return out
 
+
+def _ir_model(model: EfficientAD, size, example: torch.Tensor, images, precision: str, ov, nncf):
+    """The OpenVINO model of :func:`export_openvino`: converted, named, quantized by NNCF when
+    ``images`` are given, with the metadata in its rt_info."""
     graph = PredictGraph(model, "reference").cpu()
     batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad():
@@ -157,9 +168,7 @@ def export_openvino(
     info["openvino_calibration_images"] = str(0 if images is None else images.shape[0])
     for key, value in info.items():
         ov_model.set_rt_info(str(value), [RT_INFO_SECTION, key])
-    # save_model stores float16 weights unless told not to: only the fp16 export wants that.
-    ov.save_model(ov_model, str(out), compress_to_fp16=precision == "fp16")
-    return out
+    return ov_model
 
 
 class LoadedOpenVINO:

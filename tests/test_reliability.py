@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -543,3 +544,60 @@ def test_training_on_constant_images_fails_before_the_first_step(tmp_path):
     black = torch.zeros(3, 3, 256, 256, dtype=torch.uint8)
     with pytest.raises(ValueError, match="constant"):
         train(EfficientAD(teacher="random"), black, TrainConfig(steps=1, progress=False, workers=0))
+
+
+# -- issue 24, bug 3: exports are written whole or not at all --------------------------------
+
+
+def _fail_half_way(target_arg: int | str, suffixes=("",)):
+    """A writer that writes half a file (and its siblings with ``suffixes``) at the path it
+    was given, then fails as a full disk does."""
+    def write(*args, **kwargs):
+        target = Path(kwargs[target_arg] if isinstance(target_arg, str) else args[target_arg])
+        for suffix in suffixes:
+            (target.with_suffix(suffix) if suffix else target).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return write
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "aoti"])
+def test_a_failed_export_keeps_the_earlier_one_and_leaves_no_temporary_file(tmp_path, monkeypatch, fmt):
+    from efficientad_fast import export
+
+    model = random_model("small", seed=0, quantiles=(0.1, 1.0, 0.1, 1.0))
+    names = {"onnx": ["m.onnx"], "openvino": ["m.xml", "m.bin"], "aoti": ["m.pt2"]}[fmt]
+    for name in names:
+        (tmp_path / name).write_bytes(b"the earlier, good export")
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript")
+        import onnx
+
+        monkeypatch.setattr(onnx, "save", _fail_half_way(1))
+        call = lambda: export.export_onnx(model, tmp_path / "m.onnx")  # noqa: E731
+    elif fmt == "openvino":
+        ov = pytest.importorskip("openvino")
+        from efficientad_fast import openvino_export
+
+        monkeypatch.setattr(ov, "save_model", _fail_half_way(1, (".xml", ".bin")))
+        call = lambda: openvino_export.export_openvino(model, tmp_path / "m.xml")  # noqa: E731
+    else:
+        efficientad_fast.load_extension()
+        monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", _fail_half_way("package_path"))
+        monkeypatch.setattr(torch.export, "export", lambda *a, **k: None)  # the failure is in the write
+        call = lambda: export.export_aoti(model, tmp_path / "m.pt2")  # noqa: E731
+    with pytest.raises(OSError, match="no space left writing .*m\\."):
+        call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+    for name in names:
+        assert (tmp_path / name).read_bytes() == b"the earlier, good export"
+
+
+def test_export_to_a_folder_is_refused_before_any_work(tmp_path, capsys):
+    from efficientad_fast import cli
+
+    model_path = tmp_path / "m.pt"
+    random_model("small", seed=0).save(model_path)
+    (tmp_path / "out.onnx").mkdir()
+    code = cli.main(["export", "--model", str(model_path), "--format", "onnx", "--out", str(tmp_path / "out.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a folder" in err and err.count("\n") == 1
