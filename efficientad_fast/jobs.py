@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import metrics as metrics_lib
-from ._checkpoint import writable_folder
+from ._checkpoint import atomic_files, writable_folder
 from ._device import resolve_device
 from .benchmark import time_predict
 from .data import (DataError, find_images, list_categories, make_loader, make_synthetic, open_dataset,
@@ -351,11 +351,26 @@ def read_images(paths: list[Path], size: tuple[int, int], errors: list[dict]) ->
     return read, arrays
 
 
+def printable(value):
+    """``value`` as text any UTF-8 file can hold: a file name that is not valid UTF-8 (its
+    bytes come from the file system as surrogates) gets backslash escapes for those bytes,
+    e.g. ``caf\\xe9.png`` for a Latin-1 ``café.png``. Other values are returned as they are."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return os.fsencode(value).decode("utf-8", "backslashreplace")
+
+
 def _write_csv(path: Path, fieldnames: list[str], rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as f:
+    """A CSV written whole or not at all (temporary file, then rename), names made
+    :func:`printable`."""
+    with atomic_files(path) as (temporary,), open(temporary, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fieldnames)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: printable(v) for k, v in row.items()} for row in rows)
     return path
 
 
@@ -399,12 +414,13 @@ def write_scores_parquet(path: Path, rows: list[dict], scores: list[float]) -> P
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise ImportError("scores.parquet needs pyarrow: pip install -e '.[ray]' (or pip install pyarrow)") from exc
-    columns = {"path": [r["path"] for r in rows], "score": pa.array(scores, pa.float64())}
+    columns = {"path": [printable(r["path"]) for r in rows], "score": pa.array(scores, pa.float64())}
     for key in ("label", "anomalous"):
         columns[key] = pa.array([None if r.get(key, "") == "" else r[key] == "true" for r in rows], pa.bool_())
     if rows and "heatmap" in rows[0]:
-        columns["heatmap"] = [r["heatmap"] for r in rows]
-    pq.write_table(pa.table(columns), path)
+        columns["heatmap"] = [printable(r["heatmap"]) for r in rows]
+    with atomic_files(path) as (temporary,):
+        pq.write_table(pa.table(columns), temporary)
     return path
 
 

@@ -601,3 +601,33 @@ def test_export_to_a_folder_is_refused_before_any_work(tmp_path, capsys):
     code = cli.main(["export", "--model", str(model_path), "--format", "onnx", "--out", str(tmp_path / "out.onnx")])
     err = capsys.readouterr().err
     assert code == 2 and "is a folder" in err and err.count("\n") == 1
+
+
+# -- issue 24, bug 4: a file name that is not UTF-8 ---------------------------------------------
+
+
+def test_predict_keeps_every_row_when_a_name_is_not_utf8(tmp_path, capsys):
+    """A Latin-1 ``café.png`` beside ``ok.png``: both scored, both in scores.csv, the Latin-1
+    byte written as a backslash escape (scores.csv held only its header before)."""
+    from efficientad_fast import cli
+
+    model_path = tmp_path / "m.pt"
+    model = random_model("small", seed=0, quantiles=(0.1, 1.0, 0.1, 1.0))
+    model.set_thresholds(image=0.2, pixel=0.1)
+    model.save(model_path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    picture = Image.fromarray((np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8))
+    picture.save(folder / "ok.png")
+    latin1 = os.path.join(os.fsencode(folder), b"caf\xe9.png")
+    picture.save(latin1, format="PNG")
+    out = tmp_path / "out"
+    code = cli.main(["predict", "--model", str(model_path), str(folder), "--out", str(out), "--precision", "fp32",
+                     "--quiet"])
+    capsys.readouterr()
+    assert code == 0
+    with open(out / "scores.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(Path(r["path"]).name for r in rows) == ["caf\\xe9.png", "ok.png"]
+    assert all(r["score"] for r in rows)
+    assert not list(out.glob("*.tmp*"))
