@@ -324,8 +324,10 @@ def evaluate_model(
     return {"metrics": result, "images": rows, "timing": timing}
 
 
-def collect_image_paths(inputs) -> list[Path]:
-    """Image files named directly or found (recursively) in folders, in a stable order."""
+def collect_image_paths(inputs, out_dir=None, log=print) -> list[Path]:
+    """Image files named directly or found (recursively) in folders, in a stable order.
+    Files found in folders under ``out_dir`` (an earlier run's heatmaps and masks, when the
+    output folder lies inside an input folder) are left out, said once through ``log``."""
     paths: list[Path] = []
     for item in inputs:
         item = Path(item)
@@ -335,6 +337,13 @@ def collect_image_paths(inputs) -> list[Path]:
             paths.append(item)
         else:
             raise FileNotFoundError(f"no such image or folder: {item}")
+    if out_dir is not None:
+        out = Path(out_dir).resolve()
+        named = {Path(item).resolve() for item in inputs}
+        kept = [p for p in paths if p.resolve() in named or out not in p.resolve().parents]
+        if len(kept) < len(paths):
+            log(f"skipping {len(paths) - len(kept)} files under the output folder {out_dir} (an earlier run's output)")
+        paths = kept
     return paths
 
 
@@ -462,7 +471,7 @@ def predict_files(model: EfficientAD, inputs, out_dir, *, image_size: int | tupl
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     check_image_size(*size)
     check_tiling(model, tile, overlap, size)
-    paths = collect_image_paths(inputs)
+    paths = collect_image_paths(inputs, out_dir)
     threshold, pixel_threshold = decision_thresholds(model, threshold, sensitivity)
     if masks and pixel_threshold is None:
         raise ValueError("masks need a pixel threshold: this model is not calibrated")

@@ -326,7 +326,7 @@ def predict_files(model_path, inputs, out_dir, *, image_size: int | tuple[int, i
     if masks and pixel_threshold is None:
         raise ValueError("masks need a pixel threshold: this model is not calibrated")
     del model
-    paths = jobs.collect_image_paths(inputs)
+    paths = jobs.collect_image_paths(inputs, out_dir, log)
     out_dir = writable_folder(out_dir)
     used_names: set[str] = set()
     names = [jobs.heatmap_name(p, used_names) for p in paths]

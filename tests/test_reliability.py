@@ -631,3 +631,29 @@ def test_predict_keeps_every_row_when_a_name_is_not_utf8(tmp_path, capsys):
     assert sorted(Path(r["path"]).name for r in rows) == ["caf\\xe9.png", "ok.png"]
     assert all(r["score"] for r in rows)
     assert not list(out.glob("*.tmp*"))
+
+
+# -- issue 24, bug 6: --out inside the input folder ---------------------------------------------
+
+
+def test_predict_does_not_score_its_own_outputs_on_the_next_run(tmp_path, capsys):
+    from efficientad_fast import cli
+
+    model_path = tmp_path / "m.pt"
+    random_model("small", seed=0, quantiles=(0.1, 1.0, 0.1, 1.0)).save(model_path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((256, 256, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    out = folder / "predictions"
+    args = ["predict", "--model", str(model_path), str(folder), "--out", str(out), "--precision", "fp32",
+            "--masks", "--quiet"]
+    assert cli.main(args) == 0
+    assert len(list((out / "heatmaps").glob("*.png"))) == 2
+    capsys.readouterr()
+    assert cli.main(args) == 0  # the first run's heatmaps and masks now lie under the input folder
+    printed = capsys.readouterr().out
+    assert "skipping 4 files under the output folder" in printed
+    with open(out / "scores.csv", encoding="utf-8") as f:
+        assert sorted(Path(r["path"]).name for r in csv.DictReader(f)) == ["0.png", "1.png"]
