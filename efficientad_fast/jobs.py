@@ -140,7 +140,13 @@ def train_category(
     train_images = train_set
     if tile is not None:
         train_images = cut_tiles(load_images_uint8(train_set, config.workers, "training images"), tile)
-    result = train(model, train_images, config, penalty_images=penalty, out_dir=out, resume=resume)
+    # What else changes the result: a resume with other values is refused, naming them.
+    run_settings = {"dataset": dataset, "category": category, "image_size": list(size), "tile": tile,
+                    "model_size": model_size, "padding": padding, "teacher": model.teacher_source,
+                    "penalty_images": penalty.source if penalty else "none",
+                    "penalty_count": len(penalty) if penalty else 0, "validation_fraction": validation_fraction}
+    result = train(model, train_images, config, penalty_images=penalty, out_dir=out, resume=resume,
+                   run_settings=run_settings)
     held_out_images = load_images_uint8(held_out, config.workers, "held-out images")
     if tile is None:
         quantiles = calibrate(model, held_out_images, progress=config.progress)

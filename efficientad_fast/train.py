@@ -337,13 +337,16 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, step, generator, config, history,
-                    rng: dict | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
-    """Write a training checkpoint; ``rng``: the RNG state to store (default: the current one)."""
+                    rng: dict | None = None, scaler: torch.amp.GradScaler | None = None,
+                    run_settings: dict | None = None) -> None:
+    """Write a training checkpoint; ``rng``: the RNG state to store (default: the current one);
+    ``run_settings``: what else a resumed run must share (see :func:`train`)."""
     payload = {
         "kind": "efficientad_fast-training-checkpoint",
         "step": step,
         "model_config": model.config(),
         "train_config": asdict(config),
+        "run_settings": dict(run_settings or {}),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -374,7 +377,8 @@ def _refuse_constant_images(images: torch.Tensor) -> None:
                          "all black): check the data")
 
 
-def _restore(checkpoint: Path | None, model, optimizer, scheduler, generator, config) -> tuple[int, list, dict]:
+def _restore(checkpoint: Path | None, model, optimizer, scheduler, generator, config,
+             run_settings: dict | None = None) -> tuple[int, list, dict]:
     """Load a training checkpoint into the model, optimizer, scheduler and RNGs; returns
     (step, history, the GradScaler's state or {}). Refuses a checkpoint made with settings
     that change the result."""
@@ -385,6 +389,8 @@ def _restore(checkpoint: Path | None, model, optimizer, scheduler, generator, co
     if not isinstance(state, dict) or state.get("kind") != "efficientad_fast-training-checkpoint":
         raise ValueError(f"{checkpoint}: not a training checkpoint of efficientad_fast")
     diff = config_diff(state["train_config"], asdict(config), ignore=_RESUMABLE_CHANGES)
+    # Checkpoints from before run settings were stored have none to compare.
+    diff.update(config_diff(state.get("run_settings") or {}, dict(run_settings or {})))
     if diff:
         raise ValueError(f"resume: the checkpoint was made with other settings (saved, now): {diff}")
     load_state_dict_checked(model, state["model"], source=str(checkpoint))
@@ -422,6 +428,7 @@ def train(
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     callback: Callable[[int, dict], None] | None = None,
+    run_settings: dict | None = None,
 ) -> TrainResult:
     """Train ``model``'s student and autoencoder (the teacher stays frozen).
 
@@ -434,6 +441,9 @@ def train(
         out_dir: where checkpoints go (``checkpoint.pt``); needed for checkpoints and resume.
         resume: continue from ``out_dir/checkpoint.pt`` (model, optimizer, scheduler, RNG, step).
         callback: called as ``callback(step, losses)`` after every step.
+        run_settings: settings outside ``config`` that change the result (image size, tile,
+            the teacher and penalty images as resolved, ...): stored in the checkpoint, and a
+            resume with other values is refused, naming them (as for ``config``).
 
     Computes the teacher statistics first (unless resuming). Ctrl-C writes a checkpoint and
     raises :class:`TrainingInterrupted`. Returns a :class:`TrainResult` with the loss history.
@@ -458,13 +468,14 @@ def train(
     generator = torch.Generator()
     step, history, scaler_state = 0, [], {}
     if resume:
-        step, history, scaler_state = _restore(checkpoint, model, optimizer, scheduler, generator, config)
+        step, history, scaler_state = _restore(checkpoint, model, optimizer, scheduler, generator, config,
+                                               run_settings)
     teacher_cache = _standardized_teacher_cache(model, train_images, config, resume, generator)
 
     model.to(memory_format=torch.channels_last)  # 1.1x faster steps on CPU (bench/bench_train.py)
     model.train()
     model.teacher.eval()
-    loop = _Loop(model, optimizer, scheduler, generator, config, checkpoint, history, callback)
+    loop = _Loop(model, optimizer, scheduler, generator, config, checkpoint, history, callback, run_settings)
     if scaler_state and loop.scaler.is_enabled():
         loop.scaler.load_state_dict(scaler_state)
     started = time.perf_counter()
@@ -527,9 +538,11 @@ class _Loop:
     during the computation saves the state of the last completed step, RNGs included, so
     the resumed run redoes the step exactly as an uninterrupted run does it."""
 
-    def __init__(self, model, optimizer, scheduler, generator, config, checkpoint, history, callback) -> None:
+    def __init__(self, model, optimizer, scheduler, generator, config, checkpoint, history, callback,
+                 run_settings: dict | None = None) -> None:
         self.model, self.optimizer, self.scheduler, self.generator = model, optimizer, scheduler, generator
         self.config, self.checkpoint, self.history, self.callback = config, checkpoint, history, callback
+        self.run_settings = run_settings
         device = model.device
         self.autocast = autocast_dtype(config.amp)
         self.scaler = torch.amp.GradScaler(device.type,
@@ -539,7 +552,7 @@ class _Loop:
 
     def save(self, step: int, rng: dict | None = None) -> None:
         save_checkpoint(self.checkpoint, self.model, self.optimizer, self.scheduler, step, self.generator,
-                        self.config, self.history, rng=rng, scaler=self.scaler)
+                        self.config, self.history, rng=rng, scaler=self.scaler, run_settings=self.run_settings)
 
     def step(self, images, penalty, teacher_images, done: int, started: float) -> dict:
         """One optimisation step, ``done`` = its number counted from 1; returns its history row."""

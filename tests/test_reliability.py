@@ -657,3 +657,24 @@ def test_predict_does_not_score_its_own_outputs_on_the_next_run(tmp_path, capsys
     assert "skipping 4 files under the output folder" in printed
     with open(out / "scores.csv", encoding="utf-8") as f:
         assert sorted(Path(r["path"]).name for r in csv.DictReader(f)) == ["0.png", "1.png"]
+
+
+# -- issue 24, bug 5: --resume with settings that change the result -------------------------------
+
+
+def test_resume_refuses_a_changed_image_size_or_teacher(board_dataset, tmp_path):
+    from efficientad_fast.jobs import train_category
+    from efficientad_fast.train import TrainConfig
+
+    def run(**kwargs):
+        config = TrainConfig(steps=1, workers=0, progress=False, checkpoint_every=0)
+        settings = dict(teacher="random", penalty_images="none", validation_fraction=0.25) | kwargs
+        return train_category(board_dataset, "mvtec", "board", tmp_path / "run", config=config, **settings)
+
+    run()
+    with pytest.raises(ValueError, match=r"other settings .*'image_size': \(\[256, 256\], \[272, 272\]\)") as error:
+        run(resume=True, image_size=272)
+    assert "teacher" not in str(error.value)
+    with pytest.raises(ValueError, match=r"other settings .*'teacher': \('random', 'distilled"):
+        run(resume=True, teacher="distilled")
+    run(resume=True)  # the same settings resume
