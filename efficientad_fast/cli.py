@@ -491,12 +491,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
             precision=args.precision, ray_address=args.ray_address, progress=_progress_enabled(args),
             log=(lambda *a, **k: None) if args.quiet else print)
     else:
+        from .jobs import PredictInterrupted
+
         model = _load_model(args, args.batch_size)
-        csv_path, rows, errors = predict_files(model, args.images, args.out, image_size=args.image_size,
-                                               batch_size=args.batch_size, threshold=args.threshold,
-                                               heatmaps=not args.no_heatmaps, progress=_progress_enabled(args),
-                                               parquet=args.parquet, sensitivity=args.sensitivity,
-                                               masks=args.masks, tile=args.tile, overlap=args.overlap)
+        try:
+            csv_path, rows, errors = predict_files(model, args.images, args.out, image_size=args.image_size,
+                                                   batch_size=args.batch_size, threshold=args.threshold,
+                                                   heatmaps=not args.no_heatmaps, progress=_progress_enabled(args),
+                                                   parquet=args.parquet, sensitivity=args.sensitivity,
+                                                   masks=args.masks, tile=args.tile, overlap=args.overlap)
+        except PredictInterrupted as stop:
+            print(f"efficientad-fast predict: {stop}", file=sys.stderr)
+            return 130
     print(f"scores: {csv_path}")
     if errors:
         print(f"{len(errors)} of {len(errors) + len(rows)} images could not be read: "

@@ -439,13 +439,19 @@ def write_scores_parquet(path: Path, rows: list[dict], scores: list[float]) -> P
     return path
 
 
+def _score_fields(heatmaps: bool) -> list[str]:
+    return ["path", "score", "label", "anomalous"] + (["heatmap"] if heatmaps else [])
+
+
 def write_predictions(out_dir: Path, rows: list[dict], scores: list[float], errors: list[dict], heatmaps: bool,
-                      parquet: bool) -> Path:
-    """``scores.csv`` (and ``scores.parquet``), and ``errors.csv`` when some file could not
-    be read (removed otherwise: a previous run's list would be read as this one's); returns
-    the CSV's path. Both predict engines end here."""
-    fields = ["path", "score", "label", "anomalous"] + (["heatmap"] if heatmaps else [])
-    csv_path = _write_csv(out_dir / "scores.csv", fields, rows)
+                      parquet: bool, csv_written: bool = False) -> Path:
+    """``scores.csv`` (unless ``csv_written``: the local engine writes it as it scores) and
+    ``scores.parquet``, and ``errors.csv`` when some file could not be read (removed
+    otherwise: a previous run's list would be read as this one's); returns the CSV's path.
+    Both predict engines end here."""
+    csv_path = out_dir / "scores.csv"
+    if not csv_written:
+        _write_csv(csv_path, _score_fields(heatmaps), rows)
     if parquet:
         write_scores_parquet(out_dir / "scores.parquet", rows, scores)
     else:
@@ -489,28 +495,60 @@ def predict_files(model: EfficientAD, inputs, out_dir, *, image_size: int | tupl
 
         chunks = tqdm(chunks, desc="predicting", dynamic_ncols=True)
     used_names: set[str] = set()
-    for start in chunks:
-        batch_paths, arrays = read_images(paths[start:start + batch_size], size, errors)
-        if not batch_paths:
-            continue
-        images = torch.stack([torch.from_numpy(a) for a in arrays])
-        pred = model.predict(images, tile=tile, overlap=overlap)
-        for i, path in enumerate(batch_paths):
-            score = float(pred.score[i])
-            row = score_row(path, score, threshold)
-            name = heatmap_name(path, used_names)
-            if heatmaps:
-                heatmap = out_dir / "heatmaps" / f"{name}.png"
-                save_png(heatmap_overlay(images[i].numpy(), pred.anomaly_map[i, 0].cpu().numpy(), pixel_threshold),
-                         heatmap)
-                row["heatmap"] = str(heatmap)
-            if masks:
-                mask = (pred.anomaly_map[i, 0] > pixel_threshold).cpu().numpy()
-                save_png(mask.astype(np.uint8) * 255, out_dir / "masks" / f"{name}.png")
-            rows.append(row)
-            scores.append(score)
-    csv_path = write_predictions(out_dir, rows, scores, errors, heatmaps, parquet)
+    # Rows go to a temporary CSV as they are scored (flushed per batch) and it becomes
+    # scores.csv at the end, or at Ctrl-C with the rows scored so far; any other failure
+    # leaves the previous scores.csv as it was.
+    csv_path = out_dir / "scores.csv"
+    temporary = csv_path.with_name(f"scores.tmp{os.getpid()}.csv")
+    try:
+        with open(temporary, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=_score_fields(heatmaps))
+            writer.writeheader()
+            for start in chunks:
+                batch_paths, arrays = read_images(paths[start:start + batch_size], size, errors)
+                if not batch_paths:
+                    continue
+                images = torch.stack([torch.from_numpy(a) for a in arrays])
+                pred = model.predict(images, tile=tile, overlap=overlap)
+                for i, path in enumerate(batch_paths):
+                    score = float(pred.score[i])
+                    row = score_row(path, score, threshold)
+                    name = heatmap_name(path, used_names)
+                    try:
+                        if heatmaps:
+                            heatmap = out_dir / "heatmaps" / f"{name}.png"
+                            row["heatmap"] = ""
+                            save_png(heatmap_overlay(images[i].numpy(), pred.anomaly_map[i, 0].cpu().numpy(),
+                                                     pixel_threshold), heatmap)
+                            row["heatmap"] = str(heatmap)
+                        if masks:
+                            mask = (pred.anomaly_map[i, 0] > pixel_threshold).cpu().numpy()
+                            save_png(mask.astype(np.uint8) * 255, out_dir / "masks" / f"{name}.png")
+                    except OSError as exc:  # a name too long for the file system, ...: keep the score
+                        errors.append({"path": str(path), "error": f"scored, but its picture cannot be written: {exc}"})
+                    rows.append(row)
+                    scores.append(score)
+                    writer.writerow({k: printable(v) for k, v in row.items()})
+                f.flush()
+    except KeyboardInterrupt:
+        os.replace(temporary, csv_path)  # what was scored stays
+        write_predictions(out_dir, rows, scores, errors, heatmaps, parquet=False, csv_written=True)
+        raise PredictInterrupted(len(rows), len(paths), csv_path) from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, csv_path)
+    write_predictions(out_dir, rows, scores, errors, heatmaps, parquet, csv_written=True)
     return csv_path, rows, errors
+
+
+class PredictInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`predict_files`: ``scores.csv`` holds the ``scored`` of ``total``
+    images scored before it (and ``errors.csv`` the unreadable ones met so far)."""
+
+    def __init__(self, scored: int, total: int, csv_path: Path) -> None:
+        super().__init__(f"interrupted after {scored} of {total} images; {csv_path} holds the {scored} scored")
+        self.scored, self.total, self.csv_path = scored, total, csv_path
 
 
 def run_demo(out: str | os.PathLike = "demo_out", *, steps: int | dict[str, int] | None = None, seed: int = 0,

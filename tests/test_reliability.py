@@ -678,3 +678,81 @@ def test_resume_refuses_a_changed_image_size_or_teacher(board_dataset, tmp_path)
     with pytest.raises(ValueError, match=r"other settings .*'teacher': \('random', 'distilled"):
         run(resume=True, teacher="distilled")
     run(resume=True)  # the same settings resume
+
+
+# -- issue 24, bug 2: predict writes rows as it scores ------------------------------------------
+
+
+def _predict_setup(tmp_path, names):
+    model_path = tmp_path / "m.pt"
+    model = random_model("small", seed=0, quantiles=(0.1, 1.0, 0.1, 1.0))
+    model.set_thresholds(image=0.2, pixel=0.1)
+    model.save(model_path)
+    rng = np.random.default_rng(0)
+    for name in names:
+        path = tmp_path / "images" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((256, 256, 3)) * 255).astype(np.uint8)).save(path)
+    return model_path
+
+
+def test_ctrl_c_in_predict_keeps_the_rows_scored_so_far(tmp_path, monkeypatch, capsys):
+    from efficientad_fast import cli
+
+    model_path = _predict_setup(tmp_path, [f"{i}.png" for i in range(5)])
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "scores.csv").write_text("an earlier run's scores\n")
+    calls = []
+    real_predict = EfficientAD.predict
+
+    def predict_then_ctrl_c(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(EfficientAD, "predict", predict_then_ctrl_c)
+    code = cli.main(["predict", "--model", str(model_path), str(tmp_path / "images"), "--out", str(out),
+                     "--batch-size", "1", "--precision", "fp32", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted after 2 of 5 images" in err
+    with open(out / "scores.csv", encoding="utf-8") as f:
+        assert [Path(r["path"]).name for r in csv.DictReader(f)] == ["0.png", "1.png"]
+    assert not list(out.glob("*.tmp*"))
+
+
+def test_a_picture_name_too_long_is_an_errors_row_not_the_end_of_the_run(tmp_path, capsys):
+    from efficientad_fast import cli
+
+    long = "x" * 251 + ".png"  # two of them: the second heatmap's name gets a "_" and is too long
+    model_path = _predict_setup(tmp_path, [f"a/{long}", f"b/{long}", "ok.png"])
+    out = tmp_path / "out"
+    code = cli.main(["predict", "--model", str(model_path), str(tmp_path / "images"), "--out", str(out),
+                     "--precision", "fp32", "--quiet"])
+    capsys.readouterr()
+    assert code == 0
+    with open(out / "scores.csv", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    with open(out / "errors.csv", encoding="utf-8") as f:
+        errors = list(csv.DictReader(f))
+    assert len(errors) == 1 and "picture cannot be written" in errors[0]["error"]
+
+
+def test_a_failed_predict_keeps_the_previous_scores(tmp_path, monkeypatch):
+    from efficientad_fast.jobs import predict_files
+
+    model_path = _predict_setup(tmp_path, ["0.png", "1.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scores.csv").write_text("an earlier run's scores\n")
+    model = efficientad_fast.load(model_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model, "predict", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        predict_files(model, [tmp_path / "images"], out, progress=False)
+    assert (out / "scores.csv").read_text() == "an earlier run's scores\n"
+    assert not list(out.glob("*.tmp*"))
