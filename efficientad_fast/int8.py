@@ -130,11 +130,6 @@ class Int8Calibration:
                 "observers": {name: {k: v.detach().cpu().clone() for k, v in state.items()}
                               for name, state in self.observers.items()}}
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Every tensor under one flat name (``observer.key``), for the file's checksum."""
-        return {f"{name}.{key}": value for name, state in sorted(self.observers.items())
-                for key, value in sorted(state.items())}
-
     @classmethod
     def from_payload(cls, payload, source: str = "model file") -> "Int8Calibration":
         """Read what :meth:`to_payload` wrote; ValueError naming ``source`` when malformed or

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import datetime
 import json
-import os
 import platform
 import statistics
 import time
@@ -23,6 +22,7 @@ from typing import Callable
 import torch
 
 from ._build import cache_root
+from ._checkpoint import atomic_files
 
 # The largest map difference to fp32 a chosen precision may have, as a fraction of the fp32
 # map's range (an INT8 map moves by about 0.02-0.09 of it; bf16 by about 0.02).
@@ -80,20 +80,29 @@ def _read_cache(path: Path) -> dict:
 def _write_cache(path: Path, data: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        with atomic_files(path) as (temporary,):
+            temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
     except OSError:
         pass  # a read-only cache only costs a measurement next time
 
 
-def _median_ms(run: Callable[[], object], calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def _cached(key: str, field: str, allowed: list, measure: Callable[[], dict], refresh: bool) -> tuple[dict, str, Path]:
+    """(entry, how it was had, cache file): the cache's entry for ``key`` when its ``field``
+    is among ``allowed`` (and not ``refresh``), else ``measure()`` dated and stored there."""
+    path = cache_root() / CACHE_FILE
+    cache = _read_cache(path)
+    entry = None if refresh else cache.get("entries", {}).get(key)
+    if entry is not None and entry.get(field) in allowed:
+        return entry, f"measured {entry.get('measured', '?')}, cached", path
+    entry = {**measure(), "measured": datetime.date.today().isoformat()}
+    _write_cache(path, {"version": CACHE_VERSION, "entries": {**cache.get("entries", {}), key: entry}})
+    return entry, "measured now", path
+
+
+def _time_ms(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return (time.perf_counter() - start) * 1e3
 
 
 def _size(image_size) -> tuple[int, int]:
@@ -119,7 +128,7 @@ def measure_precisions(model, batch_size: int = 1, image_size: int | tuple[int, 
     times = {name: [] for name in names}
     for _ in range(calls):
         for name, m in models.items():
-            times[name].append(_median_ms(lambda m=m: m.predict(images), 1))
+            times[name].append(_time_ms(lambda m=m: m.predict(images)))
     reference = maps.get("fp32", next(iter(maps.values())))
     span = float(reference.max() - reference.min()) or 1.0
     diff = {name: float((amap - reference).abs().max()) / span for name, amap in maps.items()}
@@ -137,20 +146,17 @@ def choose_precision(model, batch_size: int = 1, image_size: int | tuple[int, in
     height, width = _size(image_size)
     key = " | ".join([machine_key(model.device), f"{model.model_size}", f"batch {batch_size}", f"{height}x{width} px",
                       ",".join(names)])
-    path = cache_root() / CACHE_FILE
-    cache = _read_cache(path)
-    entry = None if refresh else cache.get("entries", {}).get(key)
-    if entry is None or entry.get("precision") not in names:
-        measured = measure_precisions(model, batch_size, image_size, names=names)
+    measured = {}
+
+    def measure() -> dict:
+        measured.update(measure_precisions(model, batch_size, image_size, names=names))
         allowed = [n for n in names if measured["map_diff"][n] <= MAP_TOLERANCE]
-        choice = min(allowed, key=measured["times_ms"].get)
-        entry = {"precision": choice, "times_ms": measured["times_ms"], "map_diff": measured["map_diff"],
-                 "measured": datetime.date.today().isoformat()}
-        cache = {"version": CACHE_VERSION, "entries": {**cache.get("entries", {}), key: entry}}
-        _write_cache(path, cache)
-        chosen, how = measured["models"][choice], "measured now"
-    else:
-        chosen, how = model.set_precision(entry["precision"]), f"measured {entry.get('measured', '?')}, cached"
+        return {"precision": min(allowed, key=measured["times_ms"].get), "times_ms": measured["times_ms"],
+                "map_diff": measured["map_diff"]}
+
+    entry, how, path = _cached(key, "precision", names, measure, refresh)
+    # Measured now: the variant is built and warm already; from the cache: switch the model.
+    chosen = measured["models"][entry["precision"]] if measured else model.set_precision(entry["precision"])
     if log is not None:
         times = ", ".join(f"{n} {entry['times_ms'][n]:.0f} ms" for n in names if n in entry.get("times_ms", {}))
         log(f"precision auto: {entry['precision']} at batch {batch_size} ({times}; {how} in {path})")
@@ -165,24 +171,19 @@ def choose_amp(device: torch.device, what: str, run_step: Callable[[str | None],
     :func:`choose_precision` under ``what`` (the model size, batch and image size)."""
     names = [None, "fp16", "bf16"] if device.type == "cuda" else [None, "bf16"]
     key = " | ".join([machine_key(device), "train", what])
-    path = cache_root() / CACHE_FILE
-    cache = _read_cache(path)
-    entry = None if refresh else cache.get("entries", {}).get(key)
     label = {None: "fp32"}
-    if entry is None or entry.get("amp", "?") not in [label.get(n, n) for n in names]:
+
+    def measure() -> dict:
         for amp in names:
             run_step(amp)  # warm-up: allocations, oneDNN primitives
         times = {label.get(n, n): [] for n in names}
         for _ in range(steps):
             for amp in names:
-                times[label.get(amp, amp)].append(_median_ms(lambda amp=amp: run_step(amp), 1))
+                times[label.get(amp, amp)].append(_time_ms(lambda amp=amp: run_step(amp)))
         medians = {n: statistics.median(t) for n, t in times.items()}
-        entry = {"amp": min(medians, key=medians.get), "step_ms": medians, "measured": datetime.date.today().isoformat()}
-        cache = {"version": CACHE_VERSION, "entries": {**cache.get("entries", {}), key: entry}}
-        _write_cache(path, cache)
-        how = "measured now"
-    else:
-        how = f"measured {entry.get('measured', '?')}, cached"
+        return {"amp": min(medians, key=medians.get), "step_ms": medians}
+
+    entry, how, path = _cached(key, "amp", [label.get(n, n) for n in names], measure, refresh)
     if log is not None:
         times = ", ".join(f"{n} {ms:.0f} ms" for n, ms in entry.get("step_ms", {}).items())
         log(f"amp auto: {entry['amp']} (a training step: {times}; {how} in {path})")

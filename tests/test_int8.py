@@ -53,7 +53,8 @@ def test_train_records_int8_ranges_and_the_file_keeps_them(board_trained):
     assert model.int8_calibration.images == 2 and model.precision == "fp32"
     loaded = ead.load(path)
     assert loaded.precision == "fp32" and loaded.int8_calibration is not None
-    assert loaded.int8_calibration.tensors().keys() == model.int8_calibration.tensors().keys()
+    assert {name: set(state) for name, state in loaded.int8_calibration.observers.items()} == {
+        name: set(state) for name, state in model.int8_calibration.observers.items()}
 
 
 def test_int8_map_within_tolerance_of_fp32_and_same_ranking(board_trained, test_set):
