@@ -240,8 +240,25 @@ def _import_cpp_extension():
     return cpp_extension
 
 
+CACHE_ENV = "EFFICIENTAD_FAST_CACHE"
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get("EFFICIENTAD_FAST_CACHE") or Path.home() / ".cache" / "efficientad_fast")
+    """Where builds, downloads and measurements are kept: $EFFICIENTAD_FAST_CACHE, else
+    ~/.cache/efficientad_fast."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "efficientad_fast")
+
+
+def cache_folder(folder: Path) -> Path:
+    """``folder`` (under :func:`cache_root`) created, or a PermissionError that names the
+    setting to change: the folder alone would not tell a user where it came from."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = (f"{CACHE_ENV}={os.environ[CACHE_ENV]}" if os.environ.get(CACHE_ENV)
+                 else f"the default cache; set {CACHE_ENV} to a folder you can write")
+        raise PermissionError(f"cannot create the cache folder {folder} ({where}): {exc.strerror or exc}") from exc
+    return folder
 
 
 def build_directory(plan: BuildPlan) -> Path:
@@ -261,8 +278,7 @@ def jit_build(plan: BuildPlan, verbose: bool | None = None) -> Path:
     Returns the shared library's path."""
     if verbose is None:
         verbose = os.environ.get("EFFICIENTAD_FAST_VERBOSE") == "1"
-    directory = build_directory(plan)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = cache_folder(build_directory(plan))
     stamp = fingerprint(plan)  # of the sources as this build reads them
     use_toolkit(plan)
     cpp_extension = _import_cpp_extension()

@@ -9,6 +9,9 @@ import errno
 import hashlib
 import os
 import pickle
+import re
+import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +23,9 @@ from torch import nn
 def _anomalib_safe_globals() -> list:
     """Types anomalib declares safe in its checkpoints (the model-size enum), when installed."""
     try:
-        from anomalib.models import EfficientAd
+        with warnings.catch_warnings():  # its imports warn about deprecations that are not the user's
+            warnings.simplefilter("ignore")
+            from anomalib.models import EfficientAd
 
         return list(EfficientAd.checkpoint_safe_globals())
     except Exception:  # anomalib absent or changed: load without them
@@ -47,8 +52,33 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def read_checkpoint(path: Path, weights_only: bool = True) -> dict:
-    """``torch.load`` of ``path`` on the CPU; FileNotFoundError or ValueError that say why not."""
+def describe_start(path: Path) -> str:
+    """What ``path`` looks like from its first bytes, for an error message: PyTorch files are
+    zip archives (or, from before 1.6, pickles), so a text file or an image says so here."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK"):
+        return "a zip archive"
+    if head[:1] == b"\x80":
+        return "a pickle"
+    if all(32 <= b < 127 or b in b"\r\n\t" for b in head):
+        return f"it is text starting {head.decode('ascii')!r}"
+    return f"it starts with bytes {head[:8]!r}, where a PyTorch file starts with a zip header"
+
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def read_checkpoint(path: Path, weights_only: bool = True, refused_hint: str = "If you trust this file, "
+                    "pass weights_only=False.") -> dict:
+    """``torch.load`` of ``path`` on the CPU; FileNotFoundError or ValueError that say why not.
+    ``refused_hint`` ends the message when the file holds Python objects (code) that a
+    weights-only load refuses: what the caller's user can do about it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -60,21 +90,22 @@ def read_checkpoint(path: Path, weights_only: bool = True) -> dict:
         except pickle.UnpicklingError as exc:
             # Lightning checkpoints of anomalib hold its model-size enum: allow anomalib's
             # safe types (importing anomalib takes seconds, so only when they are needed).
-            safe = _anomalib_safe_globals() if "weights_only" in str(exc) else []
+            refused = _REFUSED_GLOBAL.search(str(exc))
+            safe = _anomalib_safe_globals() if refused and refused.group(1).startswith("anomalib.") else []
             if not safe:
                 raise
             with torch.serialization.safe_globals(safe):
                 return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc):
-            raise ValueError(
-                f"{path}: torch.load(weights_only=True) refused a type in it ({first_line(exc)}). If you "
-                "trust this file, pass weights_only=False."
-            ) from exc
-        raise ValueError(f"{path}: not a PyTorch checkpoint: {first_line(exc)}") from exc
+        refused = _REFUSED_GLOBAL.search(str(exc))
+        if refused or "Weights only load failed" in str(exc):
+            what = f"Python objects ({refused.group(1)})" if refused else "Python objects"
+            raise ValueError(f"{path}: holds {what}, not only weights; a weights-only load refuses them "
+                             f"because unpickling them could run code. {refused_hint}") from exc
+        raise ValueError(f"{path}: not a PyTorch checkpoint ({describe_start(path)})") from exc
     except Exception as exc:  # truncated zip, text file, ...: torch raises many kinds
-        raise ValueError(f"{path}: cannot read it as a PyTorch checkpoint (truncated or corrupt?): "
-                         f"{type(exc).__name__}: {first_line(exc)}") from exc
+        raise ValueError(f"{path}: cannot read it as a PyTorch checkpoint (truncated or corrupt? "
+                         f"{describe_start(path)}): {type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def atomic_save(payload, path: str | os.PathLike) -> Path:
@@ -86,10 +117,54 @@ def atomic_save(payload, path: str | os.PathLike) -> Path:
         torch.save(payload, tmp)
         os.replace(tmp, path)
     except BaseException as exc:  # Ctrl-C included: never leave the half file behind
+        # torch's zip writer reports a short write as RuntimeError ("[enforce fail at
+        # inline_container.cc] unexpected pos"): ask the file system while the half file is there.
+        full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or (
+            isinstance(exc, RuntimeError) and _disk_is_full(path.parent))
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if full:
             raise OSError(errno.ENOSPC, f"no space left writing {path} (free some space and save again)") from exc
+        if isinstance(exc, RuntimeError) and "inline_container" in str(exc):
+            raise OSError(errno.EIO, f"cannot write {path}: {first_line(exc)}") from exc
         raise
+    return path
+
+
+def _disk_is_full(folder: Path) -> bool:
+    """Less than 1 MiB free where ``folder`` lives (False when that cannot be asked)."""
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
+
+
+def _temporary_name(path: Path, index: int) -> Path:
+    """A temporary path beside ``path`` with its suffix; short when the target's name is near
+    the file system's 255-byte limit (a name that fits must not fail for its temporary)."""
+    name = f"{path.stem}.tmp{os.getpid()}{path.suffix}"
+    if len(os.fsencode(name)) > 255:
+        name = f".efficientad_fast.tmp{os.getpid()}.{index}{path.suffix}"
+    return path.with_name(name)
+
+
+def save_figure(figure, path: str | os.PathLike, dpi: int) -> Path:
+    """A matplotlib figure saved whole at ``path`` (format from its suffix), then closed."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_files(path) as (temporary,):
+            figure.savefig(temporary, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(figure)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """``path`` holds ``text`` (UTF-8) whole, or keeps what it held: a temporary file, renamed."""
+    path = Path(path)
+    with atomic_files(path) as (temporary,):
+        temporary.write_text(text, encoding="utf-8")
     return path
 
 
@@ -105,7 +180,7 @@ def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     for path in paths:
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder: give the path of the file to write")
-    temps = [p.with_name(f"{p.stem}.tmp{os.getpid()}{p.suffix}") for p in paths]
+    temps = [_temporary_name(p, i) for i, p in enumerate(paths)]
     try:
         yield temps
         missing = [str(t) for t in temps if not t.is_file()]

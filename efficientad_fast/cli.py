@@ -232,6 +232,18 @@ TEACHER_KEYWORDS = ("auto", "random", "distilled", "paper")
 _FLAG_OF_DEST = {"ray_workers": "--workers"}
 
 
+def positive_number(text: str) -> float:
+    """argparse ``type=`` for a rate or a duration: a finite number > 0 (so NaN or a negative
+    value is refused by the parser, with the option's name)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def _flag(dest: str) -> str:
     """The command-line spelling of the option stored as ``dest``."""
     return _FLAG_OF_DEST.get(dest, f"--{dest.replace('_', '-')}")
@@ -288,8 +300,18 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 
 def _error(args: argparse.Namespace, exc: BaseException) -> int:
-    print(f"efficientad-fast {args.command}: error: {exc}", file=sys.stderr)
+    print(f"efficientad-fast {args.command}: error: {_message(exc)}", file=sys.stderr)
     return 2
+
+
+def _message(exc: BaseException) -> str:
+    """The error's text for one line: an OSError without a file name (ours carry the path in
+    the text) reads without its '[Errno 28]' prefix; one from the system keeps its path."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is None and len(exc.args) == 2:
+        return exc.strerror
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc)
 
 
 def _add_penalty_arg(p: argparse.ArgumentParser, default: str) -> None:
@@ -588,9 +610,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     alarms) and a summary. A file is read as fast as scoring goes (no frame dropped) unless
     --realtime; a camera or URL is live: frames that come while scoring lags are dropped and
     counted. Ctrl-C stops and keeps everything written (exit 130)."""
-    from .stream import Inspector, format_summary, open_source, watch
+    from .stream import Inspector, check_video_path, format_summary, open_source, watch
 
-    source = open_source(args.source, fps=args.fps)  # a missing file fails before any work
+    source = open_source(args.source, fps=args.fps).open()  # a source that cannot be read fails before any work
+    if args.save_video:
+        check_video_path(args.save_video)
     model = _load_model(args, 1)
     tile = model.tile if args.tile is None else args.tile
     predictor = None  # the Inspector's FastPredictor of the whole frame
@@ -655,7 +679,7 @@ def _add_watch_parser(subparsers) -> None:
     w.add_argument("--queue-size", type=int, default=2, help="decoded frames waiting for scoring (default 2)")
     w.add_argument("--realtime", action="store_true",
                    help="play a file at its timestamps, dropping frames when scoring lags (cameras always are)")
-    w.add_argument("--fps", type=float, default=None,
+    w.add_argument("--fps", type=positive_number, default=None,
                    help="frame rate of a folder of images (timestamps; default: the read times)")
     w.add_argument("--image-size", type=int, default=256, help="model input size in pixels (>= 256)")
     _add_tile_args(w)
@@ -686,7 +710,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     table = format_table(result)
     print("\n" + table)
     if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
+        from ._checkpoint import atomic_write_text
+
+        atomic_write_text(args.markdown, table + "\n")
     if args.json:
         print(f"\nwritten: {args.json}")
     failed = [t["name"] for t in result["timings"] if t["error"]]
@@ -812,6 +838,7 @@ def cmd_distill_teacher(args: argparse.Namespace) -> int:
     config = dataclasses.replace(DISTILL_PRESETS[args.preset], **{k: v for k, v in given.items() if v is not None})
     if args.amp == "none":
         config.amp = None
+    _refuse_a_folder(args.out)  # distill_teacher checks its folder after its other arguments
     try:
         distill_teacher(args.out, config, resume=args.resume, command=command_line(args.out, config))
     except KeyboardInterrupt:
@@ -879,14 +906,32 @@ def _check_export_options(args: argparse.Namespace) -> None:
         raise _BadArguments("--calibration-data and --calibration-size are for --precision int8")
 
 
+def _refuse_a_folder(path: str) -> None:
+    """--out names a file: a folder there is refused before the work, not after it."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"--out {path} is a folder: give the path of the file to write")
+
+
+def _check_output_file(path: str) -> None:
+    """--out names a file: refuse a folder, or a folder that cannot be written, before the
+    work (minutes of compiling or calibrating) rather than after it."""
+    from ._checkpoint import writable_folder
+
+    _refuse_a_folder(path)
+    writable_folder(Path(path).parent)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a saved model's predict (images in, map and score out, dynamic batch) as an
     AOTInductor package (--format aoti, .pt2, for C++ hosts with libtorch and our op
     library), an ONNX model (--format onnx, scoring in standard ONNX ops) or an OpenVINO IR
     (--format openvino, .xml + .bin, fp32, fp16 or NNCF-quantized int8)."""
-    from .export import export_aoti, export_onnx
+    from .export import check_opset, export_aoti, export_onnx
     from .model import load
 
+    if args.format == "onnx":
+        check_opset(args.opset)
+    _check_output_file(args.out)
     start = time.perf_counter()
     model = load(args.model, map_location="cpu").float()
     if args.format == "aoti":
@@ -912,12 +957,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     it to --out, which then loads with precision int8 (or auto) without the images. Prints the
     accuracy cost (the largest map difference to fp32 on those images, as a fraction of the
     fp32 map's range) beside the batch-1 time of fp32 and int8 on this machine."""
-    from ._checkpoint import writable_folder
     from .model import load, quantize
     from .openvino_export import calibration_images
     from .precision import measure_precisions
 
-    writable_folder(Path(args.out).parent)
+    _check_output_file(args.out)
     start = time.perf_counter()
     size = (args.image_size, args.image_size) if isinstance(args.image_size, int) else args.image_size
     model = load(args.model, map_location="cpu")
@@ -963,7 +1007,7 @@ def _add_export_parser(subparsers) -> None:
                         "pip install -e '.[openvino]')")
     p.add_argument("--out", required=True, help="output file (.pt2 for aoti, .xml for openvino)")
     _add_image_size_arg(p)
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; onnx only)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; 17 to the newest the installed onnx knows; onnx only)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="device the AOTInductor package runs on (aoti only; cuda needs a GPU here)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -996,6 +1040,8 @@ def _run_fetch(args: argparse.Namespace, fetch, cached) -> Path | None:
     except (DownloadError, OSError, ValueError) as exc:
         _error(args, exc)
         return None
+    except KeyboardInterrupt as stop:  # the partial file is gone already (Ctrl-C or SIGTERM)
+        raise type(stop)(f"{str(stop) or 'interrupted'}; nothing was cached") from None
     return folder
 
 
@@ -1076,23 +1122,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors of the user's input or machine, which the message explains: one line, exit 2.
-    Anything else is a bug and keeps its traceback."""
+    OSError covers the machine's (a full disk, a vanished network share); the file functions
+    here raise it with the path. Anything else is a bug and keeps its traceback."""
     from ._build import BuildError
     from .downloads import NotCachedError
 
     return (_BadArguments, NotCachedError, BuildError, ValueError, TypeError, FileNotFoundError, FileExistsError,
-            NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+            NotADirectoryError, IsADirectoryError, PermissionError, OSError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: exit 0 (done), 1 (done, but nothing could be scored or a job failed),
+    2 (an error, in one line), 130 (Ctrl-C) or 143 (SIGTERM), after the command kept what it
+    had finished."""
+    from ._signals import terminate_as_interrupt
+
     args = build_parser().parse_args(argv)
-    try:
-        _check_arguments(args)
-        return args.func(args)
-    except _expected_errors() as exc:
-        if args.debug:
-            traceback.print_exc()
-        return _error(args, exc)
+    with terminate_as_interrupt() as terminated:
+        try:
+            _check_arguments(args)
+            status = args.func(args)
+        except _expected_errors() as exc:
+            if args.debug:
+                traceback.print_exc()
+            status = _error(args, exc)
+        except KeyboardInterrupt as stop:  # the command kept what it finished; its message says what
+            if args.debug:
+                traceback.print_exc()
+            print(f"\nefficientad-fast {args.command}: {str(stop) or 'interrupted'}", file=sys.stderr)
+            status = 130
+    return 143 if terminated[0] and status == 130 else status
 
 
 if __name__ == "__main__":

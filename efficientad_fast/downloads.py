@@ -25,14 +25,18 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import time
 import urllib.request
 import zipfile
 from pathlib import Path
 
-from ._build import cache_root
+from ._build import cache_folder, cache_root
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0
+# A download that brings fewer bytes than this per second, averaged over TIMEOUT_S, is
+# abandoned: a server that drips a byte every few seconds never trips the socket timeout.
+MIN_RATE_BYTES_S = 1024
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 
 
@@ -82,39 +86,60 @@ def _open_source(source: str | os.PathLike, timeout: float):
     return open(path, "rb"), path.stat().st_size
 
 
-def _copy_hashing(stream, out, total: int | None, what: str, progress: bool, received: list) -> str:
-    """Copy ``stream`` to ``out`` in chunks; returns the SHA-256. ``received[0]`` counts bytes."""
+def _copy_hashing(stream, out, total: int | None, what: str, progress: bool, received: list,
+                  window_s: float, deadline: float | None) -> str:
+    """Copy ``stream`` to ``out`` in chunks; returns the SHA-256. ``received[0]`` counts bytes.
+    DownloadError when fewer than MIN_RATE_BYTES_S came on average over the last ``window_s``
+    seconds, or past ``deadline`` (a ``time.monotonic()`` value)."""
     from tqdm.auto import tqdm
 
     digest = hashlib.sha256()
+    # read1 returns what has arrived (an HTTP response's read(n) waits for all n bytes, so a
+    # slow drip would never come back to the checks below).
+    read = getattr(stream, "read1", stream.read)
+    window_start, window_bytes = time.monotonic(), 0
     with tqdm(total=total, desc=what, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
               dynamic_ncols=True) as bar:
-        for chunk in iter(lambda: stream.read(CHUNK), b""):
+        for chunk in iter(lambda: read(CHUNK), b""):
             out.write(chunk)
             digest.update(chunk)
             received[0] += len(chunk)
             bar.update(len(chunk))
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                raise DownloadError(f"{what}: not finished by the deadline ({received[0]} bytes received); "
+                                    "nothing was cached")
+            if now - window_start >= window_s:
+                rate = (received[0] - window_bytes) / (now - window_start)
+                if rate < MIN_RATE_BYTES_S:
+                    raise DownloadError(f"{what}: the download slowed to {rate:.0f} bytes/s over the last "
+                                        f"{now - window_start:.0f} s (after {received[0]} bytes; under "
+                                        f"{MIN_RATE_BYTES_S} bytes/s counts as stalled); nothing was cached, "
+                                        "try again or use --from with a copy")
+                window_start, window_bytes = now, received[0]
     return digest.hexdigest()
 
 
 def fetch_verified(source: str | os.PathLike, sha256: str, dest: str | os.PathLike, *, what: str,
-                   progress: bool = True, timeout: float = TIMEOUT_S) -> Path:
+                   progress: bool = True, timeout: float = TIMEOUT_S, deadline_s: float | None = None) -> Path:
     """Download (http/https URL) or copy (local path) ``source`` to ``dest``, verified.
 
     Written to a temporary file beside ``dest`` with a byte progress bar, renamed to ``dest``
     only when its SHA-256 equals ``sha256``. On a mismatch, a cut connection (fewer bytes than
-    the server announced, a socket error or a ``timeout``-second stall) or any other error the
-    partial file is deleted and :class:`DownloadError` names the source, the hashes and the
-    bytes received. Returns ``dest``."""
+    the server announced, a socket error, a ``timeout``-second stall or fewer than
+    MIN_RATE_BYTES_S bytes/s over ``timeout`` seconds, ``deadline_s`` seconds passed) or any
+    other error (Ctrl-C included) the partial file is deleted and :class:`DownloadError`
+    names the source, the hashes and the bytes received. Returns ``dest``."""
+    deadline = None if deadline_s is None else time.monotonic() + deadline_s
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    cache_folder(dest.parent)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp, received, done = Path(tmp_name), [0], False
     try:
         with os.fdopen(handle, "wb") as out:
             stream, total = _open_source(source, timeout)
             with stream:
-                got = _copy_hashing(stream, out, total, what, progress, received)
+                got = _copy_hashing(stream, out, total, what, progress, received, timeout, deadline)
         if total is not None and received[0] < total:
             raise DownloadError(f"{what}: the connection to {source} was cut after {received[0]} of {total} "
                                 "bytes; nothing was cached, run the command again")

@@ -294,12 +294,9 @@ def load_package(path: str | os.PathLike) -> LoadedPackage:
     return LoadedPackage(path)
 
 
-def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opset: int = 18) -> Path:
-    """Write an ONNX model of ``model.predict`` to ``out`` with the scoring in standard ONNX
-    ops (the fused op's plain-PyTorch reference), dynamic batch, opset ``opset`` (>= 17).
-
-    Needs the ``onnx`` and ``onnxscript`` packages (``pip install "efficientad_fast[onnx]"``).
-    """
+def check_opset(opset: int) -> None:
+    """ImportError without the ``[onnx]`` extra; ValueError unless ``opset`` is an integer
+    from 17 (the oldest our graph exports to) to the newest the installed onnx knows."""
     try:
         import onnx
         import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter writes with it)
@@ -307,8 +304,21 @@ def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opse
         raise ImportError(
             f'ONNX export needs onnx and onnxscript ({exc}): pip install "efficientad_fast[onnx]"'
         ) from exc
-    if opset < 17:
-        raise ValueError(f"opset must be >= 17, got {opset}")
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 17 <= opset <= newest:
+        raise ValueError(f"opset must be an integer from 17 to {newest} (the newest this onnx {onnx.__version__} "
+                         f"knows), got {opset!r}")
+
+
+def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opset: int = 18) -> Path:
+    """Write an ONNX model of ``model.predict`` to ``out`` with the scoring in standard ONNX
+    ops (the fused op's plain-PyTorch reference), dynamic batch, opset ``opset`` (>= 17).
+
+    Needs the ``onnx`` and ``onnxscript`` packages (``pip install "efficientad_fast[onnx]"``).
+    """
+    import onnx
+
+    check_opset(opset)
     size, example = _prepare(model, image_size)
     out = Path(out)
     writable_folder(out.parent)
@@ -322,6 +332,12 @@ def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opse
                 dynamic_shapes=({0: batch},), external_data=False, verbose=False,
             )
         proto = program.model_proto
+        # torch.onnx builds opset 18 and converts; where the conversion fails it keeps 18
+        # with a warning only: say so rather than write another opset than the one asked for.
+        written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if written != opset:
+            raise ValueError(f"asked for ONNX opset {opset}, but torch {torch.__version__.split('+')[0]} could only "
+                             f"write opset {written} for this model; pass --opset {written} (nothing was written)")
         for key, value in metadata(model, size).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

@@ -42,11 +42,27 @@ def heatmap_overlay(image: np.ndarray, amap: np.ndarray, threshold: float | None
     return (np.concatenate([img, gap, blended], axis=1) * 255).round().astype(np.uint8)
 
 
+def captioned(picture: np.ndarray, text: str) -> np.ndarray:
+    """``picture`` (uint8 (H, W, 3)) with a black band above it holding ``text`` in white,
+    so a picture that travels alone (an alarm, a rejected part) says what it shows."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    height = max(14, picture.shape[0] // 16)
+    font = ImageFont.load_default(size=max(10, height - 4))
+    band = Image.new("RGB", (picture.shape[1], height + 4), (0, 0, 0))
+    ImageDraw.Draw(band).text((4, 2), text, fill=(255, 255, 255), font=font)
+    return np.concatenate([np.asarray(band), picture], axis=0)
+
+
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
+    """``array`` as a PNG at ``path`` (folders made), written whole or not at all."""
     from PIL import Image
 
+    from ._checkpoint import atomic_files
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    with atomic_files(path) as (temporary,):
+        Image.fromarray(array).save(temporary, format="PNG")
 
 
 def write_eval_heatmaps(test, rows, maps, masks, out_dir, per_defect: int, threshold) -> list[Path]:

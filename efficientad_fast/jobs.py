@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import metrics as metrics_lib
-from ._checkpoint import atomic_files, writable_folder
+from ._checkpoint import atomic_files, atomic_write_text, writable_folder
 from ._device import resolve_device
 from .benchmark import time_predict
 from .data import (DataError, find_images, list_categories, make_loader, make_synthetic, open_dataset,
@@ -130,7 +130,8 @@ def train_category(
     train_set, held_out = _held_out(data, dataset, category, train_set, size, validation_fraction, config.seed,
                                     layout)
     labelled = open_labelled_folder(threshold_from, size) if threshold_from is not None else None
-    penalty = penalty_image_set(penalty_images, size if tile is None else (tile, tile), config.seed)
+    penalty = penalty_image_set(penalty_images, size if tile is None else (tile, tile), config.seed,
+                                progress=config.progress)
     dev = resolve_device(device)
     model = build_model(model_size, teacher, padding, config.seed).to(dev)
     model.tile = tile
@@ -182,7 +183,7 @@ def train_category(
         "total_seconds": total,
         "final_losses": {k: v for k, v in (result.history[-1] if result.history else {}).items() if k.startswith("loss")},
     }
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2))
     return model, summary
 
 
@@ -338,7 +339,7 @@ def collect_image_paths(inputs, out_dir=None, log=print) -> list[Path]:
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            paths += find_images(item)
+            paths += find_images(item, broken_links=True)
         elif item.is_file():
             paths.append(item)
         else:
@@ -592,7 +593,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, steps: int | dict[str, int]
     table = metrics_table({c: r["metrics"] for c, r in results.items()})
     report = write_demo_report(out, results, summaries, table, elapsed)
     if video_lines:
-        report.write_text(report.read_text().rstrip("\n") + "\n\n" + "\n".join(video_lines) + "\n")
+        atomic_write_text(report, report.read_text().rstrip("\n") + "\n\n" + "\n".join(video_lines) + "\n")
     log("\n" + table)
     log(f"\n[demo] done in {elapsed / 60:.1f} min; report: {out / 'report.md'}")
     return results
@@ -799,7 +800,7 @@ def record_failure(row: dict, out_dir: Path, error: str, details: str) -> dict:
     to ``out_dir/error.txt``; returns ``row``."""
     row["error"] = error
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "error.txt").write_text(details)
+    atomic_write_text(out_dir / "error.txt", details)
     return row
 
 
@@ -847,7 +848,6 @@ def report_run(data, dataset: str, category: str | None, setting: dict, out_dir:
         ms = _latency_ms(model, batch, image_size, latency_runs)
         curve.append({"batch": batch, "ms": ms, "images_per_s": 1e3 * batch / ms})
     finished = {"row": row, "latency_vs_batch": curve}
-    partial = out_dir / (ROW_FILE + ".part")  # renamed when whole: a cut-off write is never read as finished
-    partial.write_text(json.dumps(finished, indent=2, default=str))
-    partial.replace(out_dir / ROW_FILE)
+    # Whole or absent: a cut-off write is never read as finished.
+    atomic_write_text(out_dir / ROW_FILE, json.dumps(finished, indent=2, default=str))
     return finished

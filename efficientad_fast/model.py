@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 import threading
 import warnings
@@ -12,10 +13,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from ._checkpoint import (atomic_save, first_line, load_state_dict_checked, payload_checksum, read_checkpoint,
+from ._checkpoint import (atomic_save, describe_start, first_line, load_state_dict_checked, payload_checksum, read_checkpoint,
                           state_checksum)
 from .int8 import FeatureGraph, Int8Calibration, Int8Networks, calibrate_int8
 from .networks import MODEL_SIZES, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
@@ -60,13 +62,24 @@ def check_unit_range(images: torch.Tensor) -> None:
             )
 
 
+def real_number(value, what: str) -> float:
+    """``value`` as a float: a Python or NumPy real number, or a one-element real tensor (as
+    a computation hands it over); TypeError naming ``what`` for a bool, a string or others."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex() \
+            and value.dtype != torch.bool:
+        return float(value.item())
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
+        raise TypeError(f"{what} must be a number, got {type(value).__name__}{shape}")
+    return float(value)
+
+
 def check_sensitivity(sensitivity: float) -> float:
     """``sensitivity`` as a float; ValueError unless it is a number in [0, 1]."""
-    if isinstance(sensitivity, bool) or not isinstance(sensitivity, (int, float)):
-        raise TypeError(f"sensitivity must be a number in [0, 1], got {type(sensitivity).__name__}")
-    if not 0.0 <= float(sensitivity) <= 1.0:  # NaN fails too
-        raise ValueError(f"sensitivity must be in [0, 1], got {sensitivity}")
-    return float(sensitivity)
+    value = real_number(sensitivity, "sensitivity (in [0, 1])")
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError(f"sensitivity must be in [0, 1], got {value}")
+    return value
 
 
 def shift_threshold(threshold: float, sensitivity: float = 0.5) -> float:
@@ -228,11 +241,13 @@ class EfficientAD(nn.Module):
         map value above ``pixel`` marks the pixel in the mask (None: no such decision; for
         ``pixel`` of a model with calibrated quantiles, None means the q_b level 0.1).
         ``source`` records how they were chosen (shown in exports' metadata)."""
+        image, pixel = (None if v is None else real_number(v, f"the {name} threshold")
+                        for name, v in (("image", image), ("pixel", pixel)))
         for name, value in (("image", image), ("pixel", pixel)):
-            if value is not None and (isinstance(value, bool) or not math.isfinite(float(value))):
+            if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} threshold must be a finite number or None, got {value!r}")
-        self.image_threshold = None if image is None else float(image)
-        self._pixel_threshold = None if pixel is None else float(pixel)
+        self.image_threshold = image
+        self._pixel_threshold = pixel
         self.threshold_source = str(source)
 
     def thresholds(self, sensitivity: float = 0.5) -> tuple[float | None, float | None]:
@@ -601,7 +616,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", prec
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read it as a model file (truncated or corrupt?): {first_line(exc)}") from exc
     except Exception as exc:  # pickle.UnpicklingError and friends: not our format
-        raise ValueError(f"{path}: not an efficientad_fast model file: {first_line(exc)}") from exc
+        raise ValueError(f"{path}: not an efficientad_fast model file ({describe_start(path)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         hint = ""
         if isinstance(payload, dict) and "state_dict" in payload:

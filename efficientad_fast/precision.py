@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ._build import cache_root
+from ._build import cache_folder, cache_root
 from ._checkpoint import atomic_files
 
 # The largest map difference to fp32 a chosen precision may have, as a fraction of the fp32
@@ -70,33 +70,50 @@ def candidates(model) -> list[str]:
 
 
 def _read_cache(path: Path) -> dict:
+    """The cache's entries that have the expected shape; anything else (absent, unreadable,
+    another version, edited by hand) is measured again and rewritten whole."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}  # absent or unreadable: measure again (and rewrite it whole)
-    return data if isinstance(data, dict) and data.get("version") == CACHE_VERSION else {}
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
+        return {}
+    entries = {k: v for k, v in data["entries"].items() if isinstance(v, dict)}
+    return {**data, "entries": entries}
 
 
-def _write_cache(path: Path, data: dict) -> None:
+def _format_times(times, names: list[str] | None = None) -> str:
+    """"fp32 268 ms, bf16 63 ms" from a cache entry's times (numbers only: the file may have
+    been edited by hand), in ``names`` order when given."""
+    if not isinstance(times, dict):
+        return "times not recorded"
+    keys = [n for n in names if n in times] if names is not None else list(times)
+    return ", ".join(f"{n} {times[n]:.0f} ms" for n in keys
+                     if isinstance(times[n], (int, float)) and not isinstance(times[n], bool))
+
+
+def _write_cache(path: Path, data: dict) -> str | None:
+    """None when written, else why not: a read-only cache only costs a measurement next time."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        cache_folder(path.parent)
         with atomic_files(path) as (temporary,):
             temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
-    except OSError:
-        pass  # a read-only cache only costs a measurement next time
+    except OSError as exc:
+        return str(exc)
+    return None
 
 
-def _cached(key: str, field: str, allowed: list, measure: Callable[[], dict], refresh: bool) -> tuple[dict, str, Path]:
-    """(entry, how it was had, cache file): the cache's entry for ``key`` when its ``field``
-    is among ``allowed`` (and not ``refresh``), else ``measure()`` dated and stored there."""
+def _cached(key: str, field: str, allowed: list, measure: Callable[[], dict], refresh: bool) -> tuple[dict, str]:
+    """(entry, how it was had and where it is kept): the cache's entry for ``key`` when its
+    ``field`` is among ``allowed`` (and not ``refresh``), else ``measure()`` dated and stored."""
     path = cache_root() / CACHE_FILE
     cache = _read_cache(path)
     entry = None if refresh else cache.get("entries", {}).get(key)
     if entry is not None and entry.get(field) in allowed:
-        return entry, f"measured {entry.get('measured', '?')}, cached", path
+        return entry, f"measured {entry.get('measured', '?')}, cached in {path}"
     entry = {**measure(), "measured": datetime.date.today().isoformat()}
-    _write_cache(path, {"version": CACHE_VERSION, "entries": {**cache.get("entries", {}), key: entry}})
-    return entry, "measured now", path
+    failed = _write_cache(path, {"version": CACHE_VERSION, "entries": {**cache.get("entries", {}), key: entry}})
+    return entry, f"measured now, not cached: {failed}" if failed else f"measured now, cached in {path}"
 
 
 def _time_ms(run: Callable[[], object]) -> float:
@@ -154,12 +171,12 @@ def choose_precision(model, batch_size: int = 1, image_size: int | tuple[int, in
         return {"precision": min(allowed, key=measured["times_ms"].get), "times_ms": measured["times_ms"],
                 "map_diff": measured["map_diff"]}
 
-    entry, how, path = _cached(key, "precision", names, measure, refresh)
+    entry, how = _cached(key, "precision", names, measure, refresh)
     # Measured now: the variant is built and warm already; from the cache: switch the model.
     chosen = measured["models"][entry["precision"]] if measured else model.set_precision(entry["precision"])
     if log is not None:
-        times = ", ".join(f"{n} {entry['times_ms'][n]:.0f} ms" for n in names if n in entry.get("times_ms", {}))
-        log(f"precision auto: {entry['precision']} at batch {batch_size} ({times}; {how} in {path})")
+        times = _format_times(entry.get("times_ms"), names)
+        log(f"precision auto: {entry['precision']} at batch {batch_size} ({times}; {how})")
     return chosen
 
 
@@ -183,8 +200,8 @@ def choose_amp(device: torch.device, what: str, run_step: Callable[[str | None],
         medians = {n: statistics.median(t) for n, t in times.items()}
         return {"amp": min(medians, key=medians.get), "step_ms": medians}
 
-    entry, how, path = _cached(key, "amp", [label.get(n, n) for n in names], measure, refresh)
+    entry, how = _cached(key, "amp", [label.get(n, n) for n in names], measure, refresh)
     if log is not None:
-        times = ", ".join(f"{n} {ms:.0f} ms" for n, ms in entry.get("step_ms", {}).items())
-        log(f"amp auto: {entry['amp']} (a training step: {times}; {how} in {path})")
+        times = _format_times(entry.get("step_ms"))
+        log(f"amp auto: {entry['amp']} (a training step: {times}; {how})")
     return None if entry["amp"] == "fp32" else entry["amp"]

@@ -13,6 +13,8 @@ import math
 import os
 from pathlib import Path
 
+from ._checkpoint import atomic_files, atomic_write_text, save_figure
+
 METRICS = ("image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_aupr", "aupro")
 HEADERS = {"image_auroc": "Image AUROC", "image_f1": "Image F1", "pixel_auroc": "Pixel AUROC",
            "pixel_f1": "Pixel F1", "pixel_aupr": "Pixel AUPR", "aupro": "AU-PRO"}
@@ -41,10 +43,10 @@ def write_metrics(evaluation: dict, out_dir: str | os.PathLike, name: str) -> tu
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "metrics.json", out_dir / "metrics.md"
-    json_path.write_text(json.dumps(evaluation, indent=2))
+    atomic_write_text(json_path, json.dumps(evaluation, indent=2))
     timing = evaluation["timing"]
-    md_path.write_text(
-        f"# EfficientAD evaluation: {name}\n\n{metrics_table({name: evaluation['metrics']})}\n\n"
+    atomic_write_text(
+        md_path, f"# EfficientAD evaluation: {name}\n\n{metrics_table({name: evaluation['metrics']})}\n\n"
         f"{timing['images']} test images, {timing['ms_per_image']:.1f} ms per image "
         f"(batch {timing['batch_size']}, network + scoring).\n"
     )
@@ -84,6 +86,13 @@ def _fmt(value, digits=4) -> str:
 def _teachers(result: dict) -> str:
     swept = result["sweep"].get("teacher")
     return ", ".join(str(t) for t in swept) + " (swept)" if swept else result["teacher"]
+
+
+def _as_text(value) -> str:
+    """A setting that is one name or a list of them (penalty image folders), as one text."""
+    if not value:
+        return "none"
+    return str(value) if isinstance(value, (str, os.PathLike)) else " ".join(map(str, value))
 
 
 def _used(rows: list[dict], key: str) -> str:
@@ -131,7 +140,7 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
         "",
         f"{cfg['steps']} training steps, batch {cfg['batch_size']}, lr {cfg['lr']:g}, weight decay "
         f"{cfg['weight_decay']:g}, {result['image_size']} px, teacher: {_teachers(result)}, penalty images: "
-        f"{' '.join(map(str, result.get('penalty_images') or ['none']))}, device "
+        f"{_as_text(result.get('penalty_images'))}, device "
         f"{result['device']}. Train time = training + calibration; infer time = the test split "
         "(networks + scoring); latency = mean of the paper's protocol at batch 1 (image on the host "
         "to map on the host).",
@@ -150,15 +159,15 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
     if failed:
         md += ["## Failures", ""] + [f"- {r['category']}: {r['error']}" for r in failed] + [""]
     md += ["![chart](report.png)", "", f"Total {result['total_s'] / 60:.1f} min."]
-    paths["md"].write_text("\n".join(md) + "\n")
+    atomic_write_text(paths["md"], "\n".join(md) + "\n")
 
     fields = ["dataset", "category", "model_size", "teacher", "teacher_used", "penalty_used", "lr", "weight_decay", "steps", "batch_size", *METRICS,
               "train_s", "infer_s", "infer_ms_per_image", "latency_ms", "error"]
-    with open(paths["csv"], "w", newline="") as f:
+    with atomic_files(paths["csv"]) as (temporary,), open(temporary, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    paths["json"].write_text(json.dumps(result, indent=2, default=str))
+    atomic_write_text(paths["json"], json.dumps(result, indent=2, default=str))
     plot_report(result, paths["png"])
     return paths
 
@@ -193,8 +202,7 @@ def plot_report(result: dict, path: str | os.PathLike) -> None:
         ax2.set_ylabel("images/s", color="tab:orange")
         ax.set_title(f"latency against batch size ({result['device']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def write_demo_report(out: Path, results: dict, summaries: dict, table: str, elapsed: float) -> Path:
@@ -229,5 +237,5 @@ def write_demo_report(out: Path, results: dict, summaries: dict, table: str, ela
             lines.append(f"![{png.stem}]({category}/heatmaps/{png.name})")
         lines.append("")
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

@@ -40,7 +40,9 @@ clip of normal frames, which also accounts for the camera and the smoother.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import fractions
 import json
 import math
 import os
@@ -56,9 +58,10 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from ._checkpoint import atomic_write_text, save_figure
 from .data import DataError, find_images, open_image, to_rgb_array
 from .data.video import VIDEO_CODECS, require_av
-from .heatmaps import default_threshold, heatmap_overlay, save_png
+from .heatmaps import captioned, default_threshold, heatmap_overlay, save_png
 from .inference import FastPredictor
 from .model import EfficientAD
 
@@ -195,6 +198,11 @@ class FrameSource:
     def __iter__(self) -> Iterator[SourceFrame]:
         raise NotImplementedError
 
+    def open(self) -> FrameSource:
+        """Make sure the source can be read, before any output exists (a video file that is
+        not one, a camera that is not there fail here). Returns the source."""
+        return self
+
     def close(self) -> None:
         """Release the file or device (the iterator also does when it ends)."""
 
@@ -257,18 +265,24 @@ class VideoSource(FrameSource):
         self.live = bool(self.format or scheme in LIVE_SCHEMES) if live is None else live
         self._container = None
 
-    def _open(self):
-        try:
-            return self.av.open(self.target, format=self.format, options=self.options, timeout=10.0)
-        except self.av.error.FFmpegError as exc:
-            raise ValueError(f"cannot open the video source {self.target}: {exc}") from exc
+    def open(self) -> VideoSource:
+        """Open the container now (the iterator reads from it); ValueError when FFmpeg cannot
+        or it holds no video stream."""
+        if self._container is None:
+            try:
+                container = self.av.open(self.target, format=self.format, options=self.options, timeout=10.0)
+            except self.av.error.FFmpegError as exc:
+                raise ValueError(f"cannot open the video source {self.target}: {exc.strerror or exc}") from exc
+            if not container.streams.video:
+                container.close()
+                raise ValueError(f"{self.target} holds no video stream")
+            self._container = container
+        return self
 
     def __iter__(self) -> Iterator[SourceFrame]:
         av = self.av
-        self._container = container = self._open()
+        container = self.open()._container
         try:
-            if not container.streams.video:
-                raise ValueError(f"{self.target} holds no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             index = 0
@@ -300,10 +314,22 @@ class VideoSource(FrameSource):
             self._container = None
 
 
+def check_fps(fps) -> None:
+    """ValueError/TypeError unless ``fps`` is None or a finite number > 0 (NaN would reach the
+    timestamps and the JSON, a negative rate the video encoder)."""
+    if fps is None:
+        return
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"fps must be a number, got {type(fps).__name__}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a finite number > 0, got {fps}")
+
+
 def open_source(source, fps: float | None = None) -> FrameSource:
     """A :class:`FrameSource` for ``source``: a FrameSource (returned as it is), a folder of
     images, a video file, a URL, a camera (``/dev/videoN`` or its number N), or a list of
     frames (arrays or PIL images; ``fps`` gives their timestamps)."""
+    check_fps(fps)
     if isinstance(source, FrameSource):
         return source
     if isinstance(source, (str, os.PathLike)):
@@ -745,10 +771,7 @@ def plot_stream(frames_jsonl: str | os.PathLike, path: str | os.PathLike, labels
     ax.set_ylabel("image score")
     ax.legend(loc="upper right", fontsize=8, ncol=4)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # -- the watch job ------------------------------------------------------------------------
@@ -763,15 +786,36 @@ def _stats(latencies: list[float], scored: int, seconds: float) -> dict:
             "latency_p50_ms": _percentile(latencies, 50), "latency_p99_ms": _percentile(latencies, 99)}
 
 
+def check_video_path(path: str | os.PathLike) -> str:
+    """The codec for an annotated video at ``path`` (from its suffix), after making sure its
+    folder can be written: ValueError/PermissionError that name the path, before any work."""
+    from ._checkpoint import writable_folder
+
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"--save-video: {path} is a folder; name a video file")
+    codec = VIDEO_CODECS.get(path.suffix.lower())
+    if codec is None:
+        raise ValueError(f"--save-video: cannot tell the codec from {path.name}; use one of {sorted(VIDEO_CODECS)}")
+    try:
+        writable_folder(path.parent)
+    except PermissionError as exc:
+        raise PermissionError(f"--save-video {path}: {exc}") from exc
+    return codec
+
+
 class _VideoWriter:
-    """The annotated video: the frame beside its heatmap, a red border while the alarm is on."""
+    """The annotated video: the frame beside its heatmap, a red border while the alarm is on.
+    Written under a temporary name beside ``path`` and renamed on :meth:`close` (also after
+    Ctrl-C, with the frames written so far), so ``path`` never holds a cut file."""
 
     def __init__(self, path: Path, fps: float) -> None:
+        from ._checkpoint import atomic_files
+
         self.av = require_av()
-        codec = VIDEO_CODECS.get(path.suffix.lower())
-        if codec is None:
-            raise ValueError(f"--save-video: cannot tell the codec from {path.name}; use one of {sorted(VIDEO_CODECS)}")
-        self.path, self.codec, self.fps = path, codec, fps
+        self.codec, self.fps = check_video_path(path), fps
+        self.files = contextlib.ExitStack()
+        (self.temporary,) = self.files.enter_context(atomic_files(path))  # refuses a folder
         self.container, self.stream = None, None
 
     def write(self, picture: np.ndarray, alarm: bool) -> None:
@@ -781,20 +825,28 @@ class _VideoWriter:
         height, width = picture.shape[:2] - np.array(picture.shape[:2]) % 2  # even sides for 4:2:0
         picture = np.ascontiguousarray(picture[:height, :width])
         if self.container is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.container = self.av.open(os.fspath(self.path), "w")
-            self.stream = self.container.add_stream(self.codec, rate=round(self.fps))
+            self.container = self.av.open(os.fspath(self.temporary), "w")
+            # Encoders take a rational rate: 29.97 stays 30000/1001, 0.5 stays 1/2.
+            self.stream = self.container.add_stream(self.codec, rate=fractions.Fraction(self.fps).limit_denominator(1001))
             self.stream.width, self.stream.height = int(width), int(height)
             self.stream.pix_fmt = "yuvj420p" if self.codec == "mjpeg" else "yuv420p"
         for packet in self.stream.encode(self.av.VideoFrame.from_ndarray(picture, format="rgb24")):
             self.container.mux(packet)
 
     def close(self) -> None:
-        if self.container is not None:
+        """Finish the file and rename it into place (nothing is written when no frame was)."""
+        if self.container is None:
+            return
+        try:
             for packet in self.stream.encode():
                 self.container.mux(packet)
             self.container.close()
+        except BaseException as exc:
+            self.files.__exit__(type(exc), exc, exc.__traceback__)  # removes the temporary file
+            raise
+        finally:
             self.container = None
+        self.files.close()
 
 
 def watch(inspector: Inspector, source, out: str | os.PathLike, *, max_frames: int | None = None,
@@ -809,12 +861,14 @@ def watch(inspector: Inspector, source, out: str | os.PathLike, *, max_frames: i
     written) loses nothing. Returns the summary."""
     from ._checkpoint import writable_folder
 
+    # Everything that can be refused is, before any output exists.
+    source = open_source(source, fps).open()
+    writer = _VideoWriter(Path(save_video), fps or 25.0) if save_video else None
     out = writable_folder(out)
     alarms_dir = out / "alarms"
     alarms_dir.mkdir(exist_ok=True)
     for old in alarms_dir.glob("frame_*.png"):  # a previous run's pictures would read as this run's
         old.unlink()
-    writer = _VideoWriter(Path(save_video), fps or 25.0) if save_video else None
     latencies: list[float] = []
     summary = {"source": str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__,
                "smoothing": inspector.smoothing, "threshold": inspector.threshold,
@@ -841,7 +895,8 @@ def watch(inspector: Inspector, source, out: str | os.PathLike, *, max_frames: i
                 if result.alarm and not was_on:
                     summary["alarms"] += 1
                     picture = heatmap_overlay(result.image, result.anomaly_map, inspector.map_threshold)
-                    save_png(picture, alarms_dir / f"frame_{result.frame:06d}.png")
+                    save_png(captioned(picture, _alarm_caption(result, inspector)),
+                             alarms_dir / f"frame_{result.frame:06d}.png")
                 was_on = result.alarm
                 if writer is not None:
                     if picture is None:
@@ -862,8 +917,15 @@ def watch(inspector: Inspector, source, out: str | os.PathLike, *, max_frames: i
         summary.update(_stats(latencies, summary["scored"], summary["seconds"]))
         if progress:
             print(file=sys.stderr)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _alarm_caption(result: FrameResult, inspector: Inspector) -> str:
+    """What an alarm picture says about itself: which frame, when, and by how much."""
+    when = f" at {result.time_s:.2f} s" if result.time_s is not None else ""
+    return (f"frame {result.frame}{when}  score {result.score:.3f}  {inspector.smoothing} {result.smoothed:.3f}"
+            f" > threshold {inspector.threshold:.3f}")
 
 
 def _print_live(summary: dict, stats: dict) -> None:

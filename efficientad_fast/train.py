@@ -21,19 +21,17 @@ import copy
 import json
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ._checkpoint import atomic_save, config_diff, load_state_dict_checked, read_checkpoint, writable_folder
+from ._checkpoint import atomic_save, atomic_write_text, save_figure, config_diff, load_state_dict_checked, read_checkpoint, writable_folder
 from ._device import autocast_dtype
+from ._signals import interrupts_held
 from ._progress import progress as progress_bar
 from .metrics import f1_optimal_threshold
 from .model import DEFAULT_IMAGE_QUANTILE, DEFAULT_PIXEL_THRESHOLD, EfficientAD
@@ -512,24 +510,6 @@ def _choose_amp(model: EfficientAD, train_images: torch.Tensor, config: TrainCon
         return choose_amp(device, what, run_step)
 
 
-@contextmanager
-def _sigint_held():
-    """Hold Ctrl-C until the block has run, then raise KeyboardInterrupt: an optimizer
-    update must be applied whole or not at all. Only the main thread gets signals."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
-        yield  # previous None: a handler not set from Python, which we could not restore
-        return
-    received = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
 class _Loop:
     """The optimisation steps of :func:`train`, with checkpoints and Ctrl-C handling.
 
@@ -562,7 +542,7 @@ class _Loop:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         row = {k: float(v.detach()) for k, v in losses.items()}
-        with _sigint_held():
+        with interrupts_held():
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -612,7 +592,7 @@ def write_training_log(history: list[dict], out_dir: str | os.PathLike) -> tuple
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "train_log.jsonl"
-    log.write_text("".join(json.dumps(row) + "\n" for row in history))
+    atomic_write_text(log, "".join(json.dumps(row) + "\n" for row in history))
     try:
         import matplotlib
 
@@ -634,7 +614,4 @@ def write_training_log(history: list[dict], out_dir: str | os.PathLike) -> tuple
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    png = out / "loss_curve.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return log, png
+    return log, save_figure(fig, out / "loss_curve.png", dpi=110)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from cli_checks import one_error_line
 from efficientad_fast.cli import main
 from efficientad_fast.data import make_synthetic
 from efficientad_fast.testing import random_model
@@ -75,15 +76,6 @@ def files(tmp_path_factory):
     (root / "a_file").write_text("a file, not a folder")
     image = next((data / "board" / "test" / "good").iterdir())
     return {"root": root, "data": data, "model": model, "image": image, "blocked": root / "a_file" / "out"}
-
-
-def one_error_line(command: str, err: str) -> str:
-    """The one 'error:' line of ``err``, checked to be the CLI's and alone, with no traceback."""
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"efficientad-fast {command}: error: "), err
-    assert "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.mark.parametrize("case", CASES)

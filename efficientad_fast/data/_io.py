@@ -38,13 +38,16 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p.name))
 
 
-def find_images(folder: str | os.PathLike, what: str = "image") -> list[Path]:
+def find_images(folder: str | os.PathLike, what: str = "image", broken_links: bool = False) -> list[Path]:
     """Image files under ``folder`` and its subfolders, sorted (hidden files skipped).
+    ``broken_links``: include image names that are symbolic links to nothing, so a caller
+    that reports unreadable files (predict's errors.csv) lists them instead of losing them.
     FileNotFoundError when the folder is missing, ValueError when it holds no image."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} folder {folder} does not exist")
-    found = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p.name))
+    found = sorted(p for p in folder.rglob("*")
+                   if is_image_file(p.name) and (p.is_file() or (broken_links and p.is_symlink() and not p.exists())))
     if not found:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {what} folder {folder}")
     return found
@@ -61,6 +64,8 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
         # this, a photo taken upright would reach the model (and its mask) rotated.
         ImageOps.exif_transpose(image, in_place=True)
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise FileNotFoundError(f"{what} file {path} is a link to {os.readlink(path)}, which does not exist") from None
         raise FileNotFoundError(f"{what} file {path} does not exist") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"cannot read {what} file {path}: {error}") from error
@@ -78,6 +83,8 @@ def image_size_of(path: str | os.PathLike, what: str = "image") -> tuple[int, in
                 return height, width
             return width, height
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise FileNotFoundError(f"{what} file {path} is a link to {os.readlink(path)}, which does not exist") from None
         raise FileNotFoundError(f"{what} file {path} does not exist") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"cannot read {what} file {path}: {error}") from error

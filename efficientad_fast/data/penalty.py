@@ -117,11 +117,11 @@ class TensorImages(Dataset):
         return big[:, top:top + h, left:left + w]
 
 
-def bundled_penalty_images(image_size: tuple[int, int], seed: int = 0) -> TensorImages:
+def bundled_penalty_images(image_size: tuple[int, int], seed: int = 0, progress: bool = False) -> TensorImages:
     """The bundled generic images: scikit-image's photographs (never the textures held out
     from distillation; needs the ``[distill]`` extra, else left out with a notice) and
-    :data:`BUNDLED_PROCEDURAL` procedural images drawn from ``seed``."""
-    images = list(procedural_images(BUNDLED_PROCEDURAL, seed=seed).values())
+    :data:`BUNDLED_PROCEDURAL` procedural images drawn from ``seed`` (``progress``: a bar)."""
+    images = list(procedural_images(BUNDLED_PROCEDURAL, seed=seed, progress=progress).values())
     try:
         images = list(photo_images(BUILTIN_PHOTOS).values()) + images
     except ImportError as exc:
@@ -134,13 +134,13 @@ def _imagenette_images(folder: Path, image_size: tuple[int, int], seed: int) -> 
     return GenericImages(folder, image_size, grayscale_p=IMAGENETTE_GRAYSCALE_P, seed=seed)
 
 
-def _auto_penalty_images(image_size: tuple[int, int], seed: int) -> Dataset:
+def _auto_penalty_images(image_size: tuple[int, int], seed: int, progress: bool) -> Dataset:
     try:
         folder = imagenette_folder()
     except FileNotFoundError:  # NotCachedError
         print("penalty images 'auto': Imagenette is not cached (efficientad-fast fetch-imagenette); "
               "using the bundled generic images", file=sys.stderr)
-        return bundled_penalty_images(image_size, seed)
+        return bundled_penalty_images(image_size, seed, progress)
     print(f"penalty images 'auto': Imagenette from {folder}", file=sys.stderr)
     return _imagenette_images(folder, image_size, seed)
 
@@ -163,12 +163,13 @@ def check_penalty_images(penalty_images) -> None:
             imagenette_folder()
 
 
-def penalty_image_set(penalty_images, image_size: tuple[int, int], seed: int = 0) -> Dataset | None:
+def penalty_image_set(penalty_images, image_size: tuple[int, int], seed: int = 0,
+                      progress: bool = False) -> Dataset | None:
     """The penalty images for training: None or ``"none"`` (none), ``"imagenette"`` (the
     cached Imagenette, random grayscale 0.3 as in the paper), ``"bundled"``
     (:func:`bundled_penalty_images`), ``"auto"`` (Imagenette when cached, else bundled; the
     choice is printed) or folder(s) of images (kept in colour). The dataset's ``source``
-    says which, for the training summary."""
+    says which, for the training summary. ``progress``: a bar while the bundled set is made."""
     if not penalty_images:
         return None
     names, keywords = _penalty_names(penalty_images)
@@ -177,9 +178,9 @@ def penalty_image_set(penalty_images, image_size: tuple[int, int], seed: int = 0
     if keywords == [IMAGENETTE]:
         images, source = _imagenette_images(imagenette_folder(), image_size, seed), IMAGENETTE
     elif keywords == [BUNDLED]:
-        images, source = bundled_penalty_images(image_size, seed), BUNDLED
+        images, source = bundled_penalty_images(image_size, seed, progress), BUNDLED
     elif keywords == [AUTO]:
-        images = _auto_penalty_images(image_size, seed)
+        images = _auto_penalty_images(image_size, seed, progress)
         source = f"auto: {IMAGENETTE if isinstance(images, GenericImages) else BUNDLED}"
     else:
         images, source = GenericImages(names, image_size), " ".join(map(str, names))

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checkpoint import atomic_files
 from .._optional import require
 from .synthetic import SYNTHETIC_CATEGORIES, render_synthetic
 
@@ -163,41 +164,43 @@ def make_synthetic_video(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    container = av.open(os.fspath(path), "w")
-    try:
-        stream = container.add_stream(codec, rate=round(fps) if float(fps).is_integer() else fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        if codec == "mjpeg":
-            stream.options = {"qscale": "3"}  # good quality: compression should not look like defects
-        for t, left in enumerate(positions):
-            start = int(left) + size  # the strip starts with the empty belt
-            frame = strip[:, start:start + size]
-            visible = strip_mask[:, start:start + size]
-            flicker = 1.0 + rng.uniform(-0.03, 0.03)
-            frame = frame * flicker + noise * rng.standard_normal(frame.shape, dtype=np.float32)
-            glitch = rng.random() < glitch_rate
-            if glitch:
-                frame = _glitch(frame, rng)
-            pixels = np.round(np.clip(frame, 0, 1) * 255).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+    # The video and its labels appear together, whole, or not at all.
+    with atomic_files(path, labels_path(path)) as (video_file, labels_file):
+        container = av.open(os.fspath(video_file), "w")
+        try:
+            stream = container.add_stream(codec, rate=round(fps) if float(fps).is_integer() else fps)
+            stream.width = stream.height = size
+            stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+            if codec == "mjpeg":
+                stream.options = {"qscale": "3"}  # good quality: compression should not look like defects
+            for t, left in enumerate(positions):
+                start = int(left) + size  # the strip starts with the empty belt
+                frame = strip[:, start:start + size]
+                visible = strip_mask[:, start:start + size]
+                flicker = 1.0 + rng.uniform(-0.03, 0.03)
+                frame = frame * flicker + noise * rng.standard_normal(frame.shape, dtype=np.float32)
+                glitch = rng.random() < glitch_rate
+                if glitch:
+                    frame = _glitch(frame, rng)
+                pixels = np.round(np.clip(frame, 0, 1) * 255).astype(np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                    container.mux(packet)
+                # The part under the frame's centre, unless a defect is in view: then its part
+                # (a defective part sliding out still shows its defect at the frame's edge).
+                part = (start + size // 2) // size - 1
+                if visible.any():
+                    first = start // size  # strip columns of the two parts in view
+                    split = (first + 1) * size - start
+                    part = first - 1 if visible[:, :split].sum() >= visible[:, split:].sum() else first
+                rows.append({"frame": t, "defective": int(visible.any()), "part": int(part), "glitch": int(glitch)})
+            for packet in stream.encode():
                 container.mux(packet)
-            # The part under the frame's centre, unless a defect is in view: then its part
-            # (a defective part sliding out still shows its defect at the frame's edge).
-            part = (start + size // 2) // size - 1
-            if visible.any():
-                first = start // size  # strip columns of the two parts in view
-                split = (first + 1) * size - start
-                part = first - 1 if visible[:, :split].sum() >= visible[:, split:].sum() else first
-            rows.append({"frame": t, "defective": int(visible.any()), "part": int(part), "glitch": int(glitch)})
-        for packet in stream.encode():
-            container.mux(packet)
-    finally:
-        container.close()
-    with open(labels_path(path), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["frame", "defective", "part", "glitch"])
-        writer.writeheader()
-        writer.writerows(rows)
+        finally:
+            container.close()
+        with open(labels_file, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["frame", "defective", "part", "glitch"])
+            writer.writeheader()
+            writer.writerows(rows)
     return path
 
 

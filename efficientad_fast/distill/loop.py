@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checkpoint import atomic_save, config_diff, writable_folder
+from .._checkpoint import atomic_save, atomic_write_text, config_diff, writable_folder
 from .._device import autocast_dtype
 from .._progress import progress
 from ..networks import MODEL_SIZES, TEACHER_CHANNELS, make_pdn
@@ -358,7 +358,7 @@ def _write_teacher(run: _Run, out: Path, command: str | None, log) -> dict:
     """The teacher's float32 state dict at ``out`` and its record at ``out`` with suffix .json."""
     atomic_save({k: v.detach().cpu().float().clone() for k, v in run.pdn.state_dict().items()}, out)
     record = _record(run, out, command)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     log(f"[distill] wrote {out} and {out.with_suffix('.json')}")
     return record
 

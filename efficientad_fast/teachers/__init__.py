@@ -179,7 +179,13 @@ def load_teacher(source, model_size: str | None = None, padding: bool = False) -
     indices (``0., 3., 6., 8.`` for small; ``0, 3, 6, 8, 10, 12`` for medium). The size is
     read from the keys unless given.
     """
-    state = read_checkpoint(Path(source), True) if isinstance(source, (str, os.PathLike)) else source
+    if isinstance(source, (str, os.PathLike)):
+        # A whole pickled nn.Module would need code to be run to load; its weights do not.
+        state = read_checkpoint(Path(source), True, refused_hint=(
+            "Save the teacher's weights alone, in Python where you trust the file: "
+            "torch.save(torch.load(FILE, weights_only=False).state_dict(), 'teacher.pth')"))
+    else:
+        state = source
     if not isinstance(state, dict):
         raise TypeError(f"a teacher state dict must be a dict, got {type(state).__name__}")
     if "state_dict" in state and isinstance(state["state_dict"], dict):

@@ -1,0 +1,435 @@
+"""Reliability at the edges (issue 24's "Poor" list): a full disk (a real one, a small tmpfs,
+when running as root), interrupted and stalled downloads, SIGTERM, files that are not what
+their name says, watch's early checks and its alarm pictures, export's opset, an unwritable
+cache and numbers of NumPy or tensor type. Each ends in one clear line (exit 2, 130 or 143)
+with nothing half-made."""
+
+from __future__ import annotations
+
+import csv
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli_checks import one_error_line
+from efficientad_fast.cli import main
+from efficientad_fast.testing import random_model
+
+pytestmark = pytest.mark.usefixtures("op_library")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFICIENTAD_FAST_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    model = random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9))
+    model.set_thresholds(image=0.25, pixel=0.1, source="test")
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """A folder of three 64 px images (frames or images to score)."""
+    folder = tmp_path_factory.mktemp("frames")
+    for i in range(3):
+        Image.fromarray(np.full((64, 64, 3), 60 * i, np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 4 MiB tmpfs filled to the last byte (root only: mount needs it), unmounted after."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("a real full disk needs a tmpfs mount, which needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Write until the file system says it is full (ENOSPC)."""
+    try:
+        with open(disk / "filler", "wb", buffering=0) as f:
+            while True:
+                f.write(b"\0" * 4096)
+    except OSError:
+        pass
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+def test_saving_a_model_to_a_full_disk_says_so_and_keeps_nothing(full_disk):
+    model = random_model("small", seed=0)
+    with pytest.raises(OSError, match=f"no space left writing {full_disk / 'model.pt'}"):
+        model.save(full_disk / "model.pt")  # 32 MB on a 4 MiB disk: torch's zip writer fails
+    assert sorted(p.name for p in full_disk.iterdir()) == []
+
+
+def test_train_onto_a_full_disk_is_one_line(full_disk, tmp_path, capsys):
+    from efficientad_fast.data import make_synthetic
+
+    data = make_synthetic(tmp_path / "data", seed=1, categories=("board",), n_train=4, n_test_good=1,
+                          n_test_defect_per_type=1, defects=("hole",))
+    out = full_disk / "run"
+    args = ["train", "--data", str(data), "--dataset", "mvtec", "--category", "board", "--out", str(out),
+            "--steps", "2", "--teacher", "random", "--penalty-images", "none", "--workers", "0", "--quiet"]
+    assert main(args) == 2
+    line = one_error_line("train", capsys.readouterr().err)
+    assert "no space left writing" in line and "[Errno" not in line
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_predict_onto_a_full_disk_keeps_the_previous_scores(full_disk, model_file, frames, capsys):
+    out = full_disk / "out"
+    args = ["predict", "--model", str(model_file), str(frames), "--out", str(out), "--quiet", "--precision", "fp32"]
+    assert main([*args, "--no-heatmaps"]) == 0
+    before = (out / "scores.csv").read_bytes()
+    fill(full_disk)
+    assert main(args) == 2  # heatmaps and rows no longer fit
+    one_error_line("predict", capsys.readouterr().err)
+    assert (out / "scores.csv").read_bytes() == before
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_onnx_export_onto_a_full_disk_leaves_nothing(full_disk, model_file, capsys):
+    pytest.importorskip("onnx")
+    out = full_disk / "m.onnx"
+    assert main(["export", "--model", str(model_file), "--format", "onnx", "--out", str(out)]) == 2
+    assert "no space left" in one_error_line("export", capsys.readouterr().err)
+    assert list(full_disk.iterdir()) == []
+
+
+# -- files that are not what they say --------------------------------------------------------
+
+
+def test_a_text_file_as_the_model_says_what_it_is(tmp_path, frames, capsys):
+    text = tmp_path / "model.pt"
+    text.write_text("hello, not a model\n")
+    assert main(["predict", "--model", str(text), str(frames), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    line = one_error_line("predict", capsys.readouterr().err)
+    assert "not an efficientad_fast model file (it is text starting 'hello, not a mod')" in line
+    png = tmp_path / "image.pt"
+    png.write_bytes((frames / "000.png").read_bytes())
+    assert main(["predict", "--model", str(png), str(frames), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "starts with bytes b'\\x89PNG" in one_error_line("predict", capsys.readouterr().err)
+
+
+def test_a_pickled_teacher_module_says_how_to_save_its_weights(tmp_path, recwarn):
+    from efficientad_fast import teachers
+
+    module = tmp_path / "teacher_module.pt"
+    torch.save(teachers.make_pdn("small", 384, False), module)  # the whole nn.Module: code, not weights
+    with pytest.raises(ValueError) as info:
+        teachers.load_teacher(module)
+    message = str(info.value)
+    assert "holds Python objects (efficientad_fast.networks.PDNSmall)" in message
+    assert "state_dict()" in message and "weights_only=False." not in message
+    assert not [w for w in recwarn if "anomalib" in str(w.filename) or "timm" in str(w.filename)]
+
+
+def test_a_dangling_image_link_is_an_errors_row(tmp_path, model_file, frames, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "good.png").write_bytes((frames / "001.png").read_bytes())
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model_file), str(folder), "--out", str(out), "--quiet",
+                 "--no-heatmaps", "--precision", "fp32"]) == 0
+    assert [r["path"] for r in csv.DictReader(open(out / "scores.csv"))] == [str(folder / "good.png")]
+    errors = list(csv.DictReader(open(out / "errors.csv")))
+    assert [r["path"] for r in errors] == [str(folder / "gone.png")]
+    assert "is a link to" in errors[0]["error"] and "does not exist" in errors[0]["error"]
+
+
+# -- watch -------------------------------------------------------------------------------------
+
+
+WATCH = ["watch", "--model", "{model}", "--quiet", "--precision", "fp32"]
+
+
+@pytest.mark.parametrize("case", ["not-a-video", "fps-nan", "fps-negative", "save-video-unwritable",
+                                  "save-video-folder", "save-video-no-codec"])
+def test_watch_refuses_before_it_writes_anything(case, tmp_path, model_file, frames, capsys):
+    pytest.importorskip("av")
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("not a video")
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "out"
+    extra = {
+        "not-a-video": ["--source", str(junk)],
+        "fps-nan": ["--source", str(frames), "--fps", "nan"],
+        "fps-negative": ["--source", str(frames), "--fps", "-2"],
+        "save-video-unwritable": ["--source", str(frames), "--save-video", str(tmp_path / "a_file" / "v.mp4")],
+        "save-video-folder": ["--source", str(frames), "--save-video", str(tmp_path)],
+        "save-video-no-codec": ["--source", str(frames), "--save-video", str(tmp_path / "v.gif")],
+    }[case]
+    args = [a.format(model=model_file) for a in WATCH] + extra + ["--out", str(out)]
+    if case.startswith("fps"):  # refused by the parser: argparse's own exit 2
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        assert info.value.code == 2
+        assert "argument --fps: must be a finite number > 0" in capsys.readouterr().err
+    else:
+        assert main(args) == 2
+        line = one_error_line("watch", capsys.readouterr().err)
+        assert {"not-a-video": "cannot open the video source", "save-video-unwritable": "--save-video",
+                "save-video-folder": "is a folder", "save-video-no-codec": "cannot tell the codec"}[case] in line
+    assert not out.exists()
+
+
+def test_watch_api_refuses_a_nan_or_negative_fps(tmp_path, model_file, frames):
+    from efficientad_fast import load
+    from efficientad_fast.stream import Inspector, watch
+
+    inspector = Inspector(load(model_file, precision="fp32"))
+    for fps in (float("nan"), -2.0, 0, float("inf")):
+        with pytest.raises(ValueError, match="fps must be a finite number > 0"):
+            watch(inspector, frames, tmp_path / "out", fps=fps, progress=False)
+    with pytest.raises(TypeError, match="fps must be a number"):
+        watch(inspector, frames, tmp_path / "out", fps="25", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_alarm_pictures_say_frame_score_and_threshold(tmp_path, model_file, frames):
+    from efficientad_fast import load
+    from efficientad_fast.stream import Inspector, _alarm_caption, watch
+
+    inspector = Inspector(load(model_file, precision="fp32"), smoothing="none", threshold=-1e9)  # every frame alarms
+    summary = watch(inspector, frames, tmp_path / "out", fps=5, progress=False)
+    assert summary["alarms"] == 1  # one onset: the alarm stays on
+    picture = np.asarray(Image.open(tmp_path / "out" / "alarms" / "frame_000000.png"))
+    assert picture.shape[0] > 256  # the caption band above the 256 px overlay
+    band = picture[: picture.shape[0] - 256]
+    assert band.max() == 255 and np.median(band) == 0  # white text on black
+    caption = _alarm_caption(next(iter(inspector.run(frames, max_frames=1, fps=5))), inspector)
+    assert caption.startswith("frame 0 at 0.00 s  score ") and "threshold -1000000000.000" in caption
+
+
+def test_the_annotated_video_appears_whole_and_under_its_name(tmp_path, model_file, frames):
+    av = pytest.importorskip("av")
+    from efficientad_fast import load
+    from efficientad_fast.stream import Inspector, watch
+
+    video = tmp_path / "video" / "v.mp4"
+    watch(Inspector(load(model_file, precision="fp32")), frames, tmp_path / "out", fps=2.5, save_video=video,
+          progress=False)
+    assert sorted(p.name for p in video.parent.iterdir()) == ["v.mp4"]
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == 2.5  # a fractional rate kept, not rounded to 2
+        assert sum(1 for _ in container.decode(stream)) == 3
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+def test_export_refuses_an_opset_onnx_does_not_know_before_any_work(tmp_path, model_file, capsys):
+    pytest.importorskip("onnx")
+    out = tmp_path / "out"
+    assert main(["export", "--model", str(model_file), "--format", "onnx", "--out", str(out / "m.onnx"),
+                 "--opset", "99"]) == 2
+    assert "opset must be an integer from 17 to" in one_error_line("export", capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_export_refuses_to_write_another_opset_than_asked(tmp_path, model_file, monkeypatch):
+    """torch.onnx converts from opset 18 and keeps 18 with a warning when it cannot: pretend
+    onnx knows opset 99, so the conversion fails as it would for a real new opset."""
+    onnx = pytest.importorskip("onnx")
+    from efficientad_fast import load
+    from efficientad_fast.export import export_onnx
+
+    monkeypatch.setattr(onnx.defs, "onnx_opset_version", lambda: 99)
+    with pytest.raises(ValueError, match="asked for ONNX opset 99, but torch .* could only write opset 18"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_onnx(load(model_file), tmp_path / "m.onnx", opset=99)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- downloads: stalls, Ctrl-C and SIGTERM ------------------------------------------------------
+
+
+class _Drip(http.server.BaseHTTPRequestHandler):
+    """Announces 1 MB, then sends a byte every 0.2 s."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 20))
+        self.end_headers()
+        try:
+            for _ in range(1 << 20):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def drip_url():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/teacher.zip"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_dripping_server_is_abandoned_as_stalled(tmp_path, drip_url):
+    from efficientad_fast.downloads import DownloadError, fetch_verified
+
+    dest = tmp_path / "cache" / "t.zip"
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"slowed to \d+ bytes/s over the last 2 s"):
+        fetch_verified(drip_url, "0" * 64, dest, what="t", progress=False, timeout=2.0)
+    assert time.monotonic() - started < 10
+    assert list(dest.parent.iterdir()) == []
+    with pytest.raises(DownloadError, match="not finished by the deadline"):
+        fetch_verified(drip_url, "0" * 64, dest, what="t", progress=False, timeout=60.0, deadline_s=1.0)
+    assert list(dest.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("how, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_fetch_stopped_by_a_signal_leaves_no_partial_file(how, status, tmp_path, drip_url):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "EFFICIENTAD_FAST_CACHE": str(cache)}
+    process = subprocess.Popen([sys.executable, "-m", "efficientad_fast", "fetch-teacher", "--from", drip_url,
+                                "--quiet"], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    downloads = cache / "downloads"
+    for _ in range(300):  # until the partial file exists
+        if downloads.is_dir() and list(downloads.iterdir()):
+            break
+        time.sleep(0.1)
+    assert [p.name for p in downloads.iterdir()][0].endswith(".part")
+    process.send_signal(how)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == status, err
+    assert "Traceback" not in err and "nothing was cached" in err
+    assert list(downloads.iterdir()) == []
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    from efficientad_fast import jobs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "run_demo", interrupted)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "1", "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "efficientad-fast demo: interrupted" in err and "Traceback" not in err
+
+
+def test_an_unwritable_cache_names_the_setting(tmp_path, monkeypatch):
+    from efficientad_fast.downloads import fetch_verified
+
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("EFFICIENTAD_FAST_CACHE", str(tmp_path / "a_file" / "cache"))
+    source = tmp_path / "source.zip"
+    source.write_bytes(b"zip")
+    from efficientad_fast.downloads import downloads_root
+
+    with pytest.raises(PermissionError, match="cannot create the cache folder .*EFFICIENTAD_FAST_CACHE="):
+        fetch_verified(source, "0" * 64, downloads_root() / "x.zip", what="x", progress=False)
+
+
+def test_the_precision_cache_says_when_it_could_not_be_written(tmp_path, monkeypatch):
+    from efficientad_fast import precision
+
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("EFFICIENTAD_FAST_CACHE", str(tmp_path / "a_file" / "cache"))
+    entry, how = precision._cached("key", "precision", ["fp32"], lambda: {"precision": "fp32"}, refresh=False)
+    assert entry["precision"] == "fp32"
+    assert how.startswith("measured now, not cached: cannot create the cache folder")
+
+
+# -- numbers of NumPy and tensor type ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [np.float32(0.7), np.float64(0.7), torch.tensor(0.7), torch.tensor([0.7]), 1])
+def test_sensitivity_and_thresholds_take_numpy_and_tensor_numbers(value):
+    model = random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).eval()
+    model.set_thresholds(image=value, pixel=value)
+    assert model.image_threshold == pytest.approx(float(value))
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    reference = model.predict(x, sensitivity=float(value))
+    result = model.predict(x, sensitivity=value)
+    assert torch.equal(result.label, reference.label) and torch.equal(result.mask, reference.mask)
+
+
+@pytest.mark.parametrize("value", ["0.5", True, torch.tensor([0.1, 0.2]), None])
+def test_sensitivity_of_another_type_is_a_type_error(value):
+    model = random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).eval()
+    with pytest.raises(TypeError, match="sensitivity .* must be a number"):
+        model.thresholds(value)
+
+
+# -- train and report --------------------------------------------------------------------------
+
+
+def test_building_the_bundled_penalty_images_shows_progress(capsys):
+    from efficientad_fast.data.penalty import penalty_image_set
+
+    penalty_image_set("bundled", (64, 64), progress=True)
+    assert "generic images" in capsys.readouterr().err
+    penalty_image_set("bundled", (64, 64), progress=False)
+    assert "generic images" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, text", [("auto", "auto"), (["a", "b"], "a b"), (None, "none"), ([], "none")])
+def test_report_writes_the_penalty_setting_as_given(value, text):
+    from efficientad_fast.report import _as_text
+
+    assert _as_text(value) == text
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"version": 1, "entries": []}', '{"version": 1}',
+                                  '{"version": 1, "entries": {"key": "a string"}}',
+                                  '{"version": 1, "entries": {"key": {"precision": ["fp32"]}}}'])
+def test_a_precision_cache_edited_by_hand_is_measured_again(text, tmp_path):
+    from efficientad_fast import precision
+    from efficientad_fast._build import cache_root
+
+    path = cache_root() / precision.CACHE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    entry, how = precision._cached("key", "precision", ["fp32"], lambda: {"precision": "fp32"}, refresh=False)
+    assert entry["precision"] == "fp32" and how.startswith("measured now, cached in")
+    entry, how = precision._cached("key", "precision", ["fp32"], lambda: {"precision": "bf16"}, refresh=False)
+    assert how.startswith("measured 20")  # read back from the rewritten cache
+
+
+def test_times_edited_by_hand_are_left_out_of_the_message():
+    from efficientad_fast.precision import _format_times
+
+    assert _format_times({"fp32": "slow", "bf16": 63.2, "int8": True}, ["fp32", "bf16", "int8"]) == "bf16 63 ms"
+    assert _format_times("nonsense") == "times not recorded"
