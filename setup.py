@@ -1,6 +1,6 @@
 """Packaging. ``pip install -e .`` compiles nothing: the extension is JIT-built on first use.
 ``EFFICIENTAD_FAST_BUILD_EXT=1 pip install --no-build-isolation .`` compiles it ahead of time
-from the same sources and flags (efficientad_fast/_build.py), except the JIT build's
+from the same sources and flags (efficientad_fast/op/_build.py), except the JIT build's
 -march=native: a wheel may run on another CPU than the one that built it."""
 
 import importlib.util
@@ -28,7 +28,7 @@ class build_py_with_sources(build_py):
 
 def ahead_of_time_extension():
     # Load _build.py by path: importing the package would import torch-dependent modules.
-    spec = importlib.util.spec_from_file_location("_efficientad_fast_build", ROOT / "efficientad_fast" / "_build.py")
+    spec = importlib.util.spec_from_file_location("_efficientad_fast_build", ROOT / "efficientad_fast" / "op" / "_build.py")
     build = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = build  # dataclasses look their module up there
     spec.loader.exec_module(build)
@@ -39,7 +39,7 @@ def ahead_of_time_extension():
     sources = [os.path.relpath(s, ROOT) for s in plan.sources]
     if plan.with_cuda:
         ext = CUDAExtension(
-            "efficientad_fast._C",
+            "efficientad_fast.op._C",
             sources,
             include_dirs=plan.include_dirs,
             extra_compile_args={"cxx": plan.cxx_flags, "nvcc": plan.nvcc_flags},
@@ -47,7 +47,7 @@ def ahead_of_time_extension():
         )
     else:
         ext = CppExtension(
-            "efficientad_fast._C",
+            "efficientad_fast.op._C",
             sources,
             include_dirs=plan.include_dirs,
             extra_compile_args={"cxx": plan.cxx_flags},

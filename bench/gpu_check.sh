@@ -88,7 +88,7 @@ EOF
 note "GPU: $GPU_NAME_VERSIONS"
 SANITIZER=$(command -v compute-sanitizer || true)
 if [[ -z "$SANITIZER" ]]; then
-    SANITIZER=$("$PY" -c "from efficientad_fast._build import find_cuda_home as f; h = f(); print(h / 'bin' / 'compute-sanitizer' if h else '')" 2>/dev/null)
+    SANITIZER=$("$PY" -c "from efficientad_fast.op._build import find_cuda_home as f; h = f(); print(h / 'bin' / 'compute-sanitizer' if h else '')" 2>/dev/null)
     [[ -n "$SANITIZER" && -x "$SANITIZER" ]] || SANITIZER=""
 fi
 if [[ "$HAS_GPU" == 1 ]]; then export EFFICIENTAD_FAST_CUDA=1

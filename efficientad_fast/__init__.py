@@ -11,14 +11,11 @@
     amap, score = ead.anomaly_map(teacher, student, autoencoder, quantiles=q)  # the fused op
 """
 
-from ._build import BuildError
-from ._extension import load_extension, load_if_built
+from .op import BuildError, anomaly_map, load_extension, load_if_built, reference_anomaly_map
 from .anomalib_io import from_anomalib
 from .teachers import load_teacher
 from .inference import FastPredictor
 from .model import EfficientAD, Prediction, load, quantize
-from .ops import anomaly_map
-from .reference import reference_anomaly_map
 
 load_if_built()  # torch.ops.efficientad_fast works after import when a library is built
 

@@ -319,8 +319,8 @@ def bench_op(device: torch.device, batches=(1, 16, 64), dtypes=("fp32", "fp16"),
     ``nchw``). Bandwidth as a fraction of the GPU's peak only where the bytes moved exceed
     its L2 cache (EfficientAD-S at 256 px: 9.6 MB of fp16 features an image, so from N=8 on
     an H200's 50 MB). ``on_row(rows)`` is called with the rows so far after each one."""
-    from .ops import anomaly_map
-    from .reference import reference_anomaly_map
+    from .op.ops import anomaly_map
+    from .op.reference import reference_anomaly_map
 
     for layout in layouts:
         if layout not in OP_LAYOUTS:
@@ -403,7 +403,7 @@ def run_benchmark(
                                   warmup=warmup, runs=runs, model_file=model_file, protocol_name=protocol_name)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-    from ._extension import load_extension
+    from .op._library import load_extension
 
     load_extension()  # JIT-builds on first use: keep that out of every timing
     result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -19,7 +19,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     error under "build"), so scripts see a failed build as failed."""
     import torch
 
-    from . import __version__, _build, _extension
+    from . import __version__
+    from .op import _build, _library as _extension
 
     rows: list[tuple[str, str]] = [
         ("efficientad_fast", __version__),
@@ -1124,7 +1125,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors of the user's input or machine, which the message explains: one line, exit 2.
     OSError covers the machine's (a full disk, a vanished network share); the file functions
     here raise it with the path. Anything else is a bug and keeps its traceback."""
-    from ._build import BuildError
+    from .op._build import BuildError
     from .downloads import NotCachedError
 
     return (_BadArguments, NotCachedError, BuildError, ValueError, TypeError, FileNotFoundError, FileExistsError,

@@ -30,7 +30,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from ._build import cache_folder, cache_root
+from .op._build import cache_folder, cache_root
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0

@@ -39,7 +39,7 @@ from torch import nn
 from ._checkpoint import atomic_files, writable_folder
 from .model import EfficientAD, Prediction, check_unit_range, decisions
 from .networks import check_image_size
-from .reference import reference_anomaly_map
+from .op.reference import reference_anomaly_map
 
 FORMATS = ("aoti", "onnx")
 # Written into the .pt2 package (AOTInductor metadata) and the ONNX model's metadata_props.
@@ -210,7 +210,7 @@ def export_aoti(model: EfficientAD, out: str | os.PathLike, image_size=256, devi
     (export on a machine with one); the package then takes CUDA tensors.
     Inputs must be contiguous float32 (N, 3, H, W): :func:`load_package` checks that.
     """
-    from ._extension import load_extension
+    from .op._library import load_extension
 
     load_extension()  # torch.export needs the op (and its fake kernel) registered
     device = torch.device(device)
@@ -244,7 +244,7 @@ class LoadedPackage:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from ._extension import load_extension
+        from .op._library import load_extension
 
         path = Path(path)
         if not path.is_file():

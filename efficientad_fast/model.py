@@ -21,9 +21,9 @@ from ._checkpoint import (atomic_save, describe_start, first_line, load_state_di
                           state_checksum)
 from .int8 import FeatureGraph, Int8Calibration, Int8Networks, calibrate_int8
 from .networks import MODEL_SIZES, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
-from .ops import DISTANCES, anomaly_map
+from .op.ops import DISTANCES, anomaly_map
 from .precision import choose_precision
-from .reference import reference_anomaly_map
+from .op.reference import reference_anomaly_map
 from .teachers import init_teacher
 
 FORMAT = "efficientad_fast"

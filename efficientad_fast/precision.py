@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ._build import cache_folder, cache_root
+from .op._build import cache_folder, cache_root
 from ._checkpoint import atomic_files
 
 # The largest map difference to fp32 a chosen precision may have, as a fraction of the fp32

@@ -35,9 +35,9 @@ from ._signals import interrupts_held
 from ._progress import progress as progress_bar
 from .metrics import f1_optimal_threshold
 from .model import DEFAULT_IMAGE_QUANTILE, DEFAULT_PIXEL_THRESHOLD, EfficientAD
-from .reference import normalize_map
+from .op.reference import normalize_map
 from .networks import TEACHER_CHANNELS, feature_size
-from .ops import anomaly_map
+from .op.ops import anomaly_map
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from efficientad_fast import _build
+from efficientad_fast.op import _build
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_import_builds_nothing_then_load_extension_builds_the_cpu_op(cpu_cache):
     out = run_python(
         "import torch, efficientad_fast as e\n"
         "info = e.load_extension()\n"
-        "from efficientad_fast import _extension\n"
+        "from efficientad_fast.op import _library as _extension\n"
         "t = torch.randn(1, 4, 5, 5); s = torch.randn(1, 8, 5, 5)\n"
         "m, sc = e.anomaly_map(t, s, t)\n"
         "print(info['plan']['variant'], _extension.has_kernel('CPU'), _extension.has_kernel('CUDA'), tuple(m.shape))\n",
@@ -101,7 +101,7 @@ def test_import_loads_a_built_library_without_compiling(cpu_cache):
     cache = Path(cpu_cache["EFFICIENTAD_FAST_CACHE"])
     before = library_files(cache)
     assert any(name.endswith(".so") for name in before), "the test above builds the library"
-    out = run_python(FIRST_IMPORT + RAW_CALL + "from efficientad_fast import _extension\n"
+    out = run_python(FIRST_IMPORT + RAW_CALL + "from efficientad_fast.op import _library as _extension\n"
                      "print('how', _extension.load_extension()['how'])\n", **cpu_cache)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -132,7 +132,7 @@ def test_built_library_is_found_only_for_unchanged_sources(cpu_cache, tmp_path, 
 def test_cuda_sources_compile_and_link():
     out = run_python(
         "import efficientad_fast as e\n"
-        "from efficientad_fast import _extension\n"
+        "from efficientad_fast.op import _library as _extension\n"
         "info = e.load_extension()\n"
         "print('variant', info['plan']['variant'], 'cuda_kernel', _extension.has_kernel('CUDA'))\n",
         EFFICIENTAD_FAST_CUDA="1",

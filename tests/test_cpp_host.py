@@ -19,7 +19,8 @@ import torch
 import torch.utils
 
 import efficientad_fast as ead
-from efficientad_fast import _build, export
+from efficientad_fast import export
+from efficientad_fast.op import _build
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("op_library")

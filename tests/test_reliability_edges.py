@@ -417,7 +417,7 @@ def test_report_writes_the_penalty_setting_as_given(value, text):
                                   '{"version": 1, "entries": {"key": {"precision": ["fp32"]}}}'])
 def test_a_precision_cache_edited_by_hand_is_measured_again(text, tmp_path):
     from efficientad_fast import precision
-    from efficientad_fast._build import cache_root
+    from efficientad_fast.op._build import cache_root
 
     path = cache_root() / precision.CACHE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """The fused anomaly-map op: the public wrapper over ``torch.ops.efficientad_fast.anomaly_map``
-(loaded, with its fake kernel for ``torch.compile`` and ``torch.export``, by ``_extension``).
+(loaded, with its fake kernel for ``torch.compile`` and ``torch.export``, by ``_library``).
 
 The C++ kernels check every argument; the wrapper checks only what it must itself: that the
 features are tensors (a clear TypeError), and the quantiles and output_size it accepts in
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._extension import load_extension
+from ._library import load_extension
 
 DISTANCES = ("l2", "cosine")  # the op's distance names (the C++ checks them)
 

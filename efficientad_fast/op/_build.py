@@ -65,8 +65,8 @@ def extra_cxx_flags() -> list[str]:
 def source_dir() -> Path:
     """The folder holding the C++/CUDA sources: ``csrc/`` beside the package in a source
     checkout, or ``efficientad_fast/csrc`` in an installed wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "csrc", here / "csrc"):
+    here = Path(__file__).resolve().parent  # efficientad_fast/op
+    for candidate in (here.parents[1] / "csrc", here.parent / "csrc"):
         if (candidate / CPU_SOURCES[0]).is_file():
             return candidate
     raise BuildError(

@@ -1,7 +1,8 @@
 """Loading the compiled op library into ``torch.ops.efficientad_fast``: the ahead-of-time
 build inside the package if there is one, else the JIT build (compiled on first use,
 cached, rebuilt when a source changes); then the op's fake kernel. Build settings live in
-``_build.py``; the Python wrapper of the op in ``ops.py``, which imports this module.
+``_build.py``; the Python wrapper of the op in ``ops.py``, which imports this module; the
+pure-PyTorch reference it is tested against in ``reference.py``.
 
 ``import efficientad_fast`` calls :func:`load_if_built`, so ``torch.ops.efficientad_fast``
 works right after the import whenever a library is already built; :func:`load_extension`
