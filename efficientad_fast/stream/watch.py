@@ -1,0 +1,197 @@
+"""The watch job: run an :class:`Inspector` over a source and write frames.jsonl, alarm
+pictures, the annotated video and summary.json, with a live console line."""
+
+from __future__ import annotations
+
+import contextlib
+import fractions
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .._checkpoint import atomic_write_text
+from ..data.video import VIDEO_CODECS, require_av
+from ..heatmaps import captioned, heatmap_overlay, save_png
+from .inspector import FrameResult, Inspector
+from .sources import open_source
+
+def _percentile(values, q: float) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def _stats(latencies: list[float], scored: int, seconds: float) -> dict:
+    return {"fps": scored / seconds if seconds > 0 else None,
+            "latency_p50_ms": _percentile(latencies, 50), "latency_p99_ms": _percentile(latencies, 99)}
+
+
+def check_video_path(path: str | os.PathLike) -> str:
+    """The codec for an annotated video at ``path`` (from its suffix), after making sure its
+    folder can be written: ValueError/PermissionError that name the path, before any work."""
+    from .._checkpoint import writable_folder
+
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"--save-video: {path} is a folder; name a video file")
+    codec = VIDEO_CODECS.get(path.suffix.lower())
+    if codec is None:
+        raise ValueError(f"--save-video: cannot tell the codec from {path.name}; use one of {sorted(VIDEO_CODECS)}")
+    try:
+        writable_folder(path.parent)
+    except PermissionError as exc:
+        raise PermissionError(f"--save-video {path}: {exc}") from exc
+    return codec
+
+
+class _VideoWriter:
+    """The annotated video: the frame beside its heatmap, a red border while the alarm is on.
+    Written under a temporary name beside ``path`` and renamed on :meth:`close` (also after
+    Ctrl-C, with the frames written so far), so ``path`` never holds a cut file."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        from .._checkpoint import atomic_files
+
+        self.av = require_av()
+        self.codec, self.fps = check_video_path(path), fps
+        self.files = contextlib.ExitStack()
+        (self.temporary,) = self.files.enter_context(atomic_files(path))  # refuses a folder
+        self.container, self.stream = None, None
+
+    def write(self, picture: np.ndarray, alarm: bool) -> None:
+        if alarm:
+            picture = picture.copy()
+            picture[:4], picture[-4:], picture[:, :4], picture[:, -4:] = (255, 0, 0), (255, 0, 0), (255, 0, 0), (255, 0, 0)
+        height, width = picture.shape[:2] - np.array(picture.shape[:2]) % 2  # even sides for 4:2:0
+        picture = np.ascontiguousarray(picture[:height, :width])
+        if self.container is None:
+            self.container = self.av.open(os.fspath(self.temporary), "w")
+            # Encoders take a rational rate: 29.97 stays 30000/1001, 0.5 stays 1/2.
+            self.stream = self.container.add_stream(self.codec, rate=fractions.Fraction(self.fps).limit_denominator(1001))
+            self.stream.width, self.stream.height = int(width), int(height)
+            self.stream.pix_fmt = "yuvj420p" if self.codec == "mjpeg" else "yuv420p"
+        for packet in self.stream.encode(self.av.VideoFrame.from_ndarray(picture, format="rgb24")):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        """Finish the file and rename it into place (nothing is written when no frame was)."""
+        if self.container is None:
+            return
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            self.container.close()
+        except BaseException as exc:
+            self.files.__exit__(type(exc), exc, exc.__traceback__)  # removes the temporary file
+            raise
+        finally:
+            self.container = None
+        self.files.close()
+
+
+def watch(inspector: Inspector, source, out: str | os.PathLike, *, max_frames: int | None = None,
+          realtime: bool | None = None, save_video: str | os.PathLike | None = None, fps: float | None = None,
+          progress: bool = True) -> dict:
+    """Run ``inspector`` over ``source`` and write ``out/frames.jsonl`` (one JSON line per
+    frame scored or failed: frame, time_s, score, smoothed, alarm, latency_ms, dropped,
+    and error when it failed), ``out/alarms/frame_<index>.png`` (the heatmap overlay at each
+    alarm onset), optionally the annotated video, and ``out/summary.json``; prints a live
+    line (fps, latency p50/p99, alarms) to stderr when ``progress``. Every line is flushed
+    as it is written, so Ctrl-C (KeyboardInterrupt, re-raised after the summary is
+    written) loses nothing. Returns the summary."""
+    from .._checkpoint import writable_folder
+
+    # Everything that can be refused is, before any output exists.
+    source = open_source(source, fps).open()
+    writer = _VideoWriter(Path(save_video), fps or 25.0) if save_video else None
+    out = writable_folder(out)
+    alarms_dir = out / "alarms"
+    alarms_dir.mkdir(exist_ok=True)
+    for old in alarms_dir.glob("frame_*.png"):  # a previous run's pictures would read as this run's
+        old.unlink()
+    latencies: list[float] = []
+    summary = {"source": str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__,
+               "smoothing": inspector.smoothing, "threshold": inspector.threshold,
+               "latency_frames": inspector.latency_frames, "frames": 0, "scored": 0, "errors": 0,
+               "alarms": 0, "alarm_frames": 0, "dropped": 0, "interrupted": False, "first_errors": []}
+    started = last_print = time.perf_counter()
+    was_on = False
+    try:
+        with open(out / "frames.jsonl", "w") as lines:
+            for result in inspector.run(source, max_frames=max_frames, realtime=realtime, fps=fps):
+                lines.write(json.dumps(result.to_json()) + "\n")
+                lines.flush()
+                summary["frames"] += 1
+                summary["dropped"] = result.dropped
+                if result.error is not None:
+                    summary["errors"] += 1
+                    if len(summary["first_errors"]) < 10:
+                        summary["first_errors"].append({"frame": result.frame, "error": result.error})
+                    continue
+                summary["scored"] += 1
+                latencies.append(result.latency_ms)
+                summary["alarm_frames"] += int(result.alarm)
+                picture = None
+                if result.alarm and not was_on:
+                    summary["alarms"] += 1
+                    picture = heatmap_overlay(result.image, result.anomaly_map, inspector.map_threshold)
+                    save_png(captioned(picture, _alarm_caption(result, inspector)),
+                             alarms_dir / f"frame_{result.frame:06d}.png")
+                was_on = result.alarm
+                if writer is not None:
+                    if picture is None:
+                        picture = heatmap_overlay(result.image, result.anomaly_map, inspector.map_threshold)
+                    writer.write(picture, result.alarm)
+                now = time.perf_counter()
+                if progress and now - last_print >= 1.0:
+                    last_print = now
+                    _print_live(summary, _stats(latencies[-200:], summary["scored"], now - started))
+    except KeyboardInterrupt:
+        summary["interrupted"] = True
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+        summary["dropped"] = max(summary["dropped"], inspector.dropped)
+        summary["seconds"] = time.perf_counter() - started
+        summary.update(_stats(latencies, summary["scored"], summary["seconds"]))
+        if progress:
+            print(file=sys.stderr)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _alarm_caption(result: FrameResult, inspector: Inspector) -> str:
+    """What an alarm picture says about itself: which frame, when, and by how much."""
+    when = f" at {result.time_s:.2f} s" if result.time_s is not None else ""
+    return (f"frame {result.frame}{when}  score {result.score:.3f}  {inspector.smoothing} {result.smoothed:.3f}"
+            f" > threshold {inspector.threshold:.3f}")
+
+
+def _print_live(summary: dict, stats: dict) -> None:
+    fps = stats["fps"] or 0.0
+    p50, p99 = stats["latency_p50_ms"] or 0.0, stats["latency_p99_ms"] or 0.0
+    print(f"\r[watch] {summary['frames']} frames  {fps:.1f} fps  latency p50 {p50:.0f} ms p99 {p99:.0f} ms  "
+          f"alarms {summary['alarms']}  dropped {summary['dropped']}  errors {summary['errors']}   ",
+          end="", file=sys.stderr, flush=True)
+
+
+def format_summary(summary: dict) -> str:
+    """The end-of-stream lines ``watch`` prints."""
+    fps = summary.get("fps")
+    p50, p99 = summary.get("latency_p50_ms"), summary.get("latency_p99_ms")
+    lines = [
+        f"frames: {summary['frames']} read ({summary['scored']} scored, {summary['errors']} failed to decode), "
+        f"{summary['dropped']} dropped",
+        f"alarms: {summary['alarms']} (onsets; {summary['alarm_frames']} frames in alarm), smoothing "
+        f"{summary['smoothing']} (+{summary['latency_frames']:.1f} frames), threshold {summary['threshold']:.4g}",
+        f"speed: {fps:.2f} frames/s, latency p50 {p50:.0f} ms, p99 {p99:.0f} ms" if fps and p50 is not None
+        else "speed: no frame scored",
+    ]
+    for error in summary.get("first_errors", [])[:3]:
+        lines.append(f"decode error at frame {error['frame']}: {error['error']}")
+    if summary.get("interrupted"):
+        lines.append("interrupted (Ctrl-C): everything up to here is written")
+    return "\n".join(lines)
