@@ -216,7 +216,8 @@ def test_watch_api_refuses_a_nan_or_negative_fps(tmp_path, model_file, frames):
 
 def test_alarm_pictures_say_frame_score_and_threshold(tmp_path, model_file, frames):
     from efficientad_fast import load
-    from efficientad_fast.stream import Inspector, _alarm_caption, watch
+    from efficientad_fast.stream import Inspector, watch
+    from efficientad_fast.stream.watch import _alarm_caption
 
     inspector = Inspector(load(model_file, precision="fp32"), smoothing="none", threshold=-1e9)  # every frame alarms
     summary = watch(inspector, frames, tmp_path / "out", fps=5, progress=False)
