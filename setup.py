@@ -28,7 +28,9 @@ class build_py_with_sources(build_py):
 
 def ahead_of_time_extension():
     # Load _build.py by path: importing the package would import torch-dependent modules.
-    spec = importlib.util.spec_from_file_location("_efficientad_fast_build", ROOT / "efficientad_fast" / "op" / "_build.py")
+    spec = importlib.util.spec_from_file_location(
+        "_efficientad_fast_build", ROOT / "efficientad_fast" / "op" / "_build.py"
+    )
     build = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = build  # dataclasses look their module up there
     spec.loader.exec_module(build)
@@ -53,7 +55,10 @@ def ahead_of_time_extension():
             extra_compile_args={"cxx": plan.cxx_flags},
             extra_link_args=plan.ld_flags,
         )
-    return [ext], {"build_ext": BuildExtension.with_options(no_python_abi_suffix=True), "build_py": build_py_with_sources}
+    return [ext], {
+        "build_ext": BuildExtension.with_options(no_python_abi_suffix=True),
+        "build_py": build_py_with_sources,
+    }
 
 
 if os.environ.get("EFFICIENTAD_FAST_BUILD_EXT") == "1":

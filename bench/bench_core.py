@@ -33,12 +33,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import Row, cpu_machine_info, import_anomalib, interleaved, print_table, write_results  # noqa: E402
+
 import efficientad_fast  # noqa: E402
 from efficientad_fast._device import DTYPES  # noqa: E402
-from efficientad_fast.networks import TEACHER_CHANNELS as CHANNELS, feature_size  # noqa: E402
+from efficientad_fast.networks import TEACHER_CHANNELS as CHANNELS  # noqa: E402
+from efficientad_fast.networks import feature_size
 from efficientad_fast.testing import op_inputs  # noqa: E402
-from timing import (Row, cpu_machine_info, import_anomalib, interleaved, print_table,  # noqa: E402
-                    write_results)
 
 IMAGE_SIZE = 256
 FEATURE_SIZE = feature_size((IMAGE_SIZE, IMAGE_SIZE), padding=False)[0]  # 56, as op_inputs makes them
@@ -61,7 +62,9 @@ def compare_op(batches: list[int], dtypes: list[str], rounds: int, warmup: int) 
             n_rounds = rounds if batch <= 8 else max(3, rounds // 10)
             series = interleaved(
                 {
-                    f"reference N={batch} {dtype_name}": lambda: efficientad_fast.reference_anomaly_map(*args, **kwargs),
+                    f"reference N={batch} {dtype_name}": lambda: efficientad_fast.reference_anomaly_map(
+                        *args, **kwargs
+                    ),
                     f"fused     N={batch} {dtype_name}": lambda: efficientad_fast.anomaly_map(*args, **kwargs),
                 },
                 rounds=n_rounds,
@@ -115,7 +118,9 @@ def compare_predict(rounds: int, warmup: int, anomalib) -> tuple[list[Row], dict
         "ours fp32 channels_last": (copy.deepcopy(ours).to(memory_format=torch.channels_last), images_cl),
         "ours bf16": (copy.deepcopy(ours).to(torch.bfloat16), images),
         "ours bf16 channels_last": (
-            copy.deepcopy(ours).to(torch.bfloat16).to(memory_format=torch.channels_last), images_cl),
+            copy.deepcopy(ours).to(torch.bfloat16).to(memory_format=torch.channels_last),
+            images_cl,
+        ),
     }
 
     def run_anomalib():
@@ -144,7 +149,7 @@ def compare_predict(rounds: int, warmup: int, anomalib) -> tuple[list[Row], dict
 
     variants = {"anomalib fp32 forward": run_anomalib}
     for name, (model, x) in models.items():
-        variants[f"{name} predict"] = (lambda m=model, x=x: m.predict(x))
+        variants[f"{name} predict"] = lambda m=model, x=x: m.predict(x)
     series = interleaved(variants, rounds=rounds, warmup=warmup)
 
     base = series["anomalib fp32 forward"]
@@ -157,15 +162,26 @@ def compare_predict(rounds: int, warmup: int, anomalib) -> tuple[list[Row], dict
             extra["map_rel_diff"] = accuracy[name]["map_rel_diff"]
         else:
             extra["map_rel_diff_vs_anomalib"] = accuracy[name]["map_rel_diff_vs_anomalib"]
-        rows.append(Row("predict", s.name, s, baseline=base,
-                        target=PREDICT_TARGET_BF16 if bf16 else PREDICT_TARGET_FP32, extra=extra))
+        rows.append(
+            Row(
+                "predict",
+                s.name,
+                s,
+                baseline=base,
+                target=PREDICT_TARGET_BF16 if bf16 else PREDICT_TARGET_FP32,
+                extra=extra,
+            )
+        )
     # channels_last against NCHW, same dtype: which layout to make the default.
     layout = {}
     for dtype in ("fp32", "bf16"):
         nchw, cl = series[f"ours {dtype} predict"], series[f"ours {dtype} channels_last predict"]
-        layout[dtype] = {"nchw_median_ms": nchw.median, "channels_last_median_ms": cl.median,
-                         "speedup_channels_last": nchw.median / cl.median,
-                         "speedup_channels_last_mean": nchw.mean / cl.mean}
+        layout[dtype] = {
+            "nchw_median_ms": nchw.median,
+            "channels_last_median_ms": cl.median,
+            "speedup_channels_last": nchw.median / cl.median,
+            "speedup_channels_last_mean": nchw.mean / cl.mean,
+        }
     info["channels_last_vs_nchw"] = layout
     return rows, info
 
@@ -175,18 +191,31 @@ def compare_predict(rounds: int, warmup: int, anomalib) -> tuple[list[Row], dict
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=30,
-                   help="interleaved rounds of the predict comparison (default 30)")
-    p.add_argument("--op-rounds", type=int, default=50,
-                   help="interleaved rounds per op comparison (default 50; N>8 uses a tenth, at least 3)")
-    p.add_argument("--warmup", type=int, default=3,
-                   help="untimed calls of every variant before timing (default 3); the op "
-                        "library is loaded (JIT-built if needed) before any of this")
+    p.add_argument("--rounds", type=int, default=30, help="interleaved rounds of the predict comparison (default 30)")
+    p.add_argument(
+        "--op-rounds",
+        type=int,
+        default=50,
+        help="interleaved rounds per op comparison (default 50; N>8 uses a tenth, at least 3)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed calls of every variant before timing (default 3); the op "
+        "library is loaded (JIT-built if needed) before any of this",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--op-batches", type=int, nargs="+", default=[1, 8],
-                   help="batch sizes of the op comparison (default 1 8)")
-    p.add_argument("--op-dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES),
-                   help="feature dtypes of the op comparison (default fp32 fp16 bf16)")
+    p.add_argument(
+        "--op-batches", type=int, nargs="+", default=[1, 8], help="batch sizes of the op comparison (default 1 8)"
+    )
+    p.add_argument(
+        "--op-dtypes",
+        nargs="+",
+        default=list(DTYPES),
+        choices=list(DTYPES),
+        help="feature dtypes of the op comparison (default fp32 fp16 bf16)",
+    )
     p.add_argument("--skip-op", action="store_true", help="skip the op comparison")
     p.add_argument("--skip-predict", action="store_true", help="skip the predict comparison")
     p.add_argument("--json", metavar="OUT", help="write settings, machine info and results here")
@@ -201,21 +230,32 @@ def main(argv=None) -> int:
     ext = efficientad_fast.load_extension()  # first use JIT-builds; keep it out of any timing
     load_s = time.perf_counter() - t0
     machine = cpu_machine_info()
-    print(f"CPU: {machine['cpu_model']} ({machine['logical_cpus']} logical, {' '.join(machine['cpu_isa'])}); "
-          f"torch {machine['torch']}, {machine['torch_num_threads']} threads; op library: {ext['how']} "
-          f"({load_s:.1f} s to load); load average {machine['loadavg_start']}")
+    print(
+        f"CPU: {machine['cpu_model']} ({machine['logical_cpus']} logical, {' '.join(machine['cpu_isa'])}); "
+        f"torch {machine['torch']}, {machine['torch_num_threads']} threads; op library: {ext['how']} "
+        f"({load_s:.1f} s to load); load average {machine['loadavg_start']}"
+    )
 
     rows: list[Row] = []
     result = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "settings": {
-            "rounds": args.rounds, "op_rounds": args.op_rounds, "warmup": args.warmup,
-            "threads": args.threads, "op_batches": args.op_batches, "op_dtypes": args.op_dtypes,
-            "op_shape": {"channels": CHANNELS, "features": [FEATURE_SIZE, FEATURE_SIZE], "pad": PAD,
-                         "output": [IMAGE_SIZE, IMAGE_SIZE], "distance": "l2",
-                         "teacher_stats": True, "quantiles": True},
-            "predict": {"model": "EfficientAD-S", "image": [1, 3, IMAGE_SIZE, IMAGE_SIZE],
-                        "images_dtype": "float32"},
+            "rounds": args.rounds,
+            "op_rounds": args.op_rounds,
+            "warmup": args.warmup,
+            "threads": args.threads,
+            "op_batches": args.op_batches,
+            "op_dtypes": args.op_dtypes,
+            "op_shape": {
+                "channels": CHANNELS,
+                "features": [FEATURE_SIZE, FEATURE_SIZE],
+                "pad": PAD,
+                "output": [IMAGE_SIZE, IMAGE_SIZE],
+                "distance": "l2",
+                "teacher_stats": True,
+                "quantiles": True,
+            },
+            "predict": {"model": "EfficientAD-S", "image": [1, 3, IMAGE_SIZE, IMAGE_SIZE], "images_dtype": "float32"},
             "ratio": "baseline median / candidate median (met? is judged on it); mean and min ratios also given",
             "order": "interleaved rounds (rotating round-robin; ABAB for two variants)",
         },
@@ -225,27 +265,37 @@ def main(argv=None) -> int:
 
     if not args.skip_op:
         op_rows = compare_op(args.op_batches, args.op_dtypes, args.op_rounds, args.warmup)
-        print_table(op_rows, f"1. fused anomaly_map vs reference_anomaly_map (CPU, C={CHANNELS}, "
-                             f"{FEATURE_SIZE}x{FEATURE_SIZE} -> {IMAGE_SIZE}x{IMAGE_SIZE}, pad {PAD}, "
-                             "quantiles, teacher stats, l2); ratio = reference / fused")
+        print_table(
+            op_rows,
+            f"1. fused anomaly_map vs reference_anomaly_map (CPU, C={CHANNELS}, "
+            f"{FEATURE_SIZE}x{FEATURE_SIZE} -> {IMAGE_SIZE}x{IMAGE_SIZE}, pad {PAD}, "
+            "quantiles, teacher stats, l2); ratio = reference / fused",
+        )
         rows += op_rows
 
     if not args.skip_predict:
         parts, error = import_anomalib()
         if parts is None:
-            print(f"\n2. predict vs anomalib: SKIPPED, anomalib is not installed ({error}); "
-                  "pip install 'efficientad_fast[anomalib]' to run it")
+            print(
+                f"\n2. predict vs anomalib: SKIPPED, anomalib is not installed ({error}); "
+                "pip install 'efficientad_fast[anomalib]' to run it"
+            )
             result["predict_skipped"] = f"anomalib not installed: {error}"
         else:
             predict_rows, info = compare_predict(args.rounds, args.warmup, parts)
-            print_table(predict_rows, f"2. EfficientAD-S predict vs anomalib {info['anomalib_version']} "
-                                      f"EfficientAdModel.forward (CPU, 1x3x{IMAGE_SIZE}x{IMAGE_SIZE}, "
-                                      f"{args.threads} threads); ratio = anomalib / ours")
+            print_table(
+                predict_rows,
+                f"2. EfficientAD-S predict vs anomalib {info['anomalib_version']} "
+                f"EfficientAdModel.forward (CPU, 1x3x{IMAGE_SIZE}x{IMAGE_SIZE}, "
+                f"{args.threads} threads); ratio = anomalib / ours",
+            )
             print("\nchannels_last vs NCHW (ours, NCHW median / channels_last median):")
             for dtype, v in info["channels_last_vs_nchw"].items():
-                print(f"  {dtype}: NCHW {v['nchw_median_ms']:.1f} ms, channels_last "
-                      f"{v['channels_last_median_ms']:.1f} ms -> {v['speedup_channels_last']:.2f}x "
-                      f"(means: {v['speedup_channels_last_mean']:.2f}x)")
+                print(
+                    f"  {dtype}: NCHW {v['nchw_median_ms']:.1f} ms, channels_last "
+                    f"{v['channels_last_median_ms']:.1f} ms -> {v['speedup_channels_last']:.2f}x "
+                    f"(means: {v['speedup_channels_last_mean']:.2f}x)"
+                )
             rows += predict_rows
             result["predict"] = info
 

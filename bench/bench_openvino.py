@@ -41,13 +41,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import cpu_machine_info, interleaved  # noqa: E402
+
 from efficientad_fast import load, metrics, quantize  # noqa: E402
 from efficientad_fast.data import make_synthetic, open_dataset  # noqa: E402
+from efficientad_fast.deploy.openvino import calibration_images, export_openvino, load_openvino  # noqa: E402
 from efficientad_fast.jobs import train_category  # noqa: E402
-from efficientad_fast.openvino_export import calibration_images, export_openvino, load_openvino  # noqa: E402
 from efficientad_fast.precision import choose_precision  # noqa: E402
 from efficientad_fast.train import TrainConfig  # noqa: E402
-from timing import cpu_machine_info, interleaved  # noqa: E402
 
 IMAGE_SIZE = 256
 
@@ -76,8 +77,16 @@ def prepare_model(args, work: Path, data: Path):
     if args.model:
         return load(args.model).float().eval()
     config = TrainConfig(steps=args.steps, workers=0, progress=False, checkpoint_every=0, amp="bf16")
-    model, _ = train_category(data, "mvtec", args.category, work / "run", config=config, teacher=args.teacher,
-                              penalty_images="none", overwrite=True)
+    model, _ = train_category(
+        data,
+        "mvtec",
+        args.category,
+        work / "run",
+        config=config,
+        teacher=args.teacher,
+        penalty_images="none",
+        overwrite=True,
+    )
     return model.float().eval()
 
 
@@ -86,13 +95,18 @@ def variants(model, int8, fp32_ir: Path, int8_ir: Path, threads: int) -> tuple[d
     chose at batch 1 and at batch 16)."""
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     config = {"INFERENCE_NUM_THREADS": threads}
-    auto = {batch: choose_precision(copy.deepcopy(int8).set_precision("fp32"), batch_size=batch,
-                                    image_size=IMAGE_SIZE, refresh=True) for batch in (1, 16)}
+    auto = {
+        batch: choose_precision(
+            copy.deepcopy(int8).set_precision("fp32"), batch_size=batch, image_size=IMAGE_SIZE, refresh=True
+        )
+        for batch in (1, 16)
+    }
 
     def ours(m):
         def run(x):
             pred = m.predict(x)
             return pred.anomaly_map, pred.score
+
         return run
 
     def ours_auto(x):  # the model auto chose for this batch size (16 for any batch but 1)
@@ -113,7 +127,7 @@ def variants(model, int8, fp32_ir: Path, int8_ir: Path, threads: int) -> tuple[d
 def accuracy(run, images, labels, masks, reference_map, batch: int = 8) -> dict:
     maps, scores = [], []
     for start in range(0, images.shape[0], batch):
-        amap, score = run(images[start:start + batch])
+        amap, score = run(images[start : start + batch])
         maps.append(amap[:, 0].float())
         scores.append(score.float())
     amap, score = torch.cat(maps), torch.cat(scores)
@@ -137,13 +151,26 @@ def main(argv=None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_openvino_"))
     data = work / "data"
     if not (data / args.category).is_dir():
-        make_synthetic(data, seed=0, categories=(args.category,), n_train=args.n_train,
-                       n_test_good=args.n_test_good, n_test_defect_per_type=args.n_test_defect, overwrite=True)
+        make_synthetic(
+            data,
+            seed=0,
+            categories=(args.category,),
+            n_train=args.n_train,
+            n_test_good=args.n_test_good,
+            n_test_defect_per_type=args.n_test_defect,
+            overwrite=True,
+        )
     model = prepare_model(args, work, data)
     fp32_ir = export_openvino(model, work / "fp32" / "model.xml", IMAGE_SIZE, "fp32")
     calibration = data / args.category / "train" / "good"
-    int8_ir = export_openvino(model, work / "int8" / "model.xml", IMAGE_SIZE, "int8",
-                              calibration_data=calibration, calibration_size=args.calibration_size)
+    int8_ir = export_openvino(
+        model,
+        work / "int8" / "model.xml",
+        IMAGE_SIZE,
+        "int8",
+        calibration_data=calibration,
+        calibration_size=args.calibration_size,
+    )
     int8 = quantize(model, calibration_images(calibration, (IMAGE_SIZE, IMAGE_SIZE), args.calibration_size))
     print(f"model and IRs ready ({time.perf_counter() - started:.0f} s)", flush=True)
 
@@ -165,24 +192,33 @@ def main(argv=None) -> int:
 
     rows = []
     for name in runs:
-        rows.append({
-            "variant": name,
-            "latency_b1_median_ms": latency[name].median,
-            "latency_b1_mean_ms": latency[name].mean,
-            "throughput_b16_img_s": 16 * 1e3 / throughput[name].mean,
-            "b16_median_ms": throughput[name].median,
-            **quality[name],
-        })
-    table = (f"CPU: {machine.get('cpu_model')} ({', '.join(machine.get('cpu_isa') or [])}), {args.threads} threads, "
-             f"load average {machine['loadavg_start'][0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end\n\n"
-             + format_table(rows) + f"\n\nauto chose: {auto_chose[1]} at batch 1, {auto_chose[16]} at batch 16")
+        rows.append(
+            {
+                "variant": name,
+                "latency_b1_median_ms": latency[name].median,
+                "latency_b1_mean_ms": latency[name].mean,
+                "throughput_b16_img_s": 16 * 1e3 / throughput[name].mean,
+                "b16_median_ms": throughput[name].median,
+                **quality[name],
+            }
+        )
+    table = (
+        f"CPU: {machine.get('cpu_model')} ({', '.join(machine.get('cpu_isa') or [])}), {args.threads} threads, "
+        f"load average {machine['loadavg_start'][0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end\n\n"
+        + format_table(rows)
+        + f"\n\nauto chose: {auto_chose[1]} at batch 1, {auto_chose[16]} at batch 16"
+    )
     print("\n" + table)
     machine["loadavg_end"] = list(os.getloadavg())
     result = {
         "date": datetime.date.today().isoformat(),
         "command": "python " + " ".join(sys.argv),
-        "settings": {**vars(args), "image_size": IMAGE_SIZE, "test_images": len(items),
-                     "test_anomalous": int(labels.sum())},
+        "settings": {
+            **vars(args),
+            "image_size": IMAGE_SIZE,
+            "test_images": len(items),
+            "test_anomalous": int(labels.sum()),
+        },
         "auto_chose": {f"batch {b}": p for b, p in auto_chose.items()},
         "machine": machine,
         "rows": rows,
@@ -200,13 +236,17 @@ def main(argv=None) -> int:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| variant | latency batch 1, median ms (mean) | throughput batch 16, images/s | image AUROC "
-             "| pixel AUROC | max map diff vs ours fp32 (of its range) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | latency batch 1, median ms (mean) | throughput batch 16, images/s | image AUROC "
+        "| pixel AUROC | max map diff vs ours fp32 (of its range) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['latency_b1_median_ms']:.0f} ({r['latency_b1_mean_ms']:.0f}) "
-                     f"| {r['throughput_b16_img_s']:.2f} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} "
-                     f"| {r['map_diff_vs_ours_fp32']:.1e} |")
+        lines.append(
+            f"| {r['variant']} | {r['latency_b1_median_ms']:.0f} ({r['latency_b1_mean_ms']:.0f}) "
+            f"| {r['throughput_b16_img_s']:.2f} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} "
+            f"| {r['map_diff_vs_ours_fp32']:.1e} |"
+        )
     return "\n".join(lines)
 
 

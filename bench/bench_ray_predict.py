@@ -5,12 +5,12 @@ workers on the same images, and where the time goes.
 Makes ``--images`` JPEGs (``--source-size`` px, random texture) and a seeded, calibrated
 EfficientAD-S (random weights: the cost does not depend on the weights), then times:
 
-- local: ``jobs.predict_files`` (decode, resize, score, write scores.csv) on ``--threads``
+- local: ``jobs.predict.predict_files`` (decode, resize, score, write scores.csv) on ``--threads``
   torch threads, after loading the model (timed apart);
 - Ray start-up: ``ray.init`` of a local instance with ``--threads`` CPUs, and a first
-  ``ray_engine.predict_files`` of 2 images with 1 worker (pipeline start, actor start, model
+  ``jobs.ray_predict.predict_files`` of 2 images with 1 worker (pipeline start, actor start, model
   load in the actor): the fixed cost every Ray run pays;
-- ray W: ``ray_engine.predict_files`` with W actors (one thread each) on all images,
+- ray W: ``jobs.ray_predict.predict_files`` with W actors (one thread each) on all images,
   including its per-run pipeline and actor start;
 - the parts of the local run: decode + resize per image, the networks + scoring per image at
   ``--batch-size``, model load, and writing scores.csv + scores.parquet.
@@ -64,8 +64,9 @@ def make_images(folder: Path, count: int, size: int) -> list[Path]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from efficientad_fast import load_extension
-    from efficientad_fast import jobs, ray_engine
-    from efficientad_fast.model import load
+    from efficientad_fast.jobs import predict as jobs
+    from efficientad_fast.jobs import ray_predict as ray_engine
+    from efficientad_fast.model_file import load
     from efficientad_fast.testing import random_model
 
     load_extension()
@@ -81,8 +82,9 @@ def main(argv=None) -> int:
     model = load(model_path).eval()
     rows.append(("model load (local)", time.perf_counter() - started, ""))
     started = time.perf_counter()
-    jobs.predict_files(model, [out / "images"], out / "local", batch_size=args.batch_size, heatmaps=args.heatmaps,
-                       progress=False)
+    jobs.predict_files(
+        model, [out / "images"], out / "local", batch_size=args.batch_size, heatmaps=args.heatmaps, progress=False
+    )
     local_s = time.perf_counter() - started
     rows.append((f"local predict, {args.threads} threads", local_s, f"{n / local_s:.2f} images/s"))
 
@@ -92,12 +94,12 @@ def main(argv=None) -> int:
     _, arrays = jobs.read_images(images, (256, 256), errors)
     decode_s = time.perf_counter() - started
     rows.append(("  decode + resize (1 thread)", decode_s, f"{1e3 * decode_s / n:.1f} ms/image"))
-    batch = torch.stack([torch.from_numpy(a) for a in arrays[:args.batch_size]])
+    batch = torch.stack([torch.from_numpy(a) for a in arrays[: args.batch_size]])
     with torch.no_grad():
         model.predict(batch)  # warm-up
         started = time.perf_counter()
         for start in range(0, n, args.batch_size):
-            model.predict(torch.stack([torch.from_numpy(a) for a in arrays[start:start + args.batch_size]]))
+            model.predict(torch.stack([torch.from_numpy(a) for a in arrays[start : start + args.batch_size]]))
     net_s = time.perf_counter() - started
     rows.append((f"  networks + scoring, batch {args.batch_size}", net_s, f"{1e3 * net_s / n:.1f} ms/image"))
     result_rows = [jobs.score_row(p, 0.5, 0.1) for p in images]
@@ -116,24 +118,49 @@ def main(argv=None) -> int:
     rows.append((f"Ray start-up: ray.init (local, {args.threads} CPUs)", time.perf_counter() - started, ""))
     try:
         started = time.perf_counter()
-        ray_engine.predict_files(model_path, images[:2], out / "ray_first", batch_size=args.batch_size,
-                                 heatmaps=args.heatmaps, workers=1, progress=False, log=quiet)
-        rows.append(("Ray start-up: first run of 2 images, 1 worker", time.perf_counter() - started,
-                     "pipeline + actor start + model load"))
+        ray_engine.predict_files(
+            model_path,
+            images[:2],
+            out / "ray_first",
+            batch_size=args.batch_size,
+            heatmaps=args.heatmaps,
+            workers=1,
+            progress=False,
+            log=quiet,
+        )
+        rows.append(
+            (
+                "Ray start-up: first run of 2 images, 1 worker",
+                time.perf_counter() - started,
+                "pipeline + actor start + model load",
+            )
+        )
         for workers in args.workers:
             started = time.perf_counter()
-            ray_engine.predict_files(model_path, [out / "images"], out / f"ray_{workers}", batch_size=args.batch_size,
-                                     heatmaps=args.heatmaps, workers=workers, progress=False, log=quiet)
+            ray_engine.predict_files(
+                model_path,
+                [out / "images"],
+                out / f"ray_{workers}",
+                batch_size=args.batch_size,
+                heatmaps=args.heatmaps,
+                workers=workers,
+                progress=False,
+                log=quiet,
+            )
             seconds = time.perf_counter() - started
             rows.append((f"predict --engine ray --workers {workers}", seconds, f"{n / seconds:.2f} images/s"))
     finally:
         ray.shutdown()
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"{n} JPEGs of {args.source_size}x{args.source_size} px scored at 256 px, batch {args.batch_size}, "
-             f"heatmaps {'on' if args.heatmaps else 'off'}; {platform.processor() or platform.machine()}, "
-             f"torch {torch.__version__}, ray {ray.__version__}, {when}", "",
-             "| what | seconds | |", "|---|---|---|"]
+    lines = [
+        f"{n} JPEGs of {args.source_size}x{args.source_size} px scored at 256 px, batch {args.batch_size}, "
+        f"heatmaps {'on' if args.heatmaps else 'off'}; {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, ray {ray.__version__}, {when}",
+        "",
+        "| what | seconds | |",
+        "|---|---|---|",
+    ]
     lines += [f"| {what} | {seconds:.2f} | {note} |" for what, seconds, note in rows]
     table = "\n".join(lines)
     print(table)

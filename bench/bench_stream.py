@@ -37,7 +37,7 @@ def percentiles(values_ms) -> tuple[float, float]:
 def time_scoring(model, frames: int, warmup: int) -> dict:
     """Scoring alone: one prepared (1, 3, 256, 256) float frame per FastPredictor call,
     the map and score brought to numpy as the Inspector does."""
-    from efficientad_fast.inference import FastPredictor
+    from efficientad_fast.deploy.inference import FastPredictor
 
     predictor = FastPredictor(model, 1, 256, input_dtype=torch.float32, warmup=warmup)
     image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
@@ -58,8 +58,13 @@ def time_end_to_end(model, video: Path, frames: int, out: Path, smoothing: str, 
 
     inspector = Inspector(model, smoothing=smoothing, queue_size=queue_size)
     summary = watch(inspector, video, out, max_frames=frames, progress=False)
-    return {"frames": summary["scored"], "fps": summary["fps"], "latency_p50_ms": summary["latency_p50_ms"],
-            "latency_p99_ms": summary["latency_p99_ms"], "dropped": summary["dropped"]}
+    return {
+        "frames": summary["scored"],
+        "fps": summary["fps"],
+        "latency_p50_ms": summary["latency_p50_ms"],
+        "latency_p99_ms": summary["latency_p99_ms"],
+        "dropped": summary["dropped"],
+    }
 
 
 def alarm_figures_of(model, folder: Path, frames: int, normal_frames: int, seed: int) -> dict:
@@ -68,8 +73,9 @@ def alarm_figures_of(model, folder: Path, frames: int, normal_frames: int, seed:
     from efficientad_fast.data import make_synthetic_video, read_video_labels
     from efficientad_fast.stream import Inspector, compare_smoothers
 
-    clip = make_synthetic_video(folder / "normal.avi", frames=normal_frames, frame_size=256, defect_fraction=0.0,
-                                glitch_rate=0.0, seed=seed + 1)
+    clip = make_synthetic_video(
+        folder / "normal.avi", frames=normal_frames, frame_size=256, defect_fraction=0.0, glitch_rate=0.0, seed=seed + 1
+    )
     conveyor = make_synthetic_video(folder / "conveyor.avi", frames=frames, frame_size=256, seed=seed)
     inspector = Inspector(model, smoothing="none")
     normal = [r.score for r in inspector.run(clip)]
@@ -78,16 +84,26 @@ def alarm_figures_of(model, folder: Path, frames: int, normal_frames: int, seed:
     if None in scores or None in normal:
         raise RuntimeError("a frame failed to decode")
     recall = compare_smoothers(scores, labels, recall=1.0)
-    return {"frames": frames, "normal_frames": normal_frames, "seed": seed,
-            "calibrated": compare_smoothers(scores, labels, normal_scores=normal),
-            "equal_recall": recall, "scores": scores, "normal_scores": normal, "labels": labels}
+    return {
+        "frames": frames,
+        "normal_frames": normal_frames,
+        "seed": seed,
+        "calibrated": compare_smoothers(scores, labels, normal_scores=normal),
+        "equal_recall": recall,
+        "scores": scores,
+        "normal_scores": normal,
+        "labels": labels,
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None,
-                        help="a trained model file for the alarm figures (e.g. the demo's board/model.pt); "
-                             "without it only the speed part runs, with a random-weight calibrated model")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a trained model file for the alarm figures (e.g. the demo's board/model.pt); "
+        "without it only the speed part runs, with a random-weight calibrated model",
+    )
     parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--speed-frames", type=int, default=32, help="frames timed per speed figure (default 32)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed scoring calls first (default 2)")
@@ -112,35 +128,53 @@ def main(argv=None) -> int:
             return load(args.model)
         return random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).eval()
 
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
-              "speed": {}, "alarms": None}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "command": " ".join(sys.argv),
+        "speed": {},
+        "alarms": None,
+    }
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if not args.skip_speed:
-            video = make_synthetic_video(tmp / "speed.avi", frames=args.speed_frames + 4, frame_size=256,
-                                         seed=args.seed)
-            lines += ["| dtype | what | frames | frames/s | latency p50 (ms) | latency p99 (ms) |",
-                      "|---|---|---:|---:|---:|---:|"]
+            video = make_synthetic_video(
+                tmp / "speed.avi", frames=args.speed_frames + 4, frame_size=256, seed=args.seed
+            )
+            lines += [
+                "| dtype | what | frames | frames/s | latency p50 (ms) | latency p99 (ms) |",
+                "|---|---|---:|---:|---:|---:|",
+            ]
             for name in args.dtypes:
                 model = fresh_model().to(DTYPES[name])
                 alone = time_scoring(model, args.speed_frames, args.warmup)
-                whole = time_end_to_end(model, video, args.speed_frames, tmp / f"watch_{name}", args.smoothing,
-                                        args.queue_size)
+                whole = time_end_to_end(
+                    model, video, args.speed_frames, tmp / f"watch_{name}", args.smoothing, args.queue_size
+                )
                 result["speed"][name] = {"scoring_alone": alone, "end_to_end": whole}
                 for what, r in (("scoring alone", alone), ("end to end (watch)", whole)):
-                    lines.append(f"| {name} | {what} | {r['frames']} | {r['fps']:.2f} | {r['latency_p50_ms']:.0f} | "
-                                 f"{r['latency_p99_ms']:.0f} |")
+                    lines.append(
+                        f"| {name} | {what} | {r['frames']} | {r['fps']:.2f} | {r['latency_p50_ms']:.0f} | "
+                        f"{r['latency_p99_ms']:.0f} |"
+                    )
                 print("\n".join(lines[-2:]), flush=True)
         if args.model:
             model = fresh_model().to(DTYPES[args.alarm_dtype])
             alarms = alarm_figures_of(model, tmp, args.video_frames, args.normal_frames, args.seed)
             result["alarms"] = alarms
-            lines += ["", f"Calibrated (99.5 % of smoothed scores on {args.normal_frames} normal frames):", "",
-                      smoother_table(alarms["calibrated"]), "",
-                      "At equal recall (the highest threshold finding every defective part):", "",
-                      smoother_table(alarms["equal_recall"])]
+            lines += [
+                "",
+                f"Calibrated (99.5 % of smoothed scores on {args.normal_frames} normal frames):",
+                "",
+                smoother_table(alarms["calibrated"]),
+                "",
+                "At equal recall (the highest threshold finding every defective part):",
+                "",
+                smoother_table(alarms["equal_recall"]),
+            ]
             print("\n".join(lines[-8:]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -80,19 +80,34 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     started = time.perf_counter()
-    data = make_synthetic(out / "data", seed=args.seed, categories=(args.category,), n_train=args.n_train,
-                          n_test_good=args.n_test_good, n_test_defect_per_type=args.n_test_defect,
-                          defects=STRUCTURAL_DEFECTS, image_size=args.size, defect_scale=args.defect_scale,
-                          overwrite=True)
-    config = TrainConfig(steps=args.steps, seed=args.seed, amp=None if args.amp == "none" else args.amp,
-                         checkpoint_every=0, progress=False)
+    data = make_synthetic(
+        out / "data",
+        seed=args.seed,
+        categories=(args.category,),
+        n_train=args.n_train,
+        n_test_good=args.n_test_good,
+        n_test_defect_per_type=args.n_test_defect,
+        defects=STRUCTURAL_DEFECTS,
+        image_size=args.size,
+        defect_scale=args.defect_scale,
+        overwrite=True,
+    )
+    config = TrainConfig(
+        steps=args.steps,
+        seed=args.seed,
+        amp=None if args.amp == "none" else args.amp,
+        checkpoint_every=0,
+        progress=False,
+    )
     common = dict(config=config, penalty_images="none", teacher="auto", overwrite=True)
     print(f"[bench_tiling] training the tiled model ({args.tile} px tiles of {args.size} px images)", flush=True)
-    tiled, tiled_summary = train_category(data, "mvtec_ad", args.category, out / "tiled", image_size=args.size,
-                                          tile=args.tile, **common)
+    tiled, tiled_summary = train_category(
+        data, "mvtec_ad", args.category, out / "tiled", image_size=args.size, tile=args.tile, **common
+    )
     print(f"[bench_tiling] training the downscaled model ({args.whole_size} px whole images)", flush=True)
-    whole, whole_summary = train_category(data, "mvtec_ad", args.category, out / "downscaled",
-                                          image_size=args.whole_size, **common)
+    whole, whole_summary = train_category(
+        data, "mvtec_ad", args.category, out / "downscaled", image_size=args.whole_size, **common
+    )
     test = open_dataset(data, "mvtec_ad", args.category, "test", (args.size, args.size))
     full = (args.size, args.size)
 
@@ -101,44 +116,57 @@ def main(argv=None) -> int:
         return float(pred.score[0]), pred.anomaly_map[0, 0].numpy()
 
     def predict_downscaled(image):
-        small = F.interpolate(image.float() / 255, size=(args.whole_size, args.whole_size), mode="bilinear",
-                              antialias=True, align_corners=False).clamp_(0, 1)
+        small = F.interpolate(
+            image.float() / 255,
+            size=(args.whole_size, args.whole_size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        ).clamp_(0, 1)
         pred = whole.predict(small, output_size=full, tile=0)
         return float(pred.score[0]), pred.anomaly_map[0, 0].numpy()
 
     print(f"[bench_tiling] scoring {len(test)} test images both ways", flush=True)
     rows = {
         f"tiled (tile {args.tile}, overlap {args.overlap})": (score_test_set(test, predict_tiled), tiled_summary),
-        f"downscaled whole image ({args.whole_size} px, map upsampled)": (score_test_set(test, predict_downscaled),
-                                                                         whole_summary),
+        f"downscaled whole image ({args.whole_size} px, map upsampled)": (
+            score_test_set(test, predict_downscaled),
+            whole_summary,
+        ),
     }
-    table = ["| arm | pixel AUROC | AU-PRO (0.3) | image AUROC | s / image | training + calibration s |",
-             "|---|---|---|---|---|---|"]
+    table = [
+        "| arm | pixel AUROC | AU-PRO (0.3) | image AUROC | s / image | training + calibration s |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, (m, summary) in rows.items():
-        table.append(f"| {name} | {m['pixel_auroc']:.3f} | {m['aupro']:.3f} | {m['image_auroc']:.3f} | "
-                     f"{m['s_per_image']:.2f} | {summary['total_seconds']:.0f} |")
+        table.append(
+            f"| {name} | {m['pixel_auroc']:.3f} | {m['aupro']:.3f} | {m['image_auroc']:.3f} | "
+            f"{m['s_per_image']:.2f} | {summary['total_seconds']:.0f} |"
+        )
     command = "python bench/bench_tiling.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     n_bad = sum(int(test[i]["label"]) for i in range(len(test)))
-    text = "\n".join([
-        f"# Tiling: tiled vs downscaled whole image on {args.size} px images with small defects",
-        "",
-        f"Date: {datetime.date.today().isoformat()}. CPU, {args.threads} torch threads; measured while other jobs "
-        "loaded the 2-core machine (times are upper bounds; compare the two arms, measured in the same run).",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Data: synthetic `{args.category}` at {args.size}x{args.size} px, structural defects "
-        f"({', '.join(STRUCTURAL_DEFECTS)}) at defect_scale {args.defect_scale}; {tiled_summary['train_images']} "
-        f"training images ({tiled_summary['held_out_images']} more held out for calibration), {len(test)} test images "
-        f"({n_bad} defective). Both models: EfficientAD-S, teacher `{tiled_summary['teacher']}`, {args.steps} steps, "
-        f"batch 1, amp {args.amp}, no penalty images; the tiled one on {tiled_summary['train_tiles']} tiles. "
-        "Metrics against the full-resolution masks.",
-        "",
-        *table,
-        "",
-        f"Total wall time of the run: {(time.perf_counter() - started) / 60:.1f} min.",
-        "",
-    ])
+    text = "\n".join(
+        [
+            f"# Tiling: tiled vs downscaled whole image on {args.size} px images with small defects",
+            "",
+            f"Date: {datetime.date.today().isoformat()}. CPU, {args.threads} torch threads; measured while other jobs "
+            "loaded the 2-core machine (times are upper bounds; compare the two arms, measured in the same run).",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Data: synthetic `{args.category}` at {args.size}x{args.size} px, structural defects "
+            f"({', '.join(STRUCTURAL_DEFECTS)}) at defect_scale {args.defect_scale}; {tiled_summary['train_images']} "
+            f"training images ({tiled_summary['held_out_images']} more held out for calibration), {len(test)} test images "
+            f"({n_bad} defective). Both models: EfficientAD-S, teacher `{tiled_summary['teacher']}`, {args.steps} steps, "
+            f"batch 1, amp {args.amp}, no penalty images; the tiled one on {tiled_summary['train_tiles']} tiles. "
+            "Metrics against the full-resolution masks.",
+            "",
+            *table,
+            "",
+            f"Total wall time of the run: {(time.perf_counter() - started) / 60:.1f} min.",
+            "",
+        ]
+    )
     print("\n" + text)
     if args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)

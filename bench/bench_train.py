@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import Row, cpu_machine_info, import_anomalib, interleaved, print_table, write_results  # noqa: E402
+
 from efficientad_fast import from_anomalib  # noqa: E402
 from efficientad_fast.train import TrainConfig, compute_losses  # noqa: E402
-from timing import Row, cpu_machine_info, import_anomalib, interleaved, print_table, write_results  # noqa: E402
 
 TARGET = 1.3  # ours >= 1.3x faster than anomalib per step
 
@@ -53,14 +54,16 @@ def train_steps(anomalib, n: int) -> tuple:
     with torch.no_grad():  # set: anomalib normalizes the teacher only when mean_std is set
         theirs.mean_std["mean"].fill_(0.1)
         theirs.mean_std["std"].fill_(1.0)
-    their_opt = torch.optim.Adam(list(theirs.student.parameters()) + list(theirs.ae.parameters()),
-                                 lr=1e-4, weight_decay=1e-5)
+    their_opt = torch.optim.Adam(
+        list(theirs.student.parameters()) + list(theirs.ae.parameters()), lr=1e-4, weight_decay=1e-5
+    )
 
     ours = from_anomalib(theirs).to(memory_format=torch.channels_last)  # its weights, teacher mean 0.1, std 1
     ours.train()
     ours.teacher.eval()
-    our_opt = torch.optim.Adam(list(ours.student.parameters()) + list(ours.autoencoder.parameters()),
-                               lr=1e-4, weight_decay=1e-5)
+    our_opt = torch.optim.Adam(
+        list(ours.student.parameters()) + list(ours.autoencoder.parameters()), lr=1e-4, weight_decay=1e-5
+    )
     config = TrainConfig()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # train() caches the frozen teacher's outputs for the training images
@@ -74,9 +77,14 @@ def train_steps(anomalib, n: int) -> tuple:
 
     def our_step(amp=None):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
-            losses = compute_losses(ours, images.contiguous(memory_format=torch.channels_last),
-                                    penalty.contiguous(memory_format=torch.channels_last),
-                                    generator, config, cached)
+            losses = compute_losses(
+                ours,
+                images.contiguous(memory_format=torch.channels_last),
+                penalty.contiguous(memory_format=torch.channels_last),
+                generator,
+                config,
+                cached,
+            )
         our_opt.zero_grad()
         losses["loss"].backward()
         our_opt.step()
@@ -102,14 +110,22 @@ def main(argv=None) -> int:
     rows.append(Row("train", "ours fp32 step", series["ours fp32 step"], base, TARGET))
     if args.amp:
         rows.append(Row("train", "ours bf16-autocast step", series["ours bf16-autocast step"], base))
-    print_table(rows, f"EfficientAD-S training step, batch {args.batch_size}, 256x256, penalty on, "
-                      f"{args.threads} threads (anomalib {anomalib.version}); ratio = anomalib / ours")
+    print_table(
+        rows,
+        f"EfficientAD-S training step, batch {args.batch_size}, 256x256, penalty on, "
+        f"{args.threads} threads (anomalib {anomalib.version}); ratio = anomalib / ours",
+    )
     if args.json:
-        write_results(args.json, {
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "settings": vars(args), "machine": cpu_machine_info(), "seconds": time.perf_counter() - started,
-            "rows": [r.as_dict() for r in rows],
-        })
+        write_results(
+            args.json,
+            {
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "settings": vars(args),
+                "machine": cpu_machine_info(),
+                "seconds": time.perf_counter() - started,
+                "rows": [r.as_dict() for r in rows],
+            },
+        )
     return 0
 
 

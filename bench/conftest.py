@@ -46,6 +46,10 @@ def pytest_collection_finish(session):
     """Save every benchmark run as JSON (with the machine info above) unless told where:
     ``pytest bench --benchmark-only`` then leaves .benchmarks/<machine>/NNNN_<commit>.json."""
     option = session.config.option
-    if not (getattr(option, "benchmark_disable", False) or getattr(option, "benchmark_json", None)
-            or getattr(option, "benchmark_save", None) or getattr(option, "benchmark_autosave", False)):
+    if not (
+        getattr(option, "benchmark_disable", False)
+        or getattr(option, "benchmark_json", None)
+        or getattr(option, "benchmark_save", None)
+        or getattr(option, "benchmark_autosave", False)
+    ):
         option.benchmark_autosave = True

@@ -27,7 +27,13 @@ GPU_TARGETS = (
 )
 # The op's bandwidth target reads the case the model runs: fp16 channels_last features, N=64
 # (616 MB moved, far beyond the 50 MB L2, so the bytes come from DRAM).
-OP_BANDWIDTH_TARGET = ("fused op N=64 fp16 channels_last, fraction of peak bandwidth", 64, "fp16", "channels_last", 0.70)
+OP_BANDWIDTH_TARGET = (
+    "fused op N=64 fp16 channels_last, fraction of peak bandwidth",
+    64,
+    "fp16",
+    "channels_last",
+    0.70,
+)
 # What gpu_check.sh's benchmark steps write into its OUT folder.
 BENCH_FILES = ("bench_latency.json", "bench_op.json", "bench_throughput.json")
 
@@ -58,20 +64,46 @@ def check_targets(result: dict) -> list[dict]:
     whose configuration was not measured are left out."""
     rows = []
     for what, size, batch, dtype, key, op, bound in GPU_TARGETS:
-        candidates = [t for t in result["timings"] if not t["error"] and t["model_size"] == size
-                      and t["batch"] == batch and t["dtype"] == dtype and t["path"] == "device"]
+        candidates = [
+            t
+            for t in result["timings"]
+            if not t["error"]
+            and t["model_size"] == size
+            and t["batch"] == batch
+            and t["dtype"] == dtype
+            and t["path"] == "device"
+        ]
         if not candidates:
             continue
         best = (min if op == "<=" else max)(candidates, key=lambda t: t[key])
         value = best[key]
-        rows.append({"target": what, "bound": f"{op} {bound:g}", "measured": value, "config": best["name"],
-                     "met": value <= bound if op == "<=" else value >= bound})
+        rows.append(
+            {
+                "target": what,
+                "bound": f"{op} {bound:g}",
+                "measured": value,
+                "config": best["name"],
+                "met": value <= bound if op == "<=" else value >= bound,
+            }
+        )
     what, batch, dtype, layout, bound = OP_BANDWIDTH_TARGET
     for r in result.get("op", []):
-        if (r["impl"] == "fused" and r["batch"] == batch and r["dtype"] == dtype and r.get("layout") == layout
-                and r["fraction_of_peak"]):
-            rows.append({"target": what, "bound": f">= {bound:g}", "measured": r["fraction_of_peak"],
-                         "config": f"{r['gbs']:.0f} GB/s", "met": r["fraction_of_peak"] >= bound})
+        if (
+            r["impl"] == "fused"
+            and r["batch"] == batch
+            and r["dtype"] == dtype
+            and r.get("layout") == layout
+            and r["fraction_of_peak"]
+        ):
+            rows.append(
+                {
+                    "target": what,
+                    "bound": f">= {bound:g}",
+                    "measured": r["fraction_of_peak"],
+                    "config": f"{r['gbs']:.0f} GB/s",
+                    "met": r["fraction_of_peak"] >= bound,
+                }
+            )
     return rows
 
 
@@ -81,8 +113,13 @@ def target_status(result: dict) -> list[dict]:
     measured = {r["target"]: r for r in check_targets(result)}
     rows = []
     for what, *_, op, bound in GPU_TARGETS + ((OP_BANDWIDTH_TARGET[0], ">=", OP_BANDWIDTH_TARGET[-1]),):
-        row = measured.get(what) or {"target": what, "bound": f"{op} {bound:g}", "measured": None,
-                                     "config": "", "met": None}
+        row = measured.get(what) or {
+            "target": what,
+            "bound": f"{op} {bound:g}",
+            "measured": None,
+            "config": "",
+            "met": None,
+        }
         rows.append(row | {"status": "not measured" if row["met"] is None else ("met" if row["met"] else "missed")})
     return rows
 
@@ -90,9 +127,12 @@ def target_status(result: dict) -> list[dict]:
 def format_targets(rows: list[dict]) -> str:
     """A Markdown table of :func:`check_targets` rows."""
     lines = ["| target | bound | measured | best configuration | met? |", "|---|---|---|---|---|"]
-    lines += [f"| {r['target']} | {r['bound']} | "
-              f"{'-' if r['measured'] is None else format(r['measured'], '.3f')} | {r['config']} | "
-              f"{'not measured' if r['met'] is None else ('yes' if r['met'] else 'NO')} |" for r in rows]
+    lines += [
+        f"| {r['target']} | {r['bound']} | "
+        f"{'-' if r['measured'] is None else format(r['measured'], '.3f')} | {r['config']} | "
+        f"{'not measured' if r['met'] is None else ('yes' if r['met'] else 'NO')} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 

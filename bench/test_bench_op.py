@@ -21,14 +21,14 @@ from timing import device_case
 
 import efficientad_fast
 from efficientad_fast._device import DTYPES
-from efficientad_fast.benchmark import OP_LAYOUTS, l2_cache_bytes, protocol, sync
 from efficientad_fast.testing import op_inputs
+from efficientad_fast.timing_protocol import OP_LAYOUTS, l2_cache_bytes, protocol, sync
 
 OUTPUT_SIZE = (256, 256)
 BATCHES = (1, 8, 64)
 IMPLS = {"fused": efficientad_fast.anomaly_map, "reference": efficientad_fast.reference_anomaly_map}
 
-# Warm-up and timed rounds: the op counts of the `budget` timing protocol (benchmark.PROTOCOLS),
+# Warm-up and timed rounds: the op counts of the `budget` timing protocol (timing_protocol.PROTOCOLS),
 # the same as `efficientad-fast bench --op --protocol budget` and gpu_check.sh. On 2 CPU cores
 # the reference takes ~3 ms (N=1), ~0.1 s (N=8) and ~1 s (N=64) a call: the CPU grid takes minutes.
 PROTOCOL = protocol("budget")
@@ -51,8 +51,9 @@ def features(device: str, batch: int, dtype: str, layout: str):
     key = (device, batch, dtype, layout)
     if key not in _cached:
         _cached.clear()
-        _cached[key] = op_inputs(batch, DTYPES[dtype], device, image_size=OUTPUT_SIZE[0],
-                                 memory_format=OP_LAYOUTS[layout])
+        _cached[key] = op_inputs(
+            batch, DTYPES[dtype], device, image_size=OUTPUT_SIZE[0], memory_format=OP_LAYOUTS[layout]
+        )
     return _cached[key]
 
 
@@ -70,8 +71,15 @@ def test_anomaly_map(benchmark, device, batch, dtype, layout, impl):
     l2 = l2_cache_bytes(torch.device(device))
     benchmark.group = f"anomaly_map {device} N={batch} {dtype} {layout}"
     benchmark.extra_info.update(
-        impl=impl, device=device, batch=batch, dtype=dtype, layout=layout, bytes_moved=moved,
-        l2_bytes=l2, exceeds_l2=None if l2 is None else moved > l2, threads=torch.get_num_threads(),
+        impl=impl,
+        device=device,
+        batch=batch,
+        dtype=dtype,
+        layout=layout,
+        bytes_moved=moved,
+        l2_bytes=l2,
+        exceeds_l2=None if l2 is None else moved > l2,
+        threads=torch.get_num_threads(),
     )
     warmup, rounds = PROTOCOL.op_runs(torch.device(device), batch)
     amap, score = benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup, iterations=1)

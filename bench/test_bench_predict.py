@@ -23,8 +23,8 @@ import pytest
 import torch
 from timing import anomalib_twin, device_case, import_anomalib
 
-from efficientad_fast.benchmark import sync
 from efficientad_fast.testing import random_model
+from efficientad_fast.timing_protocol import sync
 from efficientad_fast.train import TrainConfig, compute_losses
 
 SIZES = ("small", "medium")
@@ -108,8 +108,9 @@ def test_train_step(benchmark, device, batch, amp):
     g = torch.Generator().manual_seed(0)
     images = torch.rand(batch, 3, 256, 256, generator=g).to(device).contiguous(memory_format=torch.channels_last)
     penalty = torch.rand(batch, 3, 256, 256, generator=g).to(device).contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(list(model.student.parameters()) + list(model.autoencoder.parameters()),
-                                 lr=1e-4, weight_decay=1e-5)
+    optimizer = torch.optim.Adam(
+        list(model.student.parameters()) + list(model.autoencoder.parameters()), lr=1e-4, weight_decay=1e-5
+    )
     config = TrainConfig()
     generator = torch.Generator().manual_seed(0)  # augmentation draws on the CPU
     with torch.no_grad():  # train() caches the frozen teacher's standardized outputs

@@ -135,8 +135,10 @@ class Row:
 
 
 def print_table(rows: list[Row], title: str) -> None:
-    header = (f"{'name':<36} {'mean ms':>9} {'median ms':>9} {'min ms':>9} {'ratio':>7} {'(mean)':>7} "
-              f"{'(min)':>7} {'target':>7} {'met?':>5}")
+    header = (
+        f"{'name':<36} {'mean ms':>9} {'median ms':>9} {'min ms':>9} {'ratio':>7} {'(mean)':>7} "
+        f"{'(min)':>7} {'target':>7} {'met?':>5}"
+    )
     print(f"\n{title}\n{header}\n{'-' * len(header)}")
     for row in rows:
         ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
@@ -145,12 +147,13 @@ def print_table(rows: list[Row], title: str) -> None:
         target = "" if row.target is None else f">={row.target:g}x"
         met = {None: "", True: "yes", False: "NO"}[row.met]
         s = row.series
-        print(f"{row.name:<36} {s.mean:>9.2f} {s.median:>9.2f} {s.minimum:>9.2f} {ratio:>7} "
-              f"{ratio_mean:>7} {ratio_min:>7} {target:>7} {met:>5}")
+        print(
+            f"{row.name:<36} {s.mean:>9.2f} {s.median:>9.2f} {s.minimum:>9.2f} {ratio:>7} "
+            f"{ratio_mean:>7} {ratio_min:>7} {target:>7} {met:>5}"
+        )
         for key, value in row.extra.items():
             if key == "map_rel_diff":
-                print(f"{'':<6}max|map - fp32 map| / fp32 map range = {value:.3e} "
-                      f"(limit {MAP_TOLERANCE:g})")
+                print(f"{'':<6}max|map - fp32 map| / fp32 map range = {value:.3e} (limit {MAP_TOLERANCE:g})")
             elif key == "map_rel_diff_vs_anomalib":
                 print(f"{'':<6}max|map - anomalib map| / anomalib map range = {value:.3e}")
 
@@ -200,8 +203,11 @@ def anomalib_twin(ours, anomalib: Anomalib):
     and quantiles, so its map equals ours: the reverse of ``efficientad_fast.from_anomalib``."""
     size = anomalib.EfficientAdModelSize.S if ours.model_size == "small" else anomalib.EfficientAdModelSize.M
     theirs = anomalib.EfficientAdModel(model_size=size).eval()
-    state = {("ae." + k[len("autoencoder."):] if k.startswith("autoencoder.") else k): v
-             for k, v in ours.state_dict().items() if k.startswith(("teacher.", "student.", "autoencoder."))}
+    state = {
+        ("ae." + k[len("autoencoder.") :] if k.startswith("autoencoder.") else k): v
+        for k, v in ours.state_dict().items()
+        if k.startswith(("teacher.", "student.", "autoencoder."))
+    }
     theirs.load_state_dict(state, strict=False)
     with torch.no_grad():  # anomalib keeps its statistics as parameters
         theirs.mean_std["mean"].copy_(ours.teacher_mean.view(1, -1, 1, 1))

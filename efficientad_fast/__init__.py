@@ -1,25 +1,26 @@
 """efficientad_fast: fast EfficientAD anomaly detection over fused C++/CUDA kernels.
 
-    import efficientad_fast as ead
-    model = ead.load("model.pt")                # or ead.from_anomalib(checkpoint)
-    pred = model.predict(images)                 # (N, 3, H, W) uint8 or float in [0, 1]
-    pred.score, pred.anomaly_map                 # (N,), (N, 1, H, W)
+import efficientad_fast as ead
+model = ead.load("model.pt")                # or ead.from_anomalib(checkpoint)
+pred = model.predict(images)                 # (N, 3, H, W) uint8 or float in [0, 1]
+pred.score, pred.anomaly_map                 # (N,), (N, 1, H, W)
 
-    fast = ead.FastPredictor(model.to("cuda", torch.float16), batch_size=1)  # CUDA graph
-    pred = fast(images)
+fast = ead.FastPredictor(model.to("cuda", torch.float16), batch_size=1)  # CUDA graph
+pred = fast(images)
 
-    amap, score = ead.anomaly_map(teacher, student, autoencoder, quantiles=q)  # the fused op
+amap, score = ead.anomaly_map(teacher, student, autoencoder, quantiles=q)  # the fused op
 """
 
+from ._version import __version__
+from .deploy.anomalib_io import from_anomalib
+from .deploy.inference import FastPredictor
+from .model import EfficientAD, Prediction, quantize
+from .model_file import load
 from .op import BuildError, anomaly_map, load_extension, load_if_built, reference_anomaly_map
-from .anomalib_io import from_anomalib
 from .teachers import load_teacher
-from .inference import FastPredictor
-from .model import EfficientAD, Prediction, load, quantize
 
 load_if_built()  # torch.ops.efficientad_fast works after import when a library is built
 
-__version__ = "0.1.0"
 
 __all__ = [
     "BuildError",

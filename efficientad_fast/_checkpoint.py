@@ -74,8 +74,9 @@ def describe_start(path: Path) -> str:
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def read_checkpoint(path: Path, weights_only: bool = True, refused_hint: str = "If you trust this file, "
-                    "pass weights_only=False.") -> dict:
+def read_checkpoint(
+    path: Path, weights_only: bool = True, refused_hint: str = "If you trust this file, pass weights_only=False."
+) -> dict:
     """``torch.load`` of ``path`` on the CPU; FileNotFoundError or ValueError that say why not.
     ``refused_hint`` ends the message when the file holds Python objects (code) that a
     weights-only load refuses: what the caller's user can do about it."""
@@ -100,12 +101,16 @@ def read_checkpoint(path: Path, weights_only: bool = True, refused_hint: str = "
         refused = _REFUSED_GLOBAL.search(str(exc))
         if refused or "Weights only load failed" in str(exc):
             what = f"Python objects ({refused.group(1)})" if refused else "Python objects"
-            raise ValueError(f"{path}: holds {what}, not only weights; a weights-only load refuses them "
-                             f"because unpickling them could run code. {refused_hint}") from exc
+            raise ValueError(
+                f"{path}: holds {what}, not only weights; a weights-only load refuses them "
+                f"because unpickling them could run code. {refused_hint}"
+            ) from exc
         raise ValueError(f"{path}: not a PyTorch checkpoint ({describe_start(path)})") from exc
     except Exception as exc:  # truncated zip, text file, ...: torch raises many kinds
-        raise ValueError(f"{path}: cannot read it as a PyTorch checkpoint (truncated or corrupt? "
-                         f"{describe_start(path)}): {type(exc).__name__}: {first_line(exc)}") from exc
+        raise ValueError(
+            f"{path}: cannot read it as a PyTorch checkpoint (truncated or corrupt? "
+            f"{describe_start(path)}): {type(exc).__name__}: {first_line(exc)}"
+        ) from exc
 
 
 def atomic_save(payload, path: str | os.PathLike) -> Path:
@@ -120,7 +125,8 @@ def atomic_save(payload, path: str | os.PathLike) -> Path:
         # torch's zip writer reports a short write as RuntimeError ("[enforce fail at
         # inline_container.cc] unexpected pos"): ask the file system while the half file is there.
         full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or (
-            isinstance(exc, RuntimeError) and _disk_is_full(path.parent))
+            isinstance(exc, RuntimeError) and _disk_is_full(path.parent)
+        )
         tmp.unlink(missing_ok=True)
         if full:
             raise OSError(errno.ENOSPC, f"no space left writing {path} (free some space and save again)") from exc
@@ -176,24 +182,27 @@ def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     path, e.g. an IR's ``.xml``, appears last, after the files it refers to); on any failure,
     Ctrl-C included, removes the temporary files and leaves the targets as they were. A
     target that is a folder is refused on entry, before any work; a full disk says so."""
-    paths = [Path(p) for p in paths]
-    for path in paths:
+    targets = [Path(p) for p in paths]
+    for path in targets:
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder: give the path of the file to write")
-    temps = [_temporary_name(p, i) for i, p in enumerate(paths)]
+    temps = [_temporary_name(p, i) for i, p in enumerate(targets)]
     try:
         yield temps
         missing = [str(t) for t in temps if not t.is_file()]
         if missing:
             raise OSError(f"the writer did not create {', '.join(missing)}")
-        for temp, path in reversed(list(zip(temps, paths))):
-            os.replace(temp, path)
+        for temp, target in reversed(list(zip(temps, targets))):
+            os.replace(temp, target)
     except BaseException as exc:
         for temp in temps:
             temp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"no space left writing {paths[0]} (free some space and write again; "
-                                        "any earlier file there is unchanged)") from exc
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left writing {targets[0]} (free some space and write again; "
+                "any earlier file there is unchanged)",
+            ) from exc
         raise
 
 
@@ -252,15 +261,14 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> 
         if torch.is_tensor(value) and not torch.is_tensor(state_dict[key]):
             raise ValueError(f"{source}: {key} is a {type(state_dict[key]).__name__}, not a tensor")
         if torch.is_tensor(value) and tuple(state_dict[key].shape) != tuple(value.shape):
-            raise ValueError(
-                f"{source}: {key} has shape {tuple(state_dict[key].shape)}, expected {tuple(value.shape)}"
-            )
+            raise ValueError(f"{source}: {key} has shape {tuple(state_dict[key].shape)}, expected {tuple(value.shape)}")
     model.load_state_dict(state_dict)
 
 
 def config_diff(saved: dict, wanted: dict, ignore=()) -> dict:
     """{key: (saved, wanted)} for the settings a resumed run would change. Keys in ``ignore``
     (progress bars, worker counts, ...) may differ; tuples and lists compare equal."""
+
     def plain(value):
         return list(value) if isinstance(value, (tuple, list)) else value
 

@@ -20,5 +20,7 @@ def require(module: str, extra: str = "distill"):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"this needs '{module.split('.')[0]}' ({EXTRA_PURPOSE[extra]}): "
-                          f"pip install 'efficientad_fast[{extra}]' (from a checkout: pip install -e '.[{extra}]')") from exc
+        raise ImportError(
+            f"this needs '{module.split('.')[0]}' ({EXTRA_PURPOSE[extra]}): "
+            f"pip install 'efficientad_fast[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
+        ) from exc

@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -29,70 +28,20 @@ from pathlib import Path
 import torch
 
 from ._device import DTYPES, resolve_device
-from .inference import FastPredictor
+from .deploy.inference import FastPredictor
 from .model import PRECISIONS, EfficientAD
 from .precision import cpu_info
-from .testing import op_inputs, random_model
-
-THROUGHPUT_BATCH = 16  # a batch this big or bigger is timed as throughput, smaller as latency
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """(warm-up runs, timed runs) of one timing protocol, by device and batch size.
-
-    ``gpu_latency`` for batches below :data:`THROUGHPUT_BATCH`, ``gpu_throughput`` from it on;
-    a CPU warms up ``cpu[0]`` times and times ``max(3, cpu[1] // batch)`` runs (about
-    ``cpu[1]`` images: a 2-core CPU needs about a second an image). The fused op alone: a loop
-    of ``op_gpu`` / ``op_cpu`` calls (CPU timed runs ``max(2, op_cpu[1] // batch)``).
-    """
-
-    name: str
-    gpu_latency: tuple[int, int]
-    gpu_throughput: tuple[int, int]
-    cpu: tuple[int, int]
-    op_gpu: tuple[int, int]
-    op_cpu: tuple[int, int]
-
-    def runs(self, device: torch.device, batch: int) -> tuple[int, int]:
-        """(warm-up runs, timed runs) of ``predict`` at this batch size on this device."""
-        if device.type == "cuda":
-            return self.gpu_latency if batch < THROUGHPUT_BATCH else self.gpu_throughput
-        return self.cpu[0], max(3, self.cpu[1] // batch)
-
-    def op_runs(self, device: torch.device, batch: int) -> tuple[int, int]:
-        """(warm-up calls, timed calls) of the fused op alone."""
-        if device.type == "cuda":
-            return self.op_gpu
-        return self.op_cpu[0], max(2, self.op_cpu[1] // batch)
-
-    def describe(self) -> str:
-        """One line for help texts and the results' settings."""
-        lat, thr = self.gpu_latency, self.gpu_throughput
-        gpu = (f"{lat[0]} + {lat[1]}" if lat == thr else
-               f"batch < {THROUGHPUT_BATCH}: {lat[0]} + {lat[1]}, batch >= {THROUGHPUT_BATCH}: {thr[0]} + {thr[1]}")
-        return (f"{self.name}: warm-up + timed runs on a GPU {gpu}; on a CPU {self.cpu[0]} + max(3, {self.cpu[1]} // batch); "
-                f"the op alone {self.op_gpu[0]} + {self.op_gpu[1]} calls on a GPU, "
-                f"{self.op_cpu[0]} + max(2, {self.op_cpu[1]} // batch) on a CPU")
-
-
-PROTOCOLS = {p.name: p for p in (
-    # The paper's: 1000 warm-up + 1000 timed runs on a GPU at every batch size.
-    Protocol("paper", gpu_latency=(1000, 1000), gpu_throughput=(1000, 1000), cpu=(1, 20),
-             op_gpu=(20, 200), op_cpu=(1, 16)),
-    # gpu_check.sh's few minutes: batch-1 latency keeps 1000 timed runs (its spread matters),
-    # throughput batches are long enough that 50 runs after 10 give a stable mean.
-    Protocol("budget", gpu_latency=(300, 1000), gpu_throughput=(10, 50), cpu=(1, 20),
-             op_gpu=(20, 200), op_cpu=(1, 16)),
-)}
-DEFAULT_PROTOCOL = "paper"
-
-
-def protocol(name: str) -> Protocol:
-    """The :data:`PROTOCOLS` entry called ``name`` (ValueError naming the choices otherwise)."""
-    if name not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {name!r}")
-    return PROTOCOLS[name]
+from .testing import random_model
+from .timing_protocol import (
+    DEFAULT_PROTOCOL,
+    OP_LAYOUTS,
+    OpTiming,
+    _peak_memory_mib,
+    bench_op,
+    peak_bandwidth_gbs,
+    protocol,
+    sync,
+)
 
 
 def default_runs(device: torch.device, batch: int, protocol_name: str = DEFAULT_PROTOCOL) -> tuple[int, int]:
@@ -107,7 +56,7 @@ def loadavg() -> list[float] | None:
 
 def machine_info(device: torch.device | None = None) -> dict:
     """What the figures were measured on: CPU, GPU, versions, threads, load."""
-    from . import __version__
+    from ._version import __version__
 
     cpu_model, isa = cpu_info()
     info = {
@@ -129,31 +78,6 @@ def machine_info(device: torch.device | None = None) -> dict:
         info["gpu_capability"] = f"sm_{props.major}{props.minor}"
         info["gpu_peak_gbs"] = peak_bandwidth_gbs(device)
     return info
-
-
-def peak_bandwidth_gbs(device: torch.device) -> float | None:
-    """Theoretical DRAM bandwidth, 2 x memory clock x bus width (as CUDA's bandwidth samples
-    compute it), or None where this torch does not report the clock."""
-    props = torch.cuda.get_device_properties(device)
-    clock_khz = getattr(props, "memory_clock_rate", None)
-    bus_bits = getattr(props, "memory_bus_width", None)
-    if not clock_khz or not bus_bits:
-        return None
-    return 2.0 * clock_khz * 1e3 * bus_bits / 8 / 1e9
-
-
-def sync(device: torch.device | str) -> None:
-    """Wait for the device's queued work (a no-op on the CPU): the end of a timed GPU run."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # Linux reports ru_maxrss in KiB: the process's peak resident memory so far.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass
@@ -185,14 +109,20 @@ class Timing:
         return f"{self.model_size} N={self.batch} {self.dtype} {self.path}{graph}{comp}"
 
 
-def make_model(model_size: str, device: torch.device, precision: str, model_file: str | None = None,
-               seed: int = 0, image_size: int = 256) -> EfficientAD:
+def make_model(
+    model_size: str,
+    device: torch.device,
+    precision: str,
+    model_file: str | None = None,
+    seed: int = 0,
+    image_size: int = 256,
+) -> EfficientAD:
     """The model to time, in ``precision`` ("fp32", "bf16", "fp16" or "int8"): a saved one,
     or a seeded random one with its quantiles set (the timing does not depend on the
     weights, only on the shapes). INT8 uses the file's calibration; a model without one is
     calibrated on 4 seeded random images of ``image_size`` (enough to time it, not to score)."""
     if model_file:
-        from .model import load
+        from .model_file import load
 
         model = load(model_file, map_location=device)
     else:
@@ -242,8 +172,9 @@ def time_predict(
     if device.type == "cuda":
         host_images = host_images.pin_memory()
         torch.cuda.reset_peak_memory_stats(device)
-    predictor = FastPredictor(model, batch, image_size, cuda_graph=cuda_graph, compile=compile,
-                              warmup=min(3, max(1, warmup)))
+    predictor = FastPredictor(
+        model, batch, image_size, cuda_graph=cuda_graph, compile=compile, warmup=min(3, max(1, warmup))
+    )
     images = host_images if path == "host" else host_images.to(device)
     host_map = host_score = None
     if path == "host" and device.type == "cuda":  # on a CPU the map is already on the host
@@ -280,91 +211,6 @@ def time_predict(
 # -- the fused op alone -------------------------------------------------------------------
 
 
-@dataclass
-class OpTiming:
-    impl: str  # "fused" or "reference"
-    device: str
-    batch: int
-    dtype: str
-    layout: str  # memory format of the features: "channels_last" (what the networks emit) or "nchw"
-    runs: int
-    mean_ms: float
-    bytes_moved: int  # features read + map and scores written, once each (the working set)
-    gbs: float  # bytes_moved / mean time
-    l2_bytes: int | None  # the GPU's L2 cache; None on a CPU
-    fraction_of_peak: float | None  # gbs / peak; None on a CPU, or where bytes_moved fits in L2
-
-
-# The op's features in the layouts it is timed in: channels_last first, the model's.
-OP_LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
-H200_L2_BYTES = 50 * 2**20  # where torch does not report the L2 size
-
-
-def l2_cache_bytes(device: torch.device) -> int | None:
-    """The GPU's L2 cache size (None on a CPU): a working set that fits in it is read from
-    cache, so no DRAM bandwidth is claimed for it."""
-    if device.type != "cuda":
-        return None
-    return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", None) or H200_L2_BYTES
-
-
-def bench_op(device: torch.device, batches=(1, 16, 64), dtypes=("fp32", "fp16"), runs: int | None = None,
-             warmup: int | None = None, image_size: int = 256, reference: bool = True,
-             layouts=tuple(OP_LAYOUTS), protocol_name: str = DEFAULT_PROTOCOL,
-             progress=None, on_row=None) -> list[OpTiming]:
-    """Mean time of the fused op (and of the reference) per call, and the bandwidth it
-    achieves: a loop of calls (counts from the protocol, or ``warmup``/``runs``) with one
-    synchronize at the end, divided by the calls. Each (batch, dtype) in each feature layout
-    of ``layouts`` (``channels_last``: what the networks emit and the model feeds the op;
-    ``nchw``). Bandwidth as a fraction of the GPU's peak only where the bytes moved exceed
-    its L2 cache (EfficientAD-S at 256 px: 9.6 MB of fp16 features an image, so from N=8 on
-    an H200's 50 MB). ``on_row(rows)`` is called with the rows so far after each one."""
-    from .op.ops import anomaly_map
-    from .op.reference import reference_anomaly_map
-
-    for layout in layouts:
-        if layout not in OP_LAYOUTS:
-            raise ValueError(f"layout must be one of {tuple(OP_LAYOUTS)}, got {layout!r}")
-    peak = peak_bandwidth_gbs(device) if device.type == "cuda" else None
-    l2 = l2_cache_bytes(device)
-    rows = []
-    for batch in batches:
-        n_warm, n_runs = protocol(protocol_name).op_runs(device, batch)
-        n_warm = n_warm if warmup is None else warmup
-        n_runs = n_runs if runs is None else runs
-        for dtype_name in dtypes:
-            for layout in layouts:
-                args, kwargs = op_inputs(batch, DTYPES[dtype_name], device, image_size,
-                                         memory_format=OP_LAYOUTS[layout])
-                moved = sum(t.numel() * t.element_size() for t in args) + batch * (image_size * image_size + 1) * 4
-                impls = {"fused": anomaly_map}
-                if reference:
-                    impls["reference"] = reference_anomaly_map
-                for impl, fn in impls.items():
-                    with torch.inference_mode():
-                        for _ in range(n_warm):
-                            fn(*args, **kwargs)
-                        sync(device)
-                        start = time.perf_counter()
-                        for _ in range(n_runs):
-                            fn(*args, **kwargs)
-                        sync(device)
-                    mean_s = (time.perf_counter() - start) / n_runs
-                    gbs = moved / mean_s / 1e9
-                    claimed = peak is not None and l2 is not None and moved > l2
-                    row = OpTiming(impl, device.type, batch, dtype_name, layout, n_runs, mean_s * 1e3, moved, gbs,
-                                   l2, gbs / peak if claimed else None)
-                    rows.append(row)
-                    if on_row:
-                        on_row(rows)
-                    if progress:
-                        cached = " (fits in L2: no bandwidth claimed)" if l2 is not None and moved <= l2 else ""
-                        progress(f"op {impl:<9} N={batch:<3} {dtype_name} {layout:<13}: {row.mean_ms:.3f} ms, "
-                                 f"{moved / 1e6:.1f} MB moved, {gbs:.1f} GB/s{cached}")
-                del args, kwargs
-    return rows
-
-
 # -- the whole benchmark --------------------------------------------------------------------
 
 
@@ -398,16 +244,32 @@ def run_benchmark(
     run cut short (a time limit) keeps what it measured.
     """
     dev = resolve_device(device)
-    settings = benchmark_settings(dev, model_sizes=model_sizes, batch_sizes=batch_sizes, dtypes=dtypes,
-                                  image_size=image_size, paths=paths, cuda_graphs=cuda_graphs, compile=compile,
-                                  warmup=warmup, runs=runs, model_file=model_file, protocol_name=protocol_name)
+    settings = benchmark_settings(
+        dev,
+        model_sizes=model_sizes,
+        batch_sizes=batch_sizes,
+        dtypes=dtypes,
+        image_size=image_size,
+        paths=paths,
+        cuda_graphs=cuda_graphs,
+        compile=compile,
+        warmup=warmup,
+        runs=runs,
+        model_file=model_file,
+        protocol_name=protocol_name,
+    )
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     from .op._library import load_extension
 
     load_extension()  # JIT-builds on first use: keep that out of every timing
-    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": machine_info(dev), "settings": settings, "timings": [], "op": []}
+    result = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine_info(dev),
+        "settings": settings,
+        "timings": [],
+        "op": [],
+    }
 
     def save_timings(timings: list[Timing]) -> None:
         result["timings"] = [asdict(t) | {"name": t.name} for t in timings]
@@ -420,8 +282,16 @@ def run_benchmark(
     _time_grid(dev, settings, warmup, runs, log, on_row=save_timings)
     if op:
         op_dtypes = [d for d in settings["dtypes"] if d in DTYPES]  # the op's inputs: float features
-        bench_op(dev, op_batches, op_dtypes, image_size=image_size, layouts=op_layouts,
-                 protocol_name=protocol_name, progress=log, on_row=save_ops)
+        bench_op(
+            dev,
+            op_batches,
+            op_dtypes,
+            image_size=image_size,
+            layouts=op_layouts,
+            protocol_name=protocol_name,
+            progress=log,
+            on_row=save_ops,
+        )
     result["machine"]["loadavg_end"] = loadavg()
     _write_json(result, json_path)
     return result
@@ -439,9 +309,21 @@ def _write_json(result: dict, json_path: str | os.PathLike | None) -> None:
     temporary.replace(path)
 
 
-def benchmark_settings(dev: torch.device, *, model_sizes, batch_sizes, dtypes, image_size: int, paths,
-                       cuda_graphs, compile: bool, warmup: int | None, runs: int | None,
-                       model_file: str | None, protocol_name: str = DEFAULT_PROTOCOL) -> dict:
+def benchmark_settings(
+    dev: torch.device,
+    *,
+    model_sizes,
+    batch_sizes,
+    dtypes,
+    image_size: int,
+    paths,
+    cuda_graphs,
+    compile: bool,
+    warmup: int | None,
+    runs: int | None,
+    model_file: str | None,
+    protocol_name: str = DEFAULT_PROTOCOL,
+) -> dict:
     """:func:`run_benchmark`'s arguments checked, with the device's defaults filled in, as
     the ``settings`` its result records (and the grid it times)."""
     cuda = dev.type == "cuda"
@@ -462,20 +344,30 @@ def benchmark_settings(dev: torch.device, *, model_sizes, batch_sizes, dtypes, i
     if model_file:
         sizes = ["from file"]
     return {
-        "model_sizes": sizes, "batch_sizes": list(batch_sizes), "dtypes": dtypes, "device": str(dev),
-        "image_size": image_size, "paths": paths, "cuda_graphs": cuda_graphs, "compile": compile,
-        "protocol_name": timing_protocol.name, "timing_protocol": timing_protocol.describe(),
-        "warmup": warmup if warmup is not None else "protocol's", "runs": runs if runs is not None else "protocol's",
-        "model_file": model_file, "images": "torch.rand float32 in [0, 1]",
+        "model_sizes": sizes,
+        "batch_sizes": list(batch_sizes),
+        "dtypes": dtypes,
+        "device": str(dev),
+        "image_size": image_size,
+        "paths": paths,
+        "cuda_graphs": cuda_graphs,
+        "compile": compile,
+        "protocol_name": timing_protocol.name,
+        "timing_protocol": timing_protocol.describe(),
+        "warmup": warmup if warmup is not None else "protocol's",
+        "runs": runs if runs is not None else "protocol's",
+        "model_file": model_file,
+        "images": "torch.rand float32 in [0, 1]",
         "protocol": "mean over the timed runs after the warm-up; host path: pinned host image -> "
-                    "device -> map and scores back into pinned host buffers; device path: image on "
-                    "the device, ends with a stream synchronize",
+        "device -> map and scores back into pinned host buffers; device path: image on "
+        "the device, ends with a stream synchronize",
         "cudnn_benchmark": cuda,
     }
 
 
-def _time_grid(dev: torch.device, settings: dict, warmup: int | None, runs: int | None, log,
-               on_row=None) -> list[Timing]:
+def _time_grid(
+    dev: torch.device, settings: dict, warmup: int | None, runs: int | None, log, on_row=None
+) -> list[Timing]:
     """:func:`time_predict` over the settings' model size x dtype x batch x path x CUDA
     graph grid (one model per size and dtype), logging a line per configuration and
     calling ``on_row(timings so far)`` after each."""
@@ -484,13 +376,24 @@ def _time_grid(dev: torch.device, settings: dict, warmup: int | None, runs: int 
     timings = []
     for size in s["model_sizes"]:
         for dtype_name in s["dtypes"]:
-            model = make_model("small" if size == "from file" else size, dev, dtype_name, s["model_file"],
-                               image_size=s["image_size"])
+            model = make_model(
+                "small" if size == "from file" else size, dev, dtype_name, s["model_file"], image_size=s["image_size"]
+            )
             for batch in s["batch_sizes"]:
                 for path in s["paths"]:
                     for graph in s["cuda_graphs"]:
-                        t, msg = _time_one(model, batch, dtype_name, path, graph, s["image_size"], s["compile"],
-                                           warmup, runs, s["protocol_name"])
+                        t, msg = _time_one(
+                            model,
+                            batch,
+                            dtype_name,
+                            path,
+                            graph,
+                            s["image_size"],
+                            s["compile"],
+                            warmup,
+                            runs,
+                            s["protocol_name"],
+                        )
                         timings.append(t)
                         if on_row:
                             on_row(timings)
@@ -499,18 +402,37 @@ def _time_grid(dev: torch.device, settings: dict, warmup: int | None, runs: int 
     return timings
 
 
-def _time_one(model: EfficientAD, batch: int, dtype_name: str, path: str, graph: bool, image_size: int,
-              compile: bool, warmup: int | None, runs: int | None,
-              protocol_name: str = DEFAULT_PROTOCOL) -> tuple[Timing, str]:
+def _time_one(
+    model: EfficientAD,
+    batch: int,
+    dtype_name: str,
+    path: str,
+    graph: bool,
+    image_size: int,
+    compile: bool,
+    warmup: int | None,
+    runs: int | None,
+    protocol_name: str = DEFAULT_PROTOCOL,
+) -> tuple[Timing, str]:
     """One configuration's :class:`Timing` and its log message; a failure (e.g. out of
     memory at a big batch) gives a Timing with the error, so the grid goes on."""
     try:
-        t = time_predict(model, batch, image_size=image_size, path=path, cuda_graph=graph,
-                         compile=compile, warmup=warmup, runs=runs, dtype_name=dtype_name,
-                         protocol_name=protocol_name)
+        t = time_predict(
+            model,
+            batch,
+            image_size=image_size,
+            path=path,
+            cuda_graph=graph,
+            compile=compile,
+            warmup=warmup,
+            runs=runs,
+            dtype_name=dtype_name,
+            protocol_name=protocol_name,
+        )
     except Exception as exc:
-        t = Timing(model.model_size, batch, dtype_name, path, graph, compile, 0, 0,
-                   error=f"{type(exc).__name__}: {exc}")
+        t = Timing(
+            model.model_size, batch, dtype_name, path, graph, compile, 0, 0, error=f"{type(exc).__name__}: {exc}"
+        )
         if model.device.type == "cuda":
             torch.cuda.empty_cache()
         return t, f"FAILED: {t.error}"
@@ -521,28 +443,45 @@ def format_table(result: dict) -> str:
     """Markdown tables of a :func:`run_benchmark` result."""
     m = result["machine"]
     where = m.get("gpu") or m.get("cpu_model") or "unknown CPU"
-    lines = [f"Timing protocol on {where} (torch {m['torch']}, {m['torch_num_threads']} CPU threads)", "",
-             "| model | batch | dtype | path | CUDA graph | compile | mean ms | median ms | p99 ms | images/s | peak MiB | runs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Timing protocol on {where} (torch {m['torch']}, {m['torch_num_threads']} CPU threads)",
+        "",
+        "| model | batch | dtype | path | CUDA graph | compile | mean ms | median ms | p99 ms | images/s | peak MiB | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for t in result["timings"]:
         if t["error"]:
-            lines.append(f"| {t['model_size']} | {t['batch']} | {t['dtype']} | {t['path']} | "
-                         f"{'yes' if t['cuda_graph'] else 'no'} | {'yes' if t['compiled'] else 'no'} | "
-                         f"failed: {t['error'][:60]} | | | | | |")
+            lines.append(
+                f"| {t['model_size']} | {t['batch']} | {t['dtype']} | {t['path']} | "
+                f"{'yes' if t['cuda_graph'] else 'no'} | {'yes' if t['compiled'] else 'no'} | "
+                f"failed: {t['error'][:60]} | | | | | |"
+            )
             continue
         lines.append(
             f"| {t['model_size']} | {t['batch']} | {t['dtype']} | {t['path']} | {'yes' if t['cuda_graph'] else 'no'} | "
             f"{'yes' if t['compiled'] else 'no'} | {t['mean_ms']:.3f} | {t['median_ms']:.3f} | {t['p99_ms']:.3f} | "
-            f"{t['images_per_s']:.1f} | {t['peak_memory_mib']:.0f} | {t['runs']} |")
+            f"{t['images_per_s']:.1f} | {t['peak_memory_mib']:.0f} | {t['runs']} |"
+        )
     if result["op"]:
-        lines += ["", "Fused op vs reference (C=384 features of a 256 px image, pad 4, quantiles, l2; MB moved = "
-                  "features read + map and scores written; of peak only where that exceeds the L2 cache)", "",
-                  "| impl | device | N | dtype | layout | mean ms | MB moved | GB/s | of peak |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Fused op vs reference (C=384 features of a 256 px image, pad 4, quantiles, l2; MB moved = "
+            "features read + map and scores written; of peak only where that exceeds the L2 cache)",
+            "",
+            "| impl | device | N | dtype | layout | mean ms | MB moved | GB/s | of peak |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in result["op"]:
             l2 = r.get("l2_bytes")
-            frac = ("in L2" if l2 and r["bytes_moved"] <= l2 else "" if r["fraction_of_peak"] is None
-                    else f"{100 * r['fraction_of_peak']:.0f} %")
-            lines.append(f"| {r['impl']} | {r['device']} | {r['batch']} | {r['dtype']} | {r.get('layout', 'nchw')} | "
-                         f"{r['mean_ms']:.3f} | {r['bytes_moved'] / 1e6:.1f} | {r['gbs']:.1f} | {frac} |")
+            frac = (
+                "in L2"
+                if l2 and r["bytes_moved"] <= l2
+                else ""
+                if r["fraction_of_peak"] is None
+                else f"{100 * r['fraction_of_peak']:.0f} %"
+            )
+            lines.append(
+                f"| {r['impl']} | {r['device']} | {r['batch']} | {r['dtype']} | {r.get('layout', 'nchw')} | "
+                f"{r['mean_ms']:.3f} | {r['bytes_moved'] / 1e6:.1f} | {r['gbs']:.1f} | {frac} |"
+            )
     return "\n".join(lines)

@@ -71,9 +71,9 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def _open_source(source: str | os.PathLike, timeout: float):
     """(readable stream, expected length or None) for a URL or a local file."""
-    if is_url(source):
+    if isinstance(source, str) and is_url(source):
         if source.startswith("file://"):
-            return _open_source(urllib.request.url2pathname(source[len("file://"):]), timeout)
+            return _open_source(urllib.request.url2pathname(source[len("file://") :]), timeout)
         if not source.startswith(("http://", "https://")):
             raise ValueError(f"unsupported URL scheme in {source} (http://, https:// or a file path)")
         request = urllib.request.Request(source, headers={"User-Agent": "efficientad-fast"})
@@ -86,8 +86,9 @@ def _open_source(source: str | os.PathLike, timeout: float):
     return open(path, "rb"), path.stat().st_size
 
 
-def _copy_hashing(stream, out, total: int | None, what: str, progress: bool, received: list,
-                  window_s: float, deadline: float | None) -> str:
+def _copy_hashing(
+    stream, out, total: int | None, what: str, progress: bool, received: list, window_s: float, deadline: float | None
+) -> str:
     """Copy ``stream`` to ``out`` in chunks; returns the SHA-256. ``received[0]`` counts bytes.
     DownloadError when fewer than MIN_RATE_BYTES_S came on average over the last ``window_s``
     seconds, or past ``deadline`` (a ``time.monotonic()`` value)."""
@@ -98,8 +99,9 @@ def _copy_hashing(stream, out, total: int | None, what: str, progress: bool, rec
     # slow drip would never come back to the checks below).
     read = getattr(stream, "read1", stream.read)
     window_start, window_bytes = time.monotonic(), 0
-    with tqdm(total=total, desc=what, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total, desc=what, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress, dynamic_ncols=True
+    ) as bar:
         for chunk in iter(lambda: read(CHUNK), b""):
             out.write(chunk)
             digest.update(chunk)
@@ -107,21 +109,32 @@ def _copy_hashing(stream, out, total: int | None, what: str, progress: bool, rec
             bar.update(len(chunk))
             now = time.monotonic()
             if deadline is not None and now > deadline:
-                raise DownloadError(f"{what}: not finished by the deadline ({received[0]} bytes received); "
-                                    "nothing was cached")
+                raise DownloadError(
+                    f"{what}: not finished by the deadline ({received[0]} bytes received); nothing was cached"
+                )
             if now - window_start >= window_s:
                 rate = (received[0] - window_bytes) / (now - window_start)
                 if rate < MIN_RATE_BYTES_S:
-                    raise DownloadError(f"{what}: the download slowed to {rate:.0f} bytes/s over the last "
-                                        f"{now - window_start:.0f} s (after {received[0]} bytes; under "
-                                        f"{MIN_RATE_BYTES_S} bytes/s counts as stalled); nothing was cached, "
-                                        "try again or use --from with a copy")
+                    raise DownloadError(
+                        f"{what}: the download slowed to {rate:.0f} bytes/s over the last "
+                        f"{now - window_start:.0f} s (after {received[0]} bytes; under "
+                        f"{MIN_RATE_BYTES_S} bytes/s counts as stalled); nothing was cached, "
+                        "try again or use --from with a copy"
+                    )
                 window_start, window_bytes = now, received[0]
     return digest.hexdigest()
 
 
-def fetch_verified(source: str | os.PathLike, sha256: str, dest: str | os.PathLike, *, what: str,
-                   progress: bool = True, timeout: float = TIMEOUT_S, deadline_s: float | None = None) -> Path:
+def fetch_verified(
+    source: str | os.PathLike,
+    sha256: str,
+    dest: str | os.PathLike,
+    *,
+    what: str,
+    progress: bool = True,
+    timeout: float = TIMEOUT_S,
+    deadline_s: float | None = None,
+) -> Path:
     """Download (http/https URL) or copy (local path) ``source`` to ``dest``, verified.
 
     Written to a temporary file beside ``dest`` with a byte progress bar, renamed to ``dest``
@@ -141,18 +154,24 @@ def fetch_verified(source: str | os.PathLike, sha256: str, dest: str | os.PathLi
             with stream:
                 got = _copy_hashing(stream, out, total, what, progress, received, timeout, deadline)
         if total is not None and received[0] < total:
-            raise DownloadError(f"{what}: the connection to {source} was cut after {received[0]} of {total} "
-                                "bytes; nothing was cached, run the command again")
+            raise DownloadError(
+                f"{what}: the connection to {source} was cut after {received[0]} of {total} "
+                "bytes; nothing was cached, run the command again"
+            )
         if got != sha256.lower():
-            raise DownloadError(f"{what}: {source} is not the expected file: SHA-256 {got} ({received[0]} bytes), "
-                                f"expected {sha256}; nothing was cached")
+            raise DownloadError(
+                f"{what}: {source} is not the expected file: SHA-256 {got} ({received[0]} bytes), "
+                f"expected {sha256}; nothing was cached"
+            )
         os.replace(tmp, dest)
         done = True
     except DownloadError:
         raise
     except Exception as exc:  # URLError, timeouts, resets, http.client.IncompleteRead, disk full, ...
-        raise DownloadError(f"{what}: fetching {source} failed after {received[0]} bytes "
-                            f"({type(exc).__name__}: {exc}); nothing was cached") from exc
+        raise DownloadError(
+            f"{what}: fetching {source} failed after {received[0]} bytes "
+            f"({type(exc).__name__}: {exc}); nothing was cached"
+        ) from exc
     finally:
         if not done:
             tmp.unlink(missing_ok=True)
@@ -189,8 +208,9 @@ def _check_members(archive: Path, target: Path, members: list[tuple[str, str | N
         elif special:
             reason = "is a device or FIFO"
         if reason:
-            raise UnsafeArchiveError(f"{archive}: refusing to extract it: member {name!r} {reason}, "
-                                     f"which would reach outside {target}")
+            raise UnsafeArchiveError(
+                f"{archive}: refusing to extract it: member {name!r} {reason}, which would reach outside {target}"
+            )
 
 
 def _extract_zip(archive: Path, target: Path, into: Path) -> None:
@@ -205,8 +225,10 @@ def _extract_zip(archive: Path, target: Path, into: Path) -> None:
 
 def _extract_tar(archive: Path, target: Path, into: Path) -> None:
     with tarfile.open(archive) as tf:
-        members = [(m.name, m.linkname if m.issym() or m.islnk() else None, m.islnk(),
-                    m.ischr() or m.isblk() or m.isfifo()) for m in tf.getmembers()]
+        members = [
+            (m.name, m.linkname if m.issym() or m.islnk() else None, m.islnk(), m.ischr() or m.isblk() or m.isfifo())
+            for m in tf.getmembers()
+        ]
         _check_members(archive, target, members)
         if hasattr(tarfile, "data_filter"):
             tf.extractall(into, filter="data")
@@ -246,21 +268,32 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------- cached archives
 
 
-def fetch_archive(source: str | os.PathLike, sha256: str, archive_name: str, folder: str, *, what: str,
-                  keep_archive: bool = True, progress: bool = True, timeout: float = TIMEOUT_S) -> Path:
+def fetch_archive(
+    source: str | os.PathLike,
+    sha256: str,
+    archive_name: str,
+    folder: str,
+    *,
+    what: str,
+    keep_archive: bool = True,
+    progress: bool = True,
+    timeout: float = TIMEOUT_S,
+) -> Path:
     """Fetch ``source`` verified as ``<downloads>/<archive_name>`` and extract it safely into
     ``<downloads>/<folder>`` (returned). Without ``keep_archive`` the archive is deleted
     once extracted (large data sets)."""
-    archive = fetch_verified(source, sha256, downloads_root() / archive_name, what=what, progress=progress,
-                             timeout=timeout)
+    archive = fetch_verified(
+        source, sha256, downloads_root() / archive_name, what=what, progress=progress, timeout=timeout
+    )
     target = safe_extract(archive, downloads_root() / folder)
     if not keep_archive:
         archive.unlink(missing_ok=True)
     return target
 
 
-def not_cached_error(what: str, *, where: Path, url: str, sha256: str, env: str, command: str,
-                     alternatives: str) -> NotCachedError:
+def not_cached_error(
+    what: str, *, where: Path, url: str, sha256: str, env: str, command: str, alternatives: str
+) -> NotCachedError:
     """The error for a file that is not cached: how to fetch it online and offline, and what
     works without it. Nothing is downloaded implicitly."""
     return NotCachedError(

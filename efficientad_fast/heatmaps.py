@@ -18,8 +18,13 @@ def default_threshold(model) -> float | None:
     return DEFAULT_THRESHOLD if model.quantiles_set else None
 
 
-def heatmap_overlay(image: np.ndarray, amap: np.ndarray, threshold: float | None,
-                    mask: np.ndarray | None = None, vmax: float | None = None) -> np.ndarray:
+def heatmap_overlay(
+    image: np.ndarray,
+    amap: np.ndarray,
+    threshold: float | None,
+    mask: np.ndarray | None = None,
+    vmax: float | None = None,
+) -> np.ndarray:
     """uint8 (H, 2W+, 3): the image | the image under a colour map of ``amap`` with the
     threshold's contour in white (and the ground truth's in green when ``mask`` is given).
     Colours span [0, vmax]; vmax defaults to 3 x threshold (per-image max without one)."""
@@ -67,7 +72,8 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
 
 def write_eval_heatmaps(test, rows, maps, masks, out_dir, per_defect: int, threshold) -> list[Path]:
     out_dir = Path(out_dir)
-    written, seen = [], {}
+    written: list[Path] = []
+    seen: dict[str, int] = {}
     for i, row in enumerate(rows):
         if seen.get(row["defect"], 0) >= per_defect:
             continue

@@ -60,8 +60,9 @@ def _quantizer():
     from torchao.quantization.pt2e.quantizer.utils import get_input_act_qspec
 
     default = xiq.get_default_x86_inductor_quantization_config()
-    activation = dataclasses.replace(default.input_activation,
-                                     observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+    activation = dataclasses.replace(
+        default.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12)
+    )
     config = dataclasses.replace(default, input_activation=activation, output_activation=activation)
 
     class PoolingX86InductorQuantizer(xiq.X86InductorQuantizer):
@@ -73,7 +74,9 @@ def _quantizer():
                     node.meta[xiq.QUANT_ANNOTATION_KEY] = xiq._X86InductorQuantizationAnnotation(
                         input_qspec_map={source: get_input_act_qspec(config)},
                         output_qspec=SharedQuantizationSpec((source, node)),
-                        _annotated=True, _is_output_of_quantized_pattern=True)
+                        _annotated=True,
+                        _is_output_of_quantized_pattern=True,
+                    )
             return model
 
     quantizer = PoolingX86InductorQuantizer()
@@ -89,8 +92,14 @@ class FeatureGraph(nn.Module):
     with (t - mean) / std folded in): a convolution module the quantizer annotates like the
     others (a functional conv on a buffer was left in fp32, at 25 ms of a 57 ms pass)."""
 
-    def __init__(self, teacher: nn.Module, head_weight: torch.Tensor, head_bias: torch.Tensor,
-                 student: nn.Module, autoencoder: nn.Module) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        head_weight: torch.Tensor,
+        head_bias: torch.Tensor,
+        student: nn.Module,
+        autoencoder: nn.Module,
+    ) -> None:
         super().__init__()
         last = teacher.last_conv
         self.normalize = teacher.normalize
@@ -125,10 +134,15 @@ class Int8Calibration:
 
     def to_payload(self) -> dict:
         """Plain types and tensors for ``torch.save(weights_only=True)``."""
-        return {"scheme": self.scheme, "images": int(self.images), "image_size": list(self.image_size),
-                "torchao_version": self.torchao_version,
-                "observers": {name: {k: v.detach().cpu().clone() for k, v in state.items()}
-                              for name, state in self.observers.items()}}
+        return {
+            "scheme": self.scheme,
+            "images": int(self.images),
+            "image_size": list(self.image_size),
+            "torchao_version": self.torchao_version,
+            "observers": {
+                name: {k: v.detach().cpu().clone() for k, v in state.items()} for name, state in self.observers.items()
+            },
+        }
 
     @classmethod
     def from_payload(cls, payload, source: str = "model file") -> "Int8Calibration":
@@ -138,12 +152,19 @@ class Int8Calibration:
             raise ValueError(f"{source}: INT8 calibration must be a dict, got {type(payload).__name__}")
         scheme = payload.get("scheme")
         if scheme != SCHEME:
-            raise ValueError(f"{source}: INT8 calibration of recipe {scheme!r}, this efficientad_fast reads "
-                             f"{SCHEME!r}; quantize the model again (efficientad-fast quantize)")
+            raise ValueError(
+                f"{source}: INT8 calibration of recipe {scheme!r}, this efficientad_fast reads "
+                f"{SCHEME!r}; quantize the model again (efficientad-fast quantize)"
+            )
         observers = payload.get("observers")
-        if not isinstance(observers, dict) or not observers or not all(
+        if (
+            not isinstance(observers, dict)
+            or not observers
+            or not all(
                 isinstance(state, dict) and state and all(torch.is_tensor(v) for v in state.values())
-                for state in observers.values()):
+                for state in observers.values()
+            )
+        ):
             raise ValueError(f"{source}: INT8 calibration holds no observer tensors")
         for name, state in observers.items():
             for key, value in state.items():
@@ -155,8 +176,13 @@ class Int8Calibration:
         images = payload.get("images")
         if not (isinstance(size, (list, tuple)) and len(size) == 2 and isinstance(images, int) and images > 0):
             raise ValueError(f"{source}: INT8 calibration has a bad image_size {size!r} or image count {images!r}")
-        return cls(observers=observers, images=images, image_size=(int(size[0]), int(size[1])), scheme=scheme,
-                   torchao_version=str(payload.get("torchao_version", "")))
+        return cls(
+            observers=observers,
+            images=images,
+            image_size=(int(size[0]), int(size[1])),
+            scheme=scheme,
+            torchao_version=str(payload.get("torchao_version", "")),
+        )
 
 
 def _prepared(graph: FeatureGraph, image_size: tuple[int, int]):
@@ -179,8 +205,9 @@ def _is_activation_observer(observer: nn.Module) -> bool:
     return observer.qscheme in (torch.per_tensor_affine, torch.per_tensor_symmetric)
 
 
-def calibrate_int8(graph: FeatureGraph, batches: Iterable[torch.Tensor], image_size: tuple[int, int]
-                   ) -> Int8Calibration:
+def calibrate_int8(
+    graph: FeatureGraph, batches: Iterable[torch.Tensor], image_size: tuple[int, int]
+) -> Int8Calibration:
     """Run float32 batches in [0, 1] ((N, 3, H, W), the size of ``image_size``) through the
     observed graph and return the activation observers' state. ValueError without images."""
     import torchao
@@ -193,10 +220,14 @@ def calibrate_int8(graph: FeatureGraph, batches: Iterable[torch.Tensor], image_s
             seen += batch.shape[0]
     if seen == 0:
         raise ValueError("INT8 calibration needs at least one normal image, got none")
-    states = {name: {k: v.detach().clone() for k, v in obs.state_dict().items()}
-              for name, obs in observers.items() if _is_activation_observer(obs)}
-    return Int8Calibration(observers=states, images=seen, image_size=tuple(image_size),
-                           torchao_version=getattr(torchao, "__version__", ""))
+    states = {
+        name: {k: v.detach().clone() for k, v in obs.state_dict().items()}
+        for name, obs in observers.items()
+        if _is_activation_observer(obs)
+    }
+    return Int8Calibration(
+        observers=states, images=seen, image_size=tuple(image_size), torchao_version=getattr(torchao, "__version__", "")
+    )
 
 
 def convert_int8(graph: FeatureGraph, calibration: Int8Calibration, image_size: tuple[int, int]) -> nn.Module:
@@ -213,13 +244,16 @@ def convert_int8(graph: FeatureGraph, calibration: Int8Calibration, image_size: 
         raise ValueError(
             f"the INT8 calibration does not fit this model's graph ({len(calibration.observers)} stored observers, "
             f"{len(activation)} in the graph; recorded with torchao {calibration.torchao_version or '?'}): "
-            "quantize the model again (efficientad-fast quantize)")
+            "quantize the model again (efficientad-fast quantize)"
+        )
     for name in activation:
         state = calibration.observers[name]
         expected = observers[name].state_dict()
         if set(state) != set(expected) or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in state):
-            raise ValueError(f"the INT8 calibration's observer {name} does not fit this model's graph: "
-                             "quantize the model again (efficientad-fast quantize)")
+            raise ValueError(
+                f"the INT8 calibration's observer {name} does not fit this model's graph: "
+                "quantize the model again (efficientad-fast quantize)"
+            )
         observers[name].load_state_dict(state)
     return convert_pt2e(prepared)
 
@@ -248,8 +282,9 @@ class Int8Networks:
                 self._compiled[image_size] = torch.compile(quantized)
             return self._compiled[image_size]
 
-    def __call__(self, x: torch.Tensor, make_graph: Callable[[], FeatureGraph]
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, make_graph: Callable[[], FeatureGraph]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if x.device.type != "cpu":
             raise ValueError(f"INT8 networks run on the CPU, the images are on {x.device}")
         run = self.compiled((x.shape[2], x.shape[3]), make_graph)

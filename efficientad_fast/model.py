@@ -8,8 +8,6 @@ import math
 import numbers
 import os
 import threading
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checkpoint import (atomic_save, describe_start, first_line, load_state_dict_checked, payload_checksum, read_checkpoint,
-                          state_checksum)
+from ._checkpoint import atomic_save, payload_checksum, read_checkpoint, state_checksum
 from .int8 import FeatureGraph, Int8Calibration, Int8Networks, calibrate_int8
-from .networks import MODEL_SIZES, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
+from .networks import MODEL_SIZES, PDN, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
 from .op.ops import DISTANCES, anomaly_map
-from .precision import choose_precision
 from .op.reference import reference_anomaly_map
 from .teachers import init_teacher
 
@@ -65,8 +61,7 @@ def check_unit_range(images: torch.Tensor) -> None:
 def real_number(value, what: str) -> float:
     """``value`` as a float: a Python or NumPy real number, or a one-element real tensor (as
     a computation hands it over); TypeError naming ``what`` for a bool, a string or others."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex() \
-            and value.dtype != torch.bool:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
         return float(value.item())
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
@@ -91,16 +86,25 @@ def shift_threshold(threshold: float, sensitivity: float = 0.5) -> float:
     return threshold * factor if threshold >= 0 else threshold / factor
 
 
-def decisions(score: torch.Tensor, anomaly_map: torch.Tensor, image_threshold: float | None,
-              pixel_threshold: float | None, sensitivity: float = 0.5) -> "Prediction":
+def decisions(
+    score: torch.Tensor,
+    anomaly_map: torch.Tensor,
+    image_threshold: float | None,
+    pixel_threshold: float | None,
+    sensitivity: float = 0.5,
+) -> "Prediction":
     """A :class:`Prediction` of ``score`` and ``anomaly_map`` with ``label`` = score > the image
     threshold and ``mask`` = map > the pixel threshold, both shifted by ``sensitivity`` as
     :func:`shift_threshold` says (None where the threshold is None). The one rule the model,
     the exported-package loaders and the OpenVINO loader decide by."""
     check_sensitivity(sensitivity)
     image, pixel = (None if t is None else shift_threshold(t, sensitivity) for t in (image_threshold, pixel_threshold))
-    return Prediction(score=score, anomaly_map=anomaly_map, label=None if image is None else score > image,
-                      mask=None if pixel is None else anomaly_map > pixel)
+    return Prediction(
+        score=score,
+        anomaly_map=anomaly_map,
+        label=None if image is None else score > image,
+        mask=None if pixel is None else anomaly_map > pixel,
+    )
 
 
 @dataclass
@@ -147,6 +151,15 @@ class EfficientAD(nn.Module):
     ``model.to(torch.bfloat16)`` (or float16) runs the networks in that dtype; images and
     results stay float.
     """
+
+    # Buffers and submodules, declared so type checkers see tensors and modules (nn.Module's
+    # __getattr__ would type them as either).
+    teacher_mean: torch.Tensor
+    teacher_std: torch.Tensor
+    quantiles: torch.Tensor
+    teacher: PDN
+    student: PDN
+    autoencoder: AutoEncoder
 
     def __init__(
         self,
@@ -212,9 +225,13 @@ class EfficientAD(nn.Module):
         }
 
     def get_extra_state(self) -> dict:
-        return {"quantiles_set": self.quantiles_set, "teacher_source": self.teacher_source,
-                "image_threshold": self.image_threshold, "pixel_threshold": self._pixel_threshold,
-                "threshold_source": self.threshold_source}
+        return {
+            "quantiles_set": self.quantiles_set,
+            "teacher_source": self.teacher_source,
+            "image_threshold": self.image_threshold,
+            "pixel_threshold": self._pixel_threshold,
+            "threshold_source": self.threshold_source,
+        }
 
     def set_extra_state(self, state: dict) -> None:
         self.quantiles_set = bool(state.get("quantiles_set", False))
@@ -235,14 +252,17 @@ class EfficientAD(nn.Module):
             return self._pixel_threshold
         return DEFAULT_PIXEL_THRESHOLD if self.quantiles_set else None
 
-    def set_thresholds(self, image: float | None = None, pixel: float | None = DEFAULT_PIXEL_THRESHOLD,
-                       source: str = "set by hand") -> None:
+    def set_thresholds(
+        self, image: float | None = None, pixel: float | None = DEFAULT_PIXEL_THRESHOLD, source: str = "set by hand"
+    ) -> None:
         """Set the decision thresholds: a score above ``image`` labels an image anomalous, a
         map value above ``pixel`` marks the pixel in the mask (None: no such decision; for
         ``pixel`` of a model with calibrated quantiles, None means the q_b level 0.1).
         ``source`` records how they were chosen (shown in exports' metadata)."""
-        image, pixel = (None if v is None else real_number(v, f"the {name} threshold")
-                        for name, v in (("image", image), ("pixel", pixel)))
+        image, pixel = (
+            None if v is None else real_number(v, f"the {name} threshold")
+            for name, v in (("image", image), ("pixel", pixel))
+        )
         for name, value in (("image", image), ("pixel", pixel)):
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} threshold must be a finite number or None, got {value!r}")
@@ -254,8 +274,10 @@ class EfficientAD(nn.Module):
         """(image threshold, pixel threshold) shifted by ``sensitivity`` as
         :func:`shift_threshold` says; None where the model holds no threshold."""
         check_sensitivity(sensitivity)
-        return tuple(None if t is None else shift_threshold(t, sensitivity)
-                     for t in (self.image_threshold, self.pixel_threshold))
+        image, pixel = (
+            None if t is None else shift_threshold(t, sensitivity) for t in (self.image_threshold, self.pixel_threshold)
+        )
+        return image, pixel
 
     def decide(self, score: torch.Tensor, anomaly_map: torch.Tensor, sensitivity: float = 0.5) -> Prediction:
         """A :class:`Prediction` of ``score`` and ``anomaly_map`` with ``label`` and ``mask``
@@ -325,8 +347,10 @@ class EfficientAD(nn.Module):
             self._int8 = None
             return self
         if self.int8_calibration is None:
-            raise ValueError("this model holds no INT8 calibration: quantize it first (efficientad_fast.quantize(model, "
-                             "normal_images) or efficientad-fast quantize --model M --calibration-data DIR --out Q.pt)")
+            raise ValueError(
+                "this model holds no INT8 calibration: quantize it first (efficientad_fast.quantize(model, "
+                "normal_images) or efficientad-fast quantize --model M --calibration-data DIR --out Q.pt)"
+            )
         if self.device.type != "cpu":
             raise ValueError(f"INT8 runs on the CPU, the model is on {self.device}; call model.cpu() first")
         self.float()
@@ -339,8 +363,9 @@ class EfficientAD(nn.Module):
         weight, bias = self._folded_teacher_conv()
         nets = copy.deepcopy(nn.ModuleList([self.teacher, self.student, self.autoencoder])).float().cpu()
         nets.to(memory_format=torch.contiguous_format)
-        return FeatureGraph(nets[0], weight.detach().cpu().float().contiguous(), bias.detach().cpu().float(),
-                            nets[1], nets[2])
+        return FeatureGraph(
+            nets[0], weight.detach().cpu().float().contiguous(), bias.detach().cpu().float(), nets[1], nets[2]
+        )
 
     def record_int8_ranges(self, images, batch_size: int = 8) -> Int8Calibration:
         """Calibrate INT8 on normal ``images``: an (N, 3, H, W) tensor or an iterable of such
@@ -348,16 +373,17 @@ class EfficientAD(nn.Module):
         with it) and returns them; the precision is left as it is."""
         if isinstance(images, torch.Tensor):
             if images.dim() != 4 or images.shape[0] == 0:
-                raise ValueError(f"INT8 calibration needs normal images (N, 3, H, W) with N >= 1, got shape "
-                                 f"{tuple(images.shape)}")
-            images = [images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)]
-        size = None
+                raise ValueError(
+                    f"INT8 calibration needs normal images (N, 3, H, W) with N >= 1, got shape {tuple(images.shape)}"
+                )
+            images = [images[i : i + batch_size] for i in range(0, images.shape[0], batch_size)]
+        size: tuple[int, int] | None = None
         batches = []
         for batch in images:
             x = self._prepare_images(batch, validate=True).float().cpu()
             if size is not None and tuple(x.shape[2:]) != size:
                 raise ValueError(f"INT8 calibration images must share one size, got {size} and {tuple(x.shape[2:])}")
-            size = tuple(x.shape[2:])
+            size = (int(x.shape[2]), int(x.shape[3]))
             batches.append(x)
         if size is None:
             raise ValueError("INT8 calibration needs at least one normal image, got none")
@@ -379,6 +405,7 @@ class EfficientAD(nn.Module):
         """The teacher's last conv with (t - mean) / std folded into its weights, so the
         teacher emits standardized features at no extra cost. Cached until any input changes."""
         conv = self.teacher.last_conv
+        assert conv.bias is not None  # the PDNs' convs have biases
         sources = (conv.weight, conv.bias, self.teacher_mean, self.teacher_std)
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
         if self._folded_teacher is None or self._folded_teacher[0] != key:
@@ -474,8 +501,13 @@ class EfficientAD(nn.Module):
         if x.device.type == "cpu" and x.shape[0] > CPU_CHUNK and not torch.compiler.is_compiling():
             parts = [self.score_images(chunk, output_size, backend) for chunk in x.split(CPU_CHUNK)]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        kwargs = dict(quantiles=self.quantiles if self.quantiles_set else None, alpha=self.alpha,
-                      pad=self.map_pad, output_size=output_size, distance=self.distance)
+        kwargs = dict(
+            quantiles=self.quantiles if self.quantiles_set else None,
+            alpha=self.alpha,
+            pad=self.map_pad,
+            output_size=output_size,
+            distance=self.distance,
+        )
         if self._int8 is not None:  # standardized teacher features, float32
             features = self._int8(x, self.feature_graph)
             if backend == "fused":
@@ -484,11 +516,13 @@ class EfficientAD(nn.Module):
         if backend == "fused":
             features = self.features(x, teacher_conv=self._folded_teacher_conv(), eval_mode=True)
             return anomaly_map(*features, **kwargs)
-        return reference_anomaly_map(*self.features(x, eval_mode=True), teacher_mean=self.teacher_mean,
-                                     teacher_std=self.teacher_std, **kwargs)
+        return reference_anomaly_map(
+            *self.features(x, eval_mode=True), teacher_mean=self.teacher_mean, teacher_std=self.teacher_std, **kwargs
+        )
 
-    def features(self, x: torch.Tensor, teacher_conv: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 eval_mode: bool = False):
+    def features(
+        self, x: torch.Tensor, teacher_conv: tuple[torch.Tensor, torch.Tensor] | None = None, eval_mode: bool = False
+    ):
         """(teacher, student, autoencoder) features of images ``x`` in [0, 1] (the networks'
         device and dtype), the image normalized once for all three. ``teacher_conv``:
         (weight, bias) to use in place of the teacher's last conv, e.g. the standardization
@@ -517,12 +551,7 @@ class EfficientAD(nn.Module):
         The file is written next to ``path`` first and renamed, so a crash leaves no half file."""
         path = Path(path)
         state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.state_dict().items()}
-        payload = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "config": self.config(),
-            "state_dict": state,
-        }
+        payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config(), "state_dict": state}
         if self.int8_calibration is not None:
             payload["int8"] = self.int8_calibration.to_payload()
         # Flipped bytes still unpickle: load compares these hashes to notice. "all" covers
@@ -561,106 +590,3 @@ def _refuse_model_file_as_teacher(teacher, error: ValueError) -> None:
             "teacher comes from teacher= files like those distill-teacher writes (or the paper's released "
             "ones). To reuse this model, load it with efficientad_fast.load"
         ) from error
-
-
-def _check_statistics(model: EfficientAD, path: Path) -> None:
-    """What set_teacher_stats and set_quantiles enforce, for the values a file brought:
-    a zero std or NaN statistics would make every map inf or NaN, silently."""
-    mean, std = model.teacher_mean, model.teacher_std
-    bad = (~(torch.isfinite(mean) & torch.isfinite(std) & (std > 0))).nonzero().flatten().tolist()
-    if bad:
-        raise ValueError(
-            f"{path}: teacher std must be finite and > 0 and mean finite in every channel; channels "
-            f"{bad[:8]}{'...' if len(bad) > 8 else ''} have mean {mean[bad[:4]].tolist()}, std {std[bad[:4]].tolist()}"
-        )
-    for name, value in (("image_threshold", model.image_threshold), ("pixel_threshold", model._pixel_threshold)):
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"{path}: {name} must be finite, got {value}")
-    if model.quantiles_set:
-        qa_st, qb_st, qa_ae, qb_ae = model.quantiles.tolist()
-        if not (all(math.isfinite(q) for q in (qa_st, qb_st, qa_ae, qb_ae)) and qb_st > qa_st and qb_ae > qa_ae):
-            raise ValueError(
-                f"{path}: quantiles need finite q_b > q_a for both maps, got q_a_st={qa_st}, q_b_st={qb_st}, "
-                f"q_a_ae={qa_ae}, q_b_ae={qb_ae}"
-            )
-
-
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", precision: str = "fp32",
-         batch_size: int = 1, image_size: int = 256) -> EfficientAD:
-    """Read a file written by :meth:`EfficientAD.save` (with ``torch.load(weights_only=True)``);
-    the model comes back in eval mode, in ``precision``: "fp32" (default), "bf16", "fp16",
-    "int8" (needs the INT8 calibration that ``train`` and :func:`quantize` store) or "auto":
-    the fastest on this machine for batches of ``batch_size`` images of ``image_size`` px
-    among those whose map stays within 0.1 of the fp32 map's range, timed once (INT8
-    compiles first: a minute at most) and then cached (:func:`efficientad_fast.precision.choose_precision`).
-
-    Raises FileNotFoundError for a missing file and ValueError for a truncated or corrupt
-    file (including bytes changed in place: the file's SHA-256 of everything it holds, weights,
-    settings, thresholds, flags and INT8 ranges, must match; files written before that
-    digest existed have the weights' only),
-    a file of another format, a newer format version, weights of the wrong size, or
-    teacher statistics or quantiles that would make the maps inf or NaN, or a CUDA
-    ``map_location`` on a machine without a GPU. Files written
-    before the checksum existed load with a warning.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
-    device = torch.device(map_location)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        # Else torch.load's error would read as a broken file.
-        raise ValueError(f"cannot load {path} onto {device}: no CUDA device is available (use map_location='cpu')")
-    try:
-        # On the CPU first: the checks below run there, then the model moves to the device.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read it as a model file (truncated or corrupt?): {first_line(exc)}") from exc
-    except Exception as exc:  # pickle.UnpicklingError and friends: not our format
-        raise ValueError(f"{path}: not an efficientad_fast model file ({describe_start(path)})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        hint = ""
-        if isinstance(payload, dict) and "state_dict" in payload:
-            hint = " (a Lightning/anomalib checkpoint? use efficientad_fast.from_anomalib)"
-        keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path}: not an efficientad_fast model file{hint}; found {keys}")
-    version = payload.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"{path}: format_version must be an integer, got {version!r}")
-    if version < 1:
-        raise ValueError(f"{path}: format_version must be >= 1, got {version}")
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: format version {version!r} is newer than this efficientad_fast reads ({FORMAT_VERSION}); upgrade"
-        )
-    missing = [k for k in ("config", "state_dict") if not isinstance(payload.get(k), dict)]
-    if missing:
-        raise ValueError(f"{path}: model file is incomplete: no {' or '.join(missing)}")
-    try:
-        # The file holds the teacher's weights: skip reading the shipped one.
-        model = EfficientAD(**payload["config"], teacher="random")
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: model file has an invalid config {payload['config']}: {exc}") from exc
-    # Missing keys and wrong shapes first: their errors say more than a checksum mismatch.
-    load_state_dict_checked(model, payload["state_dict"], source=str(path))
-    checksum = payload.get("checksum")
-    if checksum is None:
-        warnings.warn(f"{path}: model file has no checksum (written by an older efficientad_fast); "
-                      "corruption cannot be detected. Save it again to add one.", stacklevel=2)
-    elif not isinstance(checksum, dict):
-        raise ValueError(f"{path}: corrupt: the checksum entry is a {type(checksum).__name__}, not a dict")
-    elif "all_sha256" in checksum:
-        if checksum["all_sha256"] != payload_checksum(payload):
-            raise ValueError(f"{path}: corrupt: checksum mismatch (the weights, settings, thresholds or INT8 ranges "
-                             "changed since the file was written)")
-    elif checksum.get("sha256") != state_checksum(payload["state_dict"]):  # files written before "all_sha256"
-        raise ValueError(f"{path}: corrupt: checksum mismatch (the weights changed since the file was written)")
-    if payload.get("int8") is not None:
-        model.int8_calibration = Int8Calibration.from_payload(payload["int8"], str(path))
-    _check_statistics(model, path)
-    model = model.to(device).eval()
-    if precision == "auto":
-        return choose_precision(model, batch_size=batch_size, image_size=image_size)
-    try:
-        return model.set_precision(precision)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc

@@ -1,4 +1,4 @@
-"""EfficientAD's networks (DESIGN.md §3): PDN-S and PDN-M patch description networks
+"""EfficientAD's networks (docs/architecture.md, "The networks"): PDN-S and PDN-M patch description networks
 (teacher: 384 output channels, student: 768) and the autoencoder. Layer names follow
 anomalib so its state dicts load unchanged. Inputs are RGB in [0, 1]; each network
 applies the ImageNet normalization itself."""
@@ -25,17 +25,35 @@ def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     values (bit-identical here) without a separate ReLU pass over the activation (19 ms of a
     251 ms fp32 predict at 256 px on the Xeon of bench/results/int8_cpu_2026-12-06.md; batch 16
     fp32 3.93 -> 4.44 images/s). Traced and training code keep the plain ops."""
-    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and conv.weight.dtype == x.dtype
-            and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)):
+    if (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and conv.weight.dtype == x.dtype
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and conv.padding_mode == "zeros"
+        and isinstance(conv.padding, tuple)
+    ):
         return torch.ops.mkldnn._convolution_pointwise(
-            x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-            "relu", [], "")
+            x,
+            conv.weight,
+            conv.bias,
+            list(conv.padding),
+            list(conv.stride),
+            list(conv.dilation),
+            conv.groups,
+            "relu",
+            [],
+            "",
+        )
     return F.relu(conv(x))
 
 
 class ImageNetNormalize(nn.Module):
     """(x - mean) / std with ImageNet's RGB statistics, as buffers (follow .to(device/dtype))."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -108,7 +126,10 @@ class PDNMedium(nn.Module):
         return self.last_conv(self.body(x if normalized else self.normalize(x)))
 
 
-def make_pdn(model_size: str, out_channels: int, padding: bool = False) -> nn.Module:
+PDN = PDNSmall | PDNMedium  # what make_pdn returns: both have conv1, last_conv, body and normalize
+
+
+def make_pdn(model_size: str, out_channels: int, padding: bool = False) -> PDN:
     """A PDN-S ("small") or PDN-M ("medium") with ``out_channels`` outputs."""
     if model_size == "small":
         return PDNSmall(out_channels, padding)

@@ -21,8 +21,8 @@ from typing import Callable
 
 import torch
 
-from .op._build import cache_folder, cache_root
 from ._checkpoint import atomic_files
+from .op._build import cache_folder, cache_root
 
 # The largest map difference to fp32 a chosen precision may have, as a fraction of the fp32
 # map's range (an INT8 map moves by about 0.02-0.09 of it; bf16 by about 0.02).
@@ -83,13 +83,14 @@ def _read_cache(path: Path) -> dict:
 
 
 def _format_times(times, names: list[str] | None = None) -> str:
-    """"fp32 268 ms, bf16 63 ms" from a cache entry's times (numbers only: the file may have
+    """ "fp32 268 ms, bf16 63 ms" from a cache entry's times (numbers only: the file may have
     been edited by hand), in ``names`` order when given."""
     if not isinstance(times, dict):
         return "times not recorded"
     keys = [n for n in names if n in times] if names is not None else list(times)
-    return ", ".join(f"{n} {times[n]:.0f} ms" for n in keys
-                     if isinstance(times[n], (int, float)) and not isinstance(times[n], bool))
+    return ", ".join(
+        f"{n} {times[n]:.0f} ms" for n in keys if isinstance(times[n], (int, float)) and not isinstance(times[n], bool)
+    )
 
 
 def _write_cache(path: Path, data: dict) -> str | None:
@@ -126,8 +127,9 @@ def _size(image_size) -> tuple[int, int]:
     return (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
 
 
-def measure_precisions(model, batch_size: int = 1, image_size: int | tuple[int, int] = 256, calls: int = 3,
-                       names: list[str] | None = None) -> dict:
+def measure_precisions(
+    model, batch_size: int = 1, image_size: int | tuple[int, int] = 256, calls: int = 3, names: list[str] | None = None
+) -> dict:
     """Time ``model.predict`` in each precision of ``names`` (default: :func:`candidates`)
     on seeded random images: two untimed calls (INT8 compiles in the first), then ``calls``
     rounds, every variant once per round, the median per variant. Returns ``{"times_ms":
@@ -152,8 +154,13 @@ def measure_precisions(model, batch_size: int = 1, image_size: int | tuple[int, 
     return {"times_ms": {n: statistics.median(t) for n, t in times.items()}, "map_diff": diff, "models": models}
 
 
-def choose_precision(model, batch_size: int = 1, image_size: int | tuple[int, int] = 256,
-                     log: Callable[[str], None] | None = print, refresh: bool = False):
+def choose_precision(
+    model,
+    batch_size: int = 1,
+    image_size: int | tuple[int, int] = 256,
+    log: Callable[[str], None] | None = print,
+    refresh: bool = False,
+):
     """``model`` in its fastest precision on this machine for batches of ``batch_size``
     images of ``image_size`` px, among :func:`candidates` whose map stays within
     :data:`MAP_TOLERANCE` of fp32. Measured by :func:`measure_precisions` the first time,
@@ -161,15 +168,25 @@ def choose_precision(model, batch_size: int = 1, image_size: int | tuple[int, in
     precision (``model`` itself or a copy); ``log`` gets one line saying what was chosen."""
     names = candidates(model)
     height, width = _size(image_size)
-    key = " | ".join([machine_key(model.device), f"{model.model_size}", f"batch {batch_size}", f"{height}x{width} px",
-                      ",".join(names)])
+    key = " | ".join(
+        [
+            machine_key(model.device),
+            f"{model.model_size}",
+            f"batch {batch_size}",
+            f"{height}x{width} px",
+            ",".join(names),
+        ]
+    )
     measured = {}
 
     def measure() -> dict:
         measured.update(measure_precisions(model, batch_size, image_size, names=names))
         allowed = [n for n in names if measured["map_diff"][n] <= MAP_TOLERANCE]
-        return {"precision": min(allowed, key=measured["times_ms"].get), "times_ms": measured["times_ms"],
-                "map_diff": measured["map_diff"]}
+        return {
+            "precision": min(allowed, key=measured["times_ms"].get),
+            "times_ms": measured["times_ms"],
+            "map_diff": measured["map_diff"],
+        }
 
     entry, how = _cached(key, "precision", names, measure, refresh)
     # Measured now: the variant is built and warm already; from the cache: switch the model.
@@ -180,8 +197,14 @@ def choose_precision(model, batch_size: int = 1, image_size: int | tuple[int, in
     return chosen
 
 
-def choose_amp(device: torch.device, what: str, run_step: Callable[[str | None], None], steps: int = 3,
-               log: Callable[[str], None] | None = print, refresh: bool = False) -> str | None:
+def choose_amp(
+    device: torch.device,
+    what: str,
+    run_step: Callable[[str | None], None],
+    steps: int = 3,
+    log: Callable[[str], None] | None = print,
+    refresh: bool = False,
+) -> str | None:
     """The faster of training without autocast (None) and with bf16 autocast (a GPU: fp16
     too): ``run_step(amp)`` runs one training step; each setting gets one untimed step, then
     ``steps`` timed ones, interleaved; the median decides. Cached like

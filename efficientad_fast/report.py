@@ -16,8 +16,14 @@ from pathlib import Path
 from ._checkpoint import atomic_files, atomic_write_text, save_figure
 
 METRICS = ("image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_aupr", "aupro")
-HEADERS = {"image_auroc": "Image AUROC", "image_f1": "Image F1", "pixel_auroc": "Pixel AUROC",
-           "pixel_f1": "Pixel F1", "pixel_aupr": "Pixel AUPR", "aupro": "AU-PRO"}
+HEADERS = {
+    "image_auroc": "Image AUROC",
+    "image_f1": "Image F1",
+    "pixel_auroc": "Pixel AUROC",
+    "pixel_f1": "Pixel F1",
+    "pixel_aupr": "Pixel AUPR",
+    "aupro": "AU-PRO",
+}
 
 
 def _flatten_metrics(result: dict) -> dict[str, float]:
@@ -32,8 +38,12 @@ def metrics_table(results: dict[str, dict]) -> str:
     columns = list(dict.fromkeys(k for r in flat.values() for k in r))
     lines = ["| category | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, values in flat.items():
-        cells = [f"{values[c]:.3f}" if isinstance(values.get(c), float) and not math.isnan(values[c])
-                 else str(values.get(c, "")) for c in columns]
+        cells = [
+            f"{values[c]:.3f}"
+            if isinstance(values.get(c), float) and not math.isnan(values[c])
+            else str(values.get(c, ""))
+            for c in columns
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -46,9 +56,10 @@ def write_metrics(evaluation: dict, out_dir: str | os.PathLike, name: str) -> tu
     atomic_write_text(json_path, json.dumps(evaluation, indent=2))
     timing = evaluation["timing"]
     atomic_write_text(
-        md_path, f"# EfficientAD evaluation: {name}\n\n{metrics_table({name: evaluation['metrics']})}\n\n"
+        md_path,
+        f"# EfficientAD evaluation: {name}\n\n{metrics_table({name: evaluation['metrics']})}\n\n"
         f"{timing['images']} test images, {timing['ms_per_image']:.1f} ms per image "
-        f"(batch {timing['batch_size']}, network + scoring).\n"
+        f"(batch {timing['batch_size']}, network + scoring).\n",
     )
     return json_path, md_path
 
@@ -109,20 +120,30 @@ def report_tables(result: dict) -> str:
     cols = [HEADERS[k] if k != "aupro" else pro for k in METRICS]
     sweep = bool(result["sweep"])
     swept = list(result["sweep"]) if sweep else []
-    head = ["Category"] + [k.replace("_", " ").title() if k != "lr" else "LR" for k in swept] + cols + [
-        "Train time (s)", "Infer time (s)", "Latency (ms)"]
+    head = (
+        ["Category"]
+        + [k.replace("_", " ").title() if k != "lr" else "LR" for k in swept]
+        + cols
+        + ["Train time (s)", "Infer time (s)", "Latency (ms)"]
+    )
     lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["category"]] + [setting_label(k, r[k]) for k in swept]
         if r["error"]:
             cells += [f"failed: {r['error'][:80]}"] + [""] * (len(head) - len(cells) - 1)
         else:
-            cells += [_fmt(r[k]) for k in METRICS] + [_fmt(r["train_s"], 1), _fmt(r["infer_s"], 2),
-                                                      _fmt(r["latency_ms"], 2)]
+            cells += [_fmt(r[k]) for k in METRICS] + [
+                _fmt(r["train_s"], 1),
+                _fmt(r["infer_s"], 2),
+                _fmt(r["latency_ms"], 2),
+            ]
         lines.append(f"| {' | '.join(cells)} |")
     if not sweep:
-        avg = ["**average**"] + [_fmt(_mean(rows, k)) for k in METRICS] + [
-            _fmt(_mean(rows, "train_s"), 1), _fmt(_mean(rows, "infer_s"), 2), _fmt(_mean(rows, "latency_ms"), 2)]
+        avg = (
+            ["**average**"]
+            + [_fmt(_mean(rows, k)) for k in METRICS]
+            + [_fmt(_mean(rows, "train_s"), 1), _fmt(_mean(rows, "infer_s"), 2), _fmt(_mean(rows, "latency_ms"), 2)]
+        )
         lines.append(f"| {' | '.join(avg)} |")
     return "\n".join(lines)
 
@@ -161,8 +182,24 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
     md += ["![chart](report.png)", "", f"Total {result['total_s'] / 60:.1f} min."]
     atomic_write_text(paths["md"], "\n".join(md) + "\n")
 
-    fields = ["dataset", "category", "model_size", "teacher", "teacher_used", "penalty_used", "lr", "weight_decay", "steps", "batch_size", *METRICS,
-              "train_s", "infer_s", "infer_ms_per_image", "latency_ms", "error"]
+    fields = [
+        "dataset",
+        "category",
+        "model_size",
+        "teacher",
+        "teacher_used",
+        "penalty_used",
+        "lr",
+        "weight_decay",
+        "steps",
+        "batch_size",
+        *METRICS,
+        "train_s",
+        "infer_s",
+        "infer_ms_per_image",
+        "latency_ms",
+        "error",
+    ]
     with atomic_files(paths["csv"]) as (temporary,), open(temporary, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

@@ -18,9 +18,17 @@ from .networks import TEACHER_CHANNELS, feature_size
 OP_QUANTILES = (1.5, 3.0, 1.8, 3.5)
 
 
-def random_features(n: int, c: int, h: int, w: int, *, dtype: torch.dtype = torch.float32,
-                    device: torch.device | str = "cpu", teacher_stats: bool = True,
-                    generator: torch.Generator | None = None) -> dict:
+def random_features(
+    n: int,
+    c: int,
+    h: int,
+    w: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    teacher_stats: bool = True,
+    generator: torch.Generator | None = None,
+) -> dict:
     """Random teacher (N, C, h, w), student (N, 2C, h, w) and autoencoder (N, C, h, w)
     features as the op's keyword arguments.
 
@@ -45,29 +53,48 @@ def random_features(n: int, c: int, h: int, w: int, *, dtype: torch.dtype = torc
     return features
 
 
-def op_inputs(batch: int, dtype: torch.dtype, device: torch.device | str = "cpu", image_size: int = 256,
-              seed: int = 0, memory_format: torch.memory_format = torch.contiguous_format) -> tuple[tuple, dict]:
+def op_inputs(
+    batch: int,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    image_size: int = 256,
+    seed: int = 0,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[tuple, dict]:
     """``(args, kwargs)`` of one op call on features shaped like EfficientAD-S's at
     ``image_size`` (no padding; the teacher drawn around its channel mean/std), with
     quantiles, pad 4, α = 0.5 and l2: the benchmarks' common input. ``memory_format``:
     the features' layout (``torch.channels_last`` is what the networks emit)."""
     h, w = feature_size((image_size, image_size), padding=False)
-    f = random_features(batch, TEACHER_CHANNELS, h, w, dtype=dtype, device=device,
-                        generator=torch.Generator().manual_seed(seed))
+    f = random_features(
+        batch, TEACHER_CHANNELS, h, w, dtype=dtype, device=device, generator=torch.Generator().manual_seed(seed)
+    )
     args = tuple(f.pop(name).contiguous(memory_format=memory_format) for name in ("teacher", "student", "autoencoder"))
-    kwargs = dict(f, quantiles=torch.tensor(OP_QUANTILES, device=device), alpha=0.5, pad=4,
-                  output_size=(image_size, image_size), distance="l2")
+    kwargs = dict(
+        f,
+        quantiles=torch.tensor(OP_QUANTILES, device=device),
+        alpha=0.5,
+        pad=4,
+        output_size=(image_size, image_size),
+        distance="l2",
+    )
     return args, kwargs
 
 
-def random_teacher_stats(channels: int = TEACHER_CHANNELS,
-                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def random_teacher_stats(
+    channels: int = TEACHER_CHANNELS, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A plausible per-channel teacher (mean, std): mean ~ 0.1 N(0, 1), std ~ U(0.5, 1.5)."""
     return torch.randn(channels, generator=generator) * 0.1, torch.rand(channels, generator=generator) + 0.5
 
 
-def random_model(model_size: str = "small", *, seed: int = 0, teacher_stats: bool = True,
-                 quantiles: tuple[float, float, float, float] | None = None) -> EfficientAD:
+def random_model(
+    model_size: str = "small",
+    *,
+    seed: int = 0,
+    teacher_stats: bool = True,
+    quantiles: tuple[float, float, float, float] | None = None,
+) -> EfficientAD:
     """A seeded EfficientAD with random weights (torch's global generator is left as it
     was), teacher statistics from :func:`random_teacher_stats` (generator seeded ``seed``)
     unless ``teacher_stats`` is False, and ``quantiles`` when given. Timings depend on the
@@ -91,7 +118,7 @@ def map_tolerance(expected_map: torch.Tensor, rtol: float, atol: float = 1e-6) -
     if flat.shape[1] == 0:
         return torch.full((flat.shape[0],), float(atol), dtype=torch.float64)
     span = flat.amax(1) - flat.amin(1)
-    rounding = 8 * np.finfo(np.float32).eps * flat.abs().amax(1)
+    rounding = float(8 * np.finfo(np.float32).eps) * flat.abs().amax(1)
     return rtol * span + torch.clamp(rounding, min=atol)
 
 
@@ -104,7 +131,9 @@ def assert_map_close(result, expected, rtol: float, atol: float = 1e-6) -> None:
     assert result[0].dtype == torch.float32 and result[1].dtype == torch.float32, (result[0].dtype, result[1].dtype)
     assert got_map.shape == expected_map.shape, (tuple(got_map.shape), tuple(expected_map.shape))
     assert got_score.shape == expected_score.shape == (expected_map.shape[0],), (
-        tuple(got_score.shape), tuple(expected_score.shape))
+        tuple(got_score.shape),
+        tuple(expected_score.shape),
+    )
     if got_map.numel() == 0:
         return
     tolerance = map_tolerance(expected_map, rtol, atol)
@@ -115,4 +144,5 @@ def assert_map_close(result, expected, rtol: float, atol: float = 1e-6) -> None:
         worst = int((error - tolerance).argmax())
         assert bool((error <= tolerance).all()), (
             f"{name} error {error[worst].item():.3g} > tolerance {tolerance[worst].item():.3g} in image "
-            f"{worst} (map range {(want[worst].amax() - want[worst].amin()).item():.3g}, rtol {rtol}, atol {atol})")
+            f"{worst} (map range {(want[worst].amax() - want[worst].amin()).item():.3g}, rtol {rtol}, atol {atol})"
+        )

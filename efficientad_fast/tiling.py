@@ -93,8 +93,7 @@ def _ramp(tile: int, overlap: int, rise: bool, fall: bool) -> torch.Tensor:
     return w
 
 
-def blend_weights(positions: list[tuple[int, int]], height: int, width: int, tile: int,
-                  overlap: int) -> torch.Tensor:
+def blend_weights(positions: list[tuple[int, int]], height: int, width: int, tile: int, overlap: int) -> torch.Tensor:
     """(T, 1, tile, tile) weights of the tiles at ``positions`` (see the module docstring):
     separable linear ramps over ``overlap`` pixels at the edges shared with another tile."""
     weights = []
@@ -105,20 +104,23 @@ def blend_weights(positions: list[tuple[int, int]], height: int, width: int, til
     return torch.stack(weights).unsqueeze(1)
 
 
-def stitch(tile_maps: torch.Tensor, positions: list[tuple[int, int]], height: int, width: int,
-           overlap: int) -> torch.Tensor:
+def stitch(
+    tile_maps: torch.Tensor, positions: list[tuple[int, int]], height: int, width: int, overlap: int
+) -> torch.Tensor:
     """One (C, height, width) map from the (T, C, tile, tile) maps of the tiles at
     ``positions``: the weighted mean of :func:`blend_weights` where tiles overlap."""
     if tile_maps.dim() != 4 or tile_maps.shape[2] != tile_maps.shape[3] or tile_maps.shape[0] != len(positions):
-        raise ValueError(f"tile_maps must be (T, C, tile, tile) with T = {len(positions)} positions, "
-                         f"got shape {tuple(tile_maps.shape)}")
+        raise ValueError(
+            f"tile_maps must be (T, C, tile, tile) with T = {len(positions)} positions, "
+            f"got shape {tuple(tile_maps.shape)}"
+        )
     tile = tile_maps.shape[2]
     weights = blend_weights(positions, height, width, tile, overlap).to(tile_maps.device, torch.float32)
     total = torch.zeros(tile_maps.shape[1], height, width, device=tile_maps.device)
     weight_sum = torch.zeros(1, height, width, device=tile_maps.device)
     for (top, left), m, w in zip(positions, tile_maps.float(), weights):
-        total[:, top:top + tile, left:left + tile] += w * m
-        weight_sum[:, top:top + tile, left:left + tile] += w
+        total[:, top : top + tile, left : left + tile] += w * m
+        weight_sum[:, top : top + tile, left : left + tile] += w
     return total / weight_sum  # every pixel has a tile, every weight is > 0
 
 
@@ -128,12 +130,20 @@ def cut_tiles(images: torch.Tensor, tile: int, overlap: int = 0) -> torch.Tensor
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     positions = tile_grid(images.shape[2], images.shape[3], tile, overlap)
-    return torch.stack([images[i, :, top:top + tile, left:left + tile]
-                        for i in range(images.shape[0]) for top, left in positions])
+    return torch.stack(
+        [images[i, :, top : top + tile, left : left + tile] for i in range(images.shape[0]) for top, left in positions]
+    )
 
 
-def tiled_scores(model, x: torch.Tensor, tile: int, overlap: int, output_size=None, backend: str = "fused",
-                 batch_size: int = TILE_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+def tiled_scores(
+    model,
+    x: torch.Tensor,
+    tile: int,
+    overlap: int,
+    output_size=None,
+    backend: str = "fused",
+    batch_size: int = TILE_BATCH,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(map (N, 1, H, W), score (N,)) of an (N, 3, H, W) batch ``x`` scored in tiles: the work
     of ``model.predict(..., tile=...)``. ``x`` is as ``model.score_images`` takes it (the
     networks' device and dtype, values in [0, 1]); call it under ``torch.inference_mode()``.
@@ -144,14 +154,16 @@ def tiled_scores(model, x: torch.Tensor, tile: int, overlap: int, output_size=No
     check_tile(tile, overlap, height, width)
     positions = tile_grid(height, width, tile, overlap)
     crops = [(i, top, left) for i in range(n) for top, left in positions]
-    maps = []
+    tile_maps = []
     for start in range(0, len(crops), batch_size):
-        chunk = crops[start:start + batch_size]
-        batch = torch.stack([x[i, :, top:top + tile, left:left + tile] for i, top, left in chunk])
-        maps.append(model.score_images(batch.contiguous(memory_format=torch.channels_last), (tile, tile), backend)[0])
-    maps = torch.cat(maps).float()
+        chunk = crops[start : start + batch_size]
+        batch = torch.stack([x[i, :, top : top + tile, left : left + tile] for i, top, left in chunk])
+        tile_maps.append(
+            model.score_images(batch.contiguous(memory_format=torch.channels_last), (tile, tile), backend)[0]
+        )
+    maps = torch.cat(tile_maps).float()
     count = len(positions)
-    amap = torch.stack([stitch(maps[i * count:(i + 1) * count], positions, height, width, overlap) for i in range(n)])
+    amap = torch.stack([stitch(maps[i * count : (i + 1) * count], positions, height, width, overlap) for i in range(n)])
     if output_size is not None:
         size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
         if size != (height, width):
@@ -167,5 +179,13 @@ def predict_tiled(model, images: torch.Tensor, tile: int = 256, overlap: int = 3
     return model.predict(images, tile=tile, overlap=overlap, **predict_args)
 
 
-__all__ = ["TILE_BATCH", "blend_weights", "check_tile", "cut_tiles", "predict_tiled", "stitch", "tile_grid",
-           "tiled_scores"]
+__all__ = [
+    "TILE_BATCH",
+    "blend_weights",
+    "check_tile",
+    "cut_tiles",
+    "predict_tiled",
+    "stitch",
+    "tile_grid",
+    "tiled_scores",
+]

@@ -45,9 +45,22 @@ def aoti_package(calibrated_model, tmp_path_factory):
     model_path, package_path = folder / "model.pt", folder / "model.pt2"
     calibrated_model.save(model_path)
     out = subprocess.run(
-        [sys.executable, "-m", "efficientad_fast", "export", "--model", str(model_path),
-         "--format", "aoti", "--out", str(package_path)],
-        capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1],
+        [
+            sys.executable,
+            "-m",
+            "efficientad_fast",
+            "export",
+            "--model",
+            str(model_path),
+            "--format",
+            "aoti",
+            "--out",
+            str(package_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=Path(__file__).resolve().parents[1],
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert package_path.is_file()
@@ -60,9 +73,15 @@ def board_dataset(tmp_path_factory):
     test images (one per defect type)."""
     from efficientad_fast.data import make_synthetic
 
-    return make_synthetic(tmp_path_factory.mktemp("synthetic") / "data", seed=2, categories=("board",), n_train=8,
-                          n_test_good=4, n_test_defect_per_type=1,
-                          defects=("hole", "stain", "missing_part", "extra_part"))
+    return make_synthetic(
+        tmp_path_factory.mktemp("synthetic") / "data",
+        seed=2,
+        categories=("board",),
+        n_train=8,
+        n_test_good=4,
+        n_test_defect_per_type=1,
+        defects=("hole", "stain", "missing_part", "extra_part"),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +94,14 @@ def board_trained(board_dataset, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run")
     config = TrainConfig(steps=3, workers=0, progress=False, checkpoint_every=0)
-    model, _ = train_category(board_dataset, "mvtec", "board", out, config=config, teacher="distilled",
-                              penalty_images="none", validation_fraction=0.25)
+    model, _ = train_category(
+        board_dataset,
+        "mvtec",
+        "board",
+        out,
+        config=config,
+        teacher="distilled",
+        penalty_images="none",
+        validation_fraction=0.25,
+    )
     return model.eval(), out / "model.pt"

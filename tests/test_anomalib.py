@@ -115,7 +115,12 @@ def ours_small(anomalib_small) -> ead.EfficientAD:
 
 def test_small_matches_anomalib(ours_small, anomalib_small, small_expected, images):
     assert ours_small.config() == {
-        "model_size": "small", "padding": False, "alpha": 0.5, "pad_maps": True, "distance": "l2", "tile": None,
+        "model_size": "small",
+        "padding": False,
+        "alpha": 0.5,
+        "pad_maps": True,
+        "distance": "l2",
+        "tile": None,
     }
     assert ours_small.quantiles_set
     torch.testing.assert_close(ours_small.quantiles, torch.tensor(list(QUANTILES.values())))
@@ -265,8 +270,10 @@ def test_from_lightning_checkpoint_hyper_parameters(lightning_module, ours_small
 
 
 def test_from_lightning_checkpoint_dict(lightning_module, ours_small):
-    ckpt = {"state_dict": {k: v for k, v in lightning_module.state_dict().items() if k.startswith("model.")},
-            "hyper_parameters": {"padding": False, "pad_maps": True}}
+    ckpt = {
+        "state_dict": {k: v for k, v in lightning_module.state_dict().items() if k.startswith("model.")},
+        "hyper_parameters": {"padding": False, "pad_maps": True},
+    }
     assert_same_state(ead.from_anomalib(ckpt), ours_small)
 
 

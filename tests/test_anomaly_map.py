@@ -1,5 +1,5 @@
 """The fused op ``efficientad_fast.anomaly_map`` against its plain-PyTorch reference
-``efficientad_fast.reference_anomaly_map`` (DESIGN.md §3 "Scoring"): values, dtypes,
+``efficientad_fast.reference_anomaly_map`` (docs/architecture.md, "Scoring"): values, dtypes,
 memory layouts, empty batches, bad inputs, NaN/Inf, opcheck, torch.compile, torch.export,
 and the same comparison plus CUDA-graph capture on a GPU when there is one."""
 
@@ -64,8 +64,9 @@ def compare_with_reference(features, relative_tolerance=1e-5, **options):
 
 # One axis at a time away from a small base case; the cartesian test below crosses the
 # options that change the arithmetic (distance, alpha, pad, standardization, quantiles).
-BASE_CASE = dict(n=2, c=3, h=5, w=7, output_size=(13, 17), alpha=0.3, pad=4,
-                 distance="l2", teacher_stats=True, quantiles="tuple")
+BASE_CASE = dict(
+    n=2, c=3, h=5, w=7, output_size=(13, 17), alpha=0.3, pad=4, distance="l2", teacher_stats=True, quantiles="tuple"
+)
 AXIS_CASES = {
     "base": {},
     "n1": dict(n=1),
@@ -98,10 +99,10 @@ AXIS_CASES = {
 @pytest.mark.parametrize("overrides", list(AXIS_CASES.values()), ids=list(AXIS_CASES))
 def test_matches_reference_axis_by_axis(overrides):
     case = {**BASE_CASE, **overrides}
-    features = make_features(case["n"], case["c"], case["h"], case["w"],
-                             teacher_stats=case["teacher_stats"])
-    options = dict(output_size=case["output_size"], distance=case["distance"],
-                   quantiles=quantiles_argument(case["quantiles"]))
+    features = make_features(case["n"], case["c"], case["h"], case["w"], teacher_stats=case["teacher_stats"])
+    options = dict(
+        output_size=case["output_size"], distance=case["distance"], quantiles=quantiles_argument(case["quantiles"])
+    )
     # None means "leave the argument out", to test the defaults (alpha 0.5, pad 4).
     if case["alpha"] is not None:
         options["alpha"] = case["alpha"]
@@ -112,13 +113,13 @@ def test_matches_reference_axis_by_axis(overrides):
 
 @pytest.mark.parametrize(
     "distance, alpha, pad, teacher_stats, quantiles",
-    list(itertools.product(["l2", "cosine"], [0.0, 0.3, 1.0], [0, 4], [False, True],
-                           [None, "tuple", "tensor"])),
+    list(itertools.product(["l2", "cosine"], [0.0, 0.3, 1.0], [0, 4], [False, True], [None, "tuple", "tensor"])),
 )
 def test_matches_reference_cartesian(distance, alpha, pad, teacher_stats, quantiles):
     features = make_features(2, 3, 5, 7, teacher_stats=teacher_stats)
-    compare_with_reference(features, alpha=alpha, pad=pad, output_size=(11, 9),
-                           distance=distance, quantiles=quantiles_argument(quantiles))
+    compare_with_reference(
+        features, alpha=alpha, pad=pad, output_size=(11, 9), distance=distance, quantiles=quantiles_argument(quantiles)
+    )
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -130,8 +131,9 @@ def test_matches_reference_at_realistic_size(distance, layout):
     if layout == "channels_last":
         for name in ("teacher", "student", "autoencoder"):
             features[name] = features[name].contiguous(memory_format=torch.channels_last)
-    compare_with_reference(features, quantiles=quantiles_argument("tensor"), alpha=0.5, pad=4,
-                           output_size=(256, 256), distance=distance)
+    compare_with_reference(
+        features, quantiles=quantiles_argument("tensor"), alpha=0.5, pad=4, output_size=(256, 256), distance=distance
+    )
 
 
 def test_quantiles_as_tuple_of_scalar_tensors():
@@ -174,8 +176,9 @@ def test_half_inputs_match_reference(dtype, distance, layout):
     if layout == "channels_last":
         for name in ("teacher", "student", "autoencoder"):
             features[name] = features[name].contiguous(memory_format=torch.channels_last)
-    compare_with_reference(features, RELATIVE_TOLERANCE[dtype], quantiles=QUANTILES,
-                           output_size=(37, 29), distance=distance)
+    compare_with_reference(
+        features, RELATIVE_TOLERANCE[dtype], quantiles=QUANTILES, output_size=(37, 29), distance=distance
+    )
 
 
 def in_layout(x, layout):
@@ -193,8 +196,8 @@ def in_layout(x, layout):
         wider = torch.full((n, c + 2, h, w), float("nan"), dtype=x.dtype)
         if layout == "channels_last_channel_slice":
             wider = wider.contiguous(memory_format=torch.channels_last)
-        wider[:, 1:c + 1] = x
-        view = wider[:, 1:c + 1]
+        wider[:, 1 : c + 1] = x
+        view = wider[:, 1 : c + 1]
     else:
         raise AssertionError(layout)
     # The point of these layouts is to be neither NCHW- nor channels_last-contiguous.
@@ -223,8 +226,7 @@ LAYOUT_COMBINATIONS = [  # (teacher, student, autoencoder)
 def test_memory_layouts_match_reference(layouts, distance, shape):
     n, c, h, w = shape
     features = make_features(n, c, h, w)
-    expected = reference_anomaly_map(**features, quantiles=QUANTILES, output_size=(13, 11),
-                                     distance=distance)
+    expected = reference_anomaly_map(**features, quantiles=QUANTILES, output_size=(13, 11), distance=distance)
     for name, layout in zip(("teacher", "student", "autoencoder"), layouts):
         features[name] = in_layout(features[name], layout)
     result = anomaly_map(**features, quantiles=QUANTILES, output_size=(13, 11), distance=distance)
@@ -251,8 +253,7 @@ def test_empty_batch_gives_empty_outputs(output_size, expected_hw, dtype):
     assert result_map.shape == (0, 1, *expected_hw)
     assert result_score.shape == (0,)
     assert result_map.dtype == result_score.dtype == torch.float32
-    expected_map, expected_score = reference_anomaly_map(**features, quantiles=QUANTILES,
-                                                         output_size=output_size)
+    expected_map, expected_score = reference_anomaly_map(**features, quantiles=QUANTILES, output_size=output_size)
     assert result_map.shape == expected_map.shape and result_score.shape == expected_score.shape
 
 
@@ -262,8 +263,7 @@ def test_empty_batch_gives_empty_outputs(output_size, expected_hw, dtype):
 def good_call():
     """Keyword arguments of a valid call: teacher (2, 3, 5, 7), everything optional given."""
     features = make_features(2, 3, 5, 7)
-    return dict(features, quantiles=QUANTILES, alpha=0.5, pad=4, output_size=(13, 17),
-                distance="l2")
+    return dict(features, quantiles=QUANTILES, alpha=0.5, pad=4, output_size=(13, 17), distance="l2")
 
 
 NAN = float("nan")
@@ -271,66 +271,102 @@ NAN = float("nan")
 # (change to a valid call, exception type or types allowed, regexes the message must contain).
 BAD_INPUTS = {
     "student-channels-not-2C": (
-        dict(student=torch.randn(2, 5, 5, 7)), ValueError, [r"student", r"\[2, 5, 5, 7\]", r"\[2, 3, 5, 7\]"]),
-    "student-height-differs": (
-        dict(student=torch.randn(2, 6, 6, 7)), ValueError, [r"student", r"\[2, 6, 6, 7\]"]),
-    "student-width-differs": (
-        dict(student=torch.randn(2, 6, 5, 8)), ValueError, [r"student", r"\[2, 6, 5, 8\]"]),
+        dict(student=torch.randn(2, 5, 5, 7)),
+        ValueError,
+        [r"student", r"\[2, 5, 5, 7\]", r"\[2, 3, 5, 7\]"],
+    ),
+    "student-height-differs": (dict(student=torch.randn(2, 6, 6, 7)), ValueError, [r"student", r"\[2, 6, 6, 7\]"]),
+    "student-width-differs": (dict(student=torch.randn(2, 6, 5, 8)), ValueError, [r"student", r"\[2, 6, 5, 8\]"]),
     "autoencoder-spatial-differs": (
-        dict(autoencoder=torch.randn(2, 3, 5, 8)), ValueError, [r"autoencoder", r"\[2, 3, 5, 8\]"]),
-    "student-batch-differs": (
-        dict(student=torch.randn(3, 6, 5, 7)), ValueError, [r"student", r"\[3, 6, 5, 7\]"]),
+        dict(autoencoder=torch.randn(2, 3, 5, 8)),
+        ValueError,
+        [r"autoencoder", r"\[2, 3, 5, 8\]"],
+    ),
+    "student-batch-differs": (dict(student=torch.randn(3, 6, 5, 7)), ValueError, [r"student", r"\[3, 6, 5, 7\]"]),
     "autoencoder-batch-differs": (
-        dict(autoencoder=torch.randn(1, 3, 5, 7)), ValueError, [r"autoencoder", r"\[1, 3, 5, 7\]"]),
+        dict(autoencoder=torch.randn(1, 3, 5, 7)),
+        ValueError,
+        [r"autoencoder", r"\[1, 3, 5, 7\]"],
+    ),
     "autoencoder-channels-differ": (
-        dict(autoencoder=torch.randn(2, 4, 5, 7)), ValueError, [r"autoencoder", r"\[2, 4, 5, 7\]"]),
-    "teacher-3d": (
-        dict(teacher=torch.randn(3, 5, 7)), ValueError, [r"teacher", r"4-D", r"\[3, 5, 7\]"]),
-    "student-5d": (
-        dict(student=torch.randn(1, 2, 6, 5, 7)), ValueError, [r"student", r"4-D", r"\[1, 2, 6, 5, 7\]"]),
+        dict(autoencoder=torch.randn(2, 4, 5, 7)),
+        ValueError,
+        [r"autoencoder", r"\[2, 4, 5, 7\]"],
+    ),
+    "teacher-3d": (dict(teacher=torch.randn(3, 5, 7)), ValueError, [r"teacher", r"4-D", r"\[3, 5, 7\]"]),
+    "student-5d": (dict(student=torch.randn(1, 2, 6, 5, 7)), ValueError, [r"student", r"4-D", r"\[1, 2, 6, 5, 7\]"]),
     "teacher-no-channels": (
-        dict(teacher=torch.randn(2, 0, 5, 7), student=torch.randn(2, 0, 5, 7),
-             autoencoder=torch.randn(2, 0, 5, 7), teacher_mean=None, teacher_std=None),
-        ValueError, [r"teacher", r"\[2, 0, 5, 7\]"]),
-    "teacher-integer": (
-        dict(teacher=torch.ones(2, 3, 5, 7, dtype=torch.int64)), TypeError, [r"teacher", r"Long"]),
+        dict(
+            teacher=torch.randn(2, 0, 5, 7),
+            student=torch.randn(2, 0, 5, 7),
+            autoencoder=torch.randn(2, 0, 5, 7),
+            teacher_mean=None,
+            teacher_std=None,
+        ),
+        ValueError,
+        [r"teacher", r"\[2, 0, 5, 7\]"],
+    ),
+    "teacher-integer": (dict(teacher=torch.ones(2, 3, 5, 7, dtype=torch.int64)), TypeError, [r"teacher", r"Long"]),
     "autoencoder-uint8": (
-        dict(autoencoder=torch.ones(2, 3, 5, 7, dtype=torch.uint8)), TypeError, [r"autoencoder", r"Byte"]),
-    "student-float64": (
-        dict(student=torch.randn(2, 6, 5, 7, dtype=torch.float64)), TypeError, [r"student", r"Double"]),
+        dict(autoencoder=torch.ones(2, 3, 5, 7, dtype=torch.uint8)),
+        TypeError,
+        [r"autoencoder", r"Byte"],
+    ),
+    "student-float64": (dict(student=torch.randn(2, 6, 5, 7, dtype=torch.float64)), TypeError, [r"student", r"Double"]),
     "all-float64": (
-        dict(teacher=torch.randn(2, 3, 5, 7, dtype=torch.float64),
-             student=torch.randn(2, 6, 5, 7, dtype=torch.float64),
-             autoencoder=torch.randn(2, 3, 5, 7, dtype=torch.float64)),
-        TypeError, [r"teacher", r"Double"]),
+        dict(
+            teacher=torch.randn(2, 3, 5, 7, dtype=torch.float64),
+            student=torch.randn(2, 6, 5, 7, dtype=torch.float64),
+            autoencoder=torch.randn(2, 3, 5, 7, dtype=torch.float64),
+        ),
+        TypeError,
+        [r"teacher", r"Double"],
+    ),
     "mixed-dtypes-half-teacher": (
-        dict(teacher=torch.randn(2, 3, 5, 7, dtype=torch.float16)), TypeError,
-        [r"dtype", r"Half", r"Float"]),
+        dict(teacher=torch.randn(2, 3, 5, 7, dtype=torch.float16)),
+        TypeError,
+        [r"dtype", r"Half", r"Float"],
+    ),
     "mixed-dtypes-bf16-autoencoder": (
-        dict(autoencoder=torch.randn(2, 3, 5, 7, dtype=torch.bfloat16)), TypeError,
-        [r"dtype", r"BFloat16", r"Float"]),
+        dict(autoencoder=torch.randn(2, 3, 5, 7, dtype=torch.bfloat16)),
+        TypeError,
+        [r"dtype", r"BFloat16", r"Float"],
+    ),
     "quantiles-st-equal": (
-        dict(quantiles=(0.5, 0.5, 0.25, 2.5)), ValueError, [r"q_b_st", r"q_a_st=0\.5", r"q_b_st=0\.5"]),
+        dict(quantiles=(0.5, 0.5, 0.25, 2.5)),
+        ValueError,
+        [r"q_b_st", r"q_a_st=0\.5", r"q_b_st=0\.5"],
+    ),
     "quantiles-ae-reversed": (
-        dict(quantiles=(0.5, 3.0, 2.5, 0.25)), ValueError, [r"q_b_ae", r"q_a_ae=2\.5", r"q_b_ae=0\.25"]),
+        dict(quantiles=(0.5, 3.0, 2.5, 0.25)),
+        ValueError,
+        [r"q_b_ae", r"q_a_ae=2\.5", r"q_b_ae=0\.25"],
+    ),
     "quantiles-tensor-st-reversed": (
-        dict(quantiles=torch.tensor([3.0, 0.5, 0.25, 2.5])), ValueError, [r"q_b_st", r"q_a_st=3", r"q_b_st=0\.5"]),
+        dict(quantiles=torch.tensor([3.0, 0.5, 0.25, 2.5])),
+        ValueError,
+        [r"q_b_st", r"q_a_st=3", r"q_b_st=0\.5"],
+    ),
     "quantiles-tensor-ae-equal": (
-        dict(quantiles=torch.tensor([0.5, 3.0, 1.0, 1.0])), ValueError, [r"q_b_ae", r"q_a_ae=1", r"q_b_ae=1"]),
-    "quantiles-3-values": (
-        dict(quantiles=(0.5, 3.0, 0.25)), ValueError, [r"quantiles", r"\(0\.5, 3\.0, 0\.25\)"]),
-    "quantiles-5-values": (
-        dict(quantiles=(0.5, 3.0, 0.25, 2.5, 1.0)), ValueError, [r"quantiles", r"2\.5, 1\.0\)"]),
+        dict(quantiles=torch.tensor([0.5, 3.0, 1.0, 1.0])),
+        ValueError,
+        [r"q_b_ae", r"q_a_ae=1", r"q_b_ae=1"],
+    ),
+    "quantiles-3-values": (dict(quantiles=(0.5, 3.0, 0.25)), ValueError, [r"quantiles", r"\(0\.5, 3\.0, 0\.25\)"]),
+    "quantiles-5-values": (dict(quantiles=(0.5, 3.0, 0.25, 2.5, 1.0)), ValueError, [r"quantiles", r"2\.5, 1\.0\)"]),
     "quantiles-tensor-3-values": (
-        dict(quantiles=torch.tensor([0.5, 3.0, 0.25])), ValueError, [r"quantiles", r"4 values", r"\[3\]"]),
-    "quantiles-integer-tensor": (
-        dict(quantiles=torch.tensor([0, 3, 1, 2])), TypeError, [r"quantiles", r"Long"]),
-    "quantiles-nan": (
-        dict(quantiles=(NAN, 3.0, 0.25, 2.5)), ValueError, [r"quantiles", r"q_a_st=nan"]),
-    "quantiles-inf": (
-        dict(quantiles=(0.5, 3.0, 0.25, float("inf"))), ValueError, [r"quantiles", r"q_b_ae=inf"]),
+        dict(quantiles=torch.tensor([0.5, 3.0, 0.25])),
+        ValueError,
+        [r"quantiles", r"4 values", r"\[3\]"],
+    ),
+    "quantiles-integer-tensor": (dict(quantiles=torch.tensor([0, 3, 1, 2])), TypeError, [r"quantiles", r"Long"]),
+    "quantiles-nan": (dict(quantiles=(NAN, 3.0, 0.25, 2.5)), ValueError, [r"quantiles", r"q_a_st=nan"]),
+    "quantiles-inf": (dict(quantiles=(0.5, 3.0, 0.25, float("inf"))), ValueError, [r"quantiles", r"q_b_ae=inf"]),
     "quantiles-tensor-nan": (
-        dict(quantiles=torch.tensor([0.5, 3.0, NAN, 2.5])), ValueError, [r"quantiles", r"q_a_ae=nan"]),
+        dict(quantiles=torch.tensor([0.5, 3.0, NAN, 2.5])),
+        ValueError,
+        [r"quantiles", r"q_a_ae=nan"],
+    ),
     "alpha-negative": (dict(alpha=-0.1), ValueError, [r"alpha", r"-0\.1"]),
     "alpha-above-1": (dict(alpha=1.5), ValueError, [r"alpha", r"1\.5"]),
     "alpha-nan": (dict(alpha=NAN), ValueError, [r"alpha", r"nan"]),
@@ -348,8 +384,7 @@ BAD_INPUTS = {
     "std-wrong-length": (dict(teacher_std=torch.ones(2)), ValueError, [r"teacher_std", r"\(3\)", r"\[2\]"]),
     "mean-integer": (dict(teacher_mean=torch.zeros(3, dtype=torch.int64)), TypeError, [r"teacher_mean", r"Long"]),
     "teacher-list": (dict(teacher=[[1.0]]), TypeError, [r"teacher", r"Tensor", r"list"]),
-    "student-numpy": (dict(student=np.zeros((2, 6, 5, 7), np.float32)), TypeError,
-                      [r"student", r"Tensor", r"ndarray"]),
+    "student-numpy": (dict(student=np.zeros((2, 6, 5, 7), np.float32)), TypeError, [r"student", r"Tensor", r"ndarray"]),
     "autoencoder-none": (dict(autoencoder=None), TypeError, [r"autoencoder", r"Tensor", r"NoneType"]),
 }
 
@@ -384,9 +419,18 @@ RAW_OP_BAD_INPUTS = {
 @pytest.mark.parametrize("change, message_parts", list(RAW_OP_BAD_INPUTS.values()), ids=list(RAW_OP_BAD_INPUTS))
 def test_raw_op_bad_input_raises_value_error(change, message_parts):
     features = make_features(2, 3, 5, 7)
-    arguments = dict(teacher=features["teacher"], student=features["student"],
-                     autoencoder=features["autoencoder"], teacher_mean=None, teacher_std=None,
-                     quantiles=None, alpha=0.5, pad=4, output_size=None, distance="l2")
+    arguments = dict(
+        teacher=features["teacher"],
+        student=features["student"],
+        autoencoder=features["autoencoder"],
+        teacher_mean=None,
+        teacher_std=None,
+        quantiles=None,
+        alpha=0.5,
+        pad=4,
+        output_size=None,
+        distance="l2",
+    )
     arguments.update(change)
     with pytest.raises(ValueError) as raised:
         raw_op()(*arguments.values())
@@ -463,27 +507,77 @@ def opcheck_samples():
     small = make_features(2, 3, 5, 7, teacher_stats=True)
     plain = make_features(1, 4, 3, 6, teacher_stats=False)
     half = make_features(2, 20, 4, 5, dtype=torch.float16)
-    channels_last = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
-                     for k, v in make_features(2, 20, 4, 5).items()}
+    channels_last = {
+        k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+        for k, v in make_features(2, 20, 4, 5).items()
+    }
     quantiles = torch.tensor(QUANTILES)
     return {
-        "all-optionals-none": (plain["teacher"], plain["student"], plain["autoencoder"],
-                               None, None, None, 0.5, 4, None, "l2"),
-        "all-optionals-given": (small["teacher"], small["student"], small["autoencoder"],
-                                small["teacher_mean"], small["teacher_std"], quantiles,
-                                0.3, 0, [9, 11], "cosine"),
-        "float16": (half["teacher"], half["student"], half["autoencoder"],
-                    half["teacher_mean"], half["teacher_std"], quantiles, 1.0, 4, [13, 7], "l2"),
-        "channels-last": (channels_last["teacher"], channels_last["student"],
-                          channels_last["autoencoder"], None, None, quantiles, 0.0, 2, None, "cosine"),
-        "quantile-values": (small["teacher"], small["student"], small["autoencoder"],
-                            small["teacher_mean"], small["teacher_std"], None, 0.3, 4, [9, 11], "l2",
-                            list(QUANTILES)),
+        "all-optionals-none": (
+            plain["teacher"],
+            plain["student"],
+            plain["autoencoder"],
+            None,
+            None,
+            None,
+            0.5,
+            4,
+            None,
+            "l2",
+        ),
+        "all-optionals-given": (
+            small["teacher"],
+            small["student"],
+            small["autoencoder"],
+            small["teacher_mean"],
+            small["teacher_std"],
+            quantiles,
+            0.3,
+            0,
+            [9, 11],
+            "cosine",
+        ),
+        "float16": (
+            half["teacher"],
+            half["student"],
+            half["autoencoder"],
+            half["teacher_mean"],
+            half["teacher_std"],
+            quantiles,
+            1.0,
+            4,
+            [13, 7],
+            "l2",
+        ),
+        "channels-last": (
+            channels_last["teacher"],
+            channels_last["student"],
+            channels_last["autoencoder"],
+            None,
+            None,
+            quantiles,
+            0.0,
+            2,
+            None,
+            "cosine",
+        ),
+        "quantile-values": (
+            small["teacher"],
+            small["student"],
+            small["autoencoder"],
+            small["teacher_mean"],
+            small["teacher_std"],
+            None,
+            0.3,
+            4,
+            [9, 11],
+            "l2",
+            list(QUANTILES),
+        ),
     }
 
 
-OPCHECK_SAMPLE_NAMES = ["all-optionals-none", "all-optionals-given", "float16", "channels-last",
-                        "quantile-values"]
+OPCHECK_SAMPLE_NAMES = ["all-optionals-none", "all-optionals-given", "float16", "channels-last", "quantile-values"]
 
 
 @pytest.mark.parametrize("sample", OPCHECK_SAMPLE_NAMES)
@@ -492,8 +586,17 @@ def test_opcheck(sample):
 
 
 def score_with_fixed_calibration(teacher, student, autoencoder, mean, std):
-    return anomaly_map(teacher, student, autoencoder, teacher_mean=mean, teacher_std=std,
-                       quantiles=QUANTILES, alpha=0.4, output_size=(31, 29), distance="l2")
+    return anomaly_map(
+        teacher,
+        student,
+        autoencoder,
+        teacher_mean=mean,
+        teacher_std=std,
+        quantiles=QUANTILES,
+        alpha=0.4,
+        output_size=(31, 29),
+        distance="l2",
+    )
 
 
 @pytest.mark.parametrize("backend", ["eager", "aot_eager", "inductor"])
@@ -503,8 +606,13 @@ def test_torch_compile_fullgraph_equals_eager(backend):
     compiled = torch.compile(score_with_fixed_calibration, fullgraph=True, backend=backend)
     for batch in (2, 3):  # a second batch size exercises the fake kernel's shapes again
         features = make_features(batch, 5, 6, 7)
-        arguments = (features["teacher"], features["student"], features["autoencoder"],
-                     features["teacher_mean"], features["teacher_std"])
+        arguments = (
+            features["teacher"],
+            features["student"],
+            features["autoencoder"],
+            features["teacher_mean"],
+            features["teacher_std"],
+        )
         compiled_map, compiled_score = compiled(*arguments)
         eager_map, eager_score = score_with_fixed_calibration(*arguments)
         assert torch.equal(compiled_map, eager_map)
@@ -521,9 +629,16 @@ class AnomalyScorer(torch.nn.Module):
         self.register_buffer("quantiles", torch.tensor(QUANTILES))
 
     def forward(self, teacher, student, autoencoder):
-        return anomaly_map(teacher, student, autoencoder, teacher_mean=self.teacher_mean,
-                           teacher_std=self.teacher_std, quantiles=self.quantiles,
-                           output_size=(33, 35), distance="cosine")
+        return anomaly_map(
+            teacher,
+            student,
+            autoencoder,
+            teacher_mean=self.teacher_mean,
+            teacher_std=self.teacher_std,
+            quantiles=self.quantiles,
+            output_size=(33, 35),
+            distance="cosine",
+        )
 
 
 @pytest.mark.parametrize("dynamic_batch", [False, True], ids=["static", "dynamic-batch"])
@@ -552,8 +667,9 @@ def test_torch_export_runs_and_equals_eager(dynamic_batch):
 
 
 @requires_cuda
-@pytest.mark.parametrize("shape, output_size", [((2, 20, 9, 11), (37, 29)), ((2, 384, 56, 56), (256, 256))],
-                         ids=["small", "realistic"])
+@pytest.mark.parametrize(
+    "shape, output_size", [((2, 20, 9, 11), (37, 29)), ((2, 384, 56, 56), (256, 256))], ids=["small", "realistic"]
+)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("distance", ["l2", "cosine"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -596,10 +712,10 @@ def test_cuda_memory_layouts_match_reference(layouts, distance):
 def test_cuda_options_match_reference(quantiles):
     features = make_features(3, 7, 5, 9, device="cuda")
     for alpha, pad in ((0.0, 0), (1.0, 4), (0.5, 1)):
-        options = dict(quantiles=quantiles_argument(quantiles, "cuda"), alpha=alpha, pad=pad,
-                       output_size=None)
-        expected = reference_anomaly_map(**{k: v.cpu() for k, v in features.items()},
-                                         **{**options, "quantiles": quantiles_argument(quantiles)})
+        options = dict(quantiles=quantiles_argument(quantiles, "cuda"), alpha=alpha, pad=pad, output_size=None)
+        expected = reference_anomaly_map(
+            **{k: v.cpu() for k, v in features.items()}, **{**options, "quantiles": quantiles_argument(quantiles)}
+        )
         assert_matches_reference(anomaly_map(**features, **options), expected)
 
 
@@ -621,14 +737,17 @@ def test_cuda_nan_propagates_to_its_image_only(distance):
     expected_map, expected_score = reference_anomaly_map(**{k: v.cpu() for k, v in features.items()}, **options)
     assert torch.isnan(result_score[1]) and torch.isnan(result_map[1]).any()
     keep = torch.tensor([0, 2])
-    assert_matches_reference((result_map.cpu()[keep], result_score.cpu()[keep]),
-                             (expected_map[keep], expected_score[keep]))
+    assert_matches_reference(
+        (result_map.cpu()[keep], result_score.cpu()[keep]), (expected_map[keep], expected_score[keep])
+    )
 
 
 @requires_cuda
-@pytest.mark.parametrize("moves", [dict(student="cpu"), dict(teacher="cpu"), dict(quantiles="cpu"),
-                                   dict(teacher_mean="cpu")],
-                         ids=["student-cpu", "teacher-cpu", "quantiles-cpu", "mean-cpu"])
+@pytest.mark.parametrize(
+    "moves",
+    [dict(student="cpu"), dict(teacher="cpu"), dict(quantiles="cpu"), dict(teacher_mean="cpu")],
+    ids=["student-cpu", "teacher-cpu", "quantiles-cpu", "mean-cpu"],
+)
 def test_cuda_tensors_on_different_devices_raise(moves):
     call = {k: v.cuda() if torch.is_tensor(v) else v for k, v in good_call().items()}
     call["quantiles"] = torch.tensor(QUANTILES, device="cuda")
@@ -642,9 +761,21 @@ def test_cuda_tensors_on_different_devices_raise(moves):
 @requires_cuda
 def test_cuda_opcheck():
     features = make_features(2, 20, 4, 5, dtype=torch.float16, device="cuda")
-    torch.library.opcheck(raw_op(), (features["teacher"], features["student"], features["autoencoder"],
-                                     features["teacher_mean"], features["teacher_std"],
-                                     torch.tensor(QUANTILES, device="cuda"), 0.5, 4, [13, 7], "cosine"))
+    torch.library.opcheck(
+        raw_op(),
+        (
+            features["teacher"],
+            features["student"],
+            features["autoencoder"],
+            features["teacher_mean"],
+            features["teacher_std"],
+            torch.tensor(QUANTILES, device="cuda"),
+            0.5,
+            4,
+            [13, 7],
+            "cosine",
+        ),
+    )
 
 
 @requires_cuda
@@ -680,8 +811,9 @@ def test_cuda_graph_capture_and_replay(quantiles_form, dtype, layout):
             static[name].copy_(value)
         graph.replay()
         torch.cuda.synchronize()
-        expected = reference_anomaly_map(**{k: v.cpu() for k, v in static.items()},
-                                         quantiles=QUANTILES, output_size=(256, 256))
+        expected = reference_anomaly_map(
+            **{k: v.cpu() for k, v in static.items()}, quantiles=QUANTILES, output_size=(256, 256)
+        )
         assert_matches_reference((graph_map, graph_score), expected, RELATIVE_TOLERANCE[dtype])
 
 
@@ -699,8 +831,9 @@ MODEL_PATH_SHAPES = {"cpu": (40, 9, 13, (37, 53)), "cuda": (384, 17, 29, (70, 12
 
 def float64_reference(features, **options):
     """reference_anomaly_map in float64 on the CPU, of exactly the values the op was given."""
-    exact = {name: value.detach().cpu().double() if torch.is_tensor(value) else value
-             for name, value in features.items()}
+    exact = {
+        name: value.detach().cpu().double() if torch.is_tensor(value) else value for name, value in features.items()
+    }
     if torch.is_tensor(options.get("quantiles")):
         options = dict(options, quantiles=options["quantiles"].cpu().double())
     return reference_anomaly_map(**exact, **options)
@@ -711,15 +844,21 @@ def float64_reference(features, **options):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("pad", [0, 4])
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
-@pytest.mark.parametrize("distance, quantiles", [("l2", None), ("l2", "tensor"), ("cosine", None)],
-                         ids=["l2", "l2-quantiles", "cosine"])
+@pytest.mark.parametrize(
+    "distance, quantiles", [("l2", None), ("l2", "tensor"), ("cosine", None)], ids=["l2", "l2-quantiles", "cosine"]
+)
 def test_model_path_matches_float64_reference(distance, quantiles, alpha, pad, dtype, n, device):
     c, h, w, output_size = MODEL_PATH_SHAPES[device]
     features = make_features(n, c, h, w, dtype=dtype, device=device, teacher_stats=False)
     for name in ("teacher", "student", "autoencoder"):
         features[name] = features[name].contiguous(memory_format=torch.channels_last)
-    options = dict(quantiles=quantiles_argument(quantiles, device), alpha=alpha, pad=pad,
-                   output_size=output_size, distance=distance)
+    options = dict(
+        quantiles=quantiles_argument(quantiles, device),
+        alpha=alpha,
+        pad=pad,
+        output_size=output_size,
+        distance=distance,
+    )
     result = anomaly_map(**features, **options)
     assert result[0].device.type == device and result[1].device.type == device
     # The op computes in float32 from the same (half) values: 1e-5 of each image's range.
@@ -754,8 +893,13 @@ def test_map_tolerance_has_a_floor_for_flat_maps():
 @pytest.mark.parametrize("device", DEVICES)
 def test_quantile_values_equal_quantile_tensor(device):
     features = make_features(2, 20, 5, 7, device=device)
-    args = (features["teacher"], features["student"], features["autoencoder"],
-            features["teacher_mean"], features["teacher_std"])
+    args = (
+        features["teacher"],
+        features["student"],
+        features["autoencoder"],
+        features["teacher_mean"],
+        features["teacher_std"],
+    )
     from_tensor = raw_op()(*args, torch.tensor(QUANTILES, device=device), 0.3, 4, [11, 13], "l2")
     from_values = raw_op()(*args, None, 0.3, 4, [11, 13], "l2", list(QUANTILES))
     assert torch.equal(from_tensor[0], from_values[0]) and torch.equal(from_tensor[1], from_values[1])
@@ -774,20 +918,46 @@ def test_wrapper_passes_number_quantiles_by_value(monkeypatch):
     assert_matches_reference(result, expected)
 
 
-@pytest.mark.parametrize("values, message", [
-    ([0.5, 3.0, 0.25], "4 values"),
-    ([3.0, 0.5, 0.25, 2.5], "q_b_st > q_a_st"),
-    ([0.5, 3.0, 0.25, float("nan")], "q_b_ae > q_a_ae"),
-], ids=["three", "st-reversed", "ae-nan"])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ([0.5, 3.0, 0.25], "4 values"),
+        ([3.0, 0.5, 0.25, 2.5], "q_b_st > q_a_st"),
+        ([0.5, 3.0, 0.25, float("nan")], "q_b_ae > q_a_ae"),
+    ],
+    ids=["three", "st-reversed", "ae-nan"],
+)
 def test_raw_op_bad_quantile_values_raise(values, message):
     features = make_features(1, 3, 4, 5, teacher_stats=False)
     with pytest.raises(ValueError, match=re.escape(message)):
-        raw_op()(features["teacher"], features["student"], features["autoencoder"],
-                 None, None, None, 0.5, 4, None, "l2", values)
+        raw_op()(
+            features["teacher"],
+            features["student"],
+            features["autoencoder"],
+            None,
+            None,
+            None,
+            0.5,
+            4,
+            None,
+            "l2",
+            values,
+        )
 
 
 def test_raw_op_rejects_both_quantile_forms():
     features = make_features(1, 3, 4, 5, teacher_stats=False)
     with pytest.raises(ValueError, match="not both"):
-        raw_op()(features["teacher"], features["student"], features["autoencoder"],
-                 None, None, torch.tensor(QUANTILES), 0.5, 4, None, "l2", list(QUANTILES))
+        raw_op()(
+            features["teacher"],
+            features["student"],
+            features["autoencoder"],
+            None,
+            None,
+            torch.tensor(QUANTILES),
+            0.5,
+            4,
+            None,
+            "l2",
+            list(QUANTILES),
+        )

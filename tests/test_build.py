@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True, text=True, timeout=900, env={**os.environ, **env}, cwd=ROOT,
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env={**os.environ, **env}, cwd=ROOT
     )
 
 
@@ -101,8 +100,11 @@ def test_import_loads_a_built_library_without_compiling(cpu_cache):
     cache = Path(cpu_cache["EFFICIENTAD_FAST_CACHE"])
     before = library_files(cache)
     assert any(name.endswith(".so") for name in before), "the test above builds the library"
-    out = run_python(FIRST_IMPORT + RAW_CALL + "from efficientad_fast.op import _library as _extension\n"
-                     "print('how', _extension.load_extension()['how'])\n", **cpu_cache)
+    out = run_python(
+        FIRST_IMPORT + RAW_CALL + "from efficientad_fast.op import _library as _extension\n"
+        "print('how', _extension.load_extension()['how'])\n",
+        **cpu_cache,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[1] == "op loaded True" and lines[-2:] == ["map (1, 1, 13, 13)", "how jit"], out.stdout
@@ -127,8 +129,10 @@ def test_built_library_is_found_only_for_unchanged_sources(cpu_cache, tmp_path, 
     assert _build.built_library(plan) is None
 
 
-@pytest.mark.skipif(torch.version.cuda is None or _build.find_cuda_home() is None,
-                    reason="needs a CUDA build of torch and a CUDA toolkit (nvcc)")
+@pytest.mark.skipif(
+    torch.version.cuda is None or _build.find_cuda_home() is None,
+    reason="needs a CUDA build of torch and a CUDA toolkit (nvcc)",
+)
 def test_cuda_sources_compile_and_link():
     out = run_python(
         "import efficientad_fast as e\n"
@@ -155,8 +159,10 @@ def test_failed_build_shows_compiler_message_and_fallback(tmp_path, monkeypatch)
     assert "Check that a C++ compiler" in message
 
 
-@pytest.mark.skipif(torch.version.cuda is None or _build.find_cuda_home() is None,
-                    reason="needs a CUDA build of torch and a CUDA toolkit (nvcc)")
+@pytest.mark.skipif(
+    torch.version.cuda is None or _build.find_cuda_home() is None,
+    reason="needs a CUDA build of torch and a CUDA toolkit (nvcc)",
+)
 def test_failed_cuda_build_says_how_to_fall_back_to_cpu(tmp_path, monkeypatch):
     broken = tmp_path / "csrc"
     shutil.copytree(ROOT / "csrc", broken)
@@ -172,7 +178,10 @@ def test_failed_cuda_build_says_how_to_fall_back_to_cpu(tmp_path, monkeypatch):
 def test_info_command_reports_kernels_and_cache():
     out = subprocess.run(
         [sys.executable, "-m", "efficientad_fast", "info", "--json"],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
@@ -182,6 +191,7 @@ def test_info_command_reports_kernels_and_cache():
 
 
 def test_info_help():
-    out = subprocess.run([sys.executable, "-m", "efficientad_fast", "info", "--help"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "efficientad_fast", "info", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0 and "--no-build" in out.stdout

@@ -22,8 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    return make_synthetic(root / "data", seed=1, categories=("board",), n_train=6, n_test_good=2,
-                          n_test_defect_per_type=1, defects=("hole", "missing_part"))
+    return make_synthetic(
+        root / "data",
+        seed=1,
+        categories=("board",),
+        n_train=6,
+        n_test_good=2,
+        n_test_defect_per_type=1,
+        defects=("hole", "missing_part"),
+    )
 
 
 # Whatever the cache holds ("auto" would pick the paper's teacher or Imagenette when cached).
@@ -34,9 +41,29 @@ PINNED = ("--teacher", "random", "--penalty-images", "none")
 def trained(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     # --threshold-from: the test folder's good/ and defect folders, as labelled validation images.
-    code = main(["train", "--data", str(dataset), "--dataset", "mvtec", "--category", "board",
-                 "--out", str(out), "--steps", "2", "--workers", "0", "--quiet", "--checkpoint-every", "1",
-                 "--threshold-from", str(dataset / "board" / "test"), *PINNED])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(dataset),
+            "--dataset",
+            "mvtec",
+            "--category",
+            "board",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--workers",
+            "0",
+            "--quiet",
+            "--checkpoint-every",
+            "1",
+            "--threshold-from",
+            str(dataset / "board" / "test"),
+            *PINNED,
+        ]
+    )
     assert code == 0
     return out
 
@@ -58,8 +85,25 @@ def test_train_writes_model_log_curve_and_summary(trained):
 
 def test_eval_prints_table_and_writes_json_and_markdown(trained, dataset, tmp_path, capsys):
     out = tmp_path / "eval"
-    code = main(["eval", "--model", str(trained / "model.pt"), "--data", str(dataset), "--dataset", "mvtec",
-                 "--category", "board", "--out", str(out), "--workers", "0", "--quiet", "--heatmaps"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(trained / "model.pt"),
+            "--data",
+            str(dataset),
+            "--dataset",
+            "mvtec",
+            "--category",
+            "board",
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--quiet",
+            "--heatmaps",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "image_auroc" in printed and "aupro" in printed
@@ -92,8 +136,24 @@ def test_predict_sensitivity_moves_labels_and_masks(trained, dataset, tmp_path):
     flagged, pixels = {}, {}
     for sensitivity in ("0", "1"):
         out = tmp_path / sensitivity
-        assert main(["predict", "--model", str(trained / "model.pt"), *map(str, images), "--out", str(out), "--quiet",
-                     "--no-heatmaps", "--masks", "--sensitivity", sensitivity]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    "--model",
+                    str(trained / "model.pt"),
+                    *map(str, images),
+                    "--out",
+                    str(out),
+                    "--quiet",
+                    "--no-heatmaps",
+                    "--masks",
+                    "--sensitivity",
+                    sensitivity,
+                ]
+            )
+            == 0
+        )
         rows = list(csv.DictReader(open(out / "scores.csv")))
         flagged[sensitivity] = {r["path"] for r in rows if r["label"] == "true"}
         masks = sorted((out / "masks").glob("*.png"))
@@ -104,19 +164,68 @@ def test_predict_sensitivity_moves_labels_and_masks(trained, dataset, tmp_path):
 
 def test_folder_options_need_normal_dir_and_folder_dataset(trained, dataset, tmp_path, capsys):
     model = str(trained / "model.pt")
-    code = main(["eval", "--model", model, "--data", str(dataset / "board"), "--dataset", "folder",
-                 "--abnormal-dir", "test/hole", "--out", str(tmp_path)])
+    code = main(
+        [
+            "eval",
+            "--model",
+            model,
+            "--data",
+            str(dataset / "board"),
+            "--dataset",
+            "folder",
+            "--abnormal-dir",
+            "test/hole",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 2 and "--abnormal-dir need --normal-dir" in capsys.readouterr().err
-    code = main(["eval", "--model", model, "--data", str(dataset), "--dataset", "mvtec", "--category", "board",
-                 "--normal-dir", "train/good", "--out", str(tmp_path)])
+    code = main(
+        [
+            "eval",
+            "--model",
+            model,
+            "--data",
+            str(dataset),
+            "--dataset",
+            "mvtec",
+            "--category",
+            "board",
+            "--normal-dir",
+            "train/good",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 2 and "is for --dataset folder" in capsys.readouterr().err
 
 
 def test_eval_folder_dataset_with_free_folders(trained, dataset, tmp_path):
     out = tmp_path / "eval"
-    code = main(["eval", "--model", str(trained / "model.pt"), "--data", str(dataset / "board"), "--dataset", "folder",
-                 "--normal-dir", "train/good", "--abnormal-dir", "test/hole", "--mask-dir", "ground_truth/hole",
-                 "--normal-split-ratio", "0.3", "--out", str(out), "--workers", "0", "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(trained / "model.pt"),
+            "--data",
+            str(dataset / "board"),
+            "--dataset",
+            "folder",
+            "--normal-dir",
+            "train/good",
+            "--abnormal-dir",
+            "test/hole",
+            "--mask-dir",
+            "ground_truth/hole",
+            "--normal-split-ratio",
+            "0.3",
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--quiet",
+        ]
+    )
     assert code == 0
     rows = json.loads((out / "metrics.json").read_text())["images"]
     # round(0.3 * 6) = 2 normal training images held out for the test, and the one hole image.
@@ -134,15 +243,38 @@ def test_train_resume_continues_the_same_run(dataset, trained, tmp_path):
 
     out = tmp_path / "resumed"
     shutil.copytree(trained, out)
-    code = main(["train", "--data", str(dataset), "--dataset", "mvtec", "--category", "board",
-                 "--out", str(out), "--steps", "2", "--workers", "0", "--quiet", "--resume", *PINNED])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(dataset),
+            "--dataset",
+            "mvtec",
+            "--category",
+            "board",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--workers",
+            "0",
+            "--quiet",
+            "--resume",
+            *PINNED,
+        ]
+    )
     assert code == 0  # the checkpoint is at step 2 of 2: nothing left but calibration and saving
 
 
 @pytest.mark.parametrize("command", ["info", "train", "eval", "predict", "demo"])
 def test_every_command_has_help(command):
-    out = subprocess.run([sys.executable, "-m", "efficientad_fast", command, "--help"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "efficientad_fast", command, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode == 0 and "usage:" in out.stdout
 
 

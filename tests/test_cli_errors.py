@@ -5,8 +5,8 @@ output folder; --debug shows the traceback; unexpected errors keep theirs."""
 from __future__ import annotations
 
 import pytest
-
 from cli_checks import one_error_line
+
 from efficientad_fast.cli import main
 from efficientad_fast.data import make_synthetic
 from efficientad_fast.testing import random_model
@@ -69,8 +69,15 @@ def empty_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_errors")
-    data = make_synthetic(root / "data", seed=1, categories=("board",), n_train=4, n_test_good=1,
-                          n_test_defect_per_type=1, defects=("hole",))
+    data = make_synthetic(
+        root / "data",
+        seed=1,
+        categories=("board",),
+        n_train=4,
+        n_test_good=1,
+        n_test_defect_per_type=1,
+        defects=("hole",),
+    )
     model = root / "model.pt"
     random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).save(model)
     (root / "a_file").write_text("a file, not a folder")

@@ -19,7 +19,7 @@ import torch
 import torch.utils
 
 import efficientad_fast as ead
-from efficientad_fast import export
+from efficientad_fast.deploy import export
 from efficientad_fast.op import _build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +185,13 @@ def test_host_bad_input_gives_message_and_exit_status(tmp_path, host, aoti_packa
 
 def op_example_features(n, channels, phase):
     """The features op_example.cpp builds: sin(0.37 * i + phase) over an index ramp."""
-    return torch.arange(n * channels * 56 * 56, dtype=torch.float32).mul(0.37).add(phase).sin().reshape(n, channels, 56, 56)
+    return (
+        torch.arange(n * channels * 56 * 56, dtype=torch.float32)
+        .mul(0.37)
+        .add(phase)
+        .sin()
+        .reshape(n, channels, 56, 56)
+    )
 
 
 def test_cpp_api_equals_python_op(host):
@@ -194,16 +200,22 @@ def test_cpp_api_equals_python_op(host):
     lines = out.stdout.splitlines()
     assert lines[0] == "kernels cpu" or lines[0] == "kernels cpu,cuda"
     amap, score = ead.anomaly_map(
-        op_example_features(3, 384, 0.0), op_example_features(3, 768, 1.0), op_example_features(3, 384, 2.0),
-        teacher_mean=torch.full((384,), 0.1), teacher_std=torch.full((384,), 2.0),
-        quantiles=torch.tensor([0.2, 1.5, 0.3, 1.8]), output_size=(256, 256),
+        op_example_features(3, 384, 0.0),
+        op_example_features(3, 768, 1.0),
+        op_example_features(3, 384, 2.0),
+        teacher_mean=torch.full((384,), 0.1),
+        teacher_std=torch.full((384,), 2.0),
+        quantiles=torch.tensor([0.2, 1.5, 0.3, 1.8]),
+        output_size=(256, 256),
     )
     assert lines[1] == f"map 3 1 256 256 sum {amap.sum().item():.9g}"
     assert lines[2:] == [f"score {s:.9g}" for s in score.tolist()]
 
 
-@pytest.mark.skipif(torch.version.cuda is None or _build.find_cuda_home() is None,
-                    reason="needs a CUDA build of libtorch and a CUDA toolkit (nvcc)")
+@pytest.mark.skipif(
+    torch.version.cuda is None or _build.find_cuda_home() is None,
+    reason="needs a CUDA build of libtorch and a CUDA toolkit (nvcc)",
+)
 def test_cmake_cuda_build_registers_the_cuda_kernel(host):
     """-DEFFICIENTAD_FAST_CUDA=ON compiles the CUDA kernel into the library (one architecture,
     to keep it quick); no GPU is needed to see the kernel registered."""
@@ -213,7 +225,12 @@ def test_cmake_cuda_build_registers_the_cuda_kernel(host):
     run(["cmake", "--build", build, "-j", str(os.cpu_count() or 2)], env=env)
     library = build / "libefficientad_fast.so.0"
     # The example links the installed CPU-only library by soname; preload the CUDA one instead.
-    out = subprocess.run([str(host["op_example"]), "1"], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, LD_PRELOAD=str(library)))
+    out = subprocess.run(
+        [str(host["op_example"]), "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, LD_PRELOAD=str(library)),
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "kernels cpu,cuda"

@@ -206,7 +206,12 @@ def test_folder_layout(tmp_path):
     test = open_dataset(root, "folder", split="test", image_size=OUT)
     assert len(train) == 4
     assert [(s.defect, s.label, s.has_mask) for s in test.samples] == [
-        ("bad", 1, True), ("bad", 1, True), ("good", 0, True), ("good", 0, True), ("odd", 1, False), ("odd", 1, False)
+        ("bad", 1, True),
+        ("bad", 1, True),
+        ("good", 0, True),
+        ("good", 0, True),
+        ("odd", 1, False),
+        ("odd", 1, False),
     ]
     for i in range(len(test)):
         _check_item(test[i])
@@ -245,15 +250,22 @@ def test_folder_with_free_folders_splits_normal_images_for_test(tmp_path):
     # Same seed, same split; another seed, another split of the same size.
     again = open_dataset(root, "folder", None, "train", image_size=OUT, layout=layout)
     assert again.paths == train.paths
-    other = open_dataset(root, "folder", None, "train", image_size=OUT,
-                         layout=D.FolderLayout(normal_dir="normal", seed=5))
+    other = open_dataset(
+        root, "folder", None, "train", image_size=OUT, layout=D.FolderLayout(normal_dir="normal", seed=5)
+    )
     assert len(other) == 8 and other.paths != train.paths
     # A normal test folder of its own: every normal image trains.
     layout = D.FolderLayout(normal_dir="normal", normal_test_dir="abnormal/crack")
     assert len(open_dataset(root, "folder", None, "train", image_size=OUT, layout=layout)) == 10
     # No masks: anomalous images say so.
-    test = open_dataset(root, "folder", None, "test", image_size=OUT,
-                        layout=D.FolderLayout(normal_dir="normal", abnormal_dir="abnormal"))
+    test = open_dataset(
+        root,
+        "folder",
+        None,
+        "test",
+        image_size=OUT,
+        layout=D.FolderLayout(normal_dir="normal", abnormal_dir="abnormal"),
+    )
     assert [s.has_mask for s in test.samples if s.label] == [False] * 3
 
 
@@ -263,8 +275,13 @@ def test_folder_with_free_folders_errors(tmp_path):
         open_dataset(root, "folder", None, "train", layout=D.FolderLayout(normal_dir="nope"))
     (root / "masks" / "crack" / "c1.png").unlink()
     with pytest.raises(FileNotFoundError, match="c1.png has no mask"):
-        open_dataset(root, "folder", None, "test",
-                     layout=D.FolderLayout(normal_dir="normal", abnormal_dir="abnormal", mask_dir="masks"))
+        open_dataset(
+            root,
+            "folder",
+            None,
+            "test",
+            layout=D.FolderLayout(normal_dir="normal", abnormal_dir="abnormal", mask_dir="masks"),
+        )
     with pytest.raises(ValueError, match="no validation split"):
         open_dataset(root, "folder", None, "validation", layout=D.FolderLayout(normal_dir="normal"))
     with pytest.raises(ValueError, match="for the folder dataset"):
@@ -277,7 +294,8 @@ def test_open_labelled_folder(tmp_path):
     root = write_mvtec(tmp_path / "mvtec")
     labelled = D.open_labelled_folder(root / "widget" / "test", image_size=OUT)
     assert [(s.defect, s.label) for s in labelled.samples] == [("good", 0)] * 3 + [("hole", 1)] * 2 + [
-        ("scratch", 1)] * 2  # good/ first, then the defect folders in name order
+        ("scratch", 1)
+    ] * 2  # good/ first, then the defect folders in name order
     with pytest.raises(DataError, match="needs good/ and at least one defect folder"):
         D.open_labelled_folder(root / "widget" / "train")
 
@@ -338,7 +356,9 @@ def test_image_modes(tmp_path):
     img16 = Image.fromarray(sixteen)
     assert img16.mode.startswith("I")
     item = _single(tmp_path / "i16", img16, image_size=None)[0]
-    assert abs(item["image"][0, 0, 0].item() - 1.0) < 1e-6 and abs(item["image"][1, 0, 20].item() - 32768 / 65535) < 1e-6
+    assert (
+        abs(item["image"][0, 0, 0].item() - 1.0) < 1e-6 and abs(item["image"][1, 0, 20].item() - 32768 / 65535) < 1e-6
+    )
     item = _single(tmp_path / "i16r", img16, image_size=(10, 12))[0]
     assert item["image"].shape == (3, 10, 12) and abs(item["image"][2, 5, 10].item() - 32768 / 65535) < 1e-4
 
@@ -378,7 +398,7 @@ def test_make_loader_workers_give_same_batches(tmp_path):
 
     single, multi = batches(0), batches(2)
     assert [b["path"] for b in single] == [b["path"] for b in multi]
-    assert [b["path"] for b in single] != [[s.path for s in test.samples[i:i + 3]] for i in range(0, 7, 3)]
+    assert [b["path"] for b in single] != [[s.path for s in test.samples[i : i + 3]] for i in range(0, 7, 3)]
     for s, m in zip(single, multi):
         assert torch.equal(s["image"], m["image"]) and torch.equal(s["mask"], m["mask"])
         assert torch.equal(s["label"], m["label"]) and s["kind"] == m["kind"]
@@ -473,8 +493,12 @@ def test_visa_errors(tmp_path):
     csv_path.write_text(text.replace("object,split,label,image,mask", "object,split,label,image"))
     with pytest.raises(DataError, match=r"1cls.csv lacks column\(s\) \['mask'\]"):
         open_dataset(root, "visa", "pcb9", "train")
-    csv_path.write_text(text.replace("test,anomaly,pcb9/Data/Images/Anomaly/000.JPG,pcb9/Data/Masks/Anomaly/000.png",
-                                     "test,anomaly,pcb9/Data/Images/Anomaly/000.JPG,"))
+    csv_path.write_text(
+        text.replace(
+            "test,anomaly,pcb9/Data/Images/Anomaly/000.JPG,pcb9/Data/Masks/Anomaly/000.png",
+            "test,anomaly,pcb9/Data/Images/Anomaly/000.JPG,",
+        )
+    )
     with pytest.raises(FileNotFoundError, match=r"Anomaly[/\\]000.JPG has no mask"):
         open_dataset(root, "visa", "pcb9", "test")
     with pytest.raises(ValueError, match="split_train_validation"):

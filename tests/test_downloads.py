@@ -24,11 +24,23 @@ from efficientad_fast import EfficientAD, load
 from efficientad_fast.cli import main
 from efficientad_fast.data import fetch_imagenette, imagenette_folder, make_synthetic, penalty_image_set
 from efficientad_fast.data.penalty import IMAGENETTE_SHA256, IMAGENETTE_URL, GenericImages
-from efficientad_fast.downloads import (DownloadError, NotCachedError, UnsafeArchiveError, downloads_root,
-                                        fetch_verified, safe_extract)
+from efficientad_fast.downloads import (
+    DownloadError,
+    NotCachedError,
+    UnsafeArchiveError,
+    downloads_root,
+    fetch_verified,
+    safe_extract,
+)
 from efficientad_fast.networks import TEACHER_CHANNELS, make_pdn
-from efficientad_fast.teachers import (PAPER_TEACHER_MEMBERS, PAPER_TEACHER_SHA256, PAPER_TEACHER_URL,
-                                       fetch_paper_teacher, paper_teacher_path, resolve_auto_teacher)
+from efficientad_fast.teachers import (
+    PAPER_TEACHER_MEMBERS,
+    PAPER_TEACHER_SHA256,
+    PAPER_TEACHER_URL,
+    fetch_paper_teacher,
+    paper_teacher_path,
+    resolve_auto_teacher,
+)
 
 SMALL_MEMBER = PAPER_TEACHER_MEMBERS["small"]
 
@@ -238,14 +250,18 @@ def _tar_member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tar
     return info
 
 
-@pytest.mark.parametrize("member", [
-    _tar_member("../evil.txt"),
-    _tar_member("/tmp/evil.txt"),
-    _tar_member("inside/../../evil.txt"),
-    _tar_member("inside/link", tarfile.SYMTYPE, "../../outside"),
-    _tar_member("inside/link", tarfile.SYMTYPE, "/etc/passwd"),
-    _tar_member("inside/hard", tarfile.LNKTYPE, "../outside"),
-], ids=["dotdot", "absolute", "nested-dotdot", "symlink-up", "symlink-absolute", "hardlink-up"])
+@pytest.mark.parametrize(
+    "member",
+    [
+        _tar_member("../evil.txt"),
+        _tar_member("/tmp/evil.txt"),
+        _tar_member("inside/../../evil.txt"),
+        _tar_member("inside/link", tarfile.SYMTYPE, "../../outside"),
+        _tar_member("inside/link", tarfile.SYMTYPE, "/etc/passwd"),
+        _tar_member("inside/hard", tarfile.LNKTYPE, "../outside"),
+    ],
+    ids=["dotdot", "absolute", "nested-dotdot", "symlink-up", "symlink-absolute", "hardlink-up"],
+)
 def test_tar_member_escaping_the_folder_is_refused(tmp_path, member):
     archive = _tar_with(tmp_path, member)
     with pytest.raises(UnsafeArchiveError, match="refusing to extract"):
@@ -280,12 +296,34 @@ def test_paper_teacher_not_cached_fails_at_once_and_says_how(capsys):
     with pytest.raises(NotCachedError) as error:
         EfficientAD(teacher="paper")
     message = str(error.value)
-    for needed in (PAPER_TEACHER_URL, PAPER_TEACHER_SHA256, "fetch-teacher --from FILE",
-                   "EFFICIENTAD_FAST_TEACHER_URL", "'distilled'", "'random'", "teacher file"):
+    for needed in (
+        PAPER_TEACHER_URL,
+        PAPER_TEACHER_SHA256,
+        "fetch-teacher --from FILE",
+        "EFFICIENTAD_FAST_TEACHER_URL",
+        "'distilled'",
+        "'random'",
+        "teacher file",
+    ):
         assert needed in message, needed
     # The commands stop before reading any data (the dataset folder does not exist).
-    assert main(["train", "--data", "/no/such/data", "--dataset", "mvtec", "--out", "/no/such/out",
-                 "--teacher", "paper", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "/no/such/data",
+                "--dataset",
+                "mvtec",
+                "--out",
+                "/no/such/out",
+                "--teacher",
+                "paper",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "fetch-teacher --from FILE" in err
 
@@ -293,11 +331,31 @@ def test_paper_teacher_not_cached_fails_at_once_and_says_how(capsys):
 def test_imagenette_not_cached_fails_at_once_and_says_how(capsys):
     with pytest.raises(NotCachedError) as error:
         penalty_image_set("imagenette", (64, 64))
-    for needed in (IMAGENETTE_URL, IMAGENETTE_SHA256, "fetch-imagenette --from FILE",
-                   "EFFICIENTAD_FAST_IMAGENETTE_URL", "--penalty-images DIR"):
+    for needed in (
+        IMAGENETTE_URL,
+        IMAGENETTE_SHA256,
+        "fetch-imagenette --from FILE",
+        "EFFICIENTAD_FAST_IMAGENETTE_URL",
+        "--penalty-images DIR",
+    ):
         assert needed in str(error.value), needed
-    assert main(["train", "--data", "/no/such/data", "--dataset", "mvtec", "--out", "/no/such/out",
-                 "--penalty-images", "imagenette", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "/no/such/data",
+                "--dataset",
+                "mvtec",
+                "--out",
+                "/no/such/out",
+                "--penalty-images",
+                "imagenette",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "fetch-imagenette --from FILE" in capsys.readouterr().err
 
 
@@ -352,11 +410,19 @@ def test_paper_teacher_trains_saves_and_reloads(teacher_archive, imagenette_arch
     from efficientad_fast.jobs import train_category
     from efficientad_fast.train import TrainConfig
 
-    data = make_synthetic(tmp_path / "data", seed=1, categories=("board",), n_train=4, n_test_good=1,
-                          n_test_defect_per_type=1, defects=("hole",))
+    data = make_synthetic(
+        tmp_path / "data",
+        seed=1,
+        categories=("board",),
+        n_train=4,
+        n_test_good=1,
+        n_test_defect_per_type=1,
+        defects=("hole",),
+    )
     config = TrainConfig(steps=1, workers=0, progress=False, checkpoint_every=0)
-    trained, summary = train_category(data, "mvtec_ad", "board", tmp_path / "run", config=config,
-                                      teacher="paper", penalty_images="imagenette")
+    trained, summary = train_category(
+        data, "mvtec_ad", "board", tmp_path / "run", config=config, teacher="paper", penalty_images="imagenette"
+    )
     assert summary["teacher"] == "paper (pretrained_teacher_small.pth)" and summary["penalty_images"] == 6
     assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["teacher"] == summary["teacher"]
     reloaded = load(tmp_path / "run" / "model.pt")
@@ -400,16 +466,17 @@ def test_auto_model_reloads_with_its_teacher_whatever_the_cache_says(teacher_arc
     fetch_paper_teacher(path, sha256=sha, progress=False)  # auto would now choose the paper's
     loaded = load(tmp_path / "m.pt")
     assert loaded.teacher_source == "auto: distilled (pdn_small_lite0.pt)"
-    assert all(torch.equal(a, b) for a, b in zip(loaded.teacher.state_dict().values(),
-                                                  model.teacher.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.teacher.state_dict().values(), model.teacher.state_dict().values())
+    )
 
 
 # --------------------------------------------------------------------------- penalty images "bundled" / "auto"
 
 
 def test_bundled_penalty_images_are_generic_photos_and_procedural(capsys):
-    from efficientad_fast.data.penalty import BUNDLED_PROCEDURAL, TensorImages
     from efficientad_fast.data.generic_images import BUILTIN_PHOTOS, photo_images
+    from efficientad_fast.data.penalty import BUNDLED_PROCEDURAL, TensorImages
 
     images = penalty_image_set("bundled", (32, 48), seed=1)
     assert isinstance(images, TensorImages)
@@ -437,8 +504,18 @@ def test_auto_penalty_images_in_each_cache_state(imagenette_archive, capsys):
 @pytest.mark.parametrize("command", ["train", "report"])
 def test_penalty_keyword_mixed_with_a_folder_is_one_error_line(command, tmp_path, capsys):
     out = tmp_path / "out"
-    args = [command, "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(out),
-            "--penalty-images", "bundled", str(tmp_path)]
+    args = [
+        command,
+        "--data",
+        str(tmp_path),
+        "--dataset",
+        "mvtec",
+        "--out",
+        str(out),
+        "--penalty-images",
+        "bundled",
+        str(tmp_path),
+    ]
     assert main(args + (["--category", "board"] if command == "train" else [])) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "cannot be mixed" in err and "Traceback" not in err
@@ -447,10 +524,29 @@ def test_penalty_keyword_mixed_with_a_folder_is_one_error_line(command, tmp_path
 
 @pytest.mark.usefixtures("op_library")
 def test_report_defaults_are_auto_and_record_what_they_chose(teacher_archive, imagenette_archive, tmp_path):
-    data = make_synthetic(tmp_path / "data", seed=1, categories=("board",), n_train=4, n_test_good=1,
-                          n_test_defect_per_type=1, defects=("hole",))
-    common = ["--data", str(data), "--dataset", "mvtec", "--steps", "1", "--latency-batches",
-              "--latency-runs", "1", "--workers", "0", "--quiet"]
+    data = make_synthetic(
+        tmp_path / "data",
+        seed=1,
+        categories=("board",),
+        n_train=4,
+        n_test_good=1,
+        n_test_defect_per_type=1,
+        defects=("hole",),
+    )
+    common = [
+        "--data",
+        str(data),
+        "--dataset",
+        "mvtec",
+        "--steps",
+        "1",
+        "--latency-batches",
+        "--latency-runs",
+        "1",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     # Nothing cached: the shipped distilled teacher and the bundled generic images.
     assert main(["report", *common, "--out", str(tmp_path / "empty")]) == 0
     row = json.loads((tmp_path / "empty" / "report.json").read_text())["rows"][0]
@@ -458,8 +554,10 @@ def test_report_defaults_are_auto_and_record_what_they_chose(teacher_archive, im
     assert row["teacher_used"] == "auto: distilled (pdn_small_lite0.pt)" and row["penalty_used"] == "auto: bundled"
     summary = json.loads((tmp_path / "empty" / "board" / "train_summary.json").read_text())
     assert summary["teacher"] == row["teacher_used"] and summary["penalty_source"] == "auto: bundled"
-    assert "Used: teacher auto: distilled (pdn_small_lite0.pt); penalty images auto: bundled." in (
-        tmp_path / "empty" / "report.md").read_text()
+    assert (
+        "Used: teacher auto: distilled (pdn_small_lite0.pt); penalty images auto: bundled."
+        in (tmp_path / "empty" / "report.md").read_text()
+    )
     # Both cached: the paper's teacher and Imagenette, without a download.
     fetch_paper_teacher(teacher_archive[0], sha256=teacher_archive[1], progress=False)
     fetch_imagenette(imagenette_archive[0], sha256=imagenette_archive[1], progress=False)
@@ -468,7 +566,9 @@ def test_report_defaults_are_auto_and_record_what_they_chose(teacher_archive, im
     assert row["teacher_used"] == "auto: paper (pretrained_teacher_small.pth)"
     assert row["penalty_used"] == "auto: imagenette"
     # "none" trains without the penalty loss.
-    assert main(["report", *common, "--out", str(tmp_path / "none"), "--teacher", "random",
-                 "--penalty-images", "none"]) == 0
+    assert (
+        main(["report", *common, "--out", str(tmp_path / "none"), "--teacher", "random", "--penalty-images", "none"])
+        == 0
+    )
     row = json.loads((tmp_path / "none" / "report.json").read_text())["rows"][0]
     assert (row["teacher_used"], row["penalty_used"]) == ("random", "none")

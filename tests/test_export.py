@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import efficientad_fast as ead
-from efficientad_fast import cli, export
+from efficientad_fast import cli
+from efficientad_fast.deploy import export
 
 pytestmark = pytest.mark.usefixtures("op_library")
 
@@ -99,13 +100,16 @@ def test_aoti_package_makes_inputs_contiguous(aoti_package):
     assert torch.equal(amap, amap_ref) and torch.equal(score, score_ref)
 
 
-@pytest.mark.parametrize("bad, error, words", [
-    (lambda x: x.double(), TypeError, "float32"),
-    (lambda x: (x * 255).to(torch.uint8), TypeError, "float32"),
-    (lambda x: x[:, :, :200], ValueError, "(N, 3, 256, 256)"),
-    (lambda x: x[:, :1], ValueError, "(N, 3, 256, 256)"),
-    (lambda x: x[:0], ValueError, "at least one image"),
-])
+@pytest.mark.parametrize(
+    "bad, error, words",
+    [
+        (lambda x: x.double(), TypeError, "float32"),
+        (lambda x: (x * 255).to(torch.uint8), TypeError, "float32"),
+        (lambda x: x[:, :, :200], ValueError, "(N, 3, 256, 256)"),
+        (lambda x: x[:, :1], ValueError, "(N, 3, 256, 256)"),
+        (lambda x: x[:0], ValueError, "at least one image"),
+    ],
+)
 def test_aoti_package_rejects_bad_input(aoti_package, bad, error, words):
     package = export.load_package(aoti_package[1])
     with pytest.raises(error) as err:
@@ -154,7 +158,7 @@ def test_export_rejects_bad_arguments(tmp_path, calibrated_model):
         export.export_aoti(torch.nn.Linear(2, 2), tmp_path / "m.pt2")
     with pytest.raises(TypeError, match="float32 model"):
         export.PredictGraph(uncalibrated_model().to(torch.bfloat16))
-    with pytest.raises(ValueError, match="opset must be >= 17"):
+    with pytest.raises(ValueError, match="opset must be an integer from 17 to"):
         export.export_onnx(calibrated_model, tmp_path / "m.onnx", opset=13)
 
 
@@ -163,8 +167,9 @@ def test_cli_export_help_and_bad_model(tmp_path, capsys):
         cli.main(["export", "--help"])
     assert done.value.code == 0
     assert "--format {aoti,onnx,openvino}" in capsys.readouterr().out
-    code = cli.main(["export", "--model", str(tmp_path / "missing.pt"), "--format", "aoti",
-                     "--out", str(tmp_path / "m.pt2")])
+    code = cli.main(
+        ["export", "--model", str(tmp_path / "missing.pt"), "--format", "aoti", "--out", str(tmp_path / "m.pt2")]
+    )
     assert code == 2
     assert "no model file" in capsys.readouterr().err
     assert not (tmp_path / "m.pt2").exists()

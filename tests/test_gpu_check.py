@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from efficientad_fast import benchmark
+from efficientad_fast import benchmark, timing_protocol
 from efficientad_fast.op import _build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,15 +21,21 @@ BROKEN_FLAG = "-fefficientad-fast-no-such-flag"
 sys.path.insert(0, str(ROOT / "bench"))  # gpu_targets.py lives beside gpu_check.sh
 import gpu_targets  # noqa: E402
 
-needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(),
-                                  reason="on a GPU machine run the script itself (it takes minutes)")
+needs_no_gpu = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="on a GPU machine run the script itself (it takes minutes)"
+)
 
 
 def _env(tmp_path, **extra):
     # The CPU-only build (the CUDA one is minutes of nvcc on 2 cores), no install (it is
     # installed); PYTHON: the interpreter running the tests.
-    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, EFFICIENTAD_FAST_CUDA="0",
-               GPU_CHECK_SKIP_INSTALL="1")
+    env = dict(
+        os.environ,
+        OUT=str(tmp_path / "out"),
+        PYTHON=sys.executable,
+        EFFICIENTAD_FAST_CUDA="0",
+        GPU_CHECK_SKIP_INSTALL="1",
+    )
     env.pop(_build.EXTRA_CFLAGS_ENV, None)
     env.update(extra)
     return env
@@ -49,8 +55,14 @@ def test_extra_cflags_are_appended_and_get_their_own_build_directory(monkeypatch
 
 def test_info_json_exits_nonzero_when_the_build_fails(tmp_path):
     env = _env(tmp_path, EFFICIENTAD_FAST_CACHE=str(tmp_path / "cache"), **{_build.EXTRA_CFLAGS_ENV: BROKEN_FLAG})
-    done = subprocess.run([sys.executable, "-m", "efficientad_fast", "info", "--json"],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "efficientad_fast", "info", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert done.returncode != 0, done.stdout + done.stderr
     info = json.loads(done.stdout)  # stdout stays pure JSON; the compiler's noise is on stderr
     assert info["build"].startswith("FAILED") and BROKEN_FLAG in info["build"]
@@ -82,11 +94,31 @@ def test_run_benchmark_writes_the_json_after_every_row(tmp_path, monkeypatch):
 
 
 def test_every_target_is_reported_met_missed_or_not_measured():
-    result = {"timings": [{"model_size": "small", "batch": 1, "dtype": "fp16", "path": "device", "error": None,
-                           "mean_ms": 0.5, "images_per_s": 2000.0, "name": "small N=1 fp16 device graph"},
-                          {"model_size": "medium", "batch": 1, "dtype": "fp16", "path": "device", "error": None,
-                           "mean_ms": 2.0, "images_per_s": 500.0, "name": "medium N=1 fp16 device"}],
-              "op": []}
+    result = {
+        "timings": [
+            {
+                "model_size": "small",
+                "batch": 1,
+                "dtype": "fp16",
+                "path": "device",
+                "error": None,
+                "mean_ms": 0.5,
+                "images_per_s": 2000.0,
+                "name": "small N=1 fp16 device graph",
+            },
+            {
+                "model_size": "medium",
+                "batch": 1,
+                "dtype": "fp16",
+                "path": "device",
+                "error": None,
+                "mean_ms": 2.0,
+                "images_per_s": 500.0,
+                "name": "medium N=1 fp16 device",
+            },
+        ],
+        "op": [],
+    }
     rows = gpu_targets.target_status(result)
     assert len(rows) == len(gpu_targets.GPU_TARGETS) + 1
     assert [r["status"] for r in rows] == ["met", "not measured", "missed", "not measured"]
@@ -95,8 +127,16 @@ def test_every_target_is_reported_met_missed_or_not_measured():
 
 
 def _op_row(layout: str, fraction: float | None, batch: int = 64, dtype: str = "fp16") -> dict:
-    return {"impl": "fused", "batch": batch, "dtype": dtype, "layout": layout, "gbs": 3000.0,
-            "bytes_moved": 616_000_000, "l2_bytes": 50 * 2**20, "fraction_of_peak": fraction}
+    return {
+        "impl": "fused",
+        "batch": batch,
+        "dtype": dtype,
+        "layout": layout,
+        "gbs": 3000.0,
+        "bytes_moved": 616_000_000,
+        "l2_bytes": 50 * 2**20,
+        "fraction_of_peak": fraction,
+    }
 
 
 def test_the_bandwidth_target_reads_only_the_channels_last_case():
@@ -104,8 +144,12 @@ def test_the_bandwidth_target_reads_only_the_channels_last_case():
     target = gpu_targets.OP_BANDWIDTH_TARGET[0]
     status = {r["target"]: r for r in gpu_targets.target_status({"timings": [], "op": [_op_row("nchw", 0.9)]})}
     assert status[target]["status"] == "not measured"
-    rows = gpu_targets.target_status({"timings": [], "op": [_op_row("nchw", 0.9), _op_row("channels_last", 0.6),
-                                                            _op_row("channels_last", 0.95, batch=16)]})
+    rows = gpu_targets.target_status(
+        {
+            "timings": [],
+            "op": [_op_row("nchw", 0.9), _op_row("channels_last", 0.6), _op_row("channels_last", 0.95, batch=16)],
+        }
+    )
     status = {r["target"]: r for r in rows}
     assert status[target]["status"] == "missed" and status[target]["measured"] == 0.6
 
@@ -113,7 +157,7 @@ def test_the_bandwidth_target_reads_only_the_channels_last_case():
 def test_one_timing_protocol_feeds_the_command_the_script_and_the_suite():
     """The bench command's defaults and help, gpu_check.sh and the op suite read PROTOCOLS; the
     script names the protocol instead of repeating its numbers."""
-    paper, budget = benchmark.PROTOCOLS["paper"], benchmark.PROTOCOLS["budget"]
+    paper, budget = timing_protocol.PROTOCOLS["paper"], timing_protocol.PROTOCOLS["budget"]
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
     assert benchmark.default_runs(gpu, 1) == paper.gpu_latency == (1000, 1000)  # the paper's protocol
     assert benchmark.default_runs(gpu, 64, "budget") == budget.gpu_throughput
@@ -126,21 +170,36 @@ def test_one_timing_protocol_feeds_the_command_the_script_and_the_suite():
     from efficientad_fast.cli import build_parser
 
     bench_help = build_parser()._subparsers._group_actions[0].choices["bench"].format_help()
-    assert "budget" in bench_help and f"{budget.gpu_latency[0]} + {budget.gpu_latency[1]}" in " ".join(bench_help.split())
-    settings = benchmark.benchmark_settings(cpu, model_sizes="small", batch_sizes=(1,), dtypes=None, image_size=256,
-                                            paths=None, cuda_graphs=None, compile=False, warmup=None, runs=None,
-                                            model_file=None, protocol_name="budget")
+    assert "budget" in bench_help and f"{budget.gpu_latency[0]} + {budget.gpu_latency[1]}" in " ".join(
+        bench_help.split()
+    )
+    settings = benchmark.benchmark_settings(
+        cpu,
+        model_sizes="small",
+        batch_sizes=(1,),
+        dtypes=None,
+        image_size=256,
+        paths=None,
+        cuda_graphs=None,
+        compile=False,
+        warmup=None,
+        runs=None,
+        model_file=None,
+        protocol_name="budget",
+    )
     assert settings["protocol_name"] == "budget" and settings["timing_protocol"] == budget.describe()
 
 
 def test_bench_op_times_both_layouts_and_claims_no_bandwidth_on_a_cpu():
-    rows = benchmark.bench_op(torch.device("cpu"), batches=(1,), dtypes=("fp16",), runs=1, warmup=0, reference=False)
+    rows = timing_protocol.bench_op(
+        torch.device("cpu"), batches=(1,), dtypes=("fp16",), runs=1, warmup=0, reference=False
+    )
     assert [(r.impl, r.layout) for r in rows] == [("fused", "channels_last"), ("fused", "nchw")]
     for r in rows:
         assert r.bytes_moved == (4 * 384 * 56 * 56) * 2 + (256 * 256 + 1) * 4
         assert r.l2_bytes is None and r.fraction_of_peak is None
     with pytest.raises(ValueError, match="layout must be one of"):
-        benchmark.bench_op(torch.device("cpu"), batches=(1,), layouts=("nhwc",))
+        timing_protocol.bench_op(torch.device("cpu"), batches=(1,), layouts=("nhwc",))
 
 
 def test_junit_counts_tells_expected_skips_from_unexpected(tmp_path):
@@ -152,7 +211,8 @@ def test_junit_counts_tells_expected_skips_from_unexpected(tmp_path):
         '<testcase name="test_cuda_b"><skipped type="pytest.skip" message="needs a CUDA GPU">x</skipped></testcase>'
         '<testcase name="test_cpu_only"><skipped message="checks the CPU-only error">x</skipped></testcase>'
         '<testcase name="test_cuda_c"><failure message="boom">x</failure></testcase>'
-        '</testsuite></testsuites>')
+        "</testsuite></testsuites>"
+    )
     assert gpu_targets.junit_counts(xml) == (4, 2, 1, 1, 0)
     assert gpu_targets.junit_counts(tmp_path / "missing.xml") == (0, 0, 0, 0, 0)
 
@@ -188,8 +248,9 @@ def test_script_reports_a_broken_build_as_failed(tmp_path):
 
 def test_script_skips_a_step_that_does_not_fit_the_budget(tmp_path):
     """A budget too small for any step: every step reads "skipped (budget)", which is no failure."""
-    done = subprocess.run(["bash", str(SCRIPT), "--budget", "20"], env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "--budget", "20"], env=_env(tmp_path), capture_output=True, text=True, timeout=120
+    )
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "build: skipped (budget" in summary
     assert done.returncode == 0, summary

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import efficientad_fast as ead
-from efficientad_fast.benchmark import bench_op, format_table, run_benchmark, time_predict
+from efficientad_fast.benchmark import format_table, run_benchmark, time_predict
 from efficientad_fast.testing import assert_map_close, random_teacher_stats
+from efficientad_fast.timing_protocol import bench_op
 
 pytestmark = pytest.mark.usefixtures("op_library")
 
@@ -108,6 +109,7 @@ def test_cuda_graph_predictor_equals_predict(model, dtype, input_dtype):
 
 # --- predict on each device against the CPU reference backend ---------------------------
 
+
 def seeded_model(model_size: str, padding: bool) -> ead.EfficientAD:
     """A seeded EfficientAD (random weights, teacher statistics, quantiles), in eval mode."""
     with torch.random.fork_rng():
@@ -132,11 +134,15 @@ def copy_model(model: ead.EfficientAD, device, dtype) -> ead.EfficientAD:
 PREDICT_RTOL = {torch.float32: 1e-4, torch.float16: 5e-2}
 
 
-@pytest.mark.parametrize("device, dtype", [
-    ("cpu", torch.float32),
-    pytest.param("cuda", torch.float32, marks=requires_cuda),
-    pytest.param("cuda", torch.float16, marks=requires_cuda),
-], ids=["cpu-fp32", "cuda-fp32", "cuda-fp16"])
+@pytest.mark.parametrize(
+    "device, dtype",
+    [
+        ("cpu", torch.float32),
+        pytest.param("cuda", torch.float32, marks=requires_cuda),
+        pytest.param("cuda", torch.float16, marks=requires_cuda),
+    ],
+    ids=["cpu-fp32", "cuda-fp32", "cuda-fp16"],
+)
 @pytest.mark.parametrize("padding", [False, True], ids=["no-padding", "padding"])
 @pytest.mark.parametrize("model_size", ["small", "medium"])
 def test_predict_matches_cpu_reference_backend(model_size, padding, device, dtype):
@@ -148,8 +154,7 @@ def test_predict_matches_cpu_reference_backend(model_size, padding, device, dtyp
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         got = model.predict(x.to(device))
     assert got.anomaly_map.device.type == device
-    assert_map_close((got.anomaly_map, got.score), (expected.anomaly_map, expected.score),
-                     rtol=PREDICT_RTOL[dtype])
+    assert_map_close((got.anomaly_map, got.score), (expected.anomaly_map, expected.score), rtol=PREDICT_RTOL[dtype])
 
 
 @requires_cuda
@@ -190,8 +195,9 @@ def test_bench_op_measures_both_implementations():
 
 def test_run_benchmark_writes_json_and_table(tmp_path):
     out = tmp_path / "bench.json"
-    result = run_benchmark(batch_sizes=(1,), dtypes=("fp32",), device="cpu", warmup=0, runs=1,
-                           json_path=out, log=lambda *a: None)
+    result = run_benchmark(
+        batch_sizes=(1,), dtypes=("fp32",), device="cpu", warmup=0, runs=1, json_path=out, log=lambda *a: None
+    )
     saved = json.loads(out.read_text())
     assert saved["settings"]["batch_sizes"] == [1] and saved["machine"]["torch"] == torch.__version__
     assert [t["name"] for t in saved["timings"]] == ["small N=1 fp32 host"]

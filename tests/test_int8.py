@@ -43,7 +43,7 @@ def test_set(board_dataset):
 
 def relative_error(actual, expected, expected_map=None):
     """Largest difference as a fraction of the range of ``expected_map`` (default: ``expected``)."""
-    span = (expected if expected_map is None else expected_map)
+    span = expected if expected_map is None else expected_map
     return float((actual - expected).abs().max() / (span.max() - span.min()))
 
 
@@ -54,7 +54,8 @@ def test_train_records_int8_ranges_and_the_file_keeps_them(board_trained):
     loaded = ead.load(path)
     assert loaded.precision == "fp32" and loaded.int8_calibration is not None
     assert {name: set(state) for name, state in loaded.int8_calibration.observers.items()} == {
-        name: set(state) for name, state in model.int8_calibration.observers.items()}
+        name: set(state) for name, state in model.int8_calibration.observers.items()
+    }
 
 
 def test_int8_map_within_tolerance_of_fp32_and_same_ranking(board_trained, test_set):
@@ -178,18 +179,40 @@ def test_amp_auto_chooses_by_a_probe_and_caches_it(cache_folder):
 
 def test_train_with_amp_auto_records_the_resolved_setting(board_dataset, tmp_path):
     config = TrainConfig(steps=1, workers=0, progress=False, checkpoint_every=0, amp="auto")
-    _, summary = train_category(board_dataset, "mvtec", "board", tmp_path / "run", config=config, teacher="random",
-                                penalty_images="none", validation_fraction=0.25)
+    _, summary = train_category(
+        board_dataset,
+        "mvtec",
+        "board",
+        tmp_path / "run",
+        config=config,
+        teacher="random",
+        penalty_images="none",
+        validation_fraction=0.25,
+    )
     saved = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-    assert saved["train_config"]["amp"] in (None, "bf16") and summary["train_config"]["amp"] == saved["train_config"]["amp"]
+    assert (
+        saved["train_config"]["amp"] in (None, "bf16")
+        and summary["train_config"]["amp"] == saved["train_config"]["amp"]
+    )
     assert saved["int8_calibration_images"] == 2
 
 
 def test_cli_quantize_writes_an_int8_model_and_reports_the_cost(board_trained, board_dataset, tmp_path, capsys):
     _, path = board_trained
     out = tmp_path / "q.pt"
-    code = cli.main(["quantize", "--model", str(path), "--calibration-data", str(board_dataset / "board" / "train" / "good"),
-                     "--calibration-size", "3", "--out", str(out)])
+    code = cli.main(
+        [
+            "quantize",
+            "--model",
+            str(path),
+            "--calibration-data",
+            str(board_dataset / "board" / "train" / "good"),
+            "--calibration-size",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file(), printed
     assert "map within" in printed and "int8" in printed and "fp32" in printed
@@ -200,8 +223,9 @@ def test_cli_quantize_and_precision_errors_are_one_line(board_trained, tmp_path,
     _, path = board_trained
     empty = tmp_path / "empty"
     empty.mkdir()
-    code = cli.main(["quantize", "--model", str(path), "--calibration-data", str(empty), "--out",
-                     str(tmp_path / "q.pt")])
+    code = cli.main(
+        ["quantize", "--model", str(path), "--calibration-data", str(empty), "--out", str(tmp_path / "q.pt")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "error:" in err
     assert not (tmp_path / "q.pt").exists()

@@ -1,4 +1,4 @@
-"""The package's layout stays as DESIGN.md §2 draws it: no import circles between its
+"""The package's layout stays as docs/architecture.md ("Repository layout") draws it: no import circles between its
 modules, counting imports inside functions too (a lazy import that points back up is a
 circle all the same, only hidden)."""
 
@@ -106,7 +106,7 @@ def test_cycle_finder_sees_function_level_imports(tmp_path):
     assert find_cycles(graph) == [[f"{PACKAGE}.a", f"{PACKAGE}.b"]]
 
 
-@pytest.mark.parametrize("module", ["op.ops", "op._library", "teachers", "model", "anomalib_io"])
+@pytest.mark.parametrize("module", ["op.ops", "op._library", "teachers", "model", "deploy.anomalib_io"])
 def test_former_circles_are_gone(module):
     """op.ops <-> op._library (then ops <-> _extension) and compat -> model -> teachers -> compat were circles (issue 11)."""
     graph = import_graph(package_modules())
@@ -118,3 +118,86 @@ def test_former_circles_are_gone(module):
                 reachable.add(nxt)
                 todo.append(nxt)
     assert name not in reachable
+
+
+# -- sizes, the version, what the repository cites (issue 23) ------------------------------------
+
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80
+REPO = ROOT.parent
+
+
+def function_code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's code: from its first statement after the docstring to its end
+    (the formatter writes a long signature one parameter a line; neither it nor the
+    docstring is logic to split)."""
+    body = node.body
+    if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return node.end_lineno - body[0].lineno + 1
+
+
+def test_no_module_over_600_lines_and_no_function_over_80():
+    too_long = []
+    for name, path in package_modules().items():
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = function_code_lines(node)
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{name}.{node.name}: {length} lines of code")
+    assert too_long == []
+
+
+def test_the_size_rule_counts_code_not_signature_or_docstring():
+    source = 'def f(\n    a,\n    b,\n):\n    """Doc\n    more."""\n    x = a\n    return x + b\n'
+    assert function_code_lines(ast.parse(source).body[0]) == 2
+
+
+def test_the_version_is_written_once():
+    namespace: dict = {}
+    exec((ROOT / "_version.py").read_text(), namespace)
+    version = namespace["__version__"]
+    holders = [
+        p.relative_to(REPO)
+        for p in [*ROOT.rglob("*.py"), REPO / "pyproject.toml", REPO / "setup.py", REPO / "CMakeLists.txt"]
+        if f'"{version}"' in p.read_text() or f"VERSION {version}" in p.read_text()
+    ]
+    assert holders == [Path(PACKAGE) / "_version.py"]
+    import efficientad_fast
+
+    assert efficientad_fast.__version__ == version
+    assert (ROOT / "py.typed").is_file()
+
+
+def test_nothing_cites_a_file_outside_the_repository():
+    cited = []
+    for path in [
+        *REPO.glob("*.md"),
+        *(REPO / "docs").rglob("*.md"),
+        *ROOT.rglob("*.py"),
+        *(REPO / "tests").glob("*.py"),
+        *(REPO / "bench").glob("*.py"),
+    ]:
+        text = path.read_text()
+        for needle in ("DESIGN.md", "../shared", "/work/shared"):
+            if needle in text and path.name != "test_layout.py":
+                cited.append(f"{path.relative_to(REPO)}: {needle}")
+    assert cited == []
+
+
+def test_every_relative_import_names_a_module_of_the_package():
+    """Function-level imports run only when called: one that points at a module that moved
+    would fail then, not at import. Each ``from .x import`` must name an existing module."""
+    missing = []
+    for name, path in package_modules().items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                target = _resolve(name, is_package, node)
+                folder = REPO / Path(*target.split("."))
+                if not (folder.with_suffix(".py").is_file() or (folder / "__init__.py").is_file()):
+                    missing.append(f"{name} line {node.lineno}: {target}")
+    assert missing == []

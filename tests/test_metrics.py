@@ -21,24 +21,9 @@ FOUR = ndimage.generate_binary_structure(2, 1)
 
 # A LOCO-like defects_config: relative and absolute saturation.
 DEFECTS = [
-    {
-        "defect_name": "missing",
-        "pixel_value": 255,
-        "saturation_threshold": 1.0,
-        "relative_saturation": True,
-    },
-    {
-        "defect_name": "extra",
-        "pixel_value": 254,
-        "saturation_threshold": 0.5,
-        "relative_saturation": True,
-    },
-    {
-        "defect_name": "small",
-        "pixel_value": 253,
-        "saturation_threshold": 6,
-        "relative_saturation": False,
-    },
+    {"defect_name": "missing", "pixel_value": 255, "saturation_threshold": 1.0, "relative_saturation": True},
+    {"defect_name": "extra", "pixel_value": 254, "saturation_threshold": 0.5, "relative_saturation": True},
+    {"defect_name": "small", "pixel_value": 253, "saturation_threshold": 6, "relative_saturation": False},
 ]
 
 
@@ -159,12 +144,7 @@ def loco_set(rng, n=8, h=24, w=24, overlap=True):
                         continue
                 lst.append(m * np.uint8(values[rng.integers(len(values))]))
         region_lists.append(lst)
-    union = np.array(
-        [
-            np.any([m > 0 for m in lst], axis=0) if lst else np.zeros((h, w), bool)
-            for lst in region_lists
-        ]
-    )
+    union = np.array([np.any([m > 0 for m in lst], axis=0) if lst else np.zeros((h, w), bool) for lst in region_lists])
     maps = noisy_maps(rng, union, signal=0.5, decimals=2)
     return maps, region_lists
 
@@ -178,9 +158,7 @@ def test_image_metrics_match_sklearn(decimals):
     scores, labels = image_set(rng, 60, decimals)
     r = evaluate(scores, labels)
     assert set(r) == {"image_auroc", "image_f1"}
-    assert r["image_auroc"] == pytest.approx(
-        sklearn_metrics.roc_auc_score(labels, scores), abs=1e-12
-    )
+    assert r["image_auroc"] == pytest.approx(sklearn_metrics.roc_auc_score(labels, scores), abs=1e-12)
     assert r["image_f1"] == pytest.approx(sk_best_f1(labels, scores), abs=1e-12)
 
 
@@ -208,7 +186,8 @@ def test_average_precision_matches_sklearn(seed, decimals):
     if decimals is not None:
         scores = np.round(scores, decimals)
     assert average_precision(scores, labels) == pytest.approx(
-        sklearn_metrics.average_precision_score(labels, scores), abs=1e-12)
+        sklearn_metrics.average_precision_score(labels, scores), abs=1e-12
+    )
     assert average_precision(labels.astype(float), labels) == 1.0
 
 
@@ -278,8 +257,7 @@ def test_perfect_detector():
     labels = (masks.reshape(10, -1).max(1) > 0).astype(int)
     r = evaluate(labels + rng.random(10) * 0.5, labels, maps, masks)
     assert r == pytest.approx(
-        {"image_auroc": 1.0, "image_f1": 1.0, "pixel_auroc": 1.0, "pixel_f1": 1.0, "pixel_aupr": 1.0,
-         "aupro": 1.0},
+        {"image_auroc": 1.0, "image_f1": 1.0, "pixel_auroc": 1.0, "pixel_f1": 1.0, "pixel_aupr": 1.0, "aupro": 1.0},
         abs=1e-12,
     )
 
@@ -341,26 +319,11 @@ def test_auspro_matches_official_definition(seed):
     labels = [int(bool(lst)) for lst in region_lists]
     r = evaluate(np.arange(len(labels)), labels, maps, region_lists, defects_config=DEFECTS)
     expected = brute_spro(maps, region_lists, DEFECTS)
-    assert set(r) == {
-        "image_auroc",
-        "image_f1",
-        "pixel_auroc",
-        "pixel_f1",
-        "pixel_aupr",
-        "auspro_0.05",
-        "auspro_0.3",
-    }
+    assert set(r) == {"image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "pixel_aupr", "auspro_0.05", "auspro_0.3"}
     for key, value in expected.items():
         assert r[key] == pytest.approx(value, abs=1e-9), key
-    union = np.array(
-        [
-            np.any([m > 0 for m in lst] or [np.zeros(maps.shape[1:], bool)], axis=0)
-            for lst in region_lists
-        ]
-    )
-    assert r["pixel_auroc"] == pytest.approx(
-        sklearn_metrics.roc_auc_score(union.ravel(), maps.ravel()), abs=1e-9
-    )
+    union = np.array([np.any([m > 0 for m in lst] or [np.zeros(maps.shape[1:], bool)], axis=0) for lst in region_lists])
+    assert r["pixel_auroc"] == pytest.approx(sklearn_metrics.roc_auc_score(union.ravel(), maps.ravel()), abs=1e-9)
 
 
 def test_auspro_overlapping_regions():
@@ -387,29 +350,22 @@ def test_auspro_mask_forms_agree(tmp_path):
     path = tmp_path / "defects_config.json"
     path.write_text(json.dumps(DEFECTS))
     assert evaluate(labels, labels, maps, region_lists, defects_config=path) == ref
-    assert (
-        evaluate(labels, labels, maps, region_lists, defects_config=parse_defects_config(DEFECTS))
-        == ref
-    )
+    assert evaluate(labels, labels, maps, region_lists, defects_config=parse_defects_config(DEFECTS)) == ref
     # (K, H, W) stacks, torch tensors, None for good images
     stacks = [torch.from_numpy(np.stack(lst)) if lst else None for lst in region_lists]
-    assert evaluate(
-        labels, labels, torch.from_numpy(maps), stacks, defects_config=DEFECTS
-    ) == pytest.approx(ref)
+    assert evaluate(labels, labels, torch.from_numpy(maps), stacks, defects_config=DEFECTS) == pytest.approx(ref)
     # boolean masks + region_defect_ids
     bools = [[m > 0 for m in lst] for lst in region_lists]
     ids = [[int(m.max()) for m in lst] for lst in region_lists]
-    assert (
-        evaluate(labels, labels, maps, bools, defects_config=DEFECTS, region_defect_ids=ids) == ref
-    )
+    assert evaluate(labels, labels, maps, bools, defects_config=DEFECTS, region_defect_ids=ids) == ref
     # integer-labelled array: label j+1 for region j, ids give the defect values
     labelled = np.zeros(maps.shape, dtype=np.int32)
     for i, lst in enumerate(region_lists):
         for j, m in enumerate(lst):
             labelled[i][m > 0] = j + 1
-    assert evaluate(
-        labels, labels, maps, labelled, defects_config=DEFECTS, region_defect_ids=ids
-    ) == pytest.approx(ref, abs=1e-12)
+    assert evaluate(labels, labels, maps, labelled, defects_config=DEFECTS, region_defect_ids=ids) == pytest.approx(
+        ref, abs=1e-12
+    )
 
 
 def test_integer_labelled_mask_values_are_defect_ids():
@@ -443,14 +399,7 @@ def test_saturation_rules():
         (1, 16, False, 12 / 16),
         (1, 50, False, 12 / 20),  # capped at the area
     ]:
-        cfg = [
-            {
-                "defect_name": "d",
-                "pixel_value": value,
-                "saturation_threshold": thr,
-                "relative_saturation": relative,
-            }
-        ]
+        cfg = [{"defect_name": "d", "pixel_value": value, "saturation_threshold": thr, "relative_saturation": relative}]
         r = evaluate([0, 1], [0, 1], maps, [[], [region]], defects_config=cfg, spro_limits=(0.05,))
         # the 8 missed region pixels score below every normal pixel: they only come in
         # at FPR 1, so the curve is flat at `expected` from FPR 0 to 1
@@ -477,12 +426,7 @@ def test_auspro_random_detector():
 def test_perfect_loco_detector():
     rng = np.random.default_rng(31)
     maps, region_lists = loco_set(rng)
-    union = np.array(
-        [
-            np.any([m > 0 for m in lst] or [np.zeros(maps.shape[1:], bool)], axis=0)
-            for lst in region_lists
-        ]
-    )
+    union = np.array([np.any([m > 0 for m in lst] or [np.zeros(maps.shape[1:], bool)], axis=0) for lst in region_lists])
     maps = rng.random(maps.shape).astype(np.float32) + 2 * union
     labels = [int(bool(lst)) for lst in region_lists]
     r = evaluate(labels, labels, maps, region_lists, defects_config=DEFECTS)
@@ -499,11 +443,7 @@ def test_evaluate_loco_splits_structural_and_logical():
     for kind, members in [("structural", [6, 8, 10]), ("logical", [7, 9, 11])]:
         idx = list(range(6)) + members
         expected = evaluate(
-            scores[idx],
-            [0] * 6 + [1] * 3,
-            maps[idx],
-            [region_lists[i] for i in idx],
-            defects_config=DEFECTS,
+            scores[idx], [0] * 6 + [1] * 3, maps[idx], [region_lists[i] for i in idx], defects_config=DEFECTS
         )
         assert out[kind] == pytest.approx(expected, abs=1e-12)
         assert out[kind]["auspro_0.3"] == pytest.approx(

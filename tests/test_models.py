@@ -1,4 +1,4 @@
-"""The networks (DESIGN.md §3), EfficientAD.predict, save/load and teacher-file loading.
+"""The networks (docs/architecture.md, "The networks"), EfficientAD.predict, save/load and teacher-file loading.
 
 Full-size networks at 256 px cost about a second per forward on a small CPU, so the
 models and their predictions are built once per module (fixtures ``small`` and ``base``);
@@ -93,10 +93,7 @@ def base(small, images) -> dict:
 # --------------------------------------------------------------------------- networks
 
 
-@pytest.mark.parametrize(
-    "size, teacher, student",
-    [("small", 2_694_144, 4_267_392), ("medium", 8_026_624, 11_615_488)],
-)
+@pytest.mark.parametrize("size, teacher, student", [("small", 2_694_144, 4_267_392), ("medium", 8_026_624, 11_615_488)])
 def test_parameter_counts(size, teacher, student):
     model = ead.EfficientAD(size, teacher="random")
     assert n_params(model.teacher) == teacher
@@ -309,7 +306,11 @@ def test_save_load_config_variants(tmp_path):
     medium.save(tmp_path / "m.pt")
     loaded = ead.load(tmp_path / "m.pt")
     assert loaded.config() == {
-        "model_size": "medium", "padding": False, "alpha": 0.3, "pad_maps": False, "distance": "cosine",
+        "model_size": "medium",
+        "padding": False,
+        "alpha": 0.3,
+        "pad_maps": False,
+        "distance": "cosine",
         "tile": None,
     }
     assert loaded.quantiles_set is True
@@ -412,8 +413,14 @@ def test_load_newer_format_version(saved, tmp_path):
 
 @pytest.mark.parametrize(
     "q",
-    [(1.0, 1.0, 0.0, 1.0), (2.0, 1.0, 0.0, 1.0), (0.0, 1.0, 1.0, 0.5), (float("nan"), 1.0, 0.0, 1.0),
-     (0.0, float("inf"), 0.0, 1.0), (0.0, 1.0, 0.0, float("nan"))],
+    [
+        (1.0, 1.0, 0.0, 1.0),
+        (2.0, 1.0, 0.0, 1.0),
+        (0.0, 1.0, 1.0, 0.5),
+        (float("nan"), 1.0, 0.0, 1.0),
+        (0.0, float("inf"), 0.0, 1.0),
+        (0.0, 1.0, 0.0, float("nan")),
+    ],
 )
 def test_set_quantiles_rejects(q):
     model = ead.EfficientAD(teacher="random")
@@ -460,8 +467,12 @@ def test_set_teacher_stats_accepts_anomalib_shape():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"model_size": "large"}, "model_size"), ({"alpha": 2}, "alpha"), ({"alpha": -0.1}, "alpha"),
-     ({"distance": "l1"}, "distance")],
+    [
+        ({"model_size": "large"}, "model_size"),
+        ({"alpha": 2}, "alpha"),
+        ({"alpha": -0.1}, "alpha"),
+        ({"distance": "l1"}, "distance"),
+    ],
 )
 def test_constructor_rejects(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -492,8 +503,14 @@ def teacher_output(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "size, layout",
-    [("small", "conv"), ("small", "prefixed"), ("small", "sequential"), ("small", "lightning"),
-     ("medium", "conv"), ("medium", "sequential")],
+    [
+        ("small", "conv"),
+        ("small", "prefixed"),
+        ("small", "sequential"),
+        ("small", "lightning"),
+        ("medium", "conv"),
+        ("medium", "sequential"),
+    ],
 )
 def test_load_teacher(teachers, tmp_path, size, layout):
     original = teachers[size]
@@ -630,8 +647,7 @@ def test_calibrate_stores_the_995_quantile_of_held_out_image_scores(small):
     from efficientad_fast.train import calibrate
 
     model = copy.deepcopy(small)
-    held_out = torch.randint(0, 256, (2, 3, 256, 256), generator=torch.Generator().manual_seed(3),
-                             dtype=torch.uint8)
+    held_out = torch.randint(0, 256, (2, 3, 256, 256), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     calibrate(model, held_out)
     scores = model.predict(held_out).score.double().numpy()
     # calibrate normalizes after the resize, predict before it: equal up to float32 rounding.

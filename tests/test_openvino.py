@@ -1,4 +1,4 @@
-"""OpenVINO export (efficientad_fast.openvino_export): the fp32 IR against ``model.predict``,
+"""OpenVINO export (efficientad_fast.deploy.openvino): the fp32 IR against ``model.predict``,
 the INT8 IR (NNCF) within a stated bound and at the same image AUROC on a small synthetic
 set, fp16, the rt_info metadata and the loader's checks, and the command line."""
 
@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from efficientad_fast import cli, export, metrics
+from efficientad_fast import cli, metrics
 from efficientad_fast.data import open_dataset
+from efficientad_fast.deploy import export
 from efficientad_fast.model import shift_threshold
 
 ov = pytest.importorskip("openvino", reason="OpenVINO tests need the [openvino] extra: pip install -e '.[openvino]'")
 pytest.importorskip("nncf", reason="INT8 export needs nncf: pip install -e '.[openvino]'")
-from efficientad_fast import openvino_export as ove  # noqa: E402
+from efficientad_fast.deploy import openvino as ove  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("op_library")
 
@@ -49,10 +50,29 @@ def irs(board_trained, board_dataset, tmp_path_factory):
     """fp32 and int8 IRs made by `efficientad-fast export --format openvino`: {precision: path}."""
     folder = tmp_path_factory.mktemp("ir")
     paths = {"fp32": folder / "fp32.xml", "int8": folder / "int8.xml"}
-    assert cli.main(["export", "--model", str(board_trained[1]), "--format", "openvino", "--out", str(paths["fp32"])]) == 0
-    assert cli.main(["export", "--model", str(board_trained[1]), "--format", "openvino", "--precision", "int8",
-                     "--calibration-data", str(board_dataset / "board" / "train" / "good"), "--calibration-size", "4",
-                     "--out", str(paths["int8"])]) == 0
+    assert (
+        cli.main(["export", "--model", str(board_trained[1]), "--format", "openvino", "--out", str(paths["fp32"])]) == 0
+    )
+    assert (
+        cli.main(
+            [
+                "export",
+                "--model",
+                str(board_trained[1]),
+                "--format",
+                "openvino",
+                "--precision",
+                "int8",
+                "--calibration-data",
+                str(board_dataset / "board" / "train" / "good"),
+                "--calibration-size",
+                "4",
+                "--out",
+                str(paths["int8"]),
+            ]
+        )
+        == 0
+    )
     return paths
 
 
@@ -65,8 +85,9 @@ def test_fp32_ir_matches_predict(board_trained, irs, test_set, expected):
     assert ir.image_size == (256, 256)
     # The IR carries the same metadata as the other exports (plus its precision).
     expected_meta = export.metadata(model, (256, 256))
-    assert {k: v for k, v in ir.metadata.items() if k not in ("device",) and not k.startswith("openvino_")} == \
-        {k: v for k, v in expected_meta.items() if k != "device"}
+    assert {k: v for k, v in ir.metadata.items() if k not in ("device",) and not k.startswith("openvino_")} == {
+        k: v for k, v in expected_meta.items() if k != "device"
+    }
     x = test_set[0][:3]
     for n in (3, 1):  # exported with batch 2: other sizes prove the batch is dynamic
         amap, score = ir(x[:n])
@@ -118,13 +139,16 @@ def test_fp16_ir_stores_half_weights(board_trained, tmp_path, test_set, expected
     assert relative_error(amap, expected.anomaly_map[:1], expected.anomaly_map) < 1e-2
 
 
-@pytest.mark.parametrize("bad, error, words", [
-    (lambda x: x.double(), TypeError, "float32"),
-    (lambda x: (x * 255).to(torch.uint8), TypeError, "float32"),
-    (lambda x: x[:, :, :200], ValueError, "(N, 3, 256, 256)"),
-    (lambda x: x[:0], ValueError, "at least one image"),
-    (lambda x: x + 1, ValueError, "[0, 1]"),
-])
+@pytest.mark.parametrize(
+    "bad, error, words",
+    [
+        (lambda x: x.double(), TypeError, "float32"),
+        (lambda x: (x * 255).to(torch.uint8), TypeError, "float32"),
+        (lambda x: x[:, :, :200], ValueError, "(N, 3, 256, 256)"),
+        (lambda x: x[:0], ValueError, "at least one image"),
+        (lambda x: x + 1, ValueError, "[0, 1]"),
+    ],
+)
 def test_loader_rejects_bad_input(irs, bad, error, words):
     ir = ove.load_openvino(irs["fp32"])
     with pytest.raises(error) as err:
@@ -194,15 +218,20 @@ def test_calibration_images_from_folder_and_tensor(board_dataset):
     assert torch.equal(picked, eight_bit[[0, 3, 6, 9]].float() / 255)  # evenly spaced, ends included
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--format", "openvino", "--precision", "int8"], "needs --calibration-data"),
-    (["--format", "aoti", "--precision", "fp16"], "--precision is an option of --format openvino"),
-    (["--format", "onnx", "--calibration-data", "."], "--calibration-data is an option of --format openvino"),
-    (["--format", "openvino", "--calibration-data", "."], "are for --precision int8"),
-    (["--format", "openvino", "--precision", "int8", "--calibration-data", "no/such/dir"], "no folder"),
-    (["--format", "openvino", "--precision", "int8", "--calibration-data", ".", "--calibration-size", "0"],
-     "--calibration-size must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--format", "openvino", "--precision", "int8"], "needs --calibration-data"),
+        (["--format", "aoti", "--precision", "fp16"], "--precision is an option of --format openvino"),
+        (["--format", "onnx", "--calibration-data", "."], "--calibration-data is an option of --format openvino"),
+        (["--format", "openvino", "--calibration-data", "."], "are for --precision int8"),
+        (["--format", "openvino", "--precision", "int8", "--calibration-data", "no/such/dir"], "no folder"),
+        (
+            ["--format", "openvino", "--precision", "int8", "--calibration-data", ".", "--calibration-size", "0"],
+            "--calibration-size must be >= 1",
+        ),
+    ],
+)
 def test_cli_export_openvino_argument_errors(board_trained, tmp_path, capsys, extra, words):
     out = tmp_path / "m.xml"
     code = cli.main(["export", "--model", str(board_trained[1]), "--out", str(out), *extra])

@@ -1,4 +1,4 @@
-"""--engine ray (efficientad_fast.ray_engine) against the local engine on one local Ray
+"""--engine ray (efficientad_fast.jobs.engines.RayRunner, jobs.ray_predict) against the local engine on one local Ray
 instance of 2 CPUs: report's rows, a failing run, --resume, and predict on Ray Data."""
 
 from __future__ import annotations
@@ -21,8 +21,20 @@ from efficientad_fast.data import make_synthetic  # noqa: E402
 pytestmark = pytest.mark.usefixtures("op_library")
 
 # Tiny runs, pinned whatever the cache holds (as tests/test_cli.py): no latency chart.
-TINY = ("--steps", "2", "--workers", "0", "--quiet", "--teacher", "random", "--penalty-images", "none",
-        "--latency-batches", "--latency-runs", "1")
+TINY = (
+    "--steps",
+    "2",
+    "--workers",
+    "0",
+    "--quiet",
+    "--teacher",
+    "random",
+    "--penalty-images",
+    "none",
+    "--latency-batches",
+    "--latency-runs",
+    "1",
+)
 METRICS = ("image_auroc", "image_f1", "pixel_auroc", "pixel_f1", "aupro")
 
 
@@ -36,15 +48,38 @@ def ray_instance():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return make_synthetic(tmp_path_factory.mktemp("synthetic") / "data", seed=1, categories=("weave", "board"),
-                          n_train=3, n_test_good=1, n_test_defect_per_type=1, defects=("hole", "missing_part"))
+    return make_synthetic(
+        tmp_path_factory.mktemp("synthetic") / "data",
+        seed=1,
+        categories=("weave", "board"),
+        n_train=3,
+        n_test_good=1,
+        n_test_defect_per_type=1,
+        defects=("hole", "missing_part"),
+    )
 
 
 @pytest.fixture(scope="module")
 def local_report(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "report"
-    assert main(["report", "--data", str(dataset), "--dataset", "mvtec", "--categories", "board", "weave",
-                 "--out", str(out), *TINY]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--data",
+                str(dataset),
+                "--dataset",
+                "mvtec",
+                "--categories",
+                "board",
+                "weave",
+                "--out",
+                str(out),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -54,8 +89,26 @@ def _rows(out: Path) -> dict[str, dict]:
 
 def test_report_on_ray_matches_local_and_reports_a_failing_run(ray_instance, dataset, local_report, tmp_path, capsys):
     out = tmp_path / "report"
-    code = main(["report", "--data", str(dataset), "--dataset", "mvtec", "--categories", "board", "nosuch", "weave",
-                 "--out", str(out), *TINY, "--engine", "ray", "--retries", "0"])
+    code = main(
+        [
+            "report",
+            "--data",
+            str(dataset),
+            "--dataset",
+            "mvtec",
+            "--categories",
+            "board",
+            "nosuch",
+            "weave",
+            "--out",
+            str(out),
+            *TINY,
+            "--engine",
+            "ray",
+            "--retries",
+            "0",
+        ]
+    )
     assert code == 0  # some runs worked
     assert "| Category | Image AUROC |" in capsys.readouterr().out
     result = json.loads((out / "report.json").read_text())
@@ -69,14 +122,13 @@ def test_report_on_ray_matches_local_and_reports_a_failing_run(ray_instance, dat
     bad = on_ray["nosuch"]
     assert bad["error"].startswith("FileNotFoundError") and "nosuch" in bad["error"]
     details = (out / "nosuch" / "error.txt").read_text()
-    assert "Ray worker" in details and 'jobs.py", line' in details and "FileNotFoundError" in details
+    assert "Ray worker" in details and 'report.py", line' in details and "FileNotFoundError" in details
     assert "failed:" in (out / "report.md").read_text()
     with open(out / "report.csv") as f:
         assert [r["category"] for r in csv.DictReader(f)] == ["board", "nosuch", "weave"]
 
 
-def test_report_resume_on_ray_finishes_only_the_interrupted_run(ray_instance, dataset, local_report, tmp_path,
-                                                                 capsys):
+def test_report_resume_on_ray_finishes_only_the_interrupted_run(ray_instance, dataset, local_report, tmp_path, capsys):
     out = tmp_path / "report"
     shutil.copytree(local_report, out)
     # weave was cut off after its last checkpoint: no model, no row; board finished.
@@ -84,8 +136,24 @@ def test_report_resume_on_ray_finishes_only_the_interrupted_run(ray_instance, da
     (out / "weave" / "model.pt").unlink()
     assert (out / "weave" / "checkpoint.pt").is_file()
     board_model = (out / "board" / "model.pt").stat().st_mtime_ns
-    code = main(["report", "--data", str(dataset), "--dataset", "mvtec", "--categories", "board", "weave",
-                 "--out", str(out), *TINY, "--engine", "ray", "--resume"])
+    code = main(
+        [
+            "report",
+            "--data",
+            str(dataset),
+            "--dataset",
+            "mvtec",
+            "--categories",
+            "board",
+            "weave",
+            "--out",
+            str(out),
+            *TINY,
+            "--engine",
+            "ray",
+            "--resume",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "board: finished by an earlier run, not run again" in printed
@@ -98,8 +166,9 @@ def test_report_resume_on_ray_finishes_only_the_interrupted_run(ray_instance, da
         assert resumed["board"][key] == local["board"][key]
 
 
-def test_train_several_categories_on_ray_resumes_and_reports_a_failure(ray_instance, dataset, local_report,
-                                                                        tmp_path, capsys):
+def test_train_several_categories_on_ray_resumes_and_reports_a_failure(
+    ray_instance, dataset, local_report, tmp_path, capsys
+):
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
     broken = data / "broken" / "train" / "good"  # opens, then fails in its task: too few images to hold out
@@ -108,9 +177,32 @@ def test_train_several_categories_on_ray_resumes_and_reports_a_failure(ray_insta
     out = tmp_path / "runs"
     shutil.copytree(local_report, out)  # board/ and weave/ hold finished runs: OUT/<category>, as train writes
     models = {c: (out / c / "model.pt").stat().st_mtime_ns for c in ("board", "weave")}
-    args = ["train", "--data", str(data), "--dataset", "mvtec", "--category", "board", "weave", "--out", str(out),
-            "--steps", "2", "--workers", "0", "--quiet", "--teacher", "random", "--penalty-images", "none",
-            "--engine", "ray", "--resume", "--retries", "0"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--dataset",
+        "mvtec",
+        "--category",
+        "board",
+        "weave",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--workers",
+        "0",
+        "--quiet",
+        "--teacher",
+        "random",
+        "--penalty-images",
+        "none",
+        "--engine",
+        "ray",
+        "--resume",
+        "--retries",
+        "0",
+    ]
     assert main([*args, "--category", "broken"]) == 1  # one category failed
     printed = capsys.readouterr().out
     assert "trained 2 of 3 categories" in printed and "failed: broken" in printed
@@ -134,7 +226,7 @@ def images(tmp_path_factory):
         name = "same.png" if i in (3, 15) else f"img{i:02d}.png"
         Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / name)
     good = (root / "a" / "img00.png").read_bytes()
-    (root / "b" / "corrupt.png").write_bytes(good[:len(good) // 3])  # truncated
+    (root / "b" / "corrupt.png").write_bytes(good[: len(good) // 3])  # truncated
     (root / "notes.txt").write_text("not an image")
     return [root / "a", root / "b", root / "notes.txt"]
 
@@ -144,8 +236,9 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_predict_on_ray_scores_every_good_image_as_local_and_lists_the_bad(ray_instance, local_report, images,
-                                                                            tmp_path):
+def test_predict_on_ray_scores_every_good_image_as_local_and_lists_the_bad(
+    ray_instance, local_report, images, tmp_path
+):
     import pyarrow.parquet as pq
 
     model = str(local_report / "board" / "model.pt")
@@ -153,8 +246,12 @@ def test_predict_on_ray_scores_every_good_image_as_local_and_lists_the_bad(ray_i
     inputs = [str(p) for p in images]
     options = ["--quiet", "--batch-size", "8", "--masks", "--sensitivity", "0.7"]
     assert main(["predict", "--model", model, *inputs, "--out", str(local_out), *options]) == 0
-    assert main(["predict", "--model", model, *inputs, "--out", str(ray_out), *options,
-                 "--engine", "ray", "--workers", "2"]) == 0
+    assert (
+        main(
+            ["predict", "--model", model, *inputs, "--out", str(ray_out), *options, "--engine", "ray", "--workers", "2"]
+        )
+        == 0
+    )
     local, on_ray = _read_csv(local_out / "scores.csv"), _read_csv(ray_out / "scores.csv")
     errors = _read_csv(ray_out / "errors.csv")
     assert len(on_ray) + len(errors) == 24 and len(on_ray) == 22  # every input scored or listed
@@ -166,7 +263,9 @@ def test_predict_on_ray_scores_every_good_image_as_local_and_lists_the_bad(ray_i
         assert mine["label"] == theirs["label"] and mine["anomalous"] == theirs["anomalous"]
         assert Path(mine["heatmap"]).name == Path(theirs["heatmap"]).name and Path(mine["heatmap"]).is_file()
     assert len({r["heatmap"] for r in on_ray}) == 22  # the two same.png got two heatmaps
-    assert sorted(p.name for p in (ray_out / "masks").iterdir()) == sorted(p.name for p in (local_out / "masks").iterdir())
+    assert sorted(p.name for p in (ray_out / "masks").iterdir()) == sorted(
+        p.name for p in (local_out / "masks").iterdir()
+    )
     table = pq.read_table(ray_out / "scores.parquet").to_pydict()
     assert table["path"] == [r["path"] for r in on_ray]
     assert np.allclose(table["score"], [float(r["score"]) for r in on_ray], rtol=1e-5)
@@ -174,9 +273,20 @@ def test_predict_on_ray_scores_every_good_image_as_local_and_lists_the_bad(ray_i
 
 
 def test_ray_options_need_the_ray_engine(local_report, tmp_path, capsys):
-    code = main(["predict", "--model", str(local_report / "board" / "model.pt"), str(tmp_path), "--out",
-                 str(tmp_path / "o"), "--workers", "2"])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(local_report / "board" / "model.pt"),
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--workers",
+            "2",
+        ]
+    )
     assert code == 2 and "--workers is an option of --engine ray" in capsys.readouterr().err
-    code = main(["report", "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(tmp_path / "o"),
-                 "--retries", "2"])
+    code = main(
+        ["report", "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(tmp_path / "o"), "--retries", "2"]
+    )
     assert code == 2 and "--retries is an option of --engine ray" in capsys.readouterr().err

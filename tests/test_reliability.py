@@ -112,7 +112,7 @@ def test_load_returns_an_eval_mode_model(tmp_path):
 
 
 def test_fast_predictor_shared_by_two_threads(two_images):
-    from efficientad_fast.inference import FastPredictor
+    from efficientad_fast.deploy.inference import FastPredictor
 
     model = random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9))
     predictor = FastPredictor(model, 1, 256, cuda_graph=False, warmup=0)
@@ -146,8 +146,8 @@ def test_fast_predictor_shared_by_two_threads(two_images):
 
 
 def test_resume_after_an_interrupt_mid_step_is_bit_identical(tmp_path, monkeypatch):
-    from efficientad_fast import train as train_module
     from efficientad_fast.train import TrainConfig, TrainingInterrupted, train
+    from efficientad_fast.train import loop as train_module
 
     g = torch.Generator().manual_seed(0)
     small = torch.rand(5, 3, 32, 32, generator=g)
@@ -241,8 +241,8 @@ def _flip_bytes_in_largest_tensor(path):
         info = max(archive.infolist(), key=lambda i: i.file_size)
     data = bytearray(path.read_bytes())
     # Local header: 30 bytes, then the name and the extra field, then the stored data.
-    name_len = int.from_bytes(data[info.header_offset + 26: info.header_offset + 28], "little")
-    extra_len = int.from_bytes(data[info.header_offset + 28: info.header_offset + 30], "little")
+    name_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
     start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
     for i in range(start, start + 8):
         data[i] ^= 0xFF
@@ -348,7 +348,7 @@ def test_jpeg_exif_orientation_is_applied(tmp_path):
 
 
 def test_package_refuses_float_images_outside_0_1():
-    from efficientad_fast.export import LoadedPackage
+    from efficientad_fast.deploy.export import LoadedPackage
 
     package = LoadedPackage.__new__(LoadedPackage)  # a stand-in runner: no 30 s AOTI compile
     package._runner = lambda images: [images.sum((1, 2, 3)), images.amax((1, 2, 3))]
@@ -399,13 +399,37 @@ PINNED = ["--teacher", "random", "--penalty-images", "none"]
 def dataset(tmp_path_factory):
     from efficientad_fast.data import make_synthetic
 
-    return make_synthetic(tmp_path_factory.mktemp("synthetic") / "data", seed=1, categories=("board",),
-                          n_train=4, n_test_good=1, n_test_defect_per_type=1, defects=("hole",))
+    return make_synthetic(
+        tmp_path_factory.mktemp("synthetic") / "data",
+        seed=1,
+        categories=("board",),
+        n_train=4,
+        n_test_good=1,
+        n_test_defect_per_type=1,
+        defects=("hole",),
+    )
 
 
 def _train_args(dataset, out):
-    return ["train", "--data", str(dataset), "--dataset", "mvtec", "--category", "board", "--out", str(out),
-            "--steps", "1", "--checkpoint-every", "1", "--workers", "0", "--quiet", *PINNED]
+    return [
+        "train",
+        "--data",
+        str(dataset),
+        "--dataset",
+        "mvtec",
+        "--category",
+        "board",
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--workers",
+        "0",
+        "--quiet",
+        *PINNED,
+    ]
 
 
 @pytest.mark.parametrize("left", ["checkpoint.pt", "model.pt"])
@@ -430,8 +454,8 @@ def test_train_refuses_a_folder_holding_another_run(left, dataset, tmp_path, cap
 
 @pytest.mark.parametrize("how", ["read_only", "under_a_file"])
 def test_train_into_an_unwritable_folder_fails_before_training(how, dataset, tmp_path, capsys, monkeypatch):
-    from efficientad_fast import jobs
     from efficientad_fast.cli import main
+    from efficientad_fast.jobs import train as train_job
 
     if how == "read_only":
         if os.geteuid() == 0:
@@ -446,7 +470,7 @@ def test_train_into_an_unwritable_folder_fails_before_training(how, dataset, tmp
     def no_training(*args, **kwargs):
         pytest.fail("trained although the output folder cannot be written")
 
-    monkeypatch.setattr(jobs, "train", no_training)
+    monkeypatch.setattr(train_job, "train", no_training)
     assert main(_train_args(dataset, out)) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "Traceback" not in err
@@ -552,17 +576,19 @@ def test_training_on_constant_images_fails_before_the_first_step(tmp_path):
 def _fail_half_way(target_arg: int | str, suffixes=("",)):
     """A writer that writes half a file (and its siblings with ``suffixes``) at the path it
     was given, then fails as a full disk does."""
+
     def write(*args, **kwargs):
         target = Path(kwargs[target_arg] if isinstance(target_arg, str) else args[target_arg])
         for suffix in suffixes:
             (target.with_suffix(suffix) if suffix else target).write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
+
     return write
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "aoti"])
 def test_a_failed_export_keeps_the_earlier_one_and_leaves_no_temporary_file(tmp_path, monkeypatch, fmt):
-    from efficientad_fast import export
+    from efficientad_fast.deploy import export
 
     model = random_model("small", seed=0, quantiles=(0.1, 1.0, 0.1, 1.0))
     names = {"onnx": ["m.onnx"], "openvino": ["m.xml", "m.bin"], "aoti": ["m.pt2"]}[fmt]
@@ -576,7 +602,7 @@ def test_a_failed_export_keeps_the_earlier_one_and_leaves_no_temporary_file(tmp_
         call = lambda: export.export_onnx(model, tmp_path / "m.onnx")  # noqa: E731
     elif fmt == "openvino":
         ov = pytest.importorskip("openvino")
-        from efficientad_fast import openvino_export
+        from efficientad_fast.deploy import openvino as openvino_export
 
         monkeypatch.setattr(ov, "save_model", _fail_half_way(1, (".xml", ".bin")))
         call = lambda: openvino_export.export_openvino(model, tmp_path / "m.xml")  # noqa: E731
@@ -622,8 +648,9 @@ def test_predict_keeps_every_row_when_a_name_is_not_utf8(tmp_path, capsys):
     latin1 = os.path.join(os.fsencode(folder), b"caf\xe9.png")
     picture.save(latin1, format="PNG")
     out = tmp_path / "out"
-    code = cli.main(["predict", "--model", str(model_path), str(folder), "--out", str(out), "--precision", "fp32",
-                     "--quiet"])
+    code = cli.main(
+        ["predict", "--model", str(model_path), str(folder), "--out", str(out), "--precision", "fp32", "--quiet"]
+    )
     capsys.readouterr()
     assert code == 0
     with open(out / "scores.csv", encoding="utf-8") as f:
@@ -647,8 +674,18 @@ def test_predict_does_not_score_its_own_outputs_on_the_next_run(tmp_path, capsys
     for i in range(2):
         Image.fromarray((rng.random((256, 256, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
     out = folder / "predictions"
-    args = ["predict", "--model", str(model_path), str(folder), "--out", str(out), "--precision", "fp32",
-            "--masks", "--quiet"]
+    args = [
+        "predict",
+        "--model",
+        str(model_path),
+        str(folder),
+        "--out",
+        str(out),
+        "--precision",
+        "fp32",
+        "--masks",
+        "--quiet",
+    ]
     assert cli.main(args) == 0
     assert len(list((out / "heatmaps").glob("*.png"))) == 2
     capsys.readouterr()
@@ -713,8 +750,21 @@ def test_ctrl_c_in_predict_keeps_the_rows_scored_so_far(tmp_path, monkeypatch, c
         return real_predict(self, *args, **kwargs)
 
     monkeypatch.setattr(EfficientAD, "predict", predict_then_ctrl_c)
-    code = cli.main(["predict", "--model", str(model_path), str(tmp_path / "images"), "--out", str(out),
-                     "--batch-size", "1", "--precision", "fp32", "--quiet"])
+    code = cli.main(
+        [
+            "predict",
+            "--model",
+            str(model_path),
+            str(tmp_path / "images"),
+            "--out",
+            str(out),
+            "--batch-size",
+            "1",
+            "--precision",
+            "fp32",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 130 and "interrupted after 2 of 5 images" in err
     with open(out / "scores.csv", encoding="utf-8") as f:
@@ -728,8 +778,19 @@ def test_a_picture_name_too_long_is_an_errors_row_not_the_end_of_the_run(tmp_pat
     long = "x" * 251 + ".png"  # two of them: the second heatmap's name gets a "_" and is too long
     model_path = _predict_setup(tmp_path, [f"a/{long}", f"b/{long}", "ok.png"])
     out = tmp_path / "out"
-    code = cli.main(["predict", "--model", str(model_path), str(tmp_path / "images"), "--out", str(out),
-                     "--precision", "fp32", "--quiet"])
+    code = cli.main(
+        [
+            "predict",
+            "--model",
+            str(model_path),
+            str(tmp_path / "images"),
+            "--out",
+            str(out),
+            "--precision",
+            "fp32",
+            "--quiet",
+        ]
+    )
     capsys.readouterr()
     assert code == 0
     with open(out / "scores.csv", encoding="utf-8") as f:

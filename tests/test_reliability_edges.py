@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_checks import one_error_line
 from PIL import Image
 
-from cli_checks import one_error_line
 from efficientad_fast.cli import main
 from efficientad_fast.testing import random_model
 
@@ -92,11 +92,36 @@ def test_saving_a_model_to_a_full_disk_says_so_and_keeps_nothing(full_disk):
 def test_train_onto_a_full_disk_is_one_line(full_disk, tmp_path, capsys):
     from efficientad_fast.data import make_synthetic
 
-    data = make_synthetic(tmp_path / "data", seed=1, categories=("board",), n_train=4, n_test_good=1,
-                          n_test_defect_per_type=1, defects=("hole",))
+    data = make_synthetic(
+        tmp_path / "data",
+        seed=1,
+        categories=("board",),
+        n_train=4,
+        n_test_good=1,
+        n_test_defect_per_type=1,
+        defects=("hole",),
+    )
     out = full_disk / "run"
-    args = ["train", "--data", str(data), "--dataset", "mvtec", "--category", "board", "--out", str(out),
-            "--steps", "2", "--teacher", "random", "--penalty-images", "none", "--workers", "0", "--quiet"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--dataset",
+        "mvtec",
+        "--category",
+        "board",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--teacher",
+        "random",
+        "--penalty-images",
+        "none",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     assert main(args) == 2
     line = one_error_line("train", capsys.readouterr().err)
     assert "no space left writing" in line and "[Errno" not in line
@@ -157,8 +182,23 @@ def test_a_dangling_image_link_is_an_errors_row(tmp_path, model_file, frames, ca
     (folder / "good.png").write_bytes((frames / "001.png").read_bytes())
     (folder / "gone.png").symlink_to(tmp_path / "deleted.png")
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(model_file), str(folder), "--out", str(out), "--quiet",
-                 "--no-heatmaps", "--precision", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_file),
+                str(folder),
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-heatmaps",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     assert [r["path"] for r in csv.DictReader(open(out / "scores.csv"))] == [str(folder / "good.png")]
     errors = list(csv.DictReader(open(out / "errors.csv")))
     assert [r["path"] for r in errors] == [str(folder / "gone.png")]
@@ -171,8 +211,10 @@ def test_a_dangling_image_link_is_an_errors_row(tmp_path, model_file, frames, ca
 WATCH = ["watch", "--model", "{model}", "--quiet", "--precision", "fp32"]
 
 
-@pytest.mark.parametrize("case", ["not-a-video", "fps-nan", "fps-negative", "save-video-unwritable",
-                                  "save-video-folder", "save-video-no-codec"])
+@pytest.mark.parametrize(
+    "case",
+    ["not-a-video", "fps-nan", "fps-negative", "save-video-unwritable", "save-video-folder", "save-video-no-codec"],
+)
 def test_watch_refuses_before_it_writes_anything(case, tmp_path, model_file, frames, capsys):
     pytest.importorskip("av")
     junk = tmp_path / "junk.mp4"
@@ -196,8 +238,12 @@ def test_watch_refuses_before_it_writes_anything(case, tmp_path, model_file, fra
     else:
         assert main(args) == 2
         line = one_error_line("watch", capsys.readouterr().err)
-        assert {"not-a-video": "cannot open the video source", "save-video-unwritable": "--save-video",
-                "save-video-folder": "is a folder", "save-video-no-codec": "cannot tell the codec"}[case] in line
+        assert {
+            "not-a-video": "cannot open the video source",
+            "save-video-unwritable": "--save-video",
+            "save-video-folder": "is a folder",
+            "save-video-no-codec": "cannot tell the codec",
+        }[case] in line
     assert not out.exists()
 
 
@@ -236,8 +282,14 @@ def test_the_annotated_video_appears_whole_and_under_its_name(tmp_path, model_fi
     from efficientad_fast.stream import Inspector, watch
 
     video = tmp_path / "video" / "v.mp4"
-    watch(Inspector(load(model_file, precision="fp32")), frames, tmp_path / "out", fps=2.5, save_video=video,
-          progress=False)
+    watch(
+        Inspector(load(model_file, precision="fp32")),
+        frames,
+        tmp_path / "out",
+        fps=2.5,
+        save_video=video,
+        progress=False,
+    )
     assert sorted(p.name for p in video.parent.iterdir()) == ["v.mp4"]
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
@@ -251,8 +303,10 @@ def test_the_annotated_video_appears_whole_and_under_its_name(tmp_path, model_fi
 def test_export_refuses_an_opset_onnx_does_not_know_before_any_work(tmp_path, model_file, capsys):
     pytest.importorskip("onnx")
     out = tmp_path / "out"
-    assert main(["export", "--model", str(model_file), "--format", "onnx", "--out", str(out / "m.onnx"),
-                 "--opset", "99"]) == 2
+    assert (
+        main(["export", "--model", str(model_file), "--format", "onnx", "--out", str(out / "m.onnx"), "--opset", "99"])
+        == 2
+    )
     assert "opset must be an integer from 17 to" in one_error_line("export", capsys.readouterr().err)
     assert not out.exists()
 
@@ -262,7 +316,7 @@ def test_export_refuses_to_write_another_opset_than_asked(tmp_path, model_file, 
     onnx knows opset 99, so the conversion fails as it would for a real new opset."""
     onnx = pytest.importorskip("onnx")
     from efficientad_fast import load
-    from efficientad_fast.export import export_onnx
+    from efficientad_fast.deploy.export import export_onnx
 
     monkeypatch.setattr(onnx.defs, "onnx_opset_version", lambda: 99)
     with pytest.raises(ValueError, match="asked for ONNX opset 99, but torch .* could only write opset 18"):
@@ -323,8 +377,13 @@ def test_a_dripping_server_is_abandoned_as_stalled(tmp_path, drip_url):
 def test_a_fetch_stopped_by_a_signal_leaves_no_partial_file(how, status, tmp_path, drip_url):
     cache = tmp_path / "cache"
     env = {**os.environ, "EFFICIENTAD_FAST_CACHE": str(cache)}
-    process = subprocess.Popen([sys.executable, "-m", "efficientad_fast", "fetch-teacher", "--from", drip_url,
-                                "--quiet"], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "efficientad_fast", "fetch-teacher", "--from", drip_url, "--quiet"],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     downloads = cache / "downloads"
     for _ in range(300):  # until the partial file exists
         if downloads.is_dir() and list(downloads.iterdir()):
@@ -413,9 +472,17 @@ def test_report_writes_the_penalty_setting_as_given(value, text):
     assert _as_text(value) == text
 
 
-@pytest.mark.parametrize("text", ["{not json", "[]", '{"version": 1, "entries": []}', '{"version": 1}',
-                                  '{"version": 1, "entries": {"key": "a string"}}',
-                                  '{"version": 1, "entries": {"key": {"precision": ["fp32"]}}}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "[]",
+        '{"version": 1, "entries": []}',
+        '{"version": 1}',
+        '{"version": 1, "entries": {"key": "a string"}}',
+        '{"version": 1, "entries": {"key": {"precision": ["fp32"]}}}',
+    ],
+)
 def test_a_precision_cache_edited_by_hand_is_measured_again(text, tmp_path):
     from efficientad_fast import precision
     from efficientad_fast.op._build import cache_root

@@ -10,9 +10,9 @@ import torch
 
 from efficientad_fast.cli import main
 from efficientad_fast.data import make_synthetic
-from efficientad_fast.model import load
-from efficientad_fast.networks import make_pdn
 from efficientad_fast.jobs import parse_sweep
+from efficientad_fast.model_file import load
+from efficientad_fast.networks import make_pdn
 
 pytestmark = pytest.mark.usefixtures("op_library")
 
@@ -31,19 +31,57 @@ def test_parse_sweep():
 
 
 def test_report_sweeps_writes_tables_and_survives_a_failing_category(tmp_path, capsys):
-    data = make_synthetic(tmp_path / "data", seed=1, categories=("board",), n_train=5, n_test_good=2,
-                          n_test_defect_per_type=1, defects=("scratch", "missing_part"))
+    data = make_synthetic(
+        tmp_path / "data",
+        seed=1,
+        categories=("board",),
+        n_train=5,
+        n_test_good=2,
+        n_test_defect_per_type=1,
+        defects=("scratch", "missing_part"),
+    )
     out = tmp_path / "report"
-    rc = main(["report", "--data", str(data), "--dataset", "mvtec", "--categories", "board", "nosuch",
-               "--out", str(out), "--steps", "2", "--sweep", "lr=1e-4,1e-3", "--latency-batches", "1", "2",
-               "--latency-runs", "1", "--workers", "0", "--quiet", "--teacher", "random", "--penalty-images", "none"])
+    rc = main(
+        [
+            "report",
+            "--data",
+            str(data),
+            "--dataset",
+            "mvtec",
+            "--categories",
+            "board",
+            "nosuch",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--sweep",
+            "lr=1e-4,1e-3",
+            "--latency-batches",
+            "1",
+            "2",
+            "--latency-runs",
+            "1",
+            "--workers",
+            "0",
+            "--quiet",
+            "--teacher",
+            "random",
+            "--penalty-images",
+            "none",
+        ]
+    )
     assert rc == 0  # some runs worked
     printed = capsys.readouterr().out
     assert "| Category | Lr | Image AUROC |" in printed.replace("LR", "Lr")
     result = json.loads((out / "report.json").read_text())
     rows = result["rows"]
-    assert [(r["category"], r["lr"]) for r in rows] == [("board", 1e-4), ("board", 1e-3), ("nosuch", 1e-4),
-                                                        ("nosuch", 1e-3)]
+    assert [(r["category"], r["lr"]) for r in rows] == [
+        ("board", 1e-4),
+        ("board", 1e-3),
+        ("nosuch", 1e-4),
+        ("nosuch", 1e-3),
+    ]
     for good in rows[:2]:
         assert good["error"] is None
         assert 0 <= good["image_auroc"] <= 1 and 0 <= good["pixel_auroc"] <= 1 and 0 <= good["aupro"] <= 1
@@ -61,8 +99,9 @@ def test_report_sweeps_writes_tables_and_survives_a_failing_category(tmp_path, c
 
 
 def test_report_bad_sweep_is_a_usage_error(tmp_path, capsys):
-    rc = main(["report", "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(tmp_path / "o"),
-               "--sweep", "alpha=1"])
+    rc = main(
+        ["report", "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(tmp_path / "o"), "--sweep", "alpha=1"]
+    )
     assert rc == 2 and "can sweep" in capsys.readouterr().err
 
 
@@ -75,8 +114,26 @@ def test_report_without_categories_is_a_clear_error(tmp_path, capsys):
 def test_bench_command_prints_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"
-    rc = main(["bench", "--batch-sizes", "1", "--dtypes", "fp32", "--device", "cpu", "--warmup", "0",
-               "--runs", "1", "--json", str(out), "--markdown", str(md), "--quiet"])
+    rc = main(
+        [
+            "bench",
+            "--batch-sizes",
+            "1",
+            "--dtypes",
+            "fp32",
+            "--device",
+            "cpu",
+            "--warmup",
+            "0",
+            "--runs",
+            "1",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| small | 1 | fp32 | host | no | no |" in printed
@@ -97,20 +154,52 @@ def test_check_targets_picks_the_best_device_configuration():
     from gpu_targets import check_targets, format_targets
 
     def timing(size, batch, path, graph, mean_ms):
-        return {"model_size": size, "batch": batch, "dtype": "fp16", "path": path, "cuda_graph": graph,
-                "error": None, "mean_ms": mean_ms, "images_per_s": 1e3 * batch / mean_ms,
-                "name": f"{size} N={batch} fp16 {path}{' graph' if graph else ''}"}
+        return {
+            "model_size": size,
+            "batch": batch,
+            "dtype": "fp16",
+            "path": path,
+            "cuda_graph": graph,
+            "error": None,
+            "mean_ms": mean_ms,
+            "images_per_s": 1e3 * batch / mean_ms,
+            "name": f"{size} N={batch} fp16 {path}{' graph' if graph else ''}",
+        }
 
     result = {
-        "timings": [timing("small", 1, "device", False, 0.9), timing("small", 1, "device", True, 0.5),
-                    timing("small", 1, "host", True, 0.1),  # host path is not what the target measures
-                    timing("small", 64, "device", True, 20.0), timing("medium", 1, "device", True, 1.5)],
-        "op": [{"impl": "fused", "batch": 64, "dtype": "fp16", "layout": "channels_last", "fraction_of_peak": 0.75,
-                "gbs": 3600.0},
-               {"impl": "fused", "batch": 64, "dtype": "fp16", "layout": "nchw", "fraction_of_peak": 0.5,
-                "gbs": 2400.0},  # not the layout the model feeds the op
-               {"impl": "reference", "batch": 64, "dtype": "fp16", "layout": "channels_last", "fraction_of_peak": 0.9,
-                "gbs": 4300.0}],
+        "timings": [
+            timing("small", 1, "device", False, 0.9),
+            timing("small", 1, "device", True, 0.5),
+            timing("small", 1, "host", True, 0.1),  # host path is not what the target measures
+            timing("small", 64, "device", True, 20.0),
+            timing("medium", 1, "device", True, 1.5),
+        ],
+        "op": [
+            {
+                "impl": "fused",
+                "batch": 64,
+                "dtype": "fp16",
+                "layout": "channels_last",
+                "fraction_of_peak": 0.75,
+                "gbs": 3600.0,
+            },
+            {
+                "impl": "fused",
+                "batch": 64,
+                "dtype": "fp16",
+                "layout": "nchw",
+                "fraction_of_peak": 0.5,
+                "gbs": 2400.0,
+            },  # not the layout the model feeds the op
+            {
+                "impl": "reference",
+                "batch": 64,
+                "dtype": "fp16",
+                "layout": "channels_last",
+                "fraction_of_peak": 0.9,
+                "gbs": 4300.0,
+            },
+        ],
     }
     rows = {r["target"].split(",")[0] + r["target"].split(",")[1]: r for r in check_targets(result)}
     s1, s64, m1, op = rows.values()
@@ -124,23 +213,49 @@ def test_check_targets_picks_the_best_device_configuration():
 
 def test_report_sweeps_teachers(tmp_path):
     """teacher=random,FILE trains one model per teacher on the same data; rows name them."""
-    data = make_synthetic(tmp_path / "data", seed=2, categories=("weave",), n_train=4, n_test_good=2,
-                          n_test_defect_per_type=1, defects=("hole",))
+    data = make_synthetic(
+        tmp_path / "data",
+        seed=2,
+        categories=("weave",),
+        n_train=4,
+        n_test_good=2,
+        n_test_defect_per_type=1,
+        defects=("hole",),
+    )
     torch.manual_seed(7)
     teacher_file = tmp_path / "teachers" / "my_teacher.pt"
     teacher_file.parent.mkdir()
     torch.save(make_pdn("small", out_channels=384).state_dict(), teacher_file)
     out = tmp_path / "report"
-    rc = main(["report", "--data", str(data), "--dataset", "mvtec", "--out", str(out), "--steps", "2",
-               "--sweep", f"teacher=random,{teacher_file}", "--latency-batches", "--latency-runs", "1",
-               "--workers", "0", "--quiet", "--penalty-images", "none"])
+    rc = main(
+        [
+            "report",
+            "--data",
+            str(data),
+            "--dataset",
+            "mvtec",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--sweep",
+            f"teacher=random,{teacher_file}",
+            "--latency-batches",
+            "--latency-runs",
+            "1",
+            "--workers",
+            "0",
+            "--quiet",
+            "--penalty-images",
+            "none",
+        ]
+    )
     assert rc == 0
     result = json.loads((out / "report.json").read_text())
     assert [(r["teacher"], r["error"]) for r in result["rows"]] == [("random", None), (str(teacher_file), None)]
     assert (out / "weave_teacherrandom" / "model.pt").is_file()
     assert (out / "weave_teachermy_teacher" / "model.pt").is_file()
-    first, second = (load(out / name / "model.pt") for name in ("weave_teacherrandom",
-                                                                             "weave_teachermy_teacher"))
+    first, second = (load(out / name / "model.pt") for name in ("weave_teacherrandom", "weave_teachermy_teacher"))
     saved = torch.load(teacher_file, weights_only=True)
     assert all(torch.equal(v, second.teacher.state_dict()[k]) for k, v in saved.items())
     assert not any(torch.equal(v, first.teacher.state_dict()[k]) for k, v in saved.items() if v.dim() == 4)
@@ -152,5 +267,6 @@ def test_report_refuses_sweep_settings_that_share_a_run_folder(tmp_path):
     from efficientad_fast.jobs import run_report
 
     with pytest.raises(ValueError, match="share the run folders"):
-        run_report(tmp_path, "mvtec", tmp_path / "o", categories=["board"],
-                   sweep={"teacher": ["a/teacher.pt", "b/teacher.pt"]})
+        run_report(
+            tmp_path, "mvtec", tmp_path / "o", categories=["board"], sweep={"teacher": ["a/teacher.pt", "b/teacher.pt"]}
+        )

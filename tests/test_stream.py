@@ -34,7 +34,6 @@ av = pytest.importorskip("av", reason="PyAV (the [video] extra) is not installed
 
 from efficientad_fast.data import make_synthetic_video, read_video_labels  # noqa: E402
 
-
 # -- smoothers ------------------------------------------------------------------------------
 
 
@@ -97,8 +96,10 @@ def test_bad_smoother_settings():
 
 
 def test_alarm_figures_and_threshold_for_recall():
-    labels = [{"frame": i, "defective": d, "part": p} for i, (d, p) in
-              enumerate([(0, 0), (0, 0), (1, 1), (1, 1), (0, 2), (0, 2), (1, 3), (1, 3)])]
+    labels = [
+        {"frame": i, "defective": d, "part": p}
+        for i, (d, p) in enumerate([(0, 0), (0, 0), (1, 1), (1, 1), (0, 2), (0, 2), (1, 3), (1, 3)])
+    ]
     figures = alarm_figures([True, False, True, False, False, False, False, False], labels)
     assert figures["false_alarm_frames"] == 1 and figures["false_alarms_per_1000"] == 250.0
     assert figures["defective_parts"] == 2 and figures["found_parts"] == 1 and figures["part_recall"] == 0.5
@@ -219,8 +220,7 @@ def test_file_source_waits_for_scoring_and_drops_nothing(model):
 
 
 def test_max_latency_skips_stale_frames(model):
-    inspector = Inspector(model, smoothing="none", queue_size=4, max_latency_ms=30,
-                          predictor=StandIn(delay=0.02))
+    inspector = Inspector(model, smoothing="none", queue_size=4, max_latency_ms=30, predictor=StandIn(delay=0.02))
     results = list(inspector.run(frames_of(40)))
     assert inspector.dropped > 0 and len(results) + inspector.dropped == 40
     frames = [r.frame for r in results]
@@ -247,8 +247,9 @@ def damage_frame(src, dst, index):
 @pytest.fixture(scope="module")
 def small_video(tmp_path_factory):
     folder = tmp_path_factory.mktemp("video")
-    return make_synthetic_video(folder / "conveyor.avi", frames=12, frame_size=64, defect_fraction=0.5,
-                                move_frames=1, dwell_frames=3)
+    return make_synthetic_video(
+        folder / "conveyor.avi", frames=12, frame_size=64, defect_fraction=0.5, move_frames=1, dwell_frames=3
+    )
 
 
 def test_make_synthetic_video_frames_and_labels(small_video, tmp_path):
@@ -258,8 +259,9 @@ def test_make_synthetic_video_frames_and_labels(small_video, tmp_path):
     assert len(frames) == len(labels) == 12 and frames[0].shape == (64, 64, 3)
     assert [r["frame"] for r in labels] == list(range(12))
     assert {r["defective"] for r in labels} == {0, 1}
-    again = make_synthetic_video(tmp_path / "again.avi", frames=12, frame_size=64, defect_fraction=0.5,
-                                 move_frames=1, dwell_frames=3)
+    again = make_synthetic_video(
+        tmp_path / "again.avi", frames=12, frame_size=64, defect_fraction=0.5, move_frames=1, dwell_frames=3
+    )
     assert read_video_labels(again) == labels
     with pytest.raises(ValueError, match="codec"):
         make_synthetic_video(tmp_path / "x.gif", frames=2)
@@ -293,8 +295,7 @@ def test_watch_writes_one_json_line_per_frame_and_alarm_pictures(model, small_vi
     damage_frame(small_video, damaged, 7)
     scores = [0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.0, 0.0]  # 7 fails to decode
     inspector = Inspector(model, smoothing="none", predictor=StandIn(scores))
-    summary = watch(inspector, damaged, tmp_path / "out", save_video=tmp_path / "out" / "annotated.avi",
-                    progress=False)
+    summary = watch(inspector, damaged, tmp_path / "out", save_video=tmp_path / "out" / "annotated.avi", progress=False)
     lines = (tmp_path / "out" / "frames.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert len(rows) == 12 and [r["frame"] for r in rows] == list(range(12))
@@ -338,9 +339,26 @@ def test_watch_command_end_to_end(op_library, model, small_video, tmp_path, caps
     path = tmp_path / "model.pt"
     model.save(path)
     out = tmp_path / "watch"
-    code = main(["watch", "--model", str(path), "--source", str(small_video), "--out", str(out),
-                 "--smoothing", "kofn", "--max-frames", "3", "--dtype", "bf16", "--quiet",
-                 "--save-video", str(out / "annotated.mp4")])
+    code = main(
+        [
+            "watch",
+            "--model",
+            str(path),
+            "--source",
+            str(small_video),
+            "--out",
+            str(out),
+            "--smoothing",
+            "kofn",
+            "--max-frames",
+            "3",
+            "--dtype",
+            "bf16",
+            "--quiet",
+            "--save-video",
+            str(out / "annotated.mp4"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     rows = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
@@ -351,11 +369,11 @@ def test_watch_command_end_to_end(op_library, model, small_video, tmp_path, caps
 
 
 def test_demo_video_step_writes_its_report_section(op_library, model, tmp_path, monkeypatch):
-    from efficientad_fast import jobs
+    from efficientad_fast.jobs import demo as demo_job
 
-    monkeypatch.setattr(jobs, "DEMO_VIDEO_FRAMES", 8)
-    monkeypatch.setattr(jobs, "DEMO_NORMAL_FRAMES", 4)
-    lines = jobs._demo_video(model, tmp_path, "board", 0, False, lambda *a: None)
+    monkeypatch.setattr(demo_job, "DEMO_VIDEO_FRAMES", 8)
+    monkeypatch.setattr(demo_job, "DEMO_NORMAL_FRAMES", 4)
+    lines = demo_job._demo_video(model, tmp_path, "board", 0, False, lambda *a: None)
     text = "\n".join(lines)
     assert text.startswith("## Watching a conveyor (board)") and "| kofn | 2.0 |" in text
     assert (tmp_path / "video" / "scores.png").is_file() and "![scores](video/scores.png)" in text
@@ -374,10 +392,12 @@ def test_smoothing_lowers_false_alarms_at_equal_recall_on_the_conveyor(op_librar
     from efficientad_fast.stream import compare_smoothers, smoother_table
     from efficientad_fast.train import TrainConfig, calibrate, train
 
-    normal = make_synthetic_video(tmp_path / "normal.avi", "weave", frames=12, frame_size=128, defect_fraction=0.0,
-                                  glitch_rate=0.0, seed=1)
-    conveyor = make_synthetic_video(tmp_path / "conveyor.avi", "weave", frames=48, frame_size=128,
-                                    defect_fraction=0.4, glitch_rate=0.08, seed=0)
+    normal = make_synthetic_video(
+        tmp_path / "normal.avi", "weave", frames=12, frame_size=128, defect_fraction=0.0, glitch_rate=0.0, seed=1
+    )
+    conveyor = make_synthetic_video(
+        tmp_path / "conveyor.avi", "weave", frames=48, frame_size=128, defect_fraction=0.4, glitch_rate=0.08, seed=0
+    )
     images = np.stack([prepare_frame(f.image, (256, 256)) for f in open_source(normal)])
     images = torch.from_numpy((images * 255).round().astype(np.uint8))
     torch.manual_seed(0)

@@ -23,17 +23,26 @@ from efficientad_fast.tiling import blend_weights, cut_tiles, predict_tiled, sti
 pytestmark = pytest.mark.usefixtures("op_library")
 
 
-@pytest.mark.parametrize("height,width,tile,overlap", [
-    (256, 256, 256, 0), (256, 256, 256, 32), (300, 513, 256, 32), (1024, 1024, 256, 32),
-    (1000, 777, 300, 250), (257, 256, 256, 255), (700, 300, 256, 0), (999, 1001, 256, 100),
-])
+@pytest.mark.parametrize(
+    "height,width,tile,overlap",
+    [
+        (256, 256, 256, 0),
+        (256, 256, 256, 32),
+        (300, 513, 256, 32),
+        (1024, 1024, 256, 32),
+        (1000, 777, 300, 250),
+        (257, 256, 256, 255),
+        (700, 300, 256, 0),
+        (999, 1001, 256, 100),
+    ],
+)
 def test_tile_grid_covers_every_pixel_and_stays_in_bounds(height, width, tile, overlap):
     positions = tile_grid(height, width, tile, overlap)
     assert len(set(positions)) == len(positions)
     covered = np.zeros((height, width), int)
     for top, left in positions:
         assert 0 <= top <= height - tile and 0 <= left <= width - tile
-        covered[top:top + tile, left:left + tile] += 1
+        covered[top : top + tile, left : left + tile] += 1
     assert covered.min() >= 1
     for axis, length in ((0, height), (1, width)):
         starts = sorted({p[axis] for p in positions})
@@ -42,12 +51,15 @@ def test_tile_grid_covers_every_pixel_and_stays_in_bounds(height, width, tile, o
         assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
 
 
-@pytest.mark.parametrize("args,error,words", [
-    ((256, 256, 256, 256), ValueError, "tile=256, overlap=256"),
-    ((256, 256, 256, -1), ValueError, "overlap=-1"),
-    ((256, 300, 301, 32), ValueError, "tile=301"),
-    ((256, 256, 256.0, 0), TypeError, "tile must be an int"),
-])
+@pytest.mark.parametrize(
+    "args,error,words",
+    [
+        ((256, 256, 256, 256), ValueError, "tile=256, overlap=256"),
+        ((256, 256, 256, -1), ValueError, "overlap=-1"),
+        ((256, 300, 301, 32), ValueError, "tile=301"),
+        ((256, 256, 256.0, 0), TypeError, "tile must be an int"),
+    ],
+)
 def test_tile_grid_refuses_bad_tiles_naming_the_values(args, error, words):
     with pytest.raises(error, match=words):
         tile_grid(*args)
@@ -75,7 +87,7 @@ def test_cut_tiles_are_the_grid_crops():
     positions = tile_grid(300, 513, 256, 0)
     assert tiles.shape == (2 * len(positions), 3, 256, 256) and tiles.dtype == torch.uint8
     top, left = positions[-1]
-    assert torch.equal(tiles[-1], images[1, :, top:top + 256, left:left + 256])
+    assert torch.equal(tiles[-1], images[1, :, top : top + 256, left : left + 256])
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +147,14 @@ def test_model_records_its_tile_and_predict_uses_it(model, tmp_path, monkeypatch
         EfficientAD(teacher="random", tile="256")
 
 
-@pytest.mark.parametrize("tile,overlap,words", [
-    (300, 32, "tile=300 does not fit in a 256x256 image"),
-    (128, 0, "tile=128 is too small"),
-    (256, 256, "tile=256, overlap=256"),
-])
+@pytest.mark.parametrize(
+    "tile,overlap,words",
+    [
+        (300, 32, "tile=300 does not fit in a 256x256 image"),
+        (128, 0, "tile=128 is too small"),
+        (256, 256, "tile=256, overlap=256"),
+    ],
+)
 def test_predict_refuses_bad_tiles(model, tile, overlap, words):
     with pytest.raises(ValueError, match=words):
         model.predict(torch.zeros(1, 3, 256, 256, dtype=torch.uint8), tile=tile, overlap=overlap)
@@ -162,14 +177,48 @@ def test_train_on_tiles_then_tiled_vs_downscaled(tmp_path, capsys):
     their size; --image-size H W), then the test images scored in tiles and downscaled whole:
     both give valid pixel AUROC and AU-PRO against the full-resolution masks (printed; the
     measured comparison is bench/bench_tiling.py's)."""
-    data = make_synthetic(tmp_path / "data", seed=0, categories=("weave",), n_train=3, n_test_good=1,
-                          n_test_defect_per_type=1, defects=("hole", "scratch"), image_size=512,
-                          defect_scale=0.25)
+    data = make_synthetic(
+        tmp_path / "data",
+        seed=0,
+        categories=("weave",),
+        n_train=3,
+        n_test_good=1,
+        n_test_defect_per_type=1,
+        defects=("hole", "scratch"),
+        image_size=512,
+        defect_scale=0.25,
+    )
     assert json.loads((data / "synthetic.json").read_text())["defect_scale"] == 0.25
     out = tmp_path / "run"
-    code = main(["train", "--data", str(data), "--dataset", "mvtec", "--category", "weave", "--out", str(out),
-                 "--image-size", "256", "512", "--tile", "256", "--steps", "2", "--workers", "0", "--quiet",
-                 "--checkpoint-every", "0", "--teacher", "random", "--penalty-images", "none"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--dataset",
+            "mvtec",
+            "--category",
+            "weave",
+            "--out",
+            str(out),
+            "--image-size",
+            "256",
+            "512",
+            "--tile",
+            "256",
+            "--steps",
+            "2",
+            "--workers",
+            "0",
+            "--quiet",
+            "--checkpoint-every",
+            "0",
+            "--teacher",
+            "random",
+            "--penalty-images",
+            "none",
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["tile"] == 256 and summary["image_size"] == [256, 512]
@@ -178,8 +227,27 @@ def test_train_on_tiles_then_tiled_vs_downscaled(tmp_path, capsys):
     model = load(out / "model.pt")
     assert model.tile == 256 and model.image_threshold is not None
     # eval refuses a tile that does not fit before it scores anything
-    assert main(["eval", "--model", str(out / "model.pt"), "--data", str(data), "--dataset", "mvtec",
-                 "--category", "weave", "--image-size", "256", "--tile", "300", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(out / "model.pt"),
+                "--data",
+                str(data),
+                "--dataset",
+                "mvtec",
+                "--category",
+                "weave",
+                "--image-size",
+                "256",
+                "--tile",
+                "300",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "tile=300 does not fit" in capsys.readouterr().err
 
     test = open_dataset(data, "mvtec_ad", "weave", "test", (256, 512))
@@ -195,8 +263,10 @@ def test_train_on_tiles_then_tiled_vs_downscaled(tmp_path, capsys):
         results[name] = metrics.evaluate(pred.score.numpy(), labels, pred.anomaly_map.numpy(), masks)
         for key in ("pixel_auroc", "aupro"):
             assert 0.0 <= results[name][key] <= 1.0, (name, key, results[name][key])
-    print("tiled vs downscaled (2 training steps, random teacher):",
-          {n: {k: round(r[k], 3) for k in ("pixel_auroc", "aupro")} for n, r in results.items()})
+    print(
+        "tiled vs downscaled (2 training steps, random teacher):",
+        {n: {k: round(r[k], 3) for k in ("pixel_auroc", "aupro")} for n, r in results.items()},
+    )
 
 
 def test_watch_scores_frames_in_tiles(model, tmp_path, monkeypatch):
@@ -219,10 +289,46 @@ def test_watch_scores_frames_in_tiles(model, tmp_path, monkeypatch):
     model.set_thresholds(image=0.5, pixel=0.1, source="test")
     model.save(tmp_path / "m.pt")
     monkeypatch.setattr(tiling, "tiled_scores", spy)
-    assert main(["watch", "--model", str(tmp_path / "m.pt"), "--source", str(frames), "--out", str(tmp_path / "w"),
-                 "--image-size", "300", "--tile", "256", "--overlap", "40", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "watch",
+                "--model",
+                str(tmp_path / "m.pt"),
+                "--source",
+                str(frames),
+                "--out",
+                str(tmp_path / "w"),
+                "--image-size",
+                "300",
+                "--tile",
+                "256",
+                "--overlap",
+                "40",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (tmp_path / "w" / "frames.jsonl").read_text().splitlines()]
     assert [r["score"] for r in rows] == [0.0, 0.0]
     assert calls == [((1, 3, 300, 300), 256, 40)] * 2
-    assert main(["watch", "--model", str(tmp_path / "m.pt"), "--source", str(frames), "--out", str(tmp_path / "x"),
-                 "--image-size", "256", "--tile", "300", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "watch",
+                "--model",
+                str(tmp_path / "m.pt"),
+                "--source",
+                str(frames),
+                "--out",
+                str(tmp_path / "x"),
+                "--image-size",
+                "256",
+                "--tile",
+                "300",
+                "--quiet",
+            ]
+        )
+        == 2
+    )

@@ -97,8 +97,12 @@ def test_calibration_quantiles_are_those_of_the_reference_maps(images):
     common = dict(teacher_mean=model.teacher_mean, teacher_std=model.teacher_std, output_size=(256, 256))
     st = reference_anomaly_map(t, s, a, alpha=1.0, **common)[0]
     ae = reference_anomaly_map(t, s, a, alpha=0.0, **common)[0]
-    expected = [torch.quantile(st.flatten(), 0.9), torch.quantile(st.flatten(), 0.995),
-                torch.quantile(ae.flatten(), 0.9), torch.quantile(ae.flatten(), 0.995)]
+    expected = [
+        torch.quantile(st.flatten(), 0.9),
+        torch.quantile(st.flatten(), 0.995),
+        torch.quantile(ae.flatten(), 0.9),
+        torch.quantile(ae.flatten(), 0.995),
+    ]
     for got, want in zip(q, expected):
         assert got == pytest.approx(float(want), rel=1e-4, abs=1e-7)
     assert model.quantiles_set and torch.allclose(model.quantiles, torch.tensor(q))
@@ -136,8 +140,14 @@ def test_resume_ends_where_an_uninterrupted_run_ends(images, tmp_path):
     torch.manual_seed(0)
     interrupted = EfficientAD(teacher="random")
     with pytest.raises(TrainingInterrupted) as stop:
-        train(interrupted, images, config, penalty_images=images[:2], out_dir=tmp_path / "resumed",
-              callback=stop_after_two)
+        train(
+            interrupted,
+            images,
+            config,
+            penalty_images=images[:2],
+            out_dir=tmp_path / "resumed",
+            callback=stop_after_two,
+        )
     assert stop.value.step == 2 and stop.value.checkpoint.is_file()
 
     torch.manual_seed(123)  # the resumed run must not depend on the global RNG state

@@ -38,8 +38,6 @@ from .datasets import (
     DATASETS,
     KINDS,
     AnomalyDataset,
-    FolderLayout,
-    Sample,
     list_categories,
     make_loader,
     open_dataset,
@@ -47,6 +45,7 @@ from .datasets import (
     read_loco_defects_config,
     split_train_validation,
 )
+from .layouts import FolderLayout, Sample
 from .penalty import GenericImages, check_penalty_images, fetch_imagenette, imagenette_folder, penalty_image_set
 from .synthetic import (
     LOGICAL_DEFECTS,

@@ -46,8 +46,11 @@ def find_images(folder: str | os.PathLike, what: str = "image", broken_links: bo
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} folder {folder} does not exist")
-    found = sorted(p for p in folder.rglob("*")
-                   if is_image_file(p.name) and (p.is_file() or (broken_links and p.is_symlink() and not p.exists())))
+    found = sorted(
+        p
+        for p in folder.rglob("*")
+        if is_image_file(p.name) and (p.is_file() or (broken_links and p.is_symlink() and not p.exists()))
+    )
     if not found:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {what} folder {folder}")
     return found
@@ -65,7 +68,9 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
         ImageOps.exif_transpose(image, in_place=True)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise FileNotFoundError(f"{what} file {path} is a link to {os.readlink(path)}, which does not exist") from None
+            raise FileNotFoundError(
+                f"{what} file {path} is a link to {os.readlink(path)}, which does not exist"
+            ) from None
         raise FileNotFoundError(f"{what} file {path} does not exist") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"cannot read {what} file {path}: {error}") from error
@@ -84,7 +89,9 @@ def image_size_of(path: str | os.PathLike, what: str = "image") -> tuple[int, in
             return width, height
     except FileNotFoundError:
         if os.path.islink(path):
-            raise FileNotFoundError(f"{what} file {path} is a link to {os.readlink(path)}, which does not exist") from None
+            raise FileNotFoundError(
+                f"{what} file {path} is a link to {os.readlink(path)}, which does not exist"
+            ) from None
         raise FileNotFoundError(f"{what} file {path} does not exist") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"cannot read {what} file {path}: {error}") from error

@@ -15,9 +15,23 @@ from .._optional import require
 # scikit-image photographs used for distillation. The other bundled images (rocket, brick,
 # grass, gravel, ...) are kept out: HELD_OUT_PHOTOS measure generalisation.
 BUILTIN_PHOTOS = (
-    "astronaut", "camera", "chelsea", "cell", "clock", "coffee", "coins", "colorwheel",
-    "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "text",
-    "stereo_motorcycle", "lfw_subset",
+    "astronaut",
+    "camera",
+    "chelsea",
+    "cell",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "moon",
+    "page",
+    "retina",
+    "text",
+    "stereo_motorcycle",
+    "lfw_subset",
 )
 HELD_OUT_PHOTOS = ("rocket", "brick", "grass", "gravel")
 
@@ -40,7 +54,7 @@ def _to_rgb_float(array) -> torch.Tensor:
 
 
 def _mosaic(tiles, per_row: int) -> torch.Tensor:
-    rows = [torch.cat(list(tiles[i:i + per_row]), dim=2) for i in range(0, len(tiles) - per_row + 1, per_row)]
+    rows = [torch.cat(list(tiles[i : i + per_row]), dim=2) for i in range(0, len(tiles) - per_row + 1, per_row)]
     return torch.cat(rows, dim=1)
 
 
@@ -58,7 +72,7 @@ def photo_images(names) -> dict[str, torch.Tensor]:
         elif name == "lfw_subset":
             faces = [_to_rgb_float(f) for f in value]
             for k in range(3):
-                images[f"lfw_mosaic{k}"] = _mosaic(faces[k * 64:(k + 1) * 64], 8)
+                images[f"lfw_mosaic{k}"] = _mosaic(faces[k * 64 : (k + 1) * 64], 8)
         else:
             images[name] = _to_rgb_float(value)
     return images
@@ -73,13 +87,14 @@ def procedural_images(count: int, size: int = 384, seed: int = 0, progress: bool
 
     g = torch.Generator().manual_seed(seed)
     images = {}
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
 
     def pink_noise(channels: int) -> torch.Tensor:
         fy = torch.fft.fftfreq(size).view(-1, 1)
         fx = torch.fft.rfftfreq(size).view(1, -1)
-        amplitude = 1 / (fx ** 2 + fy ** 2).sqrt().clamp_min(1 / size) ** float(1 + torch.rand((), generator=g))
+        amplitude = 1 / (fx**2 + fy**2).sqrt().clamp_min(1 / size) ** float(1 + torch.rand((), generator=g))
         phase = torch.rand(channels, size, size // 2 + 1, generator=g) * 2 * math.pi
         x = torch.fft.irfft2(amplitude * torch.polar(torch.ones_like(phase), phase), s=(size, size))
         x = (x - x.mean((1, 2), keepdim=True)) / x.std((1, 2), keepdim=True)

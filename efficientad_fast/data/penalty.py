@@ -68,7 +68,7 @@ class GenericImages(Dataset):
             big = np.ascontiguousarray(np.broadcast_to((big * _GRAY_WEIGHTS).sum(0), big.shape))
         big = torch.from_numpy(big)
         top, left = (big.shape[1] - h) // 2, (big.shape[2] - w) // 2
-        return big[:, top:top + h, left:left + w]
+        return big[:, top : top + h, left : left + w]
 
 
 def imagenette_url() -> str:
@@ -76,13 +76,21 @@ def imagenette_url() -> str:
     return os.environ.get(IMAGENETTE_URL_ENV) or IMAGENETTE_URL
 
 
-def fetch_imagenette(source: str | os.PathLike | None = None, sha256: str = IMAGENETTE_SHA256,
-                     progress: bool = True) -> Path:
+def fetch_imagenette(
+    source: str | os.PathLike | None = None, sha256: str = IMAGENETTE_SHA256, progress: bool = True
+) -> Path:
     """Download (or copy, ``source`` a file) the Imagenette archive, verify its SHA-256 and
     extract it safely into the cache (the 1.5 GB archive is deleted once extracted); returns
     the image folder. ``source`` defaults to :func:`imagenette_url`."""
-    fetch_archive(source or imagenette_url(), sha256, IMAGENETTE_ARCHIVE, IMAGENETTE_FOLDER,
-                  what="Imagenette", keep_archive=False, progress=progress)
+    fetch_archive(
+        source or imagenette_url(),
+        sha256,
+        IMAGENETTE_ARCHIVE,
+        IMAGENETTE_FOLDER,
+        what="Imagenette",
+        keep_archive=False,
+        progress=progress,
+    )
     return imagenette_folder()
 
 
@@ -92,10 +100,15 @@ def imagenette_folder() -> Path:
     folder = downloads_root() / IMAGENETTE_FOLDER
     if folder.is_dir():  # extraction renames the folder into place only when complete
         return folder
-    raise not_cached_error("Imagenette (penalty images 'imagenette')", where=folder, url=imagenette_url(),
-                           sha256=IMAGENETTE_SHA256, env=IMAGENETTE_URL_ENV, command="fetch-imagenette",
-                           alternatives="--penalty-images DIR (any folder of generic photographs), "
-                                        "or no --penalty-images")
+    raise not_cached_error(
+        "Imagenette (penalty images 'imagenette')",
+        where=folder,
+        url=imagenette_url(),
+        sha256=IMAGENETTE_SHA256,
+        env=IMAGENETTE_URL_ENV,
+        command="fetch-imagenette",
+        alternatives="--penalty-images DIR (any folder of generic photographs), or no --penalty-images",
+    )
 
 
 class TensorImages(Dataset):
@@ -111,10 +124,11 @@ class TensorImages(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         h, w = self.image_size
-        big = F.interpolate(self.images[index][None], size=(2 * h, 2 * w), mode="bilinear",
-                            align_corners=False, antialias=True)[0].clamp(0, 1)
+        big = F.interpolate(
+            self.images[index][None], size=(2 * h, 2 * w), mode="bilinear", align_corners=False, antialias=True
+        )[0].clamp(0, 1)
         top, left = (big.shape[1] - h) // 2, (big.shape[2] - w) // 2
-        return big[:, top:top + h, left:left + w]
+        return big[:, top : top + h, left : left + w]
 
 
 def bundled_penalty_images(image_size: tuple[int, int], seed: int = 0, progress: bool = False) -> TensorImages:
@@ -125,8 +139,10 @@ def bundled_penalty_images(image_size: tuple[int, int], seed: int = 0, progress:
     try:
         images = list(photo_images(BUILTIN_PHOTOS).values()) + images
     except ImportError as exc:
-        print(f"penalty images: bundled photographs left out ({exc}); using {len(images)} procedural images",
-              file=sys.stderr)
+        print(
+            f"penalty images: bundled photographs left out ({exc}); using {len(images)} procedural images",
+            file=sys.stderr,
+        )
     return TensorImages(images, image_size)
 
 
@@ -138,8 +154,11 @@ def _auto_penalty_images(image_size: tuple[int, int], seed: int, progress: bool)
     try:
         folder = imagenette_folder()
     except FileNotFoundError:  # NotCachedError
-        print("penalty images 'auto': Imagenette is not cached (efficientad-fast fetch-imagenette); "
-              "using the bundled generic images", file=sys.stderr)
+        print(
+            "penalty images 'auto': Imagenette is not cached (efficientad-fast fetch-imagenette); "
+            "using the bundled generic images",
+            file=sys.stderr,
+        )
         return bundled_penalty_images(image_size, seed, progress)
     print(f"penalty images 'auto': Imagenette from {folder}", file=sys.stderr)
     return _imagenette_images(folder, image_size, seed)
@@ -163,8 +182,9 @@ def check_penalty_images(penalty_images) -> None:
             imagenette_folder()
 
 
-def penalty_image_set(penalty_images, image_size: tuple[int, int], seed: int = 0,
-                      progress: bool = False) -> Dataset | None:
+def penalty_image_set(
+    penalty_images, image_size: tuple[int, int], seed: int = 0, progress: bool = False
+) -> Dataset | None:
     """The penalty images for training: None or ``"none"`` (none), ``"imagenette"`` (the
     cached Imagenette, random grayscale 0.3 as in the paper), ``"bundled"``
     (:func:`bundled_penalty_images`), ``"auto"`` (Imagenette when cached, else bundled; the

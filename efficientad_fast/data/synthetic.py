@@ -63,12 +63,13 @@ import math
 import os
 import shutil
 import tempfile
-import zlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
+
+from ._drawing import _DESIGN, _STRUCTURAL, _SUPERSAMPLE, _lighting, _rng, _shape_mask, _smooth_noise
 
 STRUCTURAL_DEFECTS = ("scratch", "hole", "stain", "crack")
 LOGICAL_DEFECTS = ("missing_part", "extra_part", "misplaced_part", "recoloured_part")
@@ -79,181 +80,17 @@ SYNTHETIC_CATEGORIES = {
     "board": {"type": "object", "defects": STRUCTURAL_DEFECTS + LOGICAL_DEFECTS},
     **{name: {"type": "texture", "defects": STRUCTURAL_DEFECTS} for name in PHOTO_TEXTURES},
 }
-_DESIGN = 256.0  # geometry below is in pixels of a 256x256 image and scales with the size
-_SUPERSAMPLE = 2  # shapes are drawn at 2x and box-filtered down (antialiased edges)
-
-
-# -- random streams ----------------------------------------------------------------------
-
-
-def _rng(seed: int, *keys: str | int) -> np.random.Generator:
-    words = [int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF]
-    words += [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) & 0xFFFFFFFF for k in keys]
-    return np.random.default_rng(np.random.SeedSequence(words))
-
-
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Zero-mean slow noise (H, W) in about [-1, 1]: a coarse grid upsampled bicubically."""
-    grid = rng.uniform(-1.0, 1.0, (cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(grid).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
-
-
-def _shape_mask(size: int, draw: Callable[[ImageDraw.ImageDraw, float], None], blur: float = 0.0) -> np.ndarray:
-    """float (H, W) coverage in [0, 1] of shapes drawn by ``draw(d, scale)`` in design units,
-    supersampled for antialiased edges, optionally Gaussian-blurred (pixels)."""
-    big = Image.new("L", (size * _SUPERSAMPLE, size * _SUPERSAMPLE), 0)
-    draw(ImageDraw.Draw(big), size / _DESIGN * _SUPERSAMPLE)
-    small = big.resize((size, size), Image.Resampling.BOX)
-    if blur > 0:
-        small = small.filter(ImageFilter.GaussianBlur(blur))
-    return np.asarray(small, dtype=np.float32) / 255.0
-
-
-def _blend(image: np.ndarray, alpha: np.ndarray, colour) -> None:
-    a = alpha[..., None]
-    image *= 1.0 - a
-    image += a * np.asarray(colour, dtype=np.float32)
-
-
-# -- structural defects -----------------------------------------------------------------
-
-
-def _place(rng, region, extent):
-    x0, y0, x1, y1 = region
-    m = min(extent, (x1 - x0) / 2 - 1, (y1 - y0) / 2 - 1)
-    return rng.uniform(x0 + m, x1 - m), rng.uniform(y0 + m, y1 - m)
-
-
-def _scratch(image, rng, size, region, style):
-    length = rng.uniform(70, 120)
-    theta = rng.uniform(0, math.pi)
-    cx, cy = _place(rng, region, length / 2 * 0.9)
-    dx, dy = math.cos(theta) * length / 2, math.sin(theta) * length / 2
-    bend = rng.uniform(-0.15, 0.15) * length
-    nx, ny = -math.sin(theta) * bend, math.cos(theta) * bend
-    width = rng.uniform(3.0, 4.5) * style["line_scale"]
-    t = np.linspace(0, 1, 24)
-    xs = (1 - t) ** 2 * (cx - dx) + 2 * (1 - t) * t * (cx + nx) + t**2 * (cx + dx)
-    ys = (1 - t) ** 2 * (cy - dy) + 2 * (1 - t) * t * (cy + ny) + t**2 * (cy + dy)
-
-    def draw(d, s):
-        d.line([(x * s, y * s) for x, y in zip(xs, ys)], fill=255, width=max(1, round(width * s)), joint="curve")
-
-    alpha = _shape_mask(size, draw, blur=0.5 * size / _DESIGN)
-    colour = np.clip(image * 0.35 + 0.65 * np.asarray(style["scratch"], np.float32), 0, 1)  # bright
-    a = alpha[..., None] * 0.95
-    image[:] = image * (1 - a) + a * colour
-    return alpha > 0.25
-
-
-def _polygon(rng, cx, cy, radius, n=18, jitter=(0.75, 1.2)):
-    angles = np.sort(rng.uniform(0, 2 * math.pi, n))
-    radii = radius * rng.uniform(*jitter, n)
-    return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a, r in zip(angles, radii)]
-
-
-def _hole(image, rng, size, region, style):
-    radius = rng.uniform(9, 15)
-    cx, cy = _place(rng, region, radius * 1.5)
-    rim = _polygon(rng, cx, cy, radius * 1.35, n=26, jitter=(0.85, 1.15))
-    inner = _polygon(rng, cx, cy, radius)
-    rim_alpha = _shape_mask(size, lambda d, s: d.polygon([(x * s, y * s) for x, y in rim], fill=255))
-    hole_alpha = _shape_mask(size, lambda d, s: d.polygon([(x * s, y * s) for x, y in inner], fill=255))
-    _blend(image, rim_alpha * 0.8, style["rim"])
-    depth = 0.05 + 0.04 * _smooth_noise(rng, size, 24)[..., None]
-    a = hole_alpha[..., None]
-    image[:] = image * (1 - a) + a * depth
-    return np.maximum(rim_alpha * 0.8, hole_alpha) > 0.25
-
-
-def _stain(image, rng, size, region, style):
-    radius = rng.uniform(18, 28)
-    cx, cy = _place(rng, region, radius * 1.2)
-    scale = size / _DESIGN
-    radius, cx, cy = radius * scale, cx * scale, cy * scale
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    field = np.zeros((size, size), np.float32)
-    for _ in range(rng.integers(3, 6)):
-        ox, oy = rng.normal(0, radius * 0.35, 2)
-        sigma = radius * rng.uniform(0.35, 0.6)
-        field += np.exp(-((xx - cx - ox) ** 2 + (yy - cy - oy) ** 2) / (2 * sigma**2))
-    opacity = rng.uniform(0.7, 0.85)
-    alpha = np.clip((field - 0.35) * 5.0, 0, 1) * opacity
-    if style["stain_mode"] == "multiply":
-        tint = np.asarray(style["stain"], np.float32)
-        image *= 1 - alpha[..., None] * (1 - tint)
-    else:
-        _blend(image, alpha, style["stain"])
-    return alpha > 0.25 * opacity
-
-
-def _crack(image, rng, size, region, style):
-    length = rng.uniform(60, 110)
-    step = 3.0
-    x, y = _place(rng, region, length / 2)
-    theta = rng.uniform(0, 2 * math.pi)
-    # start from one end so the crack stays near its centre
-    x -= math.cos(theta) * length / 2
-    y -= math.sin(theta) * length / 2
-    points, theta = _wander(rng, x, y, theta, int(length / step), step, region)
-    branches = [points]
-    if rng.random() < 0.6:
-        k = int(rng.integers(len(points) // 3, 2 * len(points) // 3))
-        bx, by = points[k]
-        btheta = theta + rng.choice([-1, 1]) * rng.uniform(0.6, 1.2)
-        branches.append(_wander(rng, bx, by, btheta, int(length * 0.35 / step), step, region)[0])
-    width = rng.uniform(3.5, 5.0) * style["line_scale"]
-
-    def drawer(w):
-        def draw(d, s):
-            for line in branches:
-                d.line([(px * s, py * s) for px, py in line], fill=255, width=max(1, round(w * s)), joint="curve")
-        return draw
-
-    edge = _shape_mask(size, drawer(width + 3.0), blur=0.4 * size / _DESIGN)  # chipped, lighter edges
-    core = _shape_mask(size, drawer(width), blur=0.4 * size / _DESIGN)
-    a = edge[..., None] * 0.5
-    image[:] = image * (1 - a) + a * np.clip(image * 0.5 + 0.45, 0, 1)
-    a = core[..., None] * 0.92
-    image[:] = image * (1 - a) + a * (image * 0.1)
-    return edge > 0.25
-
-
-def _wander(rng, x, y, theta, n_steps, step, region) -> tuple[list, float]:
-    """A random walk of ``n_steps`` steps from (x, y), heading ``theta`` turning a little at
-    each step, kept inside ``region``: (points, final heading)."""
-    x0, y0, x1, y1 = region
-    points = [(x, y)]
-    for _ in range(n_steps):
-        theta += rng.normal(0, 0.3)
-        x = min(max(x + step * math.cos(theta), x0), x1)
-        y = min(max(y + step * math.sin(theta), y0), y1)
-        points.append((x, y))
-    return points, theta
-
-
-_STRUCTURAL = {"scratch": _scratch, "hole": _hole, "stain": _stain, "crack": _crack}
-
-
-# -- lighting -----------------------------------------------------------------------------
-
-
-def _lighting(image: np.ndarray, rng: np.random.Generator, noise: float = 0.02) -> np.ndarray:
-    size = image.shape[0]
-    brightness = rng.uniform(0.8, 1.2)
-    tint = rng.uniform(0.95, 1.05, 3).astype(np.float32)
-    gx, gy = rng.uniform(-0.12, 0.12, 2)
-    ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
-    gain = brightness * (1 + gx * ramp[None, :] + gy * ramp[:, None]) * (1 + 0.05 * _smooth_noise(rng, size, 4))
-    out = image * gain[..., None] * tint
-    out += noise * rng.standard_normal(out.shape, dtype=np.float32)
-    return np.clip(out, 0, 1)
 
 
 # -- weave (texture) ----------------------------------------------------------------------
 
-_WEAVE_STYLE = {"rim": (0.93, 0.87, 0.74), "stain": (0.42, 0.28, 0.14), "stain_mode": "multiply",
-                "scratch": (1.0, 1.0, 1.0), "line_scale": 1.0}
+_WEAVE_STYLE = {
+    "rim": (0.93, 0.87, 0.74),
+    "stain": (0.42, 0.28, 0.14),
+    "stain_mode": "multiply",
+    "scratch": (1.0, 1.0, 1.0),
+    "line_scale": 1.0,
+}
 
 
 def _weave(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -291,13 +128,15 @@ def _structural(image, drng, size, defect, region, style, apply, defect_scale=1.
     left = min(int(drng.integers(x0, max(x0, x1 - patch) + 1)), size - patch)  # a patch wider than the
     top = min(int(drng.integers(y0, max(y0, y1 - patch) + 1)), size - patch)  # region still fits the image
     mask = np.zeros((size, size), bool)
-    mask[top:top + patch, left:left + patch] = _STRUCTURAL[defect](
-        target[top:top + patch, left:left + patch], drng, patch, (12, 12, _DESIGN - 12, _DESIGN - 12), style)
+    mask[top : top + patch, left : left + patch] = _STRUCTURAL[defect](
+        target[top : top + patch, left : left + patch], drng, patch, (12, 12, _DESIGN - 12, _DESIGN - 12), style
+    )
     return mask
 
 
-def _textured(image, rng, drng, size: int, defect: str | None, apply: bool,
-              defect_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _textured(
+    image, rng, drng, size: int, defect: str | None, apply: bool, defect_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """A texture image with its structural defect anywhere but the border, then lit."""
     mask = np.zeros((size, size), bool)
     if defect is not None:
@@ -306,8 +145,9 @@ def _textured(image, rng, drng, size: int, defect: str | None, apply: bool,
     return _lighting(image, rng), mask
 
 
-def _render_weave(rng, drng, size: int, defect: str | None, apply: bool,
-                  defect_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _render_weave(
+    rng, drng, size: int, defect: str | None, apply: bool, defect_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     return _textured(_weave(rng, size), rng, drng, size, defect, apply, defect_scale)
 
 
@@ -315,8 +155,13 @@ def _render_weave(rng, drng, size: int, defect: str | None, apply: bool,
 
 # Lines on the board are wider than on the fabric: thin bright/dark lines (traces, outlines,
 # slots) are part of a normal board, so scratches (bare laminate) and cracks must stand out.
-_BOARD_STYLE = {"rim": (0.80, 0.76, 0.62), "stain": (0.88, 0.86, 0.72), "stain_mode": "blend",
-                "scratch": (1.0, 0.95, 0.72), "line_scale": 1.6}
+_BOARD_STYLE = {
+    "rim": (0.80, 0.76, 0.62),
+    "stain": (0.88, 0.86, 0.72),
+    "stain_mode": "blend",
+    "scratch": (1.0, 0.95, 0.72),
+    "line_scale": 1.6,
+}
 _BENCH = (58, 58, 64)
 _BOARD_GREEN = (28, 104, 58)
 _TRACE = (176, 150, 70)
@@ -369,8 +214,11 @@ def _land(name: str, cx: float, cy: float) -> list:
     else:
         shapes = [("rectangle", (cx - 14, cy - 12, cx + 14, cy + 12), _COPPER)]
     rows = (-4, 4) if name in ("resistor", "connector") else (-6, 0, 6)
-    return shapes + [("ellipse", (cx + dx - 2, cy + dy - 2, cx + dx + 2, cy + dy + 2), (20, 20, 22))
-                     for dx in (-6, 0, 6) for dy in rows]
+    return shapes + [
+        ("ellipse", (cx + dx - 2, cy + dy - 2, cx + dx + 2, cy + dy + 2), (20, 20, 22))
+        for dx in (-6, 0, 6)
+        for dy in rows
+    ]
 
 
 def _scaled(coords, s):
@@ -385,8 +233,9 @@ def _draw_shapes(d: ImageDraw.ImageDraw, shapes, s: float) -> None:
             getattr(d, method)(_scaled(coords, s), fill=fill)
 
 
-def _render_board(rng, drng, size: int, defect: str | None, apply: bool,
-                  defect_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _render_board(
+    rng, drng, size: int, defect: str | None, apply: bool, defect_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     bx, by = 28 + rng.uniform(-4, 4, 2)
     home = {
         name: (bx + _CELL[c] + rng.uniform(-2, 2), by + _CELL[r] + rng.uniform(-2, 2), bx + _CELL[c], by + _CELL[r])
@@ -438,10 +287,12 @@ def _render_board(rng, drng, size: int, defect: str | None, apply: bool,
 
     mask = np.zeros((size, size), bool)
     if masked:
+
         def draw(dm, sm):
             for name, x, y in masked:
                 for method, coords in _part_shapes(name, x, y, (0, 0, 0))[1]:
                     getattr(dm, method)(_scaled(coords, sm), fill=255)
+
         mask = _shape_mask(size, draw) > 0.5
     elif defect is not None:
         region = (bx + 10, by + 10, bx + _BOARD_SIZE - 10, by + _BOARD_SIZE - 10)
@@ -459,14 +310,16 @@ def _photo(name: str) -> Image.Image:
     try:
         import skimage.data
     except ImportError as exc:
-        raise ImportError(f"the photo texture {name!r} needs scikit-image: "
-                          "pip install 'efficientad_fast[distill]' (or scikit-image)") from exc
+        raise ImportError(
+            f"the photo texture {name!r} needs scikit-image: pip install 'efficientad_fast[distill]' (or scikit-image)"
+        ) from exc
     return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
 
 
 def _photo_renderer(name: str):
-    def render(rng, drng, size: int, defect: str | None, apply: bool,
-               defect_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    def render(
+        rng, drng, size: int, defect: str | None, apply: bool, defect_scale: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         photo = _photo(name)
         left, top = (int(v) for v in rng.integers(0, np.array(photo.size) - _PHOTO_WINDOW + 1))
         window = photo.crop((left, top, left + _PHOTO_WINDOW, top + _PHOTO_WINDOW))
@@ -578,12 +431,18 @@ def make_synthetic(
         }
         if defect_scale != 1.0:  # the manifest of the usual dataset stays as it was
             manifest["defect_scale"] = float(defect_scale)
-        counts = {"n_train": int(n_train), "n_test_good": int(n_test_good),
-                  "n_test_defect_per_type": int(n_test_defect_per_type)}
+        counts = {
+            "n_train": int(n_train),
+            "n_test_good": int(n_test_good),
+            "n_test_defect_per_type": int(n_test_defect_per_type),
+        }
         for category in categories:
             chosen = [d for d in SYNTHETIC_CATEGORIES[category]["defects"] if defects is None or d in defects]
-            manifest["categories"][category] = {"type": SYNTHETIC_CATEGORIES[category]["type"], "defects": chosen,
-                                                **counts}
+            manifest["categories"][category] = {
+                "type": SYNTHETIC_CATEGORIES[category]["type"],
+                "defects": chosen,
+                **counts,
+            }
             jobs = [("train", "good", None, n_train), ("test", "good", None, n_test_good)]
             jobs += [("test", d, d, n_test_defect_per_type) for d in chosen]
             _write_category(tmp / category, category, seed, jobs, image_size, defect_scale)

@@ -64,8 +64,9 @@ def read_video_labels(video: str | os.PathLike) -> list[dict]:
         return [{key: int(value) for key, value in row.items()} for row in csv.DictReader(f)]
 
 
-def _belt_positions(frames: int, frame_size: int, move_frames: int, dwell_frames: int,
-                    rng: np.random.Generator) -> np.ndarray:
+def _belt_positions(
+    frames: int, frame_size: int, move_frames: int, dwell_frames: int, rng: np.random.Generator
+) -> np.ndarray:
     """Left edge of the camera's window on the belt, in pixels, for each frame: part p rests
     at p * frame_size; it slides in from the previous rest position in ``move_frames``
     frames (eased: slow start and stop), then rests ``dwell_frames`` frames, jittering by
@@ -91,8 +92,65 @@ def _glitch(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     height = int(rng.integers(size // 8, size // 4 + 1))
     top = int(rng.integers(0, size - height + 1))
     torn = frame.copy()
-    torn[top:top + height] = np.roll(frame[top:top + height], int(rng.integers(size // 8, size // 3 + 1)), axis=1)
+    torn[top : top + height] = np.roll(frame[top : top + height], int(rng.integers(size // 8, size // 3 + 1)), axis=1)
     return torn
+
+
+def _check_video_settings(
+    category, defects, frames, frame_size, fps, move_frames, dwell_frames, defect_fraction, glitch_rate, noise
+) -> tuple:
+    """ValueError for settings :func:`make_synthetic_video` cannot draw; the defects to draw from."""
+    if category not in SYNTHETIC_CATEGORIES:
+        raise ValueError(f"unknown synthetic category {category!r}; choose from {sorted(SYNTHETIC_CATEGORIES)}")
+    allowed = SYNTHETIC_CATEGORIES[category]["defects"]
+    defects = tuple(allowed if defects is None else defects)
+    if not defects or any(d not in allowed for d in defects):
+        raise ValueError(f"category {category!r} has the defects {allowed}, got {defects}")
+    if frames < 1 or frame_size < 64 or fps <= 0 or move_frames < 0 or dwell_frames < 1:
+        raise ValueError(
+            f"need frames >= 1, frame_size >= 64, fps > 0, move_frames >= 0, dwell_frames >= 1; "
+            f"got {frames}, {frame_size}, {fps}, {move_frames}, {dwell_frames}"
+        )
+    if not (0.0 <= defect_fraction <= 1.0 and 0.0 <= glitch_rate <= 1.0) or noise < 0:
+        raise ValueError(
+            f"defect_fraction and glitch_rate must be in [0, 1] and noise >= 0, "
+            f"got {defect_fraction}, {glitch_rate}, {noise}"
+        )
+    return defects
+
+
+def _belt_strip(category: str, seed: int, kinds: list, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The belt: one strip of parts side by side (part p at columns (p+1)*W .. (p+2)*W), with
+    an empty part of belt before the first one; the defect masks laid out alike."""
+    strip = np.empty((size, (len(kinds) + 1) * size, 3), dtype=np.float32)
+    strip_mask = np.zeros((size, (len(kinds) + 1) * size), dtype=bool)
+    strip[:, :size] = _BELT
+    for p, defect in enumerate(kinds):
+        image, mask = render_synthetic(category, seed, "video", defect, p, size)
+        strip[:, (p + 1) * size : (p + 2) * size] = image
+        strip_mask[:, (p + 1) * size : (p + 2) * size] = mask
+    return strip, strip_mask
+
+
+def _part_in_view(visible: np.ndarray, start: int, size: int) -> int:
+    """The part under the frame's centre, unless a defect is in view: then its part (a
+    defective part sliding out still shows its defect at the frame's edge)."""
+    part = (start + size // 2) // size - 1
+    if visible.any():
+        first = start // size  # strip columns of the two parts in view
+        split = (first + 1) * size - start
+        part = first - 1 if visible[:, :split].sum() >= visible[:, split:].sum() else first
+    return int(part)
+
+
+def _video_stream(container, codec: str, fps: float, size: int):
+    """The video stream of a square ``size`` video at ``fps``."""
+    stream = container.add_stream(codec, rate=round(fps) if float(fps).is_integer() else fps)
+    stream.width = stream.height = size
+    stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    if codec == "mjpeg":
+        stream.options = {"qscale": "3"}  # good quality: compression should not look like defects
+    return stream
 
 
 def make_synthetic_video(
@@ -130,37 +188,22 @@ def make_synthetic_video(
     """
     av = require_av()
     path = Path(path)
-    if category not in SYNTHETIC_CATEGORIES:
-        raise ValueError(f"unknown synthetic category {category!r}; choose from {sorted(SYNTHETIC_CATEGORIES)}")
-    allowed = SYNTHETIC_CATEGORIES[category]["defects"]
-    defects = tuple(allowed if defects is None else defects)
-    if not defects or any(d not in allowed for d in defects):
-        raise ValueError(f"category {category!r} has the defects {allowed}, got {defects}")
-    if frames < 1 or frame_size < 64 or fps <= 0 or move_frames < 0 or dwell_frames < 1:
-        raise ValueError(f"need frames >= 1, frame_size >= 64, fps > 0, move_frames >= 0, dwell_frames >= 1; "
-                         f"got {frames}, {frame_size}, {fps}, {move_frames}, {dwell_frames}")
-    if not (0.0 <= defect_fraction <= 1.0 and 0.0 <= glitch_rate <= 1.0) or noise < 0:
-        raise ValueError(f"defect_fraction and glitch_rate must be in [0, 1] and noise >= 0, "
-                         f"got {defect_fraction}, {glitch_rate}, {noise}")
+    defects = _check_video_settings(
+        category, defects, frames, frame_size, fps, move_frames, dwell_frames, defect_fraction, glitch_rate, noise
+    )
     codec = codec or VIDEO_CODECS.get(path.suffix.lower())
     if codec is None:
-        raise ValueError(f"cannot tell the codec from the suffix of {path}; use one of {sorted(VIDEO_CODECS)} "
-                         "or pass codec=")
+        raise ValueError(
+            f"cannot tell the codec from the suffix of {path}; use one of {sorted(VIDEO_CODECS)} or pass codec="
+        )
     rng = np.random.default_rng([seed, 7])
     positions = _belt_positions(frames, frame_size, move_frames, dwell_frames, rng)
     n_parts = int(positions.max()) // frame_size + 2
-    kinds = [defects[int(rng.integers(len(defects)))] if rng.random() < defect_fraction else None
-             for _ in range(n_parts)]
-    # The belt: one strip of parts side by side (part p at columns p*W .. (p+1)*W), with an
-    # empty part of belt before the first one. Defect masks are laid out alike.
+    kinds = [
+        defects[int(rng.integers(len(defects)))] if rng.random() < defect_fraction else None for _ in range(n_parts)
+    ]
     size = frame_size
-    strip = np.empty((size, (n_parts + 1) * size, 3), dtype=np.float32)
-    strip_mask = np.zeros((size, (n_parts + 1) * size), dtype=bool)
-    strip[:, :size] = _BELT
-    for p, defect in enumerate(kinds):
-        image, mask = render_synthetic(category, seed, "video", defect, p, size)
-        strip[:, (p + 1) * size:(p + 2) * size] = image
-        strip_mask[:, (p + 1) * size:(p + 2) * size] = mask
+    strip, strip_mask = _belt_strip(category, seed, kinds, size)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -168,15 +211,11 @@ def make_synthetic_video(
     with atomic_files(path, labels_path(path)) as (video_file, labels_file):
         container = av.open(os.fspath(video_file), "w")
         try:
-            stream = container.add_stream(codec, rate=round(fps) if float(fps).is_integer() else fps)
-            stream.width = stream.height = size
-            stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-            if codec == "mjpeg":
-                stream.options = {"qscale": "3"}  # good quality: compression should not look like defects
+            stream = _video_stream(container, codec, fps, size)
             for t, left in enumerate(positions):
                 start = int(left) + size  # the strip starts with the empty belt
-                frame = strip[:, start:start + size]
-                visible = strip_mask[:, start:start + size]
+                frame = strip[:, start : start + size]
+                visible = strip_mask[:, start : start + size]
                 flicker = 1.0 + rng.uniform(-0.03, 0.03)
                 frame = frame * flicker + noise * rng.standard_normal(frame.shape, dtype=np.float32)
                 glitch = rng.random() < glitch_rate
@@ -185,14 +224,14 @@ def make_synthetic_video(
                 pixels = np.round(np.clip(frame, 0, 1) * 255).astype(np.uint8)
                 for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
                     container.mux(packet)
-                # The part under the frame's centre, unless a defect is in view: then its part
-                # (a defective part sliding out still shows its defect at the frame's edge).
-                part = (start + size // 2) // size - 1
-                if visible.any():
-                    first = start // size  # strip columns of the two parts in view
-                    split = (first + 1) * size - start
-                    part = first - 1 if visible[:, :split].sum() >= visible[:, split:].sum() else first
-                rows.append({"frame": t, "defective": int(visible.any()), "part": int(part), "glitch": int(glitch)})
+                rows.append(
+                    {
+                        "frame": t,
+                        "defective": int(visible.any()),
+                        "part": _part_in_view(visible, start, size),
+                        "glitch": int(glitch),
+                    }
+                )
             for packet in stream.encode():
                 container.mux(packet)
         finally:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from ._checkpoint import load_state_dict_checked, read_checkpoint
-from .model import EfficientAD
-from .networks import TEACHER_CHANNELS
+from .._checkpoint import load_state_dict_checked, read_checkpoint
+from ..model import EfficientAD
+from ..networks import TEACHER_CHANNELS
 
 _QUANTILE_KEYS = ("qa_st", "qb_st", "qa_ae", "qb_ae")
 
@@ -22,7 +23,7 @@ def _anomalib_state_dict(obj, weights_only: bool) -> tuple[dict, dict]:
     if isinstance(obj, (str, os.PathLike)):
         obj = read_checkpoint(Path(obj), weights_only)
     if isinstance(obj, nn.Module):
-        model = getattr(obj, "model", obj)  # the Lightning module wraps the torch model
+        model: Any = getattr(obj, "model", obj)  # the Lightning module wraps the torch model
         hparams = {
             "padding": tuple(model.teacher.conv1.padding) != (0, 0),
             "pad_maps": bool(getattr(model, "pad_maps", True)),
@@ -37,15 +38,12 @@ def _anomalib_state_dict(obj, weights_only: bool) -> tuple[dict, dict]:
         hparams = {k: hp[k] for k in ("padding", "pad_maps") if k in hp}
         obj = obj["state_dict"]
     if any(k.startswith("model.") for k in obj):
-        obj = {k[len("model."):]: v for k, v in obj.items() if k.startswith("model.")}
+        obj = {k[len("model.") :]: v for k, v in obj.items() if k.startswith("model.")}
     return obj, hparams
 
 
 def from_anomalib(
-    obj,
-    padding: bool | None = None,
-    pad_maps: bool | None = None,
-    weights_only: bool = True,
+    obj, padding: bool | None = None, pad_maps: bool | None = None, weights_only: bool = True
 ) -> EfficientAD:
     """An :class:`EfficientAD` equal to an anomalib EfficientAD model.
 
@@ -68,15 +66,16 @@ def from_anomalib(
     model_size = "medium" if "teacher.conv6.weight" in state else "small"
     padding = hparams.get("padding", False) if padding is None else padding
     pad_maps = hparams.get("pad_maps", True) if pad_maps is None else pad_maps
-    model = EfficientAD(model_size=model_size, padding=bool(padding), pad_maps=bool(pad_maps),
-                        teacher="random")  # its weights come from the state dict
+    model = EfficientAD(
+        model_size=model_size, padding=bool(padding), pad_maps=bool(pad_maps), teacher="random"
+    )  # its weights come from the state dict
 
     ours = {}
     for key, value in state.items():
         if key.startswith(("teacher.", "student.")):
             ours[key] = value
         elif key.startswith("ae."):
-            ours["autoencoder." + key[len("ae."):]] = value
+            ours["autoencoder." + key[len("ae.") :]] = value
     mean = state.get("mean_std.mean")
     std = state.get("mean_std.std")
     if mean is not None and std is not None and bool((mean != 0).any() or (std != 0).any()):
@@ -89,6 +88,7 @@ def from_anomalib(
     ours["quantiles"] = torch.zeros(4)
     ours["_extra_state"] = {"quantiles_set": False, "teacher_source": "anomalib"}
     load_state_dict_checked(model, ours, source="anomalib state dict")
-    if all(q is not None for q in quantiles) and any(float(q) != 0 for q in quantiles):
-        model.set_quantiles(*(float(q) for q in quantiles))
+    values = [float(q) for q in quantiles if q is not None]
+    if len(values) == len(quantiles) and any(v != 0 for v in values):
+        model.set_quantiles(*values)
     return model

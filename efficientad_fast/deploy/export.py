@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._checkpoint import atomic_files, writable_folder
-from .model import EfficientAD, Prediction, check_unit_range, decisions
-from .networks import check_image_size
-from .op.reference import reference_anomaly_map
+from .._checkpoint import atomic_files, writable_folder
+from ..model import EfficientAD, Prediction, check_unit_range, decisions
+from ..networks import check_image_size
+from ..op.reference import reference_anomaly_map
 
 FORMATS = ("aoti", "onnx")
 # Written into the .pt2 package (AOTInductor metadata) and the ONNX model's metadata_props.
@@ -84,6 +84,9 @@ class PredictGraph(nn.Module):
     unnormalized map, as ``predict`` does.
     """
 
+    teacher_weight: torch.Tensor  # buffers of the fused scoring
+    teacher_bias: torch.Tensor
+
     def __init__(self, model: EfficientAD, scoring: str = "fused") -> None:
         super().__init__()
         if scoring not in ("fused", "reference"):
@@ -112,13 +115,18 @@ class PredictGraph(nn.Module):
         if self.scoring == "fused":
             features = model.features(x, teacher_conv=(self.teacher_weight, self.teacher_bias))
             return torch.ops.efficientad_fast.anomaly_map.default(
-                *features, None, None, quantiles, model.alpha, model.map_pad, list(output_size), model.distance,
+                *features, None, None, quantiles, model.alpha, model.map_pad, list(output_size), model.distance
             )
-        if quantiles is not None:
-            quantiles = tuple(quantiles.unbind(0))
+        # The four quantiles as four 0-d tensors: plain ops on each, no host read.
+        quantile_values = None if quantiles is None else [q for q in quantiles.unbind(0)]
         return reference_anomaly_map(
-            *model.features(x), teacher_mean=model.teacher_mean, teacher_std=model.teacher_std,
-            quantiles=quantiles, alpha=model.alpha, pad=model.map_pad, output_size=output_size,
+            *model.features(x),
+            teacher_mean=model.teacher_mean,
+            teacher_std=model.teacher_std,
+            quantiles=quantile_values,  # type: ignore[arg-type]  # 0-d tensors where numbers go
+            alpha=model.alpha,
+            pad=model.map_pad,
+            output_size=output_size,
             distance=model.distance,
         )
 
@@ -155,7 +163,7 @@ def metadata(model: EfficientAD, image_size: tuple[int, int], device: str = "cpu
         "input": "float32 (N, 3, H, W) RGB in [0, 1]",
         "outputs": "anomaly_map float32 (N, 1, H, W); score float32 (N,)",
         "normalization": "RGB in [0, 1]; ImageNet mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225) "
-                         "applied inside the graph",
+        "applied inside the graph",
         "quantiles_set": "1" if model.quantiles_set else "0",
         "quantiles": quantiles,
         "image_threshold": _number(model.image_threshold),
@@ -175,12 +183,16 @@ def check_metadata(info: dict[str, str], source: str | os.PathLike) -> dict:
     "pixel_threshold" (floats or None), "format_version"}. ValueError naming ``source`` for
     another format, a schema version this efficientad_fast does not read, or bad values."""
     if info.get("format") != PACKAGE_FORMAT:
-        raise ValueError(f"{source}: not an efficientad_fast model (metadata format={info.get('format')!r}, "
-                         f"expected {PACKAGE_FORMAT!r}); export one with `efficientad-fast export`")
+        raise ValueError(
+            f"{source}: not an efficientad_fast model (metadata format={info.get('format')!r}, "
+            f"expected {PACKAGE_FORMAT!r}); export one with `efficientad-fast export`"
+        )
     version = info.get("format_version")
     if version not in READABLE_VERSIONS:
-        raise ValueError(f"{source}: metadata schema version {version!r}; this efficientad_fast reads versions "
-                         f"{', '.join(READABLE_VERSIONS)}: export the model again with this version")
+        raise ValueError(
+            f"{source}: metadata schema version {version!r}; this efficientad_fast reads versions "
+            f"{', '.join(READABLE_VERSIONS)}: export the model again with this version"
+        )
     size = []
     for key in ("image_height", "image_width"):
         if not str(info.get(key, "")).isdigit() or int(info[key]) < 1:
@@ -196,8 +208,12 @@ def check_metadata(info: dict[str, str], source: str | os.PathLike) -> dict:
         if value is not None and not torch.isfinite(torch.tensor(value)):
             raise ValueError(f"{source}: metadata {key} must be finite, got {text!r}")
         thresholds[key] = value
-    return {"image_size": tuple(size), "device": info.get("device", "cpu") or "cpu", "format_version": version,
-            **thresholds}
+    return {
+        "image_size": tuple(size),
+        "device": info.get("device", "cpu") or "cpu",
+        "format_version": version,
+        **thresholds,
+    }
 
 
 def export_aoti(model: EfficientAD, out: str | os.PathLike, image_size=256, device: str = "cpu") -> Path:
@@ -210,27 +226,27 @@ def export_aoti(model: EfficientAD, out: str | os.PathLike, image_size=256, devi
     (export on a machine with one); the package then takes CUDA tensors.
     Inputs must be contiguous float32 (N, 3, H, W): :func:`load_package` checks that.
     """
-    from .op._library import load_extension
+    from ..op._library import load_extension
 
     load_extension()  # torch.export needs the op (and its fake kernel) registered
-    device = torch.device(device)
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device}")
-    if device.type == "cuda" and not torch.cuda.is_available():
+    target = torch.device(device)
+    if target.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {target}")
+    if target.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("a CUDA package is compiled on a machine with a GPU: none is visible here")
     size, example = _prepare(model, image_size)
     out = Path(out)
     if out.suffix != ".pt2":
         raise ValueError(f"an AOTInductor package must end in .pt2, got {out}")
     writable_folder(out.parent)
-    graph = PredictGraph(model, "fused").to(device)
+    graph = PredictGraph(model, "fused").to(target)
     batch = torch.export.Dim("batch", min=1, max=1024)
     with atomic_files(out) as (temporary,), torch.no_grad():  # a half package never replaces a whole one
-        exported = torch.export.export(graph, (example.to(device),), dynamic_shapes=({0: batch},))
+        exported = torch.export.export(graph, (example.to(target),), dynamic_shapes=({0: batch},))
         torch._inductor.aoti_compile_and_package(
             exported,
             package_path=str(temporary),
-            inductor_configs={"aot_inductor.metadata": metadata(model, size, device.type)},
+            inductor_configs={"aot_inductor.metadata": metadata(model, size, target.type)},
         )
     return out
 
@@ -244,7 +260,7 @@ class LoadedPackage:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from .op._library import load_extension
+        from ..op._library import load_extension
 
         path = Path(path)
         if not path.is_file():
@@ -284,7 +300,9 @@ def check_exported_input(images: torch.Tensor, image_size: tuple[int, int], path
     if images.dtype != torch.float32:
         raise TypeError(f"images must be float32 in [0, 1], got {images.dtype} (uint8: divide by 255)")
     if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != tuple(image_size):
-        raise ValueError(f"images must be (N, 3, {image_size[0]}, {image_size[1]}) for {path}, got {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be (N, 3, {image_size[0]}, {image_size[1]}) for {path}, got {tuple(images.shape)}"
+        )
     if images.shape[0] == 0:
         raise ValueError("images must hold at least one image")
 
@@ -306,8 +324,10 @@ def check_opset(opset: int) -> None:
         ) from exc
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not 17 <= opset <= newest:
-        raise ValueError(f"opset must be an integer from 17 to {newest} (the newest this onnx {onnx.__version__} "
-                         f"knows), got {opset!r}")
+        raise ValueError(
+            f"opset must be an integer from 17 to {newest} (the newest this onnx {onnx.__version__} "
+            f"knows), got {opset!r}"
+        )
 
 
 def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opset: int = 18) -> Path:
@@ -327,17 +347,26 @@ def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opse
     with atomic_files(out) as (temporary,):  # a half model never replaces a whole one
         with torch.no_grad():
             program = torch.onnx.export(
-                graph, (example,), dynamo=True, opset_version=opset,
-                input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-                dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+                graph,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=INPUT_NAMES,
+                output_names=OUTPUT_NAMES,
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+                verbose=False,
             )
+        assert program is not None  # dynamo=True always returns the program
         proto = program.model_proto
         # torch.onnx builds opset 18 and converts; where the conversion fails it keeps 18
         # with a warning only: say so rather than write another opset than the one asked for.
         written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         if written != opset:
-            raise ValueError(f"asked for ONNX opset {opset}, but torch {torch.__version__.split('+')[0]} could only "
-                             f"write opset {written} for this model; pass --opset {written} (nothing was written)")
+            raise ValueError(
+                f"asked for ONNX opset {opset}, but torch {torch.__version__.split('+')[0]} could only "
+                f"write opset {written} for this model; pass --opset {written} (nothing was written)"
+            )
         for key, value in metadata(model, size).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

@@ -13,9 +13,9 @@ import threading
 
 import torch
 
-from .model import EfficientAD, Prediction, check_sensitivity
-from .networks import check_image_size
-from .precision import choose_precision
+from ..model import EfficientAD, Prediction, check_sensitivity
+from ..networks import check_image_size
+from ..precision import choose_precision
 
 INPUT_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 
@@ -82,8 +82,10 @@ class FastPredictor:
         if cuda_graph is None:
             cuda_graph = device.type == "cuda"
         if cuda_graph and device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {device}; "
-                             "move it with model.to('cuda') or pass cuda_graph=False")
+            raise ValueError(
+                f"cuda_graph=True needs the model on a CUDA device, it is on {device}; "
+                "move it with model.to('cuda') or pass cuda_graph=False"
+            )
         if output_size is None:
             output_size = (height, width)
         elif isinstance(output_size, int):
@@ -109,7 +111,8 @@ class FastPredictor:
 
         self._run = run
         self._input = torch.zeros(self.shape, dtype=input_dtype, device=device).contiguous(
-            memory_format=torch.channels_last)
+            memory_format=torch.channels_last
+        )
         self._graph = None
         self._lock = threading.Lock()  # one call at a time: all calls share the buffers
         with torch.inference_mode():
@@ -137,8 +140,10 @@ class FastPredictor:
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
         if tuple(images.shape) != self.shape:
-            raise ValueError(f"this predictor takes images of shape {self.shape}, got {tuple(images.shape)}; "
-                             "make another FastPredictor for another batch or image size")
+            raise ValueError(
+                f"this predictor takes images of shape {self.shape}, got {tuple(images.shape)}; "
+                "make another FastPredictor for another batch or image size"
+            )
         if images.dtype != self.input_dtype:
             raise TypeError(f"this predictor takes {self.input_dtype} images, got {images.dtype}")
         with self._lock, torch.inference_mode():

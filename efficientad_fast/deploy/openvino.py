@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._checkpoint import atomic_files, writable_folder
-from ._optional import require
+from .._checkpoint import atomic_files, writable_folder
+from .._optional import require
+from ..model import EfficientAD, Prediction, check_unit_range, decisions
 from .export import OUTPUT_NAMES, PredictGraph, _prepare, check_exported_input, check_metadata, metadata
-from .model import EfficientAD, Prediction, check_unit_range, decisions
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # rt_info section of the IR that holds export.metadata() and the OpenVINO-only keys below.
@@ -65,8 +65,9 @@ def calibration_images(source, image_size: tuple[int, int], size: int = DEFAULT_
         raise ValueError(f"calibration size must be >= 1, got {size}")
     if isinstance(source, torch.Tensor):
         if source.dim() != 4 or source.shape[1] != 3 or tuple(source.shape[2:]) != tuple(image_size):
-            raise ValueError(f"calibration images must be (N, 3, {image_size[0]}, {image_size[1]}), "
-                             f"got {tuple(source.shape)}")
+            raise ValueError(
+                f"calibration images must be (N, 3, {image_size[0]}, {image_size[1]}), got {tuple(source.shape)}"
+            )
         if source.shape[0] == 0:
             raise ValueError("calibration images must hold at least one image")
         if source.dtype == torch.uint8:
@@ -78,11 +79,12 @@ def calibration_images(source, image_size: tuple[int, int], size: int = DEFAULT_
             raise TypeError(f"calibration images must be uint8 or float in [0, 1], got {source.dtype}")
         pick = np.unique(np.linspace(0, images.shape[0] - 1, min(size, images.shape[0])).round().astype(int))
         return images[torch.from_numpy(pick)].contiguous()
-    from .data import find_images, open_image, to_rgb_array
+    from ..data import find_images, open_image, to_rgb_array
 
     paths = find_images(source, "calibration image")
     pick = np.unique(np.linspace(0, len(paths) - 1, min(size, len(paths))).round().astype(int))
-    arrays = [to_rgb_array(open_image(paths[i], "calibration image"), tuple(image_size)) for i in pick]
+    height_width = (int(image_size[0]), int(image_size[1]))
+    arrays = [to_rgb_array(open_image(paths[i], "calibration image"), height_width) for i in pick]
     return torch.from_numpy(np.stack(arrays))
 
 
@@ -153,13 +155,14 @@ def _ir_model(model: EfficientAD, size, example: torch.Tensor, images, precision
     for output, name in zip(ov_model.outputs, OUTPUT_NAMES):
         output.get_tensor().set_names({name})
     if images is not None:
-        dataset = nncf.Dataset([images[i:i + 1].numpy() for i in range(images.shape[0])])
+        dataset = nncf.Dataset([images[i : i + 1].numpy() for i in range(images.shape[0])])
         nncf_log = logging.getLogger("nncf")
         level = nncf_log.level
         nncf_log.setLevel(logging.WARNING)  # not a line per operation it leaves in float
         try:
-            ov_model = nncf.quantize(ov_model, dataset, subset_size=images.shape[0],
-                                     ignored_scope=_scoring_scope(ov_model, nncf))
+            ov_model = nncf.quantize(
+                ov_model, dataset, subset_size=images.shape[0], ignored_scope=_scoring_scope(ov_model, nncf)
+            )
         finally:
             nncf_log.setLevel(level)
     info = metadata(model, size)
@@ -183,8 +186,13 @@ class LoadedOpenVINO:
     thresholds); ``image_threshold`` and ``pixel_threshold``: floats or None.
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "CPU",
-                 inference_precision: str | None = DEFAULT_INFERENCE_PRECISION, config: dict | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: str = "CPU",
+        inference_precision: str | None = DEFAULT_INFERENCE_PRECISION,
+        config: dict | None = None,
+    ) -> None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no OpenVINO model at {path}")
@@ -219,8 +227,10 @@ class LoadedOpenVINO:
     @staticmethod
     def _read_metadata(ov_model, path: Path) -> tuple[dict[str, str], dict]:
         if not ov_model.has_rt_info([RT_INFO_SECTION]):
-            raise ValueError(f"{path}: an OpenVINO IR but not an efficientad_fast model (no '{RT_INFO_SECTION}' "
-                             "rt_info); export one with `efficientad-fast export --format openvino`")
+            raise ValueError(
+                f"{path}: an OpenVINO IR but not an efficientad_fast model (no '{RT_INFO_SECTION}' "
+                "rt_info); export one with `efficientad-fast export --format openvino`"
+            )
         section = ov_model.get_rt_info([RT_INFO_SECTION])
         info = {str(key): value.astype(str) for key, value in section.astype(dict).items()}
         return info, check_metadata(info, f"{path} (an OpenVINO IR)")
@@ -243,9 +253,12 @@ class LoadedOpenVINO:
         return decisions(score, amap, self.image_threshold, self.pixel_threshold, sensitivity)
 
 
-def load_openvino(path: str | os.PathLike, device: str = "CPU",
-                  inference_precision: str | None = DEFAULT_INFERENCE_PRECISION,
-                  config: dict | None = None) -> LoadedOpenVINO:
+def load_openvino(
+    path: str | os.PathLike,
+    device: str = "CPU",
+    inference_precision: str | None = DEFAULT_INFERENCE_PRECISION,
+    config: dict | None = None,
+) -> LoadedOpenVINO:
     """Load and compile an IR written by :func:`export_openvino` for ``device`` ("CPU",
     "GPU", "AUTO", ...), checking its rt_info (format name and version, image size).
 

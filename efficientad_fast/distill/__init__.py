@@ -19,6 +19,7 @@ rank's share of the batch). Modules import downward only: loop -> target, images
 parallel -> the package's helpers.
 """
 
+from ..data.generic_images import BUILTIN_PHOTOS, HELD_OUT_PHOTOS, photo_images, procedural_images
 from .backbones import (
     BACKBONES,
     LITE0_BLOCKS,
@@ -31,7 +32,6 @@ from .backbones import (
     load_lite0,
     load_resnet,
 )
-from ..data.generic_images import BUILTIN_PHOTOS, HELD_OUT_PHOTOS, photo_images, procedural_images
 from .images import CropSampler, folder_images, training_images
 from .loop import DISTILL_PRESETS, DistillConfig, command_line, distill_teacher, learning_rate
 from .target import TargetProjection, fit_projection, raw_target, targets

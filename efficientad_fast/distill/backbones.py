@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..networks import ImageNetNormalize
 from .._optional import require
+from ..networks import ImageNetNormalize
 
 # Flat block indices of EfficientNet-Lite0 whose outputs form the target:
 # 24, 40, 80, 112, 192 channels at strides 4, 8, 16, 16, 32 (448 in all).
@@ -61,7 +61,9 @@ def load_lite0(weights: str | os.PathLike | None = None) -> nn.Module:
         mapped = {}
         for (src, value), (dst, expected) in zip(state.items(), ours.items()):
             if tuple(value.shape) != tuple(expected.shape):
-                raise ValueError(f"{path}: {src} has shape {tuple(value.shape)}, timm's {dst} needs {tuple(expected.shape)}")
+                raise ValueError(
+                    f"{path}: {src} has shape {tuple(value.shape)}, timm's {dst} needs {tuple(expected.shape)}"
+                )
             mapped[dst] = value
         state = mapped
     model.load_state_dict(state, strict=True)
@@ -91,8 +93,12 @@ class Lite0Features(nn.Module):
         self.stem = nn.Sequential(model.conv_stem, model.bn1)
         self.blocks = nn.Sequential(*[b for stage in model.blocks for b in stage][: max(blocks) + 1])
         self.wanted = tuple(blocks)
-        self.channels = [self.blocks[i].conv_pwl.out_channels if hasattr(self.blocks[i], "conv_pwl")
-                         else self.blocks[i].conv_pw.out_channels for i in self.wanted]
+        self.channels = [
+            self.blocks[i].conv_pwl.out_channels
+            if hasattr(self.blocks[i], "conv_pwl")
+            else self.blocks[i].conv_pw.out_channels
+            for i in self.wanted
+        ]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(self.normalize(x))
@@ -112,7 +118,10 @@ class ResNetFeatures(nn.Module):
         self.normalize = ImageNetNormalize()
         self.stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1)
         self.layer2, self.layer3 = model.layer2, model.layer3
-        last = lambda layer: [m for m in layer.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+        def last(layer):
+            return [m for m in layer.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
         self.channels = [last(self.layer2), last(self.layer3)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -129,8 +138,9 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, blocks=LI
         net = Lite0Features(load_lite0(weights), tuple(sorted(int(b) for b in blocks)))
     elif name in RESNETS:
         if weights is None:
-            raise ValueError(f"backbone {name} needs --backbone-weights FILE (a torchvision state dict); "
-                             "nothing is downloaded")
+            raise ValueError(
+                f"backbone {name} needs --backbone-weights FILE (a torchvision state dict); nothing is downloaded"
+            )
         net = ResNetFeatures(load_resnet(name, weights))
     else:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {name!r}")

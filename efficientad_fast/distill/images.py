@@ -12,10 +12,14 @@ import torch.nn.functional as F
 from ..data import find_images, open_image, to_rgb_array
 from ..data.generic_images import BUILTIN_PHOTOS, photo_images, procedural_images
 
+
 def folder_images(folders) -> dict[str, torch.Tensor]:
     """Every image file found recursively under ``folders`` (hidden files skipped), by path."""
-    return {str(path): torch.from_numpy(to_rgb_array(open_image(path), None))
-            for folder in folders for path in find_images(folder)}
+    return {
+        str(path): torch.from_numpy(to_rgb_array(open_image(path), None))
+        for folder in folders
+        for path in find_images(folder)
+    }
 
 
 def training_images(builtin_photos: bool, procedural: int, folders, seed: int) -> dict[str, torch.Tensor]:
@@ -45,8 +49,16 @@ class CropSampler:
     (:meth:`_render`): a data-parallel rank draws the choices of the whole batch, which keeps
     its stream in step with the other ranks', and renders only its part (see :mod:`.parallel`)."""
 
-    def __init__(self, images: list[torch.Tensor], crop: int, seed: int, scale=(0.03, 0.6),
-                 jitter: float = 0.4, grayscale: float = 0.1, augment: bool = True) -> None:
+    def __init__(
+        self,
+        images: list[torch.Tensor],
+        crop: int,
+        seed: int,
+        scale=(0.03, 0.6),
+        jitter: float = 0.4,
+        grayscale: float = 0.1,
+        augment: bool = True,
+    ) -> None:
         if not images:
             raise ValueError("distillation needs at least one image")
         self.images, self.crop, self.scale = images, crop, scale
@@ -73,9 +85,14 @@ class CropSampler:
         choice = {"index": index, "box": (top, left, ch, cw)}
         if self.augment:
             j = self.jitter
-            choice.update(flip_w=self._chance(0.5), flip_h=self._chance(0.5), brightness=self._uniform(1 - j, 1 + j),
-                          contrast=self._uniform(1 - j, 1 + j), saturation=self._uniform(1 - j, 1 + j),
-                          gray=self._chance(self.grayscale))
+            choice.update(
+                flip_w=self._chance(0.5),
+                flip_h=self._chance(0.5),
+                brightness=self._uniform(1 - j, 1 + j),
+                contrast=self._uniform(1 - j, 1 + j),
+                saturation=self._uniform(1 - j, 1 + j),
+                gray=self._chance(self.grayscale),
+            )
         return choice
 
     @staticmethod
@@ -99,9 +116,10 @@ class CropSampler:
     def _render(self, choice: dict) -> torch.Tensor:
         """The crop ``choice`` describes, resized to 2 x crop (and augmented)."""
         top, left, ch, cw = choice["box"]
-        x = self.images[choice["index"]][None, :, top:top + ch, left:left + cw]
-        x = F.interpolate(x, size=(2 * self.crop, 2 * self.crop), mode="bilinear", align_corners=False,
-                          antialias=True)[0]
+        x = self.images[choice["index"]][None, :, top : top + ch, left : left + cw]
+        x = F.interpolate(x, size=(2 * self.crop, 2 * self.crop), mode="bilinear", align_corners=False, antialias=True)[
+            0
+        ]
         return self._augmented(x, choice) if self.augment else x
 
     def one(self) -> torch.Tensor:

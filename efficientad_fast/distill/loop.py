@@ -33,10 +33,10 @@ from torch import nn
 from .._checkpoint import atomic_save, atomic_write_text, config_diff, writable_folder
 from .._device import autocast_dtype
 from .._progress import progress
-from ..networks import MODEL_SIZES, TEACHER_CHANNELS, make_pdn
-from .backbones import BACKBONES, LITE0_BLOCKS, RESNET_LAYERS, load_backbone
 from ..data.generic_images import HELD_OUT_PHOTOS, photo_images
+from ..networks import MODEL_SIZES, TEACHER_CHANNELS, make_pdn
 from . import parallel
+from .backbones import BACKBONES, LITE0_BLOCKS, RESNET_LAYERS, load_backbone
 from .images import CropSampler, training_images
 from .parallel import Ranks
 from .target import TargetProjection, fit_projection, targets
@@ -109,8 +109,9 @@ DISTILL_PRESETS = {
     # A more local target with a constant learning rate on the photographs only (issue 12's
     # recipe): Lite0 blocks 4, 7, 10, lr 1e-4 constant, no procedural images, 1,481 steps.
     # (That recipe also jittered hue by 0.1, which CropSampler does not.)
-    "local": DistillConfig(lite0_blocks=(4, 7, 10), lr=1e-4, warmup_fraction=0.0, final_lr_fraction=1.0,
-                           procedural=0, steps=1481),
+    "local": DistillConfig(
+        lite0_blocks=(4, 7, 10), lr=1e-4, warmup_fraction=0.0, final_lr_fraction=1.0, procedural=0, steps=1481
+    ),
 }
 
 
@@ -153,8 +154,9 @@ class _Run:
         return (self.config.crop // 4, self.config.crop // 4)
 
     def targets(self, big: torch.Tensor, projected: bool = True) -> torch.Tensor:
-        return targets(self.backbone, self.projection if projected else None, big, self.grid, self.autocast,
-                       self.device)
+        return targets(
+            self.backbone, self.projection if projected else None, big, self.grid, self.autocast, self.device
+        )
 
     def autocast_context(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
@@ -170,11 +172,24 @@ def _prepare(config: DistillConfig, ckpt_path: Path, ranks: Ranks) -> _Run:
     pdn = make_pdn(config.model_size, TEACHER_CHANNELS, padding=True).to(device)
     pool = training_images(config.builtin_photos, config.procedural, config.images, config.seed)
     sampler = CropSampler(list(pool.values()), config.crop, seed=config.seed, scale=config.scale)
-    held = CropSampler(list(photo_images(HELD_OUT_PHOTOS).values()), config.crop, seed=HELD_OUT_SEED,
-                       scale=config.scale, augment=False)
+    held = CropSampler(
+        list(photo_images(HELD_OUT_PHOTOS).values()), config.crop, seed=HELD_OUT_SEED, scale=config.scale, augment=False
+    )
     optimizer = torch.optim.Adam(pdn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return _Run(config, ckpt_path, device, autocast_dtype(amp), backbone, pdn, pool, sampler, held, optimizer,
-                ranks=ranks, train_pdn=pdn)
+    return _Run(
+        config,
+        ckpt_path,
+        device,
+        autocast_dtype(amp),
+        backbone,
+        pdn,
+        pool,
+        sampler,
+        held,
+        optimizer,
+        ranks=ranks,
+        train_pdn=pdn,
+    )
 
 
 def _calibrate(run: _Run, log) -> None:
@@ -192,9 +207,11 @@ def _fitted_projection(run: _Run, log) -> TargetProjection:
         big, _ = sampler.batch(min(config.batch_size, config.calibration_crops - start))
         feats.append(run.targets(big, projected=False).cpu())
     projection = fit_projection(feats, seed=config.seed)
-    log(f"[distill] {len(run.pool)} training images; target: {feats[0].shape[1]} backbone channels -> "
+    log(
+        f"[distill] {len(run.pool)} training images; target: {feats[0].shape[1]} backbone channels -> "
         f"{TEACHER_CHANNELS} (projection keeps {float(projection.explained):.1%} of the variance); "
-        f"calibration on {config.calibration_crops} crops took {time.perf_counter() - started:.0f} s")
+        f"calibration on {config.calibration_crops} crops took {time.perf_counter() - started:.0f} s"
+    )
     return projection
 
 
@@ -233,22 +250,27 @@ def _resume(run: _Run, log) -> None:
     if saved_steps != config.steps:
         run.schedule_changes.append({"at_step": run.step, "from_steps": saved_steps, "to_steps": config.steps})
     saved_processes = state.get("processes", 1)
-    log(f"[distill] resuming at step {run.step} of {config.steps} from {path}"
-        + (f" (written by {saved_processes} processes, now {run.ranks.world})"
-           if saved_processes != run.ranks.world else ""))
+    log(
+        f"[distill] resuming at step {run.step} of {config.steps} from {path}"
+        + (
+            f" (written by {saved_processes} processes, now {run.ranks.world})"
+            if saved_processes != run.ranks.world
+            else ""
+        )
+    )
 
 
 def _held_out_evaluator(run: _Run) -> Callable[[], float]:
     """A function giving the PDN's loss on fixed crops of the held-out photographs."""
     big, small = run.held.batch(run.config.held_out_crops)
-    target = torch.cat([run.targets(big[i:i + EVAL_BATCH]) for i in range(0, big.shape[0], EVAL_BATCH)]).float()
+    target = torch.cat([run.targets(big[i : i + EVAL_BATCH]) for i in range(0, big.shape[0], EVAL_BATCH)]).float()
     small = small.to(run.device)
 
     @torch.no_grad()
     def held_out_loss() -> float:
         run.pdn.eval()
         with run.autocast_context():
-            pred = torch.cat([run.pdn(small[i:i + EVAL_BATCH]) for i in range(0, small.shape[0], EVAL_BATCH)])
+            pred = torch.cat([run.pdn(small[i : i + EVAL_BATCH]) for i in range(0, small.shape[0], EVAL_BATCH)])
         run.pdn.train()
         return float(F.mse_loss(pred.float(), target))
 
@@ -259,11 +281,22 @@ def _save_checkpoint(run: _Run, at: int) -> None:
     """The checkpoint (rank 0 only; every rank holds the same state)."""
     if not run.ranks.main:
         return
-    atomic_save({"kind": CHECKPOINT_KIND, "step": at, "config": run.config.as_json(), "processes": run.ranks.world,
-                 "pdn": run.pdn.state_dict(), "optimizer": run.optimizer.state_dict(),
-                 "projection": run.projection.state_dict(), "sampler_rng": run.sampler.generator.get_state(),
-                 "torch_rng": torch.get_rng_state(), "history": run.history,
-                 "schedule_changes": run.schedule_changes}, run.ckpt_path)
+    atomic_save(
+        {
+            "kind": CHECKPOINT_KIND,
+            "step": at,
+            "config": run.config.as_json(),
+            "processes": run.ranks.world,
+            "pdn": run.pdn.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "projection": run.projection.state_dict(),
+            "sampler_rng": run.sampler.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": run.history,
+            "schedule_changes": run.schedule_changes,
+        },
+        run.ckpt_path,
+    )
 
 
 def _train_step(run: _Run, step: int, scaler: torch.amp.GradScaler) -> float:
@@ -298,13 +331,19 @@ def _train(run: _Run, held_out_loss: Callable[[], float] | None, log) -> None:
         for step in bar:
             recent = (recent + [_train_step(run, step, scaler)])[-50:]
             done = step + 1
-            row = {"step": done, "loss": recent[-1], "lr": run.optimizer.param_groups[0]["lr"],
-                   "time": time.perf_counter() - started}
+            row = {
+                "step": done,
+                "loss": recent[-1],
+                "lr": run.optimizer.param_groups[0]["lr"],
+                "time": time.perf_counter() - started,
+            }
             evaluate = config.eval_every and (done % config.eval_every == 0 or done == config.steps)
             if evaluate and held_out_loss is not None:
                 row["held_out_loss"] = held_out_loss()
-                log(f"[distill] step {done}: train loss (mean of last {len(recent)}) {sum(recent) / len(recent):.4f}, "
-                    f"held-out loss {row['held_out_loss']:.4f}, {row['time']:.0f} s")
+                log(
+                    f"[distill] step {done}: train loss (mean of last {len(recent)}) {sum(recent) / len(recent):.4f}, "
+                    f"held-out loss {row['held_out_loss']:.4f}, {row['time']:.0f} s"
+                )
             run.history.append(row)
             if show:
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -329,11 +368,17 @@ def _record(run: _Run, out: Path, command: str | None) -> dict:
         "what": f"PDN-{config.model_size[0].upper()} teacher (384 channels) distilled from {config.backbone}",
         "command": command or f"efficientad_fast.distill.distill_teacher({str(out)!r}, DistillConfig(...))",
         "config": config.as_json(),
-        "backbone_features": (f"flat blocks {list(config.lite0_blocks)}" if config.backbone == "efficientnet_lite0"
-                              else f"{list(RESNET_LAYERS)}"),
+        "backbone_features": (
+            f"flat blocks {list(config.lite0_blocks)}"
+            if config.backbone == "efficientnet_lite0"
+            else f"{list(RESNET_LAYERS)}"
+        ),
         "backbone_channels": channels,
-        "projection": ("PCA to 384 + fixed random rotation" if channels >= TEACHER_CHANNELS
-                       else "fixed random orthogonal lift to 384"),
+        "projection": (
+            "PCA to 384 + fixed random rotation"
+            if channels >= TEACHER_CHANNELS
+            else "fixed random orthogonal lift to 384"
+        ),
         "projection_variance_kept": float(run.projection.explained),
         "images": sorted(run.pool),
         "held_out_images": list(HELD_OUT_PHOTOS),
@@ -363,8 +408,14 @@ def _write_teacher(run: _Run, out: Path, command: str | None, log) -> dict:
     return record
 
 
-def distill_teacher(out: str | os.PathLike, config: DistillConfig | None = None, *,
-                    resume: bool = False, command: str | None = None, log=print) -> dict:
+def distill_teacher(
+    out: str | os.PathLike,
+    config: DistillConfig | None = None,
+    *,
+    resume: bool = False,
+    command: str | None = None,
+    log=print,
+) -> dict:
     """Distill a PDN teacher and write it to ``out`` (a state dict with ``conv1.weight``,
     ... keys, readable by :func:`efficientad_fast.load_teacher` and ``--teacher``) plus
     ``out`` with suffix ``.json`` recording the recipe and the final losses. A checkpoint
@@ -400,8 +451,12 @@ def distill_teacher(out: str | os.PathLike, config: DistillConfig | None = None,
 
 def command_line(out, config: DistillConfig) -> str:
     """The distill-teacher command that reproduces ``config`` (every setting spelled out)."""
-    parts = ["efficientad-fast distill-teacher", f"--out {out}", f"--model-size {config.model_size}",
-             f"--backbone {config.backbone}"]
+    parts = [
+        "efficientad-fast distill-teacher",
+        f"--out {out}",
+        f"--model-size {config.model_size}",
+        f"--backbone {config.backbone}",
+    ]
     if config.backbone_weights:
         parts.append(f"--backbone-weights {config.backbone_weights}")
     if config.backbone == "efficientnet_lite0" and tuple(config.lite0_blocks) != LITE0_BLOCKS:
@@ -410,8 +465,15 @@ def command_line(out, config: DistillConfig) -> str:
         parts.append("--images " + " ".join(config.images))
     if not config.builtin_photos:
         parts.append("--no-builtin-images")
-    parts += [f"--procedural {config.procedural}", f"--steps {config.steps}", f"--batch-size {config.batch_size}",
-              f"--crop {config.crop}", f"--lr {config.lr}", f"--calibration-crops {config.calibration_crops}",
-              f"--held-out-crops {config.held_out_crops}", f"--seed {config.seed}",
-              f"--amp {config.amp or 'none'}"]
+    parts += [
+        f"--procedural {config.procedural}",
+        f"--steps {config.steps}",
+        f"--batch-size {config.batch_size}",
+        f"--crop {config.crop}",
+        f"--lr {config.lr}",
+        f"--calibration-crops {config.calibration_crops}",
+        f"--held-out-crops {config.held_out_crops}",
+        f"--seed {config.seed}",
+        f"--amp {config.amp or 'none'}",
+    ]
     return " ".join(parts)

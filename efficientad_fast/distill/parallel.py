@@ -47,8 +47,10 @@ class Ranks:
     def share(self, batch_size: int) -> slice:
         """This rank's slice of a global batch of ``batch_size`` crops."""
         if batch_size % self.world:
-            raise ValueError(f"the batch size ({batch_size}) must be divisible by the number of torchrun "
-                             f"processes ({self.world}): each trains on batch_size / processes crops")
+            raise ValueError(
+                f"the batch size ({batch_size}) must be divisible by the number of torchrun "
+                f"processes ({self.world}): each trains on batch_size / processes crops"
+            )
         n = batch_size // self.world
         return slice(self.rank * n, (self.rank + 1) * n)
 
@@ -57,8 +59,11 @@ def torchrun_ranks() -> Ranks:
     """The world size, rank and local rank torchrun sets (WORLD_SIZE, RANK, LOCAL_RANK);
     a single process without them."""
     try:
-        ranks = Ranks(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
-                      int(os.environ.get("LOCAL_RANK", "0")))
+        ranks = Ranks(
+            int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("LOCAL_RANK", "0")),
+        )
     except ValueError as exc:
         raise ValueError(f"WORLD_SIZE, RANK and LOCAL_RANK must be integers (as torchrun sets them): {exc}") from exc
     if ranks.world < 1 or not 0 <= ranks.rank < ranks.world:
@@ -73,11 +78,14 @@ def device_for(setting: str, ranks: Ranks) -> torch.device:
     if not ranks.parallel or device.type != "cuda":
         return device
     if device.index is not None and device.index != ranks.local_rank:
-        raise ValueError(f"under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda or auto, "
-                         f"not {setting!r}")
+        raise ValueError(
+            f"under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda or auto, not {setting!r}"
+        )
     if ranks.local_rank >= torch.cuda.device_count():
-        raise ValueError(f"LOCAL_RANK {ranks.local_rank} but {torch.cuda.device_count()} GPUs are visible: "
-                         "--nproc-per-node must not exceed the GPUs of a machine")
+        raise ValueError(
+            f"LOCAL_RANK {ranks.local_rank} but {torch.cuda.device_count()} GPUs are visible: "
+            "--nproc-per-node must not exceed the GPUs of a machine"
+        )
     device = torch.device("cuda", ranks.local_rank)
     torch.cuda.set_device(device)
     return device

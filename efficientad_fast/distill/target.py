@@ -43,14 +43,18 @@ class TargetProjection(nn.Module):
 
 
 @torch.no_grad()
-def fit_projection(features: list[torch.Tensor], out_channels: int = TEACHER_CHANNELS,
-                   seed: int = 0) -> TargetProjection:
+def fit_projection(
+    features: list[torch.Tensor], out_channels: int = TEACHER_CHANNELS, seed: int = 0
+) -> TargetProjection:
     """Fit :class:`TargetProjection` on calibration features (list of (N, D, h, w)),
     streaming in float64: channel statistics, then (D >= out) the principal components
     of the standardized features, then the output standard deviations."""
     d = features[0].shape[1]
     n = sum(f.shape[0] * f.shape[2] * f.shape[3] for f in features)
-    flat = lambda f: f.permute(0, 2, 3, 1).reshape(-1, d).double()
+
+    def flat(f):
+        return f.permute(0, 2, 3, 1).reshape(-1, d).double()
+
     total = sum(flat(f).sum(0) for f in features)
     mean = total / n
     var = sum(((flat(f) - mean) ** 2).sum(0) for f in features) / n
@@ -75,8 +79,14 @@ def fit_projection(features: list[torch.Tensor], out_channels: int = TEACHER_CHA
 
 
 @torch.no_grad()
-def targets(backbone: nn.Module, projection: TargetProjection | None, big: torch.Tensor,
-            grid: tuple[int, int], autocast: torch.dtype | None, device: torch.device) -> torch.Tensor:
+def targets(
+    backbone: nn.Module,
+    projection: TargetProjection | None,
+    big: torch.Tensor,
+    grid: tuple[int, int],
+    autocast: torch.dtype | None,
+    device: torch.device,
+) -> torch.Tensor:
     """The target for a batch of backbone inputs: :func:`raw_target` under autocast (when
     ``autocast`` is a dtype), then ``projection`` (the raw features when it is None)."""
     with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):

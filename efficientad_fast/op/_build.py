@@ -33,8 +33,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 EXTENSION_NAME = "efficientad_fast"
 # Paths under csrc/. CMakeLists.txt (the C++-host build) lists the same sources; a test
@@ -218,14 +220,16 @@ def use_toolkit(plan: BuildPlan) -> None:
     nvcc's folder is wrong for wrapper scripts) and at the plan's GPU architectures."""
     if not plan.with_cuda:
         return
+    if plan.cuda_home is None or plan.cuda_arch_list is None:
+        raise BuildError("a CUDA build plan needs the toolkit's folder and the GPU architectures")
     os.environ["CUDA_HOME"] = plan.cuda_home  # before cpp_extension's import-time guess
     cpp_extension = _import_cpp_extension()
 
-    cpp_extension.CUDA_HOME = plan.cuda_home
+    cpp_extension.CUDA_HOME = plan.cuda_home  # type: ignore[attr-defined]  # a module global torch reads
     os.environ["TORCH_CUDA_ARCH_LIST"] = plan.cuda_arch_list
 
 
-def _import_cpp_extension():
+def _import_cpp_extension() -> types.ModuleType:
     """torch.utils.cpp_extension, without its import-time warning that no GPU is present
     (expected on CPU machines that compile the CUDA kernels)."""
     import logging
@@ -255,8 +259,11 @@ def cache_folder(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        where = (f"{CACHE_ENV}={os.environ[CACHE_ENV]}" if os.environ.get(CACHE_ENV)
-                 else f"the default cache; set {CACHE_ENV} to a folder you can write")
+        where = (
+            f"{CACHE_ENV}={os.environ[CACHE_ENV]}"
+            if os.environ.get(CACHE_ENV)
+            else f"the default cache; set {CACHE_ENV} to a folder you can write"
+        )
         raise PermissionError(f"cannot create the cache folder {folder} ({where}): {exc.strerror or exc}") from exc
     return folder
 
@@ -328,7 +335,7 @@ def fingerprint(plan: BuildPlan) -> str:
     return digest.hexdigest()
 
 
-def built_library(plan: BuildPlan) -> tuple[Path, dict] | None:
+def built_library(plan: BuildPlan) -> tuple[Path, dict[str, Any]] | None:
     """The JIT cache's library for ``plan`` and its build summary, when it was built from
     today's sources and flags (and, with TORCH_CUDA_ARCH_LIST set, for those GPU
     architectures); else None. Reads a few files and compiles nothing. Like torch's own JIT
@@ -346,7 +353,7 @@ def built_library(plan: BuildPlan) -> tuple[Path, dict] | None:
     return library, info
 
 
-def plan_summary(plan: BuildPlan) -> dict:
+def plan_summary(plan: BuildPlan) -> dict[str, Any]:
     return {
         "variant": plan.variant,
         "reason": plan.reason,
@@ -364,5 +371,5 @@ def tool_version(command: list[str]) -> str:
         out = subprocess.run(command, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return "not found"
-    lines = [l for l in (out.stdout + out.stderr).splitlines() if l.strip()]
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     return lines[-1].strip() if "nvcc" in command[0] and lines else (lines[0].strip() if lines else "not found")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,7 +22,7 @@ from . import _build
 OP_NAME = "efficientad_fast::anomaly_map"
 
 _lock = threading.Lock()
-_loaded: dict | None = None
+_loaded: dict[str, Any] | None = None
 
 
 def _aot_library() -> Path | None:
@@ -29,16 +30,16 @@ def _aot_library() -> Path | None:
     return libs[0] if libs else None
 
 
-def _load(path: Path, how: str, plan: dict | None) -> dict:
+def _load(path: Path, how: str, plan: dict[str, Any] | None) -> dict[str, Any]:
     """Load the library at ``path``, then register the fake kernel (it needs the schema)."""
     global _loaded
-    torch.ops.load_library(str(path))
+    torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]  # torch leaves it unannotated
     torch.library.register_fake(OP_NAME)(_anomaly_map_fake)
     _loaded = {"path": str(path), "how": how, "plan": plan}
     return _loaded
 
 
-def load_extension(verbose: bool | None = None) -> dict:
+def load_extension(verbose: bool | None = None) -> dict[str, Any]:
     """Make ``torch.ops.efficientad_fast.anomaly_map`` available, building it if needed.
 
     Returns a dict describing what was loaded (``path``, ``how``: "aot" or "jit",
@@ -92,24 +93,46 @@ def has_kernel(dispatch_key: str) -> bool:
     return _loaded is not None and torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, dispatch_key)
 
 
-def _anomaly_map_fake(teacher, student, autoencoder, teacher_mean, teacher_std, quantiles, alpha, pad,
-                      output_size, distance, quantile_values=None):
+def _anomaly_map_fake(
+    teacher: torch.Tensor,
+    student: torch.Tensor,
+    autoencoder: torch.Tensor,
+    teacher_mean: torch.Tensor | None,
+    teacher_std: torch.Tensor | None,
+    quantiles: torch.Tensor | None,
+    alpha: float,
+    pad: int,
+    output_size: list[int] | None,
+    distance: str,
+    quantile_values: list[float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Shape-only kernel so torch.compile(fullgraph=True) and torch.export trace the op; also
     its Meta kernel. It checks what the output shapes depend on, and the devices (a call that
     mixes meta and CPU tensors lands here, not in C++); every other argument is checked by
     the C++ kernels when the op runs."""
-    for name, value in (("student", student), ("autoencoder", autoencoder), ("teacher_mean", teacher_mean),
-                        ("teacher_std", teacher_std), ("quantiles", quantiles)):
+    for name, value in (
+        ("student", student),
+        ("autoencoder", autoencoder),
+        ("teacher_mean", teacher_mean),
+        ("teacher_std", teacher_std),
+        ("quantiles", quantiles),
+    ):
         if value is not None and value.device != teacher.device:
             raise ValueError(f"anomaly_map: {name} is on {value.device} but teacher is on {teacher.device}")
     if pad < 0:
         raise ValueError(f"anomaly_map: pad must be >= 0, got {pad}")
-    torch._check(teacher.dim() == 4 and student.dim() == 4 and autoencoder.dim() == 4,
-                 lambda: "anomaly_map: teacher, student and autoencoder must be 4-D")
-    torch._check(student.shape[1] == 2 * teacher.shape[1],
-                 lambda: f"anomaly_map: student needs 2C channels, got {student.shape} for teacher {teacher.shape}")
-    torch._check(autoencoder.shape == teacher.shape,
-                 lambda: f"anomaly_map: autoencoder {autoencoder.shape} != teacher {teacher.shape}")
+    torch._check(
+        teacher.dim() == 4 and student.dim() == 4 and autoencoder.dim() == 4,
+        lambda: "anomaly_map: teacher, student and autoencoder must be 4-D",
+    )
+    torch._check(
+        student.shape[1] == 2 * teacher.shape[1],
+        lambda: f"anomaly_map: student needs 2C channels, got {student.shape} for teacher {teacher.shape}",
+    )
+    torch._check(
+        autoencoder.shape == teacher.shape,
+        lambda: f"anomaly_map: autoencoder {autoencoder.shape} != teacher {teacher.shape}",
+    )
     n, _, h, w = teacher.shape
     if output_size is None:
         out_h, out_w = h + 2 * pad, w + 2 * pad

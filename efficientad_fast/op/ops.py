@@ -10,16 +10,18 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ._library import load_extension
+from .reference import OutputSize, Quantiles
 
 DISTANCES = ("l2", "cosine")  # the op's distance names (the C++ checks them)
 
 
-def _op():
+def _op() -> Any:
     # Under torch.compile the library must already be loaded (the import does it when it is
     # built; else any eager call or efficientad_fast.load_extension()): loading is not traceable.
     if not torch.compiler.is_compiling():
@@ -27,7 +29,7 @@ def _op():
     return torch.ops.efficientad_fast.anomaly_map.default
 
 
-def _as_quantiles(quantiles) -> tuple[torch.Tensor | None, list[float] | None]:
+def _as_quantiles(quantiles: Quantiles) -> tuple[torch.Tensor | None, list[float] | None]:
     """``(quantiles tensor, quantile values)`` for the op, at most one of them set: a tensor
     stays a tensor (a model's buffer: no host read); numbers go to the op as numbers, so no
     tensor is built and copied to the device on every call (CUDA-graph capturable)."""
@@ -47,12 +49,13 @@ def _as_quantiles(quantiles) -> tuple[torch.Tensor | None, list[float] | None]:
     return None, values
 
 
-def _as_output_size(output_size) -> list[int] | None:
+def _as_output_size(output_size: OutputSize) -> list[int] | None:
     if output_size is None:
         return None
-    if isinstance(output_size, numbers.Integral):
-        output_size = (output_size, output_size)
-    size = list(output_size)
+    if isinstance(output_size, (int, np.integer)):
+        size = [int(output_size), int(output_size)]
+    else:
+        size = list(output_size)
     if len(size) != 2 or not all(isinstance(v, numbers.Integral) for v in size):
         raise ValueError(f"output_size must be an int or (H, W) of ints, got {output_size!r}")
     if size[0] <= 0 or size[1] <= 0:
@@ -67,10 +70,10 @@ def anomaly_map(
     *,
     teacher_mean: torch.Tensor | None = None,
     teacher_std: torch.Tensor | None = None,
-    quantiles=None,
+    quantiles: Quantiles = None,
     alpha: float = 0.5,
     pad: int = 4,
-    output_size=None,
+    output_size: OutputSize = None,
     distance: str = "l2",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """EfficientAD's anomaly map and image score from the three networks' features, fused.
@@ -103,7 +106,7 @@ def anomaly_map(
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"anomaly_map: {name} must be a torch.Tensor, got {type(value).__name__}")
     quantile_tensor, quantile_values = _as_quantiles(quantiles)
-    return _op()(
+    result: tuple[torch.Tensor, torch.Tensor] = _op()(
         teacher,
         student,
         autoencoder,
@@ -116,4 +119,4 @@ def anomaly_map(
         distance,
         quantile_values,
     )
-
+    return result

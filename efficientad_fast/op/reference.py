@@ -1,29 +1,39 @@
 """Plain-PyTorch reference of the fused anomaly-map op, op by op as anomalib scores
-(DESIGN.md §3). The C++/CUDA kernels must equal it; tests compare the two."""
+(docs/architecture.md, "Scoring"). The C++/CUDA kernels must equal it; tests compare the two."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+# What the op takes as quantiles and output size (see efficientad_fast.anomaly_map).
+Quantiles = torch.Tensor | Sequence[float] | np.ndarray | None
+OutputSize = int | Sequence[int] | None
 
-def normalize_map(d: torch.Tensor, q_a, q_b) -> torch.Tensor:
+
+def normalize_map(d: torch.Tensor, q_a: float | torch.Tensor, q_b: float | torch.Tensor) -> torch.Tensor:
     """The paper's map normalization: ``q_a`` goes to 0 and ``q_b`` to 0.1."""
-    return 0.1 * (d - q_a) / (q_b - q_a)
+    normalized: torch.Tensor = 0.1 * (d - q_a) / (q_b - q_a)
+    return normalized
 
 
 def _check_teacher_std(std: torch.Tensor) -> None:
     """The op's check: a std that is not finite and > 0 makes the map inf or NaN. Like the
     op, only eager CPU tensors are read: on a GPU it would synchronize, and traced (export,
     compile) tensors have no values to read."""
-    if std.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if std.device.type != "cpu" or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
         return
     values = std.detach().float().reshape(-1)
     bad = ~(torch.isfinite(values) & (values > 0))
     if bool(bad.any()):
         channel = int(bad.nonzero()[0])
-        raise ValueError(f"anomaly_map: teacher_std must be finite and > 0 in every channel, "
-                         f"got {values[channel].item()} in channel {channel}")
+        raise ValueError(
+            f"anomaly_map: teacher_std must be finite and > 0 in every channel, "
+            f"got {values[channel].item()} in channel {channel}"
+        )
 
 
 def reference_anomaly_map(
@@ -33,10 +43,10 @@ def reference_anomaly_map(
     *,
     teacher_mean: torch.Tensor | None = None,
     teacher_std: torch.Tensor | None = None,
-    quantiles=None,
+    quantiles: Quantiles = None,
     alpha: float = 0.5,
     pad: int = 4,
-    output_size=None,
+    output_size: OutputSize = None,
     distance: str = "l2",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same signature and result as :func:`efficientad_fast.anomaly_map`, in plain PyTorch.
@@ -55,7 +65,9 @@ def reference_anomaly_map(
     channels = teacher.shape[1]
     dtype = torch.float64 if teacher.dtype == torch.float64 else torch.float32
     t, s, ae = teacher.to(dtype), student.to(dtype), autoencoder.to(dtype)
-    if teacher_mean is not None:
+    if (teacher_mean is None) != (teacher_std is None):
+        raise ValueError("anomaly_map: give teacher_mean and teacher_std together, or neither")
+    if teacher_mean is not None and teacher_std is not None:
         _check_teacher_std(teacher_std)
         mean = teacher_mean.to(dtype).reshape(1, channels, 1, 1)
         std = teacher_std.to(dtype).reshape(1, channels, 1, 1)
@@ -72,11 +84,13 @@ def reference_anomaly_map(
         d_st = F.pad(d_st, (pad, pad, pad, pad))
         d_ae = F.pad(d_ae, (pad, pad, pad, pad))
     if output_size is None:
-        output_size = d_st.shape[-2:]
+        size = (int(d_st.shape[-2]), int(d_st.shape[-1]))
     elif isinstance(output_size, int):
-        output_size = (output_size, output_size)
-    d_st = F.interpolate(d_st, size=tuple(output_size), mode="bilinear", align_corners=False)
-    d_ae = F.interpolate(d_ae, size=tuple(output_size), mode="bilinear", align_corners=False)
+        size = (output_size, output_size)
+    else:
+        size = (int(output_size[0]), int(output_size[1]))
+    d_st = F.interpolate(d_st, size=size, mode="bilinear", align_corners=False)
+    d_ae = F.interpolate(d_ae, size=size, mode="bilinear", align_corners=False)
     if quantiles is not None:
         qa_st, qb_st, qa_ae, qb_ae = (q.to(dtype) if torch.is_tensor(q) else float(q) for q in quantiles)
         d_st = normalize_map(d_st, qa_st, qb_st)

@@ -39,16 +39,46 @@ clip of normal frames, which also accounts for the camera and the smoother.
 
 from .analysis import alarm_figures, compare_smoothers, plot_stream, replay, smoother_table, threshold_for_recall
 from .inspector import CALIBRATION_QUANTILE, FrameResult, Inspector
-from .smoothing import (SMOOTHERS, EMASmoothing, HysteresisSmoothing, KOfNSmoothing, NoSmoothing,
-                        make_smoother)
-from .sources import (LIVE_SCHEMES, ArraySource, FolderSource, FrameSource, SourceFrame, VideoSource, check_fps,
-                      open_source, prepare_frame)
+from .smoothing import SMOOTHERS, EMASmoothing, HysteresisSmoothing, KOfNSmoothing, NoSmoothing, make_smoother
+from .sources import (
+    LIVE_SCHEMES,
+    ArraySource,
+    FolderSource,
+    FrameSource,
+    SourceFrame,
+    VideoSource,
+    check_fps,
+    open_source,
+    prepare_frame,
+)
 from .watch import check_video_path, format_summary, watch
 
 __all__ = [
-    "CALIBRATION_QUANTILE", "LIVE_SCHEMES", "SMOOTHERS", "ArraySource", "EMASmoothing", "FolderSource",
-    "FrameResult", "FrameSource", "HysteresisSmoothing", "Inspector", "KOfNSmoothing", "NoSmoothing",
-    "SourceFrame", "VideoSource", "alarm_figures", "check_fps", "check_video_path", "compare_smoothers",
-    "format_summary", "make_smoother", "open_source", "plot_stream", "prepare_frame", "replay",
-    "smoother_table", "threshold_for_recall", "watch",
+    "CALIBRATION_QUANTILE",
+    "LIVE_SCHEMES",
+    "SMOOTHERS",
+    "ArraySource",
+    "EMASmoothing",
+    "FolderSource",
+    "FrameResult",
+    "FrameSource",
+    "HysteresisSmoothing",
+    "Inspector",
+    "KOfNSmoothing",
+    "NoSmoothing",
+    "SourceFrame",
+    "VideoSource",
+    "alarm_figures",
+    "check_fps",
+    "check_video_path",
+    "compare_smoothers",
+    "format_summary",
+    "make_smoother",
+    "open_source",
+    "plot_stream",
+    "prepare_frame",
+    "replay",
+    "smoother_table",
+    "threshold_for_recall",
+    "watch",
 ]

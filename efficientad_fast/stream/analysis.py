@@ -14,6 +14,7 @@ from .._checkpoint import save_figure
 from .inspector import CALIBRATION_QUANTILE
 from .smoothing import SMOOTHERS, make_smoother
 
+
 def replay(scores, smoother) -> tuple[list[float], list[bool]]:
     """Run a fresh ``smoother`` over a sequence of raw scores: (smoothed, alarms)."""
     smoother.reset()
@@ -61,8 +62,9 @@ def threshold_for_recall(scores, labels: list[dict], smoothing: str, recall: flo
     raise ValueError(f"{smoothing}: no threshold reaches a part recall of {recall}")
 
 
-def compare_smoothers(scores, labels: list[dict], *, normal_scores=None, recall: float | None = None,
-                      smoothers=SMOOTHERS, **settings) -> list[dict]:
+def compare_smoothers(
+    scores, labels: list[dict], *, normal_scores=None, recall: float | None = None, smoothers=SMOOTHERS, **settings
+) -> list[dict]:
     """Each smoother over the same raw ``scores`` (a labelled stream, see
     :func:`alarm_figures`), at a threshold set one of two ways: calibrated, the 99.5 %
     quantile of its smoothed ``normal_scores`` (raw scores of a normal clip, as
@@ -79,25 +81,39 @@ def compare_smoothers(scores, labels: list[dict], *, normal_scores=None, recall:
             smoothed, _ = replay(normal_scores, make_smoother(name, 0.0, **settings))
             threshold = float(np.quantile(np.asarray(smoothed, dtype=np.float64), CALIBRATION_QUANTILE))
         smoother = make_smoother(name, threshold, **settings)
-        rows.append({"smoothing": name, "latency_frames": smoother.latency_frames, "threshold": threshold,
-                     **alarm_figures(replay(scores, smoother)[1], labels)})
+        rows.append(
+            {
+                "smoothing": name,
+                "latency_frames": smoother.latency_frames,
+                "threshold": threshold,
+                **alarm_figures(replay(scores, smoother)[1], labels),
+            }
+        )
     return rows
 
 
 def smoother_table(rows: list[dict]) -> str:
     """Markdown table of :func:`compare_smoothers` rows."""
-    lines = ["| smoothing | latency (frames) | threshold | false alarm frames / 1000 normal | "
-             "false alarm onsets / 1000 normal | defective parts found |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| smoothing | latency (frames) | threshold | false alarm frames / 1000 normal | "
+        "false alarm onsets / 1000 normal | defective parts found |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['smoothing']} | {r['latency_frames']:.1f} | {r['threshold']:.4g} | "
-                     f"{r['false_alarms_per_1000']:.1f} | {r['false_onsets_per_1000']:.1f} | "
-                     f"{r['found_parts']}/{r['defective_parts']} ({100 * r['part_recall']:.0f} %) |")
+        lines.append(
+            f"| {r['smoothing']} | {r['latency_frames']:.1f} | {r['threshold']:.4g} | "
+            f"{r['false_alarms_per_1000']:.1f} | {r['false_onsets_per_1000']:.1f} | "
+            f"{r['found_parts']}/{r['defective_parts']} ({100 * r['part_recall']:.0f} %) |"
+        )
     return "\n".join(lines)
 
 
-def plot_stream(frames_jsonl: str | os.PathLike, path: str | os.PathLike, labels: list[dict] | None = None,
-                threshold: float | None = None) -> Path:
+def plot_stream(
+    frames_jsonl: str | os.PathLike,
+    path: str | os.PathLike,
+    labels: list[dict] | None = None,
+    threshold: float | None = None,
+) -> Path:
     """A PNG of a watch run: raw and smoothed scores per frame, the threshold, alarms, and
     (with ``labels``) the frames where a defect is in view shaded."""
     import matplotlib

@@ -16,8 +16,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..deploy.inference import FastPredictor
 from ..heatmaps import default_threshold
-from ..inference import FastPredictor
 from ..model import EfficientAD
 from .smoothing import make_smoother
 from .sources import FrameSource, SourceFrame, open_source, prepare_frame
@@ -49,9 +49,15 @@ class FrameResult:
 
     def to_json(self) -> dict:
         """The JSON line of frames.jsonl (no image or map)."""
-        row = {"frame": self.frame, "time_s": _rounded(self.time_s), "score": _rounded(self.score),
-               "smoothed": _rounded(self.smoothed), "alarm": self.alarm,
-               "latency_ms": round(self.latency_ms, 3), "dropped": self.dropped}
+        row = {
+            "frame": self.frame,
+            "time_s": _rounded(self.time_s),
+            "score": _rounded(self.score),
+            "smoothed": _rounded(self.smoothed),
+            "alarm": self.alarm,
+            "latency_ms": round(self.latency_ms, 3),
+            "dropped": self.dropped,
+        }
         if self.error is not None:
             row["error"] = self.error
         return row
@@ -115,10 +121,22 @@ class Inspector:
             ``compile=True``).
     """
 
-    def __init__(self, model: EfficientAD, smoothing: str = "ema", threshold: float | None = None, *,
-                 image_size: int = 256, ema_alpha: float = 0.4, k: int = 3, n: int = 5,
-                 off_threshold: float | None = None, map_alpha: float | None = None, queue_size: int = 2,
-                 max_latency_ms: float | None = None, predictor=None) -> None:
+    def __init__(
+        self,
+        model: EfficientAD,
+        smoothing: str = "ema",
+        threshold: float | None = None,
+        *,
+        image_size: int = 256,
+        ema_alpha: float = 0.4,
+        k: int = 3,
+        n: int = 5,
+        off_threshold: float | None = None,
+        map_alpha: float | None = None,
+        queue_size: int = 2,
+        max_latency_ms: float | None = None,
+        predictor=None,
+    ) -> None:
         if not isinstance(model, EfficientAD):
             raise TypeError(f"model must be an efficientad_fast.EfficientAD, got {type(model).__name__}")
         # The map threshold of the alarm pictures' contour: the model's pixel threshold (the
@@ -196,13 +214,30 @@ class Inspector:
 
     def _result(self, item: SourceFrame, image: np.ndarray | None, arrived: float) -> FrameResult:
         if item.error is not None or image is None:
-            return FrameResult(item.index, item.time_s, None, None, False,
-                               1e3 * (time.perf_counter() - arrived), self.dropped, item.error or "no image")
+            return FrameResult(
+                item.index,
+                item.time_s,
+                None,
+                None,
+                False,
+                1e3 * (time.perf_counter() - arrived),
+                self.dropped,
+                item.error or "no image",
+            )
         raw, amap = self.score_frame(image)
         value = raw if self.map_alpha is None else float(amap.max())
         smoothed, alarm = self.smoother.update(value)
-        return FrameResult(item.index, item.time_s, raw, smoothed, bool(alarm),
-                           1e3 * (time.perf_counter() - arrived), self.dropped, image=image, anomaly_map=amap)
+        return FrameResult(
+            item.index,
+            item.time_s,
+            raw,
+            smoothed,
+            bool(alarm),
+            1e3 * (time.perf_counter() - arrived),
+            self.dropped,
+            image=image,
+            anomaly_map=amap,
+        )
 
     def update(self, frame, index: int | None = None, time_s: float | None = None) -> FrameResult:
         """Score one frame (uint8 (H, W, 3) RGB array or PIL image) now, in this thread."""
@@ -217,8 +252,9 @@ class Inspector:
         with self._lock:
             self.dropped += 1
 
-    def _decode(self, source: FrameSource, frames: queue.Queue, stop: threading.Event, realtime: bool,
-                max_frames: int | None) -> None:
+    def _decode(
+        self, source: FrameSource, frames: queue.Queue, stop: threading.Event, realtime: bool, max_frames: int | None
+    ) -> None:
         """The decode thread: read, resize, queue. Live (``realtime``): never wait for the
         scorer; when the queue is full the oldest waiting frame is dropped. A file source
         with ``realtime`` is paced to its timestamps, as if a camera sent it."""
@@ -258,8 +294,9 @@ class Inspector:
             return
         _put_unless_stopped(frames, _END, stop)
 
-    def run(self, source, *, max_frames: int | None = None, realtime: bool | None = None,
-            fps: float | None = None) -> Iterator[FrameResult]:
+    def run(
+        self, source, *, max_frames: int | None = None, realtime: bool | None = None, fps: float | None = None
+    ) -> Iterator[FrameResult]:
         """Iterate ``source`` (see :func:`open_source`), yielding a :class:`FrameResult` per
         frame scored or failed to decode. A thread decodes and resizes into a queue of
         ``queue_size`` frames while this one scores.
@@ -274,8 +311,12 @@ class Inspector:
         self.reset()
         frames: queue.Queue = queue.Queue(maxsize=self.queue_size)
         stop = threading.Event()
-        decoder = threading.Thread(target=self._decode, args=(source, frames, stop, realtime, max_frames),
-                                   name="efficientad-fast-decode", daemon=True)
+        decoder = threading.Thread(
+            target=self._decode,
+            args=(source, frames, stop, realtime, max_frames),
+            name="efficientad-fast-decode",
+            daemon=True,
+        )
         decoder.start()
         score_ms: collections.deque[float] = collections.deque(maxlen=8)
         try:
@@ -307,15 +348,17 @@ class Inspector:
             if not decoder.is_alive():  # else it is still inside a read; it closes the source itself
                 source.close()
 
-    def calibrate(self, normal_source, quantile: float = CALIBRATION_QUANTILE, *,
-                  max_frames: int | None = None) -> float:
+    def calibrate(
+        self, normal_source, quantile: float = CALIBRATION_QUANTILE, *, max_frames: int | None = None
+    ) -> float:
         """Set the threshold to the ``quantile`` (99.5 %) of the smoothed scores of a clip of
         normal frames (every frame scored, none dropped) and return it. The hysteresis off
         threshold keeps its default ratio unless it was given."""
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
-        values = [r.smoothed for r in self.run(normal_source, max_frames=max_frames, realtime=False)
-                  if r.smoothed is not None]
+        values = [
+            r.smoothed for r in self.run(normal_source, max_frames=max_frames, realtime=False) if r.smoothed is not None
+        ]
         if not values:
             raise ValueError(f"calibration: no frame of {normal_source} could be scored")
         threshold = float(np.quantile(np.asarray(values, dtype=np.float64), quantile))

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import collections
 
-
-
 SMOOTHERS = ("none", "ema", "kofn", "hysteresis")
 
 
@@ -97,8 +95,9 @@ class HysteresisSmoothing:
         self._on = False
 
 
-def make_smoother(name: str, threshold: float, *, ema_alpha: float = 0.4, k: int = 3, n: int = 5,
-                  off_threshold: float | None = None):
+def make_smoother(
+    name: str, threshold: float, *, ema_alpha: float = 0.4, k: int = 3, n: int = 5, off_threshold: float | None = None
+):
     """The smoother called ``name`` (one of :data:`SMOOTHERS`) with its settings."""
     if name == "none":
         return NoSmoothing(threshold)

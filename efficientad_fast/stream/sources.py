@@ -125,6 +125,7 @@ class VideoSource(FrameSource):
     def __iter__(self) -> Iterator[SourceFrame]:
         av = self.av
         container = self.open()._container
+        assert container is not None  # open() sets it
         try:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
@@ -182,8 +183,9 @@ def open_source(source, fps: float | None = None) -> FrameSource:
         return VideoSource(text)
     if isinstance(source, (list, tuple)):
         return ArraySource(source, fps)
-    raise TypeError(f"source must be a path, URL, camera number, list of frames or FrameSource, "
-                    f"got {type(source).__name__}")
+    raise TypeError(
+        f"source must be a path, URL, camera number, list of frames or FrameSource, got {type(source).__name__}"
+    )
 
 
 def prepare_frame(image, size: tuple[int, int]) -> np.ndarray:

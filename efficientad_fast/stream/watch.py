@@ -19,13 +19,17 @@ from ..heatmaps import captioned, heatmap_overlay, save_png
 from .inspector import FrameResult, Inspector
 from .sources import open_source
 
+
 def _percentile(values, q: float) -> float | None:
     return float(np.percentile(values, q)) if len(values) else None
 
 
 def _stats(latencies: list[float], scored: int, seconds: float) -> dict:
-    return {"fps": scored / seconds if seconds > 0 else None,
-            "latency_p50_ms": _percentile(latencies, 50), "latency_p99_ms": _percentile(latencies, 99)}
+    return {
+        "fps": scored / seconds if seconds > 0 else None,
+        "latency_p50_ms": _percentile(latencies, 50),
+        "latency_p99_ms": _percentile(latencies, 99),
+    }
 
 
 def check_video_path(path: str | os.PathLike) -> str:
@@ -63,13 +67,20 @@ class _VideoWriter:
     def write(self, picture: np.ndarray, alarm: bool) -> None:
         if alarm:
             picture = picture.copy()
-            picture[:4], picture[-4:], picture[:, :4], picture[:, -4:] = (255, 0, 0), (255, 0, 0), (255, 0, 0), (255, 0, 0)
+            picture[:4], picture[-4:], picture[:, :4], picture[:, -4:] = (
+                (255, 0, 0),
+                (255, 0, 0),
+                (255, 0, 0),
+                (255, 0, 0),
+            )
         height, width = picture.shape[:2] - np.array(picture.shape[:2]) % 2  # even sides for 4:2:0
         picture = np.ascontiguousarray(picture[:height, :width])
         if self.container is None:
             self.container = self.av.open(os.fspath(self.temporary), "w")
             # Encoders take a rational rate: 29.97 stays 30000/1001, 0.5 stays 1/2.
-            self.stream = self.container.add_stream(self.codec, rate=fractions.Fraction(self.fps).limit_denominator(1001))
+            self.stream = self.container.add_stream(
+                self.codec, rate=fractions.Fraction(self.fps).limit_denominator(1001)
+            )
             self.stream.width, self.stream.height = int(width), int(height)
             self.stream.pix_fmt = "yuvj420p" if self.codec == "mjpeg" else "yuv420p"
         for packet in self.stream.encode(self.av.VideoFrame.from_ndarray(picture, format="rgb24")):
@@ -91,9 +102,17 @@ class _VideoWriter:
         self.files.close()
 
 
-def watch(inspector: Inspector, source, out: str | os.PathLike, *, max_frames: int | None = None,
-          realtime: bool | None = None, save_video: str | os.PathLike | None = None, fps: float | None = None,
-          progress: bool = True) -> dict:
+def watch(
+    inspector: Inspector,
+    source,
+    out: str | os.PathLike,
+    *,
+    max_frames: int | None = None,
+    realtime: bool | None = None,
+    save_video: str | os.PathLike | None = None,
+    fps: float | None = None,
+    progress: bool = True,
+) -> dict:
     """Run ``inspector`` over ``source`` and write ``out/frames.jsonl`` (one JSON line per
     frame scored or failed: frame, time_s, score, smoothed, alarm, latency_ms, dropped,
     and error when it failed), ``out/alarms/frame_<index>.png`` (the heatmap overlay at each
@@ -112,10 +131,20 @@ def watch(inspector: Inspector, source, out: str | os.PathLike, *, max_frames: i
     for old in alarms_dir.glob("frame_*.png"):  # a previous run's pictures would read as this run's
         old.unlink()
     latencies: list[float] = []
-    summary = {"source": str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__,
-               "smoothing": inspector.smoothing, "threshold": inspector.threshold,
-               "latency_frames": inspector.latency_frames, "frames": 0, "scored": 0, "errors": 0,
-               "alarms": 0, "alarm_frames": 0, "dropped": 0, "interrupted": False, "first_errors": []}
+    summary = {
+        "source": str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__,
+        "smoothing": inspector.smoothing,
+        "threshold": inspector.threshold,
+        "latency_frames": inspector.latency_frames,
+        "frames": 0,
+        "scored": 0,
+        "errors": 0,
+        "alarms": 0,
+        "alarm_frames": 0,
+        "dropped": 0,
+        "interrupted": False,
+        "first_errors": [],
+    }
     started = last_print = time.perf_counter()
     was_on = False
     try:
@@ -137,8 +166,10 @@ def watch(inspector: Inspector, source, out: str | os.PathLike, *, max_frames: i
                 if result.alarm and not was_on:
                     summary["alarms"] += 1
                     picture = heatmap_overlay(result.image, result.anomaly_map, inspector.map_threshold)
-                    save_png(captioned(picture, _alarm_caption(result, inspector)),
-                             alarms_dir / f"frame_{result.frame:06d}.png")
+                    save_png(
+                        captioned(picture, _alarm_caption(result, inspector)),
+                        alarms_dir / f"frame_{result.frame:06d}.png",
+                    )
                 was_on = result.alarm
                 if writer is not None:
                     if picture is None:
@@ -166,16 +197,22 @@ def watch(inspector: Inspector, source, out: str | os.PathLike, *, max_frames: i
 def _alarm_caption(result: FrameResult, inspector: Inspector) -> str:
     """What an alarm picture says about itself: which frame, when, and by how much."""
     when = f" at {result.time_s:.2f} s" if result.time_s is not None else ""
-    return (f"frame {result.frame}{when}  score {result.score:.3f}  {inspector.smoothing} {result.smoothed:.3f}"
-            f" > threshold {inspector.threshold:.3f}")
+    return (
+        f"frame {result.frame}{when}  score {result.score:.3f}  {inspector.smoothing} {result.smoothed:.3f}"
+        f" > threshold {inspector.threshold:.3f}"
+    )
 
 
 def _print_live(summary: dict, stats: dict) -> None:
     fps = stats["fps"] or 0.0
     p50, p99 = stats["latency_p50_ms"] or 0.0, stats["latency_p99_ms"] or 0.0
-    print(f"\r[watch] {summary['frames']} frames  {fps:.1f} fps  latency p50 {p50:.0f} ms p99 {p99:.0f} ms  "
-          f"alarms {summary['alarms']}  dropped {summary['dropped']}  errors {summary['errors']}   ",
-          end="", file=sys.stderr, flush=True)
+    print(
+        f"\r[watch] {summary['frames']} frames  {fps:.1f} fps  latency p50 {p50:.0f} ms p99 {p99:.0f} ms  "
+        f"alarms {summary['alarms']}  dropped {summary['dropped']}  errors {summary['errors']}   ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def format_summary(summary: dict) -> str:
@@ -187,7 +224,8 @@ def format_summary(summary: dict) -> str:
         f"{summary['dropped']} dropped",
         f"alarms: {summary['alarms']} (onsets; {summary['alarm_frames']} frames in alarm), smoothing "
         f"{summary['smoothing']} (+{summary['latency_frames']:.1f} frames), threshold {summary['threshold']:.4g}",
-        f"speed: {fps:.2f} frames/s, latency p50 {p50:.0f} ms, p99 {p99:.0f} ms" if fps and p50 is not None
+        f"speed: {fps:.2f} frames/s, latency p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+        if fps and p50 is not None
         else "speed: no frame scored",
     ]
     for error in summary.get("first_errors", [])[:3]:

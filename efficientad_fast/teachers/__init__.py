@@ -29,8 +29,10 @@ from ..networks import TEACHER_CHANNELS, make_pdn
 HERE = Path(__file__).resolve().parent
 # The paper's teachers (PDN-S and PDN-M distilled from WideResNet-101 by the authors), as
 # anomalib 2.7.0 downloads them (its WEIGHTS_DOWNLOAD_INFO). Fetched only by fetch-teacher.
-PAPER_TEACHER_URL = ("https://github.com/open-edge-platform/anomalib/releases/download/"
-                     "efficientad_pretrained_weights/efficientad_pretrained_weights.zip")
+PAPER_TEACHER_URL = (
+    "https://github.com/open-edge-platform/anomalib/releases/download/"
+    "efficientad_pretrained_weights/efficientad_pretrained_weights.zip"
+)
 PAPER_TEACHER_SHA256 = "c09aeaa2b33f244b3261a5efdaeae8f8284a949470a4c5a526c61275fe62684a"
 PAPER_TEACHER_ARCHIVE = "efficientad_pretrained_weights.zip"
 PAPER_TEACHER_MEMBERS = {
@@ -39,8 +41,10 @@ PAPER_TEACHER_MEMBERS = {
 }
 PAPER_TEACHER_URL_ENV = "EFFICIENTAD_FAST_TEACHER_URL"
 PAPER_TEACHER_FOLDER = "paper_teacher"  # under <cache>/downloads
-OFFLINE_TEACHERS = ("'distilled' (the shipped ImageNet-distilled PDN-S), 'random', "
-                    "or a teacher file (e.g. a pretrained_teacher_small.pth you have)")
+OFFLINE_TEACHERS = (
+    "'distilled' (the shipped ImageNet-distilled PDN-S), 'random', "
+    "or a teacher file (e.g. a pretrained_teacher_small.pth you have)"
+)
 SHIPPED = {"small": "pdn_small_lite0.pt"}
 # nn.Sequential indices of the convs in released teacher files, in conv1, conv2, ... order.
 _SEQUENTIAL_CONV_INDICES = {"small": (0, 3, 6, 8), "medium": (0, 3, 6, 8, 10, 12)}
@@ -64,13 +68,20 @@ def paper_teacher_url() -> str:
     return os.environ.get(PAPER_TEACHER_URL_ENV) or PAPER_TEACHER_URL
 
 
-def fetch_paper_teacher(source: str | os.PathLike | None = None, sha256: str = PAPER_TEACHER_SHA256,
-                        progress: bool = True) -> Path:
+def fetch_paper_teacher(
+    source: str | os.PathLike | None = None, sha256: str = PAPER_TEACHER_SHA256, progress: bool = True
+) -> Path:
     """Download (or copy, ``source`` a file) the paper's teacher archive, verify its SHA-256,
     keep it in the cache and extract it there; returns the extracted folder. ``source``
     defaults to :func:`paper_teacher_url`. This is the only code that downloads a teacher."""
-    return fetch_archive(source or paper_teacher_url(), sha256, PAPER_TEACHER_ARCHIVE, PAPER_TEACHER_FOLDER,
-                         what="the paper's teachers", progress=progress)
+    return fetch_archive(
+        source or paper_teacher_url(),
+        sha256,
+        PAPER_TEACHER_ARCHIVE,
+        PAPER_TEACHER_FOLDER,
+        what="the paper's teachers",
+        progress=progress,
+    )
 
 
 def anomalib_teacher_archive() -> Path:
@@ -101,9 +112,15 @@ def paper_teacher_path(model_size: str = "small", sha256: str = PAPER_TEACHER_SH
         safe_extract(anomalib, folder)
     if path.is_file():
         return path
-    raise not_cached_error(f"the paper's {model_size} teacher (teacher='paper')", where=folder,
-                           url=paper_teacher_url(), sha256=sha256, env=PAPER_TEACHER_URL_ENV,
-                           command="fetch-teacher", alternatives=f"teacher {OFFLINE_TEACHERS}")
+    raise not_cached_error(
+        f"the paper's {model_size} teacher (teacher='paper')",
+        where=folder,
+        url=paper_teacher_url(),
+        sha256=sha256,
+        env=PAPER_TEACHER_URL_ENV,
+        command="fetch-teacher",
+        alternatives=f"teacher {OFFLINE_TEACHERS}",
+    )
 
 
 _announced: set[str] = set()
@@ -137,8 +154,9 @@ def init_teacher(pdn: nn.Module, teacher: str | os.PathLike, model_size: str, pa
     teacher file (released ``conv1..`` or ``nn.Sequential`` layouts, or one written by
     distill-teacher)."""
     if not isinstance(teacher, (str, os.PathLike)):
-        raise TypeError(f"teacher must be 'auto', 'random', 'distilled', 'paper' or a file path, "
-                        f"got {type(teacher).__name__}")
+        raise TypeError(
+            f"teacher must be 'auto', 'random', 'distilled', 'paper' or a file path, got {type(teacher).__name__}"
+        )
     if teacher == "auto":
         choice = resolve_auto_teacher(model_size)
         source = init_teacher(pdn, choice, model_size, padding)
@@ -151,10 +169,13 @@ def init_teacher(pdn: nn.Module, teacher: str | os.PathLike, model_size: str, pa
         state = load_teacher(path, model_size=model_size, padding=padding).state_dict()
         source = f"paper ({path.name})"
     elif teacher == "distilled":
-        path = shipped_teacher_path(model_size)
-        if path is None:
-            raise ValueError(f"no distilled {model_size} teacher ships with efficientad_fast (only small); "
-                             "pass teacher='random' or a teacher file")
+        shipped = shipped_teacher_path(model_size)
+        if shipped is None:
+            raise ValueError(
+                f"no distilled {model_size} teacher ships with efficientad_fast (only small); "
+                "pass teacher='random' or a teacher file"
+            )
+        path = shipped
         state = torch.load(path, map_location="cpu", weights_only=True)
         source = f"distilled ({path.name})"
     else:
@@ -181,16 +202,21 @@ def load_teacher(source, model_size: str | None = None, padding: bool = False) -
     """
     if isinstance(source, (str, os.PathLike)):
         # A whole pickled nn.Module would need code to be run to load; its weights do not.
-        state = read_checkpoint(Path(source), True, refused_hint=(
-            "Save the teacher's weights alone, in Python where you trust the file: "
-            "torch.save(torch.load(FILE, weights_only=False).state_dict(), 'teacher.pth')"))
+        state = read_checkpoint(
+            Path(source),
+            True,
+            refused_hint=(
+                "Save the teacher's weights alone, in Python where you trust the file: "
+                "torch.save(torch.load(FILE, weights_only=False).state_dict(), 'teacher.pth')"
+            ),
+        )
     else:
         state = source
     if not isinstance(state, dict):
         raise TypeError(f"a teacher state dict must be a dict, got {type(state).__name__}")
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    state = {k[len("teacher."):] if k.startswith("teacher.") else k: v for k, v in state.items()}
+    state = {k[len("teacher.") :] if k.startswith("teacher.") else k: v for k, v in state.items()}
     if "0.weight" in state:
         size = model_size or ("medium" if "12.weight" in state else "small")
         renamed = {}

@@ -1,0 +1,135 @@
+"""The ``train`` command: one category, or several (locally or as Ray tasks)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._common import (
+    _add_data_args,
+    _add_engine_args,
+    _add_training_args,
+    _BadArguments,
+    _folder_layout,
+    _runner,
+    _train_config,
+)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train EfficientAD on one category, calibrate the map quantiles on held-out training
+    images and write model.pt, train_log.jsonl, loss_curve.png and train_summary.json. With
+    several --category, each goes to OUT/<category> (one after another, or as Ray tasks with
+    --engine ray); one that fails is reported and the others go on (exit 1)."""
+    from ..jobs import train_category
+    from ..train import TrainingInterrupted
+
+    config = _train_config(args, checkpoint_every=args.checkpoint_every)
+    categories = args.category or [None]
+    if len(categories) > 1 or args.engine == "ray":
+        return _train_several(args, categories, config)
+    try:
+        _, summary = train_category(
+            args.data,
+            args.dataset,
+            categories[0],
+            args.out,
+            model_size=args.model_size,
+            config=config,
+            teacher=args.teacher,
+            penalty_images=args.penalty_images,
+            image_size=args.image_size,
+            padding=args.padding,
+            device=args.device,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            layout=_folder_layout(args),
+            threshold_from=args.threshold_from,
+            tile=args.tile,
+        )
+    except TrainingInterrupted as stop:
+        print(f"\n{stop}\nresume with the same command plus --resume", file=sys.stderr)
+        return 130
+    print(
+        f"model: {Path(args.out) / 'model.pt'}  ({summary['seconds_per_step']:.3f} s/step, "
+        f"{summary['total_seconds'] / 60:.1f} min)"
+    )
+    return 0
+
+
+def _train_several(args: argparse.Namespace, categories: list, config) -> int:
+    """train with several categories (or --engine ray): each to OUT/<category> (one: OUT)."""
+    from ..train import TrainingInterrupted
+
+    if len(set(categories)) != len(categories):
+        raise _BadArguments(f"--category: each category once, got {categories}")
+    train_args = dict(
+        model_size=args.model_size,
+        config=config,
+        teacher=args.teacher,
+        penalty_images=args.penalty_images,
+        image_size=args.image_size,
+        padding=args.padding,
+        device=args.device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        layout=_folder_layout(args),
+        threshold_from=args.threshold_from,
+        tile=args.tile,
+    )
+    try:
+        from ..jobs import train_categories
+
+        results = train_categories(args.data, args.dataset, categories, args.out, runner=_runner(args), **train_args)
+    except TrainingInterrupted as stop:
+        print(f"\n{stop}\nresume with the same command plus --resume", file=sys.stderr)
+        return 130
+    failed = [r["category"] for r in results if r["error"]]
+    print(
+        f"trained {len(results) - len(failed)} of {len(results)} categories under {args.out}"
+        + (f"; failed: {', '.join(map(str, failed))} (see their error.txt)" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def _add_train_parser(subparsers) -> None:
+    """Register the ``train`` command."""
+    train = subparsers.add_parser(
+        "train", help="train on one category (or several, e.g. on Ray)", description=cmd_train.__doc__
+    )
+    _add_data_args(train, several=True)
+    train.add_argument("--out", required=True, help="output folder")
+    _add_training_args(train, steps_help="training steps (paper: 70000)")
+    train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
+    train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt (several categories: a finished category is "
+        "skipped, one with a checkpoint continues, one with none starts)",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an OUT that holds another run's checkpoint.pt or model.pt",
+    )
+    train.add_argument(
+        "--threshold-from",
+        default=None,
+        metavar="DIR",
+        help="labelled validation images, DIR/good/ and DIR/<defect>/ (as a test/ folder): the "
+        "image threshold becomes the F1-optimal one on them (default: the 0.995 quantile of "
+        "the held-out normal images' scores, which needs no defective image)",
+    )
+    train.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="train and calibrate on PX x PX tiles of the --image-size images instead of whole "
+        "images (large images with small defects); the model records it, and predict and "
+        "eval then score in tiles by default",
+    )
+    _add_engine_args(train, "category")
+    train.set_defaults(func=cmd_train)

@@ -1,0 +1,159 @@
+"""The ``watch`` command: score a live line with smoothing and alarms."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+
+from ._common import _add_precision_arg, _add_tile_args, _load_model, _progress_enabled, positive_number
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Score a live line: a video file, a folder of images (name order), a camera
+    (/dev/videoN or its number) or a stream URL (rtsp://...), with temporal smoothing and
+    alarms. Writes OUT/frames.jsonl (one JSON line per frame), OUT/alarms/ (a heatmap overlay
+    PNG per alarm onset) and OUT/summary.json, prints a live line (fps, latency p50/p99,
+    alarms) and a summary. A file is read as fast as scoring goes (no frame dropped) unless
+    --realtime; a camera or URL is live: frames that come while scoring lags are dropped and
+    counted. Ctrl-C stops and keeps everything written (exit 130)."""
+    from ..stream import Inspector, check_video_path, format_summary, open_source, watch
+
+    source = open_source(args.source, fps=args.fps).open()  # a source that cannot be read fails before any work
+    if args.save_video:
+        check_video_path(args.save_video)
+    model = _load_model(args, 1)
+    tile = model.tile if args.tile is None else args.tile
+    predictor = None  # the Inspector's FastPredictor of the whole frame
+    if tile:  # predict cuts, scores and stitches the tiles
+        from ..tiling import check_tile
+
+        check_tile(tile, args.overlap, args.image_size, args.image_size)
+        predictor = functools.partial(model.predict, tile=tile, overlap=args.overlap)
+    inspector = Inspector(
+        model,
+        smoothing=args.smoothing,
+        threshold=args.threshold,
+        image_size=args.image_size,
+        ema_alpha=args.ema_alpha,
+        k=args.kofn_k,
+        n=args.kofn_n,
+        off_threshold=args.off_threshold,
+        map_alpha=args.map_alpha,
+        queue_size=args.queue_size,
+        max_latency_ms=args.max_latency_ms,
+        predictor=predictor,
+    )
+    watching = False
+    try:
+        if args.calibrate_on is not None:
+            threshold = inspector.calibrate(args.calibrate_on)
+            print(
+                f"threshold {threshold:.4g}: the 99.5 % quantile of {args.smoothing}-smoothed scores "
+                f"of {args.calibrate_on}"
+            )
+        watching = True
+        summary = watch(
+            inspector,
+            source,
+            args.out,
+            max_frames=args.max_frames,
+            realtime=args.realtime or None,
+            save_video=args.save_video,
+            fps=args.fps,
+            progress=_progress_enabled(args),
+        )
+    except KeyboardInterrupt:
+        if watching:  # watch wrote the summary of what it did before it re-raised
+            print(format_summary(json.loads((Path(args.out) / "summary.json").read_text())), file=sys.stderr)
+        return 130
+    print(format_summary(summary))
+    print(
+        f"written: {Path(args.out) / 'frames.jsonl'}, {Path(args.out) / 'alarms'}/"
+        + (f", {args.save_video}" if args.save_video else "")
+    )
+    return 0 if summary["scored"] else 1
+
+
+def _add_watch_parser(subparsers) -> None:
+    """Register the ``watch`` command."""
+    from ..stream import SMOOTHERS
+
+    w = subparsers.add_parser(
+        "watch",
+        help="score a video, camera or image folder live, with smoothing and alarms",
+        description=cmd_watch.__doc__,
+    )
+    w.add_argument("--model", required=True, help="model file written by train")
+    w.add_argument(
+        "--source", required=True, help="video file, folder of images, camera (/dev/video0 or 0) or URL (rtsp://...)"
+    )
+    w.add_argument("--out", default="watch_out", help="output folder (default: watch_out)")
+    w.add_argument(
+        "--smoothing",
+        choices=SMOOTHERS,
+        default="ema",
+        help="ema (default; mean delay (1-a)/a frames), kofn (alarm when k of the last n scores are "
+        "over; k-1 frames late), hysteresis (off below a lower threshold; 0 frames), none",
+    )
+    w.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="on the smoothed image score (default 0.1: the q_b level of calibrated maps)",
+    )
+    w.add_argument(
+        "--calibrate-on",
+        default=None,
+        metavar="CLIP",
+        help="set the threshold to the 99.5 %% quantile of the smoothed scores of this clip of normal "
+        "frames (a video file or folder)",
+    )
+    w.add_argument("--ema-alpha", type=float, default=0.4, help="weight of the newest score in ema (default 0.4)")
+    w.add_argument("--kofn-k", type=int, default=3, help="k of kofn (default 3)")
+    w.add_argument("--kofn-n", type=int, default=5, help="n of kofn (default 5)")
+    w.add_argument(
+        "--off-threshold",
+        type=float,
+        default=None,
+        help="hysteresis: alarm off below this (default: 0.2 x |threshold| below it)",
+    )
+    w.add_argument(
+        "--map-alpha",
+        type=float,
+        default=None,
+        help="per-pixel EMA of the map with this weight before scoring (static camera)",
+    )
+    w.add_argument(
+        "--save-video",
+        default=None,
+        metavar="FILE",
+        help="write the annotated video (frame | heatmap, red border in alarm): .mp4 (H.264) or .avi (MJPEG)",
+    )
+    w.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    w.add_argument(
+        "--max-latency-ms",
+        type=float,
+        default=None,
+        help="skip a waiting frame whose result would come later than this when a newer one waits",
+    )
+    w.add_argument("--queue-size", type=int, default=2, help="decoded frames waiting for scoring (default 2)")
+    w.add_argument(
+        "--realtime",
+        action="store_true",
+        help="play a file at its timestamps, dropping frames when scoring lags (cameras always are)",
+    )
+    w.add_argument(
+        "--fps",
+        type=positive_number,
+        default=None,
+        help="frame rate of a folder of images (timestamps; default: the read times)",
+    )
+    w.add_argument("--image-size", type=int, default=256, help="model input size in pixels (>= 256)")
+    _add_tile_args(w)
+    _add_precision_arg(w, "--dtype")
+    w.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    w.add_argument("--quiet", action="store_true", help="no live line")
+    w.set_defaults(func=cmd_watch)

@@ -1,0 +1,68 @@
+"""Images into memory for the jobs: a dataset's images as one uint8 tensor (training and
+calibration), and the files a ``predict`` names (folders walked, its own output folder left
+out) read with a row for each that cannot be."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ._io import DataError, find_images, open_image, to_rgb_array
+
+
+def _image_of(item) -> torch.Tensor:
+    return item["image"] if isinstance(item, dict) else item
+
+
+def load_images_uint8(dataset: Dataset[Any], workers: int = 2, desc: str = "loading images") -> torch.Tensor:
+    """All images of a dataset as one uint8 (N, 3, H, W) tensor, decoded by ``workers``
+    processes. 8-bit sources lose nothing (the float images are k/255)."""
+    if len(dataset) == 0:  # type: ignore[arg-type]  # the datasets here are sized
+        raise ValueError(f"{desc}: the dataset holds no images")
+    loader = DataLoader(
+        dataset,
+        batch_size=16,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=lambda items: torch.stack([_image_of(i) for i in items]),
+    )
+    return torch.cat([(b.clamp(0, 1) * 255).round().to(torch.uint8) for b in loader])
+
+
+def collect_image_paths(inputs, out_dir=None, log=print) -> list[Path]:
+    """Image files named directly or found (recursively) in folders, in a stable order.
+    Files found in folders under ``out_dir`` (an earlier run's heatmaps and masks, when the
+    output folder lies inside an input folder) are left out, said once through ``log``."""
+    paths: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            paths += find_images(item, broken_links=True)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {item}")
+    if out_dir is not None:
+        out = Path(out_dir).resolve()
+        named = {Path(item).resolve() for item in inputs}
+        kept = [p for p in paths if p.resolve() in named or out not in p.resolve().parents]
+        if len(kept) < len(paths):
+            log(f"skipping {len(paths) - len(kept)} files under the output folder {out_dir} (an earlier run's output)")
+        paths = kept
+    return paths
+
+
+def read_images(paths: list[Path], size: tuple[int, int], errors: list[dict]) -> tuple[list[Path], list]:
+    """The readable ``paths`` and their (3, H, W) arrays; each unreadable file goes to
+    ``errors`` with its reason, so one bad file does not stop a folder's worth of scoring."""
+    read, arrays = [], []
+    for path in paths:
+        try:
+            arrays.append(to_rgb_array(open_image(path), size))
+            read.append(path)
+        except (DataError, OSError) as exc:  # corrupt, truncated, a folder, unreadable, vanished
+            errors.append({"path": str(path), "error": str(exc)})
+    return read, arrays

@@ -1,0 +1,130 @@
+"""Reading a model file written by :meth:`EfficientAD.save`: the checksum of everything it
+holds, the format version, the statistics it brought, and the precision it is run in."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ._checkpoint import describe_start, first_line, load_state_dict_checked, payload_checksum, state_checksum
+from .int8 import Int8Calibration
+from .model import FORMAT, FORMAT_VERSION, EfficientAD
+from .precision import choose_precision
+
+
+def _check_statistics(model: EfficientAD, path: Path) -> None:
+    """What set_teacher_stats and set_quantiles enforce, for the values a file brought:
+    a zero std or NaN statistics would make every map inf or NaN, silently."""
+    mean, std = model.teacher_mean, model.teacher_std
+    bad = (~(torch.isfinite(mean) & torch.isfinite(std) & (std > 0))).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"{path}: teacher std must be finite and > 0 and mean finite in every channel; channels "
+            f"{bad[:8]}{'...' if len(bad) > 8 else ''} have mean {mean[bad[:4]].tolist()}, std {std[bad[:4]].tolist()}"
+        )
+    for name, value in (("image_threshold", model.image_threshold), ("pixel_threshold", model._pixel_threshold)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{path}: {name} must be finite, got {value}")
+    if model.quantiles_set:
+        qa_st, qb_st, qa_ae, qb_ae = model.quantiles.tolist()
+        if not (all(math.isfinite(q) for q in (qa_st, qb_st, qa_ae, qb_ae)) and qb_st > qa_st and qb_ae > qa_ae):
+            raise ValueError(
+                f"{path}: quantiles need finite q_b > q_a for both maps, got q_a_st={qa_st}, q_b_st={qb_st}, "
+                f"q_a_ae={qa_ae}, q_b_ae={qb_ae}"
+            )
+
+
+def load(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    precision: str = "fp32",
+    batch_size: int = 1,
+    image_size: int = 256,
+) -> EfficientAD:
+    """Read a file written by :meth:`EfficientAD.save` (with ``torch.load(weights_only=True)``);
+    the model comes back in eval mode, in ``precision``: "fp32" (default), "bf16", "fp16",
+    "int8" (needs the INT8 calibration that ``train`` and :func:`quantize` store) or "auto":
+    the fastest on this machine for batches of ``batch_size`` images of ``image_size`` px
+    among those whose map stays within 0.1 of the fp32 map's range, timed once (INT8
+    compiles first: a minute at most) and then cached (:func:`efficientad_fast.precision.choose_precision`).
+
+    Raises FileNotFoundError for a missing file and ValueError for a truncated or corrupt
+    file (including bytes changed in place: the file's SHA-256 of everything it holds, weights,
+    settings, thresholds, flags and INT8 ranges, must match; files written before that
+    digest existed have the weights' only),
+    a file of another format, a newer format version, weights of the wrong size, or
+    teacher statistics or quantiles that would make the maps inf or NaN, or a CUDA
+    ``map_location`` on a machine without a GPU. Files written
+    before the checksum existed load with a warning.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    device = torch.device(map_location)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # Else torch.load's error would read as a broken file.
+        raise ValueError(f"cannot load {path} onto {device}: no CUDA device is available (use map_location='cpu')")
+    try:
+        # On the CPU first: the checks below run there, then the model moves to the device.
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read it as a model file (truncated or corrupt?): {first_line(exc)}") from exc
+    except Exception as exc:  # pickle.UnpicklingError and friends: not our format
+        raise ValueError(f"{path}: not an efficientad_fast model file ({describe_start(path)})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        hint = ""
+        if isinstance(payload, dict) and "state_dict" in payload:
+            hint = " (a Lightning/anomalib checkpoint? use efficientad_fast.from_anomalib)"
+        keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: not an efficientad_fast model file{hint}; found {keys}")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{path}: format_version must be an integer, got {version!r}")
+    if version < 1:
+        raise ValueError(f"{path}: format_version must be >= 1, got {version}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format version {version!r} is newer than this efficientad_fast reads ({FORMAT_VERSION}); upgrade"
+        )
+    missing = [k for k in ("config", "state_dict") if not isinstance(payload.get(k), dict)]
+    if missing:
+        raise ValueError(f"{path}: model file is incomplete: no {' or '.join(missing)}")
+    try:
+        # The file holds the teacher's weights: skip reading the shipped one.
+        model = EfficientAD(**payload["config"], teacher="random")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: model file has an invalid config {payload['config']}: {exc}") from exc
+    # Missing keys and wrong shapes first: their errors say more than a checksum mismatch.
+    load_state_dict_checked(model, payload["state_dict"], source=str(path))
+    checksum = payload.get("checksum")
+    if checksum is None:
+        warnings.warn(
+            f"{path}: model file has no checksum (written by an older efficientad_fast); "
+            "corruption cannot be detected. Save it again to add one.",
+            stacklevel=2,
+        )
+    elif not isinstance(checksum, dict):
+        raise ValueError(f"{path}: corrupt: the checksum entry is a {type(checksum).__name__}, not a dict")
+    elif "all_sha256" in checksum:
+        if checksum["all_sha256"] != payload_checksum(payload):
+            raise ValueError(
+                f"{path}: corrupt: checksum mismatch (the weights, settings, thresholds or INT8 ranges "
+                "changed since the file was written)"
+            )
+    elif checksum.get("sha256") != state_checksum(payload["state_dict"]):  # files written before "all_sha256"
+        raise ValueError(f"{path}: corrupt: checksum mismatch (the weights changed since the file was written)")
+    if payload.get("int8") is not None:
+        model.int8_calibration = Int8Calibration.from_payload(payload["int8"], str(path))
+    _check_statistics(model, path)
+    model = model.to(device).eval()
+    if precision == "auto":
+        return choose_precision(model, batch_size=batch_size, image_size=image_size)
+    try:
+        return model.set_precision(precision)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
