@@ -136,6 +136,10 @@ def atomic_save(payload, path: str | os.PathLike) -> Path:
     return path
 
 
+# How C++ writers say a write failed (libstdc++ streams, torch's zip writer).
+_WRITE_FAILED = re.compile(r"iostream error|unexpected pos|file write failed|No space left", re.IGNORECASE)
+
+
 def _disk_is_full(folder: Path) -> bool:
     """Less than 1 MiB free where ``folder`` lives (False when that cannot be asked)."""
     try:
@@ -195,9 +199,19 @@ def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
         for temp, target in reversed(list(zip(temps, targets))):
             os.replace(temp, target)
     except BaseException as exc:
+        # Writers in C++ (OpenVINO, torch) report a short write as RuntimeError: ask the file
+        # system while their half files are still there.
+        full = isinstance(exc, RuntimeError) and _disk_is_full(targets[0].parent)
         for temp in temps:
             temp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if isinstance(exc, RuntimeError) and not full and _WRITE_FAILED.search(str(exc)):
+            free = shutil.disk_usage(targets[0].parent).free / 2**20
+            raise OSError(
+                errno.EIO,
+                f"cannot write {targets[0]}: {first_line(exc)} ({free:.0f} MiB are free "
+                "there now: a full disk?); any earlier file there is unchanged",
+            ) from exc
+        if full or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
             raise OSError(
                 errno.ENOSPC,
                 f"no space left writing {targets[0]} (free some space and write again; "
@@ -213,7 +227,7 @@ def state_checksum(state_dict: dict) -> str:
     for key, value in state_dict.items():
         if not torch.is_tensor(value):
             continue
-        flat = value.detach().cpu().contiguous().reshape(-1)
+        flat = value.detach().cpu().clone(memory_format=torch.contiguous_format).reshape(-1)
         digest.update(f"{key}\0{flat.dtype}\0{tuple(value.shape)}\0".encode())
         digest.update(flat.view(torch.uint8).numpy().data)  # view: bfloat16 has no numpy dtype
     return digest.hexdigest()
@@ -228,7 +242,8 @@ def payload_checksum(payload: dict) -> str:
 
     def walk(name: str, value) -> None:
         if torch.is_tensor(value):
-            flat = value.detach().cpu().contiguous().reshape(-1)
+            # A fresh dense copy: a tensor's stored strides need not be the standard ones.
+            flat = value.detach().cpu().clone(memory_format=torch.contiguous_format).reshape(-1)
             digest.update(f"T{name}\0{flat.dtype}\0{tuple(value.shape)}\0".encode())
             digest.update(flat.view(torch.uint8).numpy().data)
         elif isinstance(value, dict):

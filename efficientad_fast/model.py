@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from ._checkpoint import atomic_save, payload_checksum, read_checkpoint, state_checksum
+from ._numbers import real_number, whole_number
 from .int8 import FeatureGraph, Int8Calibration, Int8Networks, calibrate_int8
 from .networks import MODEL_SIZES, PDN, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
 from .op.ops import DISTANCES, anomaly_map
@@ -56,17 +55,6 @@ def check_unit_range(images: torch.Tensor) -> None:
                 f"float images must lie in [0, 1], got values in [{lo.item():.4g}, {hi.item():.4g}]; "
                 "divide 8-bit images by 255 or pass them as uint8"
             )
-
-
-def real_number(value, what: str) -> float:
-    """``value`` as a float: a Python or NumPy real number, or a one-element real tensor (as
-    a computation hands it over); TypeError naming ``what`` for a bool, a string or others."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
-        return float(value.item())
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
-        raise TypeError(f"{what} must be a number, got {type(value).__name__}{shape}")
-    return float(value)
 
 
 def check_sensitivity(sensitivity: float) -> float:
@@ -184,8 +172,7 @@ class EfficientAD(nn.Module):
         self.pad_maps = bool(pad_maps)
         self.distance = distance
         if tile is not None:
-            if not isinstance(tile, int) or isinstance(tile, bool):
-                raise TypeError(f"tile must be an int or None, got {type(tile).__name__} {tile!r}")
+            tile = whole_number(tile, "tile")
             check_image_size(tile, tile)  # each tile is an image to the networks
         self.tile = tile
         self.teacher = make_pdn(model_size, TEACHER_CHANNELS, self.padding)

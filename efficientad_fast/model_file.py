@@ -39,6 +39,15 @@ def _check_statistics(model: EfficientAD, path: Path) -> None:
             )
 
 
+def _checksum_or_corrupt(payload: dict, path: Path) -> str:
+    """The payload's SHA-256, or ValueError when a value cannot even be hashed (a flipped byte
+    in a tensor's metadata can leave a tensor torch cannot view)."""
+    try:
+        return payload_checksum(payload)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: corrupt: {type(exc).__name__}: {first_line(exc)}") from exc
+
+
 def load(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
@@ -100,7 +109,10 @@ def load(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: model file has an invalid config {payload['config']}: {exc}") from exc
     # Missing keys and wrong shapes first: their errors say more than a checksum mismatch.
-    load_state_dict_checked(model, payload["state_dict"], source=str(path))
+    try:
+        load_state_dict_checked(model, payload["state_dict"], source=str(path))
+    except (AttributeError, KeyError, TypeError, RuntimeError) as exc:  # a value of the wrong type
+        raise ValueError(f"{path}: corrupt: {type(exc).__name__}: {first_line(exc)}") from exc
     checksum = payload.get("checksum")
     if checksum is None:
         warnings.warn(
@@ -111,7 +123,7 @@ def load(
     elif not isinstance(checksum, dict):
         raise ValueError(f"{path}: corrupt: the checksum entry is a {type(checksum).__name__}, not a dict")
     elif "all_sha256" in checksum:
-        if checksum["all_sha256"] != payload_checksum(payload):
+        if checksum["all_sha256"] != _checksum_or_corrupt(payload, path):
             raise ValueError(
                 f"{path}: corrupt: checksum mismatch (the weights, settings, thresholds or INT8 ranges "
                 "changed since the file was written)"

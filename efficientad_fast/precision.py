@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from ._checkpoint import atomic_files
+from ._numbers import image_hw
 from .op._build import cache_folder, cache_root
 
 # The largest map difference to fp32 a chosen precision may have, as a fraction of the fp32
@@ -124,7 +125,7 @@ def _time_ms(run: Callable[[], object]) -> float:
 
 
 def _size(image_size) -> tuple[int, int]:
-    return (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
+    return image_hw(image_size)
 
 
 def measure_precisions(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._numbers import is_whole, whole_number
 from .networks import check_image_size
 
 # Tiles per network batch when scoring tiled images: about the memory of predict at batch 16.
@@ -41,8 +42,7 @@ TILE_BATCH = 16
 
 def _check_tile(tile, overlap) -> None:
     for name, value in (("tile", tile), ("overlap", overlap)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        whole_number(value, name)
     if not tile > overlap >= 0:
         raise ValueError(f"tiles need tile > overlap >= 0, got tile={tile}, overlap={overlap}")
 
@@ -148,7 +148,7 @@ def tiled_scores(
     of ``model.predict(..., tile=...)``. ``x`` is as ``model.score_images`` takes it (the
     networks' device and dtype, values in [0, 1]); call it under ``torch.inference_mode()``.
     ``output_size``: resize the stitched map (bilinear) to it; None: the image size."""
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not is_whole(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     n, _, height, width = x.shape
     check_tile(tile, overlap, height, width)

@@ -252,8 +252,8 @@ def test_watch_api_refuses_a_nan_or_negative_fps(tmp_path, model_file, frames):
     from efficientad_fast.stream import Inspector, watch
 
     inspector = Inspector(load(model_file, precision="fp32"))
-    for fps in (float("nan"), -2.0, 0, float("inf")):
-        with pytest.raises(ValueError, match="fps must be a finite number > 0"):
+    for fps in (float("nan"), -2.0, 0, float("inf"), 1e-300, 1e9):
+        with pytest.raises(ValueError, match="fps must be a number from 0.001 to 10000"):
             watch(inspector, frames, tmp_path / "out", fps=fps, progress=False)
     with pytest.raises(TypeError, match="fps must be a number"):
         watch(inspector, frames, tmp_path / "out", fps="25", progress=False)
@@ -501,3 +501,275 @@ def test_times_edited_by_hand_are_left_out_of_the_message():
 
     assert _format_times({"fp32": "slow", "bf16": 63.2, "int8": True}, ["fp32", "bf16", "int8"]) == "bf16 63 ms"
     assert _format_times("nonsense") == "times not recorded"
+
+
+# -- the second probe (issue 24): what it found, each refused or handled --------------------------
+
+
+def test_watch_refuses_to_save_the_video_over_its_source(tmp_path, model_file, capsys):
+    av = pytest.importorskip("av")
+    from efficientad_fast.data import make_synthetic_video
+
+    video = make_synthetic_video(tmp_path / "line.mp4", frames=4, frame_size=64, seed=0)
+    before = video.read_bytes()
+    args = [*[a.format(model=model_file) for a in WATCH], "--source", str(video), "--save-video", str(video)]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    assert "is the video being watched" in one_error_line("watch", capsys.readouterr().err)
+    assert video.read_bytes() == before and not (tmp_path / "out").exists()
+    del av
+
+
+def test_predict_reports_a_link_loop_and_scores_the_rest(tmp_path, model_file, frames):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "good.png").write_bytes((frames / "001.png").read_bytes())
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_file),
+                str(folder),
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-heatmaps",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
+    assert [r["path"] for r in csv.DictReader(open(out / "scores.csv"))] == [str(folder / "good.png")]
+    assert [r["path"] for r in csv.DictReader(open(out / "errors.csv"))] == [str(folder / "loop.png")]
+
+
+@pytest.mark.parametrize("where", ["same", "above"])
+def test_predict_with_out_at_or_above_the_inputs_scores_them(where, tmp_path, model_file, frames):
+    folder = tmp_path / "par" / "imgs"
+    folder.mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes((frames / "001.png").read_bytes())
+    out = folder if where == "same" else folder.parent
+    inputs = folder if where == "same" else folder.parent
+    args = ["predict", "--model", str(model_file), str(inputs), "--out", str(out), "--quiet", "--precision", "fp32"]
+    assert main(args) == 0
+    assert len(list(csv.DictReader(open(out / "scores.csv")))) == 2
+    assert main(args) == 0  # the second run does not score the first run's heatmaps
+    assert len(list(csv.DictReader(open(out / "scores.csv")))) == 2
+
+
+def test_predict_refuses_an_output_name_taken_by_a_folder_before_scoring(tmp_path, model_file, frames, capsys):
+    out = tmp_path / "out"
+    (out / "scores.csv").mkdir(parents=True)
+    args = ["predict", "--model", str(model_file), str(frames), "--out", str(out), "--quiet", "--precision", "fp32"]
+    assert main(args) == 2
+    assert "is in the way of predict's output" in one_error_line("predict", capsys.readouterr().err)
+    assert sorted(p.name for p in out.iterdir()) == ["scores.csv"]
+
+
+def test_predict_lists_an_image_with_nan_pixels_and_scores_the_rest(tmp_path, model_file, frames):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "good.png").write_bytes((frames / "001.png").read_bytes())
+    pixels = np.full((64, 64), 0.5, np.float32)
+    pixels[3, 3] = np.nan
+    Image.fromarray(pixels, mode="F").save(folder / "nan.tif")
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_file),
+                str(folder),
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-heatmaps",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
+    assert [r["path"] for r in csv.DictReader(open(out / "scores.csv"))] == [str(folder / "good.png")]
+    errors = list(csv.DictReader(open(out / "errors.csv")))
+    assert [r["path"] for r in errors] == [str(folder / "nan.tif")] and "not finite" in errors[0]["error"]
+
+
+def test_predict_onto_a_disk_that_fills_with_pictures_fails_and_keeps_the_previous_files(
+    full_disk, model_file, frames, capsys
+):
+    out = full_disk / "out"
+    args = ["predict", "--model", str(model_file), str(frames), "--out", str(out), "--quiet", "--precision", "fp32"]
+    assert main([*args, "--no-heatmaps", "--parquet"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    fill(full_disk)
+    assert main([*args, "--parquet"]) == 2  # the heatmaps no longer fit: not a row per image, exit 0
+    assert "no space left" in one_error_line("predict", capsys.readouterr().err)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def _flip_tensor_stride(path: Path, out: Path) -> None:
+    """A model file whose first non-empty 1-element tensor has a stride torch cannot view as
+    bytes: what a flipped byte in the pickled metadata left (the second probe's INT8 file)."""
+    payload = torch.load(path, weights_only=True)
+    for key, value in payload["state_dict"].items():
+        if torch.is_tensor(value) and value.numel() > 1:
+            payload["state_dict"][key] = value.reshape(-1)[:1].as_strided((1,), (17,))
+            break
+    torch.save(payload, out)
+
+
+def test_load_refuses_corrupt_tensor_metadata_and_extra_state_in_one_line(tmp_path, model_file):
+    from efficientad_fast import load
+
+    odd = tmp_path / "stride.pt"
+    _flip_tensor_stride(model_file, odd)
+    with pytest.raises(ValueError, match="corrupt"):
+        load(odd)
+    payload = torch.load(model_file, weights_only=True)
+    payload["state_dict"]["_extra_state"] = ["x"]
+    torch.save(payload, tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match="corrupt"):
+        load(tmp_path / "extra.pt")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from efficientad_fast.data import make_synthetic
+
+    return make_synthetic(
+        tmp_path_factory.mktemp("tiny") / "data",
+        seed=1,
+        categories=("board",),
+        n_train=4,
+        n_test_good=1,
+        n_test_defect_per_type=1,
+        defects=("hole",),
+    )
+
+
+def _train_args(data, out, *extra):
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--dataset",
+        "mvtec",
+        "--category",
+        "board",
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--teacher",
+        "random",
+        "--penalty-images",
+        "none",
+        "--workers",
+        "0",
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_resume_refuses_a_corrupt_checkpoint_and_other_data(tmp_path, tiny_data, capsys, monkeypatch):
+    import shutil
+
+    from efficientad_fast.train import loop
+
+    out = tmp_path / "run"
+    calls = []
+    original = loop.augment
+
+    def interrupted_at_step_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "augment", interrupted_at_step_two)
+    assert main(_train_args(tiny_data, out)) == 130
+    monkeypatch.setattr(loop, "augment", original)
+    checkpoint = out / "checkpoint.pt"
+    good = checkpoint.read_bytes()
+
+    state = torch.load(checkpoint, weights_only=False)
+    first = next(k for k, v in state["model"].items() if torch.is_tensor(v) and v.numel() > 100)
+    state["model"][first].view(-1)[7] += 1.0  # one weight changed, the stored checksum kept
+    torch.save(state, checkpoint)
+    assert main([*_train_args(tiny_data, out), "--resume"]) == 2
+    assert "corrupt: checksum mismatch" in one_error_line("train", capsys.readouterr().err)
+
+    checkpoint.write_bytes(good)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data, other)
+    (other / "board" / "train" / "good" / "000.png").rename(other / "board" / "train" / "good" / "100.png")
+    (other / "board" / "train" / "good" / "extra.png").write_bytes(
+        (other / "board" / "train" / "good" / "001.png").read_bytes()
+    )
+    assert main([*_train_args(other, out), "--resume"]) == 2
+    assert "training_files" in one_error_line("train", capsys.readouterr().err)
+    assert main([*_train_args(tiny_data, out), "--resume"]) == 0  # the same data resumes
+
+
+def test_numpy_integers_are_taken_where_ints_are(tmp_path, model_file):
+    from efficientad_fast import FastPredictor, load
+    from efficientad_fast.stream import Inspector
+    from efficientad_fast.tiling import predict_tiled
+
+    model = load(model_file, precision="fp32")
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    reference = model.predict(x)
+    assert torch.equal(FastPredictor(model, np.int64(1), np.int64(256))(x).score, reference.score)
+    assert torch.allclose(predict_tiled(model, x, tile=np.int64(256), overlap=np.int64(0)).score, reference.score)
+    Inspector(model, smoothing="kofn", k=np.int64(3), n=np.int64(5), queue_size=np.int64(2), image_size=np.int64(256))
+    assert load(model_file, precision="fp32", image_size=np.int64(256)).precision == "fp32"
+
+
+def test_an_unwritable_cache_leaves_no_output_folder(tmp_path, model_file, frames, capsys, monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("EFFICIENTAD_FAST_CACHE", str(tmp_path / "a_file" / "cache"))
+    monkeypatch.setattr("efficientad_fast.op._library._loaded", None)
+    monkeypatch.setattr("efficientad_fast.op._library._aot_library", lambda: None)
+    out = tmp_path / "out"
+    assert (
+        main(["predict", "--model", str(model_file), str(frames), "--out", str(out), "--quiet", "--precision", "fp32"])
+        == 2
+    )
+    assert "EFFICIENTAD_FAST_CACHE" in one_error_line("predict", capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_openvino_export_onto_a_full_disk_is_one_line(full_disk, model_file, capsys):
+    pytest.importorskip("openvino")
+    out = full_disk / "model.xml"
+    assert main(["export", "--model", str(model_file), "--format", "openvino", "--out", str(out)]) == 2
+    line = one_error_line("export", capsys.readouterr().err)
+    assert "no space left" in line or ("cannot write" in line and "a full disk?" in line)
+    assert list(full_disk.iterdir()) == []
+
+
+def test_aoti_export_checks_the_free_space_before_compiling(tmp_path, model_file, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    from efficientad_fast.deploy import export
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))
+
+    def no_compiling(*args, **kwargs):
+        pytest.fail("compiled although the disk cannot hold the package")
+
+    monkeypatch.setattr(export.torch.export, "export", no_compiling)
+    out = tmp_path / "m.pt2"
+    assert main(["export", "--model", str(model_file), "--format", "aoti", "--out", str(out)]) == 2
+    assert "an AOTInductor package of this model needs about" in one_error_line("export", capsys.readouterr().err)
+    assert not out.exists()

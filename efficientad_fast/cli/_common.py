@@ -167,6 +167,9 @@ def _load_model(args: argparse.Namespace, batch_size: int):
     --image-size)."""
     from .. import load
     from .._device import resolve_device
+    from ..op import load_extension
+
+    load_extension()  # a build that cannot happen (an unwritable cache) fails before any output exists
 
     size = getattr(args, "image_size", 256)
     return load(

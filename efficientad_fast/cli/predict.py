@@ -23,6 +23,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     --engine ray, a pool of Ray actors (Ray Data) decodes and scores, and scores.parquet is
     written too."""
     from ..jobs import predict_files
+    from ..jobs.predict import PICTURE_NOT_WRITTEN
 
     if args.engine == "ray":
         from ..jobs.ray_predict import predict_files as predict_on_ray
@@ -70,9 +71,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"efficientad-fast predict: {stop}", file=sys.stderr)
             return 130
     print(f"scores: {csv_path}")
-    if errors:
+    unwritten = sum(1 for e in errors if e["error"].startswith(PICTURE_NOT_WRITTEN))
+    unread = len(errors) - unwritten
+    if unread:
         print(
-            f"{len(errors)} of {len(errors) + len(rows)} images could not be read: {csv_path.with_name('errors.csv')}",
+            f"{unread} of {unread + len(rows)} images could not be read: {csv_path.with_name('errors.csv')}",
+            file=sys.stderr,
+        )
+    if unwritten:
+        print(
+            f"{unwritten} scored images' pictures could not be written: {csv_path.with_name('errors.csv')}",
             file=sys.stderr,
         )
     return 0 if rows else 1

@@ -23,7 +23,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     source = open_source(args.source, fps=args.fps).open()  # a source that cannot be read fails before any work
     if args.save_video:
-        check_video_path(args.save_video)
+        check_video_path(args.save_video, args.source)
     model = _load_model(args, 1)
     tile = model.tile if args.tile is None else args.tile
     predictor = None  # the Inspector's FastPredictor of the whole frame

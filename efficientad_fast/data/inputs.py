@@ -4,9 +4,11 @@ out) read with a row for each that cannot be."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -32,10 +34,15 @@ def load_images_uint8(dataset: Dataset[Any], workers: int = 2, desc: str = "load
     return torch.cat([(b.clamp(0, 1) * 255).round().to(torch.uint8) for b in loader])
 
 
+PICTURE_FOLDERS = ("heatmaps", "masks")  # what predict writes under its output folder
+
+
 def collect_image_paths(inputs, out_dir=None, log=print) -> list[Path]:
     """Image files named directly or found (recursively) in folders, in a stable order.
-    Files found in folders under ``out_dir`` (an earlier run's heatmaps and masks, when the
-    output folder lies inside an input folder) are left out, said once through ``log``."""
+    Files found in ``out_dir/heatmaps`` and ``out_dir/masks`` (an earlier run's pictures, when
+    the output folder lies inside an input folder, or is one) are left out, said once through
+    ``log``. Links are followed as the file system says (a link loop is kept, to be reported
+    as unreadable), never by raising."""
     paths: list[Path] = []
     for item in inputs:
         item = Path(item)
@@ -46,11 +53,16 @@ def collect_image_paths(inputs, out_dir=None, log=print) -> list[Path]:
         else:
             raise FileNotFoundError(f"no such image or folder: {item}")
     if out_dir is not None:
-        out = Path(out_dir).resolve()
-        named = {Path(item).resolve() for item in inputs}
-        kept = [p for p in paths if p.resolve() in named or out not in p.resolve().parents]
+        pictures = [Path(os.path.realpath(Path(out_dir) / sub)) for sub in PICTURE_FOLDERS]
+        named = {os.path.realpath(item) for item in inputs}
+
+        def earlier_output(path: Path) -> bool:
+            real = os.path.realpath(path)  # never raises, unlike Path.resolve on a link loop
+            return real not in named and any(folder in Path(real).parents for folder in pictures)
+
+        kept = [p for p in paths if not earlier_output(p)]
         if len(kept) < len(paths):
-            log(f"skipping {len(paths) - len(kept)} files under the output folder {out_dir} (an earlier run's output)")
+            log(f"skipping {len(paths) - len(kept)} files under {out_dir}/heatmaps and masks (an earlier run's output)")
         paths = kept
     return paths
 
@@ -61,7 +73,10 @@ def read_images(paths: list[Path], size: tuple[int, int], errors: list[dict]) ->
     read, arrays = [], []
     for path in paths:
         try:
-            arrays.append(to_rgb_array(open_image(path), size))
+            array = to_rgb_array(open_image(path), size)
+            if not np.isfinite(array).all():  # a float image (TIFF) with NaN or inf pixels
+                raise DataError(f"image file {path} has pixels that are not finite numbers (NaN or inf)")
+            arrays.append(array)
             read.append(path)
         except (DataError, OSError) as exc:  # corrupt, truncated, a folder, unreadable, vanished
             errors.append({"path": str(path), "error": str(exc)})

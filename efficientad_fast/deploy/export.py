@@ -30,7 +30,9 @@ Our loaders (:func:`load_package`, :func:`read_onnx_metadata`) check the metadat
 from __future__ import annotations
 
 import copy
+import errno
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -216,6 +218,21 @@ def check_metadata(info: dict[str, str], source: str | os.PathLike) -> dict:
     }
 
 
+def _require_free_space(out: Path, model: EfficientAD) -> None:
+    """An OSError before compiling when ``out``'s disk cannot hold the package (its weights and
+    compiled code: about twice the weights plus 64 MiB): AOTInductor's C++ writer aborts the
+    whole process on a full disk, where nothing can clean up or explain."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values() if torch.is_tensor(t))
+    needed = 2 * weights + 64 * 2**20
+    free = shutil.disk_usage(out.parent).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"no space for {out}: an AOTInductor package of this model needs about "
+            f"{needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free",
+        )
+
+
 def export_aoti(model: EfficientAD, out: str | os.PathLike, image_size=256, device: str = "cpu") -> Path:
     """Write an AOTInductor package of ``model.predict`` (fused op, dynamic batch) to ``out``.
 
@@ -239,6 +256,7 @@ def export_aoti(model: EfficientAD, out: str | os.PathLike, image_size=256, devi
     if out.suffix != ".pt2":
         raise ValueError(f"an AOTInductor package must end in .pt2, got {out}")
     writable_folder(out.parent)
+    _require_free_space(out, model)
     graph = PredictGraph(model, "fused").to(target)
     batch = torch.export.Dim("batch", min=1, max=1024)
     with atomic_files(out) as (temporary,), torch.no_grad():  # a half package never replaces a whole one

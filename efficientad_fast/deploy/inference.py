@@ -13,6 +13,7 @@ import threading
 
 import torch
 
+from .._numbers import image_hw, is_whole
 from ..model import EfficientAD, Prediction, check_sensitivity
 from ..networks import check_image_size
 from ..precision import choose_precision
@@ -68,9 +69,9 @@ class FastPredictor:
     ) -> None:
         if not isinstance(model, EfficientAD):
             raise TypeError(f"model must be an efficientad_fast.EfficientAD, got {type(model).__name__}")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not is_whole(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        height, width = image_hw(image_size)
         check_image_size(height, width)
         if input_dtype not in INPUT_DTYPES:
             raise TypeError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype}")

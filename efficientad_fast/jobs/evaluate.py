@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .. import metrics as metrics_lib
+from .._numbers import image_hw
 from ..data import make_loader, open_dataset, read_loco_defects_config
 from ..heatmaps import default_threshold, write_eval_heatmaps
 from ..model import EfficientAD
@@ -46,7 +47,7 @@ def evaluate_model(
     writes heatmaps of a few images per defect type to ``heatmap_dir`` if given. ``layout``:
     a :class:`efficientad_fast.data.FolderLayout` for a folder dataset with arbitrary folders.
     ``tile``, ``overlap``: as :meth:`EfficientAD.predict` takes them (None: the model's tile)."""
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = image_hw(image_size)
     check_tiling(model, tile, overlap, size)
     test = open_dataset(data, dataset, category, "test", size, layout=layout)
     loader = make_loader(test, batch_size=batch_size, workers=workers)

@@ -4,6 +4,7 @@ masks, row by row (the Ray Data engine is :mod:`.ray_predict`)."""
 from __future__ import annotations
 
 import csv
+import errno
 import os
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import numpy as np
 import torch
 
 from .._checkpoint import atomic_files, writable_folder
-from ..data.inputs import collect_image_paths, read_images
+from .._numbers import image_hw
+from ..data.inputs import PICTURE_FOLDERS, collect_image_paths, read_images
 from ..heatmaps import default_threshold, heatmap_overlay, save_png
 from ..model import EfficientAD
 from ..networks import check_image_size
@@ -74,6 +76,9 @@ def heatmap_name(path: Path, used_names: set[str]) -> str:
     return name
 
 
+PICTURE_NOT_WRITTEN = "scored, but its picture cannot be written"
+
+
 def write_scores_parquet(path: Path, rows: list[dict], scores: list[float]) -> Path:
     """scores.csv's rows as Parquet (``pip install pyarrow``), with the scores as float64
     (the CSV rounds them to 6 digits) and ``anomalous`` as a boolean (null without a threshold)."""
@@ -123,6 +128,16 @@ def write_predictions(
     return csv_path
 
 
+def _refuse_taken_output_names(out_dir: Path) -> None:
+    """Before scoring: a folder where predict writes a file (or a file where it makes a
+    folder) would fail the run at its end."""
+    for name in ("scores.csv", "errors.csv", "scores.parquet", *PICTURE_FOLDERS):
+        if (out_dir / name).exists() and (out_dir / name).is_dir() != (name in PICTURE_FOLDERS):
+            raise (NotADirectoryError if name in PICTURE_FOLDERS else IsADirectoryError)(
+                f"{out_dir / name} is in the way of predict's output: move it or choose another --out"
+            )
+
+
 @torch.no_grad()
 def predict_files(
     model: EfficientAD,
@@ -151,7 +166,7 @@ def predict_files(
     ``tile``, ``overlap``: as :meth:`EfficientAD.predict` takes them (None: the model's tile)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = image_hw(image_size)
     check_image_size(*size)
     check_tiling(model, tile, overlap, size)
     paths = collect_image_paths(inputs, out_dir)
@@ -159,6 +174,7 @@ def predict_files(
     if masks and pixel_threshold is None:
         raise ValueError("masks need a pixel threshold: this model is not calibrated")
     out_dir = writable_folder(out_dir)
+    _refuse_taken_output_names(out_dir)
     rows, scores, errors = [], [], []
     chunks = range(0, len(paths), batch_size)
     if progress:
@@ -199,8 +215,11 @@ def predict_files(
                         if masks:
                             mask = (pred.anomaly_map[i, 0] > pixel_threshold).cpu().numpy()
                             save_png(mask.astype(np.uint8) * 255, out_dir / "masks" / f"{name}.png")
-                    except OSError as exc:  # a name too long for the file system, ...: keep the score
-                        errors.append({"path": str(path), "error": f"scored, but its picture cannot be written: {exc}"})
+                    except OSError as exc:
+                        if exc.errno == errno.ENOSPC:  # the machine's problem: stop, as for scores.csv
+                            raise
+                        # A name too long for the file system, ...: keep the score.
+                        errors.append({"path": str(path), "error": f"{PICTURE_NOT_WRITTEN}: {exc}"})
                     rows.append(row)
                     scores.append(score)
                     writer.writerow({k: printable(v) for k, v in row.items()})
@@ -209,11 +228,21 @@ def predict_files(
         os.replace(temporary, csv_path)  # what was scored stays
         write_predictions(out_dir, rows, scores, errors, heatmaps, parquet=False, csv_written=True)
         raise PredictInterrupted(len(rows), len(paths), csv_path) from None
+    except BaseException as exc:
+        temporary.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left writing the predictions in {out_dir} after {len(rows)} of "
+                f"{len(paths)} images; the previous scores.csv is unchanged",
+            ) from exc
+        raise
+    try:  # scores.csv last: it appears only beside its own scores.parquet and errors.csv
+        write_predictions(out_dir, rows, scores, errors, heatmaps, parquet, csv_written=True)
+        os.replace(temporary, csv_path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    os.replace(temporary, csv_path)
-    write_predictions(out_dir, rows, scores, errors, heatmaps, parquet, csv_written=True)
     return csv_path, rows, errors
 
 

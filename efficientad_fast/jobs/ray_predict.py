@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .._checkpoint import writable_folder
+from .._numbers import image_hw
 from ..heatmaps import heatmap_overlay, save_png
 from ..networks import check_image_size
 from .engines import ray_session, require_ray
@@ -143,7 +144,7 @@ def predict_files(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = image_hw(image_size)
     check_image_size(*size)
     model = load(model_path, map_location="cpu")  # the checks and decisions the actors will make
     check_tiling(model, tile, overlap, size)

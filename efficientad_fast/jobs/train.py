@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -12,6 +13,7 @@ import torch
 
 from .._checkpoint import atomic_write_text, writable_folder
 from .._device import resolve_device
+from .._numbers import image_hw
 from ..data import open_dataset, open_labelled_folder, penalty_image_set, split_train_validation
 from ..data.inputs import load_images_uint8
 from ..model import DEFAULT_IMAGE_QUANTILE, EfficientAD
@@ -107,6 +109,7 @@ def train_category(
     out = Path(out)
     size = _check_run(config, image_size, tile, out, resume, overwrite)
     train_set = open_dataset(data, dataset, category, "train", size, layout=layout)
+    training_files = _file_list_digest(train_set)
     train_set, held_out = _held_out(data, dataset, category, train_set, size, validation_fraction, config.seed, layout)
     labelled = open_labelled_folder(threshold_from, size) if threshold_from is not None else None
     penalty = penalty_image_set(
@@ -125,6 +128,7 @@ def train_category(
     run_settings = {
         "dataset": dataset,
         "category": category,
+        "training_files": training_files,
         "image_size": list(size),
         "tile": tile,
         "model_size": model_size,
@@ -161,11 +165,19 @@ def train_category(
     return model, summary
 
 
+def _file_list_digest(dataset) -> str:
+    """ "N files, sha256:..." of a dataset's image files (names relative to its root): a resume
+    on other data is refused even where the dataset's name and category are the same, and a
+    dataset moved to another folder still resumes."""
+    names = sorted(os.path.relpath(s.path, dataset.root) for s in dataset.samples)
+    return f"{len(names)} files, sha256:{hashlib.sha256(chr(0).join(names).encode()).hexdigest()[:16]}"
+
+
 def _check_run(config: TrainConfig, image_size, tile: int | None, out: Path, resume: bool, overwrite: bool):
     """The settings' and the output folder's checks of :func:`train_category`, before any data
     is read; returns the image size as (H, W)."""
     config.check()
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = image_hw(image_size)
     check_image_size(*size)
     if tile is not None:
         check_tile(tile, 0, *size)
@@ -240,7 +252,7 @@ def _tiled_image_threshold(model: EfficientAD, images: torch.Tensor, batch_size:
 def check_categories(data, dataset: str, categories, image_size=256, layout=None) -> None:
     """Open each category's training split (no image is decoded): a missing or misnamed
     category stops ``train`` with several categories before any of them starts."""
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = image_hw(image_size)
     for category in categories:
         open_dataset(data, dataset, category, "train", size, layout=layout)
 

@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .._numbers import is_whole
 from ..deploy.inference import FastPredictor
 from ..heatmaps import default_threshold
 from ..model import EfficientAD
@@ -154,7 +155,7 @@ class Inspector:
             raise ValueError(f"threshold must be a finite number, got {threshold}")
         if map_alpha is not None and not 0.0 < map_alpha <= 1.0:
             raise ValueError(f"map_alpha must be in (0, 1] or None, got {map_alpha}")
-        if not isinstance(queue_size, int) or queue_size < 1:
+        if not is_whole(queue_size) or queue_size < 1:
             raise ValueError(f"queue_size must be an int >= 1, got {queue_size!r}")
         if max_latency_ms is not None and not max_latency_ms > 0:
             raise ValueError(f"max_latency_ms must be > 0, got {max_latency_ms}")
@@ -167,7 +168,7 @@ class Inspector:
             predictor = FastPredictor(model, 1, image_size, input_dtype=torch.float32, warmup=1)
         self.predictor = predictor
         self.map_alpha = map_alpha
-        self.queue_size = queue_size
+        self.queue_size = int(queue_size)
         self.max_latency_ms = max_latency_ms
         self.dropped = 0
         self._next_index = 0  # frame numbers of update() calls without an index

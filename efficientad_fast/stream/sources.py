@@ -158,15 +158,19 @@ class VideoSource(FrameSource):
             self._container = None
 
 
+MIN_FPS, MAX_FPS = 1e-3, 1e4  # a frame every 17 minutes to ten thousand a second
+
+
 def check_fps(fps) -> None:
-    """ValueError/TypeError unless ``fps`` is None or a finite number > 0 (NaN would reach the
-    timestamps and the JSON, a negative rate the video encoder)."""
+    """ValueError/TypeError unless ``fps`` is None or a number from MIN_FPS to MAX_FPS (NaN
+    would reach the timestamps and the JSON, a negative rate the video encoder, a rate near 0
+    timestamps past what the clock can hold)."""
     if fps is None:
         return
     if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)):
         raise TypeError(f"fps must be a number, got {type(fps).__name__}")
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a finite number > 0, got {fps}")
+    if not (math.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS):
+        raise ValueError(f"fps must be a number from {MIN_FPS:g} to {MAX_FPS:g}, got {fps}")
 
 
 def open_source(source, fps: float | None = None) -> FrameSource:

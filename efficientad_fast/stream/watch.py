@@ -32,12 +32,16 @@ def _stats(latencies: list[float], scored: int, seconds: float) -> dict:
     }
 
 
-def check_video_path(path: str | os.PathLike) -> str:
+def check_video_path(path: str | os.PathLike, source=None) -> str:
     """The codec for an annotated video at ``path`` (from its suffix), after making sure its
-    folder can be written: ValueError/PermissionError that name the path, before any work."""
+    folder can be written and that it is not the ``source`` being watched (the video would
+    replace it): ValueError/PermissionError that name the path, before any work."""
     from .._checkpoint import writable_folder
 
     path = Path(path)
+    target = getattr(source, "target", source)
+    if isinstance(target, (str, os.PathLike)) and os.path.realpath(path) == os.path.realpath(target):
+        raise ValueError(f"--save-video {path} is the video being watched: name another file")
     if path.is_dir():
         raise IsADirectoryError(f"--save-video: {path} is a folder; name a video file")
     codec = VIDEO_CODECS.get(path.suffix.lower())
@@ -55,11 +59,11 @@ class _VideoWriter:
     Written under a temporary name beside ``path`` and renamed on :meth:`close` (also after
     Ctrl-C, with the frames written so far), so ``path`` never holds a cut file."""
 
-    def __init__(self, path: Path, fps: float) -> None:
+    def __init__(self, path: Path, fps: float, source=None) -> None:
         from .._checkpoint import atomic_files
 
         self.av = require_av()
-        self.codec, self.fps = check_video_path(path), fps
+        self.codec, self.fps = check_video_path(path, source), fps
         self.files = contextlib.ExitStack()
         (self.temporary,) = self.files.enter_context(atomic_files(path))  # refuses a folder
         self.container, self.stream = None, None
@@ -124,7 +128,7 @@ def watch(
 
     # Everything that can be refused is, before any output exists.
     source = open_source(source, fps).open()
-    writer = _VideoWriter(Path(save_video), fps or 25.0) if save_video else None
+    writer = _VideoWriter(Path(save_video), fps or 25.0, source) if save_video else None
     out = writable_folder(out)
     alarms_dir = out / "alarms"
     alarms_dir.mkdir(exist_ok=True)

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from .._checkpoint import (
     atomic_write_text,
     config_diff,
     load_state_dict_checked,
+    payload_checksum,
     read_checkpoint,
     save_figure,
     writable_folder,
@@ -231,6 +233,7 @@ def save_checkpoint(
         # fp16 loss scaling on CUDA: the scale is part of where the run is.
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
     }
+    payload["checksum"] = payload_checksum(payload)  # a changed byte is refused on resume
     atomic_save(payload, path)  # never a half-written checkpoint
 
 
@@ -254,6 +257,27 @@ def _refuse_constant_images(images: torch.Tensor) -> None:
         )
 
 
+def _check_checkpoint_checksum(state: dict, checkpoint: Path) -> None:
+    """ValueError when the checkpoint's bytes changed since it was written; a checkpoint from
+    before checkpoints carried a checksum resumes with a warning."""
+    if "checksum" not in state:
+        warnings.warn(
+            f"{checkpoint}: training checkpoint without a checksum (older efficientad_fast); "
+            "corruption cannot be detected",
+            stacklevel=3,
+        )
+        return
+    try:
+        same = state["checksum"] == payload_checksum(state)
+    except (RuntimeError, TypeError, ValueError):  # a tensor torch cannot even view
+        same = False
+    if not same:
+        raise ValueError(
+            f"{checkpoint}: corrupt: checksum mismatch (the checkpoint changed since it was written); "
+            "train again without --resume"
+        )
+
+
 def _restore(
     checkpoint: Path | None, model, optimizer, scheduler, generator, config, run_settings: dict | None = None
 ) -> tuple[int, list, dict]:
@@ -266,6 +290,7 @@ def _restore(
     state = read_checkpoint(checkpoint)
     if not isinstance(state, dict) or state.get("kind") != "efficientad_fast-training-checkpoint":
         raise ValueError(f"{checkpoint}: not a training checkpoint of efficientad_fast")
+    _check_checkpoint_checksum(state, checkpoint)
     diff = config_diff(state["train_config"], asdict(config), ignore=_RESUMABLE_CHANGES)
     # Checkpoints from before run settings were stored have none to compare.
     diff.update(config_diff(state.get("run_settings") or {}, dict(run_settings or {})))
