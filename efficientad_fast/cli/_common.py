@@ -144,9 +144,6 @@ def _progress_enabled(args) -> bool:
 
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
-
-
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 PRECISION_HELP = (
     "what the networks compute in: auto (default): the fastest on this machine among fp32, bf16 and "
     "int8 (fp16 on a GPU) whose map stays within 0.1 of the fp32 map's range, timed once for the "
@@ -240,12 +237,6 @@ _MINIMUM = {
 
 # Options of --engine ray only (None when not given).
 _RAY_ONLY = ("ray_address", "cpus_per_job", "gpus_per_job", "retries", "ray_workers")
-
-
-_RAY_ONLY = ("ray_address", "cpus_per_job", "gpus_per_job", "retries", "ray_workers")
-_FINITE = ("lr", "weight_decay", "threshold", "off_threshold", "ema_alpha", "map_alpha", "max_latency_ms")
-
-
 _FINITE = ("lr", "weight_decay", "threshold", "off_threshold", "ema_alpha", "map_alpha", "max_latency_ms")
 TEACHER_KEYWORDS = ("auto", "random", "distilled", "paper")
 
