@@ -58,6 +58,13 @@ CASES = {
     "bench-image-size-100": ["bench", "--device", "cpu", "--image-size", "100", "--json", "{out}/b.json"],
     "fetch-teacher-missing-file": ["fetch-teacher", "--from", "{root}/nope.zip", "--quiet"],
     "fetch-imagenette-missing-file": ["fetch-imagenette", "--from", "{root}/nope.tgz", "--quiet"],
+    # refused by the parser (argparse would print its usage block first)
+    "predict-batch-size-abc": [*PREDICT, "{image}", "--out", "{out}", "--batch-size", "abc"],
+    "predict-precision-int4": [*PREDICT, "{image}", "--out", "{out}", "--precision", "int4"],
+    "train-no-out": [*TRAIN, "--data", "{data}"],
+    "train-unknown-option": [*TRAIN, "--data", "{data}", "--out", "{out}", "--stpes", "3"],
+    "watch-kofn-k-0": ["watch", "--model", "{model}", "--source", "{image}", "--out", "{out}", "--kofn-k", "0"],
+    "bench-runs-inf": ["bench", "--device", "cpu", "--runs", "inf", "--json", "{out}/b.json"],
 }
 
 
@@ -98,13 +105,17 @@ def test_a_bad_argument_is_one_error_line_and_creates_nothing(case, files, tmp_p
 def test_messages_say_what_is_wrong(files, tmp_path, capsys):
     out = str(tmp_path / "out")
     expect = {
-        "predict-batch-size-0": "--batch-size must be >= 1, got 0",
-        "predict-ray-workers-0": "--workers must be >= 1, got 0",  # the flag the user typed, not its attribute
-        "predict-threshold-nan": "--threshold must be a finite number, got nan",
+        "predict-batch-size-0": "argument --batch-size: must be >= 1, got 0",
+        "predict-ray-workers-0": "argument --ray-actors/--workers: must be >= 1, got 0",
+        "predict-threshold-nan": "argument --threshold: must be a finite number, got nan",
         "train-image-size-100": "at least 256x256",
         "train-unwritable-out": "cannot write to the output folder",
         "predict-missing-image": "no such image or folder",
         "report-no-categories": "no categories",
+        "predict-batch-size-abc": "argument --batch-size: must be a whole number >= 1, got 'abc'",
+        "train-no-out": "the following arguments are required: --out",
+        "train-unknown-option": "unrecognized arguments: --stpes 3",
+        "watch-kofn-k-0": "argument --kofn-k: must be >= 1, got 0",
     }
     for case, text in expect.items():
         assert main([arg.format(out=out, **files) for arg in CASES[case]]) == 2
@@ -113,11 +124,11 @@ def test_messages_say_what_is_wrong(files, tmp_path, capsys):
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_shows_the_traceback(where, files, tmp_path, capsys):
-    args = [arg.format(out=tmp_path / "out", **files) for arg in CASES["predict-batch-size-0"]]
+    args = [arg.format(out=tmp_path / "out", **files) for arg in CASES["predict-image-size-100"]]
     args = ["--debug", *args] if where == "before" else [*args, "--debug"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "Traceback" in err and "efficientad-fast predict: error: --batch-size" in err
+    assert "Traceback" in err and "efficientad-fast predict: error: " in err and "256" in err
 
 
 def test_an_unexpected_error_keeps_its_traceback(files, tmp_path, monkeypatch):

@@ -229,6 +229,6 @@ def test_cli_quantize_and_precision_errors_are_one_line(board_trained, tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "error:" in err
     assert not (tmp_path / "q.pt").exists()
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["predict", "--model", str(path), str(empty), "--out", str(tmp_path / "p"), "--precision", "int4"])
-    assert exc.value.code == 2
+    code = cli.main(["predict", "--model", str(path), str(empty), "--out", str(tmp_path / "p"), "--precision", "int4"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "invalid choice: 'int4'" in err

@@ -228,7 +228,7 @@ def test_calibration_images_from_folder_and_tensor(board_dataset):
         (["--format", "openvino", "--precision", "int8", "--calibration-data", "no/such/dir"], "no folder"),
         (
             ["--format", "openvino", "--precision", "int8", "--calibration-data", ".", "--calibration-size", "0"],
-            "--calibration-size must be >= 1",
+            "argument --calibration-size: must be >= 1",
         ),
     ],
 )

@@ -285,7 +285,7 @@ def test_ray_options_need_the_ray_engine(local_report, tmp_path, capsys):
             "2",
         ]
     )
-    assert code == 2 and "--workers is an option of --engine ray" in capsys.readouterr().err
+    assert code == 2 and "--ray-actors is an option of --engine ray" in capsys.readouterr().err
     code = main(
         ["report", "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(tmp_path / "o"), "--retries", "2"]
     )

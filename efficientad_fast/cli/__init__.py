@@ -9,13 +9,13 @@ import sys
 import traceback
 
 from . import bench, demo, distill_teacher, eval, export, fetch, info, predict, quantize, report, train, watch
-from ._common import _BadArguments, _check_arguments, _error
+from ._common import OneLineParser, UsageError, _BadArguments, _check_arguments, _error
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``efficientad-fast`` parser: one subcommand per job, each registered by its
     ``_add_*_parser`` beside the ``cmd_*`` function it calls."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="efficientad-fast", description="Fast EfficientAD anomaly detection over fused C++/CUDA kernels."
     )
     debug_help = "show the traceback of an error, not only its one-line message"
@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     had finished."""
     from .._signals import terminate_as_interrupt
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as refused:  # a bad or missing option: one line (argparse prints its usage)
+        print(refused, file=sys.stderr)
+        return 2
     with terminate_as_interrupt() as terminated:
         try:
             _check_arguments(args)

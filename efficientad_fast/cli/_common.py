@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 DATASET_CHOICES = ("mvtec", "visa", "loco", "mpdd", "folder")
@@ -27,7 +28,7 @@ def _add_tile_args(p: argparse.ArgumentParser) -> None:
     """--tile and --overlap, as predict and eval take them."""
     p.add_argument(
         "--tile",
-        type=int,
+        type=at_least(0),
         default=None,
         metavar="PX",
         help="score each --image-size image in PX x PX tiles, the tile maps stitched with blended "
@@ -36,7 +37,7 @@ def _add_tile_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--overlap",
-        type=int,
+        type=at_least(0),
         default=32,
         metavar="PX",
         help="pixels neighbouring tiles share (default 32; blended with linear ramps)",
@@ -64,7 +65,7 @@ def _add_data_args(p: argparse.ArgumentParser, category_required: bool = False, 
             help="category, e.g. bottle (a folder dataset may have none)",
         )
     _add_image_size_arg(p)
-    p.add_argument("--workers", type=int, default=2, help="image-loading processes")
+    p.add_argument("--workers", type=at_least(0), default=2, help="image-loading processes")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     folder = p.add_argument_group(
         "--dataset folder with arbitrary folders (as anomalib's Folder; paths relative "
@@ -101,7 +102,7 @@ def _add_data_args(p: argparse.ArgumentParser, category_required: bool = False, 
 
 def _open_unit_interval(text: str) -> float:
     """argparse type: a number in (0, 1)."""
-    value = float(text)
+    value = finite_number(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
     return value
@@ -109,7 +110,7 @@ def _open_unit_interval(text: str) -> float:
 
 def _unit_interval(text: str) -> float:
     """argparse type: a number in [0, 1]."""
-    value = float(text)
+    value = finite_number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
@@ -207,48 +208,53 @@ class _BadArguments(Exception):
     """Arguments found wrong before any work: ``main`` prints one error line, exit 2."""
 
 
-# The smallest value of each numeric option, whichever command has it (lists: every value).
-_MINIMUM = {
-    "steps": 1,
-    "batch_size": 1,
-    "batch_sizes": 1,
-    "latency_batches": 1,
-    "op_batches": 1,
-    "workers": 0,
-    "checkpoint_every": 0,
-    "warmup": 0,
-    "runs": 1,
-    "latency_runs": 1,
-    "procedural": 0,
-    "calibration_crops": 1,
-    "held_out_crops": 1,
-    "eval_every": 1,
-    "tile": 0,
-    "overlap": 0,
-    "retries": 0,
-    "gpus_per_job": 0,
-    "ray_workers": 1,
-    "max_frames": 1,
-    "queue_size": 1,
-    "kofn_k": 1,
-    "kofn_n": 1,
-    "calibration_size": 1,
-}
-
-# Options of --engine ray only (None when not given).
-_RAY_ONLY = ("ray_address", "cpus_per_job", "gpus_per_job", "retries", "ray_workers")
-_FINITE = ("lr", "weight_decay", "threshold", "off_threshold", "ema_alpha", "map_alpha", "max_latency_ms")
+# Options of --engine ray only (None when not given), as _add_engine_args defines them.
+_RAY_ONLY = ("--ray-address", "--cpus-per-job", "--gpus-per-job", "--retries", "--ray-actors")
 TEACHER_KEYWORDS = ("auto", "random", "distilled", "paper")
 
 
-# Options whose attribute is not named after the flag (predict's --workers is Ray's actor count;
-# train's and report's --workers, image-loading processes, keep the name).
-_FLAG_OF_DEST = {"ray_workers": "--workers"}
+# argparse ``type=`` validators: each option says what it takes where it is declared, so a bad
+# value is refused while parsing, with the option's name (OneLineParser makes that one line).
+def at_least(least: int) -> Callable[[str], int]:
+    """argparse ``type=``: a whole number >= ``least``."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+
+    return whole_number
+
+
+def finite_number(text: str) -> float:
+    """argparse ``type=``: a finite number (NaN and infinity are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def number_at_least(least: float) -> Callable[[str], float]:
+    """argparse ``type=``: a finite number >= ``least``."""
+
+    def bounded(text: str) -> float:
+        value = finite_number(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least:g}, got {text}")
+        return value
+
+    return bounded
 
 
 def positive_number(text: str) -> float:
-    """argparse ``type=`` for a rate or a duration: a finite number > 0 (so NaN or a negative
-    value is refused by the parser, with the option's name)."""
+    """argparse ``type=`` for a rate or a duration: a finite number > 0."""
     try:
         value = float(text)
     except ValueError:
@@ -258,35 +264,41 @@ def positive_number(text: str) -> float:
     return value
 
 
-def _flag(dest: str) -> str:
-    """The command-line spelling of the option stored as ``dest``."""
-    return _FLAG_OF_DEST.get(dest, f"--{dest.replace('_', '-')}")
+class UsageError(Exception):
+    """The parser refused the command line: ``main`` prints this one line, exit 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints its whole usage block before an error; here the error is one line that
+    names the option, and --help has the rest."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but an unknown option is reported by the command it was given to."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            raise UsageError(f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see {prog} --help)")
+        return parsed
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    """The cheap checks of every command, before any file is read or folder made: numbers in
-    range, an image size the networks take, and input paths that exist. (Each job checks
-    the rest, such as a dataset's layout, before it creates its output folder.)"""
+    """The cheap checks that span options, before any file is read or folder made (each option's
+    own range is its ``type=``): files the cache must hold, options of --engine ray only, an
+    image size the networks take, input paths that exist, then the command's ``check``. (Each
+    job checks the rest, such as a dataset's layout, before it creates its output folder.)"""
     from ..networks import check_image_size
 
     # First: the message of a file not in the cache says how to fetch it, whatever else is wrong.
     teacher, penalty_images = getattr(args, "teacher", None), getattr(args, "penalty_images", None)
     _require_cached((teacher,), (getattr(args, "model_size", None) or "small",), penalty_images)
-    for name, least in _MINIMUM.items():
-        values = getattr(args, name, None)
-        for value in values if isinstance(values, list) else [values]:
-            if value is not None and value < least:
-                raise _BadArguments(f"{_flag(name)} must be >= {least}, got {value}")
-    for name in _FINITE:
-        value = getattr(args, name, None)
-        if value is not None and not math.isfinite(value):
-            raise _BadArguments(f"{_flag(name)} must be a finite number, got {value}")
     if getattr(args, "engine", None) == "local":
-        for name in _RAY_ONLY:
-            if getattr(args, name, None) is not None:
-                raise _BadArguments(f"{_flag(name)} is an option of --engine ray")
-    if getattr(args, "cpus_per_job", None) is not None and not args.cpus_per_job > 0:
-        raise _BadArguments(f"--cpus-per-job must be > 0, got {args.cpus_per_job}")
+        for flag in _RAY_ONLY:
+            if getattr(args, flag[2:].replace("-", "_"), None) is not None:
+                raise _BadArguments(f"{flag} is an option of --engine ray")
     if isinstance(getattr(args, "image_size", None), list):  # _add_image_size_arg's one or two numbers
         if len(args.image_size) > 2:
             raise _BadArguments(f"--image-size takes H W or one number, got {len(args.image_size)} numbers")
@@ -301,8 +313,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--model: no model file at {model}")
     if teacher is not None and teacher not in TEACHER_KEYWORDS and not Path(teacher).is_file():
         raise FileNotFoundError(f"--teacher: no teacher file {teacher} (or pass one of {', '.join(TEACHER_KEYWORDS)})")
-    if getattr(args, "max_latency_ms", None) is not None and not args.max_latency_ms > 0:
-        raise _BadArguments(f"--max-latency-ms must be > 0, got {args.max_latency_ms}")
     calibration_data = getattr(args, "calibration_data", None)
     if calibration_data is not None and not Path(calibration_data).is_dir():
         raise FileNotFoundError(f"--calibration-data: no folder {calibration_data}")
@@ -365,21 +375,21 @@ def _add_engine_args(p: argparse.ArgumentParser, what: str) -> None:
     )
     p.add_argument(
         "--cpus-per-job",
-        type=float,
+        type=positive_number,
         default=None,
         metavar="N",
         help=f"CPUs each {what} reserves, and its torch threads (default 1)",
     )
     p.add_argument(
         "--gpus-per-job",
-        type=float,
+        type=number_at_least(0),
         default=None,
         metavar="G",
         help=f"GPUs each {what} reserves (default: 1 when the cluster has GPUs, else 0; 0.5 packs two per GPU)",
     )
     p.add_argument(
         "--retries",
-        type=int,
+        type=at_least(0),
         default=None,
         metavar="R",
         help=f"times a failed {what} is tried again, also when its node is lost (default 1); then it "
@@ -407,10 +417,10 @@ def _runner(args: argparse.Namespace):
 def _add_training_args(p: argparse.ArgumentParser, steps_help: str) -> None:
     """The training settings that train and report share."""
     p.add_argument("--model-size", choices=("small", "medium"), default="small")
-    p.add_argument("--steps", type=int, default=70_000, help=steps_help)
-    p.add_argument("--batch-size", type=int, default=1, help="images per step (paper: 1)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--steps", type=at_least(1), default=70_000, help=steps_help)
+    p.add_argument("--batch-size", type=at_least(1), default=1, help="images per step (paper: 1)")
+    p.add_argument("--lr", type=finite_number, default=1e-4)
+    p.add_argument("--weight-decay", type=finite_number, default=1e-5)
     p.add_argument("--teacher", default="auto", help=TEACHER_HELP)
     p.add_argument(
         "--amp",

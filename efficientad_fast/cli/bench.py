@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._common import at_least
+
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Time EfficientAD by the paper's protocol: warm-up runs, then the mean over timed runs,
@@ -60,7 +62,7 @@ def _add_bench_parser(subparsers) -> None:
     be.add_argument("--model", default=None, help="time a saved model instead of a random one of --model-size")
     be.add_argument(
         "--batch-sizes",
-        type=int,
+        type=at_least(1),
         nargs="+",
         default=[1, 16],
         help="batch sizes (default 1 16: latency at 1, throughput at 16)",
@@ -100,10 +102,10 @@ def _add_bench_parser(subparsers) -> None:
         default=DEFAULT_PROTOCOL,
         help=f"how many warm-up and timed runs (default {DEFAULT_PROTOCOL}) -- {protocols}",
     )
-    be.add_argument("--warmup", type=int, default=None, help="warm-up runs (default: the protocol's)")
-    be.add_argument("--runs", type=int, default=None, help="timed runs (default: the protocol's)")
+    be.add_argument("--warmup", type=at_least(0), default=None, help="warm-up runs (default: the protocol's)")
+    be.add_argument("--runs", type=at_least(1), default=None, help="timed runs (default: the protocol's)")
     be.add_argument("--op", action="store_true", help="also time the fused op alone (with bytes moved and GB/s)")
-    be.add_argument("--op-batches", type=int, nargs="+", default=[1, 16, 64])
+    be.add_argument("--op-batches", type=at_least(1), nargs="+", default=[1, 16, 64])
     be.add_argument(
         "--op-layouts",
         nargs="+",

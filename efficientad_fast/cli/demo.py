@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import TEACHER_HELP, _add_penalty_arg, _progress_enabled
+from ._common import TEACHER_HELP, _add_penalty_arg, _progress_enabled, at_least
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def _add_demo_parser(subparsers) -> None:
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     per_category = ", ".join(f"{c} {n}" for c, n in DEMO_STEPS.items())
     demo.add_argument(
-        "--steps", type=int, default=None, help=f"training steps for every category (default: {per_category})"
+        "--steps", type=at_least(1), default=None, help=f"training steps for every category (default: {per_category})"
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")

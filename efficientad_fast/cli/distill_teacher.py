@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import _refuse_a_folder
+from ._common import _refuse_a_folder, at_least, finite_number
 
 
 def cmd_distill_teacher(args: argparse.Namespace) -> int:
@@ -93,23 +93,29 @@ def _add_distill_teacher_parser(subparsers) -> None:
     )
     p.add_argument("--images", nargs="+", default=None, metavar="DIR", help="extra folders of generic images")
     p.add_argument("--no-builtin-images", action="store_true", help="leave out the bundled scikit-image photographs")
-    p.add_argument("--procedural", type=int, default=None, help=f"generated images (default {d.procedural})")
-    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--procedural", type=at_least(0), default=None, help=f"generated images (default {d.procedural})")
+    p.add_argument("--steps", type=at_least(1), default=None, help=f"optimizer steps (default {d.steps})")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=at_least(1),
         default=None,
         help=f"crops per step, over all torchrun processes (default {d.batch_size})",
     )
     p.add_argument("--crop", type=int, default=None, help=f"PDN crop size in pixels (default {d.crop})")
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr}; cosine decay)")
-    p.add_argument("--calibration-crops", type=int, default=None, help=f"default {d.calibration_crops}")
-    p.add_argument("--held-out-crops", type=int, default=None, help=f"default {d.held_out_crops}")
+    p.add_argument("--lr", type=finite_number, default=None, help=f"peak learning rate (default {d.lr}; cosine decay)")
+    p.add_argument("--calibration-crops", type=at_least(1), default=None, help=f"default {d.calibration_crops}")
+    p.add_argument("--held-out-crops", type=at_least(1), default=None, help=f"default {d.held_out_crops}")
     p.add_argument(
-        "--eval-every", type=int, default=None, help=f"steps between held-out evaluations (default {d.eval_every})"
+        "--eval-every",
+        type=at_least(1),
+        default=None,
+        help=f"steps between held-out evaluations (default {d.eval_every})",
     )
     p.add_argument(
-        "--checkpoint-every", type=int, default=None, help=f"steps between checkpoints (default {d.checkpoint_every})"
+        "--checkpoint-every",
+        type=at_least(0),
+        default=None,
+        help=f"steps between checkpoints (default {d.checkpoint_every})",
     )
     p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
     p.add_argument(

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import _add_data_args, _add_precision_arg, _add_tile_args, _folder_layout, _load_model, _progress_enabled
+from ._common import (
+    _add_data_args,
+    _add_precision_arg,
+    _add_tile_args,
+    _folder_layout,
+    _load_model,
+    _progress_enabled,
+    at_least,
+)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -44,7 +52,7 @@ def _add_eval_parser(subparsers) -> None:
     ev.add_argument("--model", required=True, help="model file written by train")
     _add_data_args(ev)
     ev.add_argument("--out", default=None, help="output folder (default: MODEL's folder/eval)")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batch-size", type=at_least(1), default=8)
     ev.add_argument("--heatmaps", action="store_true", help="also write heatmaps of a few images per defect")
     _add_tile_args(ev)
     _add_precision_arg(ev)

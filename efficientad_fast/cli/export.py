@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._common import _add_image_size_arg, _BadArguments, _check_output_file
+from ._common import _add_image_size_arg, _BadArguments, _check_output_file, at_least
 
 
 def _check_export_options(args: argparse.Namespace) -> None:
@@ -107,7 +107,7 @@ def _add_export_parser(subparsers) -> None:
     )
     p.add_argument(
         "--calibration-size",
-        type=int,
+        type=at_least(1),
         default=None,
         metavar="N",
         help=f"int8 only: use at most N of those images, evenly spaced (default {DEFAULT_CALIBRATION_SIZE})",

@@ -12,6 +12,8 @@ from ._common import (
     _load_model,
     _progress_enabled,
     _unit_interval,
+    at_least,
+    finite_number,
 )
 
 
@@ -40,7 +42,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             masks=args.masks,
             tile=args.tile,
             overlap=args.overlap,
-            workers=args.ray_workers,
+            workers=args.ray_actors,
             device=args.device,
             precision=args.precision,
             ray_address=args.ray_address,
@@ -94,10 +96,10 @@ def _add_predict_parser(subparsers) -> None:
     pr.add_argument("--out", required=True, help="output folder")
     _add_image_size_arg(pr)
     _add_tile_args(pr)
-    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--batch-size", type=at_least(1), default=8)
     pr.add_argument(
         "--threshold",
-        type=float,
+        type=finite_number,
         default=None,
         help="image score threshold for label, used as given (default: the model's calibrated "
         "one shifted by --sensitivity; models saved before thresholds existed: 0.1)",
@@ -134,13 +136,14 @@ def _add_predict_parser(subparsers) -> None:
         "actors, each holding one loaded model (pip install -e '.[ray]')",
     )
     pr.add_argument(
-        "--workers",
-        dest="ray_workers",
-        type=int,
+        "--ray-actors",
+        "--workers",  # its old name, which train and report use for image-loading processes
+        dest="ray_actors",
+        type=at_least(1),
         default=None,
         metavar="N",
         help="--engine ray: actors, each with one model (default: one per GPU of the cluster, else "
-        "one per CPU but one)",
+        "one per CPU but one); --workers is its old name",
     )
     pr.add_argument(
         "--ray-address",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._common import _add_image_size_arg, _check_output_file
+from ._common import _add_image_size_arg, _check_output_file, at_least
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -56,12 +56,12 @@ def _add_quantize_parser(subparsers) -> None:
     )
     p.add_argument(
         "--calibration-size",
-        type=int,
+        type=at_least(1),
         default=64,
         metavar="N",
         help="use at most N of those images, evenly spaced (default 64)",
     )
     p.add_argument("--out", required=True, help="output model file (e.g. model_int8.pt)")
     _add_image_size_arg(p)
-    p.add_argument("--batch-size", type=int, default=8, help="calibration batch size (default 8)")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="calibration batch size (default 8)")
     p.set_defaults(func=cmd_quantize)

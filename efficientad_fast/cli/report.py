@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import DATASET_CHOICES, _add_engine_args, _add_training_args, _require_cached, _runner, _train_config
+from ._common import (
+    DATASET_CHOICES,
+    _add_engine_args,
+    _add_training_args,
+    _require_cached,
+    _runner,
+    _train_config,
+    at_least,
+)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -64,22 +72,22 @@ def _add_report_parser(subparsers) -> None:
     rep.add_argument("--image-size", type=int, default=256, help="square input size in pixels (>= 256)")
     rep.add_argument(
         "--latency-batches",
-        type=int,
+        type=at_least(1),
         nargs="*",
         default=[1, 4, 16],
         help="batch sizes of the latency chart (default 1 4 16; none to skip)",
     )
     rep.add_argument(
         "--latency-runs",
-        type=int,
+        type=at_least(1),
         default=None,
         help="timed runs per latency figure (default: 1000 on a GPU, a few on a CPU)",
     )
-    rep.add_argument("--workers", type=int, default=2, help="image-loading processes")
+    rep.add_argument("--workers", type=at_least(0), default=2, help="image-loading processes")
     rep.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     rep.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=at_least(0),
         default=0,
         help="steps between a run's checkpoints, which --resume continues from (default 0: at the end only)",
     )

@@ -14,6 +14,7 @@ from ._common import (
     _folder_layout,
     _runner,
     _train_config,
+    at_least,
 )
 
 
@@ -102,7 +103,9 @@ def _add_train_parser(subparsers) -> None:
     train.add_argument("--out", required=True, help="output folder")
     _add_training_args(train, steps_help="training steps (paper: 70000)")
     train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
-    train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)")
+    train.add_argument(
+        "--checkpoint-every", type=at_least(0), default=1000, help="steps between checkpoints (0: end only)"
+    )
     train.add_argument(
         "--resume",
         action="store_true",
@@ -124,7 +127,7 @@ def _add_train_parser(subparsers) -> None:
     )
     train.add_argument(
         "--tile",
-        type=int,
+        type=at_least(0),
         default=None,
         metavar="PX",
         help="train and calibrate on PX x PX tiles of the --image-size images instead of whole "

@@ -8,7 +8,15 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import _add_precision_arg, _add_tile_args, _load_model, _progress_enabled, positive_number
+from ._common import (
+    _add_precision_arg,
+    _add_tile_args,
+    _load_model,
+    _progress_enabled,
+    at_least,
+    finite_number,
+    positive_number,
+)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -100,7 +108,7 @@ def _add_watch_parser(subparsers) -> None:
     )
     w.add_argument(
         "--threshold",
-        type=float,
+        type=finite_number,
         default=None,
         help="on the smoothed image score (default 0.1: the q_b level of calibrated maps)",
     )
@@ -111,18 +119,20 @@ def _add_watch_parser(subparsers) -> None:
         help="set the threshold to the 99.5 %% quantile of the smoothed scores of this clip of normal "
         "frames (a video file or folder)",
     )
-    w.add_argument("--ema-alpha", type=float, default=0.4, help="weight of the newest score in ema (default 0.4)")
-    w.add_argument("--kofn-k", type=int, default=3, help="k of kofn (default 3)")
-    w.add_argument("--kofn-n", type=int, default=5, help="n of kofn (default 5)")
+    w.add_argument(
+        "--ema-alpha", type=finite_number, default=0.4, help="weight of the newest score in ema (default 0.4)"
+    )
+    w.add_argument("--kofn-k", type=at_least(1), default=3, help="k of kofn (default 3)")
+    w.add_argument("--kofn-n", type=at_least(1), default=5, help="n of kofn (default 5)")
     w.add_argument(
         "--off-threshold",
-        type=float,
+        type=finite_number,
         default=None,
         help="hysteresis: alarm off below this (default: 0.2 x |threshold| below it)",
     )
     w.add_argument(
         "--map-alpha",
-        type=float,
+        type=finite_number,
         default=None,
         help="per-pixel EMA of the map with this weight before scoring (static camera)",
     )
@@ -132,14 +142,14 @@ def _add_watch_parser(subparsers) -> None:
         metavar="FILE",
         help="write the annotated video (frame | heatmap, red border in alarm): .mp4 (H.264) or .avi (MJPEG)",
     )
-    w.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    w.add_argument("--max-frames", type=at_least(1), default=None, help="stop after this many frames")
     w.add_argument(
         "--max-latency-ms",
-        type=float,
+        type=positive_number,
         default=None,
         help="skip a waiting frame whose result would come later than this when a newer one waits",
     )
-    w.add_argument("--queue-size", type=int, default=2, help="decoded frames waiting for scoring (default 2)")
+    w.add_argument("--queue-size", type=at_least(1), default=2, help="decoded frames waiting for scoring (default 2)")
     w.add_argument(
         "--realtime",
         action="store_true",
