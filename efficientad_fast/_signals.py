@@ -5,6 +5,7 @@ removed, checkpoints and finished rows kept); a block that must run whole holds 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,16 +43,25 @@ def terminate_as_interrupt() -> Iterator[list[bool]]:
 
 
 @contextmanager
-def interrupts_held() -> Iterator[None]:
+def interrupts_held(note: str | None = None) -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM until the block has run, then raise KeyboardInterrupt (or
-    :class:`Terminated`): e.g. an optimizer update must be applied whole or not at all."""
+    :class:`Terminated`): e.g. an optimizer update must be applied whole or not at all, and
+    an exporter (torch.export, OpenVINO) turns an interrupt raised inside it into another
+    error or swallows it. ``note``: printed to stderr when the first signal is held, to say
+    why the program goes on for a moment."""
     previous = {s: signal.getsignal(s) for s in _HELD}
     if threading.current_thread() is not threading.main_thread() or None in previous.values():
         yield  # None: a handler not set from Python, which we could not restore
         return
     received: list[int] = []
+
+    def hold(signum, frame) -> None:
+        if not received and note:
+            print(f"\n{note}", file=sys.stderr, flush=True)
+        received.append(signum)
+
     for s in _HELD:
-        signal.signal(s, lambda signum, frame: received.append(signum))
+        signal.signal(s, hold)
     try:
         yield
     finally:

@@ -170,11 +170,16 @@ class Int8Calibration:
             for key, value in state.items():
                 if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                     raise ValueError(f"{source}: INT8 calibration {name}.{key} holds NaN or inf")
-            if "min_val" in state and "max_val" in state and bool((state["min_val"] > state["max_val"]).any()):
-                raise ValueError(f"{source}: INT8 calibration {name} has min_val > max_val")
+            _check_range(name, state, source)
         size = payload.get("image_size")
         images = payload.get("images")
-        if not (isinstance(size, (list, tuple)) and len(size) == 2 and isinstance(images, int) and images > 0):
+        if not (
+            isinstance(size, (list, tuple))
+            and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+            and isinstance(images, int)
+            and images > 0
+        ):
             raise ValueError(f"{source}: INT8 calibration has a bad image_size {size!r} or image count {images!r}")
         return cls(
             observers=observers,
@@ -182,6 +187,32 @@ class Int8Calibration:
             image_size=(int(size[0]), int(size[1])),
             scheme=scheme,
             torchao_version=str(payload.get("torchao_version", "")),
+        )
+
+
+# The largest activation an observer may have seen: the networks' activations stay within a
+# few hundred; a range beyond this is a damaged or hand-made file.
+_LARGEST_ACTIVATION = 1e6
+
+
+def _check_range(name: str, state: dict, source: str) -> None:
+    """An observer's range must be one quantization can use: min_val < max_val (an empty range
+    maps every activation to one value), within +-1e6, and a positive eps (the smallest scale)."""
+    low, high, eps = state.get("min_val"), state.get("max_val"), state.get("eps")
+    if eps is not None and not bool((eps > 0).all()):
+        raise ValueError(f"{source}: INT8 calibration {name} has eps {eps.flatten()[:4].tolist()}, which must be > 0")
+    if low is None or high is None:
+        return
+    if low.shape != high.shape:
+        raise ValueError(f"{source}: INT8 calibration {name} has min_val and max_val of different shapes")
+    if bool((low >= high).any()):
+        raise ValueError(
+            f"{source}: INT8 calibration {name} has an empty or inverted range "
+            f"[{low.flatten()[:4].tolist()}, {high.flatten()[:4].tolist()}]; quantize the model again"
+        )
+    if bool((low.abs() > _LARGEST_ACTIVATION).any() or (high.abs() > _LARGEST_ACTIVATION).any()):
+        raise ValueError(
+            f"{source}: INT8 calibration {name} has a range beyond +-{_LARGEST_ACTIVATION:g}; quantize the model again"
         )
 
 

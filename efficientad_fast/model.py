@@ -22,7 +22,7 @@ from .op.reference import reference_anomaly_map
 from .teachers import init_teacher
 
 FORMAT = "efficientad_fast"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the all_sha256 digest of everything is required
 BACKENDS = ("fused", "reference")
 # What the networks compute in (set_precision); "auto" (load) measures which is fastest.
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")

@@ -19,7 +19,13 @@ from .precision import choose_precision
 
 def _check_statistics(model: EfficientAD, path: Path) -> None:
     """What set_teacher_stats and set_quantiles enforce, for the values a file brought:
-    a zero std or NaN statistics would make every map inf or NaN, silently."""
+    a zero std or NaN statistics would make every map inf or NaN, silently; and finite
+    weights (the fused convolution + ReLU turns a NaN weight into a plausible score)."""
+    for name, value in model.state_dict().items():
+        if name in ("teacher_mean", "teacher_std", "quantiles"):  # checked below (quantiles: once set)
+            continue
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{path}: {name} holds NaN or inf: the file is corrupt or was saved from a diverged run")
     mean, std = model.teacher_mean, model.teacher_std
     bad = (~(torch.isfinite(mean) & torch.isfinite(std) & (std > 0))).nonzero().flatten().tolist()
     if bad:
@@ -83,8 +89,14 @@ def load(
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read it as a model file (truncated or corrupt?): {first_line(exc)}") from exc
-    except Exception as exc:  # pickle.UnpicklingError and friends: not our format
-        raise ValueError(f"{path}: not an efficientad_fast model file ({describe_start(path)})") from exc
+    except Exception as exc:  # pickle.UnpicklingError and friends
+        start = describe_start(path)
+        if start == "a zip archive" and "GLOBAL" not in str(exc):  # a PyTorch file whose pickle is damaged
+            raise ValueError(f"{path}: corrupt: its pickled part cannot be read ({first_line(exc)})") from exc
+        raise ValueError(f"{path}: not an efficientad_fast model file ({start})") from exc
+    if isinstance(payload, dict) and {"config", "format_version"} <= payload.keys() and payload.get("format") != FORMAT:
+        # Our other keys are there: a changed byte, not another tool's file.
+        raise ValueError(f"{path}: corrupt: format is {payload.get('format')!r}, not {FORMAT!r}")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         hint = ""
         if isinstance(payload, dict) and "state_dict" in payload:
@@ -113,7 +125,14 @@ def load(
         load_state_dict_checked(model, payload["state_dict"], source=str(path))
     except (AttributeError, KeyError, TypeError, RuntimeError) as exc:  # a value of the wrong type
         raise ValueError(f"{path}: corrupt: {type(exc).__name__}: {first_line(exc)}") from exc
+    except ValueError as exc:  # e.g. float('abc') of a threshold; our own messages name the file
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: corrupt: {first_line(exc)}") from exc
     checksum = payload.get("checksum")
+    if version >= 2 and not (isinstance(checksum, dict) and "all_sha256" in checksum):
+        # Version 2 files always carry the digest of everything: without it, a changed byte.
+        raise ValueError(f"{path}: corrupt: a version {version} model file without its all_sha256 checksum")
     if checksum is None:
         warnings.warn(
             f"{path}: model file has no checksum (written by an older efficientad_fast); "
@@ -130,6 +149,12 @@ def load(
             )
     elif checksum.get("sha256") != state_checksum(payload["state_dict"]):  # files written before "all_sha256"
         raise ValueError(f"{path}: corrupt: checksum mismatch (the weights changed since the file was written)")
+    else:
+        warnings.warn(
+            f"{path}: the checksum of this version 1 model file covers its weights only, not its "
+            "settings and thresholds. Save it again to cover everything.",
+            stacklevel=2,
+        )
     if payload.get("int8") is not None:
         model.int8_calibration = Int8Calibration.from_payload(payload["int8"], str(path))
     _check_statistics(model, path)

@@ -770,3 +770,143 @@ def test_aoti_export_checks_the_free_space_before_compiling(tmp_path, model_file
     assert main(["export", "--model", str(model_file), "--format", "aoti", "--out", str(out)]) == 2
     assert "an AOTInductor package of this model needs about" in one_error_line("export", capsys.readouterr().err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_an_export_stops_it_with_nothing_written(
+    signum, status, tmp_path, model_file, monkeypatch, capsys
+):
+    """torch.export turned an interrupt raised inside it into AttributeError (a traceback),
+    and OpenVINO swallowed one (exit 0 with the file written): the export now holds the
+    signal and stops when the exporter returns."""
+    pytest.importorskip("onnxscript")
+    real_export = torch.onnx.export
+
+    def exporter_that_loses_interrupts(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(0.2)  # the handler runs here, as it would deep inside the exporter
+        except BaseException:  # what the exporter did with an interrupt raised inside it
+            pass
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", exporter_that_loses_interrupts)
+    out = tmp_path / "old.onnx"
+    out.write_bytes(b"an earlier export")
+    assert main(["export", "--model", str(model_file), "--format", "onnx", "--out", str(out)]) == status
+    err = capsys.readouterr().err
+    assert "stopping when the exporter returns" in err and "Traceback" not in err
+    assert out.read_bytes() == b"an earlier export" and [p.name for p in tmp_path.iterdir()] == ["old.onnx"]
+
+
+# -- the second probe's poor messages (issue 24): a changed byte is called corrupt, never accepted --
+
+
+def _edited(model_file, tmp_path, edit, resign: bool = True):
+    """A copy of ``model_file`` whose payload ``edit`` changed, with a recomputed checksum when
+    ``resign`` (as a file written so by another tool)."""
+    from efficientad_fast._checkpoint import payload_checksum
+
+    payload = torch.load(model_file, weights_only=True)
+    edit(payload)
+    if resign and isinstance(payload.get("checksum"), dict):
+        payload["checksum"]["all_sha256"] = payload_checksum(payload)
+    path = tmp_path / "edited.pt"
+    torch.save(payload, path)
+    return path
+
+
+def test_a_damaged_pickle_inside_the_zip_is_corrupt(model_file, tmp_path):
+    import zipfile
+
+    from efficientad_fast import load
+
+    damaged = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(model_file) as source, zipfile.ZipFile(damaged, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            target.writestr(item, b"\x80\x02}q\x00(X\xff" if item.filename.endswith("data.pkl") else data)
+    with pytest.raises(ValueError, match="corrupt: its pickled part cannot be read"):
+        load(damaged)
+
+
+def test_a_changed_format_name_is_corrupt_not_another_tool(model_file, tmp_path):
+    from efficientad_fast import load
+
+    path = _edited(model_file, tmp_path, lambda p: p.update(format="efficientad_fasT"))
+    with pytest.raises(ValueError, match="corrupt: format is 'efficientad_fasT'"):
+        load(path)
+
+
+@pytest.mark.parametrize("value", ["abc", [0.1]])
+def test_a_wrong_typed_threshold_names_the_file(model_file, tmp_path, value):
+    from efficientad_fast import load
+
+    path = _edited(model_file, tmp_path, lambda p: p["state_dict"]["_extra_state"].update(image_threshold=value))
+    with pytest.raises(ValueError, match=rf"{path.name}: corrupt"):
+        load(path)
+
+
+def test_nan_weights_are_refused(model_file, tmp_path):
+    from efficientad_fast import load
+
+    def poison(payload):
+        payload["state_dict"]["student.conv1.weight"][0, 0, 0, 0] = float("nan")
+
+    with pytest.raises(ValueError, match=r"student.conv1.weight holds NaN or inf"):
+        load(_edited(model_file, tmp_path, poison))
+
+
+def test_a_version_2_file_must_carry_the_full_digest(model_file, tmp_path):
+    """Renaming all_sha256 (one byte) used to fall back to the weights-only digest, so a second
+    changed byte (a threshold) went unnoticed."""
+    from efficientad_fast import load
+
+    def downgrade(payload):
+        payload["checksum"]["all_sha25X"] = payload["checksum"].pop("all_sha256")
+        payload["state_dict"]["_extra_state"]["image_threshold"] = -0.25
+
+    with pytest.raises(ValueError, match="without its all_sha256 checksum"):
+        load(_edited(model_file, tmp_path, downgrade, resign=False))
+
+
+def test_a_version_1_file_with_the_weights_digest_only_loads_with_a_warning(model_file, tmp_path):
+    from efficientad_fast import load
+
+    def old_file(payload):
+        payload["format_version"] = 1
+        del payload["checksum"]["all_sha256"]
+
+    with pytest.warns(UserWarning, match="covers its weights only"):
+        model = load(_edited(model_file, tmp_path, old_file, resign=False))
+    assert model.image_threshold == 0.25
+
+
+@pytest.mark.parametrize(
+    "state, words",
+    [
+        ({"eps": [2.4e-4], "min_val": 0.0, "max_val": 0.0}, "empty or inverted range"),
+        ({"eps": [0.0], "min_val": 0.0, "max_val": 1.0}, "must be > 0"),
+        ({"eps": [2.4e-4], "min_val": -1e30, "max_val": 1e30}, "beyond"),
+        ({"eps": [2.4e-4], "min_val": 2.0, "max_val": 1.0}, "empty or inverted range"),
+    ],
+)
+def test_degenerate_int8_ranges_are_refused(state, words):
+    from efficientad_fast.int8 import SCHEME, Int8Calibration
+
+    observer = {k: torch.tensor(v) for k, v in state.items()}
+    payload = {"scheme": SCHEME, "observers": {"activation_post_process_0": observer}, "image_size": [256, 256]}
+    with pytest.raises(ValueError, match=words):
+        Int8Calibration.from_payload({**payload, "images": 8}, "m.pt")
+    good = {"eps": torch.tensor([2.4e-4]), "min_val": torch.tensor(0.0), "max_val": torch.tensor(0.05)}
+    Int8Calibration.from_payload({**payload, "observers": {"a": good}, "images": 8}, "m.pt")  # a real range
+
+
+@pytest.mark.parametrize("size", [["a", "b"], [256.5, 256], [0, 256], [True, 256]])
+def test_a_bad_int8_image_size_names_the_file(size):
+    from efficientad_fast.int8 import SCHEME, Int8Calibration
+
+    good = {"eps": torch.tensor([2.4e-4]), "min_val": torch.tensor(0.0), "max_val": torch.tensor(0.05)}
+    payload = {"scheme": SCHEME, "observers": {"a": good}, "image_size": size, "images": 8}
+    with pytest.raises(ValueError, match="m.pt: INT8 calibration has a bad image_size"):
+        Int8Calibration.from_payload(payload, "m.pt")

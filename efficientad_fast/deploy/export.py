@@ -39,11 +39,18 @@ import torch
 from torch import nn
 
 from .._checkpoint import atomic_files, writable_folder
+from .._signals import interrupts_held
 from ..model import EfficientAD, Prediction, check_unit_range, decisions
 from ..networks import check_image_size
 from ..op.reference import reference_anomaly_map
 
 FORMATS = ("aoti", "onnx")
+# Said when Ctrl-C or SIGTERM comes during an export: torch.export and OpenVINO turn an
+# interrupt raised inside them into another error (or lose it), so it is held until they return.
+EXPORTER_BUSY = (
+    "interrupt received: stopping when the exporter returns (it cannot be stopped midway); nothing will be written"
+)
+
 # Written into the .pt2 package (AOTInductor metadata) and the ONNX model's metadata_props.
 PACKAGE_FORMAT = "efficientad_fast.predict"
 # The metadata schema version. 1: format, size, device, quantiles_set, model_size; 2 adds
@@ -259,7 +266,7 @@ def export_aoti(model: EfficientAD, out: str | os.PathLike, image_size=256, devi
     _require_free_space(out, model)
     graph = PredictGraph(model, "fused").to(target)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    with atomic_files(out) as (temporary,), torch.no_grad():  # a half package never replaces a whole one
+    with atomic_files(out) as (temporary,), torch.no_grad(), interrupts_held(EXPORTER_BUSY):  # whole or nothing
         exported = torch.export.export(graph, (example.to(target),), dynamic_shapes=({0: batch},))
         torch._inductor.aoti_compile_and_package(
             exported,
@@ -363,7 +370,7 @@ def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opse
     graph = PredictGraph(model, "reference").cpu()
     batch = torch.export.Dim("batch", min=1, max=1024)
     with atomic_files(out) as (temporary,):  # a half model never replaces a whole one
-        with torch.no_grad():
+        with torch.no_grad(), interrupts_held(EXPORTER_BUSY):
             program = torch.onnx.export(
                 graph,
                 (example,),

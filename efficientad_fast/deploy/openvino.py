@@ -35,8 +35,9 @@ import torch
 
 from .._checkpoint import atomic_files, writable_folder
 from .._optional import require
+from .._signals import interrupts_held
 from ..model import EfficientAD, Prediction, check_unit_range, decisions
-from .export import OUTPUT_NAMES, PredictGraph, _prepare, check_exported_input, check_metadata, metadata
+from .export import EXPORTER_BUSY, OUTPUT_NAMES, PredictGraph, _prepare, check_exported_input, check_metadata, metadata
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # rt_info section of the IR that holds export.metadata() and the OpenVINO-only keys below.
@@ -136,7 +137,7 @@ def export_openvino(
     writable_folder(out.parent)
     # Both files under temporary names, renamed when whole (the .xml last): a failed or
     # interrupted export leaves any earlier IR at ``out`` as it was.
-    with atomic_files(out, out.with_suffix(".bin")) as (temporary, _):
+    with atomic_files(out, out.with_suffix(".bin")) as (temporary, _), interrupts_held(EXPORTER_BUSY):
         ov_model = _ir_model(model, size, example, images, precision, ov, nncf)
         # save_model stores float16 weights unless told not to: only the fp16 export wants that.
         ov.save_model(ov_model, str(temporary), compress_to_fp16=precision == "fp16")
