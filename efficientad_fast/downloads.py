@@ -17,6 +17,7 @@ Cache layout (``cache_root()`` honours ``EFFICIENTAD_FAST_CACHE``, default
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
@@ -168,9 +169,14 @@ def fetch_verified(
     except DownloadError:
         raise
     except Exception as exc:  # URLError, timeouts, resets, http.client.IncompleteRead, disk full, ...
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # our disk, not the source
+            raise DownloadError(
+                f"{what}: no space left writing {dest} after {received[0]} bytes of {source} (free "
+                "some space there, or set EFFICIENTAD_FAST_CACHE to a larger disk); nothing was cached"
+            ) from exc
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line (urllib's redirect loop has three)
         raise DownloadError(
-            f"{what}: fetching {source} failed after {received[0]} bytes "
-            f"({type(exc).__name__}: {exc}); nothing was cached"
+            f"{what}: fetching {source} failed after {received[0]} bytes ({detail}); nothing was cached"
         ) from exc
     finally:
         if not done:

@@ -22,12 +22,15 @@ Only this module imports torchao (lazily: ``import efficientad_fast`` does not n
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
+
+from .op._build import import_cpp_extension
 
 # Names the recipe: a file calibrated by another recipe is refused, not silently misread.
 SCHEME = "pt2e-x86-inductor-minmax-v1"
@@ -36,11 +39,20 @@ _TORCHAO_HINT = "INT8 needs torchao (pip install 'torchao>=0.18'; it ships with 
 
 def _torchao():
     """torchao's PT2E entry points, or an ImportError that says what to install."""
+    # Importing torchao registers an Enum the way this torch deprecates, and torch logs a
+    # 'W... KernelPreference is an Enum subclass' line to stderr for it, in front of every
+    # INT8 run's output (and of one-line errors): not the user's concern.
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    import_cpp_extension()  # Inductor's import of it would warn that no GPU is present
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     except ImportError as exc:
         raise ImportError(_TORCHAO_HINT) from exc
+    finally:
+        pytree_log.setLevel(level)
     return prepare_pt2e, convert_pt2e, xiq
 
 

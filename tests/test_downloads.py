@@ -50,11 +50,16 @@ SMALL_MEMBER = PAPER_TEACHER_MEMBERS["small"]
 
 class _Handler(BaseHTTPRequestHandler):
     """GET /<name>: the bytes in ``server.files[name]``; names starting with ``cut`` announce
-    the full length, send half and close the connection."""
+    the full length, send half and close the connection; /loop redirects to itself."""
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         name = self.path.lstrip("/")
         self.server.requests.append(name)
+        if name == "loop":  # a redirect to itself
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.end_headers()
+            return
         body = self.server.files.get(name)
         if body is None:
             self.send_error(404)
@@ -572,3 +577,29 @@ def test_report_defaults_are_auto_and_record_what_they_chose(teacher_archive, im
     )
     row = json.loads((tmp_path / "none" / "report.json").read_text())["rows"][0]
     assert (row["teacher_used"], row["penalty_used"]) == ("random", "none")
+
+
+def test_a_redirect_loop_is_one_line(server, capsys):
+    from efficientad_fast.cli import main
+
+    assert main(["fetch-teacher", "--from", f"{server.url}/loop", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "infinite loop" in err and "nothing was cached" in err, err
+
+
+def test_a_full_cache_disk_names_where_it_could_not_write(tmp_path, monkeypatch):
+    import errno
+
+    from efficientad_fast import downloads
+
+    source = tmp_path / "teacher.bin"
+    source.write_bytes(b"x" * 4096)
+
+    def full(stream, out, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(downloads, "_copy_hashing", full)
+    dest = tmp_path / "cache" / "teachers" / "t.bin"
+    with pytest.raises(downloads.DownloadError, match=r"no space left writing .*t\.bin .*EFFICIENTAD_FAST_CACHE"):
+        downloads.fetch_verified(source, "0" * 64, dest, what="teacher", progress=False)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []

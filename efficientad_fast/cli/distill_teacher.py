@@ -93,6 +93,27 @@ def _add_distill_teacher_parser(subparsers) -> None:
     )
     p.add_argument("--images", nargs="+", default=None, metavar="DIR", help="extra folders of generic images")
     p.add_argument("--no-builtin-images", action="store_true", help="leave out the bundled scikit-image photographs")
+    _add_recipe_numbers(p, d)
+    p.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "fp16", "none"),
+        default="auto",
+        help="autocast dtype (auto: bf16 on CPU, fp16 on CUDA)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda or auto (default); under torchrun each process takes cuda:LOCAL_RANK",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUT.ckpt (written by any number of torchrun processes)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_distill_teacher)
+
+
+def _add_recipe_numbers(p: argparse.ArgumentParser, d) -> None:
+    """distill-teacher's counts and rates; ``d``: the default recipe, whose values the help shows."""
     p.add_argument("--procedural", type=at_least(0), default=None, help=f"generated images (default {d.procedural})")
     p.add_argument("--steps", type=at_least(1), default=None, help=f"optimizer steps (default {d.steps})")
     p.add_argument(
@@ -118,19 +139,3 @@ def _add_distill_teacher_parser(subparsers) -> None:
         help=f"steps between checkpoints (default {d.checkpoint_every})",
     )
     p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
-    p.add_argument(
-        "--amp",
-        choices=("auto", "bf16", "fp16", "none"),
-        default="auto",
-        help="autocast dtype (auto: bf16 on CPU, fp16 on CUDA)",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="cpu, cuda or auto (default); under torchrun each process takes cuda:LOCAL_RANK",
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="continue from OUT.ckpt (written by any number of torchrun processes)"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_distill_teacher)

@@ -83,7 +83,7 @@ def _add_export_parser(subparsers) -> None:
         "--opset",
         type=int,
         default=18,
-        help="ONNX opset (default 18; 17 to the newest the installed onnx knows; onnx only)",
+        help="ONNX opset (default 18; 18 to the newest the installed onnx knows; onnx only)",
     )
     p.add_argument(
         "--device",

@@ -66,6 +66,7 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
         # Cameras store photos as the sensor saw them and record the turn in EXIF: without
         # this, a photo taken upright would reach the model (and its mask) rotated.
         ImageOps.exif_transpose(image, in_place=True)
+        _check_float_range(image)
     except FileNotFoundError:
         if os.path.islink(path):
             raise FileNotFoundError(
@@ -95,6 +96,21 @@ def image_size_of(path: str | os.PathLike, what: str = "image") -> tuple[int, in
         raise FileNotFoundError(f"{what} file {path} does not exist") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"cannot read {what} file {path}: {error}") from error
+
+
+def _check_float_range(image: Image.Image) -> None:
+    """A float image (mode F, e.g. a float TIFF) holds [0, 1], or 0..255 or 0..65535 that
+    :func:`to_rgb_array` scales: anything below 0 or above 65535 was clipped silently before.
+    (NaN is left to the callers, which name it.)"""
+    if image.mode != "F":
+        return
+    array = np.asarray(image)
+    finite = array[np.isfinite(array)]
+    if finite.size and (finite.min() < 0.0 or finite.max() > 65535.0):
+        raise ValueError(
+            f"float pixel values must lie in [0, 1] (or 0..255 or 0..65535, which are scaled), "
+            f"got values in [{finite.min():g}, {finite.max():g}]"
+        )
 
 
 def _gray_float(image: Image.Image) -> np.ndarray | None:

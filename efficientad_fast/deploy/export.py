@@ -42,6 +42,7 @@ from .._checkpoint import atomic_files, writable_folder
 from .._signals import interrupts_held
 from ..model import EfficientAD, Prediction, check_unit_range, decisions
 from ..networks import check_image_size
+from ..op._build import import_cpp_extension
 from ..op.reference import reference_anomaly_map
 
 FORMATS = ("aoti", "onnx")
@@ -266,6 +267,7 @@ def export_aoti(model: EfficientAD, out: str | os.PathLike, image_size=256, devi
     _require_free_space(out, model)
     graph = PredictGraph(model, "fused").to(target)
     batch = torch.export.Dim("batch", min=1, max=1024)
+    import_cpp_extension()  # before Inductor imports it: without its no-GPU warning
     with atomic_files(out) as (temporary,), torch.no_grad(), interrupts_held(EXPORTER_BUSY):  # whole or nothing
         exported = torch.export.export(graph, (example.to(target),), dynamic_shapes=({0: batch},))
         torch._inductor.aoti_compile_and_package(
@@ -337,9 +339,15 @@ def load_package(path: str | os.PathLike) -> LoadedPackage:
     return LoadedPackage(path)
 
 
+# torch.onnx builds opset 18 and converts to the one asked for; onnx's converter cannot take
+# this graph below 18 (its ReduceMean/Split axes are inputs there), so 17 always failed after
+# 17 lines of converter output.
+OLDEST_OPSET = 18
+
+
 def check_opset(opset: int) -> None:
     """ImportError without the ``[onnx]`` extra; ValueError unless ``opset`` is an integer
-    from 17 (the oldest our graph exports to) to the newest the installed onnx knows."""
+    from OLDEST_OPSET (18, what torch.onnx builds) to the newest the installed onnx knows."""
     try:
         import onnx
         import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter writes with it)
@@ -348,16 +356,16 @@ def check_opset(opset: int) -> None:
             f'ONNX export needs onnx and onnxscript ({exc}): pip install "efficientad_fast[onnx]"'
         ) from exc
     newest = onnx.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, int) or not 17 <= opset <= newest:
+    if isinstance(opset, bool) or not isinstance(opset, int) or not OLDEST_OPSET <= opset <= newest:
         raise ValueError(
-            f"opset must be an integer from 17 to {newest} (the newest this onnx {onnx.__version__} "
-            f"knows), got {opset!r}"
+            f"opset must be an integer from {OLDEST_OPSET} (what torch.onnx builds; this graph does not "
+            f"convert lower) to {newest} (the newest this onnx {onnx.__version__} knows), got {opset!r}"
         )
 
 
 def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opset: int = 18) -> Path:
     """Write an ONNX model of ``model.predict`` to ``out`` with the scoring in standard ONNX
-    ops (the fused op's plain-PyTorch reference), dynamic batch, opset ``opset`` (>= 17).
+    ops (the fused op's plain-PyTorch reference), dynamic batch, opset ``opset`` (>= 18).
 
     Needs the ``onnx`` and ``onnxscript`` packages (``pip install "efficientad_fast[onnx]"``).
     """

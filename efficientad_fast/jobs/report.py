@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -20,8 +21,28 @@ from .engines import LocalRunner, record_failure
 from .evaluate import evaluate_model
 from .train import train_category
 
+
 # teacher: "random", "distilled", "paper" or a teacher file (compares teachers on the same data)
-SWEEP_KEYS = {"lr": float, "weight_decay": float, "steps": int, "batch_size": int, "teacher": str}
+def _number_from(least: float, strict: bool, kind=float):
+    """A sweep value parser: ``kind`` of the text, finite and >= ``least`` (> when ``strict``),
+    so a value no run could train with is refused before the first run, not in the middle."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not (math.isfinite(value) and (value > least if strict else value >= least)):
+            raise ValueError(f"must be a finite number {'>' if strict else '>='} {least:g}, got {text.strip()}")
+        return value
+
+    return parse
+
+
+SWEEP_KEYS = {
+    "lr": _number_from(0, strict=True),
+    "weight_decay": _number_from(0, strict=False),
+    "steps": _number_from(1, strict=False, kind=int),
+    "batch_size": _number_from(1, strict=False, kind=int),
+    "teacher": str,
+}
 
 
 def parse_sweep(items) -> dict[str, list]:

@@ -223,15 +223,16 @@ def use_toolkit(plan: BuildPlan) -> None:
     if plan.cuda_home is None or plan.cuda_arch_list is None:
         raise BuildError("a CUDA build plan needs the toolkit's folder and the GPU architectures")
     os.environ["CUDA_HOME"] = plan.cuda_home  # before cpp_extension's import-time guess
-    cpp_extension = _import_cpp_extension()
+    cpp_extension = import_cpp_extension()
 
     cpp_extension.CUDA_HOME = plan.cuda_home  # type: ignore[attr-defined]  # a module global torch reads
     os.environ["TORCH_CUDA_ARCH_LIST"] = plan.cuda_arch_list
 
 
-def _import_cpp_extension() -> types.ModuleType:
+def import_cpp_extension() -> types.ModuleType:
     """torch.utils.cpp_extension, without its import-time warning that no GPU is present
-    (expected on CPU machines that compile the CUDA kernels)."""
+    (expected on CPU machines that compile the CUDA kernels). Inductor imports it too (INT8,
+    AOTInductor): importing it here first keeps that warning off their output as well."""
     import logging
 
     log = logging.getLogger("torch.utils.cpp_extension")
@@ -288,7 +289,7 @@ def jit_build(plan: BuildPlan, verbose: bool | None = None) -> Path:
     directory = cache_folder(build_directory(plan))
     stamp = fingerprint(plan)  # of the sources as this build reads them
     use_toolkit(plan)
-    cpp_extension = _import_cpp_extension()
+    cpp_extension = import_cpp_extension()
 
     name = f"{EXTENSION_NAME}_{plan.variant}"
     try:
