@@ -10,12 +10,19 @@ import torch
 
 
 def is_whole(value: object) -> bool:
-    """A Python or NumPy integer (not a bool)."""
+    """A Python or NumPy integer (not a bool), or a 0-d integer array or tensor (as indexing
+    an array or a tensor hands one over)."""
+    if isinstance(value, torch.Tensor):
+        return (
+            value.dim() == 0 and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+        )
+    if isinstance(value, np.ndarray):
+        return value.shape == () and value.dtype.kind in "iu"
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def whole_number(value: object, what: str) -> int:
-    """``value`` as an int; TypeError naming ``what`` unless it is a Python or NumPy integer."""
+    """``value`` as an int; TypeError naming ``what`` unless :func:`is_whole`."""
     if not is_whole(value):
         raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}")
     return int(value)  # type: ignore[call-overload]  # an integer, checked above

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ._checkpoint import atomic_save, payload_checksum, read_checkpoint, state_checksum
-from ._numbers import real_number, whole_number
+from ._numbers import image_hw, real_number, whole_number
 from .int8 import FeatureGraph, Int8Calibration, Int8Networks, calibrate_int8
 from .networks import MODEL_SIZES, PDN, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
 from .op.ops import DISTANCES, anomaly_map
@@ -468,8 +468,7 @@ class EfficientAD(nn.Module):
             # (bench/bench_core.py) and is the tensor-core layout on GPUs.
             self._use_channels_last()
             x = self._prepare_images(images, validate).contiguous(memory_format=torch.channels_last)
-            if output_size is None:
-                output_size = (x.shape[2], x.shape[3])
+            output_size = (x.shape[2], x.shape[3]) if output_size is None else image_hw(output_size, "output_size")
             tile = self.tile if tile is None else tile
             if tile:  # lazy: tiling imports nothing from here
                 from .tiling import tiled_scores

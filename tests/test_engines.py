@@ -54,3 +54,19 @@ def test_make_runner_refuses_ray_options_for_the_local_engine_and_an_unknown_eng
 def test_both_runners_have_the_same_interface():
     for name in ("submit", "gather", "device", "path", "__enter__", "__exit__"):
         assert callable(getattr(LocalRunner, name)) and callable(getattr(RayRunner, name)), name
+
+
+def test_a_failure_on_a_full_disk_says_what_failed_not_error_txt(tmp_path, monkeypatch):
+    """The probe's report on a full disk ended with 'no space left writing .../error.txt',
+    hiding the checkpoint that could not be written first."""
+    import errno
+
+    from efficientad_fast.jobs import engines
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, f"no space left writing {path}")
+
+    monkeypatch.setattr(engines, "atomic_write_text", full)
+    first = "no space left writing rep/board/checkpoint.pt"
+    with pytest.raises(OSError, match=r"the run failed \(no space left writing rep/board/checkpoint.pt\)"):
+        engines.record_failure({}, tmp_path / "board", first, "Traceback ...")

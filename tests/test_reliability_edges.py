@@ -729,6 +729,13 @@ def test_numpy_integers_are_taken_where_ints_are(tmp_path, model_file):
     assert torch.allclose(predict_tiled(model, x, tile=np.int64(256), overlap=np.int64(0)).score, reference.score)
     Inspector(model, smoothing="kofn", k=np.int64(3), n=np.int64(5), queue_size=np.int64(2), image_size=np.int64(256))
     assert load(model_file, precision="fp32", image_size=np.int64(256)).precision == "fp32"
+    # 0-d arrays and tensors, as indexing hands them over (the probe's A02, A03)
+    assert torch.equal(model.predict(x, sensitivity=np.array(0.7)).score, model.predict(x, sensitivity=0.7).score)
+    assert model.predict(x, output_size=torch.tensor(128)).anomaly_map.shape == (1, 1, 128, 128)
+    assert model.predict(x, output_size=np.array(100)).anomaly_map.shape == (1, 1, 100, 100)
+    for bad in (torch.tensor(2.5), torch.tensor(True), "a"):
+        with pytest.raises(TypeError, match="output_size must be an int or"):
+            model.predict(x, output_size=bad)
 
 
 def test_an_unwritable_cache_leaves_no_output_folder(tmp_path, model_file, frames, capsys, monkeypatch):

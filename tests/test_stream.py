@@ -117,13 +117,14 @@ class StandIn:
     """Called like a FastPredictor of batch 1: sleeps ``delay`` s, then returns the next
     score of ``scores`` (cycling) and a flat map of that value."""
 
-    def __init__(self, scores=(0.05,), delay=0.0, size=256, interrupt_at=None):
+    def __init__(self, scores=(0.05,), delay=0.0, size=256, interrupt_at=None, interrupt=KeyboardInterrupt):
         self.scores, self.delay, self.size, self.calls, self.interrupt_at = list(scores), delay, size, 0, interrupt_at
+        self.interrupt = interrupt
 
     def __call__(self, images):
         assert images.shape == (1, 3, self.size, self.size) and images.dtype == torch.float32
         if self.interrupt_at is not None and self.calls == self.interrupt_at:
-            raise KeyboardInterrupt
+            raise self.interrupt
         time.sleep(self.delay)
         value = self.scores[self.calls % len(self.scores)]
         self.calls += 1
@@ -310,14 +311,20 @@ def test_watch_writes_one_json_line_per_frame_and_alarm_pictures(model, small_vi
         assert sum(1 for _ in container.decode(video=0)) == 11
 
 
-def test_ctrl_c_keeps_what_was_written(model, small_video, tmp_path):
-    inspector = Inspector(model, smoothing="none", predictor=StandIn(interrupt_at=5))
+@pytest.mark.parametrize("signal_name", ["Ctrl-C", "SIGTERM"])
+def test_ctrl_c_or_sigterm_keeps_what_was_written(model, small_video, tmp_path, signal_name):
+    from efficientad_fast._signals import Terminated
+    from efficientad_fast.stream import format_summary
+
+    stop = Terminated("terminated by signal 15") if signal_name == "SIGTERM" else KeyboardInterrupt()
+    inspector = Inspector(model, smoothing="none", predictor=StandIn(interrupt_at=5, interrupt=stop))
     with pytest.raises(KeyboardInterrupt):
         watch(inspector, small_video, tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "frames.jsonl").read_text().splitlines()]
     assert [r["frame"] for r in rows] == [0, 1, 2, 3, 4]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["interrupted"] and summary["frames"] == 5
+    assert summary["interrupted"] and summary["frames"] == 5 and summary["stopped_by"] == signal_name
+    assert f"interrupted ({signal_name})" in format_summary(summary)
 
 
 def test_sources_and_their_errors(tmp_path):
@@ -415,3 +422,34 @@ def test_smoothing_lowers_false_alarms_at_equal_recall_on_the_conveyor(op_librar
     assert raw > 0
     assert rows["ema"]["false_alarm_frames"] < raw and rows["kofn"]["false_alarm_frames"] < raw
     assert all(r["part_recall"] >= 0.5 for r in rows.values())
+
+
+def test_a_silent_network_source_says_it_timed_out(monkeypatch):
+    """PyAV's read timeout surfaced as FFmpeg's 'Immediate exit requested'."""
+    import http.server
+    import threading
+
+    from efficientad_fast.stream import sources
+
+    class Silent(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.end_headers()
+            time.sleep(2)  # headers, then nothing
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setattr(sources, "READ_TIMEOUT_S", 0.5)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Silent)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ValueError, match=r"no data came for 0.5 s \(timed out\)"):
+            sources.VideoSource(f"http://127.0.0.1:{httpd.server_address[1]}/v.mp4").open()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)

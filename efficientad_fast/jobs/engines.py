@@ -17,6 +17,7 @@ package installed. Ray is imported on first use, so the package imports without 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import traceback
@@ -33,8 +34,16 @@ def record_failure(row: dict, out_dir: Path, error: str, details: str) -> dict:
     """Mark ``row`` failed with the one-line ``error`` and write ``details`` (the traceback)
     to ``out_dir/error.txt``; returns ``row``."""
     row["error"] = error
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "error.txt", details)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "error.txt", details)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        # A full disk most likely failed the run too: say what failed first, not error.txt.
+        raise OSError(
+            errno.ENOSPC, f"no space left in {out_dir}: the run failed ({error}) and error.txt could not be written"
+        ) from exc
     return row
 
 

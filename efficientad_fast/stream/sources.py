@@ -31,6 +31,9 @@ class SourceFrame:
     error: str | None = None
 
 
+READ_TIMEOUT_S = 10.0  # a network source silent this long is given up (PyAV's open/read timeout)
+
+
 class FrameSource:
     """Frames in order. ``live``: the source does not wait for the reader (a camera), so
     frames that come while scoring lags are dropped; a file waits."""
@@ -113,9 +116,9 @@ class VideoSource(FrameSource):
         or it holds no video stream."""
         if self._container is None:
             try:
-                container = self.av.open(self.target, format=self.format, options=self.options, timeout=10.0)
+                container = self.av.open(self.target, format=self.format, options=self.options, timeout=READ_TIMEOUT_S)
             except self.av.error.FFmpegError as exc:
-                raise ValueError(f"cannot open the video source {self.target}: {exc.strerror or exc}") from exc
+                raise ValueError(f"cannot open the video source {self.target}: {self._reason(exc)}") from exc
             if not container.streams.video:
                 container.close()
                 raise ValueError(f"{self.target} holds no video stream")
@@ -137,7 +140,7 @@ class VideoSource(FrameSource):
                 except StopIteration:
                     break
                 except av.error.FFmpegError as exc:  # the container itself is broken here: stop
-                    yield SourceFrame(index, None, None, f"reading {self.target} failed: {exc}")
+                    yield SourceFrame(index, None, None, f"reading {self.target} failed: {self._reason(exc)}")
                     break
                 try:
                     frames = packet.decode()
@@ -151,6 +154,12 @@ class VideoSource(FrameSource):
                     index += 1
         finally:
             self.close()
+
+    def _reason(self, exc: Exception) -> str:
+        """FFmpeg's error in words: its 'Immediate exit requested' is PyAV's read timeout."""
+        if isinstance(exc, self.av.error.ExitError):
+            return f"no data came for {READ_TIMEOUT_S:g} s (timed out)"
+        return str(getattr(exc, "strerror", None) or exc)
 
     def close(self) -> None:
         if self._container is not None:

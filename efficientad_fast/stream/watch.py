@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .._checkpoint import atomic_write_text
+from .._signals import Terminated
 from ..data.video import VIDEO_CODECS, require_av
 from ..heatmaps import captioned, heatmap_overlay, save_png
 from .inspector import FrameResult, Inspector
@@ -183,8 +184,9 @@ def watch(
                 if progress and now - last_print >= 1.0:
                     last_print = now
                     _print_live(summary, _stats(latencies[-200:], summary["scored"], now - started))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         summary["interrupted"] = True
+        summary["stopped_by"] = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
         raise
     finally:
         if writer is not None:
@@ -235,5 +237,5 @@ def format_summary(summary: dict) -> str:
     for error in summary.get("first_errors", [])[:3]:
         lines.append(f"decode error at frame {error['frame']}: {error['error']}")
     if summary.get("interrupted"):
-        lines.append("interrupted (Ctrl-C): everything up to here is written")
+        lines.append(f"interrupted ({summary.get('stopped_by', 'Ctrl-C')}): everything up to here is written")
     return "\n".join(lines)
