@@ -232,3 +232,36 @@ def test_cli_quantize_and_precision_errors_are_one_line(board_trained, tmp_path,
     code = cli.main(["predict", "--model", str(path), str(empty), "--out", str(tmp_path / "p"), "--precision", "int4"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "invalid choice: 'int4'" in err
+
+
+def test_a_calibration_that_does_not_fit_is_one_line_naming_the_file_before_any_output(
+    board_trained, board_dataset, tmp_path, capsys
+):
+    """One observer fewer (a valid checksum, as another tool might write): it failed at the first
+    predict, after --out existed, without the file's name."""
+    _, path = board_trained
+    payload = torch.load(path, weights_only=True)
+    observers = payload["int8"]["observers"]
+    del observers[next(iter(observers))]
+    payload["checksum"]["all_sha256"] = payload_checksum(payload)
+    edited = tmp_path / "edited.pt"
+    torch.save(payload, edited)
+    image = next((board_dataset / "board" / "test" / "good").iterdir())
+    out = tmp_path / "p"
+    args = ["predict", "--model", str(edited), str(image), "--out", str(out), "--precision", "int8", "--quiet"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{edited}: the INT8 calibration does not fit" in err, err
+    assert not out.exists()
+
+
+def test_a_nan_calibration_image_is_named(tmp_path):
+    from PIL import Image
+
+    from efficientad_fast.deploy.openvino import calibration_images
+
+    pixels = np.full((32, 32), 0.5, np.float32)
+    pixels[1, 1] = np.nan
+    Image.fromarray(pixels, mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(ValueError, match=r"calibration image .*nan\.tif has pixels that are not finite"):
+        calibration_images(tmp_path, (256, 256), 4)

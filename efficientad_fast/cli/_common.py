@@ -170,13 +170,24 @@ def _load_model(args: argparse.Namespace, batch_size: int):
     load_extension()  # a build that cannot happen (an unwritable cache) fails before any output exists
 
     size = getattr(args, "image_size", 256)
-    return load(
+    model = load(
         args.model,
         map_location=resolve_device(args.device),
         precision=args.precision,
         batch_size=batch_size,
         image_size=size,
     )
+    if model.precision == "int8":
+        # INT8 is quantized and compiled on the first predict: a stored calibration that does
+        # not fit the graph fails here, naming the file, before any output folder exists.
+        import torch
+
+        height, width = (size, size) if isinstance(size, int) else size
+        try:
+            model.predict(torch.zeros(1, 3, height, width), tile=getattr(args, "tile", None))
+        except ValueError as exc:
+            raise ValueError(f"{args.model}: {exc}") from exc
+    return model
 
 
 TEACHER_HELP = (
