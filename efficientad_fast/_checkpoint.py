@@ -114,25 +114,11 @@ def read_checkpoint(
 
 
 def atomic_save(payload, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a file beside ``path``, then rename: a crash leaves no half file.
-    On any failure the temporary file is removed; a full disk raises an OSError that says so."""
+    """``torch.save`` of ``payload`` to ``path`` whole or not at all (:func:`atomic_files`: a
+    temporary file beside it, renamed; a full disk says so; any earlier file stays)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:  # Ctrl-C included: never leave the half file behind
-        # torch's zip writer reports a short write as RuntimeError ("[enforce fail at
-        # inline_container.cc] unexpected pos"): ask the file system while the half file is there.
-        full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or (
-            isinstance(exc, RuntimeError) and _disk_is_full(path.parent)
-        )
-        tmp.unlink(missing_ok=True)
-        if full:
-            raise OSError(errno.ENOSPC, f"no space left writing {path} (free some space and save again)") from exc
-        if isinstance(exc, RuntimeError) and "inline_container" in str(exc):
-            raise OSError(errno.EIO, f"cannot write {path}: {first_line(exc)}") from exc
-        raise
+    with atomic_files(path) as (temporary,):
+        torch.save(payload, temporary)
     return path
 
 

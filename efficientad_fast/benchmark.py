@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ._checkpoint import atomic_write_text
 from ._device import DTYPES, resolve_device
 from .deploy.inference import FastPredictor
 from .model import PRECISIONS, EfficientAD
@@ -304,9 +305,7 @@ def _write_json(result: dict, json_path: str | os.PathLike | None) -> None:
         return
     path = Path(json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(result, indent=2))
-    temporary.replace(path)
+    atomic_write_text(path, json.dumps(result, indent=2))
 
 
 def benchmark_settings(
