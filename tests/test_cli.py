@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import PINNED
 
 from efficientad_fast import load
 from efficientad_fast.cli import main
@@ -34,7 +35,6 @@ def dataset(tmp_path_factory):
 
 
 # Whatever the cache holds ("auto" would pick the paper's teacher or Imagenette when cached).
-PINNED = ("--teacher", "random", "--penalty-images", "none")
 
 
 @pytest.fixture(scope="module")

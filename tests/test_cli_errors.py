@@ -5,14 +5,12 @@ output folder; --debug shows the traceback; unexpected errors keep theirs."""
 from __future__ import annotations
 
 import pytest
-from cli_checks import one_error_line
+from cli_checks import PINNED, one_error_line
 
 from efficientad_fast.cli import main
 from efficientad_fast.data import make_synthetic
 from efficientad_fast.testing import random_model
 
-# Whatever the cache holds ("auto" would pick the paper's teacher or Imagenette when cached).
-PINNED = ["--teacher", "random", "--penalty-images", "none"]
 TRAIN = ["train", "--dataset", "mvtec", "--category", "board", "--workers", "0", "--quiet", *PINNED]
 EVAL = ["eval", "--model", "{model}", "--dataset", "mvtec", "--category", "board", "--workers", "0", "--quiet"]
 PREDICT = ["predict", "--model", "{model}", "--quiet"]

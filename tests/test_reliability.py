@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_checks import train_args
 from PIL import Image
 
 import efficientad_fast
@@ -392,10 +393,8 @@ def test_full_disk_while_saving_leaves_no_temporary_file(tmp_path, monkeypatch):
 
 # -- 4. a rerun into the folder of another run ------------------------------------------------
 
+
 # Whatever the cache holds ("auto" would pick the paper's teacher or Imagenette when cached).
-PINNED = ["--teacher", "random", "--penalty-images", "none"]
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     from efficientad_fast.data import make_synthetic
@@ -411,28 +410,6 @@ def dataset(tmp_path_factory):
     )
 
 
-def _train_args(dataset, out):
-    return [
-        "train",
-        "--data",
-        str(dataset),
-        "--dataset",
-        "mvtec",
-        "--category",
-        "board",
-        "--out",
-        str(out),
-        "--steps",
-        "1",
-        "--checkpoint-every",
-        "1",
-        "--workers",
-        "0",
-        "--quiet",
-        *PINNED,
-    ]
-
-
 @pytest.mark.parametrize("left", ["checkpoint.pt", "model.pt"])
 def test_train_refuses_a_folder_holding_another_run(left, dataset, tmp_path, capsys):
     from efficientad_fast.cli import main
@@ -440,13 +417,13 @@ def test_train_refuses_a_folder_holding_another_run(left, dataset, tmp_path, cap
     out = tmp_path / "run"
     out.mkdir()
     (out / left).write_bytes(b"an interrupted run")
-    assert main(_train_args(dataset, out)) == 2
+    assert main(train_args(dataset, out)) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "Traceback" not in err
     assert str(out / left) in err and "--resume" in err and "--overwrite" in err
     assert [p.name for p in out.iterdir()] == [left]
     assert (out / left).read_bytes() == b"an interrupted run"
-    assert main([*_train_args(dataset, out), "--overwrite"]) == 0
+    assert main([*train_args(dataset, out), "--overwrite"]) == 0
     assert efficientad_fast.load(out / "model.pt").quantiles_set
 
 
@@ -472,7 +449,7 @@ def test_train_into_an_unwritable_folder_fails_before_training(how, dataset, tmp
         pytest.fail("trained although the output folder cannot be written")
 
     monkeypatch.setattr(train_job, "train", no_training)
-    assert main(_train_args(dataset, out)) == 2
+    assert main(train_args(dataset, out)) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "Traceback" not in err
     assert f"cannot write to the output folder {out}" in err

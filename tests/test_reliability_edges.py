@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_checks import one_error_line
+from cli_checks import one_error_line, train_args
 from PIL import Image
 
 from efficientad_fast.cli import main
@@ -651,32 +651,6 @@ def tiny_data(tmp_path_factory):
     )
 
 
-def _train_args(data, out, *extra):
-    return [
-        "train",
-        "--data",
-        str(data),
-        "--dataset",
-        "mvtec",
-        "--category",
-        "board",
-        "--out",
-        str(out),
-        "--steps",
-        "3",
-        "--checkpoint-every",
-        "1",
-        "--teacher",
-        "random",
-        "--penalty-images",
-        "none",
-        "--workers",
-        "0",
-        "--quiet",
-        *extra,
-    ]
-
-
 def test_resume_refuses_a_corrupt_checkpoint_and_other_data(tmp_path, tiny_data, capsys, monkeypatch):
     import shutil
 
@@ -693,7 +667,7 @@ def test_resume_refuses_a_corrupt_checkpoint_and_other_data(tmp_path, tiny_data,
         return original(*args, **kwargs)
 
     monkeypatch.setattr(loop, "augment", interrupted_at_step_two)
-    assert main(_train_args(tiny_data, out)) == 130
+    assert main(train_args(tiny_data, out, steps=3)) == 130
     monkeypatch.setattr(loop, "augment", original)
     checkpoint = out / "checkpoint.pt"
     good = checkpoint.read_bytes()
@@ -702,7 +676,7 @@ def test_resume_refuses_a_corrupt_checkpoint_and_other_data(tmp_path, tiny_data,
     first = next(k for k, v in state["model"].items() if torch.is_tensor(v) and v.numel() > 100)
     state["model"][first].view(-1)[7] += 1.0  # one weight changed, the stored checksum kept
     torch.save(state, checkpoint)
-    assert main([*_train_args(tiny_data, out), "--resume"]) == 2
+    assert main([*train_args(tiny_data, out, steps=3), "--resume"]) == 2
     assert "corrupt: checksum mismatch" in one_error_line("train", capsys.readouterr().err)
 
     checkpoint.write_bytes(good)
@@ -712,9 +686,9 @@ def test_resume_refuses_a_corrupt_checkpoint_and_other_data(tmp_path, tiny_data,
     (other / "board" / "train" / "good" / "extra.png").write_bytes(
         (other / "board" / "train" / "good" / "001.png").read_bytes()
     )
-    assert main([*_train_args(other, out), "--resume"]) == 2
+    assert main([*train_args(other, out, steps=3), "--resume"]) == 2
     assert "training_files" in one_error_line("train", capsys.readouterr().err)
-    assert main([*_train_args(tiny_data, out), "--resume"]) == 0  # the same data resumes
+    assert main([*train_args(tiny_data, out, steps=3), "--resume"]) == 0  # the same data resumes
 
 
 def test_numpy_integers_are_taken_where_ints_are(tmp_path, model_file):
