@@ -61,6 +61,17 @@ void check_quantile_order(T qa_st, T qb_st, T qa_ae, T qb_ae) {
                     ", q_b_ae=", qb_ae);
 }
 
+// The kernels compute in float32: q_a and the scale 0.1 / (q_b - q_a) must be finite there,
+// or the map is inf/NaN where the reference's is finite (e.g. q_b - q_a = 1e-300).
+template <typename T>
+void check_quantile_range(T qa, T qb, const char* name) {
+  const float scale = static_cast<float>(T(0.1) / (qb - qa));
+  TORCH_CHECK_VALUE(std::isfinite(static_cast<float>(qa)) && std::isfinite(scale),
+                    "anomaly_map: quantiles q_a_", name, "=", qa, ", q_b_", name, "=", qb,
+                    " do not fit float32, in which the op computes: q_a and 0.1 / (q_b - q_a) ",
+                    "must be finite floats (rescale the features or widen the quantiles)");
+}
+
 at::Tensor check_quantiles(const at::Tensor& q, const at::Device& device) {
   TORCH_CHECK_TYPE(at::isFloatingType(q.scalar_type()), "anomaly_map: quantiles must be a ",
                    "floating-point tensor, got ", q.scalar_type());
@@ -69,21 +80,31 @@ at::Tensor check_quantiles(const at::Tensor& q, const at::Device& device) {
   TORCH_CHECK_VALUE(q.device() == device, "anomaly_map: quantiles are on ", q.device(),
                     " but the features are on ", device);
   at::Tensor qf = q.reshape({4}).to(at::kFloat).contiguous();
-  // Values on a GPU are not read back here: that would synchronize the stream.
+  // Values on a GPU are not read back here: that would synchronize the stream. On the CPU
+  // the float values the kernel uses are checked.
   if (qf.is_cpu()) {
     const float* v = qf.data_ptr<float>();
     check_quantile_order(v[0], v[1], v[2], v[3]);
+    check_quantile_range(v[0], v[1], "st");
+    check_quantile_range(v[2], v[3], "ae");
   }
   return qf;
 }
 
-// Quantiles given as numbers: checked here (they are on the host) and kept in p by value.
-void check_quantile_values(at::ArrayRef<double> q, AnomalyMapParams& p) {
+// Quantiles given as numbers (on the host): checked, and turned into the fusion weights here
+// in double, rounded to float once. The reference subtracts them in double too; in float,
+// q_b - q_a of close quantiles is 0 for (1, 1 + 1e-9) (an all-NaN map) and 1e-3 off for
+// (1000, 1000.01). alpha is checked already (check_options).
+void set_quantile_values(at::ArrayRef<double> q, double alpha, AnomalyMapParams& p) {
   TORCH_CHECK_VALUE(q.size() == 4, "anomaly_map: quantile_values must hold 4 values ",
                     "(q_a_st, q_b_st, q_a_ae, q_b_ae), got ", q.size());
   check_quantile_order(q[0], q[1], q[2], q[3]);
-  p.has_quantile_values = true;
-  for (int i = 0; i < 4; ++i) p.quantile_values[i] = static_cast<float>(q[i]);
+  check_quantile_range(q[0], q[1], "st");
+  check_quantile_range(q[2], q[3], "ae");
+  p.host_fusion.qa_st = static_cast<float>(q[0]);
+  p.host_fusion.w_st = static_cast<float>(alpha * (0.1 / (q[1] - q[0])));
+  p.host_fusion.qa_ae = static_cast<float>(q[2]);
+  p.host_fusion.w_ae = static_cast<float>((1.0 - alpha) * (0.1 / (q[3] - q[2])));
 }
 
 // The three feature tensors: dtypes, one device, matching shapes -> the sizes in p.
@@ -176,8 +197,9 @@ AnomalyMapInputs check_anomaly_map_inputs(
     in.quantiles = check_quantiles(*quantiles, device);
     p.quantiles = in.quantiles.data_ptr<float>();
   }
-  if (quantile_values.has_value()) check_quantile_values(*quantile_values, p);
   check_options(alpha, pad, output_size, distance, p);
+  p.host_fusion = Fusion::unnormalized(p.alpha);
+  if (quantile_values.has_value()) set_quantile_values(*quantile_values, alpha, p);
 
   // One memory format for all three: the teacher's if it is channels_last, else NCHW.
   p.channels_last = teacher.is_contiguous(at::MemoryFormat::ChannelsLast) &&

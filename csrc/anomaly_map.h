@@ -82,19 +82,24 @@ struct PairSums<Distance::Cosine> {
 struct Fusion {
   float qa_st, w_st, qa_ae, w_ae;
 
-  EAD_HOST_DEVICE static Fusion make(const float* quantiles, float alpha) {
+  EAD_HOST_DEVICE static Fusion unnormalized(float alpha) {
     Fusion f;
-    if (quantiles == nullptr) {
-      f.qa_st = 0.f;
-      f.w_st = alpha;
-      f.qa_ae = 0.f;
-      f.w_ae = 1.f - alpha;
-    } else {
-      f.qa_st = quantiles[0];
-      f.w_st = alpha * (0.1f / (quantiles[1] - quantiles[0]));
-      f.qa_ae = quantiles[2];
-      f.w_ae = (1.f - alpha) * (0.1f / (quantiles[3] - quantiles[2]));
-    }
+    f.qa_st = 0.f;
+    f.w_st = alpha;
+    f.qa_ae = 0.f;
+    f.w_ae = 1.f - alpha;
+    return f;
+  }
+  // From quantiles held as float32 (a tensor's values, read where they are: on a GPU, by the
+  // kernel). The four values arrive as scalars, not as a pointer: a pointer into a kernel's
+  // by-value argument would make every thread copy that argument to local memory.
+  EAD_HOST_DEVICE static Fusion from_quantiles(float qa_st, float qb_st, float qa_ae, float qb_ae,
+                                               float alpha) {
+    Fusion f;
+    f.qa_st = qa_st;
+    f.w_st = alpha * (0.1f / (qb_st - qa_st));
+    f.qa_ae = qa_ae;
+    f.w_ae = (1.f - alpha) * (0.1f / (qb_ae - qa_ae));
     return f;
   }
   EAD_HOST_DEVICE float operator()(float d_st, float d_ae) const {
@@ -155,11 +160,13 @@ EAD_HOST_DEVICE float nan_max(float a, float b) { return (a != a || a > b) ? a :
 struct AnomalyMapParams {
   const float* mean = nullptr;       // (C) teacher mean, or nullptr: teacher already standardized
   const float* stdev = nullptr;      // (C) teacher std, set together with mean
-  const float* quantiles = nullptr;  // (4) q_a_st, q_b_st, q_a_ae, q_b_ae, or nullptr: no normalization
-  // The same four quantiles given as numbers (float[] in the schema): held here, by value,
-  // so no tensor is built or copied to the device per call (CUDA-graph capturable).
-  bool has_quantile_values = false;
-  float quantile_values[4] = {0.f, 0.f, 0.f, 0.f};
+  // (4) q_a_st, q_b_st, q_a_ae, q_b_ae as a float32 tensor on the features' device (read by
+  // the kernels, so a GPU tensor is never read back), or nullptr: host_fusion applies.
+  const float* quantiles = nullptr;
+  // The normalization and fusion weights computed on the host (in double, then rounded) when
+  // the quantiles came as numbers (float[] in the schema) or not at all: held by value, so no
+  // tensor is built or copied to the device per call (CUDA-graph capturable).
+  Fusion host_fusion = Fusion::unnormalized(0.5f);
   float alpha = 0.5f;
   Distance distance = Distance::L2;
   bool channels_last = false;  // the features' memory format: channels_last (NHWC) or NCHW
@@ -171,7 +178,8 @@ struct AnomalyMapParams {
     return mean != nullptr ? standardize(t, mean[c], stdev[c]) : t;
   }
   EAD_HOST_DEVICE Fusion fusion() const {
-    return Fusion::make(has_quantile_values ? quantile_values : quantiles, alpha);
+    if (quantiles == nullptr) return host_fusion;
+    return Fusion::from_quantiles(quantiles[0], quantiles[1], quantiles[2], quantiles[3], alpha);
   }
 };
 
