@@ -6,7 +6,9 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "anomaly_map_inputs.h"
 
@@ -139,6 +141,46 @@ void check_feature_shapes(const at::Tensor& teacher, const at::Tensor& student,
                     ", got ", autoencoder.sizes());
 }
 
+// Whether the kernel of a layout reads x where it is: its lanes run along the channels
+// (channels_last) or along a row (NCHW), so that dimension must have stride 1; every other
+// stride may be anything (the kernels read FeatureStrides).
+bool readable_in_place(const at::Tensor& x, bool channels_last) {
+  const int64_t dim = channels_last ? 1 : 3;
+  return x.size(dim) == 1 || x.stride(dim) == 1;
+}
+
+FeatureStrides strides_of(const at::Tensor& x) {
+  auto stride = [&](int64_t d) { return x.size(d) == 1 ? int64_t{0} : x.stride(d); };
+  return {stride(0), stride(1), stride(2), stride(3)};
+}
+
+// The kernels' layout, from all three inputs (the teacher alone would turn a teacher that is
+// a channel slice of a channels_last tensor into NCHW copies of all three): channels_last when
+// the inputs its kernel reads in place hold at least as many values as those the NCHW kernel
+// reads in place (ties go to channels_last, the model's layout), else NCHW. The inputs the
+// chosen kernel reads in place are used as given, with their strides (channel slices,
+// channels_last or NCHW, batch or row slices); only the others are copied into its layout.
+void choose_layout(const at::Tensor& teacher, const at::Tensor& student,
+                   const at::Tensor& autoencoder, AnomalyMapInputs& in) {
+  AnomalyMapParams& p = in.params;
+  int64_t channels_last_values = 0, nchw_values = 0;
+  for (const at::Tensor* x : {&teacher, &student, &autoencoder}) {
+    if (readable_in_place(*x, true)) channels_last_values += x->numel();
+    if (readable_in_place(*x, false)) nchw_values += x->numel();
+  }
+  p.channels_last = channels_last_values >= nchw_values;
+  const auto format = p.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  auto in_layout = [&](const at::Tensor& x) {
+    return readable_in_place(x, p.channels_last) ? x : x.contiguous(format);
+  };
+  in.teacher = in_layout(teacher);
+  in.student = in_layout(student);
+  in.autoencoder = in_layout(autoencoder);
+  p.teacher_strides = strides_of(in.teacher);
+  p.student_strides = strides_of(in.student);
+  p.autoencoder_strides = strides_of(in.autoencoder);
+}
+
 // alpha, pad, output_size and distance -> p (after check_feature_shapes).
 void check_options(double alpha, int64_t pad, at::OptionalIntArrayRef output_size,
                    std::string_view distance, AnomalyMapParams& p) {
@@ -200,22 +242,33 @@ AnomalyMapInputs check_anomaly_map_inputs(
   check_options(alpha, pad, output_size, distance, p);
   p.host_fusion = Fusion::unnormalized(p.alpha);
   if (quantile_values.has_value()) set_quantile_values(*quantile_values, alpha, p);
-
-  // One memory format for all three: the teacher's if it is channels_last, else NCHW.
-  p.channels_last = teacher.is_contiguous(at::MemoryFormat::ChannelsLast) &&
-                    !teacher.is_contiguous(at::MemoryFormat::Contiguous);
-  const auto format = p.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  in.teacher = teacher.contiguous(format);
-  in.student = student.contiguous(format);
-  in.autoencoder = autoencoder.contiguous(format);
+  choose_layout(teacher, student, autoencoder, in);
   return in;
 }
+
+namespace {
+
+// efficientad_fast::_anomaly_map_layout: what choose_layout makes of three feature tensors,
+// for tests and debugging (ops.layout_plan): [channels_last, teacher copied, student copied,
+// autoencoder copied]. Reads shapes and strides only.
+std::vector<int64_t> anomaly_map_layout(const at::Tensor& teacher, const at::Tensor& student,
+                                        const at::Tensor& autoencoder) {
+  AnomalyMapInputs in;
+  check_feature_shapes(teacher, student, autoencoder, in.params);
+  choose_layout(teacher, student, autoencoder, in);
+  return {in.params.channels_last, !in.teacher.is_same(teacher), !in.student.is_same(student),
+          !in.autoencoder.is_same(autoencoder)};
+}
+
+}  // namespace
 
 TORCH_LIBRARY(efficientad_fast, m) {
   m.def(
       "anomaly_map(Tensor teacher, Tensor student, Tensor autoencoder, Tensor? teacher_mean, "
       "Tensor? teacher_std, Tensor? quantiles, float alpha, int pad, int[]? output_size, "
       "str distance, float[]? quantile_values=None) -> (Tensor, Tensor)");
+  m.def("_anomaly_map_layout(Tensor teacher, Tensor student, Tensor autoencoder) -> int[]",
+        &anomaly_map_layout);
 }
 
 }  // namespace efficientad_fast

@@ -154,6 +154,19 @@ EAD_HOST_DEVICE float resize_scale(int64_t in_size, int64_t out_size) {
 // Max that propagates NaN, like torch.amax.
 EAD_HOST_DEVICE float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
 
+// Element strides of one (N, C, h, w) feature tensor as the kernels read it: any strides, so
+// an input is read in place, not copied, whenever the kernel of the chosen layout can read it
+// (anomaly_map.cpp, choose_layout). The stride of a dimension of size 1 is stored as 0 (its
+// index is always 0), which keeps alignment decisions free of strides that are never used.
+struct FeatureStrides {
+  int64_t n = 0, c = 0, h = 0, w = 0;
+};
+
+// Offset, in elements, of pixel (n, y, x)'s channel 0.
+EAD_HOST_DEVICE int64_t pixel_offset(const FeatureStrides& s, int64_t n, int64_t y, int64_t x) {
+  return n * s.n + y * s.h + x * s.w;
+}
+
 // The checked arguments of one call as plain values: built once by the input checks
 // (anomaly_map.cpp), read by the CPU kernel and passed by value to the CUDA kernels.
 // The pointers point into float32 tensors the checks keep alive (AnomalyMapInputs).
@@ -169,7 +182,10 @@ struct AnomalyMapParams {
   Fusion host_fusion = Fusion::unnormalized(0.5f);
   float alpha = 0.5f;
   Distance distance = Distance::L2;
-  bool channels_last = false;  // the features' memory format: channels_last (NHWC) or NCHW
+  // The kernel's thread mapping: channels_last (lanes along the channels) or NCHW (lanes
+  // along a row). Either reads the strides below.
+  bool channels_last = false;
+  FeatureStrides teacher_strides, student_strides, autoencoder_strides;
   int64_t batch = 0, channels = 0, height = 0, width = 0, pad = 0;
   int64_t padded_height = 0, padded_width = 0, out_height = 0, out_width = 0;
 
