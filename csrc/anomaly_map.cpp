@@ -160,6 +160,7 @@ FeatureStrides strides_of(const at::Tensor& x) {
 // reads in place (ties go to channels_last, the model's layout), else NCHW. The inputs the
 // chosen kernel reads in place are used as given, with their strides (channel slices,
 // channels_last or NCHW, batch or row slices); only the others are copied into its layout.
+// Then whether the channels_last CUDA kernel may read 16-byte vectors.
 void choose_layout(const at::Tensor& teacher, const at::Tensor& student,
                    const at::Tensor& autoencoder, AnomalyMapInputs& in) {
   AnomalyMapParams& p = in.params;
@@ -179,6 +180,14 @@ void choose_layout(const at::Tensor& teacher, const at::Tensor& student,
   p.teacher_strides = strides_of(in.teacher);
   p.student_strides = strides_of(in.student);
   p.autoencoder_strides = strides_of(in.autoencoder);
+  // The student is read as two runs of C channels, so C is the length that must fit.
+  const int64_t element = teacher.element_size();
+  auto fits = [&](const at::Tensor& x, const FeatureStrides& s) {
+    return vector_loads_fit(reinterpret_cast<uintptr_t>(x.data_ptr()), s, p.channels, element);
+  };
+  p.vector_loads = p.channels_last && fits(in.teacher, p.teacher_strides) &&
+                   fits(in.student, p.student_strides) &&
+                   fits(in.autoencoder, p.autoencoder_strides);
 }
 
 // alpha, pad, output_size and distance -> p (after check_feature_shapes).
@@ -250,14 +259,14 @@ namespace {
 
 // efficientad_fast::_anomaly_map_layout: what choose_layout makes of three feature tensors,
 // for tests and debugging (ops.layout_plan): [channels_last, teacher copied, student copied,
-// autoencoder copied]. Reads shapes and strides only.
+// autoencoder copied, vector loads]. Reads shapes, strides and addresses only.
 std::vector<int64_t> anomaly_map_layout(const at::Tensor& teacher, const at::Tensor& student,
                                         const at::Tensor& autoencoder) {
   AnomalyMapInputs in;
   check_feature_shapes(teacher, student, autoencoder, in.params);
   choose_layout(teacher, student, autoencoder, in);
   return {in.params.channels_last, !in.teacher.is_same(teacher), !in.student.is_same(student),
-          !in.autoencoder.is_same(autoencoder)};
+          !in.autoencoder.is_same(autoencoder), in.params.vector_loads};
 }
 
 }  // namespace

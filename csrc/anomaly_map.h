@@ -167,6 +167,26 @@ EAD_HOST_DEVICE int64_t pixel_offset(const FeatureStrides& s, int64_t n, int64_t
   return n * s.n + y * s.h + x * s.w;
 }
 
+// The channels_last CUDA kernel reads kVectorBytes at a time (8 half/bfloat16, 4 float values)
+// where vector_loads_fit; else one value at a time.
+constexpr int64_t kVectorBytes = 16;
+
+// Whether every pixel's channels of one feature tensor can be read as whole, aligned 16-byte
+// vectors: its data pointer is 16-byte aligned, its channels are contiguous, and the channel
+// count (so that the student's second half starts aligned too) and every other stride are
+// multiples of the vector's length. Not so for an offset slice of a channels_last tensor
+// (student[:, 1:]), an odd channel count, a pixel stride that is not a multiple of the vector
+// (a channel slice of a wider tensor), or channels that are not contiguous; the kernel then
+// takes the scalar path. Decided once per call on the host (both builds compute it, so the
+// CPU tests see the decision the GPU would take).
+EAD_HOST_DEVICE bool vector_loads_fit(uintptr_t address, const FeatureStrides& s, int64_t channels,
+                                      int64_t element_size) {
+  if (element_size <= 0 || kVectorBytes % element_size != 0) return false;
+  const int64_t length = kVectorBytes / element_size;
+  return address % kVectorBytes == 0 && s.c == 1 && channels % length == 0 && s.n % length == 0 &&
+         s.h % length == 0 && s.w % length == 0;
+}
+
 // The checked arguments of one call as plain values: built once by the input checks
 // (anomaly_map.cpp), read by the CPU kernel and passed by value to the CUDA kernels.
 // The pointers point into float32 tensors the checks keep alive (AnomalyMapInputs).
@@ -185,6 +205,8 @@ struct AnomalyMapParams {
   // The kernel's thread mapping: channels_last (lanes along the channels) or NCHW (lanes
   // along a row). Either reads the strides below.
   bool channels_last = false;
+  // The channels_last CUDA kernel reads 16-byte vectors (vector_loads_fit for all three).
+  bool vector_loads = false;
   FeatureStrides teacher_strides, student_strides, autoencoder_strides;
   int64_t batch = 0, channels = 0, height = 0, width = 0, pad = 0;
   int64_t padded_height = 0, padded_width = 0, out_height = 0, out_width = 0;

@@ -107,6 +107,42 @@ __device__ __forceinline__ void warp_merge(PairSums<D>& s) {
 // (stride 1: choose_layout copies inputs whose channels are not).
 constexpr int kPixelsPerBlock = 8;
 
+// kVectorBytes / sizeof(scalar_t) values from one aligned 16-byte load (8 half or bfloat16,
+// 4 float), converted to float. Only where vector_loads_fit said so (AnomalyMapParams).
+template <typename scalar_t>
+constexpr int kVectorLength = static_cast<int>(kVectorBytes / sizeof(scalar_t));
+
+template <typename scalar_t>
+__device__ __forceinline__ void load_vector(const scalar_t* p, float (&out)[kVectorLength<scalar_t>]) {
+  static_assert(kVectorBytes == sizeof(uint4), "one uint4 per vector");
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const scalar_t* values = reinterpret_cast<const scalar_t*>(&raw);
+#pragma unroll
+  for (int k = 0; k < kVectorLength<scalar_t>; ++k) out[k] = static_cast<float>(values[k]);
+}
+
+// One lane's share of a pixel's channels in vectors: lane l reads vectors l, l + 32, ...;
+// the per-value math is the shared header's (teacher_value, PairSums::add).
+template <typename scalar_t, Distance D>
+__device__ __forceinline__ void add_vectors(const AnomalyMapParams& a, const scalar_t* t,
+                                            const scalar_t* s_st, const scalar_t* s_ae,
+                                            const scalar_t* ae_in, PairSums<D>& st,
+                                            PairSums<D>& ae) {
+  constexpr int V = kVectorLength<scalar_t>;
+  for (int64_t c0 = static_cast<int64_t>(threadIdx.x) * V; c0 < a.channels; c0 += kWarp * V) {
+    float tv[V], sv[V], rv[V], av[V];
+    load_vector(t + c0, tv);
+    load_vector(s_st + c0, sv);
+    load_vector(s_ae + c0, rv);
+    load_vector(ae_in + c0, av);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      st.add(a.teacher_value(tv[k], c0 + k), sv[k]);
+      ae.add(av[k], rv[k]);
+    }
+  }
+}
+
 template <typename scalar_t, Distance D>
 __global__ void fused_feature_map_nhwc_kernel(const scalar_t* __restrict__ teacher,
                                               const scalar_t* __restrict__ student,
@@ -128,10 +164,14 @@ __global__ void fused_feature_map_nhwc_kernel(const scalar_t* __restrict__ teach
   const scalar_t* s_ae = s_st + C;
   const scalar_t* ae_in = autoencoder + pixel_offset(a.autoencoder_strides, n, y, x);
   PairSums<D> st{}, ae{};
+  if (a.vector_loads) {
+    add_vectors(a, t, s_st, s_ae, ae_in, st, ae);
+  } else {  // unaligned or partial vectors: one value per lane at a time
 #pragma unroll 4
-  for (int64_t c = threadIdx.x; c < C; c += kWarp) {
-    st.add(a.teacher_value(load(t, c), c), load(s_st, c));
-    ae.add(load(ae_in, c), load(s_ae, c));
+    for (int64_t c = threadIdx.x; c < C; c += kWarp) {
+      st.add(a.teacher_value(load(t, c), c), load(s_st, c));
+      ae.add(load(ae_in, c), load(s_ae, c));
+    }
   }
   warp_merge(st);
   warp_merge(ae);
