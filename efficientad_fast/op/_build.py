@@ -384,7 +384,7 @@ def nvcc_compile_command(plan: BuildPlan, source: str, output: str, arch: str = 
     architecture (``sm_<arch>``), with ptxas's per-kernel register/stack/spill report
     (``-Xptxas -v``, on stderr): the include folders and flags are the JIT build's (torch's
     include folders and common nvcc flags, the plan's own), so the report describes the kernels
-    that build makes (tests/test_op_ptxas.py checks it)."""
+    that build makes (tests/test_op_ptxas.py checks it; bench/ptxas_report.py writes it)."""
     import sysconfig
 
     if not plan.with_cuda or plan.cuda_home is None:
