@@ -14,11 +14,17 @@
 #   2. build            efficientad-fast info --json: JIT-builds the op library; its JSON goes
 #                       to info.json, the compiler's output to build.log. A failed build fails
 #                       the run and skips the steps that need the library.
-#   3. cuda_tests       tests/test_anomaly_map.py and tests/test_inference.py, -k cuda. With a GPU,
+#   2b. ptxas           bench/ptxas_report.py: nvcc -Xptxas -v for sm_90 with the op's build flags
+#                       (compile only): registers, stack frame and spills of every kernel to
+#                       ptxas.md / ptxas.json; any stack frame or spill fails the step. Needs nvcc,
+#                       not a GPU (skipped, and said so, without a CUDA toolkit).
+#   3. cuda_tests       tests/test_anomaly_map.py, test_inference.py, test_op_layout.py, -k cuda. With a GPU,
 #                       a skipped CUDA test, or none run, is a failure (pytest exits 0 then).
 #   4. bench_latency    S and M, batch 1, fp16 then fp32
 #   5. bench_op         the fused op vs reference at N 64/16/1, features channels_last (the
-#                       model's) then NCHW: MB moved, GB/s, fraction of peak beyond the L2 cache
+#                       model's) then NCHW: MB moved, GB/s, fraction of peak beyond the L2 cache;
+#                       summary.md gives the target's row (N=64 fp16 channels_last) a labelled line,
+#                       with the commit the kernels were built from, to compare runs before and after
 #   6. bench_throughput S and M, batch 64 then 16
 #      (4-6 run the `budget` timing protocol, efficientad_fast.benchmark.PROTOCOLS: the one
 #      definition of warm-up and timed runs; they write their JSON after every measured row,
@@ -45,8 +51,8 @@ SUMMARY="$OUT/summary.md"
 RESERVE=15  # seconds kept back for gpu_targets.py and the summary at the end
 MIN_STEP=15  # a step with less time than this left is skipped, not started and killed
 # Each step's share of the budget (sum 295 of the default 330), scaled to other budgets.
-declare -A SHARE=([install]=20 [build]=100 [cuda_tests]=40 [bench_latency]=36 [bench_op]=22
-                  [bench_throughput]=32 [memcheck]=30 [pytest_bench]=15)
+declare -A SHARE=([install]=15 [build]=80 [ptxas]=35 [cuda_tests]=40 [bench_latency]=36 [bench_op]=22
+                  [bench_throughput]=32 [memcheck]=25 [pytest_bench]=10)
 elapsed() { echo $(( $(date +%s) - START )); }
 note() { echo "[gpu_check $(elapsed)s] $*"; echo "- $*" >> "$SUMMARY"; }
 left() { echo $(( BUDGET - RESERVE - $(elapsed) )); }
@@ -77,6 +83,10 @@ run_step() {
 }
 
 echo "# GPU check $(date -u +%Y-%m-%dT%H:%MZ), budget $BUDGET s" >> "$SUMMARY"
+# The sources the kernels are built from: runs before and after a change tell apart by it.
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "unknown")
+git diff --quiet HEAD -- csrc 2>/dev/null || COMMIT="$COMMIT+uncommitted csrc changes"
+note "sources: commit $COMMIT"
 # One probe (torch's import is slow): GPU seen?, GPU name, versions, compute-sanitizer's path.
 read -r HAS_GPU GPU_NAME_VERSIONS < <("$PY" - <<'EOF' 2>/dev/null || echo "0 probe failed"
 import sys
@@ -92,7 +102,7 @@ if [[ -z "$SANITIZER" ]]; then
     [[ -n "$SANITIZER" && -x "$SANITIZER" ]] || SANITIZER=""
 fi
 if [[ "$HAS_GPU" == 1 ]]; then export EFFICIENTAD_FAST_CUDA=1
-else SHARE[build]=200; SHARE[cuda_tests]=75; fi  # no GPU: steps 4-8 will not run, so these may take their time
+else SHARE[build]=200; SHARE[cuda_tests]=75; SHARE[ptxas]=60; fi  # no GPU: steps 4-8 will not run, so these may take their time
 [[ -n "${EFFICIENTAD_FAST_EXTRA_CFLAGS:-}" ]] && note "EFFICIENTAD_FAST_EXTRA_CFLAGS=$EFFICIENTAD_FAST_EXTRA_CFLAGS"
 
 failed=0
@@ -114,6 +124,16 @@ if (( rc != 0 && rc != 99 )); then  # the reason in one line: info.json's "build
     note "build error: ${why:0:300}"
 fi
 
+# The compiler's register/stack/spill report of every kernel (nvcc only): ptxas.md, ptxas.json.
+if ! "$PY" -c "import sys; from efficientad_fast.op._build import find_cuda_home; sys.exit(find_cuda_home() is None)" 2>/dev/null; then
+    note "ptxas: skipped (no CUDA toolkit found: the report needs nvcc)"
+else
+    run_step ptxas "$PY" bench/ptxas_report.py "$OUT"
+    rc=$?
+    (( rc != 0 && rc != 99 )) && failed=1
+    [[ -f "$OUT/ptxas.md" ]] && note "ptxas: $(tail -n 1 "$OUT/ptxas.md") (table: ptxas.md)"
+fi
+
 # cuda_tests and memcheck: with a GPU, any skipped CUDA test, or none run, fails the step.
 check_junit() {  # check_junit NAME XML
     local tests skipped unexpected failures errors
@@ -128,7 +148,7 @@ if (( ! build_ok )); then
     note "cuda_tests: skipped (build not ok)"
 else
     run_step cuda_tests "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_anomaly_map.py tests/test_inference.py \
-        -k cuda --junitxml="$OUT/cuda_tests.xml"
+        tests/test_op_layout.py -k cuda --junitxml="$OUT/cuda_tests.xml"
     rc=$?
     if (( rc != 99 )); then
         (( rc != 0 )) && failed=1
@@ -187,7 +207,7 @@ else
 fi
 
 # Tables and every target's status from whatever JSON the benchmarks wrote.
-"$PY" bench/gpu_targets.py "$OUT" >> "$SUMMARY" 2>> "$OUT/gpu_targets.log" || note "gpu_targets.py: FAILED (log: gpu_targets.log)"
+"$PY" bench/gpu_targets.py "$OUT" --commit "$COMMIT" >> "$SUMMARY" 2>> "$OUT/gpu_targets.log" || note "gpu_targets.py: FAILED (log: gpu_targets.log)"
 note "finished in $(elapsed) s of a $BUDGET s budget; exit $failed"
 echo "summary: $SUMMARY"
 cat "$SUMMARY"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The H200 targets of ``bench/gpu_check.sh``, checked against ``efficientad-fast bench`` results.
 
-    python bench/gpu_targets.py OUT_DIR     # tables of OUT_DIR/bench_*.json, the targets, targets.json
+    python bench/gpu_targets.py OUT_DIR [--commit SHA]  # tables of OUT_DIR/bench_*.json, the targets,
+                                                        # targets.json, the op bandwidth row
     python bench/gpu_targets.py --junit XML # "tests skipped unexpected_skips failures errors" of a pytest run
 
 gpu_check.sh runs this last and appends what it prints to ``summary.md``. Every target is
@@ -136,6 +137,19 @@ def format_targets(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def op_bandwidth_line(result: dict, commit: str = "unknown") -> str:
+    """The op's bandwidth row the target reads (N=64 fp16 channels_last, fused), labelled with
+    the commit the kernels were built from, so runs before and after a kernel change compare
+    line by line; "not measured" when no such row was written (no GPU, or the step was cut)."""
+    what, batch, dtype, layout, _ = OP_BANDWIDTH_TARGET
+    label = f"op bandwidth, fused N={batch} {dtype} {layout}, kernels of commit {commit}"
+    for r in result.get("op", []):
+        if r["impl"] == "fused" and r["batch"] == batch and r["dtype"] == dtype and r.get("layout") == layout:
+            fraction = "n/a (within L2)" if not r["fraction_of_peak"] else f"{r['fraction_of_peak']:.2f}"
+            return f"{label}: {r['gbs']:.0f} GB/s, {r['bytes_moved'] / 1e6:.0f} MB moved, fraction of peak {fraction}"
+    return f"{label}: not measured"
+
+
 def main(argv=None) -> int:
     """Print the tables of the benchmark JSON files in OUT_DIR (whatever rows a step wrote
     before it ended) and every target's status (also written to OUT_DIR/targets.json)."""
@@ -144,6 +158,7 @@ def main(argv=None) -> int:
         print(*junit_counts(args[1]))
         return 0
     out = Path(args[0])
+    commit = args[args.index("--commit") + 1] if "--commit" in args else "unknown"
     merged = {"timings": [], "op": []}
     for name in BENCH_FILES:
         path = out / name
@@ -158,6 +173,7 @@ def main(argv=None) -> int:
         print(f"\n## {name}\n\n{format_table(result)}")
         merged["timings"] += result["timings"]
         merged["op"] += result["op"]
+    print(f"\n## Op bandwidth\n\n- {op_bandwidth_line(merged, commit)}")
     targets = target_status(merged)
     print("\n## Targets (H200)\n\n" + format_targets(targets))
     for r in targets:

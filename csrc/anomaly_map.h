@@ -82,19 +82,24 @@ struct PairSums<Distance::Cosine> {
 struct Fusion {
   float qa_st, w_st, qa_ae, w_ae;
 
-  EAD_HOST_DEVICE static Fusion make(const float* quantiles, float alpha) {
+  EAD_HOST_DEVICE static Fusion unnormalized(float alpha) {
     Fusion f;
-    if (quantiles == nullptr) {
-      f.qa_st = 0.f;
-      f.w_st = alpha;
-      f.qa_ae = 0.f;
-      f.w_ae = 1.f - alpha;
-    } else {
-      f.qa_st = quantiles[0];
-      f.w_st = alpha * (0.1f / (quantiles[1] - quantiles[0]));
-      f.qa_ae = quantiles[2];
-      f.w_ae = (1.f - alpha) * (0.1f / (quantiles[3] - quantiles[2]));
-    }
+    f.qa_st = 0.f;
+    f.w_st = alpha;
+    f.qa_ae = 0.f;
+    f.w_ae = 1.f - alpha;
+    return f;
+  }
+  // From quantiles held as float32 (a tensor's values, read where they are: on a GPU, by the
+  // kernel). The four values arrive as scalars, not as a pointer: a pointer into a kernel's
+  // by-value argument would make every thread copy that argument to local memory.
+  EAD_HOST_DEVICE static Fusion from_quantiles(float qa_st, float qb_st, float qa_ae, float qb_ae,
+                                               float alpha) {
+    Fusion f;
+    f.qa_st = qa_st;
+    f.w_st = alpha * (0.1f / (qb_st - qa_st));
+    f.qa_ae = qa_ae;
+    f.w_ae = (1.f - alpha) * (0.1f / (qb_ae - qa_ae));
     return f;
   }
   EAD_HOST_DEVICE float operator()(float d_st, float d_ae) const {
@@ -149,20 +154,60 @@ EAD_HOST_DEVICE float resize_scale(int64_t in_size, int64_t out_size) {
 // Max that propagates NaN, like torch.amax.
 EAD_HOST_DEVICE float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
 
+// Element strides of one (N, C, h, w) feature tensor as the kernels read it: any strides, so
+// an input is read in place, not copied, whenever the kernel of the chosen layout can read it
+// (anomaly_map.cpp, choose_layout). The stride of a dimension of size 1 is stored as 0 (its
+// index is always 0), which keeps alignment decisions free of strides that are never used.
+struct FeatureStrides {
+  int64_t n = 0, c = 0, h = 0, w = 0;
+};
+
+// Offset, in elements, of pixel (n, y, x)'s channel 0.
+EAD_HOST_DEVICE int64_t pixel_offset(const FeatureStrides& s, int64_t n, int64_t y, int64_t x) {
+  return n * s.n + y * s.h + x * s.w;
+}
+
+// The channels_last CUDA kernel reads kVectorBytes at a time (8 half/bfloat16, 4 float values)
+// where vector_loads_fit; else one value at a time.
+constexpr int64_t kVectorBytes = 16;
+
+// Whether every pixel's channels of one feature tensor can be read as whole, aligned 16-byte
+// vectors: its data pointer is 16-byte aligned, its channels are contiguous, and the channel
+// count (so that the student's second half starts aligned too) and every other stride are
+// multiples of the vector's length. Not so for an offset slice of a channels_last tensor
+// (student[:, 1:]), an odd channel count, a pixel stride that is not a multiple of the vector
+// (a channel slice of a wider tensor), or channels that are not contiguous; the kernel then
+// takes the scalar path. Decided once per call on the host (both builds compute it, so the
+// CPU tests see the decision the GPU would take).
+EAD_HOST_DEVICE bool vector_loads_fit(uintptr_t address, const FeatureStrides& s, int64_t channels,
+                                      int64_t element_size) {
+  if (element_size <= 0 || kVectorBytes % element_size != 0) return false;
+  const int64_t length = kVectorBytes / element_size;
+  return address % kVectorBytes == 0 && s.c == 1 && channels % length == 0 && s.n % length == 0 &&
+         s.h % length == 0 && s.w % length == 0;
+}
+
 // The checked arguments of one call as plain values: built once by the input checks
 // (anomaly_map.cpp), read by the CPU kernel and passed by value to the CUDA kernels.
 // The pointers point into float32 tensors the checks keep alive (AnomalyMapInputs).
 struct AnomalyMapParams {
   const float* mean = nullptr;       // (C) teacher mean, or nullptr: teacher already standardized
   const float* stdev = nullptr;      // (C) teacher std, set together with mean
-  const float* quantiles = nullptr;  // (4) q_a_st, q_b_st, q_a_ae, q_b_ae, or nullptr: no normalization
-  // The same four quantiles given as numbers (float[] in the schema): held here, by value,
-  // so no tensor is built or copied to the device per call (CUDA-graph capturable).
-  bool has_quantile_values = false;
-  float quantile_values[4] = {0.f, 0.f, 0.f, 0.f};
+  // (4) q_a_st, q_b_st, q_a_ae, q_b_ae as a float32 tensor on the features' device (read by
+  // the kernels, so a GPU tensor is never read back), or nullptr: host_fusion applies.
+  const float* quantiles = nullptr;
+  // The normalization and fusion weights computed on the host (in double, then rounded) when
+  // the quantiles came as numbers (float[] in the schema) or not at all: held by value, so no
+  // tensor is built or copied to the device per call (CUDA-graph capturable).
+  Fusion host_fusion = Fusion::unnormalized(0.5f);
   float alpha = 0.5f;
   Distance distance = Distance::L2;
-  bool channels_last = false;  // the features' memory format: channels_last (NHWC) or NCHW
+  // The kernel's thread mapping: channels_last (lanes along the channels) or NCHW (lanes
+  // along a row). Either reads the strides below.
+  bool channels_last = false;
+  // The channels_last CUDA kernel reads 16-byte vectors (vector_loads_fit for all three).
+  bool vector_loads = false;
+  FeatureStrides teacher_strides, student_strides, autoencoder_strides;
   int64_t batch = 0, channels = 0, height = 0, width = 0, pad = 0;
   int64_t padded_height = 0, padded_width = 0, out_height = 0, out_width = 0;
 
@@ -171,7 +216,8 @@ struct AnomalyMapParams {
     return mean != nullptr ? standardize(t, mean[c], stdev[c]) : t;
   }
   EAD_HOST_DEVICE Fusion fusion() const {
-    return Fusion::make(has_quantile_values ? quantile_values : quantiles, alpha);
+    if (quantiles == nullptr) return host_fusion;
+    return Fusion::from_quantiles(quantiles[0], quantiles[1], quantiles[2], quantiles[3], alpha);
   }
 };
 

@@ -16,8 +16,9 @@ namespace efficientad_fast {
 
 // Checked, layout-normalized arguments of one anomaly_map call.
 struct AnomalyMapInputs {
-  // teacher, student and autoencoder in one memory format: NCHW-contiguous, or
-  // channels_last (NHWC) when the teacher arrives that way (params.channels_last).
+  // teacher, student and autoencoder, each as given when the kernel of the chosen layout
+  // (params.channels_last) reads it in place, else a copy in that layout; params holds their
+  // strides. The rule: choose_layout in anomaly_map.cpp.
   at::Tensor teacher, student, autoencoder;
   // float32 tensors on the features' device that params' pointers point into; undefined
   // when not given.

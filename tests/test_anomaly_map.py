@@ -905,6 +905,39 @@ def test_quantile_values_equal_quantile_tensor(device):
     assert torch.equal(from_tensor[0], from_values[0]) and torch.equal(from_tensor[1], from_values[1])
 
 
+# Quantiles as numbers whose float32 rounding broke the op (issue 25): they were checked in
+# double and used in float, where q_b - q_a of (1, 1 + 1e-9) is 0 (an all-NaN map and score)
+# and that of (1000, 1000.01) is 1e-3 off. The op now computes the weights in double.
+CLOSE_QUANTILES = {
+    "difference-0-in-float": (1.0, 1.000000001, 0.0, 1.0),
+    "difference-1e-3-off-in-float": (1000.0, 1000.01, 0.0, 1.0),
+    "both-maps-close": (0.5, 0.5 + 1e-8, -2.0, -2.0 + 3e-8),
+}
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+@pytest.mark.parametrize("quantiles", list(CLOSE_QUANTILES.values()), ids=list(CLOSE_QUANTILES))
+def test_close_number_quantiles_match_reference(quantiles, distance):
+    features = make_features(2, 20, 5, 7)
+    result = compare_with_reference(features, quantiles=quantiles, alpha=0.3, output_size=(11, 13), distance=distance)
+    assert bool(torch.isfinite(result[0]).all()) and bool(torch.isfinite(result[1]).all())
+
+
+@pytest.mark.parametrize(
+    "quantiles",
+    [
+        (0.0, 1e-300, 0.0, 1.0),  # 0.1 / (q_b - q_a) overflows float32
+        (0.0, 1.0, 1e39, 2e39),  # q_a is inf in float32
+        torch.tensor([0.0, 1e-45, 0.0, 1.0]),  # the tensor form: a subnormal difference
+    ],
+    ids=["scale-overflows", "q_a-overflows", "tensor-scale-overflows"],
+)
+def test_quantiles_beyond_float32_are_refused(quantiles):
+    features = make_features(1, 3, 4, 5)
+    with pytest.raises(ValueError, match="do not fit float32"):
+        anomaly_map(**features, quantiles=quantiles)
+
+
 def test_wrapper_passes_number_quantiles_by_value(monkeypatch):
     # A tuple must not become a tensor (on a GPU: a host-to-device copy on every call).
     features = make_features(1, 3, 4, 5)

@@ -202,6 +202,16 @@ def test_bench_op_times_both_layouts_and_claims_no_bandwidth_on_a_cpu():
         timing_protocol.bench_op(torch.device("cpu"), batches=(1,), layouts=("nhwc",))
 
 
+def test_the_op_bandwidth_row_is_labelled_with_the_commit():
+    """The row the bandwidth target reads gets its own line in summary.md, "not measured" or its figures."""
+    assert gpu_targets.op_bandwidth_line({"op": []}, "abc123") == (
+        "op bandwidth, fused N=64 fp16 channels_last, kernels of commit abc123: not measured"
+    )
+    rows = [_op_row("nchw", 0.9), _op_row("channels_last", 0.62)]
+    line = gpu_targets.op_bandwidth_line({"op": rows}, "abc123")
+    assert line.endswith("kernels of commit abc123: 3000 GB/s, 616 MB moved, fraction of peak 0.62")
+
+
 def test_junit_counts_tells_expected_skips_from_unexpected(tmp_path):
     """With a GPU visible, gpu_check.sh fails a step whose CUDA tests skipped (pytest exits 0)."""
     xml = tmp_path / "t.xml"
@@ -232,6 +242,17 @@ def test_script_runs_end_to_end_on_the_cpu(tmp_path):
         assert step in summary.split("steps skipped (no GPU):")[1].splitlines()[0]
     for what, *_ in gpu_targets.GPU_TARGETS + (gpu_targets.OP_BANDWIDTH_TARGET,):
         assert f"target not measured: {what}" in summary
+    bandwidth = [
+        line for line in summary.splitlines() if line.startswith("- op bandwidth, fused N=64 fp16 channels_last")
+    ]
+    assert len(bandwidth) == 1 and bandwidth[0].endswith(": not measured"), bandwidth
+    if _build.find_cuda_home() is not None:  # the compiler's report needs nvcc, not a GPU
+        assert "ptxas: ok" in summary and "ptxas: kernels with a stack frame or spills: 0" in summary
+        report = json.loads((out / "ptxas.json").read_text())
+        assert len(report) > 2 and all(k["stack_frame"] == 0 for k in report)
+        assert "| registers |" in (out / "ptxas.md").read_text()
+    else:
+        assert "ptxas: skipped (no CUDA toolkit" in summary
     assert "FAILED" not in summary
 
 

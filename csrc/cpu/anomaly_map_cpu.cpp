@@ -64,7 +64,9 @@ template <typename scalar_t, Distance D>
 void fused_feature_map_nchw(const AnomalyMapInputs& in, const Fusion& fusion, float* padded) {
   const AnomalyMapParams& p = in.params;
   const int64_t C = p.channels, h = p.height, w = p.width;
-  const int64_t plane = h * w;
+  // Rows are contiguous (stride 1 along w, or w == 1): choose_layout copies any input whose
+  // rows are not; every other stride is read as given.
+  const FeatureStrides &ts = p.teacher_strides, &ss = p.student_strides, &as = p.autoencoder_strides;
   const scalar_t* teacher = in.teacher.data_ptr<scalar_t>();
   const scalar_t* student = in.student.data_ptr<scalar_t>();
   const scalar_t* autoencoder = in.autoencoder.data_ptr<scalar_t>();
@@ -91,10 +93,10 @@ void fused_feature_map_nchw(const AnomalyMapInputs& in, const Fusion& fusion, fl
           std::fill(st.begin(), st.end(), PairSums<D>{});
           std::fill(ae.begin(), ae.end(), PairSums<D>{});
         }
-        const float* __restrict__ t = t_row(teacher + (n * C + c) * plane + y * w, w);
-        const float* __restrict__ s_st = s_st_row(student + (n * 2 * C + c) * plane + y * w, w);
-        const float* __restrict__ s_ae = s_ae_row(student + (n * 2 * C + C + c) * plane + y * w, w);
-        const float* __restrict__ a = a_row(autoencoder + (n * C + c) * plane + y * w, w);
+        const float* __restrict__ t = t_row(teacher + pixel_offset(ts, n, y, 0) + c * ts.c, w);
+        const float* __restrict__ s_st = s_st_row(student + pixel_offset(ss, n, y, 0) + c * ss.c, w);
+        const float* __restrict__ s_ae = s_ae_row(student + pixel_offset(ss, n, y, 0) + (C + c) * ss.c, w);
+        const float* __restrict__ a = a_row(autoencoder + pixel_offset(as, n, y, 0) + c * as.c, w);
         if (mean != nullptr) {
           const float m = mean[c], sd = stdev[c];
           for (int64_t x = 0; x < w; ++x) st_sums[x].add(standardize(t[x], m, sd), s_st[x]);
@@ -118,6 +120,10 @@ void fused_feature_map_nhwc(const AnomalyMapInputs& in, const Fusion& fusion, fl
   constexpr int64_t kLanes = 16;
   const AnomalyMapParams& p = in.params;
   const int64_t C = p.channels, h = p.height, w = p.width;
+  // Each pixel's channels are contiguous (stride 1 along C, or C == 1; the student's 2C
+  // too): choose_layout copies any input whose channels are not; every other stride is read
+  // as given (a channel slice of a wider channels_last tensor is read in place).
+  const FeatureStrides &ts = p.teacher_strides, &ss = p.student_strides, &as = p.autoencoder_strides;
   const scalar_t* teacher = in.teacher.data_ptr<scalar_t>();
   const scalar_t* student = in.student.data_ptr<scalar_t>();
   const scalar_t* autoencoder = in.autoencoder.data_ptr<scalar_t>();
@@ -129,11 +135,10 @@ void fused_feature_map_nhwc(const AnomalyMapInputs& in, const Fusion& fusion, fl
       const int64_t n = row / h, y = row % h;
       float* out = padded + (n * p.padded_height + y + p.pad) * p.padded_width + p.pad;
       for (int64_t x = 0; x < w; ++x) {
-        const int64_t pixel = (n * h + y) * w + x;
-        const float* __restrict__ t = t_row(teacher + pixel * C, C);
-        const float* __restrict__ s_st = s_row(student + pixel * 2 * C, 2 * C);
+        const float* __restrict__ t = t_row(teacher + pixel_offset(ts, n, y, x), C);
+        const float* __restrict__ s_st = s_row(student + pixel_offset(ss, n, y, x), 2 * C);
         const float* __restrict__ s_ae = s_st + C;
-        const float* __restrict__ a = a_row(autoencoder + pixel * C, C);
+        const float* __restrict__ a = a_row(autoencoder + pixel_offset(as, n, y, x), C);
         PairSums<D> st[kLanes] = {}, ae[kLanes] = {};
         int64_t c = 0;
         for (; c + kLanes <= C; c += kLanes) {

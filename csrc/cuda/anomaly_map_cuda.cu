@@ -32,7 +32,11 @@ __device__ __forceinline__ float load(const scalar_t* p, int64_t i) {
 }
 
 // Stage 1, NCHW. Block = 32 pixels (x) by kGroups channel groups (y): each warp reads 32
-// consecutive pixels of one channel (coalesced); the groups are reduced in shared memory.
+// consecutive pixels of one channel (coalesced: rows have stride 1, choose_layout copies
+// inputs whose rows do not); the groups are reduced in shared memory.
+// A warp covers 32 consecutive pixels of the padded grid, so it may straddle feature rows
+// and include border pixels (~21 % of threads at 64x64 with pad 4). A row-aligned mapping
+// may be faster, but that needs a GPU to measure (issue 25): the mapping stays until then.
 constexpr int kGroups = 8;
 
 template <typename scalar_t, Distance D>
@@ -55,15 +59,16 @@ __global__ void fused_feature_map_nchw_kernel(const scalar_t* __restrict__ teach
   const bool inside = active && y >= 0 && y < a.height && x >= 0 && x < a.width;
   PairSums<D> st{}, ae{};
   if (inside) {
-    const int64_t C = a.channels, plane = a.height * a.width, q = y * a.width + x;
-    const scalar_t* t = teacher + n * C * plane + q;
-    const scalar_t* s_st = student + n * 2 * C * plane + q;
-    const scalar_t* s_ae = s_st + C * plane;
-    const scalar_t* ae_in = autoencoder + n * C * plane + q;
+    const int64_t C = a.channels;
+    const int64_t tc = a.teacher_strides.c, sc = a.student_strides.c, ac = a.autoencoder_strides.c;
+    const scalar_t* t = teacher + pixel_offset(a.teacher_strides, n, y, x);
+    const scalar_t* s_st = student + pixel_offset(a.student_strides, n, y, x);
+    const scalar_t* s_ae = s_st + C * sc;
+    const scalar_t* ae_in = autoencoder + pixel_offset(a.autoencoder_strides, n, y, x);
 #pragma unroll 4
     for (int64_t c = threadIdx.y; c < C; c += kGroups) {
-      st.add(a.teacher_value(load(t, c * plane), c), load(s_st, c * plane));
-      ae.add(load(ae_in, c * plane), load(s_ae, c * plane));
+      st.add(a.teacher_value(load(t, c * tc), c), load(s_st, c * sc));
+      ae.add(load(ae_in, c * ac), load(s_ae, c * sc));
     }
   }
   st_part[threadIdx.y][threadIdx.x] = st;
@@ -98,8 +103,45 @@ __device__ __forceinline__ void warp_merge(PairSums<D>& s) {
   }
 }
 
-// Stage 1, channels_last: one warp per padded pixel, lanes over the contiguous channels.
+// Stage 1, channels_last: one warp per padded pixel, lanes over the contiguous channels
+// (stride 1: choose_layout copies inputs whose channels are not).
 constexpr int kPixelsPerBlock = 8;
+
+// kVectorBytes / sizeof(scalar_t) values from one aligned 16-byte load (8 half or bfloat16,
+// 4 float), converted to float. Only where vector_loads_fit said so (AnomalyMapParams).
+template <typename scalar_t>
+constexpr int kVectorLength = static_cast<int>(kVectorBytes / sizeof(scalar_t));
+
+template <typename scalar_t>
+__device__ __forceinline__ void load_vector(const scalar_t* p, float (&out)[kVectorLength<scalar_t>]) {
+  static_assert(kVectorBytes == sizeof(uint4), "one uint4 per vector");
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const scalar_t* values = reinterpret_cast<const scalar_t*>(&raw);
+#pragma unroll
+  for (int k = 0; k < kVectorLength<scalar_t>; ++k) out[k] = static_cast<float>(values[k]);
+}
+
+// One lane's share of a pixel's channels in vectors: lane l reads vectors l, l + 32, ...;
+// the per-value math is the shared header's (teacher_value, PairSums::add).
+template <typename scalar_t, Distance D>
+__device__ __forceinline__ void add_vectors(const AnomalyMapParams& a, const scalar_t* t,
+                                            const scalar_t* s_st, const scalar_t* s_ae,
+                                            const scalar_t* ae_in, PairSums<D>& st,
+                                            PairSums<D>& ae) {
+  constexpr int V = kVectorLength<scalar_t>;
+  for (int64_t c0 = static_cast<int64_t>(threadIdx.x) * V; c0 < a.channels; c0 += kWarp * V) {
+    float tv[V], sv[V], rv[V], av[V];
+    load_vector(t + c0, tv);
+    load_vector(s_st + c0, sv);
+    load_vector(s_ae + c0, rv);
+    load_vector(ae_in + c0, av);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      st.add(a.teacher_value(tv[k], c0 + k), sv[k]);
+      ae.add(av[k], rv[k]);
+    }
+  }
+}
 
 template <typename scalar_t, Distance D>
 __global__ void fused_feature_map_nhwc_kernel(const scalar_t* __restrict__ teacher,
@@ -116,16 +158,20 @@ __global__ void fused_feature_map_nhwc_kernel(const scalar_t* __restrict__ teach
     if (threadIdx.x == 0) padded[index] = fusion.border();
     return;
   }
-  const int64_t C = a.channels, pixel = (n * a.height + y) * a.width + x;
-  const scalar_t* t = teacher + pixel * C;
-  const scalar_t* s_st = student + pixel * 2 * C;
+  const int64_t C = a.channels;
+  const scalar_t* t = teacher + pixel_offset(a.teacher_strides, n, y, x);
+  const scalar_t* s_st = student + pixel_offset(a.student_strides, n, y, x);
   const scalar_t* s_ae = s_st + C;
-  const scalar_t* ae_in = autoencoder + pixel * C;
+  const scalar_t* ae_in = autoencoder + pixel_offset(a.autoencoder_strides, n, y, x);
   PairSums<D> st{}, ae{};
+  if (a.vector_loads) {
+    add_vectors(a, t, s_st, s_ae, ae_in, st, ae);
+  } else {  // unaligned or partial vectors: one value per lane at a time
 #pragma unroll 4
-  for (int64_t c = threadIdx.x; c < C; c += kWarp) {
-    st.add(a.teacher_value(load(t, c), c), load(s_st, c));
-    ae.add(load(ae_in, c), load(s_ae, c));
+    for (int64_t c = threadIdx.x; c < C; c += kWarp) {
+      st.add(a.teacher_value(load(t, c), c), load(s_st, c));
+      ae.add(load(ae_in, c), load(s_ae, c));
+    }
   }
   warp_merge(st);
   warp_merge(ae);
@@ -202,7 +248,6 @@ void launch_fused_feature_map(const AnomalyMapInputs& in, float* padded, cudaStr
   const bool nhwc = p.channels_last;
   const int64_t per_block = nhwc ? kPixelsPerBlock : kWarp;
   const int64_t plane_padded = p.padded_height * p.padded_width;
-  const int64_t feature_image = p.channels * p.height * p.width;  // values of one image
   const int64_t chunk = images_per_launch(p.batch, plane_padded, per_block);
   const scalar_t* t = in.teacher.data_ptr<scalar_t>();
   const scalar_t* s = in.student.data_ptr<scalar_t>();
@@ -211,9 +256,9 @@ void launch_fused_feature_map(const AnomalyMapInputs& in, float* padded, cudaStr
     AnomalyMapParams a = p;
     a.batch = std::min(chunk, p.batch - n0);
     const dim3 grid(blocks(a.batch * plane_padded, per_block));
-    const scalar_t* t_n = t + n0 * feature_image;
-    const scalar_t* s_n = s + n0 * 2 * feature_image;
-    const scalar_t* ae_n = ae + n0 * feature_image;
+    const scalar_t* t_n = t + n0 * p.teacher_strides.n;
+    const scalar_t* s_n = s + n0 * p.student_strides.n;
+    const scalar_t* ae_n = ae + n0 * p.autoencoder_strides.n;
     float* out = padded + n0 * plane_padded;
     if (nhwc) {
       const dim3 block(kWarp, kPixelsPerBlock);

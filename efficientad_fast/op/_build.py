@@ -374,3 +374,90 @@ def tool_version(command: list[str]) -> str:
         return "not found"
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     return lines[-1].strip() if "nvcc" in command[0] and lines else (lines[0].strip() if lines else "not found")
+
+
+# The GPU architecture whose ptxas report the compiler check reads (H100/H200).
+PTXAS_ARCH = "90"
+
+
+def nvcc_compile_command(plan: BuildPlan, source: str, output: str, arch: str = PTXAS_ARCH) -> list[str]:
+    """The nvcc command that compiles one CUDA source of ``plan`` to an object file for one GPU
+    architecture (``sm_<arch>``), with ptxas's per-kernel register/stack/spill report
+    (``-Xptxas -v``, on stderr): the include folders and flags are the JIT build's (torch's
+    include folders and common nvcc flags, the plan's own), so the report describes the kernels
+    that build makes (tests/test_op_ptxas.py checks it; bench/ptxas_report.py writes it)."""
+    import sysconfig
+
+    if not plan.with_cuda or plan.cuda_home is None:
+        raise BuildError("the nvcc command needs a CUDA build plan (a CUDA toolkit)")
+    os.environ["CUDA_HOME"] = plan.cuda_home  # before cpp_extension's import-time guess
+    cpp_extension = _import_cpp_extension()
+    cpp_extension.CUDA_HOME = plan.cuda_home  # type: ignore[attr-defined]  # a module global torch reads
+    includes = [*plan.include_dirs, *cpp_extension.include_paths("cuda"), sysconfig.get_path("include")]
+    return [
+        str(Path(plan.cuda_home) / "bin" / "nvcc"),
+        "-c",
+        source,
+        "-o",
+        output,
+        *[f"-I{d}" for d in includes],
+        *cpp_extension.COMMON_NVCC_FLAGS,
+        *plan.nvcc_flags,
+        "-std=c++20",  # torch's JIT build compiles CUDA sources as C++20 too
+        "--compiler-options",
+        "-fPIC",
+        f"-gencode=arch=compute_{arch},code=sm_{arch}",
+        "-Xptxas",
+        "-v",
+    ]
+
+
+@dataclass
+class KernelResources:
+    """One kernel's line of ptxas's ``-v`` report."""
+
+    name: str  # the mangled name ptxas prints
+    registers: int = 0
+    stack_frame: int = 0  # bytes
+    spill_stores: int = 0  # bytes
+    spill_loads: int = 0  # bytes
+
+
+def parse_ptxas_report(text: str) -> list[KernelResources]:
+    """Each kernel's registers, stack frame and spills from ``nvcc -Xptxas -v`` output: ptxas
+    prints "Compiling entry function '<name>'", then "<n> bytes stack frame, <n> bytes spill
+    stores, <n> bytes spill loads" and "Used <n> registers" for it."""
+    kernels: list[KernelResources] = []
+    for line in text.splitlines():
+        entry = re.search(r"Compiling entry function '([^']+)'", line)
+        if entry:
+            kernels.append(KernelResources(entry.group(1)))
+            continue
+        if not kernels:
+            continue
+        frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if frame:
+            current = kernels[-1]
+            current.stack_frame, current.spill_stores, current.spill_loads = (int(g) for g in frame.groups())
+        used = re.search(r"Used (\d+) registers", line)
+        if used:
+            kernels[-1].registers = int(used.group(1))
+    return kernels
+
+
+def ptxas_report(folder: Path, arch: str = PTXAS_ARCH) -> list[KernelResources]:
+    """Compile every CUDA source (compile only, one architecture) into ``folder`` and return
+    each kernel's registers, stack frame and spills as ptxas reports them. Raises
+    :class:`BuildError` with nvcc's output when a compile fails, or when no CUDA toolkit is
+    found."""
+    plan = build_plan(jit=True, with_cuda=True, detect_gpus=False)
+    kernels: list[KernelResources] = []
+    for source in plan.sources:
+        if not source.endswith(".cu"):
+            continue
+        command = nvcc_compile_command(plan, source, str(folder / (Path(source).stem + ".o")), arch)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            raise BuildError(f"nvcc failed on {source} (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+        kernels += parse_ptxas_report(done.stdout + done.stderr)
+    return kernels

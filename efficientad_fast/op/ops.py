@@ -120,3 +120,24 @@ def anomaly_map(
         quantile_values,
     )
     return result
+
+
+def layout_plan(teacher: torch.Tensor, student: torch.Tensor, autoencoder: torch.Tensor) -> dict[str, Any]:
+    """How :func:`anomaly_map` would read these features, as the C++ input checks decide it
+    (``efficientad_fast::_anomaly_map_layout``; reads shapes, strides and addresses only):
+
+    - ``layout``: ``"channels_last"`` or ``"nchw"``, the kernel's thread mapping, chosen from
+      all three inputs (docs/architecture.md, "Kernel design");
+    - ``copied``: the names of the inputs copied into that layout first (the others are
+      read in place, with their strides);
+    - ``vector_loads``: whether the channels_last CUDA kernel reads 16-byte vectors (the
+      decision is the same on every device; the CPU kernel has its own loops).
+    """
+    load_extension()
+    flags = torch.ops.efficientad_fast._anomaly_map_layout.default(teacher, student, autoencoder)
+    names = ("teacher", "student", "autoencoder")
+    return {
+        "layout": "channels_last" if flags[0] else "nchw",
+        "copied": tuple(name for name, copied in zip(names, flags[1:4]) if copied),
+        "vector_loads": bool(flags[4]),
+    }
