@@ -54,6 +54,71 @@ def _checksum_or_corrupt(payload: dict, path: Path) -> str:
         raise ValueError(f"{path}: corrupt: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
+def _read_payload(path: Path) -> tuple[dict, int]:
+    """The file's payload (read weights-only, on the CPU) and its format version; ValueError
+    that tells a damaged file from another tool's."""
+    try:
+        # On the CPU first: the checks below run there, then the model moves to the device.
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read it as a model file (truncated or corrupt?): {first_line(exc)}") from exc
+    except Exception as exc:  # pickle.UnpicklingError and friends
+        start = describe_start(path)
+        if start == "a zip archive" and "GLOBAL" not in str(exc):  # a PyTorch file whose pickle is damaged
+            raise ValueError(f"{path}: corrupt: its pickled part cannot be read ({first_line(exc)})") from exc
+        raise ValueError(f"{path}: not an efficientad_fast model file ({start})") from exc
+    if isinstance(payload, dict) and {"config", "format_version"} <= payload.keys() and payload.get("format") != FORMAT:
+        # Our other keys are there: a changed byte, not another tool's file.
+        raise ValueError(f"{path}: corrupt: format is {payload.get('format')!r}, not {FORMAT!r}")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        hint = ""
+        if isinstance(payload, dict) and "state_dict" in payload:
+            hint = " (a Lightning/anomalib checkpoint? use efficientad_fast.from_anomalib)"
+        keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: not an efficientad_fast model file{hint}; found {keys}")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{path}: format_version must be an integer, got {version!r}")
+    if version < 1:
+        raise ValueError(f"{path}: format_version must be >= 1, got {version}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format version {version!r} is newer than this efficientad_fast reads ({FORMAT_VERSION}); upgrade"
+        )
+    return payload, version
+
+
+def _check_checksum(payload: dict, path: Path, version: int) -> None:
+    """The payload's digest against the one it carries (ValueError: corrupt); files of version 1
+    without the digest of everything load with a warning."""
+    checksum = payload.get("checksum")
+    if version >= 2 and not (isinstance(checksum, dict) and "all_sha256" in checksum):
+        # Version 2 files always carry the digest of everything: without it, a changed byte.
+        raise ValueError(f"{path}: corrupt: a version {version} model file without its all_sha256 checksum")
+    if checksum is None:
+        warnings.warn(
+            f"{path}: model file has no checksum (written by an older efficientad_fast); "
+            "corruption cannot be detected. Save it again to add one.",
+            stacklevel=3,
+        )
+    elif not isinstance(checksum, dict):
+        raise ValueError(f"{path}: corrupt: the checksum entry is a {type(checksum).__name__}, not a dict")
+    elif "all_sha256" in checksum:
+        if checksum["all_sha256"] != _checksum_or_corrupt(payload, path):
+            raise ValueError(
+                f"{path}: corrupt: checksum mismatch (the weights, settings, thresholds or INT8 ranges "
+                "changed since the file was written)"
+            )
+    elif checksum.get("sha256") != state_checksum(payload["state_dict"]):  # files written before "all_sha256"
+        raise ValueError(f"{path}: corrupt: checksum mismatch (the weights changed since the file was written)")
+    else:
+        warnings.warn(
+            f"{path}: the checksum of this version 1 model file covers its weights only, not its "
+            "settings and thresholds. Save it again to cover everything.",
+            stacklevel=3,
+        )
+
+
 def load(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
@@ -84,34 +149,7 @@ def load(
     if device.type == "cuda" and not torch.cuda.is_available():
         # Else torch.load's error would read as a broken file.
         raise ValueError(f"cannot load {path} onto {device}: no CUDA device is available (use map_location='cpu')")
-    try:
-        # On the CPU first: the checks below run there, then the model moves to the device.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read it as a model file (truncated or corrupt?): {first_line(exc)}") from exc
-    except Exception as exc:  # pickle.UnpicklingError and friends
-        start = describe_start(path)
-        if start == "a zip archive" and "GLOBAL" not in str(exc):  # a PyTorch file whose pickle is damaged
-            raise ValueError(f"{path}: corrupt: its pickled part cannot be read ({first_line(exc)})") from exc
-        raise ValueError(f"{path}: not an efficientad_fast model file ({start})") from exc
-    if isinstance(payload, dict) and {"config", "format_version"} <= payload.keys() and payload.get("format") != FORMAT:
-        # Our other keys are there: a changed byte, not another tool's file.
-        raise ValueError(f"{path}: corrupt: format is {payload.get('format')!r}, not {FORMAT!r}")
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        hint = ""
-        if isinstance(payload, dict) and "state_dict" in payload:
-            hint = " (a Lightning/anomalib checkpoint? use efficientad_fast.from_anomalib)"
-        keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path}: not an efficientad_fast model file{hint}; found {keys}")
-    version = payload.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"{path}: format_version must be an integer, got {version!r}")
-    if version < 1:
-        raise ValueError(f"{path}: format_version must be >= 1, got {version}")
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: format version {version!r} is newer than this efficientad_fast reads ({FORMAT_VERSION}); upgrade"
-        )
+    payload, version = _read_payload(path)
     missing = [k for k in ("config", "state_dict") if not isinstance(payload.get(k), dict)]
     if missing:
         raise ValueError(f"{path}: model file is incomplete: no {' or '.join(missing)}")
@@ -129,32 +167,7 @@ def load(
         if str(path) in str(exc):
             raise
         raise ValueError(f"{path}: corrupt: {first_line(exc)}") from exc
-    checksum = payload.get("checksum")
-    if version >= 2 and not (isinstance(checksum, dict) and "all_sha256" in checksum):
-        # Version 2 files always carry the digest of everything: without it, a changed byte.
-        raise ValueError(f"{path}: corrupt: a version {version} model file without its all_sha256 checksum")
-    if checksum is None:
-        warnings.warn(
-            f"{path}: model file has no checksum (written by an older efficientad_fast); "
-            "corruption cannot be detected. Save it again to add one.",
-            stacklevel=2,
-        )
-    elif not isinstance(checksum, dict):
-        raise ValueError(f"{path}: corrupt: the checksum entry is a {type(checksum).__name__}, not a dict")
-    elif "all_sha256" in checksum:
-        if checksum["all_sha256"] != _checksum_or_corrupt(payload, path):
-            raise ValueError(
-                f"{path}: corrupt: checksum mismatch (the weights, settings, thresholds or INT8 ranges "
-                "changed since the file was written)"
-            )
-    elif checksum.get("sha256") != state_checksum(payload["state_dict"]):  # files written before "all_sha256"
-        raise ValueError(f"{path}: corrupt: checksum mismatch (the weights changed since the file was written)")
-    else:
-        warnings.warn(
-            f"{path}: the checksum of this version 1 model file covers its weights only, not its "
-            "settings and thresholds. Save it again to cover everything.",
-            stacklevel=2,
-        )
+    _check_checksum(payload, path, version)
     if payload.get("int8") is not None:
         model.int8_calibration = Int8Calibration.from_payload(payload["int8"], str(path))
     _check_statistics(model, path)

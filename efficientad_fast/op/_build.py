@@ -391,7 +391,7 @@ def nvcc_compile_command(plan: BuildPlan, source: str, output: str, arch: str = 
     if not plan.with_cuda or plan.cuda_home is None:
         raise BuildError("the nvcc command needs a CUDA build plan (a CUDA toolkit)")
     os.environ["CUDA_HOME"] = plan.cuda_home  # before cpp_extension's import-time guess
-    cpp_extension = _import_cpp_extension()
+    cpp_extension = import_cpp_extension()
     cpp_extension.CUDA_HOME = plan.cuda_home  # type: ignore[attr-defined]  # a module global torch reads
     includes = [*plan.include_dirs, *cpp_extension.include_paths("cuda"), sysconfig.get_path("include")]
     return [
