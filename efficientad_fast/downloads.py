@@ -135,11 +135,13 @@ def fetch_verified(
     progress: bool = True,
     timeout: float = TIMEOUT_S,
     deadline_s: float | None = None,
+    prefix_only: bool = False,
 ) -> Path:
     """Download (http/https URL) or copy (local path) ``source`` to ``dest``, verified.
 
     Written to a temporary file beside ``dest`` with a byte progress bar, renamed to ``dest``
-    only when its SHA-256 equals ``sha256``. On a mismatch, a cut connection (fewer bytes than
+    only when its SHA-256 equals ``sha256`` (``prefix_only``: starts with it, at least 8 hex
+    digits, for files known only by the digest prefix in their name). On a mismatch, a cut connection (fewer bytes than
     the server announced, a socket error, a ``timeout``-second stall or fewer than
     MIN_RATE_BYTES_S bytes/s over ``timeout`` seconds, ``deadline_s`` seconds passed) or any
     other error (Ctrl-C included) the partial file is deleted and :class:`DownloadError`
@@ -159,7 +161,8 @@ def fetch_verified(
                 f"{what}: the connection to {source} was cut after {received[0]} of {total} "
                 "bytes; nothing was cached, run the command again"
             )
-        if got != sha256.lower():
+        matches = got.startswith(sha256.lower()) and len(sha256) >= 8 if prefix_only else got == sha256.lower()
+        if not matches:
             raise DownloadError(
                 f"{what}: {source} is not the expected file: SHA-256 {got} ({received[0]} bytes), "
                 f"expected {sha256}; nothing was cached"

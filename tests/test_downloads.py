@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 import threading
 import zipfile
@@ -31,6 +32,7 @@ from efficientad_fast.downloads import (
     downloads_root,
     fetch_verified,
     safe_extract,
+    sha256_of,
 )
 from efficientad_fast.networks import TEACHER_CHANNELS, make_pdn
 from efficientad_fast.teachers import (
@@ -603,3 +605,68 @@ def test_a_full_cache_disk_names_where_it_could_not_write(tmp_path, monkeypatch)
     with pytest.raises(downloads.DownloadError, match=r"no space left writing .*t\.bin .*EFFICIENTAD_FAST_CACHE"):
         downloads.fetch_verified(source, "0" * 64, dest, what="teacher", progress=False)
     assert not dest.exists() and list(dest.parent.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- fetch-backbone
+
+
+@pytest.fixture
+def fake_backbones(monkeypatch, server):
+    """Two backbones served by the local server: one known by its whole SHA-256, one by the
+    8-hex prefix of it (as torchvision's file names carry)."""
+    import hashlib
+
+    from efficientad_fast.baselines import backbones
+
+    whole, prefixed = b"whole backbone weights" * 100, b"prefixed backbone weights" * 100
+    server.files.update({"whole-1.pth": whole, "prefixed-2.pth": prefixed})
+    registry = {
+        "whole": backbones.Backbone("whole", "whole-1.pth", hashlib.sha256(whole).hexdigest()),
+        "prefixed": backbones.Backbone("prefixed", "prefixed-2.pth", hashlib.sha256(prefixed).hexdigest()[:8]),
+    }
+    monkeypatch.setattr(backbones, "BACKBONES", registry)
+    monkeypatch.setenv(backbones.BACKBONE_URL_ENV, server.url)
+    return registry
+
+
+def test_fetch_backbone_downloads_verifies_and_finds_it_cached(fake_backbones, server, capsys):
+    from efficientad_fast.baselines.backbones import backbone_path, fetch_backbone
+
+    with pytest.raises(NotCachedError, match="fetch-backbone whole"):
+        backbone_path("whole")
+    path = fetch_backbone("whole", progress=False)
+    assert backbone_path("whole") == path and path.read_bytes() == server.files["whole-1.pth"]
+    asked = len(server.requests)
+
+    assert main(["fetch-backbone", "whole", "--quiet"]) == 0  # cached: nothing downloaded
+    assert "already in the cache" in capsys.readouterr().out and len(server.requests) == asked
+
+
+def test_fetch_backbone_refuses_other_bytes_and_caches_nothing(fake_backbones, server, capsys):
+    server.files["other.pth"] = b"not the weights"
+    assert main(["fetch-backbone", "whole", "--from", f"{server.url}/other.pth", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not the expected file" in err and "nothing was cached" in err
+    assert not list((Path(os.environ["EFFICIENTAD_FAST_CACHE"]) / "downloads" / "backbones").glob("*"))
+
+
+def test_a_prefix_known_backbone_records_its_whole_digest_and_refuses_a_changed_copy(fake_backbones, server):
+    from efficientad_fast.baselines.backbones import backbone_path, fetch_backbone
+
+    path = fetch_backbone("prefixed", progress=False)
+    assert path.with_name(path.name + ".sha256").read_text().strip() == sha256_of(path)
+    assert backbone_path("prefixed") == path
+    path.write_bytes(b"changed in the cache")
+    with pytest.raises(ValueError, match="not the file that was fetched"):
+        backbone_path("prefixed")
+    assert main(["fetch-backbone", "prefixed", "--quiet"]) == 0  # fetched again
+    assert backbone_path("prefixed").read_bytes() == server.files["prefixed-2.pth"]
+
+
+def test_the_real_registry_names_torchvision_files_by_their_digest_prefix():
+    from efficientad_fast.baselines.backbones import BACKBONES, backbone_url
+
+    for name, backbone in BACKBONES.items():
+        assert backbone.file.startswith(name + "-") and backbone.file.endswith(".pth")
+        assert backbone.sha256.startswith(backbone.file[len(name) + 1 : -4])  # the name's 8 hex
+        assert backbone_url(name).startswith(("https://download.pytorch.org/models/", "http://127.0.0.1"))

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         quantize._add_quantize_parser,
         fetch._add_fetch_teacher_parser,
         fetch._add_fetch_imagenette_parser,
+        fetch._add_fetch_backbone_parser,
         watch._add_watch_parser,
     ):
         add(sub)

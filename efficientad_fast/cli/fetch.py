@@ -1,4 +1,5 @@
-"""The ``fetch-teacher`` and ``fetch-imagenette`` commands: verified downloads into the cache."""
+"""The ``fetch-teacher``, ``fetch-imagenette`` and ``fetch-backbone`` commands: verified downloads
+into the cache."""
 
 from __future__ import annotations
 
@@ -64,7 +65,30 @@ def cmd_fetch_imagenette(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_fetch_parser(subparsers, name: str, func, help: str, what: str) -> None:
+def cmd_fetch_backbone(args: argparse.Namespace) -> int:
+    """Put a torchvision ImageNet backbone (resnet18 or wide_resnet50_2, for report --compare's
+    PatchCore, PaDiM and FastFlow) into the cache, verified by SHA-256: downloaded from
+    torchvision's URL (or the mirror folder in $EFFICIENTAD_FAST_BACKBONE_URL), or --from a copy
+    of the .pth file (a file or a URL). Nothing else downloads a backbone."""
+    from ..baselines.backbones import backbone_path, fetch_backbone
+
+    def fetch(source, progress):
+        return fetch_backbone(args.name, source, progress=progress)
+
+    def cached():
+        try:
+            return backbone_path(args.name)
+        except ValueError:  # changed since it was fetched: fetch it again
+            return None
+
+    path = _run_fetch(args, fetch, cached)
+    if path is None:
+        return 2
+    print(f"{args.name}: {path}")
+    return 0
+
+
+def _add_fetch_parser(subparsers, name: str, func, help: str, what: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=help, description=func.__doc__)
     p.add_argument(
         "--from",
@@ -76,6 +100,7 @@ def _add_fetch_parser(subparsers, name: str, func, help: str, what: str) -> None
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=func)
+    return p
 
 
 def _add_fetch_teacher_parser(subparsers) -> None:
@@ -98,3 +123,17 @@ def _add_fetch_imagenette_parser(subparsers) -> None:
         "download (or copy --from) Imagenette penalty images into the cache, verified",
         "imagenette2.tgz",
     )
+
+
+def _add_fetch_backbone_parser(subparsers) -> None:
+    """Register the ``fetch-backbone`` command."""
+    from ..baselines.backbones import BACKBONES
+
+    p = _add_fetch_parser(
+        subparsers,
+        "fetch-backbone",
+        cmd_fetch_backbone,
+        "download (or copy --from) an ImageNet backbone for report --compare into the cache, verified",
+        "the backbone's torchvision .pth file",
+    )
+    p.add_argument("name", choices=tuple(BACKBONES), help="the backbone")
