@@ -8,6 +8,7 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ def _check_statistics(model: EfficientAD, path: Path) -> None:
             )
 
 
-def _checksum_or_corrupt(payload: dict, path: Path) -> str:
+def _checksum_or_corrupt(payload: dict[str, Any], path: Path) -> str:
     """The payload's SHA-256, or ValueError when a value cannot even be hashed (a flipped byte
     in a tensor's metadata can leave a tensor torch cannot view)."""
     try:
@@ -55,7 +56,7 @@ def _checksum_or_corrupt(payload: dict, path: Path) -> str:
 
 
 def load(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     map_location: str | torch.device = "cpu",
     precision: str = "fp32",
     batch_size: int = 1,
