@@ -60,7 +60,7 @@ def load(
     map_location: str | torch.device = "cpu",
     precision: str = "fp32",
     batch_size: int = 1,
-    image_size: int = 256,
+    image_size: int | tuple[int, int] = 256,
 ) -> EfficientAD:
     """Read a file written by :meth:`EfficientAD.save` (with ``torch.load(weights_only=True)``);
     the model comes back in eval mode, in ``precision``: "fp32" (default), "bf16", "fp16",
