@@ -55,6 +55,38 @@ def _checksum_or_corrupt(payload: dict[str, Any], path: Path) -> str:
         raise ValueError(f"{path}: corrupt: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
+def _check_checksum(payload: dict[str, Any], version: int, path: Path) -> None:
+    """ValueError when the payload's checksum is missing where its version requires one or
+    does not match; warnings (for the caller of :func:`load`) when it is absent or covers
+    the weights only (files from before the digest of everything)."""
+    checksum = payload.get("checksum")
+    if version >= 2 and not (isinstance(checksum, dict) and "all_sha256" in checksum):
+        # Version 2 files always carry the digest of everything: without it, a changed byte.
+        raise ValueError(f"{path}: corrupt: a version {version} model file without its all_sha256 checksum")
+    if checksum is None:
+        warnings.warn(
+            f"{path}: model file has no checksum (written by an older efficientad_fast); "
+            "corruption cannot be detected. Save it again to add one.",
+            stacklevel=3,
+        )
+    elif not isinstance(checksum, dict):
+        raise ValueError(f"{path}: corrupt: the checksum entry is a {type(checksum).__name__}, not a dict")
+    elif "all_sha256" in checksum:
+        if checksum["all_sha256"] != _checksum_or_corrupt(payload, path):
+            raise ValueError(
+                f"{path}: corrupt: checksum mismatch (the weights, settings, thresholds or INT8 ranges "
+                "changed since the file was written)"
+            )
+    elif checksum.get("sha256") != state_checksum(payload["state_dict"]):  # files written before "all_sha256"
+        raise ValueError(f"{path}: corrupt: checksum mismatch (the weights changed since the file was written)")
+    else:
+        warnings.warn(
+            f"{path}: the checksum of this version 1 model file covers its weights only, not its "
+            "settings and thresholds. Save it again to cover everything.",
+            stacklevel=3,
+        )
+
+
 def load(
     path: str | os.PathLike[str],
     map_location: str | torch.device = "cpu",
@@ -130,32 +162,7 @@ def load(
         if str(path) in str(exc):
             raise
         raise ValueError(f"{path}: corrupt: {first_line(exc)}") from exc
-    checksum = payload.get("checksum")
-    if version >= 2 and not (isinstance(checksum, dict) and "all_sha256" in checksum):
-        # Version 2 files always carry the digest of everything: without it, a changed byte.
-        raise ValueError(f"{path}: corrupt: a version {version} model file without its all_sha256 checksum")
-    if checksum is None:
-        warnings.warn(
-            f"{path}: model file has no checksum (written by an older efficientad_fast); "
-            "corruption cannot be detected. Save it again to add one.",
-            stacklevel=2,
-        )
-    elif not isinstance(checksum, dict):
-        raise ValueError(f"{path}: corrupt: the checksum entry is a {type(checksum).__name__}, not a dict")
-    elif "all_sha256" in checksum:
-        if checksum["all_sha256"] != _checksum_or_corrupt(payload, path):
-            raise ValueError(
-                f"{path}: corrupt: checksum mismatch (the weights, settings, thresholds or INT8 ranges "
-                "changed since the file was written)"
-            )
-    elif checksum.get("sha256") != state_checksum(payload["state_dict"]):  # files written before "all_sha256"
-        raise ValueError(f"{path}: corrupt: checksum mismatch (the weights changed since the file was written)")
-    else:
-        warnings.warn(
-            f"{path}: the checksum of this version 1 model file covers its weights only, not its "
-            "settings and thresholds. Save it again to cover everything.",
-            stacklevel=2,
-        )
+    _check_checksum(payload, version, path)
     if payload.get("int8") is not None:
         model.int8_calibration = Int8Calibration.from_payload(payload["int8"], str(path))
     _check_statistics(model, path)
