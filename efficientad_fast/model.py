@@ -363,10 +363,11 @@ class EfficientAD(nn.Module):
         """A float32 copy of the three networks as one traceable module (images in [0, 1] ->
         standardized teacher, student and autoencoder features): what INT8 quantizes."""
         weight, bias = self._folded_teacher_conv()
-        nets = copy.deepcopy(nn.ModuleList([self.teacher, self.student, self.autoencoder])).float().cpu()
-        nets.to(memory_format=torch.contiguous_format)
+        teacher, student, autoencoder = copy.deepcopy((self.teacher, self.student, self.autoencoder))
+        for net in (teacher, student, autoencoder):
+            net.float().cpu().to(memory_format=torch.contiguous_format)
         return FeatureGraph(
-            nets[0], weight.detach().cpu().float().contiguous(), bias.detach().cpu().float(), nets[1], nets[2]
+            teacher, weight.detach().cpu().float().contiguous(), bias.detach().cpu().float(), student, autoencoder
         )
 
     def record_int8_ranges(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 8) -> Int8Calibration:
