@@ -5,6 +5,7 @@ penalty images), ``[ray]``, ``[video]`` (PyAV), ``[openvino]`` (OpenVINO, NNCF).
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 # What each extra is for, named in the error.
 EXTRA_PURPOSE = {
@@ -15,7 +16,7 @@ EXTRA_PURPOSE = {
 }
 
 
-def require(module: str, extra: str = "distill"):
+def require(module: str, extra: str = "distill") -> ModuleType:
     """``importlib.import_module(module)``, or an ImportError naming the extra to install."""
     try:
         return importlib.import_module(module)

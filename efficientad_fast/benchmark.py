@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,7 +61,7 @@ def machine_info(device: torch.device | None = None) -> dict:
     from ._version import __version__
 
     cpu_model, isa = cpu_info()
-    info = {
+    info: dict[str, object] = {
         "cpu_model": cpu_model,
         "cpu_isa": isa,
         "logical_cpus": os.cpu_count(),
@@ -177,15 +178,15 @@ def time_predict(
         model, batch, image_size, cuda_graph=cuda_graph, compile=compile, warmup=min(3, max(1, warmup))
     )
     images = host_images if path == "host" else host_images.to(device)
-    host_map = host_score = None
+    host_map: torch.Tensor | None = None
+    host_score: torch.Tensor | None = None
     if path == "host" and device.type == "cuda":  # on a CPU the map is already on the host
-        pinned = dict(device="cpu", pin_memory=True)
-        host_map = torch.empty((batch, 1, image_size, image_size), dtype=torch.float32, **pinned)
-        host_score = torch.empty((batch,), dtype=torch.float32, **pinned)
+        host_map = torch.empty((batch, 1, image_size, image_size), dtype=torch.float32, device="cpu", pin_memory=True)
+        host_score = torch.empty((batch,), dtype=torch.float32, device="cpu", pin_memory=True)
 
     def run() -> None:
         pred = predictor(images, copy=False)
-        if host_map is not None:
+        if host_map is not None and host_score is not None:  # set together
             host_map.copy_(pred.anomaly_map, non_blocking=True)
             host_score.copy_(pred.score, non_blocking=True)
         sync(device)
@@ -264,7 +265,7 @@ def run_benchmark(
     from .op._library import load_extension
 
     load_extension()  # JIT-builds on first use: keep that out of every timing
-    result = {
+    result: dict[str, Any] = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": machine_info(dev),
         "settings": settings,

@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .networks import PDN, AutoEncoder
 from .op._build import import_cpp_extension
 
 # Names the recipe: a file calibrated by another recipe is refused, not silently misread.
@@ -105,20 +106,23 @@ class FeatureGraph(nn.Module):
     others (a functional conv on a buffer was left in fp32, at 25 ms of a 57 ms pass)."""
 
     def __init__(
-        self,
-        teacher: nn.Module,
-        head_weight: torch.Tensor,
-        head_bias: torch.Tensor,
-        student: nn.Module,
-        autoencoder: nn.Module,
+        self, teacher: PDN, head_weight: torch.Tensor, head_bias: torch.Tensor, student: PDN, autoencoder: AutoEncoder
     ) -> None:
         super().__init__()
         last = teacher.last_conv
         self.normalize = teacher.normalize
         self.teacher = teacher
-        self.head = nn.Conv2d(last.in_channels, last.out_channels, last.kernel_size, last.stride, last.padding)
+        # The sizes are a Conv2d's own, which torch types as tuple[int, ...] (not the (h, w) it takes).
+        self.head = nn.Conv2d(
+            last.in_channels,
+            last.out_channels,
+            last.kernel_size,  # type: ignore[arg-type]
+            last.stride,  # type: ignore[arg-type]
+            last.padding,  # type: ignore[arg-type]
+        )
         with torch.no_grad():
             self.head.weight.copy_(head_weight.float())
+            assert self.head.bias is not None  # nn.Conv2d has one by default
             self.head.bias.copy_(head_bias.float())
         self.student = student
         self.autoencoder = autoencoder
@@ -269,7 +273,10 @@ def calibrate_int8(
         if _is_activation_observer(obs)
     }
     return Int8Calibration(
-        observers=states, images=seen, image_size=tuple(image_size), torchao_version=getattr(torchao, "__version__", "")
+        observers=states,
+        images=seen,
+        image_size=(image_size[0], image_size[1]),
+        torchao_version=getattr(torchao, "__version__", ""),
     )
 
 
@@ -318,7 +325,7 @@ class Int8Networks:
 
     def compiled(self, image_size: tuple[int, int], make_graph: Callable[[], FeatureGraph]) -> Callable:
         """The compiled graph for ``image_size`` (quantized and compiled on first use)."""
-        image_size = tuple(int(v) for v in image_size)
+        image_size = (int(image_size[0]), int(image_size[1]))
         with self._lock:
             if image_size not in self._compiled:
                 quantized = convert_int8(make_graph(), self.calibration, image_size)

@@ -7,8 +7,10 @@ import copy
 import math
 import os
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
@@ -18,7 +20,7 @@ from ._numbers import image_hw, real_number, whole_number
 from .int8 import FeatureGraph, Int8Calibration, Int8Networks, calibrate_int8
 from .networks import MODEL_SIZES, PDN, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
 from .op.ops import DISTANCES, anomaly_map
-from .op.reference import reference_anomaly_map
+from .op.reference import OutputSize, reference_anomaly_map
 from .teachers import init_teacher
 
 FORMAT = "efficientad_fast"
@@ -42,6 +44,19 @@ DEFAULT_IMAGE_QUANTILE = 0.995
 # convolutions while another thread swaps the weights' layout under them. Module-level,
 # not per model, because a lock cannot be deep-copied (export copies models).
 _LAYOUT_LOCK = threading.Lock()
+# The teacher conv with the standardization folded in, keyed by what it was computed from:
+# (data_ptr, version, dtype, device) of weight, bias, mean and std; then weight and bias.
+_FoldedTeacher = tuple[tuple[tuple[int, int, torch.dtype, torch.device], ...], torch.Tensor, torch.Tensor]
+
+
+class _MapArgs(TypedDict):
+    """The keyword arguments score_images hands both map functions."""
+
+    quantiles: torch.Tensor | None
+    alpha: float
+    pad: int
+    output_size: OutputSize
+    distance: str
 
 
 def check_unit_range(images: torch.Tensor) -> None:
@@ -70,7 +85,7 @@ def shift_threshold(threshold: float, sensitivity: float = 0.5) -> float:
     ``threshold * 2 ** (1 - 2 * sensitivity)`` (0.5: the threshold itself; 0: twice it, fewer
     images and pixels flagged; 1: half of it, more flagged). A negative threshold is divided
     by the factor instead, so a higher sensitivity always lowers the threshold."""
-    factor = 2.0 ** (1.0 - 2.0 * check_sensitivity(sensitivity))
+    factor: float = 2.0 ** (1.0 - 2.0 * check_sensitivity(sensitivity))  # float ** float types as Any
     return threshold * factor if threshold >= 0 else threshold / factor
 
 
@@ -156,7 +171,7 @@ class EfficientAD(nn.Module):
         alpha: float = 0.5,
         pad_maps: bool = True,
         distance: str = "l2",
-        teacher: str | os.PathLike = "auto",
+        teacher: str | os.PathLike[str] = "auto",
         tile: int | None = None,
     ) -> None:
         super().__init__()
@@ -192,7 +207,7 @@ class EfficientAD(nn.Module):
         self.image_threshold: float | None = None
         self._pixel_threshold: float | None = None
         self.threshold_source = "not calibrated"
-        self._folded_teacher: tuple | None = None
+        self._folded_teacher: _FoldedTeacher | None = None
         # INT8: the calibration (activation ranges, saved with the model) and, while the
         # precision is "int8", the compiled INT8 networks that predict runs.
         self.int8_calibration: Int8Calibration | None = None
@@ -200,7 +215,7 @@ class EfficientAD(nn.Module):
 
     # -- configuration and statistics -------------------------------------------------
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """The constructor arguments: ``EfficientAD(**model.config())`` rebuilds the layout."""
         return {
             "model_size": self.model_size,
@@ -211,7 +226,7 @@ class EfficientAD(nn.Module):
             "tile": self.tile,
         }
 
-    def get_extra_state(self) -> dict:
+    def get_extra_state(self) -> dict[str, Any]:
         return {
             "quantiles_set": self.quantiles_set,
             "teacher_source": self.teacher_source,
@@ -220,7 +235,7 @@ class EfficientAD(nn.Module):
             "threshold_source": self.threshold_source,
         }
 
-    def set_extra_state(self, state: dict) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         self.quantiles_set = bool(state.get("quantiles_set", False))
         # Files written before the teacher was recorded say nothing about it.
         self.teacher_source = str(state.get("teacher_source", "not recorded"))
@@ -297,11 +312,11 @@ class EfficientAD(nn.Module):
             self.quantiles.copy_(values)
         self.quantiles_set = True
 
-    def _apply(self, fn, recurse=True):
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> EfficientAD:
         # Keep the statistics in float32 when the networks change dtype; follow device moves.
         kept = {name: getattr(self, name) for name in _FLOAT32_BUFFERS}
         before = (self.dtype, self.device)
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         for name, old in kept.items():
             new = getattr(self, name)
             if new.dtype != torch.float32:
@@ -348,13 +363,14 @@ class EfficientAD(nn.Module):
         """A float32 copy of the three networks as one traceable module (images in [0, 1] ->
         standardized teacher, student and autoencoder features): what INT8 quantizes."""
         weight, bias = self._folded_teacher_conv()
-        nets = copy.deepcopy(nn.ModuleList([self.teacher, self.student, self.autoencoder])).float().cpu()
-        nets.to(memory_format=torch.contiguous_format)
+        teacher, student, autoencoder = copy.deepcopy((self.teacher, self.student, self.autoencoder))
+        for net in (teacher, student, autoencoder):
+            net.float().cpu().to(memory_format=torch.contiguous_format)
         return FeatureGraph(
-            nets[0], weight.detach().cpu().float().contiguous(), bias.detach().cpu().float(), nets[1], nets[2]
+            teacher, weight.detach().cpu().float().contiguous(), bias.detach().cpu().float(), student, autoencoder
         )
 
-    def record_int8_ranges(self, images, batch_size: int = 8) -> Int8Calibration:
+    def record_int8_ranges(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 8) -> Int8Calibration:
         """Calibrate INT8 on normal ``images``: an (N, 3, H, W) tensor or an iterable of such
         batches, uint8 or float in [0, 1]. Stores the activation ranges in the model (saved
         with it) and returns them; the precision is left as it is."""
@@ -478,16 +494,18 @@ class EfficientAD(nn.Module):
                 amap, score = self.score_images(x, output_size, backend)
             return self.decide(score, amap, sensitivity)
 
-    def score_images(self, x: torch.Tensor, output_size, backend: str = "fused") -> tuple[torch.Tensor, torch.Tensor]:
+    def score_images(
+        self, x: torch.Tensor, output_size: OutputSize, backend: str = "fused"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The computation of :meth:`predict` without its checks: ``x`` is an (N, 3, H, W)
         batch already in the networks' device, dtype and [0, 1] range; returns (map, score),
         computed as in eval mode whatever the modules' mode. Pure tensor code (no host sync),
         so it can be captured in a CUDA graph, compiled with ``torch.compile`` or traced by
         ``torch.export``; call it under ``torch.inference_mode()``."""
         if x.device.type == "cpu" and x.shape[0] > CPU_CHUNK and not torch.compiler.is_compiling():
-            parts = [self.score_images(chunk, output_size, backend) for chunk in x.split(CPU_CHUNK)]
+            parts = [self.score_images(chunk, output_size, backend) for chunk in x.split(CPU_CHUNK)]  # type: ignore[no-untyped-call]  # torch leaves Tensor.split unannotated
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        kwargs = dict(
+        kwargs = _MapArgs(
             quantiles=self.quantiles if self.quantiles_set else None,
             alpha=self.alpha,
             pad=self.map_pad,
@@ -508,7 +526,7 @@ class EfficientAD(nn.Module):
 
     def features(
         self, x: torch.Tensor, teacher_conv: tuple[torch.Tensor, torch.Tensor] | None = None, eval_mode: bool = False
-    ):
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(teacher, student, autoencoder) features of images ``x`` in [0, 1] (the networks'
         device and dtype), the image normalized once for all three. ``teacher_conv``:
         (weight, bias) to use in place of the teacher's last conv, e.g. the standardization
@@ -532,7 +550,7 @@ class EfficientAD(nn.Module):
 
     # -- persistence ------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write one self-describing file: weights, statistics, quantiles, config, format version.
         The file is written next to ``path`` first and renamed, so a crash leaves no half file."""
         path = Path(path)
@@ -547,7 +565,7 @@ class EfficientAD(nn.Module):
         atomic_save(payload, path)
 
 
-def quantize(model: EfficientAD, images, batch_size: int = 8) -> EfficientAD:
+def quantize(model: EfficientAD, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 8) -> EfficientAD:
     """An INT8 copy of ``model`` for the CPU: post-training quantization of teacher, student
     and autoencoder, calibrated on normal ``images`` ((N, 3, H, W) uint8 or float in [0, 1],
     or an iterable of such batches: a few dozen of the training images are enough); the
@@ -561,7 +579,7 @@ def quantize(model: EfficientAD, images, batch_size: int = 8) -> EfficientAD:
     return quantized.set_precision("int8")
 
 
-def _refuse_model_file_as_teacher(teacher, error: ValueError) -> None:
+def _refuse_model_file_as_teacher(teacher: object, error: ValueError) -> None:
     """After a teacher file failed to load: if it is a whole model file (as train writes),
     say so, since the key mismatch alone does not tell the user what went wrong."""
     if not isinstance(teacher, (str, os.PathLike)) or not Path(teacher).is_file():

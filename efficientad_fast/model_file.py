@@ -8,6 +8,7 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ def _check_statistics(model: EfficientAD, path: Path) -> None:
             )
 
 
-def _checksum_or_corrupt(payload: dict, path: Path) -> str:
+def _checksum_or_corrupt(payload: dict[str, Any], path: Path) -> str:
     """The payload's SHA-256, or ValueError when a value cannot even be hashed (a flipped byte
     in a tensor's metadata can leave a tensor torch cannot view)."""
     try:
@@ -54,7 +55,7 @@ def _checksum_or_corrupt(payload: dict, path: Path) -> str:
         raise ValueError(f"{path}: corrupt: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
-def _read_payload(path: Path) -> tuple[dict, int]:
+def _read_payload(path: Path) -> tuple[dict[str, Any], int]:
     """The file's payload (read weights-only, on the CPU) and its format version; ValueError
     that tells a damaged file from another tool's."""
     try:
@@ -88,7 +89,7 @@ def _read_payload(path: Path) -> tuple[dict, int]:
     return payload, version
 
 
-def _check_checksum(payload: dict, path: Path, version: int) -> None:
+def _check_checksum(payload: dict[str, Any], path: Path, version: int) -> None:
     """The payload's digest against the one it carries (ValueError: corrupt); files of version 1
     without the digest of everything load with a warning."""
     checksum = payload.get("checksum")
@@ -120,11 +121,11 @@ def _check_checksum(payload: dict, path: Path, version: int) -> None:
 
 
 def load(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     map_location: str | torch.device = "cpu",
     precision: str = "fp32",
     batch_size: int = 1,
-    image_size: int = 256,
+    image_size: int | tuple[int, int] = 256,
 ) -> EfficientAD:
     """Read a file written by :meth:`EfficientAD.save` (with ``torch.load(weights_only=True)``);
     the model comes back in eval mode, in ``precision``: "fp32" (default), "bf16", "fp16",

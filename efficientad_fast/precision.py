@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
 import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from ._checkpoint import atomic_files
 from ._numbers import image_hw
 from .op._build import cache_folder, cache_root
+
+if TYPE_CHECKING:  # for annotations only: this module sits below the model
+    from .model import EfficientAD
 
 # The largest map difference to fp32 a chosen precision may have, as a fraction of the fp32
 # map's range (an INT8 map moves by about 0.02-0.09 of it; bf16 by about 0.02).
@@ -36,7 +40,8 @@ CACHE_VERSION = 1
 def cpu_info() -> tuple[str | None, list[str]]:
     """The CPU's model name and the instruction-set extensions that matter for the timings
     (from /proc/cpuinfo; elsewhere ``platform.processor()`` and no extensions)."""
-    cpu_model, flags = None, []
+    cpu_model: str | None = None
+    flags: list[str] = []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -62,7 +67,7 @@ def machine_key(device: torch.device) -> str:
     return f"{hardware} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
-def candidates(model) -> list[str]:
+def candidates(model: EfficientAD) -> list[str]:
     """The precisions ``model`` can run where it is: fp32 and bf16 everywhere, fp16 on a
     GPU, int8 on a CPU when the model holds an INT8 calibration."""
     if model.device.type == "cuda":
@@ -70,7 +75,7 @@ def candidates(model) -> list[str]:
     return ["fp32", "bf16"] + (["int8"] if model.int8_calibration is not None else [])
 
 
-def _read_cache(path: Path) -> dict:
+def _read_cache(path: Path) -> dict[str, Any]:
     """The cache's entries that have the expected shape; anything else (absent, unreadable,
     another version, edited by hand) is measured again and rewritten whole."""
     try:
@@ -83,7 +88,7 @@ def _read_cache(path: Path) -> dict:
     return {**data, "entries": entries}
 
 
-def _format_times(times, names: list[str] | None = None) -> str:
+def _format_times(times: object, names: list[str] | None = None) -> str:
     """ "fp32 268 ms, bf16 63 ms" from a cache entry's times (numbers only: the file may have
     been edited by hand), in ``names`` order when given."""
     if not isinstance(times, dict):
@@ -94,7 +99,7 @@ def _format_times(times, names: list[str] | None = None) -> str:
     )
 
 
-def _write_cache(path: Path, data: dict) -> str | None:
+def _write_cache(path: Path, data: dict[str, Any]) -> str | None:
     """None when written, else why not: a read-only cache only costs a measurement next time."""
     try:
         cache_folder(path.parent)
@@ -105,7 +110,9 @@ def _write_cache(path: Path, data: dict) -> str | None:
     return None
 
 
-def _cached(key: str, field: str, allowed: list, measure: Callable[[], dict], refresh: bool) -> tuple[dict, str]:
+def _cached(
+    key: str, field: str, allowed: list[str], measure: Callable[[], dict[str, Any]], refresh: bool
+) -> tuple[dict[str, Any], str]:
     """(entry, how it was had and where it is kept): the cache's entry for ``key`` when its
     ``field`` is among ``allowed`` (and not ``refresh``), else ``measure()`` dated and stored."""
     path = cache_root() / CACHE_FILE
@@ -124,13 +131,17 @@ def _time_ms(run: Callable[[], object]) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def _size(image_size) -> tuple[int, int]:
+def _size(image_size: object) -> tuple[int, int]:
     return image_hw(image_size)
 
 
 def measure_precisions(
-    model, batch_size: int = 1, image_size: int | tuple[int, int] = 256, calls: int = 3, names: list[str] | None = None
-) -> dict:
+    model: EfficientAD,
+    batch_size: int = 1,
+    image_size: int | tuple[int, int] = 256,
+    calls: int = 3,
+    names: list[str] | None = None,
+) -> dict[str, Any]:
     """Time ``model.predict`` in each precision of ``names`` (default: :func:`candidates`)
     on seeded random images: two untimed calls (INT8 compiles in the first), then ``calls``
     rounds, every variant once per round, the median per variant. Returns ``{"times_ms":
@@ -139,16 +150,16 @@ def measure_precisions(
     names = names or candidates(model)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(batch_size, 3, *_size(image_size), generator=generator)
-    models = {}
+    models: dict[str, EfficientAD] = {}
     for name in names:
         models[name] = model if name == model.precision else copy.deepcopy(model).set_precision(name)
     maps = {name: m.predict(images).anomaly_map.float() for name, m in models.items()}  # warm-up 1
     for m in models.values():
         m.predict(images)  # warm-up 2
-    times = {name: [] for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(calls):
         for name, m in models.items():
-            times[name].append(_time_ms(lambda m=m: m.predict(images)))
+            times[name].append(_time_ms(functools.partial(m.predict, images)))
     reference = maps.get("fp32", next(iter(maps.values())))
     span = float(reference.max() - reference.min()) or 1.0
     diff = {name: float((amap - reference).abs().max()) / span for name, amap in maps.items()}
@@ -156,12 +167,12 @@ def measure_precisions(
 
 
 def choose_precision(
-    model,
+    model: EfficientAD,
     batch_size: int = 1,
     image_size: int | tuple[int, int] = 256,
     log: Callable[[str], None] | None = print,
     refresh: bool = False,
-):
+) -> EfficientAD:
     """``model`` in its fastest precision on this machine for batches of ``batch_size``
     images of ``image_size`` px, among :func:`candidates` whose map stays within
     :data:`MAP_TOLERANCE` of fp32. Measured by :func:`measure_precisions` the first time,
@@ -178,9 +189,9 @@ def choose_precision(
             ",".join(names),
         ]
     )
-    measured = {}
+    measured: dict[str, Any] = {}
 
-    def measure() -> dict:
+    def measure() -> dict[str, Any]:
         measured.update(measure_precisions(model, batch_size, image_size, names=names))
         allowed = [n for n in names if measured["map_diff"][n] <= MAP_TOLERANCE]
         return {
@@ -191,7 +202,9 @@ def choose_precision(
 
     entry, how = _cached(key, "precision", names, measure, refresh)
     # Measured now: the variant is built and warm already; from the cache: switch the model.
-    chosen = measured["models"][entry["precision"]] if measured else model.set_precision(entry["precision"])
+    chosen: EfficientAD = (
+        measured["models"][entry["precision"]] if measured else model.set_precision(entry["precision"])
+    )
     if log is not None:
         times = _format_times(entry.get("times_ms"), names)
         log(f"precision auto: {entry['precision']} at batch {batch_size} ({times}; {how})")
@@ -210,21 +223,23 @@ def choose_amp(
     too): ``run_step(amp)`` runs one training step; each setting gets one untimed step, then
     ``steps`` timed ones, interleaved; the median decides. Cached like
     :func:`choose_precision` under ``what`` (the model size, batch and image size)."""
-    names = [None, "fp16", "bf16"] if device.type == "cuda" else [None, "bf16"]
+    names: list[str | None] = [None, "fp16", "bf16"] if device.type == "cuda" else [None, "bf16"]
     key = " | ".join([machine_key(device), "train", what])
-    label = {None: "fp32"}
 
-    def measure() -> dict:
+    def label(amp: str | None) -> str:
+        return "fp32" if amp is None else amp
+
+    def measure() -> dict[str, Any]:
         for amp in names:
             run_step(amp)  # warm-up: allocations, oneDNN primitives
-        times = {label.get(n, n): [] for n in names}
+        times: dict[str, list[float]] = {label(n): [] for n in names}
         for _ in range(steps):
             for amp in names:
-                times[label.get(amp, amp)].append(_time_ms(lambda amp=amp: run_step(amp)))
+                times[label(amp)].append(_time_ms(functools.partial(run_step, amp)))
         medians = {n: statistics.median(t) for n, t in times.items()}
-        return {"amp": min(medians, key=medians.get), "step_ms": medians}
+        return {"amp": min(medians, key=medians.__getitem__), "step_ms": medians}
 
-    entry, how = _cached(key, "amp", [label.get(n, n) for n in names], measure, refresh)
+    entry, how = _cached(key, "amp", [label(n) for n in names], measure, refresh)
     if log is not None:
         times = _format_times(entry.get("step_ms"))
         log(f"amp auto: {entry['amp']} (a training step: {times}; {how})")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 DATASET_CHOICES = ("mvtec", "visa", "loco", "mpdd", "folder")
 
@@ -283,10 +284,12 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse prints its whole usage block before an error; here the error is one line that
     names the option, and --help has the rest."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
-    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_args(  # type: ignore[override]  # one signature for argparse's overloads; no namespace type
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
         """As argparse's, but an unknown option is reported by the command it was given to."""
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:

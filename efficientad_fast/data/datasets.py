@@ -81,7 +81,7 @@ class AnomalyDataset(Dataset):
     def __init__(
         self,
         samples: Sequence[Sample],
-        image_size: tuple[int, int] | None = (256, 256),
+        image_size: tuple[int, int] | int | None = (256, 256),
         *,
         name: str = "",
         category: str = "",
@@ -312,6 +312,7 @@ def open_dataset(
             f"split_train_validation(open_dataset(root, {name!r}, {category!r}, 'train'))"
         )
     if name == "visa":
+        assert category is not None  # refused above without one
         samples = _scan_visa(root, category, split)
     else:
         base = root if category is None else root / category

@@ -48,6 +48,8 @@ class GenericImages(Dataset):
     RandomGrayscale for Imagenette), decided per index from ``seed`` so that a run is
     repeatable; 0 (the default) leaves every image in colour."""
 
+    source: str  # what penalty_image_set made it from, for the training summary
+
     def __init__(self, folders, image_size: tuple[int, int], grayscale_p: float = 0.0, seed: int = 0) -> None:
         folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
         self.paths = [path for folder in folders for path in find_images(folder, "penalty image")]
@@ -63,10 +65,10 @@ class GenericImages(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         h, w = self.image_size
-        big = to_rgb_array(open_image(self.paths[index], "penalty image"), (2 * h, 2 * w))
+        array = to_rgb_array(open_image(self.paths[index], "penalty image"), (2 * h, 2 * w))
         if self.is_grayscale(index):
-            big = np.ascontiguousarray(np.broadcast_to((big * _GRAY_WEIGHTS).sum(0), big.shape))
-        big = torch.from_numpy(big)
+            array = np.ascontiguousarray(np.broadcast_to((array * _GRAY_WEIGHTS).sum(0), array.shape))
+        big = torch.from_numpy(array)
         top, left = (big.shape[1] - h) // 2, (big.shape[2] - w) // 2
         return big[:, top : top + h, left : left + w]
 
@@ -115,6 +117,8 @@ class TensorImages(Dataset):
     """Generic images held in memory ((3, H, W) float in [0, 1]) prepared as
     :class:`GenericImages` prepares files: resized to twice the model size, centre-cropped."""
 
+    source: str  # what penalty_image_set made it from, for the training summary
+
     def __init__(self, images: list[torch.Tensor], image_size: tuple[int, int]) -> None:
         self.images = images
         self.image_size = image_size
@@ -150,7 +154,7 @@ def _imagenette_images(folder: Path, image_size: tuple[int, int], seed: int) -> 
     return GenericImages(folder, image_size, grayscale_p=IMAGENETTE_GRAYSCALE_P, seed=seed)
 
 
-def _auto_penalty_images(image_size: tuple[int, int], seed: int, progress: bool) -> Dataset:
+def _auto_penalty_images(image_size: tuple[int, int], seed: int, progress: bool) -> GenericImages | TensorImages:
     try:
         folder = imagenette_folder()
     except FileNotFoundError:  # NotCachedError
@@ -184,7 +188,7 @@ def check_penalty_images(penalty_images) -> None:
 
 def penalty_image_set(
     penalty_images, image_size: tuple[int, int], seed: int = 0, progress: bool = False
-) -> Dataset | None:
+) -> GenericImages | TensorImages | None:
     """The penalty images for training: None or ``"none"`` (none), ``"imagenette"`` (the
     cached Imagenette, random grayscale 0.3 as in the paper), ``"bundled"``
     (:func:`bundled_penalty_images`), ``"auto"`` (Imagenette when cached, else bundled; the
@@ -195,6 +199,7 @@ def penalty_image_set(
     names, keywords = _penalty_names(penalty_images)
     if keywords == [NONE]:
         return None
+    images: GenericImages | TensorImages
     if keywords == [IMAGENETTE]:
         images, source = _imagenette_images(imagenette_folder(), image_size, seed), IMAGENETTE
     elif keywords == [BUNDLED]:

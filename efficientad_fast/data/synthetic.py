@@ -64,7 +64,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -422,7 +422,7 @@ def make_synthetic(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        manifest = {
+        manifest: dict[str, Any] = {  # JSON
             "seed": int(seed),
             "image_size": int(image_size),
             "layout": "mvtec_ad",
@@ -443,7 +443,7 @@ def make_synthetic(
                 "defects": chosen,
                 **counts,
             }
-            jobs = [("train", "good", None, n_train), ("test", "good", None, n_test_good)]
+            jobs: list[_Job] = [("train", "good", None, n_train), ("test", "good", None, n_test_good)]
             jobs += [("test", d, d, n_test_defect_per_type) for d in chosen]
             _write_category(tmp / category, category, seed, jobs, image_size, defect_scale)
         (tmp / "synthetic.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -473,7 +473,13 @@ def _check_defect_scale(defect_scale) -> None:
         raise ValueError(f"defect_scale must be a number in (0, 1], got {defect_scale!r}")
 
 
-def _write_category(base: Path, category: str, seed: int, jobs, image_size: int, defect_scale: float = 1.0) -> None:
+# What _write_category renders: (split, folder, defect or None, count).
+_Job = tuple[str, str, str | None, int]
+
+
+def _write_category(
+    base: Path, category: str, seed: int, jobs: list[_Job], image_size: int, defect_scale: float = 1.0
+) -> None:
     """Render and save one category's images (and masks) for each job
     (split, folder, defect or None, count)."""
     for split, folder, defect, count in jobs:

@@ -17,9 +17,9 @@ from ..networks import TEACHER_CHANNELS
 _QUANTILE_KEYS = ("qa_st", "qb_st", "qa_ae", "qb_ae")
 
 
-def _anomalib_state_dict(obj, weights_only: bool) -> tuple[dict, dict]:
+def _anomalib_state_dict(obj: object, weights_only: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """(state dict with anomalib's EfficientAdModel keys, hyperparameters found)."""
-    hparams: dict = {}
+    hparams: dict[str, Any] = {}
     if isinstance(obj, (str, os.PathLike)):
         obj = read_checkpoint(Path(obj), weights_only)
     if isinstance(obj, nn.Module):
@@ -43,7 +43,7 @@ def _anomalib_state_dict(obj, weights_only: bool) -> tuple[dict, dict]:
 
 
 def from_anomalib(
-    obj, padding: bool | None = None, pad_maps: bool | None = None, weights_only: bool = True
+    obj: object, padding: bool | None = None, pad_maps: bool | None = None, weights_only: bool = True
 ) -> EfficientAD:
     """An :class:`EfficientAD` equal to an anomalib EfficientAD model.
 
@@ -70,7 +70,7 @@ def from_anomalib(
         model_size=model_size, padding=bool(padding), pad_maps=bool(pad_maps), teacher="random"
     )  # its weights come from the state dict
 
-    ours = {}
+    ours: dict[str, Any] = {}
     for key, value in state.items():
         if key.startswith(("teacher.", "student.")):
             ours[key] = value

@@ -33,7 +33,9 @@ import copy
 import errno
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -124,9 +126,10 @@ class PredictGraph(nn.Module):
         quantiles = model.quantiles if model.quantiles_set else None
         if self.scoring == "fused":
             features = model.features(x, teacher_conv=(self.teacher_weight, self.teacher_bias))
-            return torch.ops.efficientad_fast.anomaly_map.default(
+            scored: tuple[torch.Tensor, torch.Tensor] = torch.ops.efficientad_fast.anomaly_map.default(
                 *features, None, None, quantiles, model.alpha, model.map_pad, list(output_size), model.distance
             )
+            return scored
         # The four quantiles as four 0-d tensors: plain ops on each, no host read.
         quantile_values = None if quantiles is None else [q for q in quantiles.unbind(0)]
         return reference_anomaly_map(
@@ -141,7 +144,7 @@ class PredictGraph(nn.Module):
         )
 
 
-def _prepare(model: EfficientAD, image_size) -> tuple[tuple[int, int], torch.Tensor]:
+def _prepare(model: EfficientAD, image_size: int | Sequence[int]) -> tuple[tuple[int, int], torch.Tensor]:
     if not isinstance(model, EfficientAD):
         raise TypeError(f"model must be an EfficientAD, got {type(model).__name__}")
     if isinstance(image_size, int):
@@ -187,7 +190,17 @@ def metadata(model: EfficientAD, image_size: tuple[int, int], device: str = "cpu
     }
 
 
-def check_metadata(info: dict[str, str], source: str | os.PathLike) -> dict:
+class CheckedMetadata(TypedDict):
+    """What :func:`check_metadata` returns."""
+
+    image_size: tuple[int, int]
+    device: str
+    format_version: str
+    image_threshold: float | None
+    pixel_threshold: float | None
+
+
+def check_metadata(info: dict[str, str], source: str | os.PathLike[str]) -> CheckedMetadata:
     """Check exported metadata (AOTInductor, ONNX or OpenVINO) read from ``source`` and
     return what a loader needs: {"image_size": (H, W), "device", "image_threshold",
     "pixel_threshold" (floats or None), "format_version"}. ValueError naming ``source`` for
@@ -198,7 +211,7 @@ def check_metadata(info: dict[str, str], source: str | os.PathLike) -> dict:
             f"expected {PACKAGE_FORMAT!r}); export one with `efficientad-fast export`"
         )
     version = info.get("format_version")
-    if version not in READABLE_VERSIONS:
+    if version is None or version not in READABLE_VERSIONS:
         raise ValueError(
             f"{source}: metadata schema version {version!r}; this efficientad_fast reads versions "
             f"{', '.join(READABLE_VERSIONS)}: export the model again with this version"
@@ -208,7 +221,7 @@ def check_metadata(info: dict[str, str], source: str | os.PathLike) -> dict:
         if not str(info.get(key, "")).isdigit() or int(info[key]) < 1:
             raise ValueError(f"{source}: metadata has no valid {key} (got {info.get(key)!r})")
         size.append(int(info[key]))
-    thresholds = {}
+    thresholds: dict[str, float | None] = {}
     for key in ("image_threshold", "pixel_threshold"):
         text = info.get(key, "")  # absent in version 1
         try:
@@ -219,10 +232,11 @@ def check_metadata(info: dict[str, str], source: str | os.PathLike) -> dict:
             raise ValueError(f"{source}: metadata {key} must be finite, got {text!r}")
         thresholds[key] = value
     return {
-        "image_size": tuple(size),
+        "image_size": (size[0], size[1]),
         "device": info.get("device", "cpu") or "cpu",
         "format_version": version,
-        **thresholds,
+        "image_threshold": thresholds["image_threshold"],
+        "pixel_threshold": thresholds["pixel_threshold"],
     }
 
 
@@ -241,7 +255,9 @@ def _require_free_space(out: Path, model: EfficientAD) -> None:
         )
 
 
-def export_aoti(model: EfficientAD, out: str | os.PathLike, image_size=256, device: str = "cpu") -> Path:
+def export_aoti(
+    model: EfficientAD, out: str | os.PathLike[str], image_size: int | Sequence[int] = 256, device: str = "cpu"
+) -> Path:
     """Write an AOTInductor package of ``model.predict`` (fused op, dynamic batch) to ``out``.
 
     The package calls ``efficientad_fast::anomaly_map``: load the op library before loading
@@ -286,7 +302,7 @@ class LoadedPackage:
     and, for CPU tensors, that the values lie in [0, 1] as :meth:`EfficientAD.predict` does.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         from ..op._library import load_extension
 
         path = Path(path)
@@ -319,7 +335,7 @@ class LoadedPackage:
         return decisions(score, amap, self.image_threshold, self.pixel_threshold, sensitivity)
 
 
-def check_exported_input(images: torch.Tensor, image_size: tuple[int, int], path) -> None:
+def check_exported_input(images: torch.Tensor, image_size: tuple[int, int], path: object) -> None:
     """What an exported model (package, OpenVINO IR) takes: a float32 (N >= 1, 3, H, W) tensor
     of the size it was exported for; TypeError/ValueError naming what is wrong otherwise."""
     if not isinstance(images, torch.Tensor):
@@ -334,7 +350,7 @@ def check_exported_input(images: torch.Tensor, image_size: tuple[int, int], path
         raise ValueError("images must hold at least one image")
 
 
-def load_package(path: str | os.PathLike) -> LoadedPackage:
+def load_package(path: str | os.PathLike[str]) -> LoadedPackage:
     """Load a package written by :func:`export_aoti` (loads the op library first)."""
     return LoadedPackage(path)
 
@@ -363,7 +379,9 @@ def check_opset(opset: int) -> None:
         )
 
 
-def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opset: int = 18) -> Path:
+def export_onnx(
+    model: EfficientAD, out: str | os.PathLike[str], image_size: int | Sequence[int] = 256, opset: int = 18
+) -> Path:
     """Write an ONNX model of ``model.predict`` to ``out`` with the scoring in standard ONNX
     ops (the fused op's plain-PyTorch reference), dynamic batch, opset ``opset`` (>= 18).
 
@@ -407,7 +425,7 @@ def export_onnx(model: EfficientAD, out: str | os.PathLike, image_size=256, opse
     return out
 
 
-def read_onnx_metadata(path: str | os.PathLike) -> tuple[dict[str, str], dict]:
+def read_onnx_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, str], CheckedMetadata]:
     """The ``metadata_props`` of an ONNX model written by :func:`export_onnx`, and what
     :func:`check_metadata` makes of them (raises ValueError for another format or schema
     version). Reads the graph without its weights."""

@@ -120,7 +120,7 @@ class FastPredictor:
             if self.cuda_graph:
                 # Warm up on a side stream (cuDNN picks its algorithms, compile traces, the
                 # folded teacher conv is cached), then record one replayable graph.
-                stream = torch.cuda.Stream(device)
+                stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
                 stream.wait_stream(torch.cuda.current_stream(device))
                 with torch.cuda.stream(stream):
                     for _ in range(max(1, warmup)):

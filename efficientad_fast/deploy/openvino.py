@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +40,16 @@ from .._checkpoint import atomic_files, writable_folder
 from .._optional import require
 from .._signals import interrupts_held
 from ..model import EfficientAD, Prediction, check_unit_range, decisions
-from .export import EXPORTER_BUSY, OUTPUT_NAMES, PredictGraph, _prepare, check_exported_input, check_metadata, metadata
+from .export import (
+    EXPORTER_BUSY,
+    OUTPUT_NAMES,
+    CheckedMetadata,
+    PredictGraph,
+    _prepare,
+    check_exported_input,
+    check_metadata,
+    metadata,
+)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # rt_info section of the IR that holds export.metadata() and the OpenVINO-only keys below.
@@ -48,13 +60,17 @@ DEFAULT_CALIBRATION_SIZE = 300
 # What the loader asks the CPU plugin to compute in: on CPUs with AVX-512 BF16 or AMX
 # OpenVINO would otherwise pick bf16 by itself, which moves the map by ~3e-3 of its range.
 DEFAULT_INFERENCE_PRECISION = "f32"
+# openvino.Model and NNCF's objects: the optional packages carry no types mypy reads here.
+OVModel = Any
 
 
-def _require(module: str):
+def _require(module: str) -> ModuleType:
     return require(module, "openvino")
 
 
-def calibration_images(source, image_size: tuple[int, int], size: int = DEFAULT_CALIBRATION_SIZE) -> torch.Tensor:
+def calibration_images(
+    source: str | os.PathLike[str] | torch.Tensor, image_size: tuple[int, int], size: int = DEFAULT_CALIBRATION_SIZE
+) -> torch.Tensor:
     """The INT8 calibration images as float32 (N, 3, H, W) in [0, 1].
 
     ``source``: a folder of normal images (searched recursively; ideally held-out normal
@@ -94,12 +110,13 @@ def calibration_images(source, image_size: tuple[int, int], size: int = DEFAULT_
     return torch.from_numpy(np.stack(arrays))
 
 
-def _scoring_scope(ov_model, nncf):
+def _scoring_scope(ov_model: OVModel, nncf: ModuleType) -> Any:
     """NNCF's IgnoredScope for the scoring: every node that runs after the three networks'
     last convolutions (found by walking the graph from the outputs back to them; a ShapeOf
     reads only a shape, so the walk does not follow it into the networks)."""
     stop = {"Convolution", "GroupConvolution", "ShapeOf"}
-    names, todo = set(), [output.get_node() for output in ov_model.outputs]
+    names: set[str] = set()
+    todo = [output.get_node() for output in ov_model.outputs]
     while todo:
         node = todo.pop()
         if node.get_friendly_name() in names or node.get_type_name() in stop:
@@ -111,10 +128,10 @@ def _scoring_scope(ov_model, nncf):
 
 def export_openvino(
     model: EfficientAD,
-    out: str | os.PathLike,
-    image_size=256,
+    out: str | os.PathLike[str],
+    image_size: int | Sequence[int] = 256,
     precision: str = "fp32",
-    calibration_data=None,
+    calibration_data: str | os.PathLike[str] | torch.Tensor | None = None,
     calibration_size: int = DEFAULT_CALIBRATION_SIZE,
 ) -> Path:
     """Write an OpenVINO IR of ``model.predict`` to ``out`` (``.xml``; the weights go to the
@@ -138,7 +155,10 @@ def export_openvino(
     out = Path(out)
     if out.suffix != ".xml":
         raise ValueError(f"an OpenVINO IR must end in .xml (weights go to the .bin beside it), got {out}")
-    images = calibration_images(calibration_data, size, calibration_size) if precision == "int8" else None
+    images = None
+    if precision == "int8":
+        assert calibration_data is not None  # refused above
+        images = calibration_images(calibration_data, size, calibration_size)
     writable_folder(out.parent)
     # Both files under temporary names, renamed when whole (the .xml last): a failed or
     # interrupted export leaves any earlier IR at ``out`` as it was.
@@ -149,7 +169,15 @@ def export_openvino(
     return out
 
 
-def _ir_model(model: EfficientAD, size, example: torch.Tensor, images, precision: str, ov, nncf):
+def _ir_model(
+    model: EfficientAD,
+    size: tuple[int, int],
+    example: torch.Tensor,
+    images: torch.Tensor | None,
+    precision: str,
+    ov: ModuleType,
+    nncf: ModuleType | None,
+) -> OVModel:
     """The OpenVINO model of :func:`export_openvino`: converted, named, quantized by NNCF when
     ``images`` are given, with the metadata in its rt_info."""
     graph = PredictGraph(model, "reference").cpu()
@@ -161,6 +189,7 @@ def _ir_model(model: EfficientAD, size, example: torch.Tensor, images, precision
     for output, name in zip(ov_model.outputs, OUTPUT_NAMES):
         output.get_tensor().set_names({name})
     if images is not None:
+        assert nncf is not None  # export_openvino imports it for int8, the one precision with images
         dataset = nncf.Dataset([images[i : i + 1].numpy() for i in range(images.shape[0])])
         nncf_log = logging.getLogger("nncf")
         level = nncf_log.level
@@ -194,10 +223,10 @@ class LoadedOpenVINO:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         device: str = "CPU",
         inference_precision: str | None = DEFAULT_INFERENCE_PRECISION,
-        config: dict | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         path = Path(path)
         if not path.is_file():
@@ -231,7 +260,7 @@ class LoadedOpenVINO:
             raise ValueError(f"{path}: OpenVINO cannot compile it for device {device!r} with {options}: {exc}") from exc
 
     @staticmethod
-    def _read_metadata(ov_model, path: Path) -> tuple[dict[str, str], dict]:
+    def _read_metadata(ov_model: OVModel, path: Path) -> tuple[dict[str, str], CheckedMetadata]:
         if not ov_model.has_rt_info([RT_INFO_SECTION]):
             raise ValueError(
                 f"{path}: an OpenVINO IR but not an efficientad_fast model (no '{RT_INFO_SECTION}' "
@@ -260,10 +289,10 @@ class LoadedOpenVINO:
 
 
 def load_openvino(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     device: str = "CPU",
     inference_precision: str | None = DEFAULT_INFERENCE_PRECISION,
-    config: dict | None = None,
+    config: dict[str, Any] | None = None,
 ) -> LoadedOpenVINO:
     """Load and compile an IR written by :func:`export_openvino` for ``device`` ("CPU",
     "GPU", "AUTO", ...), checking its rt_info (format name and version, image size).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,7 +88,7 @@ def load_resnet(name: str, weights: str | os.PathLike) -> nn.Module:
 class Lite0Features(nn.Module):
     """Outputs of the chosen flat blocks of EfficientNet-Lite0 (input RGB in [0, 1])."""
 
-    def __init__(self, model: nn.Module, blocks=LITE0_BLOCKS) -> None:
+    def __init__(self, model: Any, blocks=LITE0_BLOCKS) -> None:  # timm's model: blocks read by name
         super().__init__()
         self.normalize = ImageNetNormalize()
         self.stem = nn.Sequential(model.conv_stem, model.bn1)
@@ -113,7 +114,7 @@ class Lite0Features(nn.Module):
 class ResNetFeatures(nn.Module):
     """layer2 and layer3 of a torchvision ResNet (the paper: WideResNet-101), input RGB in [0, 1]."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:  # torchvision's ResNet: layers read by name
         super().__init__()
         self.normalize = ImageNetNormalize()
         self.stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1)
@@ -132,6 +133,7 @@ class ResNetFeatures(nn.Module):
 def load_backbone(name: str, weights: str | os.PathLike | None = None, blocks=LITE0_BLOCKS) -> nn.Module:
     """A frozen feature extractor returning a list of maps; ``.channels`` lists their widths.
     ``blocks``: EfficientNet-Lite0's flat block indices (0-15) whose outputs are used."""
+    net: Lite0Features | ResNetFeatures
     if name == "efficientnet_lite0":
         if not blocks or any(not 0 <= int(b) <= 15 for b in blocks):
             raise ValueError(f"EfficientNet-Lite0 blocks must be indices 0-15, got {list(blocks)}")

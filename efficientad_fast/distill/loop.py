@@ -281,6 +281,7 @@ def _save_checkpoint(run: _Run, at: int) -> None:
     """The checkpoint (rank 0 only; every rank holds the same state)."""
     if not run.ranks.main:
         return
+    assert run.projection is not None  # _calibrate or _resume set it before any step
     atomic_save(
         {
             "kind": CHECKPOINT_KIND,
@@ -306,6 +307,7 @@ def _train_step(run: _Run, step: int, scaler: torch.amp.GradScaler) -> float:
         group["lr"] = learning_rate(step, run.config)
     big, small = run.sampler.batch(run.config.batch_size, run.ranks.share(run.config.batch_size))
     target = run.targets(big).float()
+    assert run.train_pdn is not None  # distill_teacher sets it before training
     with run.autocast_context():
         pred = run.train_pdn(small.to(run.device))
     loss = F.mse_loss(pred.float(), target)
@@ -362,6 +364,7 @@ def _train(run: _Run, held_out_loss: Callable[[], float] | None, log) -> None:
 def _record(run: _Run, out: Path, command: str | None) -> dict:
     """The JSON recipe written beside the teacher: settings, images, losses, environment."""
     config, history = run.config, run.history
+    assert run.projection is not None  # _calibrate or _resume set it before any step
     channels = int(run.projection.in_mean.numel())
     tail = [r["loss"] for r in history[-50:]]
     return {
@@ -415,7 +418,7 @@ def distill_teacher(
     resume: bool = False,
     command: str | None = None,
     log=print,
-) -> dict:
+) -> dict | None:
     """Distill a PDN teacher and write it to ``out`` (a state dict with ``conv1.weight``,
     ... keys, readable by :func:`efficientad_fast.load_teacher` and ``--teacher``) plus
     ``out`` with suffix ``.json`` recording the recipe and the final losses. A checkpoint

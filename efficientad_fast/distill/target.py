@@ -28,6 +28,13 @@ class TargetProjection(nn.Module):
     """Standardize D channels, project to ``out_channels`` and divide by the output's standard
     deviation (the projected features have mean zero: the inputs are centred first)."""
 
+    # Buffers, declared so type checkers see tensors (nn.Module's __getattr__ would not say).
+    in_mean: torch.Tensor
+    in_std: torch.Tensor
+    weight: torch.Tensor
+    out_std: torch.Tensor
+    explained: torch.Tensor
+
     def __init__(self, in_channels: int, out_channels: int = TEACHER_CHANNELS) -> None:
         super().__init__()
         self.register_buffer("in_mean", torch.zeros(in_channels))

@@ -21,8 +21,10 @@ import errno
 import os
 import re
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -95,14 +97,14 @@ class LocalRunner:
                 on_done(key, result)
 
 
-def require_ray():
+def require_ray() -> ModuleType:
     """The ``ray`` module, or an ImportError that says how to install it."""
     require("ray.data", "ray")  # predict needs Ray Data: ray[data]
     return require("ray", "ray")
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None):
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[ModuleType]:
     """Ray, connected for the ``with`` block: to the cluster at ``address`` (e.g.
     ``ray://head:10001`` or ``head:6379``; "auto": the one ``ray start`` made on this machine),
     else to a new local instance (``num_cpus``: default all cores), shut down afterwards.
@@ -166,7 +168,10 @@ class RayRunner:
             log,
         )
         self.tries_note = f" after {retries + 1} tries"
-        self.ray, self.gpus, self._session = None, 0.0, None
+        # The ray module while entered (None before): Any, as ray carries no types mypy reads here.
+        self.ray: Any = None
+        self.gpus = 0.0
+        self._session: contextlib.AbstractContextManager[ModuleType] | None = None
         self._pending: dict = {}
 
     @property
@@ -189,6 +194,7 @@ class RayRunner:
 
     def __exit__(self, *exc) -> None:
         self._pending.clear()
+        assert self._session is not None  # __enter__ made it
         self._session.__exit__(*exc)
 
     def device(self, device: str) -> str:

@@ -79,7 +79,9 @@ def evaluate_model(
     score_all = torch.cat(scores).numpy()
     map_all, mask_all = np.concatenate(maps), np.concatenate(masks)
     labels = np.array([r["label"] for r in rows])
+    result: dict[str, float] | dict[str, dict[str, float]]
     if test.name == "mvtec_loco":
+        assert category is not None  # open_dataset refuses MVTec LOCO without a category
         regions = [
             [m.numpy() * value for m, value in test.region_masks(i)] if labels[i] else None for i in range(len(test))
         ]

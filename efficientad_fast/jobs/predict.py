@@ -175,7 +175,7 @@ def predict_files(
         raise ValueError("masks need a pixel threshold: this model is not calibrated")
     out_dir = writable_folder(out_dir)
     _refuse_taken_output_names(out_dir)
-    rows, scores, errors = [], [], []
+    rows, scores, errors = [], [], list[dict[str, str]]()  # errors: read_images fills it
     chunks = range(0, len(paths), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -212,7 +212,7 @@ def predict_files(
                                 heatmap,
                             )
                             row["heatmap"] = str(heatmap)
-                        if masks:
+                        if masks and pixel_threshold is not None:  # masks without one were refused above
                             mask = (pred.anomaly_map[i, 0] > pixel_threshold).cpu().numpy()
                             save_png(mask.astype(np.uint8) * 255, out_dir / "masks" / f"{name}.png")
                     except OSError as exc:

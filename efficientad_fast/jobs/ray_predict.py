@@ -48,7 +48,7 @@ class _Scorer:
             batch_size=batch_size,
             image_size=image_size,
         ).eval()
-        self.size, self.tile, self.overlap = tuple(image_size), tile, overlap
+        self.size, self.tile, self.overlap = (image_size[0], image_size[1]), tile, overlap
         self.threshold, self.pixel_threshold = decision_thresholds(self.model, threshold, sensitivity)
 
     @torch.no_grad()
@@ -75,6 +75,7 @@ class _Scorer:
                         heatmap_overlay(images[i].numpy(), amap.numpy(), self.pixel_threshold), batch["heatmap"][j]
                     )
                 if batch["mask"][j]:
+                    assert self.pixel_threshold is not None  # predict_ray asks for masks only with one
                     save_png((amap > self.pixel_threshold).numpy().astype(np.uint8) * 255, batch["mask"][j])
         return {"index": batch["index"], "score": score, "error": np.array(error, dtype=object)}
 

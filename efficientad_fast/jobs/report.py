@@ -164,12 +164,14 @@ def run_report(
             log(f"{labels[i]}: FAILED{runner.tries_note}: {error} (details in {out / name / 'error.txt'})")
 
         runner.gather(done, failed)
+    finished_rows = [r for r in rows if r is not None]
+    assert len(finished_rows) == len(rows)  # each run was finished before, done or failed
     latency_curve = next((c for c in curves if c), [])
     return finish_report(
         out,
         data,
         dataset,
-        rows,
+        finished_rows,
         latency_curve,
         started,
         model_size=model_size,

@@ -228,7 +228,10 @@ def _outcome(model: EfficientAD, quantiles, result, total: float) -> dict:
 
 def fleet_folder(out, category: str | None, categories) -> Path:
     """A fleet member's folder: ``out/<category>``, or ``out`` itself when it is the only one."""
-    return Path(out) / category if len(categories) > 1 else Path(out)
+    if len(categories) > 1:
+        assert category is not None  # several categories are each named
+        return Path(out) / category
+    return Path(out)
 
 
 def _tiled_image_threshold(model: EfficientAD, images: torch.Tensor, batch_size: int = 2) -> None:
@@ -335,4 +338,6 @@ def train_categories(
             log(f"{labels[i]}: FAILED{runner.tries_note}: {error} (details in {folder / 'error.txt'})")
 
         runner.gather(done, failed)
-    return results
+    finished = [r for r in results if r is not None]
+    assert len(finished) == len(results)  # gather calls done or failed for every category
+    return finished

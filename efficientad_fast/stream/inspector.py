@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, TypedDict
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ class FrameResult:
 
     def to_json(self) -> dict:
         """The JSON line of frames.jsonl (no image or map)."""
-        row = {
+        row: dict[str, object] = {
             "frame": self.frame,
             "time_s": _rounded(self.time_s),
             "score": _rounded(self.score),
@@ -62,6 +62,15 @@ class FrameResult:
         if self.error is not None:
             row["error"] = self.error
         return row
+
+
+class _SmootherSettings(TypedDict):
+    """make_smoother's settings, kept so set_threshold makes the same smoother again."""
+
+    ema_alpha: float
+    k: int
+    n: int
+    off_threshold: float | None
 
 
 def _rounded(value: float | None) -> float | None:
@@ -160,7 +169,7 @@ class Inspector:
         if max_latency_ms is not None and not max_latency_ms > 0:
             raise ValueError(f"max_latency_ms must be > 0, got {max_latency_ms}")
         self.smoothing = smoothing
-        self._settings = dict(ema_alpha=ema_alpha, k=k, n=n, off_threshold=off_threshold)
+        self._settings = _SmootherSettings(ema_alpha=ema_alpha, k=k, n=n, off_threshold=off_threshold)
         self.smoother = make_smoother(smoothing, float(threshold), **self._settings)
         self.model = model
         self.size = (image_size, image_size)

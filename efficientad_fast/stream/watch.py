@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,10 @@ class _VideoWriter:
         self.codec, self.fps = check_video_path(path, source), fps
         self.files = contextlib.ExitStack()
         (self.temporary,) = self.files.enter_context(atomic_files(path))  # refuses a folder
-        self.container, self.stream = None, None
+        # PyAV's container and video stream once the first frame came: Any, as self.av is the
+        # module loaded on first use (typed as a plain module).
+        self.container: Any = None
+        self.stream: Any = None
 
     def write(self, picture: np.ndarray, alarm: bool) -> None:
         if alarm:
@@ -136,7 +140,7 @@ def watch(
     for old in alarms_dir.glob("frame_*.png"):  # a previous run's pictures would read as this run's
         old.unlink()
     latencies: list[float] = []
-    summary = {
+    summary: dict[str, Any] = {  # JSON
         "source": str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__,
         "smoothing": inspector.smoothing,
         "threshold": inspector.threshold,
@@ -164,6 +168,7 @@ def watch(
                     if len(summary["first_errors"]) < 10:
                         summary["first_errors"].append({"frame": result.frame, "error": result.error})
                     continue
+                assert result.image is not None and result.anomaly_map is not None  # a scored frame has both
                 summary["scored"] += 1
                 latencies.append(result.latency_ms)
                 summary["alarm_frames"] += int(result.alarm)

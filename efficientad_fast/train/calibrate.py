@@ -3,6 +3,7 @@ the q_a/q_b quantiles of both maps and the decision thresholds (see :mod:`effici
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -39,12 +40,13 @@ def exact_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
 @torch.no_grad()
 def teacher_channel_stats(
     model: EfficientAD, images: torch.Tensor, batch_size: int = 8, progress: bool = False, keep_outputs: bool = False
-):
+) -> tuple[torch.Tensor, ...]:
     """Per-channel mean and std of the teacher's outputs over ``images`` (uint8, N×3×H×W),
     accumulated batch by batch in float64 (never all outputs in memory, unless
     ``keep_outputs``: then the raw outputs come back too, as a CPU tensor)."""
     device = model.device
-    total = sq_total = None
+    total: torch.Tensor | None = None
+    sq_total: torch.Tensor | None = None
     count = 0
     kept = []
     batches = range(0, images.shape[0], batch_size)
@@ -58,6 +60,7 @@ def teacher_channel_stats(
         total = s if total is None else total + s
         sq_total = sq if sq_total is None else sq_total + sq
         count += y.shape[0] * y.shape[2] * y.shape[3]
+    assert total is not None and sq_total is not None  # train scores at least one image
     mean = total / count
     std = (sq_total / count - mean * mean).clamp_min(0).sqrt()
     if keep_outputs:
@@ -96,19 +99,23 @@ def calibrate(
     for start in progress_bar(range(0, images.shape[0], batch_size), progress, "calibrating"):
         x = images[start : start + batch_size].to(model.device).to(model.dtype).div_(255)
         teacher, student, ae = model.features(x)
-        common = dict(
+        score = functools.partial(
+            anomaly_map,
+            teacher,
+            student,
+            ae,
             teacher_mean=model.teacher_mean,
             teacher_std=model.teacher_std,
             pad=model.map_pad,
             output_size=tuple(x.shape[-2:]),
             distance=model.distance,
         )
-        maps_st.append(anomaly_map(teacher, student, ae, alpha=1.0, **common)[0].cpu())
-        maps_ae.append(anomaly_map(teacher, student, ae, alpha=0.0, **common)[0].cpu())
+        maps_st.append(score(alpha=1.0)[0].cpu())
+        maps_ae.append(score(alpha=0.0)[0].cpu())
     model.train(was_training)
     st, ae = torch.cat(maps_st), torch.cat(maps_ae)
-    q = [exact_quantile(st, q_a), exact_quantile(st, q_b), exact_quantile(ae, q_a), exact_quantile(ae, q_b)]
-    q = tuple(float(v) for v in q)
+    levels = [exact_quantile(st, q_a), exact_quantile(st, q_b), exact_quantile(ae, q_a), exact_quantile(ae, q_b)]
+    q = tuple(float(v) for v in levels)
     if not (q[1] > q[0] and q[3] > q[2]):
         raise ValueError(f"calibration maps are (nearly) constant, quantiles {q}: train longer or check the data")
     model.set_quantiles(*q)

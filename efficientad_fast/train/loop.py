@@ -128,7 +128,7 @@ class BatchSchedule:
 
     def __init__(self, n_images: int, batch_size: int, seed: int) -> None:
         self.n, self.batch_size, self.seed = n_images, batch_size, seed
-        self._epoch, self._perm = -1, None
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)  # epoch -1: drawn at the first step
 
     def indices(self, step: int) -> torch.Tensor:
         start = step * self.batch_size
@@ -170,6 +170,7 @@ def compute_losses(
             t = torch.cat([teacher_images.to(t.dtype), t])
     features = model.student.body(x)
     last = model.student.last_conv
+    assert last.bias is not None  # the PDNs' convs have biases
     for_st = features[:n] if penalty is None else torch.cat([features[:n], features[2 * n :]])
     s_st = last._conv_forward(for_st, last.weight[:c], last.bias[:c])  # images (+ penalty)
     s_ae = last._conv_forward(features[n : 2 * n], last.weight[c:], last.bias[c:])  # augmented
@@ -191,7 +192,10 @@ def compute_losses(
 
 
 def _rng_state(generator: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    state: dict[str, torch.Tensor | list[torch.Tensor]] = {
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -241,7 +245,7 @@ def save_checkpoint(
 _RESUMABLE_CHANGES = ("progress", "workers", "checkpoint_every")
 
 
-def _as_uint8_images(images, config: TrainConfig, desc: str) -> torch.Tensor | None:
+def _as_uint8_images(images: torch.Tensor | Dataset, config: TrainConfig, desc: str) -> torch.Tensor:
     if isinstance(images, Dataset):
         return load_images_uint8(images, config.workers, desc)
     return images
@@ -354,7 +358,7 @@ def train(
     config = config or TrainConfig()
     config.check()
     train_images = _as_uint8_images(train_images, config, "training images")
-    penalty_images = _as_uint8_images(penalty_images, config, "penalty images")
+    penalty_images = None if penalty_images is None else _as_uint8_images(penalty_images, config, "penalty images")
     if train_images.dtype != torch.uint8 or train_images.dim() != 4 or train_images.shape[1] != 3:
         raise ValueError(
             f"train_images must be uint8 (N, 3, H, W), got {train_images.dtype} {tuple(train_images.shape)}"
@@ -371,9 +375,9 @@ def train(
     drop_at = max(1, int(config.steps * config.lr_drop_fraction))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=drop_at, gamma=0.1)
     generator = torch.Generator()
-    step, history, scaler_state = 0, [], {}
-    if resume:
-        step, history, scaler_state = _restore(checkpoint, model, optimizer, scheduler, generator, config, run_settings)
+    step, history, scaler_state = (
+        _restore(checkpoint, model, optimizer, scheduler, generator, config, run_settings) if resume else (0, [], {})
+    )
     teacher_cache = _standardized_teacher_cache(model, train_images, config, resume, generator)
 
     model.to(memory_format=torch.channels_last)  # 1.1x faster steps on CPU (bench/bench_train.py)
