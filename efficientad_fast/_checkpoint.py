@@ -46,6 +46,23 @@ def writable_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def check_writable_folder(folder: str | os.PathLike) -> Path:
+    """As :func:`writable_folder`, but a folder that does not exist yet is not made: the
+    nearest existing folder above it must be writable (so a command refused later leaves no
+    empty folder behind). Returns ``folder``."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return writable_folder(folder)
+    ancestor = folder
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise PermissionError(f"cannot write to the output folder {folder}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to the output folder {folder}: {ancestor} is not writable")
+    return folder
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an error's message: torch.load's run over many lines (one of them
     'WeightsUnpickler error: ...'), which would read as several errors of the command line."""

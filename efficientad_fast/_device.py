@@ -13,7 +13,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     there is one, else the CPU; a CUDA device that is not there is a clear error."""
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:  # "tpu", "gpu", "cuda:x": torch's message is a C++ traceback
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {device!r}") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {device!r} (a {dev.type} device)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible to torch {torch.__version__}")
     return dev

@@ -10,14 +10,13 @@ import torch
 
 
 def is_whole(value: object) -> bool:
-    """A Python or NumPy integer (not a bool), or a 0-d integer array or tensor (as indexing
-    an array or a tensor hands one over)."""
-    if isinstance(value, torch.Tensor):
-        return (
-            value.dim() == 0 and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
-        )
+    """A Python or NumPy integer (not a bool), or a one-element integer array or tensor (as
+    indexing or reducing an array or a tensor hands one over)."""
+    if isinstance(value, torch.Tensor):  # one element, as real_number takes
+        integral = not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+        return value.numel() == 1 and integral
     if isinstance(value, np.ndarray):
-        return value.shape == () and value.dtype.kind in "iu"
+        return value.size == 1 and value.dtype.kind in "iu"
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 

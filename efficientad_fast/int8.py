@@ -183,6 +183,10 @@ class Int8Calibration:
         ):
             raise ValueError(f"{source}: INT8 calibration holds no observer tensors")
         for name, state in observers.items():
+            for key in ("min_val", "max_val", "eps"):
+                value = state.get(key)
+                if value is not None and (not value.is_floating_point() or value.is_complex()):
+                    raise ValueError(f"{source}: INT8 calibration {name}.{key} must be real floats, got {value.dtype}")
             for key, value in state.items():
                 if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                     raise ValueError(f"{source}: INT8 calibration {name}.{key} holds NaN or inf")
@@ -257,9 +261,9 @@ def calibrate_int8(
 ) -> Int8Calibration:
     """Run float32 batches in [0, 1] ((N, 3, H, W), the size of ``image_size``) through the
     observed graph and return the activation observers' state. ValueError without images."""
+    prepared, observers = _prepared(graph, image_size)  # imports torchao quietly (_torchao) first
     import torchao
 
-    prepared, observers = _prepared(graph, image_size)
     seen = 0
     with torch.no_grad():
         for batch in batches:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -177,7 +178,11 @@ class EfficientAD(nn.Module):
         super().__init__()
         if model_size not in MODEL_SIZES:
             raise ValueError(f"model_size must be one of {MODEL_SIZES}, got {model_size!r}")
-        if not 0.0 <= float(alpha) <= 1.0:
+        for name, flag in (("padding", padding), ("pad_maps", pad_maps)):
+            if not isinstance(flag, (bool, np.bool_)):  # "no" would be True: a model file says what it means
+                raise TypeError(f"{name} must be True or False, got {type(flag).__name__} {flag!r}")
+        alpha = real_number(alpha, "alpha")
+        if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
@@ -236,15 +241,23 @@ class EfficientAD(nn.Module):
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.quantiles_set = bool(state.get("quantiles_set", False))
-        # Files written before the teacher was recorded say nothing about it.
-        self.teacher_source = str(state.get("teacher_source", "not recorded"))
+        # Each value as written, never converted: "" or "False" as a flag, or "-0.5" as a
+        # threshold, would change decisions silently (TypeError; load calls it corrupt).
+        quantiles_set = state.get("quantiles_set", False)
+        if not isinstance(quantiles_set, bool):
+            raise TypeError(f"quantiles_set must be True or False, got {type(quantiles_set).__name__}")
+        texts = {"teacher_source": "not recorded", "threshold_source": "not calibrated"}  # older files lack them
+        for key, default in texts.items():
+            if not isinstance(state.get(key, default), str):
+                raise TypeError(f"{key} must be a string, got {type(state[key]).__name__}")
         # Files written before thresholds existed hold none: pixel_threshold falls back to
         # the q_b level of calibrated maps, and there is no image label.
         image, pixel = state.get("image_threshold"), state.get("pixel_threshold")
-        self.image_threshold = None if image is None else float(image)
-        self._pixel_threshold = None if pixel is None else float(pixel)
-        self.threshold_source = str(state.get("threshold_source", "not calibrated"))
+        self.quantiles_set = quantiles_set
+        self.teacher_source = state.get("teacher_source", texts["teacher_source"])
+        self.image_threshold = None if image is None else real_number(image, "image_threshold")
+        self._pixel_threshold = None if pixel is None else real_number(pixel, "pixel_threshold")
+        self.threshold_source = state.get("threshold_source", texts["threshold_source"])
 
     @property
     def pixel_threshold(self) -> float | None:

@@ -3,8 +3,10 @@ holds, the format version, the statistics it brought, and the precision it is ru
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -55,6 +57,16 @@ def _checksum_or_corrupt(payload: dict[str, Any], path: Path) -> str:
         raise ValueError(f"{path}: corrupt: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
+# What torch.save's pickle of plain tensors and dicts names; a refused name among these is a
+# changed byte (a whole nn.Module saved names torch.nn..., another tool's file its own classes).
+_PICKLE_MACHINERY = ("torch._utils", "torch._tensor", "torch.storage", "collections", "builtins", "_codecs")
+
+
+def _names_pickle_machinery(name: str) -> bool:
+    """``name`` is one of those, or one with a changed character (difflib ratio >= 0.8)."""
+    return any(difflib.SequenceMatcher(None, name[: len(m)], m).ratio() >= 0.8 for m in _PICKLE_MACHINERY)
+
+
 def _read_payload(path: Path) -> tuple[dict[str, Any], int]:
     """The file's payload (read weights-only, on the CPU) and its format version; ValueError
     that tells a damaged file from another tool's."""
@@ -65,7 +77,11 @@ def _read_payload(path: Path) -> tuple[dict[str, Any], int]:
         raise ValueError(f"{path}: cannot read it as a model file (truncated or corrupt?): {first_line(exc)}") from exc
     except Exception as exc:  # pickle.UnpicklingError and friends
         start = describe_start(path)
-        if start == "a zip archive" and "GLOBAL" not in str(exc):  # a PyTorch file whose pickle is damaged
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        # A PyTorch file whose pickle is damaged: unreadable, or naming a torch or collections
+        # object that does not exist (a changed byte in "torch._utils._rebuild_tensor_v2").
+        damaged = refused is None or _names_pickle_machinery(refused.group(1))
+        if start == "a zip archive" and damaged:
             raise ValueError(f"{path}: corrupt: its pickled part cannot be read ({first_line(exc)})") from exc
         raise ValueError(f"{path}: not an efficientad_fast model file ({start})") from exc
     if isinstance(payload, dict) and {"config", "format_version"} <= payload.keys() and payload.get("format") != FORMAT:

@@ -78,6 +78,8 @@ def candidates(model: EfficientAD) -> list[str]:
 def _read_cache(path: Path) -> dict[str, Any]:
     """The cache's entries that have the expected shape; anything else (absent, unreadable,
     another version, edited by hand) is measured again and rewritten whole."""
+    if not path.is_file():  # absent, or a FIFO or device, whose read could wait forever
+        return {}
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -152,6 +152,7 @@ def tiled_scores(
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     n, _, height, width = x.shape
     check_tile(tile, overlap, height, width)
+    tile, overlap = whole_number(tile, "tile"), whole_number(overlap, "overlap")  # 0-d arrays and tensors as ints
     positions = tile_grid(height, width, tile, overlap)
     crops = [(i, top, left) for i in range(n) for top, left in positions]
     tile_maps = []

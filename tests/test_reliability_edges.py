@@ -921,7 +921,173 @@ def test_int8_and_aoti_set_up_without_library_warnings_on_stderr():
     """torchao's import logged 'W... KernelPreference is an Enum subclass', and Inductor's import
     of cpp_extension 'No CUDA runtime is found', in front of every INT8 run's output."""
     pytest.importorskip("torchao")
-    code = "from efficientad_fast.int8 import _torchao; _torchao(); import torch._inductor.cpp_builder"
+    code = (  # train's INT8 calibration imported torchao before the quiet import did (the third probe)
+        "import torch; from efficientad_fast.testing import random_model; "
+        "random_model('small', seed=0).record_int8_ranges(torch.rand(1, 3, 256, 256)); "
+        "import torch._inductor.cpp_builder"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "KernelPreference" not in result.stderr and "No CUDA runtime" not in result.stderr, result.stderr
+
+
+def test_predict_refuses_an_input_inside_the_folder_its_pictures_go_to(tmp_path, model_file, frames, capsys):
+    """The third probe: in3/heatmaps/x.png, named as an input with --out in3, was overwritten by
+    the heatmap of in3/x.png."""
+    (tmp_path / "heatmaps").mkdir()
+    (tmp_path / "x.png").write_bytes((frames / "001.png").read_bytes())
+    inside = tmp_path / "heatmaps" / "x.png"
+    inside.write_bytes((frames / "002.png").read_bytes())
+    before = inside.read_bytes()
+    args = ["predict", "--model", str(model_file), str(tmp_path / "x.png"), str(inside), "--out", str(tmp_path)]
+    assert main([*args, "--quiet", "--precision", "fp32"]) == 2
+    assert "where predict writes its pictures" in one_error_line("predict", capsys.readouterr().err)
+    assert inside.read_bytes() == before and not (tmp_path / "scores.csv").exists()
+
+
+# -- the third probe (issue 24): what it found, each refused or handled ---------------------------
+
+
+def test_an_infinite_pixel_in_a_float_image_is_an_error_row_not_a_rescaled_image(tmp_path, model_file, frames):
+    """One +inf pixel made the reader divide the whole image by 65535 and clip the inf to 1."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "good.png").write_bytes((frames / "001.png").read_bytes())
+    pixels = np.full((64, 64), 0.5, np.float32)
+    pixels[5, 5] = np.inf
+    Image.fromarray(pixels, mode="F").save(folder / "inf.tif")
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(model_file), str(folder), "--out", str(out), "--quiet", "--no-heatmaps"]
+    assert main([*args, "--precision", "fp32"]) == 0
+    assert [r["path"] for r in csv.DictReader(open(out / "scores.csv"))] == [str(folder / "good.png")]
+    errors = list(csv.DictReader(open(out / "errors.csv")))
+    assert [r["path"] for r in errors] == [str(folder / "inf.tif")] and "not finite" in errors[0]["error"]
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("min_val", torch.tensor(-2 + 0j)),
+        ("min_val", torch.tensor(False)),
+        ("eps", torch.tensor([1j])),
+        ("max_val", torch.tensor(5, dtype=torch.uint8)),
+    ],
+)
+def test_int8_observer_tensors_of_another_dtype_are_refused(key, value):
+    from efficientad_fast.int8 import SCHEME, Int8Calibration
+
+    state = {"eps": torch.tensor([2.4e-4]), "min_val": torch.tensor(0.0), "max_val": torch.tensor(0.05), key: value}
+    payload = {"scheme": SCHEME, "observers": {"a": state}, "image_size": [256, 256], "images": 8}
+    with pytest.raises(ValueError, match=rf"m.pt: INT8 calibration a.{key} must be real floats"):
+        Int8Calibration.from_payload(payload, "m.pt")
+
+
+@pytest.mark.parametrize(
+    "where, key, value",
+    [
+        ("extra", "quantiles_set", ""),
+        ("extra", "quantiles_set", "False"),
+        ("extra", "image_threshold", "-0.5"),
+        ("extra", "image_threshold", True),
+        ("extra", "teacher_source", 5),
+        ("config", "padding", "no"),
+        ("config", "alpha", "0.5"),
+    ],
+)
+def test_a_wrong_typed_value_in_a_model_file_is_refused_not_converted(model_file, tmp_path, where, key, value):
+    """The third probe: quantiles_set '' became False and moved a score, padding 'no' became
+    True, image_threshold '-0.5' flipped every label (all with a valid checksum)."""
+    from efficientad_fast import load
+
+    def edit(payload):
+        (payload["state_dict"]["_extra_state"] if where == "extra" else payload["config"])[key] = value
+
+    with pytest.raises(ValueError, match=rf"{key}|invalid config"):
+        load(_edited(model_file, tmp_path, edit))
+
+
+def test_a_fifo_in_place_of_the_precision_cache_does_not_hang(tmp_path):
+    from efficientad_fast import precision
+
+    fifo = tmp_path / "precision.json"
+    os.mkfifo(fifo)
+    result: list[dict] = []
+    reader = threading.Thread(target=lambda: result.append(precision._read_cache(fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive() and result == [{}]
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--device", "tpu"], "device must be cpu, cuda, cuda:N or auto, got 'tpu'"),
+        (["--batch-size", "99999999999999999999"], "argument --batch-size: must be <= 2147483647"),
+    ],
+)
+def test_an_unknown_device_or_an_absurd_batch_is_one_line(extra, words, tmp_path, model_file, frames, capsys):
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model_file), str(frames), "--out", str(out), *extra]) == 2
+    assert words in one_error_line("predict", capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_tile_and_overlap_take_one_element_arrays_and_tensors(model_file):
+    from efficientad_fast import load
+    from efficientad_fast.tiling import predict_tiled
+
+    model = load(model_file, precision="fp32")
+    x = torch.rand(1, 3, 320, 320, generator=torch.Generator().manual_seed(0))
+    reference = model.predict(x, tile=256, overlap=32).score
+    for tile in (torch.tensor(256), np.array(256), torch.tensor([256])):
+        assert torch.equal(model.predict(x, tile=tile).score, reference)
+    assert torch.equal(predict_tiled(model, x, tile=256, overlap=np.array(32)).score, reference)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "--format", "openvino", "--out", "{new}/x.onnx"],  # refused: an IR ends in .xml
+        ["quantize", "--calibration-data", "{frames}", "--out", "{new}/q.pt", "--model", "{frames}/001.png"],
+    ],
+)
+def test_a_refused_export_or_quantize_leaves_no_empty_output_folder(args, tmp_path, model_file, frames, capsys):
+    new = tmp_path / "new" / "sub"
+    args = [a.format(new=new, frames=frames) for a in args]
+    if "--model" not in args:
+        args += ["--model", str(model_file)]
+    assert main(args) == 2
+    one_error_line(args[0], capsys.readouterr().err)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    "items, words",
+    [(["teacher=nofile.pt"], "no teacher file nofile.pt"), (["lr=1e-4", "lr=1e-5"], "lr is swept twice")],
+)
+def test_sweep_teachers_and_repeated_keys_are_checked_before_the_first_run(items, words, tmp_path, capsys):
+    out = tmp_path / "rep"
+    args = ["report", "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(out), "--sweep", *items]
+    assert main([*args, "--teacher", "random", "--penalty-images", "none", "--quiet"]) == 2
+    assert words in one_error_line("report", capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_a_flipped_byte_in_a_pickled_torch_name_is_corrupt_but_a_saved_module_is_another_file(model_file, tmp_path):
+    import zipfile
+
+    from efficientad_fast import load
+
+    damaged = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(model_file) as source, zipfile.ZipFile(damaged, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith("data.pkl"):
+                data = data.replace(b"collections", b"collectionz", 1)
+            target.writestr(item, data)
+    with pytest.raises(ValueError, match="corrupt: its pickled part cannot be read"):
+        load(damaged)
+    module = tmp_path / "module.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)), module)
+    with pytest.raises(ValueError, match="not an efficientad_fast model file"):
+        load(module)

@@ -227,6 +227,9 @@ TEACHER_KEYWORDS = ("auto", "random", "distilled", "paper")
 
 # argparse ``type=`` validators: each option says what it takes where it is declared, so a bad
 # value is refused while parsing, with the option's name (OneLineParser makes that one line).
+LARGEST_WHOLE = 2**31 - 1
+
+
 def at_least(least: int) -> Callable[[str], int]:
     """argparse ``type=``: a whole number >= ``least``."""
 
@@ -237,6 +240,8 @@ def at_least(least: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}") from None
         if value < least:
             raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        if value > LARGEST_WHOLE:  # a count or size this large only fails later, in C++
+            raise argparse.ArgumentTypeError(f"must be <= {LARGEST_WHOLE}, got {value}")
         return value
 
     return whole_number
@@ -474,7 +479,7 @@ def _refuse_a_folder(path: str) -> None:
 def _check_output_file(path: str) -> None:
     """--out names a file: refuse a folder, or a folder that cannot be written, before the
     work (minutes of compiling or calibrating) rather than after it."""
-    from .._checkpoint import writable_folder
+    from .._checkpoint import check_writable_folder
 
     _refuse_a_folder(path)
-    writable_folder(Path(path).parent)
+    check_writable_folder(Path(path).parent)  # made by the writer, once every check has passed

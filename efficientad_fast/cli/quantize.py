@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from ._common import _add_image_size_arg, _check_output_file, at_least
 
@@ -15,6 +16,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     it to --out, which then loads with precision int8 (or auto) without the images. Prints the
     accuracy cost (the largest map difference to fp32 on those images, as a fraction of the
     fp32 map's range) beside the batch-1 time of fp32 and int8 on this machine."""
+    from .._checkpoint import writable_folder
     from ..deploy.openvino import calibration_images
     from ..model import quantize
     from ..model_file import load
@@ -29,6 +31,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     reference, int8 = model.predict(images).anomaly_map, quantized.predict(images).anomaly_map
     diff = float((int8 - reference).abs().max()) / max(float(reference.max() - reference.min()), 1e-12)
     times = measure_precisions(quantized, batch_size=1, image_size=size, names=["fp32", "int8"])["times_ms"]
+    writable_folder(Path(args.out).parent)
     quantized.save(args.out)
     print(
         f"int8: {args.out}  ({time.perf_counter() - start:.0f} s; calibrated on {images.shape[0]} images of "

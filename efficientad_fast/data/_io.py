@@ -100,12 +100,14 @@ def image_size_of(path: str | os.PathLike, what: str = "image") -> tuple[int, in
 
 def _check_float_range(image: Image.Image) -> None:
     """A float image (mode F, e.g. a float TIFF) holds [0, 1], or 0..255 or 0..65535 that
-    :func:`to_rgb_array` scales: anything below 0 or above 65535 was clipped silently before.
-    (NaN is left to the callers, which name it.)"""
+    :func:`to_rgb_array` scales: anything below 0 or above 65535 was clipped silently before,
+    and an infinite pixel chose the scale (the whole image divided by 65535)."""
     if image.mode != "F":
         return
     array = np.asarray(image)
-    finite = array[np.isfinite(array)]
+    if not np.isfinite(array).all():
+        raise ValueError("it has pixels that are not finite (NaN or inf)")
+    finite = array
     if finite.size and (finite.min() < 0.0 or finite.max() > 65535.0):
         raise ValueError(
             f"float pixel values must lie in [0, 1] (or 0..255 or 0..65535, which are scaled), "

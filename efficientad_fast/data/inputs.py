@@ -41,7 +41,8 @@ def collect_image_paths(inputs, out_dir=None, log=print) -> list[Path]:
     """Image files named directly or found (recursively) in folders, in a stable order.
     Files found in ``out_dir/heatmaps`` and ``out_dir/masks`` (an earlier run's pictures, when
     the output folder lies inside an input folder, or is one) are left out, said once through
-    ``log``. Links are followed as the file system says (a link loop is kept, to be reported
+    ``log``; a file named directly that lies there is refused (ValueError): a picture could
+    overwrite it. Links are followed as the file system says (a link loop is kept, to be reported
     as unreadable), never by raising."""
     paths: list[Path] = []
     for item in inputs:
@@ -61,6 +62,14 @@ def collect_image_paths(inputs, out_dir=None, log=print) -> list[Path]:
             return real not in named and any(folder in Path(real).parents for folder in pictures)
 
         kept = [p for p in paths if not earlier_output(p)]
+        for path in kept:  # named on purpose: refused, as predict's pictures could overwrite it
+            real = Path(os.path.realpath(path))
+            folder = next((f for f in pictures if f in real.parents), None)
+            if folder is not None:
+                raise ValueError(
+                    f"the input {path} lies in {folder}, where predict writes its pictures (it could be "
+                    "overwritten): choose another --out, or move the image"
+                )
         if len(kept) < len(paths):
             log(f"skipping {len(paths) - len(kept)} files under {out_dir}/heatmaps and masks (an earlier run's output)")
         paths = kept

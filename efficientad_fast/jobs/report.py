@@ -36,12 +36,20 @@ def _number_from(least: float, strict: bool, kind=float):
     return parse
 
 
+def _teacher_value(text: str) -> str:
+    """A sweep's teacher: a keyword or a file that exists (checked before the first run)."""
+    text = text.strip()
+    if text not in ("auto", "random", "distilled", "paper") and not Path(text).is_file():
+        raise ValueError(f"no teacher file {text} (or one of auto, random, distilled, paper)")
+    return text
+
+
 SWEEP_KEYS = {
     "lr": _number_from(0, strict=True),
     "weight_decay": _number_from(0, strict=False),
     "steps": _number_from(1, strict=False, kind=int),
     "batch_size": _number_from(1, strict=False, kind=int),
-    "teacher": str,
+    "teacher": _teacher_value,
 }
 
 
@@ -55,6 +63,8 @@ def parse_sweep(items) -> dict[str, list]:
             raise ValueError(f"a sweep item looks like lr=1e-6,1e-4, got {item!r}")
         if key not in SWEEP_KEYS:
             raise ValueError(f"can sweep {sorted(SWEEP_KEYS)}, not {key!r}")
+        if key in sweep:  # the later one silently won before
+            raise ValueError(f"{key} is swept twice; give its values in one item, e.g. {key}=V1,V2")
         try:
             sweep[key] = [SWEEP_KEYS[key](v) for v in values.split(",") if v.strip()]
         except ValueError as exc:

@@ -55,11 +55,11 @@ class KOfNSmoothing:
     Latency: k - 1 frames to raise; the alarm holds up to n - k frames after."""
 
     def __init__(self, threshold: float, k: int = 3, n: int = 5) -> None:
-        if not (is_whole(k) and is_whole(n) and 1 <= k <= n):
+        if not (is_whole(k) and is_whole(n) and 1 <= int(k) <= int(n)):  # int(): a tensor and an array mixed
             raise ValueError(f"kofn needs integers 1 <= k <= n, got k={k!r}, n={n!r}")
         self.threshold = float(threshold)
         self.k, self.n = int(k), int(n)
-        self.latency_frames = float(k - 1)
+        self.latency_frames = float(self.k - 1)
         self._window: collections.deque[float] = collections.deque(maxlen=self.n)
 
     def update(self, score: float) -> tuple[float, bool]:
