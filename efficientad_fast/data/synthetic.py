@@ -70,15 +70,19 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ._drawing import _DESIGN, _STRUCTURAL, _SUPERSAMPLE, _lighting, _rng, _shape_mask, _smooth_noise
+from .synthetic_kit import KIT_DEFECT_KINDS, KIT_DEFECTS, render_kit, write_loco_category
 
 STRUCTURAL_DEFECTS = ("scratch", "hole", "stain", "crack")
 LOGICAL_DEFECTS = ("missing_part", "extra_part", "misplaced_part", "recoloured_part")
-SYNTHETIC_DEFECT_KINDS = {**{d: "structural" for d in STRUCTURAL_DEFECTS}, **{d: "logical" for d in LOGICAL_DEFECTS}}
+_MVTEC_DEFECT_KINDS = {**{d: "structural" for d in STRUCTURAL_DEFECTS}, **{d: "logical" for d in LOGICAL_DEFECTS}}
+SYNTHETIC_DEFECT_KINDS = {**_MVTEC_DEFECT_KINDS, **KIT_DEFECT_KINDS}
 PHOTO_TEXTURES = ("brick", "grass", "gravel")
+LOCO_CATEGORIES = ("kit",)  # written in MVTec LOCO's layout: open them with dataset "mvtec_loco"
 SYNTHETIC_CATEGORIES = {
     "weave": {"type": "texture", "defects": STRUCTURAL_DEFECTS},
     "board": {"type": "object", "defects": STRUCTURAL_DEFECTS + LOGICAL_DEFECTS},
     **{name: {"type": "texture", "defects": STRUCTURAL_DEFECTS} for name in PHOTO_TEXTURES},
+    "kit": {"type": "object", "defects": KIT_DEFECTS, "layout": "mvtec_loco"},
 }
 
 
@@ -334,7 +338,17 @@ def _photo_renderer(name: str):
     return render
 
 
-_RENDER = {"weave": _render_weave, "board": _render_board, **{n: _photo_renderer(n) for n in PHOTO_TEXTURES}}
+def _render_kit(rng, drng, size: int, defect: str | None, apply: bool, defect_scale: float = 1.0):
+    image, regions = render_kit(rng, drng, size, defect, apply)  # its defects keep their size
+    return image, np.logical_or.reduce(regions) if regions else np.zeros((size, size), bool)
+
+
+_RENDER = {
+    "weave": _render_weave,
+    "board": _render_board,
+    **{n: _photo_renderer(n) for n in PHOTO_TEXTURES},
+    "kit": _render_kit,
+}
 
 
 # -- writer -------------------------------------------------------------------------------
@@ -371,13 +385,24 @@ def render_synthetic(
     allowed = SYNTHETIC_CATEGORIES[category]["defects"]
     if defect is not None and defect not in allowed:
         raise ValueError(f"category {category!r} has no defect {defect!r}; it has {allowed}")
-    key = (seed, category, split, defect or "good", index)
-    rng, drng = _rng(*key), _rng(*key, "defect")  # scene/lighting stream, defect stream
+    rng, drng = _streams(seed, category, split, defect, index)
     _check_defect_scale(defect_scale)
     image, mask = _RENDER[category](rng, drng, int(image_size), defect, not clean, float(defect_scale))
     if defect is not None and not mask.any():
         raise AssertionError(f"empty mask for {category}/{defect}/{index}")  # never expected
     return image.astype(np.float32), mask
+
+
+def _streams(seed: int, category: str, split: str, defect: str | None, index: int):
+    key = (seed, category, split, defect or "good", index)
+    return _rng(*key), _rng(*key, "defect")  # scene/lighting stream, defect stream
+
+
+def _kit_regions(seed: int, image_size: int, split: str, defect: str | None, index: int):
+    """A kit image and its defect's regions (one per mask file), as :func:`render_synthetic`
+    draws it."""
+    image, regions = render_kit(*_streams(seed, "kit", split, defect, index), int(image_size), defect, True)
+    return image.astype(np.float32), regions
 
 
 def make_synthetic(
@@ -392,6 +417,7 @@ def make_synthetic(
     image_size: int = 256,
     overwrite: bool = False,
     defect_scale: float = 1.0,
+    n_validation: int | None = None,
 ) -> Path:
     """Write the synthetic dataset (see the module docstring) to ``root`` and return it.
 
@@ -409,7 +435,9 @@ def make_synthetic(
             image, into a patch of ``defect_scale * image_size`` pixels). Large images with
             small defects: ``image_size=1024, defect_scale=0.25`` gives defects of the pixel
             sizes listed above on 1024 px images (a 3 px scratch; under 1 px at 256 px).
-            Logical defects keep their size.
+            Logical defects keep their size, and so do all of ``kit``'s.
+        n_validation: normal images in validation/good of the MVTec LOCO-layout categories
+            (``kit``); default ``max(1, n_train // 6)``. The MVTec AD-layout ones have none.
 
     Everything is written into a temporary folder beside ``root`` and renamed at the end,
     so ``root`` never holds a half-written dataset.
@@ -417,6 +445,8 @@ def make_synthetic(
     root = Path(root)
     _check_synthetic_args(categories, n_train, n_test_good, n_test_defect_per_type, defects, image_size)
     _check_defect_scale(defect_scale)
+    n_validation = max(1, int(n_train) // 6) if n_validation is None else int(n_validation)
+    _check_loco_args(categories, defects, n_train, n_validation, n_test_good, n_test_defect_per_type)
     if root.exists() and not overwrite and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root} exists and is not empty (pass overwrite=True to replace it)")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -427,8 +457,10 @@ def make_synthetic(
             "image_size": int(image_size),
             "layout": "mvtec_ad",
             "categories": {},
-            "defect_kinds": SYNTHETIC_DEFECT_KINDS,
+            "defect_kinds": _MVTEC_DEFECT_KINDS,
         }
+        if set(categories) & set(LOCO_CATEGORIES):  # the manifest of the usual dataset stays as it was
+            manifest["defect_kinds"] = SYNTHETIC_DEFECT_KINDS
         if defect_scale != 1.0:  # the manifest of the usual dataset stays as it was
             manifest["defect_scale"] = float(defect_scale)
         counts = {
@@ -443,6 +475,17 @@ def make_synthetic(
                 "defects": chosen,
                 **counts,
             }
+            if category in LOCO_CATEGORIES:
+                entry = manifest["categories"][category]
+                entry.update(layout="mvtec_loco", n_validation=n_validation)
+                entry["test_images"] = write_loco_category(
+                    tmp / category,
+                    functools.partial(_kit_regions, seed, image_size),
+                    _save_png,
+                    {**counts, "n_validation": n_validation},
+                    chosen,
+                )
+                continue
             jobs = [("train", "good", None, n_train), ("test", "good", None, n_test_good)]
             jobs += [("test", d, d, n_test_defect_per_type) for d in chosen]
             _write_category(tmp / category, category, seed, jobs, image_size, defect_scale)
@@ -466,6 +509,21 @@ def _check_synthetic_args(categories, n_train, n_test_good, n_test_defect_per_ty
         bad = [d for d in defects if d not in SYNTHETIC_DEFECT_KINDS]
         if bad:
             raise ValueError(f"unknown synthetic defects {bad}; choose from {list(SYNTHETIC_DEFECT_KINDS)}")
+
+
+def _check_loco_args(categories, defects, *counts) -> None:
+    """A category in MVTec LOCO's layout needs images in every folder and both kinds of defect."""
+    for category in set(categories) & set(LOCO_CATEGORIES):
+        chosen = {
+            SYNTHETIC_DEFECT_KINDS[d]
+            for d in SYNTHETIC_CATEGORIES[category]["defects"]
+            if defects is None or d in defects
+        }
+        if chosen != {"structural", "logical"} or min(counts) < 1:
+            raise ValueError(
+                f"{category!r} is written in MVTec LOCO's layout, which needs at least one image in train, "
+                "validation and test/good, and at least one structural and one logical defect"
+            )
 
 
 def _check_defect_scale(defect_scale) -> None:
@@ -502,6 +560,7 @@ def _replace_folder(new: Path, root: Path) -> None:
 
 
 __all__ = [
+    "LOCO_CATEGORIES",
     "LOGICAL_DEFECTS",
     "PHOTO_TEXTURES",
     "STRUCTURAL_DEFECTS",
