@@ -11,6 +11,20 @@
 so ``open_dataset(root, "mvtec_ad", category, ...)`` (or ``"folder"``: the layout is also a
 valid generic folder dataset) reads it. Images are 8-bit RGB PNGs, 256x256 by default.
 
+``kit`` alone is written in MVTec LOCO's layout, beside the others in the same root::
+
+    <root>/kit/train/good/, <root>/kit/validation/good/, <root>/kit/test/good/
+    <root>/kit/test/{logical_anomalies,structural_anomalies}/000.png ...
+    <root>/kit/ground_truth/<type>/000/000.png (, 001.png)   one mask per region, its pixels = the
+                                                              defect's pixel_value, else 0
+    <root>/kit/defects_config.json                            LOCO's format, for sPRO
+
+Open it with ``open_dataset(root, "mvtec_loco", "kit", ...)`` (``--dataset loco``; asked as
+``mvtec_ad`` it refuses and says so); ``list_categories`` lists it for ``mvtec_loco`` only and
+the others for every layout but that one, so ``report --dataset loco`` on such a root runs
+kit and ``--dataset mvtec`` runs the rest. synthetic.json's ``test_images`` names each kit
+test image's defect.
+
 Categories
 ----------
 ``weave`` (texture): a plain-woven fabric; every image has its own thread phase (shift),
@@ -24,6 +38,19 @@ Categories
     for ``weave``. The board is kept plain (flat parts, no fine print): a random-teacher
     model trained for a few hundred steps learns smooth content quickly, so defects stand
     out against a well-learned normal.
+
+``kit`` (object, MVTec LOCO layout): a grey tray on a dark bench with four distinct parts,
+    each in its own dark pocket: red disc (top left), blue square block (top right), yellow
+    bar (bottom left), green ring (bottom right); the middle of the tray is empty. The tray
+    shifts by +-4 px and each part by +-1.5 px in its pocket; lighting as for ``weave``.
+    Structural (on one part, kept on it): ``scratch`` (pale line, 34-46 px long, 3.5-4.5 px
+    wide), ``stain`` (murky brown blob, radius 10-14 px), ``dent`` (a round depression lit
+    from one side, sigma 5.5-7.5 px). Logical: ``missing_part`` (an empty pocket; mask: where
+    the part should be), ``swapped_parts`` (two parts in each other's pockets; two masks,
+    each the old and the new part's footprint at one place), ``extra_part`` (a copy of a
+    part in the middle; mask: the copy). Every defect keeps its size (``defect_scale`` does
+    not apply). defects_config.json: pixel values 255 (missing_part) down to 250 (dent),
+    each saturating at its region's whole area (relative, 1.0).
 
 Photo textures (need scikit-image, the ``[distill]`` extra)
 -------------------------------------------------------------
@@ -422,8 +449,9 @@ def make_synthetic(
     """Write the synthetic dataset (see the module docstring) to ``root`` and return it.
 
     Args:
-        categories: any of ``"weave"`` (texture), ``"board"`` (object) and the photo
-            textures ``"brick"``, ``"grass"``, ``"gravel"`` (need scikit-image).
+        categories: any of ``"weave"`` (texture), ``"board"`` (object), ``"kit"`` (object,
+            MVTec LOCO layout: open it as ``"mvtec_loco"``) and the photo textures
+            ``"brick"``, ``"grass"``, ``"gravel"`` (need scikit-image).
         n_train / n_test_good: normal images in train/good and test/good.
         n_test_defect_per_type: anomalous test images per defect type.
         defects: restrict to these defect types (each category keeps the ones it has).
