@@ -24,6 +24,18 @@ HEADERS = {
     "pixel_aupr": "Pixel AUPR",
     "aupro": "AU-PRO",
 }
+# MVTec LOCO (and the synthetic kit in its layout): the two kinds of anomaly apart, beside the means
+LOCO_METRICS = ("structural_image_auroc", "logical_image_auroc", "structural_auspro", "logical_auspro")
+LOCO_HEADERS = {
+    "structural_image_auroc": "Structural Image AUROC",
+    "logical_image_auroc": "Logical Image AUROC",
+    "structural_auspro": "Structural AU-sPRO",
+    "logical_auspro": "Logical AU-sPRO",
+}
+
+
+def _is_loco(dataset: str) -> bool:
+    return dataset in ("loco", "mvtec_loco", "mvtecloco")
 
 
 def _flatten_metrics(result: dict) -> dict[str, float]:
@@ -76,10 +88,16 @@ def run_name(category: str, setting: dict) -> str:
 
 def headline_metrics(metrics: dict) -> dict[str, float]:
     """The report's six numbers; MVTec LOCO: the mean of structural and logical, with
-    AU-sPRO (up to FPR 0.3) in the PRO column."""
+    AU-sPRO (up to FPR 0.3) in the PRO column, plus image AUROC and AU-sPRO of each kind
+    (:data:`LOCO_METRICS`)."""
     if "mean" in metrics and isinstance(metrics["mean"], dict):
         mean = metrics["mean"]
-        return {k: mean.get("auspro_0.3" if k == "aupro" else k, math.nan) for k in METRICS}
+        out = {k: mean.get("auspro_0.3" if k == "aupro" else k, math.nan) for k in METRICS}
+        for kind in ("structural", "logical"):
+            part = metrics.get(kind, {})
+            out[f"{kind}_image_auroc"] = part.get("image_auroc", math.nan)
+            out[f"{kind}_auspro"] = part.get("auspro_0.3", math.nan)
+        return out
     return {k: metrics.get(k, math.nan) for k in METRICS}
 
 
@@ -116,8 +134,10 @@ def report_tables(result: dict) -> str:
     """Markdown: Table 4 (per category, with the dataset average) and, with a sweep,
     Table 5 (one row per category and setting)."""
     rows = result["rows"]
-    pro = "AU-sPRO" if result["dataset"] in ("loco", "mvtec_loco") else "AU-PRO"
-    cols = [HEADERS[k] if k != "aupro" else pro for k in METRICS]
+    loco = _is_loco(result["dataset"])
+    metrics = METRICS + LOCO_METRICS if loco else METRICS
+    cols = [HEADERS[k] if k != "aupro" else "AU-sPRO" if loco else "AU-PRO" for k in METRICS]
+    cols += [LOCO_HEADERS[k] for k in metrics[len(METRICS) :]]
     sweep = bool(result["sweep"])
     swept = list(result["sweep"]) if sweep else []
     head = (
@@ -132,7 +152,7 @@ def report_tables(result: dict) -> str:
         if r["error"]:
             cells += [f"failed: {r['error'][:80]}"] + [""] * (len(head) - len(cells) - 1)
         else:
-            cells += [_fmt(r[k]) for k in METRICS] + [
+            cells += [_fmt(r.get(k)) for k in metrics] + [
                 _fmt(r["train_s"], 1),
                 _fmt(r["infer_s"], 2),
                 _fmt(r["latency_ms"], 2),
@@ -141,7 +161,7 @@ def report_tables(result: dict) -> str:
     if not sweep:
         avg = (
             ["**average**"]
-            + [_fmt(_mean(rows, k)) for k in METRICS]
+            + [_fmt(_mean(rows, k)) for k in metrics]
             + [_fmt(_mean(rows, "train_s"), 1), _fmt(_mean(rows, "infer_s"), 2), _fmt(_mean(rows, "latency_ms"), 2)]
         )
         lines.append(f"| {' | '.join(avg)} |")
@@ -194,6 +214,7 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
         "steps",
         "batch_size",
         *METRICS,
+        *(LOCO_METRICS if _is_loco(result["dataset"]) else ()),
         "train_s",
         "infer_s",
         "infer_ms_per_image",

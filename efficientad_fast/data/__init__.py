@@ -10,6 +10,8 @@
 
     make_synthetic("/tmp/synthetic")          # weave (texture) + board (object), MVTec AD layout
     open_dataset("/tmp/synthetic", "mvtec_ad", "board", "test")
+    make_synthetic("/tmp/kit", categories=("kit",))   # parts on a tray, MVTec LOCO layout
+    open_dataset("/tmp/kit", "mvtec_loco", "kit", "test")   # kinds: structural / logical
     make_synthetic_video("/tmp/conveyor.avi")  # boards on a conveyor + conveyor.avi.labels.csv
 
 Layouts read (``root`` holds the category folders):
@@ -48,6 +50,7 @@ from .datasets import (
 from .layouts import FolderLayout, Sample
 from .penalty import GenericImages, check_penalty_images, fetch_imagenette, imagenette_folder, penalty_image_set
 from .synthetic import (
+    LOCO_CATEGORIES,
     LOGICAL_DEFECTS,
     PHOTO_TEXTURES,
     STRUCTURAL_DEFECTS,
@@ -67,6 +70,7 @@ __all__ = [
     "check_penalty_images",
     "IMAGE_SUFFIXES",
     "KINDS",
+    "LOCO_CATEGORIES",
     "LOGICAL_DEFECTS",
     "PHOTO_TEXTURES",
     "STRUCTURAL_DEFECTS",

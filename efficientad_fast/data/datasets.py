@@ -318,6 +318,8 @@ def open_dataset(
         base = root if category is None else root / category
         _require_dir(base, f"{pretty} category")
         if name in ("mvtec_ad", "mpdd"):
+            if split == "test" and _is_loco(base):
+                raise DataError(f"{base} is in MVTec LOCO's layout: open it as dataset 'mvtec_loco' (--dataset loco)")
             samples = _scan_mvtec(base, split, pretty)
         elif name == "mvtec_loco":
             samples = _scan_loco(base, split)
@@ -339,14 +341,22 @@ def open_dataset(
 
 def list_categories(root: str | os.PathLike, dataset: str) -> list[str]:
     """Category names found under ``root`` (folders with a ``train/`` folder; VisA: the
-    objects of ``split_csv/1cls.csv``)."""
+    objects of ``split_csv/1cls.csv``). A root may hold both MVTec AD- and MVTec LOCO-layout
+    categories (the synthetic ``kit`` beside ``weave`` and ``board``): a folder whose
+    ``test/`` holds ``logical_anomalies`` or ``structural_anomalies`` is listed for
+    ``mvtec_loco`` only, the others for every layout but ``mvtec_loco``."""
     name = _normalize_name(dataset)
     root = Path(root)
     if name == "visa":
         return sorted({r["object"] for r in _read_visa_csv(root)[1]})
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "train").is_dir() and not p.name.startswith("."))
+    found = [p for p in root.iterdir() if (p / "train").is_dir() and not p.name.startswith(".")]
+    return sorted(p.name for p in found if _is_loco(p) == (name == "mvtec_loco"))
+
+
+def _is_loco(base: Path) -> bool:
+    return any((base / "test" / folder).is_dir() for folder in ("logical_anomalies", "structural_anomalies"))
 
 
 def read_loco_defects_config(root: str | os.PathLike, category: str) -> dict[int, dict]:

@@ -11,6 +11,20 @@
 so ``open_dataset(root, "mvtec_ad", category, ...)`` (or ``"folder"``: the layout is also a
 valid generic folder dataset) reads it. Images are 8-bit RGB PNGs, 256x256 by default.
 
+``kit`` alone is written in MVTec LOCO's layout, beside the others in the same root::
+
+    <root>/kit/train/good/, <root>/kit/validation/good/, <root>/kit/test/good/
+    <root>/kit/test/{logical_anomalies,structural_anomalies}/000.png ...
+    <root>/kit/ground_truth/<type>/000/000.png (, 001.png)   one mask per region, its pixels = the
+                                                              defect's pixel_value, else 0
+    <root>/kit/defects_config.json                            LOCO's format, for sPRO
+
+Open it with ``open_dataset(root, "mvtec_loco", "kit", ...)`` (``--dataset loco``; asked as
+``mvtec_ad`` it refuses and says so); ``list_categories`` lists it for ``mvtec_loco`` only and
+the others for every layout but that one, so ``report --dataset loco`` on such a root runs
+kit and ``--dataset mvtec`` runs the rest. synthetic.json's ``test_images`` names each kit
+test image's defect.
+
 Categories
 ----------
 ``weave`` (texture): a plain-woven fabric; every image has its own thread phase (shift),
@@ -24,6 +38,19 @@ Categories
     for ``weave``. The board is kept plain (flat parts, no fine print): a random-teacher
     model trained for a few hundred steps learns smooth content quickly, so defects stand
     out against a well-learned normal.
+
+``kit`` (object, MVTec LOCO layout): a grey tray on a dark bench with four distinct parts,
+    each in its own dark pocket: red disc (top left), blue square block (top right), yellow
+    bar (bottom left), green ring (bottom right); the middle of the tray is empty. The tray
+    shifts by +-4 px and each part by +-1.5 px in its pocket; lighting as for ``weave``.
+    Structural (on one part, kept on it): ``scratch`` (pale line, 34-46 px long, 3.5-4.5 px
+    wide), ``stain`` (murky brown blob, radius 10-14 px), ``dent`` (a round depression lit
+    from one side, sigma 5.5-7.5 px). Logical: ``missing_part`` (an empty pocket; mask: where
+    the part should be), ``swapped_parts`` (two parts in each other's pockets; two masks,
+    each the old and the new part's footprint at one place), ``extra_part`` (a copy of a
+    part in the middle; mask: the copy). Every defect keeps its size (``defect_scale`` does
+    not apply). defects_config.json: pixel values 255 (missing_part) down to 250 (dent),
+    each saturating at its region's whole area (relative, 1.0).
 
 Photo textures (need scikit-image, the ``[distill]`` extra)
 -------------------------------------------------------------
@@ -70,15 +97,19 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ._drawing import _DESIGN, _STRUCTURAL, _SUPERSAMPLE, _lighting, _rng, _shape_mask, _smooth_noise
+from .synthetic_kit import KIT_DEFECT_KINDS, KIT_DEFECTS, render_kit, write_loco_category
 
 STRUCTURAL_DEFECTS = ("scratch", "hole", "stain", "crack")
 LOGICAL_DEFECTS = ("missing_part", "extra_part", "misplaced_part", "recoloured_part")
-SYNTHETIC_DEFECT_KINDS = {**{d: "structural" for d in STRUCTURAL_DEFECTS}, **{d: "logical" for d in LOGICAL_DEFECTS}}
+_MVTEC_DEFECT_KINDS = {**{d: "structural" for d in STRUCTURAL_DEFECTS}, **{d: "logical" for d in LOGICAL_DEFECTS}}
+SYNTHETIC_DEFECT_KINDS = {**_MVTEC_DEFECT_KINDS, **KIT_DEFECT_KINDS}
 PHOTO_TEXTURES = ("brick", "grass", "gravel")
+LOCO_CATEGORIES = ("kit",)  # written in MVTec LOCO's layout: open them with dataset "mvtec_loco"
 SYNTHETIC_CATEGORIES = {
     "weave": {"type": "texture", "defects": STRUCTURAL_DEFECTS},
     "board": {"type": "object", "defects": STRUCTURAL_DEFECTS + LOGICAL_DEFECTS},
     **{name: {"type": "texture", "defects": STRUCTURAL_DEFECTS} for name in PHOTO_TEXTURES},
+    "kit": {"type": "object", "defects": KIT_DEFECTS, "layout": "mvtec_loco"},
 }
 
 
@@ -334,7 +365,17 @@ def _photo_renderer(name: str):
     return render
 
 
-_RENDER = {"weave": _render_weave, "board": _render_board, **{n: _photo_renderer(n) for n in PHOTO_TEXTURES}}
+def _render_kit(rng, drng, size: int, defect: str | None, apply: bool, defect_scale: float = 1.0):
+    image, regions = render_kit(rng, drng, size, defect, apply)  # its defects keep their size
+    return image, np.logical_or.reduce(regions) if regions else np.zeros((size, size), bool)
+
+
+_RENDER = {
+    "weave": _render_weave,
+    "board": _render_board,
+    **{n: _photo_renderer(n) for n in PHOTO_TEXTURES},
+    "kit": _render_kit,
+}
 
 
 # -- writer -------------------------------------------------------------------------------
@@ -371,13 +412,25 @@ def render_synthetic(
     allowed = SYNTHETIC_CATEGORIES[category]["defects"]
     if defect is not None and defect not in allowed:
         raise ValueError(f"category {category!r} has no defect {defect!r}; it has {allowed}")
-    key = (seed, category, split, defect or "good", index)
-    rng, drng = _rng(*key), _rng(*key, "defect")  # scene/lighting stream, defect stream
+    rng, drng = _streams(seed, category, split, defect, index)
     _check_defect_scale(defect_scale)
     image, mask = _RENDER[category](rng, drng, int(image_size), defect, not clean, float(defect_scale))
     if defect is not None and not mask.any():
         raise AssertionError(f"empty mask for {category}/{defect}/{index}")  # never expected
     return image.astype(np.float32), mask
+
+
+def _streams(seed: int, category: str, split: str, defect: str | None, index: int):
+    key = (seed, category, split, defect or "good", index)
+    return _rng(*key), _rng(*key, "defect")  # scene/lighting stream, defect stream
+
+
+def _kit_regions(seed: int, image_size: int, split: str, defect: str | None, index: int):
+    """A kit image and its defect's regions (one per mask file), as :func:`render_synthetic`
+    draws it."""
+    rng, drng = _streams(seed, "kit", split, defect, index)
+    image, regions = render_kit(rng, drng, int(image_size), defect, True)
+    return image.astype(np.float32), regions
 
 
 def make_synthetic(
@@ -392,12 +445,14 @@ def make_synthetic(
     image_size: int = 256,
     overwrite: bool = False,
     defect_scale: float = 1.0,
+    n_validation: int | None = None,
 ) -> Path:
     """Write the synthetic dataset (see the module docstring) to ``root`` and return it.
 
     Args:
-        categories: any of ``"weave"`` (texture), ``"board"`` (object) and the photo
-            textures ``"brick"``, ``"grass"``, ``"gravel"`` (need scikit-image).
+        categories: any of ``"weave"`` (texture), ``"board"`` (object), ``"kit"`` (object,
+            MVTec LOCO layout: open it as ``"mvtec_loco"``) and the photo textures
+            ``"brick"``, ``"grass"``, ``"gravel"`` (need scikit-image).
         n_train / n_test_good: normal images in train/good and test/good.
         n_test_defect_per_type: anomalous test images per defect type.
         defects: restrict to these defect types (each category keeps the ones it has).
@@ -409,7 +464,9 @@ def make_synthetic(
             image, into a patch of ``defect_scale * image_size`` pixels). Large images with
             small defects: ``image_size=1024, defect_scale=0.25`` gives defects of the pixel
             sizes listed above on 1024 px images (a 3 px scratch; under 1 px at 256 px).
-            Logical defects keep their size.
+            Logical defects keep their size, and so do all of ``kit``'s.
+        n_validation: normal images in validation/good of the MVTec LOCO-layout categories
+            (``kit``); default ``max(1, n_train // 6)``. The MVTec AD-layout ones have none.
 
     Everything is written into a temporary folder beside ``root`` and renamed at the end,
     so ``root`` never holds a half-written dataset.
@@ -417,6 +474,8 @@ def make_synthetic(
     root = Path(root)
     _check_synthetic_args(categories, n_train, n_test_good, n_test_defect_per_type, defects, image_size)
     _check_defect_scale(defect_scale)
+    n_validation = max(1, int(n_train) // 6) if n_validation is None else int(n_validation)
+    _check_loco_args(categories, defects, n_train, n_validation, n_test_good, n_test_defect_per_type)
     if root.exists() and not overwrite and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root} exists and is not empty (pass overwrite=True to replace it)")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -427,8 +486,10 @@ def make_synthetic(
             "image_size": int(image_size),
             "layout": "mvtec_ad",
             "categories": {},
-            "defect_kinds": SYNTHETIC_DEFECT_KINDS,
+            "defect_kinds": _MVTEC_DEFECT_KINDS,
         }
+        if set(categories) & set(LOCO_CATEGORIES):  # the manifest of the usual dataset stays as it was
+            manifest["defect_kinds"] = SYNTHETIC_DEFECT_KINDS
         if defect_scale != 1.0:  # the manifest of the usual dataset stays as it was
             manifest["defect_scale"] = float(defect_scale)
         counts = {
@@ -443,6 +504,17 @@ def make_synthetic(
                 "defects": chosen,
                 **counts,
             }
+            if category in LOCO_CATEGORIES:
+                entry = manifest["categories"][category]
+                entry.update(layout="mvtec_loco", n_validation=n_validation)
+                entry["test_images"] = write_loco_category(
+                    tmp / category,
+                    functools.partial(_kit_regions, seed, image_size),
+                    _save_png,
+                    {**counts, "n_validation": n_validation},
+                    chosen,
+                )
+                continue
             jobs: list[_Job] = [("train", "good", None, n_train), ("test", "good", None, n_test_good)]
             jobs += [("test", d, d, n_test_defect_per_type) for d in chosen]
             _write_category(tmp / category, category, seed, jobs, image_size, defect_scale)
@@ -466,6 +538,21 @@ def _check_synthetic_args(categories, n_train, n_test_good, n_test_defect_per_ty
         bad = [d for d in defects if d not in SYNTHETIC_DEFECT_KINDS]
         if bad:
             raise ValueError(f"unknown synthetic defects {bad}; choose from {list(SYNTHETIC_DEFECT_KINDS)}")
+
+
+def _check_loco_args(categories, defects, *counts) -> None:
+    """A category in MVTec LOCO's layout needs images in every folder and both kinds of defect."""
+    for category in set(categories) & set(LOCO_CATEGORIES):
+        chosen = {
+            SYNTHETIC_DEFECT_KINDS[d]
+            for d in SYNTHETIC_CATEGORIES[category]["defects"]
+            if defects is None or d in defects
+        }
+        if chosen != {"structural", "logical"} or min(counts) < 1:
+            raise ValueError(
+                f"{category!r} is written in MVTec LOCO's layout, which needs at least one image in train, "
+                "validation and test/good, and at least one structural and one logical defect"
+            )
 
 
 def _check_defect_scale(defect_scale) -> None:
@@ -508,6 +595,7 @@ def _replace_folder(new: Path, root: Path) -> None:
 
 
 __all__ = [
+    "LOCO_CATEGORIES",
     "LOGICAL_DEFECTS",
     "PHOTO_TEXTURES",
     "STRUCTURAL_DEFECTS",
