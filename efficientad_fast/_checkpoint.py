@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,6 +62,19 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write to the output folder {folder}: {ancestor} is not writable")
     return folder
+
+
+def replace_folder(new: Path, root: Path) -> None:
+    """Rename the finished folder ``new`` to ``root``, moving an existing ``root`` aside first
+    (an empty one is just removed) and deleting it after."""
+    if root.exists():
+        if root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        else:
+            trash = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+            os.replace(root, trash / root.name)
+            shutil.rmtree(trash, ignore_errors=True)
+    os.replace(new, root)
 
 
 def first_line(exc: BaseException) -> str:

@@ -17,11 +17,15 @@ from efficientad_fast.networks import make_pdn
 pytestmark = pytest.mark.usefixtures("op_library")
 
 
-def test_parse_sweep():
+def test_parse_sweep(tmp_path):
     assert parse_sweep(["lr=1e-6,1e-4", "weight-decay=1e-5"]) == {"lr": [1e-6, 1e-4], "weight_decay": [1e-5]}
     assert parse_sweep(["steps=2,4"]) == {"steps": [2, 4]}
     assert parse_sweep(None) == {}
-    assert parse_sweep(["teacher=random,/x/t.pt"]) == {"teacher": ["random", "/x/t.pt"]}
+    teacher = tmp_path / "t.pt"
+    teacher.write_bytes(b"")
+    assert parse_sweep([f"teacher=random,{teacher}"]) == {"teacher": ["random", str(teacher)]}
+    with pytest.raises(ValueError, match="no teacher file"):
+        parse_sweep(["teacher=random,/x/t.pt"])  # before the first run, not in the middle
     with pytest.raises(ValueError, match="can sweep"):
         parse_sweep(["momentum=0.9"])
     with pytest.raises(ValueError, match="looks like"):

@@ -96,6 +96,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .._checkpoint import replace_folder
 from ._drawing import _DESIGN, _STRUCTURAL, _SUPERSAMPLE, _lighting, _rng, _shape_mask, _smooth_noise
 from .synthetic_kit import KIT_DEFECT_KINDS, KIT_DEFECTS, render_kit, write_loco_category
 
@@ -519,7 +520,7 @@ def make_synthetic(
             jobs += [("test", d, d, n_test_defect_per_type) for d in chosen]
             _write_category(tmp / category, category, seed, jobs, image_size, defect_scale)
         (tmp / "synthetic.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        _replace_folder(tmp, root)
+        replace_folder(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -579,19 +580,6 @@ def _write_category(
             _save_png(image, out / f"{i:03d}.png")
             if defect is not None:
                 _save_png(mask, base / "ground_truth" / folder / f"{i:03d}_mask.png")
-
-
-def _replace_folder(new: Path, root: Path) -> None:
-    """Rename the finished folder ``new`` to ``root``, moving an existing ``root`` aside first
-    (an empty one is just removed) and deleting it after."""
-    if root.exists():
-        if root.is_dir() and not any(root.iterdir()):
-            root.rmdir()
-        else:
-            trash = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, trash / root.name)
-            shutil.rmtree(trash, ignore_errors=True)
-    os.replace(new, root)
 
 
 __all__ = [
