@@ -14,7 +14,8 @@ amap, score = ead.anomaly_map(teacher, student, autoencoder, quantiles=q)  # the
 from ._version import __version__
 from .deploy.anomalib_io import from_anomalib
 from .deploy.inference import FastPredictor
-from .model import EfficientAD, Prediction, quantize
+from .deploy.quantize import quantize
+from .model import EfficientAD, Prediction
 from .model_file import load
 from .op import BuildError, anomaly_map, load_extension, load_if_built, reference_anomaly_map
 from .teachers import load_teacher

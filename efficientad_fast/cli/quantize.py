@@ -18,7 +18,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     fp32 map's range) beside the batch-1 time of fp32 and int8 on this machine."""
     from .._checkpoint import writable_folder
     from ..deploy.openvino import calibration_images
-    from ..model import quantize
+    from ..deploy.quantize import quantize
     from ..model_file import load
     from ..precision import measure_precisions
 
