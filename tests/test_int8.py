@@ -263,5 +263,5 @@ def test_a_nan_calibration_image_is_named(tmp_path):
     pixels = np.full((32, 32), 0.5, np.float32)
     pixels[1, 1] = np.nan
     Image.fromarray(pixels, mode="F").save(tmp_path / "nan.tif")
-    with pytest.raises(ValueError, match=r"calibration image .*nan\.tif has pixels that are not finite"):
+    with pytest.raises(ValueError, match=r"calibration image file .*nan\.tif: it has pixels that are not finite"):
         calibration_images(tmp_path, (256, 256), 4)
