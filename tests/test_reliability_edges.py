@@ -176,32 +176,37 @@ def test_a_pickled_teacher_module_says_how_to_save_its_weights(tmp_path, recwarn
     assert not [w for w in recwarn if "anomalib" in str(w.filename) or "timm" in str(w.filename)]
 
 
-def test_a_dangling_image_link_is_an_errors_row(tmp_path, model_file, frames, capsys):
+def _predict_beside_one_bad_file(tmp_path, model_file, frames, name: str, make) -> list[dict]:
+    """predict on a folder holding a good image and ``name`` (made by ``make(path)``): the good
+    image alone is scored and ``name`` alone is an errors.csv row; returns the errors.csv rows."""
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "good.png").write_bytes((frames / "001.png").read_bytes())
-    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")
+    make(folder / name)
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(model_file),
-                str(folder),
-                "--out",
-                str(out),
-                "--quiet",
-                "--no-heatmaps",
-                "--precision",
-                "fp32",
-            ]
-        )
-        == 0
-    )
+    args = ["predict", "--model", str(model_file), str(folder), "--out", str(out), "--quiet", "--no-heatmaps"]
+    assert main([*args, "--precision", "fp32"]) == 0
     assert [r["path"] for r in csv.DictReader(open(out / "scores.csv"))] == [str(folder / "good.png")]
     errors = list(csv.DictReader(open(out / "errors.csv")))
-    assert [r["path"] for r in errors] == [str(folder / "gone.png")]
+    assert [r["path"] for r in errors] == [str(folder / name)]
+    return errors
+
+
+def _float_image_with(value: float):
+    """A maker for _predict_beside_one_bad_file: a grey float TIFF with one pixel ``value``."""
+
+    def make(path: Path) -> None:
+        pixels = np.full((64, 64), 0.5, np.float32)
+        pixels[3, 3] = value
+        Image.fromarray(pixels, mode="F").save(path)
+
+    return make
+
+
+def test_a_dangling_image_link_is_an_errors_row(tmp_path, model_file, frames, capsys):
+    errors = _predict_beside_one_bad_file(
+        tmp_path, model_file, frames, "gone.png", lambda path: path.symlink_to(tmp_path / "deleted.png")
+    )
     assert "is a link to" in errors[0]["error"] and "does not exist" in errors[0]["error"]
 
 
@@ -518,30 +523,7 @@ def test_watch_refuses_to_save_the_video_over_its_source(tmp_path, model_file, c
 
 
 def test_predict_reports_a_link_loop_and_scores_the_rest(tmp_path, model_file, frames):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    (folder / "good.png").write_bytes((frames / "001.png").read_bytes())
-    (folder / "loop.png").symlink_to(folder / "loop.png")
-    out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(model_file),
-                str(folder),
-                "--out",
-                str(out),
-                "--quiet",
-                "--no-heatmaps",
-                "--precision",
-                "fp32",
-            ]
-        )
-        == 0
-    )
-    assert [r["path"] for r in csv.DictReader(open(out / "scores.csv"))] == [str(folder / "good.png")]
-    assert [r["path"] for r in csv.DictReader(open(out / "errors.csv"))] == [str(folder / "loop.png")]
+    _predict_beside_one_bad_file(tmp_path, model_file, frames, "loop.png", lambda path: path.symlink_to(path))
 
 
 @pytest.mark.parametrize("where", ["same", "above"])
@@ -569,33 +551,8 @@ def test_predict_refuses_an_output_name_taken_by_a_folder_before_scoring(tmp_pat
 
 
 def test_predict_lists_an_image_with_nan_pixels_and_scores_the_rest(tmp_path, model_file, frames):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    (folder / "good.png").write_bytes((frames / "001.png").read_bytes())
-    pixels = np.full((64, 64), 0.5, np.float32)
-    pixels[3, 3] = np.nan
-    Image.fromarray(pixels, mode="F").save(folder / "nan.tif")
-    out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(model_file),
-                str(folder),
-                "--out",
-                str(out),
-                "--quiet",
-                "--no-heatmaps",
-                "--precision",
-                "fp32",
-            ]
-        )
-        == 0
-    )
-    assert [r["path"] for r in csv.DictReader(open(out / "scores.csv"))] == [str(folder / "good.png")]
-    errors = list(csv.DictReader(open(out / "errors.csv")))
-    assert [r["path"] for r in errors] == [str(folder / "nan.tif")] and "not finite" in errors[0]["error"]
+    errors = _predict_beside_one_bad_file(tmp_path, model_file, frames, "nan.tif", _float_image_with(np.nan))
+    assert "not finite" in errors[0]["error"]
 
 
 def test_predict_onto_a_disk_that_fills_with_pictures_fails_and_keeps_the_previous_files(
@@ -950,18 +907,8 @@ def test_predict_refuses_an_input_inside_the_folder_its_pictures_go_to(tmp_path,
 
 def test_an_infinite_pixel_in_a_float_image_is_an_error_row_not_a_rescaled_image(tmp_path, model_file, frames):
     """One +inf pixel made the reader divide the whole image by 65535 and clip the inf to 1."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    (folder / "good.png").write_bytes((frames / "001.png").read_bytes())
-    pixels = np.full((64, 64), 0.5, np.float32)
-    pixels[5, 5] = np.inf
-    Image.fromarray(pixels, mode="F").save(folder / "inf.tif")
-    out = tmp_path / "out"
-    args = ["predict", "--model", str(model_file), str(folder), "--out", str(out), "--quiet", "--no-heatmaps"]
-    assert main([*args, "--precision", "fp32"]) == 0
-    assert [r["path"] for r in csv.DictReader(open(out / "scores.csv"))] == [str(folder / "good.png")]
-    errors = list(csv.DictReader(open(out / "errors.csv")))
-    assert [r["path"] for r in errors] == [str(folder / "inf.tif")] and "not finite" in errors[0]["error"]
+    errors = _predict_beside_one_bad_file(tmp_path, model_file, frames, "inf.tif", _float_image_with(np.inf))
+    assert "not finite" in errors[0]["error"]
 
 
 @pytest.mark.parametrize(
