@@ -191,11 +191,17 @@ def time_predict(
             host_score.copy_(pred.score, non_blocking=True)
         sync(device)
 
-    for _ in range(warmup):
+    return _timed(timing, run, device)
+
+
+def _timed(timing: Timing, run, device: torch.device) -> Timing:
+    """``timing`` filled in by calling ``run`` (one batch, host to host, synchronized)
+    ``timing.warmup`` times untimed, then ``timing.runs`` times on the clock."""
+    for _ in range(timing.warmup):
         run()
     sync(device)
     times = []
-    for _ in range(runs):
+    for _ in range(timing.runs):
         start = time.perf_counter()
         run()
         times.append((time.perf_counter() - start) * 1e3)
@@ -204,10 +210,46 @@ def time_predict(
     timing.median_ms = statistics.median(times)
     timing.min_ms = min(times)
     timing.p99_ms = sorted(times)[min(len(times) - 1, int(0.99 * len(times)))]
-    timing.images_per_s = 1e3 * batch / timing.mean_ms
+    timing.images_per_s = 1e3 * timing.batch / timing.mean_ms
     timing.peak_memory_mib = _peak_memory_mib(device)
     timing.peak_memory_kind = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS"
     return timing
+
+
+def time_scorer(
+    score,
+    name: str,
+    device: torch.device,
+    batch: int,
+    *,
+    image_size: int = 256,
+    warmup: int | None = None,
+    runs: int | None = None,
+    protocol_name: str = DEFAULT_PROTOCOL,
+) -> Timing:
+    """Time any scorer as :func:`time_predict` times EfficientAD (``path="host"``): the same
+    protocol, the same seeded random batch, the same clock. ``score(images)`` takes float
+    (N, 3, H, W) in [0, 1] on ``device`` and returns ``(anomaly_map, score)`` tensors there;
+    each run copies the batch from the host, scores it and copies both back (report
+    --compare times PatchCore, PaDiM and FastFlow with it)."""
+    d_warm, d_runs = default_runs(device, batch, protocol_name)
+    warmup = d_warm if warmup is None else warmup
+    runs = d_runs if runs is None else runs
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    timing = Timing(name, batch, "fp32", "host", False, False, warmup, runs)
+    host_images = torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(batch))
+    if device.type == "cuda":
+        host_images = host_images.pin_memory()
+        torch.cuda.reset_peak_memory_stats(device)
+
+    @torch.no_grad()
+    def run() -> None:
+        anomaly_map, scores = score(host_images.to(device, non_blocking=True))
+        anomaly_map.cpu(), scores.cpu()  # the map and the scores back on the host, as for EfficientAD
+        sync(device)
+
+    return _timed(timing, run, device)
 
 
 # -- the fused op alone -------------------------------------------------------------------

@@ -102,7 +102,7 @@ def headline_metrics(metrics: dict) -> dict[str, float]:
 
 
 def _mean(rows, key) -> float:
-    values = [r[key] for r in rows if not r["error"] and isinstance(r.get(key), float) and not math.isnan(r[key])]
+    values = [r[key] for r in rows if is_result(r) and isinstance(r.get(key), float) and not math.isnan(r[key])]
     return sum(values) / len(values) if values else math.nan
 
 
@@ -130,14 +130,59 @@ def _used(rows: list[dict], key: str) -> str:
     return ", ".join(values) if values else "–"
 
 
-def report_tables(result: dict) -> str:
-    """Markdown: Table 4 (per category, with the dataset average) and, with a sweep,
-    Table 5 (one row per category and setting)."""
-    rows = result["rows"]
-    loco = _is_loco(result["dataset"])
+def _metric_columns(dataset: str) -> tuple[tuple[str, ...], list[str]]:
+    """The metric keys of a report's rows and their column headers (LOCO: AU-sPRO, and the
+    structural and logical columns)."""
+    loco = _is_loco(dataset)
     metrics = METRICS + LOCO_METRICS if loco else METRICS
     cols = [HEADERS[k] if k != "aupro" else "AU-sPRO" if loco else "AU-PRO" for k in METRICS]
-    cols += [LOCO_HEADERS[k] for k in metrics[len(METRICS) :]]
+    return metrics, cols + [LOCO_HEADERS[k] for k in metrics[len(METRICS) :]]
+
+
+def is_result(row: dict) -> bool:
+    """A row whose numbers are a result: it ran, on real weights (not a plumbing run's random
+    backbone)."""
+    return not row["error"] and not row.get("plumbing_only")
+
+
+def _backbone(row: dict) -> str:
+    return row.get("backbone") or f"teacher: {row.get('teacher_used') or row.get('teacher', '–')}"
+
+
+def compare_table(result: dict) -> str:
+    """Markdown: one row per (category, model) with the backbone each ran on, then the average
+    of each model over the categories where it ran. A failed row says why (e.g. what to fetch);
+    a plumbing row (random backbone) shows no numbers."""
+    rows = result["rows"]
+    metrics, cols = _metric_columns(result["dataset"])
+    head = ["Category", "Model", "Backbone", *cols, "Train time (s)", "Latency (ms)", "Images/s", "Model (MiB)"]
+    timing = ("train_s", "latency_ms", "images_per_s", "model_mib")
+    digits = {"train_s": 1, "latency_ms": 2, "images_per_s": 1, "model_mib": 1}
+    lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["category"], r.get("model", "efficientad"), _backbone(r) if not r["error"] else "–"]
+        if r["error"]:
+            cells += [f"failed: {r['error'][:120]}"] + [""] * (len(head) - len(cells) - 1)
+        elif r.get("plumbing_only"):
+            cells += ["plumbing only (random backbone): not a result"] + [""] * (len(head) - len(cells) - 1)
+        else:
+            cells += [_fmt(r.get(k)) for k in metrics] + [_fmt(r.get(k), digits[k]) for k in timing]
+        lines.append(f"| {' | '.join(cells)} |")
+    for model in dict.fromkeys(r.get("model", "efficientad") for r in rows):
+        ran = [r for r in rows if r.get("model", "efficientad") == model and is_result(r)]
+        if ran:
+            cells = [f"**average** ({len(ran)})", model, ""] + [_fmt(_mean(ran, k)) for k in metrics]
+            lines.append(f"| {' | '.join(cells + [_fmt(_mean(ran, k), digits[k]) for k in timing])} |")
+    return "\n".join(lines)
+
+
+def report_tables(result: dict) -> str:
+    """Markdown: Table 4 (per category, with the dataset average) and, with a sweep,
+    Table 5 (one row per category and setting); with ``--compare``, :func:`compare_table`."""
+    if result.get("compare"):
+        return compare_table(result)
+    rows = result["rows"]
+    metrics, cols = _metric_columns(result["dataset"])
     sweep = bool(result["sweep"])
     swept = list(result["sweep"]) if sweep else []
     head = (
@@ -169,9 +214,11 @@ def report_tables(result: dict) -> str:
 
 
 def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
-    """report.md, report.csv, report.json and report.png under ``out``."""
+    """report.md, report.csv, report.json and report.png under ``out`` (and with ``--compare``
+    compare.png)."""
     out = Path(out)
     paths = {k: out / f"report.{k}" for k in ("md", "csv", "json", "png")}
+    compared = bool(result.get("compare"))
     rows = result["rows"]
     title = "Table 5: hyperparameter settings" if result["sweep"] else "Table 4: per-category results"
     failed = [r for r in rows if r["error"]]
@@ -188,6 +235,7 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
         "",
         f"Used: teacher {_used(rows, 'teacher_used')}; penalty images {_used(rows, 'penalty_used')}.",
         "",
+        *(_compare_note(result) if compared else ()),
         f"## {title}",
         "",
         report_tables(result),
@@ -198,13 +246,21 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
         md += [f"| {p['batch']} | {p['ms']:.2f} | {p['images_per_s']:.1f} |" for p in result["latency_vs_batch"]]
         md.append("")
     if failed:
-        md += ["## Failures", ""] + [f"- {r['category']}: {r['error']}" for r in failed] + [""]
-    md += ["![chart](report.png)", "", f"Total {result['total_s'] / 60:.1f} min."]
+        md += ["## Failures", ""] + [
+            f"- {r['category']} ({r.get('model', 'efficientad')}): {r['error']}" for r in failed
+        ]
+        md.append("")
+    md += ["![chart](report.png)", ""] + (["![comparison](compare.png)", ""] if compared else [])
+    md += [f"Total {result['total_s'] / 60:.1f} min."]
     atomic_write_text(paths["md"], "\n".join(md) + "\n")
 
     fields = [
         "dataset",
         "category",
+        "model",
+        "backbone",
+        "plumbing_only",
+        "budget",
         "model_size",
         "teacher",
         "teacher_used",
@@ -219,6 +275,8 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
         "infer_s",
         "infer_ms_per_image",
         "latency_ms",
+        "images_per_s",
+        "model_mib",
         "error",
     ]
     with atomic_files(paths["csv"]) as (temporary,), open(temporary, "w", newline="", encoding="utf-8") as f:
@@ -227,7 +285,61 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
         writer.writerows(rows)
     atomic_write_text(paths["json"], json.dumps(result, indent=2, default=str))
     plot_report(result, paths["png"])
+    if compared:
+        paths["compare_png"] = out / "compare.png"
+        plot_comparison(result, paths["compare_png"])
     return paths
+
+
+def _compare_note(result: dict) -> list[str]:
+    return [
+        f"Compared with {', '.join(result['compare'])} (anomalib's torch models, fitted on the same training "
+        "images, scored by the same metrics code and timed by the same protocol; FastFlow trains for "
+        "EfficientAD's training time on the category unless a budget is given, PatchCore and PaDiM fit in "
+        "one pass). Their maps are not normalized or calibrated: the threshold-free metrics (AUROC, AUPR, "
+        "AU-PRO) compare them; F1 is each model's best over thresholds. Model (MiB): parameters and "
+        "buffers, memory banks included.",
+        "",
+    ]
+
+
+def plot_comparison(result: dict, path: str | os.PathLike) -> None:
+    """Image AUROC per category and model (grouped bars), and each model's mean latency at
+    batch 1 against its mean image AUROC: the question "is EfficientAD the right model here"
+    in one picture. Failed and plumbing rows are left out (the tables say why)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if is_result(r)]
+    models = list(dict.fromkeys(r.get("model", "efficientad") for r in result["rows"]))
+    categories = list(dict.fromkeys(r["category"] for r in result["rows"]))
+    fig, (bars, scatter) = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.8 / max(1, len(models))
+    for j, model in enumerate(models):
+        by_category = {r["category"]: r for r in rows if r.get("model", "efficientad") == model}
+        xs = [i + (j - (len(models) - 1) / 2) * width for i, c in enumerate(categories) if c in by_category]
+        ys = [by_category[c]["image_auroc"] for c in categories if c in by_category]
+        bars.bar(xs, ys, width=width, label=model)
+        ran = list(by_category.values())
+        if ran:
+            latency, auroc = _mean(ran, "latency_ms"), _mean(ran, "image_auroc")
+            scatter.scatter([latency], [auroc], s=80, label=model)
+            scatter.annotate(model, (latency, auroc), textcoords="offset points", xytext=(6, 4))
+    bars.set_xticks(range(len(categories)), categories, rotation=30, ha="right", fontsize=8)
+    bars.set_ylim(0, 1.05)
+    bars.set_ylabel("image AUROC")
+    bars.set_title(f"image AUROC per category ({result['dataset']})")
+    bars.legend(loc="lower right", fontsize=8)
+    scatter.set_xscale("log")
+    scatter.margins(x=0.25, y=0.1)  # room for the labels
+    scatter.set_xlabel(f"latency at batch 1, ms (host to host, {result['device']})")
+    scatter.set_ylabel("mean image AUROC")
+    scatter.set_title("accuracy against latency (up and left is better)")
+    scatter.grid(True, alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
 
 
 def plot_report(result: dict, path: str | os.PathLike) -> None:
@@ -237,7 +349,7 @@ def plot_report(result: dict, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result["rows"] if not r["error"]]
+    rows = [r for r in result["rows"] if is_result(r) and r.get("model", "efficientad") == "efficientad"]
     curve = result["latency_vs_batch"]
     fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(12 if curve else 7, 4), squeeze=False)
     ax = axes[0][0]

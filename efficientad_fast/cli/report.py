@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..baselines.anomalib_models import BASELINES
 from ._common import (
     DATASET_CHOICES,
     _add_engine_args,
@@ -13,6 +14,7 @@ from ._common import (
     _runner,
     _train_config,
     at_least,
+    positive_number,
 )
 
 
@@ -22,7 +24,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     training time, inference time and latency, the dataset average, and with --sweep the
     hyperparameter table. Writes report.md, report.csv, report.json and report.png to --out;
     a category that fails is reported and the rest go on. With --engine ray each run is a Ray
-    task; with --resume finished runs are kept and interrupted ones continue."""
+    task; with --resume finished runs are kept and interrupted ones continue. With --compare
+    patchcore fastflow [padim] anomalib's models (extra [anomalib]) run on the same data,
+    metrics and clock, one row per category and model, and compare.png."""
     from ..jobs import parse_sweep, run_report
     from ..report import report_tables
 
@@ -41,6 +45,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         latency_runs=args.latency_runs,
         penalty_images=args.penalty_images,
         resume=args.resume,
+        compare=args.compare or (),
+        compare_budget_s=args.compare_budget,
     )
     result = run_report(args.data, args.dataset, args.out, **settings, runner=_runner(args))
     print("\n" + report_tables(result))
@@ -97,5 +103,22 @@ def _add_report_parser(subparsers) -> None:
         help="keep the runs OUT holds finished (their row.json), continue interrupted ones from "
         "their checkpoint.pt, run the rest: rerun the same command after a crash or a lost node",
     )
-    _add_engine_args(rep, "run (category, sweep setting)")
+    rep.add_argument(
+        "--compare",
+        nargs="+",
+        choices=BASELINES,
+        default=None,
+        metavar="MODEL",
+        help="also run these anomalib models on each category: patchcore, fastflow, padim (extra [anomalib]; "
+        "backbones from fetch-backbone, or offline EfficientNet-Lite0 for patchcore and padim; a model "
+        "without weights gets a row saying what to fetch)",
+    )
+    rep.add_argument(
+        "--compare-budget",
+        type=positive_number,
+        default=None,
+        metavar="SECONDS",
+        help="FastFlow's training time per category (default: EfficientAD's training time on that category)",
+    )
+    _add_engine_args(rep, "run (category, sweep setting, compared model)")
     rep.set_defaults(func=cmd_report)

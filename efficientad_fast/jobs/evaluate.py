@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -12,11 +13,20 @@ from .. import metrics as metrics_lib
 from .._numbers import image_hw
 from ..data import make_loader, open_dataset, read_loco_defects_config
 from ..heatmaps import default_threshold, write_eval_heatmaps
-from ..model import EfficientAD
+from ..model import Prediction
 from ..tiling import check_tile
 
 
-def check_tiling(model: EfficientAD, tile: int | None, overlap: int, size: tuple[int, int]) -> None:
+class Scorer(Protocol):
+    """What :func:`evaluate_model` needs of a model: EfficientAD, or a comparison model behind
+    :class:`.compare.BaselineScorer`."""
+
+    tile: int | None
+
+    def predict(self, images: torch.Tensor, *, tile: int | None = ..., overlap: int = ...) -> Prediction: ...
+
+
+def check_tiling(model: Scorer, tile: int | None, overlap: int, size: tuple[int, int]) -> None:
     """Before any image is read: ValueError when ``model.predict(tile=tile, overlap=overlap)``
     cannot tile images of ``size`` (None: the model's own tile; 0: no tiles)."""
     tile = model.tile if tile is None else tile
@@ -26,7 +36,7 @@ def check_tiling(model: EfficientAD, tile: int | None, overlap: int, size: tuple
 
 @torch.no_grad()
 def evaluate_model(
-    model: EfficientAD,
+    model: Scorer,
     data: str | os.PathLike,
     dataset: str,
     category: str | None,

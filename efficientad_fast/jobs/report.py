@@ -10,19 +10,28 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from .._checkpoint import atomic_write_text, writable_folder
 from .._device import resolve_device
+from ..baselines.anomalib_models import BASELINES
 from ..benchmark import time_predict
 from ..data import list_categories
 from ..report import headline_metrics, run_name, write_report
 from ..train import CHECKPOINT_NAME, TrainConfig
+from .compare import compare_row, compare_run, model_mib
 from .engines import LocalRunner, record_failure
 from .evaluate import evaluate_model
 from .train import train_category
 
+# FastFlow's training budget when the EfficientAD run of its category has no finished row to
+# match (it failed, or runs at the same time on another Ray worker).
+FALLBACK_BUDGET_S = 300.0
+
 
 # teacher: "random", "distilled", "paper" or a teacher file (compares teachers on the same data)
+
+
 def _number_from(least: float, strict: bool, kind=float):
     """A sweep value parser: ``kind`` of the text, finite and >= ``least`` (> when ``strict``),
     so a value no run could train with is refused before the first run, not in the middle."""
@@ -83,6 +92,27 @@ def _latency_ms(model, batch: int, image_size: int, runs: int | None) -> float:
     return time_predict(model, batch, image_size=image_size, warmup=1, runs=runs).mean_ms
 
 
+# A run of a report: (folder name, the function that runs it, its arguments but out_dir, label
+# and latency_batches, the row it reports when it fails)
+Piece = tuple[str, Any, dict[str, Any], dict]
+
+
+def _compare_pieces(common: dict, comparisons, out: Path, runner, config: TrainConfig, **settings) -> list[Piece]:
+    """The report's comparison runs (:func:`compare_runs`) as pieces; ``settings``: the
+    arguments of :func:`report_compare_run` shared by all (the seed, loader processes and
+    progress bars: ``config``'s)."""
+    settings.update(seed=config.seed, workers=config.workers, progress=config.progress)
+    return [
+        (
+            name,
+            report_compare_run,
+            dict(common, **settings, category=category, model=model, efficientad_run=runner.path(out / matched)),
+            compare_row(common["data"], common["dataset"], category, model),
+        )
+        for category, model, name, matched in comparisons
+    ]
+
+
 def run_report(
     data: str | os.PathLike,
     dataset: str,
@@ -99,6 +129,9 @@ def run_report(
     latency_runs: int | None = None,
     penalty_images="auto",
     resume: bool = False,
+    compare=(),
+    compare_budget_s: float | None = None,
+    compare_random_weights: bool = False,
     runner=None,
     log=print,
 ) -> dict:
@@ -115,46 +148,54 @@ def run_report(
     when that run fails). ``resume``: a run whose folder holds its finished row
     (``row.json``) is not run again, an interrupted one continues from its checkpoint (see
     :func:`report_run`).
+
+    ``compare``: models of :data:`efficientad_fast.baselines.BASELINES` to run on each
+    category after EfficientAD (:func:`report_compare_run`, a run like any other, on the same
+    runner), with rows whose ``model`` field names them, and ``compare.png``;
+    ``compare_budget_s``: FastFlow's training seconds (None: EfficientAD's on the category);
+    ``compare_random_weights``: random backbones, for plumbing tests only (rows marked).
     """
     config = config or TrainConfig()
     config.check()
     runner = runner or LocalRunner(log)
     runs = report_runs(data, dataset, categories, sweep)
+    comparisons = compare_runs(data, runs, compare)
     out = writable_folder(out)
     started = time.perf_counter()
-    rows: list[dict | None] = [None] * len(runs)
-    curves: list[list] = [[] for _ in runs]
-    labels = [f"[report {i}/{len(runs)}] {name}" for i, (_, _, name) in enumerate(runs, 1)]
+    common = dict(data=runner.path(data), dataset=dataset, image_size=image_size, device=runner.device(device))
+    efficientad = dict(
+        model_size=model_size, config=config, teacher=teacher, latency_runs=latency_runs, penalty_images=penalty_images
+    )
+    pieces: list[Piece] = [
+        (
+            name,
+            report_run,
+            dict(common, **efficientad, category=category, setting=setting, resume=resume),
+            report_row(data, dataset, category, setting, model_size, config, teacher),
+        )
+        for category, setting, name in runs
+    ]
+    budget = dict(budget_s=compare_budget_s, random_weights=compare_random_weights, latency_runs=latency_runs)
+    pieces += _compare_pieces(common, comparisons, out, runner, config, **budget)
+    rows: list[dict | None] = [None] * len(pieces)
+    curves: list[list] = [[] for _ in pieces]
+    labels = [f"[report {i}/{len(pieces)}] {piece[0]}" for i, piece in enumerate(pieces, 1)]
     with runner:
         curve_wanted = bool(latency_batches)
-        for i, (category, setting, name) in enumerate(runs):
+        for i, (name, function, kwargs, _) in enumerate(pieces):
             finished = read_finished_run(out / name) if resume else None
             if finished is not None:
                 log(f"{labels[i]}: finished by an earlier run, not run again (--resume)")
                 rows[i], curves[i] = finished["row"], finished["latency_vs_batch"]
                 curve_wanted = curve_wanted and not curves[i]
                 continue
-            if isinstance(runner, LocalRunner):
-                log(f"{labels[i]}: training {model_size} for {setting.get('steps', config.steps)} steps")
-            kwargs = dict(
-                data=runner.path(data),
-                dataset=dataset,
-                category=category,
-                setting=setting,
-                out_dir=runner.path(out / name),
-                model_size=model_size,
-                config=config,
-                teacher=teacher,
-                image_size=image_size,
-                device=runner.device(device),
-                latency_runs=latency_runs,
-                penalty_images=penalty_images,
-                latency_batches=latency_batches if curve_wanted else (),
-                resume=resume,
-                label=labels[i],
-            )
-            curve_wanted = False
-            runner.submit(i, f"report {name}", report_run, kwargs, local_log=True)
+            kwargs = {**kwargs, "out_dir": runner.path(out / name), "label": labels[i]}
+            if function is report_run:
+                if isinstance(runner, LocalRunner):
+                    log(f"{labels[i]}: training {model_size} for {kwargs['setting'].get('steps', config.steps)} steps")
+                kwargs["latency_batches"] = latency_batches if curve_wanted else ()
+                curve_wanted = False
+            runner.submit(i, f"report {name}", function, kwargs, local_log=True)
         if not isinstance(runner, LocalRunner) and None in rows:
             log(f"[report] {rows.count(None)} runs on {runner.where}")
 
@@ -167,10 +208,8 @@ def run_report(
             )
 
         def failed(i, error, details):
-            category, setting, name = runs[i]
-            rows[i] = record_failure(
-                report_row(data, dataset, category, setting, model_size, config, teacher), out / name, error, details
-            )
+            name, _, _, row = pieces[i]
+            rows[i] = record_failure(dict(row), out / name, error, details)
             log(f"{labels[i]}: FAILED{runner.tries_note}: {error} (details in {out / name / 'error.txt'})")
 
         runner.gather(done, failed)
@@ -191,6 +230,7 @@ def run_report(
         image_size=image_size,
         device=device,
         penalty_images=penalty_images,
+        compare=tuple(compare),
     )
 
 
@@ -209,6 +249,7 @@ def finish_report(
     image_size: int,
     device: str,
     penalty_images,
+    compare=(),
 ) -> dict:
     """The report's result (settings, rows in run order, the latency curve, total time since
     ``started``), written by :func:`efficientad_fast.report.write_report`; both engines end here."""
@@ -222,6 +263,7 @@ def finish_report(
         "sweep": sweep or {},
         "teacher": teacher or "auto",
         "penalty_images": penalty_images,
+        "compare": list(compare),
         "rows": rows,
         "latency_vs_batch": latency_curve,
         "total_s": time.perf_counter() - started,
@@ -245,6 +287,23 @@ def report_runs(data, dataset: str, categories, sweep) -> list[tuple[str | None,
     return runs
 
 
+def compare_runs(data, runs, compare) -> list[tuple[str | None, str, str, str]]:
+    """(category, model, run folder name, the folder of EfficientAD's run to match) for each
+    category of ``runs`` and each model of ``compare`` (once per category, not per sweep
+    setting; matched with the category's first EfficientAD run)."""
+    unknown = [m for m in compare if m not in BASELINES]
+    if unknown:
+        raise ValueError(f"--compare takes {', '.join(BASELINES)}, not {', '.join(unknown)}")
+    first: dict[str | None, str] = {}
+    for category, _, name in runs:
+        first.setdefault(category, name)
+    return [
+        (category, model, f"{category or Path(data).name}_{model}", name)
+        for category, name in first.items()
+        for model in dict.fromkeys(compare)
+    ]
+
+
 ROW_FILE = "row.json"  # a report run's finished row: what --resume reads instead of running it again
 
 
@@ -262,6 +321,7 @@ def report_row(
         "steps": setting.get("steps", config.steps),
         "batch_size": setting.get("batch_size", config.batch_size),
         "teacher": setting.get("teacher", teacher or "auto"),
+        "model": "efficientad",
         "error": None,
     }
 
@@ -273,6 +333,40 @@ def read_finished_run(out_dir: Path) -> dict | None:
     except (FileNotFoundError, json.JSONDecodeError):  # never finished, or cut off while writing
         return None
     return finished if finished.get("row", {}).get("error", "missing") is None else None
+
+
+def write_finished_run(out_dir: Path, row: dict, curve: list) -> dict:
+    """``out_dir/row.json``, whole or absent (a cut-off write is never read as finished)."""
+    finished = {"row": row, "latency_vs_batch": curve}
+    atomic_write_text(Path(out_dir) / ROW_FILE, json.dumps(finished, indent=2, default=str))
+    return finished
+
+
+def matched_budget(efficientad_run: str | os.PathLike | None) -> tuple[float, str]:
+    """(seconds, where they come from): the training time of the finished EfficientAD run in
+    the folder ``efficientad_run`` (equal wall-clock budgets), else :data:`FALLBACK_BUDGET_S`."""
+    finished = read_finished_run(Path(efficientad_run)) if efficientad_run else None
+    if finished is None:
+        return FALLBACK_BUDGET_S, f"{FALLBACK_BUDGET_S:g} s (no finished EfficientAD run of this category to match)"
+    seconds = float(finished["row"]["train_s"])
+    return seconds, f"{seconds:.1f} s (EfficientAD's training time on this category)"
+
+
+def report_compare_run(
+    out_dir: Path, *, budget_s: float | None, efficientad_run: str | os.PathLike | None, log=print, **kwargs
+) -> dict:
+    """One comparison run of a report: :func:`.compare.compare_run` with FastFlow's budget
+    (``budget_s``, or the training time of the finished EfficientAD run in ``efficientad_run``);
+    writes ``out_dir/row.json`` last and returns {"row", "latency_vs_batch"}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ROW_FILE).unlink(missing_ok=True)  # an earlier run's row is not this run's
+    if budget_s is None:
+        budget_s, note = matched_budget(efficientad_run)
+    else:
+        note = f"{budget_s:g} s (given)"
+    finished = compare_run(budget_s=budget_s, budget_note=note, log=log, **kwargs)
+    return write_finished_run(out_dir, finished["row"], finished["latency_vs_batch"])
 
 
 def report_run(
@@ -331,13 +425,12 @@ def report_run(
     row["train_s"] = summary["total_seconds"]
     row["infer_s"] = evaluation["timing"]["seconds"]
     row["infer_ms_per_image"] = evaluation["timing"]["ms_per_image"]
+    row["images_per_s"] = 1e3 / evaluation["timing"]["ms_per_image"]
     row["latency_ms"] = _latency_ms(model, 1, image_size, latency_runs)
+    row["model_mib"] = model_mib(model)
     row["metrics"] = evaluation["metrics"]
     curve = []
     for batch in latency_batches or ():
         ms = _latency_ms(model, batch, image_size, latency_runs)
         curve.append({"batch": batch, "ms": ms, "images_per_s": 1e3 * batch / ms})
-    finished = {"row": row, "latency_vs_batch": curve}
-    # Whole or absent: a cut-off write is never read as finished.
-    atomic_write_text(out_dir / ROW_FILE, json.dumps(finished, indent=2, default=str))
-    return finished
+    return write_finished_run(out_dir, row, curve)

@@ -1,0 +1,140 @@
+"""EfficientAD against PatchCore and FastFlow (``report --compare``), and EfficientAD with and
+without the bundled penalty images, on the synthetic categories, over several seeds (issue 26,
+part 4). Each (seed, penalty, group) is one ``efficientad-fast report`` run with ``--resume``,
+so rerunning the same command after an interruption continues where it stopped; ``--summary``
+then gathers every finished report into one Markdown table with means and spreads.
+
+    python bench/compare_models.py --out /tmp/compare            # run (hours on a 2-core CPU)
+    python bench/compare_models.py --out /tmp/compare --summary bench/results/compare_DATE.md
+
+Groups, at the demo's training budgets: the textures (weave and the photo textures brick,
+grass, gravel) at 250 steps, board at 500, and the LOCO-layout kit at 500 (its structural and
+logical columns). Data seed = training seed. ``--penalty none`` runs the comparison models too;
+``--penalty bundled`` runs EfficientAD only (for the penalty-image default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+GROUPS = {  # name: (dataset layout, categories, steps)
+    "textures": ("mvtec", ("weave", "brick", "grass", "gravel"), 250),
+    "board": ("mvtec", ("board",), 500),
+    "kit": ("loco", ("kit",), 500),
+}
+COMPARED = ("patchcore", "fastflow")
+COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "logical_image_auroc", "structural_image_auroc", "latency_ms")
+
+
+def make_data(out: Path, seed: int) -> dict[str, Path]:
+    """The synthetic data of one seed: the mvtec-layout categories and the kit (LOCO layout)."""
+    from efficientad_fast.data import make_synthetic
+
+    roots = {}
+    for layout, categories in (("mvtec", ("weave", "brick", "grass", "gravel", "board")), ("loco", ("kit",))):
+        root = out / f"data_seed{seed}_{layout}"
+        if not (root / categories[-1] / "test").is_dir():
+            make_synthetic(root, seed=seed, categories=categories)
+        roots[layout] = root
+    return roots
+
+
+def run(out: Path, seeds, penalties, groups) -> None:
+    for seed in seeds:
+        roots = make_data(out, seed)
+        for penalty in penalties:
+            for group in groups:
+                layout, categories, steps = GROUPS[group]
+                report = out / f"seed{seed}_{penalty}_{group}"
+                command = [
+                    sys.executable,
+                    "-m",
+                    "efficientad_fast",
+                    "report",
+                    "--data",
+                    str(roots[layout]),
+                    "--dataset",
+                    layout,
+                    "--categories",
+                    *categories,
+                    "--out",
+                    str(report),
+                    "--steps",
+                    str(steps),
+                    "--seed",
+                    str(seed),
+                    "--amp",
+                    "auto",
+                    "--penalty-images",
+                    penalty,
+                    "--latency-batches",
+                    "--latency-runs",
+                    "5",
+                    "--workers",
+                    "0",
+                    "--quiet",
+                    "--resume",
+                ]
+                if penalty == "none":
+                    command += ["--compare", *COMPARED]
+                print(f"== seed {seed}, penalty {penalty}, {group}: {' '.join(command)}", flush=True)
+                subprocess.run(command, check=False)
+
+
+def _stats(values: list[float]) -> str:
+    values = [v for v in values if isinstance(v, float) and not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{statistics.fmean(values):.3f} ({min(values):.3f}–{max(values):.3f}, n={len(values)})"
+
+
+def summary(out: Path) -> str:
+    """Markdown: per (category, model/penalty) the mean (min–max, n) over seeds of each column."""
+    cells: dict[tuple[str, str], dict[str, list]] = {}
+    errors: dict[tuple[str, str], set[str]] = {}
+    for report in sorted(out.glob("seed*_*_*/report.json")):
+        penalty = report.parent.name.split("_")[1]
+        for row in json.loads(report.read_text())["rows"]:
+            model = row.get("model", "efficientad")
+            key = (row["category"], model if model != "efficientad" else f"efficientad, penalty {penalty}")
+            if row["error"]:
+                errors.setdefault(key, set()).add(row["error"])
+                continue
+            for column in COLUMNS:
+                cells.setdefault(key, {}).setdefault(column, []).append(row.get(column, math.nan))
+    head = ["category", "model", *COLUMNS]
+    lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+    for (category, model), values in sorted(cells.items()):
+        stats = [_stats([float(v) for v in values.get(c, [])]) for c in COLUMNS]
+        lines.append(f"| {category} | {model} | {' | '.join(stats)} |")
+    for (category, model), why in sorted(errors.items()):
+        lines.append(f"| {category} | {model} | failed: {'; '.join(sorted(why))[:200]} |" + " |" * (len(COLUMNS) - 1))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="folder of the data and the reports")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--penalty", nargs="+", default=["none", "bundled"], choices=["none", "bundled"])
+    parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
+    parser.add_argument("--summary", type=Path, default=None, help="write the table of what finished here, run nothing")
+    args = parser.parse_args(argv)
+    if args.summary:
+        args.summary.write_text(summary(args.out) + "\n")
+        print(args.summary.read_text())
+        return 0
+    run(args.out, args.seeds, args.penalty, args.groups)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
