@@ -157,12 +157,25 @@ def atomic_save(payload, path: str | os.PathLike) -> Path:
 _WRITE_FAILED = re.compile(r"iostream error|unexpected pos|file write failed|No space left", re.IGNORECASE)
 
 
-def _disk_is_full(folder: Path) -> bool:
-    """Less than 1 MiB free where ``folder`` lives (False when that cannot be asked)."""
+def _free_bytes(folder: Path) -> int | None:
     try:
-        return shutil.disk_usage(folder).free < 2**20
-    except OSError:
+        return shutil.disk_usage(folder).free
+    except OSError:  # cannot be asked
+        return None
+
+
+def _disk_is_full(folder: Path, temps: list[Path], free_before: int | None, needs_bytes: int | None) -> bool:
+    """The write that failed filled the disk: less than 1 MiB is free where ``folder`` lives,
+    or the half-written ``temps`` took all but 2 MiB of what was free when writing began
+    (a writer's last chunk may not fit in what is left), or less was free than the writer
+    said it ``needs_bytes`` (OpenVINO removes its half files before it raises)."""
+    free = _free_bytes(folder)
+    if free is None:
         return False
+    written = sum(t.stat().st_size for t in temps if t.is_file())
+    if free_before is not None and needs_bytes is not None and free_before < needs_bytes:
+        return True
+    return free < 2**20 or (free_before is not None and written >= free_before - 2 * 2**20)
 
 
 def _temporary_name(path: Path, index: int) -> Path:
@@ -196,18 +209,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 @contextmanager
-def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+def atomic_files(*paths: str | os.PathLike, needs_bytes: int | None = None) -> Iterator[list[Path]]:
     """Write several files whole or not at all: yields one temporary path beside each of
     ``paths`` (same folder and suffix, so writers that go by the suffix still work); when the
     block ends without error, renames each over its target (in reverse order, so the first
     path, e.g. an IR's ``.xml``, appears last, after the files it refers to); on any failure,
     Ctrl-C included, removes the temporary files and leaves the targets as they were. A
-    target that is a folder is refused on entry, before any work; a full disk says so."""
+    target that is a folder is refused on entry, before any work; a full disk says so
+    (``needs_bytes``: about how much the files take, when the writer knows, so that a writer
+    that cleans up before it fails is still read right)."""
     targets = [Path(p) for p in paths]
     for path in targets:
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder: give the path of the file to write")
     temps = [_temporary_name(p, i) for i, p in enumerate(targets)]
+    free_before = _free_bytes(targets[0].parent)
     try:
         yield temps
         missing = [str(t) for t in temps if not t.is_file()]
@@ -218,7 +234,7 @@ def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     except BaseException as exc:
         # Writers in C++ (OpenVINO, torch) report a short write as RuntimeError: ask the file
         # system while their half files are still there.
-        full = isinstance(exc, RuntimeError) and _disk_is_full(targets[0].parent)
+        full = isinstance(exc, RuntimeError) and _disk_is_full(targets[0].parent, temps, free_before, needs_bytes)
         for temp in temps:
             temp.unlink(missing_ok=True)
         if isinstance(exc, RuntimeError) and not full and _WRITE_FAILED.search(str(exc)):
@@ -294,7 +310,24 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> 
             raise ValueError(f"{source}: {key} is a {type(state_dict[key]).__name__}, not a tensor")
         if torch.is_tensor(value) and tuple(state_dict[key].shape) != tuple(value.shape):
             raise ValueError(f"{source}: {key} has shape {tuple(state_dict[key].shape)}, expected {tuple(value.shape)}")
+        if torch.is_tensor(value) and not _same_kind(state_dict[key], value):
+            # load_state_dict would cast: integer or bool weights truncated, complex ones halved
+            got = state_dict[key]
+            raise ValueError(
+                f"{source}: {key} is a {got.dtype} {got.layout} tensor, expected {value.dtype} "
+                f"{value.layout}: the file is corrupt or not written by efficientad_fast"
+            )
     model.load_state_dict(state_dict)
+
+
+def _same_kind(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    """A tensor that loads into ``expected`` without losing its meaning: dense, and real
+    floating point where floats are expected (any float precision), else the same dtype."""
+    if got.layout != torch.strided:
+        return False
+    if expected.is_floating_point():
+        return got.is_floating_point() and not got.is_complex()
+    return got.dtype == expected.dtype
 
 
 def config_diff(saved: dict, wanted: dict, ignore=()) -> dict:

@@ -72,7 +72,9 @@ def _read_payload(path: Path) -> tuple[dict[str, Any], int]:
     that tells a damaged file from another tool's."""
     try:
         # On the CPU first: the checks below run there, then the model moves to the device.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a sparse tensor is refused below, in our words
+            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read it as a model file (truncated or corrupt?): {first_line(exc)}") from exc
     except Exception as exc:  # pickle.UnpicklingError and friends

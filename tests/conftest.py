@@ -68,6 +68,23 @@ def aoti_package(calibrated_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_board(tmp_path_factory):
+    """The synthetic ``board`` category, tiny: 4 training images, one normal and one defective
+    (a hole) test image; read-only (tests that change data make their own)."""
+    from efficientad_fast.data import make_synthetic
+
+    return make_synthetic(
+        tmp_path_factory.mktemp("tiny") / "data",
+        seed=1,
+        categories=("board",),
+        n_train=4,
+        n_test_good=1,
+        n_test_defect_per_type=1,
+        defects=("hole",),
+    )
+
+
+@pytest.fixture(scope="session")
 def board_dataset(tmp_path_factory):
     """The synthetic ``board`` category, small: 8 training images, 4 normal and 4 defective
     test images (one per defect type)."""

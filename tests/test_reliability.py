@@ -395,35 +395,20 @@ def test_full_disk_while_saving_leaves_no_temporary_file(tmp_path, monkeypatch):
 
 
 # Whatever the cache holds ("auto" would pick the paper's teacher or Imagenette when cached).
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from efficientad_fast.data import make_synthetic
-
-    return make_synthetic(
-        tmp_path_factory.mktemp("synthetic") / "data",
-        seed=1,
-        categories=("board",),
-        n_train=4,
-        n_test_good=1,
-        n_test_defect_per_type=1,
-        defects=("hole",),
-    )
-
-
 @pytest.mark.parametrize("left", ["checkpoint.pt", "model.pt"])
-def test_train_refuses_a_folder_holding_another_run(left, dataset, tmp_path, capsys):
+def test_train_refuses_a_folder_holding_another_run(left, tiny_board, tmp_path, capsys):
     from efficientad_fast.cli import main
 
     out = tmp_path / "run"
     out.mkdir()
     (out / left).write_bytes(b"an interrupted run")
-    assert main(train_args(dataset, out)) == 2
+    assert main(train_args(tiny_board, out)) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "Traceback" not in err
     assert str(out / left) in err and "--resume" in err and "--overwrite" in err
     assert [p.name for p in out.iterdir()] == [left]
     assert (out / left).read_bytes() == b"an interrupted run"
-    assert main([*train_args(dataset, out), "--overwrite"]) == 0
+    assert main([*train_args(tiny_board, out), "--overwrite"]) == 0
     assert efficientad_fast.load(out / "model.pt").quantiles_set
 
 
@@ -431,7 +416,7 @@ def test_train_refuses_a_folder_holding_another_run(left, dataset, tmp_path, cap
 
 
 @pytest.mark.parametrize("how", ["read_only", "under_a_file"])
-def test_train_into_an_unwritable_folder_fails_before_training(how, dataset, tmp_path, capsys, monkeypatch):
+def test_train_into_an_unwritable_folder_fails_before_training(how, tiny_board, tmp_path, capsys, monkeypatch):
     from efficientad_fast.cli import main
     from efficientad_fast.jobs import train as train_job
 
@@ -449,7 +434,7 @@ def test_train_into_an_unwritable_folder_fails_before_training(how, dataset, tmp
         pytest.fail("trained although the output folder cannot be written")
 
     monkeypatch.setattr(train_job, "train", no_training)
-    assert main(train_args(dataset, out)) == 2
+    assert main(train_args(tiny_board, out)) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "Traceback" not in err
     assert f"cannot write to the output folder {out}" in err
@@ -711,8 +696,14 @@ def _predict_setup(tmp_path, names):
     return model_path
 
 
-def test_ctrl_c_in_predict_keeps_the_rows_scored_so_far(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("parquet", [False, True])
+def test_ctrl_c_in_predict_keeps_the_rows_scored_so_far(tmp_path, monkeypatch, capsys, parquet):
+    """With --parquet, scores.parquet keeps them too (the third probe: the earlier
+    scores.parquet was deleted and none written, and the message did not say)."""
     from efficientad_fast import cli
+
+    if parquet:
+        pytest.importorskip("pyarrow")
 
     model_path = _predict_setup(tmp_path, [f"{i}.png" for i in range(5)])
     out = tmp_path / "out"
@@ -741,12 +732,18 @@ def test_ctrl_c_in_predict_keeps_the_rows_scored_so_far(tmp_path, monkeypatch, c
             "--precision",
             "fp32",
             "--quiet",
+            *(["--parquet"] if parquet else []),
         ]
     )
     err = capsys.readouterr().err
     assert code == 130 and "interrupted after 2 of 5 images" in err
     with open(out / "scores.csv", encoding="utf-8") as f:
         assert [Path(r["path"]).name for r in csv.DictReader(f)] == ["0.png", "1.png"]
+    if parquet:
+        import pyarrow.parquet as pq
+
+        assert "(and scores.parquet) holds the 2 scored" in err
+        assert [Path(p).name for p in pq.read_table(out / "scores.parquet")["path"].to_pylist()] == ["0.png", "1.png"]
     assert not list(out.glob("*.tmp*"))
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
+from pathlib import Path
 
 from . import bench, demo, distill_teacher, eval, export, fetch, info, predict, quantize, report, train, watch
 from ._common import OneLineParser, UsageError, _BadArguments, _check_arguments, _error
@@ -67,6 +69,22 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _one_line_warning(command: str):
+    """``warnings.showwarning`` for a command: this package's warnings as one line
+    (``efficientad-fast COMMAND: warning: ...``), not Python's two with a source line; other
+    packages' warnings as Python shows them (their file and line say where to look)."""
+    package = str(Path(__file__).resolve().parents[1])
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            print(f"efficientad-fast {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command: exit 0 (done), 1 (done, but nothing could be scored or a job failed),
     2 (an error, in one line), 130 (Ctrl-C) or 143 (SIGTERM), after the command kept what it
@@ -78,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as refused:  # a bad or missing option: one line (argparse prints its usage)
         print(refused, file=sys.stderr)
         return 2
-    with terminate_as_interrupt() as terminated:
+    with terminate_as_interrupt() as terminated, warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(args.command)
         try:
             _check_arguments(args)
             status = args.func(args)

@@ -29,7 +29,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     counted. Ctrl-C stops and keeps everything written (exit 130)."""
     from ..stream import Inspector, check_video_path, format_summary, open_source, watch
 
-    source = open_source(args.source, fps=args.fps).open()  # a source that cannot be read fails before any work
+    # A source that cannot be read fails before any work; watch's own earlier pictures are no frames.
+    source = open_source(args.source, fps=args.fps, skip=[Path(args.out) / "alarms"]).open()
     if args.save_video:
         check_video_path(args.save_video, args.source)
     model = _load_model(args, 1)

@@ -107,11 +107,10 @@ def _check_float_range(image: Image.Image) -> None:
     array = np.asarray(image)
     if not np.isfinite(array).all():
         raise ValueError("it has pixels that are not finite (NaN or inf)")
-    finite = array
-    if finite.size and (finite.min() < 0.0 or finite.max() > 65535.0):
+    if array.size and (array.min() < 0.0 or array.max() > 65535.0):
         raise ValueError(
             f"float pixel values must lie in [0, 1] (or 0..255 or 0..65535, which are scaled), "
-            f"got values in [{finite.min():g}, {finite.max():g}]"
+            f"got values in [{array.min():g}, {array.max():g}]"
         )
 
 

@@ -158,7 +158,13 @@ def export_openvino(
     writable_folder(out.parent)
     # Both files under temporary names, renamed when whole (the .xml last): a failed or
     # interrupted export leaves any earlier IR at ``out`` as it was.
-    with atomic_files(out, out.with_suffix(".bin")) as (temporary, _), interrupts_held(EXPORTER_BUSY):
+    # The .bin holds the weights (float16 for fp16, 8 bits for INT8's networks, fp32 else).
+    weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    needs = weight_bytes // (2 if precision == "fp16" else 4 if precision == "int8" else 1)
+    with (
+        atomic_files(out, out.with_suffix(".bin"), needs_bytes=needs) as (temporary, _),
+        interrupts_held(EXPORTER_BUSY),
+    ):
         ov_model = _ir_model(model, size, example, images, precision, ov, nncf)
         # save_model stores float16 weights unless told not to: only the fp16 export wants that.
         ov.save_model(ov_model, str(temporary), compress_to_fp16=precision == "fp16")

@@ -225,9 +225,9 @@ def predict_files(
                     writer.writerow({k: printable(v) for k, v in row.items()})
                 f.flush()
     except KeyboardInterrupt:
-        os.replace(temporary, csv_path)  # what was scored stays
-        write_predictions(out_dir, rows, scores, errors, heatmaps, parquet=False, csv_written=True)
-        raise PredictInterrupted(len(rows), len(paths), csv_path) from None
+        os.replace(temporary, csv_path)  # what was scored stays, in both formats asked for
+        write_predictions(out_dir, rows, scores, errors, heatmaps, parquet=parquet, csv_written=True)
+        raise PredictInterrupted(len(rows), len(paths), csv_path, parquet) from None
     except BaseException as exc:
         temporary.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -247,9 +247,11 @@ def predict_files(
 
 
 class PredictInterrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`predict_files`: ``scores.csv`` holds the ``scored`` of ``total``
-    images scored before it (and ``errors.csv`` the unreadable ones met so far)."""
+    """Ctrl-C during :func:`predict_files`: ``scores.csv`` (and with ``parquet``
+    ``scores.parquet``) holds the ``scored`` of ``total`` images scored before it (and
+    ``errors.csv`` the unreadable ones met so far)."""
 
-    def __init__(self, scored: int, total: int, csv_path: Path) -> None:
-        super().__init__(f"interrupted after {scored} of {total} images; {csv_path} holds the {scored} scored")
+    def __init__(self, scored: int, total: int, csv_path: Path, parquet: bool = False) -> None:
+        also = f" (and {csv_path.with_suffix('.parquet').name})" if parquet else ""
+        super().__init__(f"interrupted after {scored} of {total} images; {csv_path}{also} holds the {scored} scored")
         self.scored, self.total, self.csv_path = scored, total, csv_path

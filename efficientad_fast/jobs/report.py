@@ -191,8 +191,6 @@ def run_report(
                 continue
             kwargs = {**kwargs, "out_dir": runner.path(out / name), "label": labels[i]}
             if function is report_run:
-                if isinstance(runner, LocalRunner):
-                    log(f"{labels[i]}: training {model_size} for {kwargs['setting'].get('steps', config.steps)} steps")
                 kwargs["latency_batches"] = latency_batches if curve_wanted else ()
                 curve_wanted = False
             runner.submit(i, f"report {name}", function, kwargs, local_log=True)
@@ -400,6 +398,8 @@ def report_run(
     resume = resume and (out_dir / CHECKPOINT_NAME).is_file()
     if resume:
         log(f"{label}: continuing from {out_dir / CHECKPOINT_NAME}")
+    else:  # said when it starts, not when it is queued
+        log(f"{label}: training {model_size} for {run_config.steps} steps")
     # overwrite: a report reruns every run of its folder
     model, summary = train_category(
         data,

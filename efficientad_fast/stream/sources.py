@@ -69,10 +69,17 @@ class ArraySource(FrameSource):
 class FolderSource(FrameSource):
     """The images under a folder (and its subfolders) in name order. A file that cannot be
     read is reported with its index and the stream goes on. Timestamps: index / fps when
-    ``fps`` is given, else seconds since the first image was read."""
+    ``fps`` is given, else seconds since the first image was read. Images under a folder of
+    ``skip`` (watch's own alarm pictures, when its output lies in the watched folder) are left
+    out; ``skipped`` counts them."""
 
-    def __init__(self, folder: str | os.PathLike, fps: float | None = None) -> None:
-        self.paths = find_images(folder, "frame")
+    def __init__(self, folder: str | os.PathLike, fps: float | None = None, skip=()) -> None:
+        found = find_images(folder, "frame")
+        skipped = [Path(os.path.realpath(s)) for s in skip]
+        self.paths = [p for p in found if not any(s in Path(os.path.realpath(p)).parents for s in skipped)]
+        self.skipped = len(found) - len(self.paths)
+        if not self.paths:
+            raise ValueError(f"no images under frame folder {folder} but watch's own pictures")
         self.fps = fps
         self.name = os.fspath(folder)
 
@@ -182,17 +189,18 @@ def check_fps(fps) -> None:
         raise ValueError(f"fps must be a number from {MIN_FPS:g} to {MAX_FPS:g}, got {fps}")
 
 
-def open_source(source, fps: float | None = None) -> FrameSource:
+def open_source(source, fps: float | None = None, skip=()) -> FrameSource:
     """A :class:`FrameSource` for ``source``: a FrameSource (returned as it is), a folder of
-    images, a video file, a URL, a camera (``/dev/videoN`` or its number N), or a list of
-    frames (arrays or PIL images; ``fps`` gives their timestamps)."""
+    images (less those under the folders of ``skip``), a video file, a URL, a camera
+    (``/dev/videoN`` or its number N), or a list of frames (arrays or PIL images; ``fps``
+    gives their timestamps)."""
     check_fps(fps)
     if isinstance(source, FrameSource):
         return source
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if "://" not in text and Path(text).is_dir():
-            return FolderSource(text, fps)
+            return FolderSource(text, fps, skip)
         return VideoSource(text)
     if isinstance(source, (list, tuple)):
         return ArraySource(source, fps)

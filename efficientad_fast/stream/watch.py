@@ -132,7 +132,11 @@ def watch(
     from .._checkpoint import writable_folder
 
     # Everything that can be refused is, before any output exists.
-    source = open_source(source, fps).open()
+    source = open_source(source, fps, skip=[Path(out) / "alarms"]).open()
+    if getattr(source, "skipped", 0):
+        print(
+            f"skipping {source.skipped} files under {Path(out) / 'alarms'} (an earlier run's output)", file=sys.stderr
+        )
     writer = _VideoWriter(Path(save_video), fps or 25.0, source) if save_video else None
     out = writable_folder(out)
     alarms_dir = out / "alarms"
