@@ -37,14 +37,25 @@ def real_number(value: object, what: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         shape = f" of shape {tuple(value.shape)}" if isinstance(value, (torch.Tensor, np.ndarray)) else ""
         raise TypeError(f"{what} must be a number, got {type(value).__name__}{shape}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float, e.g. 10**400
+        raise ValueError(f"{what} must be finite, got an integer too large for a float") from None
+
+
+MAX_SIDE = 2**16  # pixels a side of any image or map: beyond it torch's size arithmetic overflows
 
 
 def image_hw(image_size: object, what: str = "image_size") -> tuple[int, int]:
-    """(H, W) from one integer (a square) or a pair of integers; TypeError otherwise."""
+    """(H, W) from one integer (a square) or a pair of integers; TypeError otherwise, and
+    ValueError for a side < 1 or > :data:`MAX_SIDE`."""
     if is_whole(image_size):
         side = int(image_size)  # type: ignore[call-overload]
-        return side, side
-    if isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(is_whole(v) for v in image_size):
-        return int(image_size[0]), int(image_size[1])
-    raise TypeError(f"{what} must be an int or (H, W) of ints, got {image_size!r}")
+        height, width = side, side
+    elif isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(is_whole(v) for v in image_size):
+        height, width = int(image_size[0]), int(image_size[1])
+    else:
+        raise TypeError(f"{what} must be an int or (H, W) of ints, got {image_size!r}")
+    if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
+        raise ValueError(f"{what} must be 1 to {MAX_SIDE} pixels a side, got {height}x{width}")
+    return height, width

@@ -10,36 +10,46 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_HELD = (signal.SIGINT, signal.SIGTERM)
+# Signals that end a job as Ctrl-C does: SIGTERM, and SIGHUP (its terminal closed) where it exists.
+TERMINATING = (signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+_HELD = (signal.SIGINT, *TERMINATING)
 
 
 class Terminated(KeyboardInterrupt):
-    """KeyboardInterrupt raised for SIGTERM (exit status 143 rather than Ctrl-C's 130)."""
+    """KeyboardInterrupt raised for SIGTERM or SIGHUP (exit status 143 or 129 rather than
+    Ctrl-C's 130); ``signal_name`` says which."""
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        self.signum, self.signal_name = signum, signal.Signals(signum).name
+        super().__init__(message or f"terminated by {self.signal_name}")
 
 
 def _raise_terminated(signum, frame) -> None:
-    raise Terminated(f"terminated by signal {signum}")
+    raise Terminated(signum)
 
 
 @contextmanager
-def terminate_as_interrupt() -> Iterator[list[bool]]:
-    """While the block runs, SIGTERM raises :class:`Terminated` in the main thread. Yields a
-    one-element list that holds True once SIGTERM came (the caller's exit status)."""
-    came = [False]
+def terminate_as_interrupt() -> Iterator[list[int]]:
+    """While the block runs, SIGTERM (and SIGHUP) raises :class:`Terminated` in the main
+    thread. Yields a one-element list that holds the signal's number once one came (0 before;
+    the caller's exit status is 128 + it)."""
+    came = [0]
     if threading.current_thread() is not threading.main_thread():
         yield came  # only the main thread can set handlers
         return
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in TERMINATING}
 
     def handler(signum, frame):
-        came[0] = True
+        came[0] = signum
         _raise_terminated(signum, frame)
 
-    signal.signal(signal.SIGTERM, handler)
+    for s in TERMINATING:
+        signal.signal(s, handler)
     try:
         yield came
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for s, before in previous.items():
+            signal.signal(s, before if before is not None else signal.SIG_DFL)
 
 
 @contextmanager
@@ -68,10 +78,11 @@ def interrupts_held(note: str | None = None) -> Iterator[None]:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if received:
-        if signal.SIGTERM in received:
-            # Whoever installed the SIGTERM handler (terminate_as_interrupt) sees it now.
-            handler = previous[signal.SIGTERM]
+        ending = next((s for s in received if s in TERMINATING), None)
+        if ending is not None:
+            # Whoever installed the handler (terminate_as_interrupt) sees it now.
+            handler = previous[ending]
             if callable(handler):
-                handler(signal.SIGTERM, None)
-            raise Terminated(f"terminated by signal {signal.SIGTERM}")
+                handler(ending, None)
+            raise Terminated(ending)
         raise KeyboardInterrupt

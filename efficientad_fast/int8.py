@@ -147,6 +147,7 @@ class Int8Calibration:
     image_size: tuple[int, int]
     scheme: str = SCHEME
     torchao_version: str = field(default="")
+    source: str = field(default="", compare=False)  # the model file it was read from, for messages
 
     def to_payload(self) -> dict:
         """Plain types and tensors for ``torch.save(weights_only=True)``."""
@@ -207,6 +208,7 @@ class Int8Calibration:
             image_size=(int(size[0]), int(size[1])),
             scheme=scheme,
             torchao_version=str(payload.get("torchao_version", "")),
+            source=source,
         )
 
 
@@ -294,9 +296,10 @@ def convert_int8(graph: FeatureGraph, calibration: Int8Calibration, image_size: 
     with torch.no_grad():
         prepared(torch.zeros(1, 3, height, width))  # fills the weight observers (activations are replaced)
     activation = {name for name, obs in observers.items() if _is_activation_observer(obs)}
+    whose = f"{calibration.source}: " if calibration.source else ""  # the model file, when read from one
     if activation != set(calibration.observers):
         raise ValueError(
-            f"the INT8 calibration does not fit this model's graph ({len(calibration.observers)} stored observers, "
+            f"{whose}the INT8 calibration does not fit this model's graph ({len(calibration.observers)} stored observers, "
             f"{len(activation)} in the graph; recorded with torchao {calibration.torchao_version or '?'}): "
             "quantize the model again (efficientad-fast quantize)"
         )
@@ -305,7 +308,7 @@ def convert_int8(graph: FeatureGraph, calibration: Int8Calibration, image_size: 
         expected = observers[name].state_dict()
         if set(state) != set(expected) or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in state):
             raise ValueError(
-                f"the INT8 calibration's observer {name} does not fit this model's graph: "
+                f"{whose}the INT8 calibration's observer {name} does not fit this model's graph: "
                 "quantize the model again (efficientad-fast quantize)"
             )
         observers[name].load_state_dict(state)

@@ -67,6 +67,16 @@ def _names_pickle_machinery(name: str) -> bool:
     return any(difflib.SequenceMatcher(None, name[: len(m)], m).ratio() >= 0.8 for m in _PICKLE_MACHINERY)
 
 
+def _names_our_format(path: Path) -> bool:
+    """The file's pickle (inside its zip) names our format: one of our files, edited."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            return bool(pickles) and FORMAT.encode() in archive.read(pickles[0])
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return False
+
+
 def _read_payload(path: Path) -> tuple[dict[str, Any], int]:
     """The file's payload (read weights-only, on the CPU) and its format version; ValueError
     that tells a damaged file from another tool's."""
@@ -85,6 +95,11 @@ def _read_payload(path: Path) -> tuple[dict[str, Any], int]:
         damaged = refused is None or _names_pickle_machinery(refused.group(1))
         if start == "a zip archive" and damaged:
             raise ValueError(f"{path}: corrupt: its pickled part cannot be read ({first_line(exc)})") from exc
+        if start == "a zip archive" and refused is not None and _names_our_format(path):
+            raise ValueError(
+                f"{path}: a model file holding a {refused.group(1)} object, which efficientad_fast never writes "
+                "(edited by another tool?): it is not read, as it could run code"
+            ) from exc
         raise ValueError(f"{path}: not an efficientad_fast model file ({start})") from exc
     if isinstance(payload, dict) and {"config", "format_version"} <= payload.keys() and payload.get("format") != FORMAT:
         # Our other keys are there: a changed byte, not another tool's file.

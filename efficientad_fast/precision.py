@@ -75,14 +75,19 @@ def candidates(model: EfficientAD) -> list[str]:
     return ["fp32", "bf16"] + (["int8"] if model.int8_calibration is not None else [])
 
 
+CACHE_MAX_BYTES = 2**20
+
+
 def _read_cache(path: Path) -> dict[str, Any]:
     """The cache's entries that have the expected shape; anything else (absent, unreadable,
     another version, edited by hand) is measured again and rewritten whole."""
     if not path.is_file():  # absent, or a FIFO or device, whose read could wait forever
         return {}
     try:
+        if path.stat().st_size > CACHE_MAX_BYTES:  # ours is a few KiB: not read whole into memory
+            return {}
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: deeply nested JSON
         return {}
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
         return {}

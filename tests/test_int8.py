@@ -253,6 +253,11 @@ def test_a_calibration_that_does_not_fit_is_one_line_naming_the_file_before_any_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{edited}: the INT8 calibration does not fit" in err, err
     assert not out.exists()
+    # In Python too (the fourth probe: load's model failed at its first predict naming no file)
+    from efficientad_fast import load
+
+    with pytest.raises(ValueError, match=f"{edited}: the INT8 calibration does not fit"):
+        load(edited, precision="int8").predict(torch.zeros(1, 3, 256, 256))
 
 
 def test_a_nan_calibration_image_is_named(tmp_path):

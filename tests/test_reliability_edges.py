@@ -376,7 +376,8 @@ def test_a_dripping_server_is_abandoned_as_stalled(tmp_path, drip_url):
     assert list(dest.parent.iterdir()) == []
 
 
-@pytest.mark.parametrize("how, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+# SIGHUP (the terminal closed) as SIGTERM: the fourth probe found it left partial files
+@pytest.mark.parametrize("how, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_a_fetch_stopped_by_a_signal_leaves_no_partial_file(how, status, tmp_path, drip_url):
     cache = tmp_path / "cache"
     env = {**os.environ, "EFFICIENTAD_FAST_CACHE": str(cache)}
@@ -484,7 +485,10 @@ def test_report_writes_the_penalty_setting_as_given(value, text):
         '{"version": 1}',
         '{"version": 1, "entries": {"key": "a string"}}',
         '{"version": 1, "entries": {"key": {"precision": ["fp32"]}}}',
+        "[" * 100_000,  # the fourth probe: RecursionError, a traceback
+        '{"version": 1, "entries": {}, "pad": "' + "x" * 2**20 + '"}',  # larger than any cache we write
     ],
+    ids=lambda text: text[:40],
 )
 def test_a_precision_cache_edited_by_hand_is_measured_again(text, tmp_path):
     from efficientad_fast import precision
@@ -697,7 +701,7 @@ def test_aoti_export_checks_the_free_space_before_compiling(tmp_path, model_file
     assert not out.exists()
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_a_signal_during_an_export_stops_it_with_nothing_written(
     signum, status, tmp_path, model_file, monkeypatch, capsys
 ):
@@ -1089,3 +1093,96 @@ def test_watch_leaves_out_its_own_pictures_when_its_output_lies_in_the_watched_f
     summary = json.loads((watched / "w" / "summary.json").read_text())
     assert summary["frames"] == 3 and summary["errors"] == 0
     assert "skipping 1 files under" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["predict", "report", "watch"])
+def test_an_image_size_beyond_the_limit_is_one_line_before_any_work(command, tmp_path, model_file, frames, capsys):
+    """The fourth probe: --image-size 99999999999 was a 31-line traceback (or a 13.8 GB allocation)."""
+    out = tmp_path / "out"
+    args = {
+        "predict": ["predict", "--model", str(model_file), str(frames), "--out", str(out)],
+        "report": ["report", "--data", str(frames), "--dataset", "mvtec", "--out", str(out)],
+        "watch": ["watch", "--model", str(model_file), "--source", str(frames), "--out", str(out)],
+    }[command]
+    assert main([*args, "--image-size", "99999999999"]) == 2
+    assert "larger than 8192 px a side" in one_error_line(command, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_running_out_of_memory_is_one_line(tmp_path, model_file, frames, capsys, monkeypatch):
+    from efficientad_fast.model import EfficientAD
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: 13824000000 bytes"
+        )
+
+    monkeypatch.setattr(EfficientAD, "predict", no_memory)
+    args = ["predict", "--model", str(model_file), str(frames), "--out", str(tmp_path / "o"), "--precision", "fp32"]
+    assert main([*args, "--quiet"]) == 2
+    line = one_error_line("predict", capsys.readouterr().err)
+    assert "out of memory" in line and "--batch-size" in line
+
+
+def test_predict_removes_the_half_written_scores_of_a_killed_run(tmp_path, model_file, frames, capsys):
+    """The fourth probe: after SIGKILL (which no handler sees) scores.tmpPID.csv stayed in --out
+    forever. A later run removes the temporary files of processes that no longer run."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"scores.tmp{dead}.csv").write_text("path,score\n/a.png,0.1\n/b.p")
+    (out / f"scores.tmp{os.getppid()}.csv").write_text("a running process's")  # not ours to remove
+    args = ["predict", "--model", str(model_file), str(frames), "--out", str(out), "--precision", "fp32"]
+    assert main([*args, "--quiet", "--no-heatmaps"]) == 0
+    assert f"removed {out / f'scores.tmp{dead}.csv'}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["scores.csv", f"scores.tmp{os.getppid()}.csv"]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["predict", "--model", "M", "", "--out", "o"], "an input is an empty string"),
+        (["predict", "--model", "M", "F", "--out", ""], "--out is an empty string"),
+        (["train", "--data", "", "--dataset", "mvtec", "--category", "board", "--out", "o"], "--data is an empty"),
+        (["train", "--data", "F", "--dataset", "mvtec", "--category", "board", "--out", "o", "--seed", "-1"], "--seed"),
+        (
+            ["train", "--data", "F", "--dataset", "mvtec", "--category", "board", "--out", "o", "--seed", "9" * 20],
+            "--seed",
+        ),
+    ],
+    ids=["empty input", "empty out", "empty data", "negative seed", "huge seed"],
+)
+def test_empty_paths_and_bad_seeds_are_refused_naming_the_option(args, words, tmp_path, model_file, frames, capsys):
+    """The fourth probe: '' meant the current folder (239 files scored, outputs written into it);
+    --seed -1 or 10**20 failed later without naming the option."""
+    args = [{"M": str(model_file), "F": str(frames)}.get(a, a) for a in args]
+    args = [str(tmp_path / a) if a == "o" else a for a in args]
+    assert main(args) == 2
+    assert words in one_error_line(args[0], capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_absurd_numbers_in_the_python_api_are_value_errors(model_file):
+    """The fourth probe: set_thresholds(image=10**400) raised a raw OverflowError and
+    output_size=np.int64(2**40) torch's 'Storage size calculation overflowed'."""
+    from efficientad_fast import load
+
+    model = load(model_file)
+    with pytest.raises(ValueError, match="image threshold must be finite"):
+        model.set_thresholds(image=10**400)
+    with pytest.raises(ValueError, match=r"output_size must be 1 to 65536 pixels a side, got 1099511627776x"):
+        model.predict(torch.rand(1, 3, 256, 256), output_size=np.int64(2**40))
+
+
+def test_a_model_file_holding_a_numpy_scalar_says_so(model_file, tmp_path):
+    """The fourth probe: it read 'not an efficientad_fast model file', though it is one, edited."""
+    from efficientad_fast import load
+
+    path = _edited(
+        model_file, tmp_path, lambda p: p["state_dict"]["_extra_state"].update(image_threshold=np.float64(0.3))
+    )
+    with pytest.raises(
+        ValueError, match=r"a model file holding a numpy\S* object, which efficientad_fast never writes"
+    ):
+        load(path)

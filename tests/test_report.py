@@ -274,3 +274,30 @@ def test_report_refuses_sweep_settings_that_share_a_run_folder(tmp_path):
         run_report(
             tmp_path, "mvtec", tmp_path / "o", categories=["board"], sweep={"teacher": ["a/teacher.pt", "b/teacher.pt"]}
         )
+
+
+def test_report_resume_refuses_finished_runs_made_with_other_settings(tiny_board, tmp_path, capsys):
+    """The fourth probe: --resume reused a finished EfficientAD-S run for --model-size medium (or
+    other steps, lr, seed) and labelled its numbers with the new settings."""
+    from cli_checks import one_error_line
+
+    out = tmp_path / "report"
+    args = ["report", "--data", str(tiny_board), "--dataset", "mvtec", "--out", str(out), "--steps", "2"]
+    args += ["--workers", "0", "--quiet", "--teacher", "random", "--penalty-images", "none", "--latency-batches"]
+    args += ["--latency-runs", "1"]
+    assert main(args) == 0
+    row = (out / "board" / "row.json").read_text()
+    for change, words in (
+        (["--model-size", "medium"], "model_size 'small' -> 'medium'"),
+        (["--steps", "3"], "steps 2 -> 3"),
+        (["--lr", "0.001"], "lr 0.0001 -> 0.001"),
+        (["--seed", "7"], "seed 0 -> 7"),
+    ):
+        capsys.readouterr()
+        assert main([*args, *change, "--resume"]) == 2, change
+        line = one_error_line("report", capsys.readouterr().err)
+        assert "finished with other settings" in line and words in line, line
+        assert (out / "board" / "row.json").read_text() == row  # nothing was run or removed
+    # What does not change the result may change: the latency runs, the loaders, the bars
+    assert main([*args, "--latency-runs", "2", "--resume"]) == 0
+    assert "finished by an earlier run, not run again" in capsys.readouterr().out

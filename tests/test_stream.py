@@ -6,6 +6,7 @@ smoothing lowering false alarms at equal recall with a model trained a few steps
 from __future__ import annotations
 
 import json
+import signal
 import time
 import tracemalloc
 
@@ -316,7 +317,7 @@ def test_ctrl_c_or_sigterm_keeps_what_was_written(model, small_video, tmp_path, 
     from efficientad_fast._signals import Terminated
     from efficientad_fast.stream import format_summary
 
-    stop = Terminated("terminated by signal 15") if signal_name == "SIGTERM" else KeyboardInterrupt()
+    stop = Terminated(signal.SIGTERM) if signal_name == "SIGTERM" else KeyboardInterrupt()
     inspector = Inspector(model, smoothing="none", predictor=StandIn(interrupt_at=5, interrupt=stop))
     with pytest.raises(KeyboardInterrupt):
         watch(inspector, small_video, tmp_path, progress=False)

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from . import bench, demo, distill_teacher, eval, export, fetch, info, predict, quantize, report, train, watch
-from ._common import OneLineParser, UsageError, _BadArguments, _check_arguments, _error
+from ._common import OneLineParser, UsageError, _BadArguments, _check_arguments, _error, is_out_of_memory, out_of_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +87,7 @@ def _one_line_warning(command: str):
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command: exit 0 (done), 1 (done, but nothing could be scored or a job failed),
-    2 (an error, in one line), 130 (Ctrl-C) or 143 (SIGTERM), after the command kept what it
+    2 (an error, in one line), 130 (Ctrl-C), 143 (SIGTERM) or 129 (SIGHUP), after the command kept what it
     had finished."""
     from .._signals import terminate_as_interrupt
 
@@ -105,12 +105,18 @@ def main(argv: list[str] | None = None) -> int:
             if args.debug:
                 traceback.print_exc()
             status = _error(args, exc)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise  # a bug: its traceback
+            if args.debug:
+                traceback.print_exc()
+            status = out_of_memory(args, exc)
         except KeyboardInterrupt as stop:  # the command kept what it finished; its message says what
             if args.debug:
                 traceback.print_exc()
             print(f"\nefficientad-fast {args.command}: {str(stop) or 'interrupted'}", file=sys.stderr)
             status = 130
-    return 143 if terminated[0] and status == 130 else status
+    return 128 + terminated[0] if terminated[0] and status == 130 else status
 
 
 if __name__ == "__main__":

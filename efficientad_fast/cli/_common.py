@@ -187,6 +187,8 @@ def _load_model(args: argparse.Namespace, batch_size: int):
         try:
             model.predict(torch.zeros(1, 3, height, width), tile=getattr(args, "tile", None))
         except ValueError as exc:
+            if str(args.model) in str(exc):  # the calibration's own message names it
+                raise
             raise ValueError(f"{args.model}: {exc}") from exc
     return model
 
@@ -228,6 +230,8 @@ TEACHER_KEYWORDS = ("auto", "random", "distilled", "paper")
 # argparse ``type=`` validators: each option says what it takes where it is declared, so a bad
 # value is refused while parsing, with the option's name (OneLineParser makes that one line).
 LARGEST_WHOLE = 2**31 - 1
+# The largest --image-size a side: 8 images of 8192x8192 already take 6 GiB as float32.
+MAX_IMAGE_SIZE = 8192
 
 
 def at_least(least: int) -> Callable[[str], int]:
@@ -311,6 +315,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
     job checks the rest, such as a dataset's layout, before it creates its output folder.)"""
     from ..networks import check_image_size
 
+    for key, value in vars(args).items():  # an empty path would mean the current folder, silently
+        if value == "" or (isinstance(value, list) and "" in value):
+            name = "an input" if key == "images" else f"--{key.replace('_', '-')}"
+            raise _BadArguments(f"{name} is an empty string: give a path or value")
     # First: the message of a file not in the cache says how to fetch it, whatever else is wrong.
     teacher, penalty_images = getattr(args, "teacher", None), getattr(args, "penalty_images", None)
     _require_cached((teacher,), (getattr(args, "model_size", None) or "small",), penalty_images)
@@ -324,7 +332,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
         args.image_size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
     if getattr(args, "image_size", None) is not None:
         size = args.image_size
-        check_image_size(*((size, size) if isinstance(size, int) else size))
+        height, width = (size, size) if isinstance(size, int) else size
+        check_image_size(height, width)
+        if max(height, width) > MAX_IMAGE_SIZE:  # else a traceback from PIL or a many-GB allocation
+            raise _BadArguments(
+                f"--image-size {height}x{width} is larger than {MAX_IMAGE_SIZE} px a side: score large "
+                "images in tiles (--tile) of a size up to that, or downscale them first"
+            )
     data, model = getattr(args, "data", None), getattr(args, "model", None)
     if data is not None and not Path(data).is_dir():
         raise FileNotFoundError(f"--data: no folder {data}")
@@ -345,6 +359,25 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def _error(args: argparse.Namespace, exc: BaseException) -> int:
     print(f"efficientad-fast {args.command}: error: {_message(exc)}", file=sys.stderr)
+    return 2
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's out-of-memory errors: the CPU allocator's RuntimeError, CUDA's OutOfMemoryError."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    )
+
+
+def out_of_memory(args: argparse.Namespace, exc: BaseException) -> int:
+    """One line for an allocation that failed: what to make smaller."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    print(
+        f"efficientad-fast {args.command}: error: out of memory ({first[:160]}): use a smaller "
+        "--batch-size or --image-size (or tiles: --tile)",
+        file=sys.stderr,
+    )
     return 2
 
 
@@ -449,7 +482,7 @@ def _add_training_args(p: argparse.ArgumentParser, steps_help: str) -> None:
         "where a short probe of training steps shows it faster on this machine (cached)",
     )
     _add_penalty_arg(p, default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -38,7 +38,7 @@ def _add_demo_parser(subparsers) -> None:
     demo.add_argument(
         "--steps", type=at_least(1), default=None, help=f"training steps for every category (default: {per_category})"
     )
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=at_least(0), default=0, help="random seed (default 0)")
     demo.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     demo.add_argument(
         "--amp",

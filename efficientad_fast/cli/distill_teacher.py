@@ -138,4 +138,4 @@ def _add_recipe_numbers(p: argparse.ArgumentParser, d) -> None:
         default=None,
         help=f"steps between checkpoints (default {d.checkpoint_every})",
     )
-    p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
+    p.add_argument("--seed", type=at_least(0), default=None, help=f"default {d.seed}")

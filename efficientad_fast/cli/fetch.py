@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._signals import Terminated
 from ._common import _error, _progress_enabled
 
 
@@ -28,8 +29,11 @@ def _run_fetch(args: argparse.Namespace, fetch, cached) -> Path | None:
     except (DownloadError, OSError, ValueError) as exc:
         _error(args, exc)
         return None
-    except KeyboardInterrupt as stop:  # the partial file is gone already (Ctrl-C or SIGTERM)
-        raise type(stop)(f"{str(stop) or 'interrupted'}; nothing was cached") from None
+    except KeyboardInterrupt as stop:  # the partial file is gone already (Ctrl-C, SIGTERM or SIGHUP)
+        message = f"{str(stop) or 'interrupted'}; nothing was cached"
+        raise (
+            Terminated(stop.signum, message) if isinstance(stop, Terminated) else KeyboardInterrupt(message)
+        ) from None
     return folder
 
 

@@ -29,8 +29,12 @@ class Scorer(Protocol):
 def check_tiling(model: Scorer, tile: int | None, overlap: int, size: tuple[int, int]) -> None:
     """Before any image is read: ValueError when ``model.predict(tile=tile, overlap=overlap)``
     cannot tile images of ``size`` (None: the model's own tile; 0: no tiles)."""
-    tile = model.tile if tile is None else tile
-    if tile:
+    if tile is None and model.tile:
+        try:
+            check_tile(model.tile, overlap, *size)
+        except ValueError as exc:  # the model file's own setting, not an option the user gave
+            raise ValueError(f"the model's own tile (set by train --tile): {exc}; or give --tile") from None
+    elif tile:
         check_tile(tile, overlap, *size)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checkpoint import atomic_files, writable_folder
+from .._checkpoint import atomic_files, remove_stale_temporaries, writable_folder
 from .._numbers import image_hw
 from ..data.inputs import PICTURE_FOLDERS, collect_image_paths, read_images
 from ..heatmaps import default_threshold, heatmap_overlay, save_png
@@ -128,6 +128,16 @@ def write_predictions(
     return csv_path
 
 
+def _output_folder(out_dir) -> Path:
+    """``out_dir`` made and checked writable, with no name predict writes taken by the wrong
+    kind of entry, and cleared of the half-written scores of a killed run (said)."""
+    out_dir = writable_folder(out_dir)
+    _refuse_taken_output_names(out_dir)
+    for stale in remove_stale_temporaries(out_dir):
+        print(f"removed {stale}, left by an earlier run that was killed")
+    return out_dir
+
+
 def _refuse_taken_output_names(out_dir: Path) -> None:
     """Before scoring: a folder where predict writes a file (or a file where it makes a
     folder) would fail the run at its end."""
@@ -173,8 +183,7 @@ def predict_files(
     threshold, pixel_threshold = decision_thresholds(model, threshold, sensitivity)
     if masks and pixel_threshold is None:
         raise ValueError("masks need a pixel threshold: this model is not calibrated")
-    out_dir = writable_folder(out_dir)
-    _refuse_taken_output_names(out_dir)
+    out_dir = _output_folder(out_dir)
     rows, scores, errors = [], [], list[dict[str, str]]()  # errors: read_images fills it
     chunks = range(0, len(paths), batch_size)
     if progress:

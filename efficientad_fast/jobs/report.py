@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._checkpoint import atomic_write_text, writable_folder
+from .._checkpoint import atomic_write_text, config_diff, writable_folder
 from .._device import resolve_device
 from ..baselines.anomalib_models import BASELINES
 from ..benchmark import time_predict
 from ..data import list_categories
 from ..report import headline_metrics, run_name, write_report
-from ..train import CHECKPOINT_NAME, TrainConfig
+from ..train import CHECKPOINT_NAME, RESUMABLE_CHANGES, TrainConfig
 from .compare import compare_row, compare_run, model_mib
 from .engines import LocalRunner, record_failure
 from .evaluate import evaluate_model
@@ -180,11 +180,15 @@ def run_report(
     rows: list[dict | None] = [None] * len(pieces)
     curves: list[list] = [[] for _ in pieces]
     labels = [f"[report {i}/{len(pieces)}] {piece[0]}" for i, piece in enumerate(pieces, 1)]
+    # Every finished run is checked before any starts: one made with other settings is refused.
+    earlier = [read_finished_run(out / name, run_settings(kwargs)) if resume else None for name, _, kwargs, _ in pieces]
     with runner:
         curve_wanted = bool(latency_batches)
         for i, (name, function, kwargs, _) in enumerate(pieces):
-            finished = read_finished_run(out / name) if resume else None
-            if finished is not None:
+            finished = earlier[i]
+            if finished is None:  # it runs: its settings first, its row.json (if any) no longer its own
+                write_run_settings(out / name, run_settings(kwargs))
+            else:
                 log(f"{labels[i]}: finished by an earlier run, not run again (--resume)")
                 rows[i], curves[i] = finished["row"], finished["latency_vs_batch"]
                 curve_wanted = curve_wanted and not curves[i]
@@ -324,13 +328,63 @@ def report_row(
     }
 
 
-def read_finished_run(out_dir: Path) -> dict | None:
-    """{"row", "latency_vs_batch"} of a run that finished (its ``row.json``), else None."""
+SETTINGS_FILE = "settings.json"  # what a report run was started with: --resume compares it
+# Arguments of a run that do not change its result (where and how it runs, what it prints).
+_NOT_SETTINGS = {"data", "device", "out_dir", "label", "log", "latency_runs", "latency_batches", "resume"}
+_NOT_SETTINGS |= {"efficientad_run", "workers", "progress"}
+
+
+def run_settings(kwargs: dict) -> dict:
+    """A report run's settings that change its result, as JSON values: its arguments less
+    :data:`_NOT_SETTINGS`, the training config less what a resumed training may change."""
+    settings = {k: v for k, v in kwargs.items() if k not in _NOT_SETTINGS}
+    if isinstance(settings.get("config"), TrainConfig):
+        config = dataclasses.asdict(settings["config"])
+        settings["config"] = {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+    return json.loads(json.dumps(settings, default=str))
+
+
+def write_run_settings(out_dir: Path, settings: dict) -> None:
+    """``out_dir/settings.json`` for a run about to start; an earlier ``row.json`` there is
+    removed first (it is no longer this folder's run, whatever happens next)."""
+    (Path(out_dir) / ROW_FILE).unlink(missing_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(out_dir) / SETTINGS_FILE, json.dumps(settings, indent=2))
+
+
+def read_finished_run(out_dir: Path, settings: dict | None = None) -> dict | None:
+    """{"row", "latency_vs_batch"} of a run that finished (its ``row.json``), else None.
+    ``settings``: what the run would be started with now (:func:`run_settings`); a finished
+    run started with others is refused (ValueError naming them), as ``train --resume``
+    refuses a checkpoint. Runs from before settings were stored have none to compare."""
     try:
         finished = json.loads((Path(out_dir) / ROW_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):  # never finished, or cut off while writing
         return None
-    return finished if finished.get("row", {}).get("error", "missing") is None else None
+    if finished.get("row", {}).get("error", "missing") is not None:
+        return None
+    try:
+        saved = json.loads((Path(out_dir) / SETTINGS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        saved = None
+    if settings is not None and isinstance(saved, dict):
+        diff = config_diff(_flat(saved), _flat(settings))
+        if diff:
+            changed = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in diff.items())
+            raise ValueError(
+                f"--resume: {out_dir} finished with other settings ({changed}): rerun without --resume, "
+                "or give another --out"
+            )
+    return finished
+
+
+def _flat(settings: dict) -> dict:
+    """{"config": {"lr": ...}, ...} -> {"lr": ..., ...}: the names a user gave on the command line."""
+    flat = {k: v for k, v in settings.items() if not isinstance(v, dict)}
+    for value in settings.values():
+        if isinstance(value, dict):
+            flat.update(value)
+    return flat
 
 
 def write_finished_run(out_dir: Path, row: dict, curve: list) -> dict:

@@ -195,7 +195,7 @@ def watch(
                     _print_live(summary, _stats(latencies[-200:], summary["scored"], now - started))
     except KeyboardInterrupt as stop:
         summary["interrupted"] = True
-        summary["stopped_by"] = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+        summary["stopped_by"] = stop.signal_name if isinstance(stop, Terminated) else "Ctrl-C"
         raise
     finally:
         if writer is not None:

@@ -16,6 +16,7 @@ statistics, map quantiles, decision thresholds).
 from .calibrate import calibrate, exact_quantile, teacher_channel_stats, threshold_from_f1
 from .loop import (
     CHECKPOINT_NAME,
+    RESUMABLE_CHANGES,
     BatchSchedule,
     TrainConfig,
     TrainingInterrupted,
@@ -29,6 +30,7 @@ from .loop import (
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "RESUMABLE_CHANGES",
     "BatchSchedule",
     "TrainConfig",
     "TrainResult",

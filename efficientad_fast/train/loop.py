@@ -242,7 +242,8 @@ def save_checkpoint(
 
 
 # Settings a resumed run may change (they do not change what is computed).
-_RESUMABLE_CHANGES = ("progress", "workers", "checkpoint_every")
+# Settings a resumed run may change: they do not change its result.
+RESUMABLE_CHANGES = ("progress", "workers", "checkpoint_every")
 
 
 def _as_uint8_images(images: torch.Tensor | Dataset, config: TrainConfig, desc: str) -> torch.Tensor:
@@ -295,7 +296,7 @@ def _restore(
     if not isinstance(state, dict) or state.get("kind") != "efficientad_fast-training-checkpoint":
         raise ValueError(f"{checkpoint}: not a training checkpoint of efficientad_fast")
     _check_checkpoint_checksum(state, checkpoint)
-    diff = config_diff(state["train_config"], asdict(config), ignore=_RESUMABLE_CHANGES)
+    diff = config_diff(state["train_config"], asdict(config), ignore=RESUMABLE_CHANGES)
     # Checkpoints from before run settings were stored have none to compare.
     diff.update(config_diff(state.get("run_settings") or {}, dict(run_settings or {})))
     if diff:
