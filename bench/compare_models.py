@@ -6,6 +6,7 @@ then gathers every finished report into one Markdown table with means and spread
 
     python bench/compare_models.py --out /tmp/compare            # run (hours on a 2-core CPU)
     python bench/compare_models.py --out /tmp/compare --summary bench/results/compare_DATE.md
+    python bench/compare_models.py --out /tmp/compare --latency 20   # batch-1 latencies (quiet machine)
 
 Groups, at the demo's training budgets: the textures (weave and the photo textures brick,
 grass, gravel) at 250 steps, board at 500, and the LOCO-layout kit at 500 (its structural and
@@ -120,6 +121,45 @@ def summary(out: Path) -> str:
     return "\n".join(lines)
 
 
+def latency(out: Path, runs: int) -> str:
+    """Markdown: batch-1 latency (mean ms, host to host, the same loop for all: benchmark's
+    time_predict and time_scorer) of EfficientAD-S in fp32 and bf16 and of PatchCore and PaDiM
+    on the offline Lite0, fitted on the seed-0 board's training images. Run it on a quiet machine."""
+    import torch
+
+    from efficientad_fast.baselines.anomalib_models import Baseline, resolve_backbone
+    from efficientad_fast.benchmark import machine_info, time_predict, time_scorer
+    from efficientad_fast.data import open_dataset
+    from efficientad_fast.testing import random_model
+
+    root = make_data(out, 0)["mvtec"]
+    train = open_dataset(root, "mvtec", "board", "train", 256)
+    images = torch.stack([train[i]["image"] for i in range(len(train))])
+    cpu = torch.device("cpu")
+    rows = []
+    model = random_model("small", seed=0, teacher_stats=False, quantiles=(0.1, 1.0, 0.1, 1.0)).eval()
+    for precision in ("fp32", "bf16"):
+        timing = time_predict(model.set_precision(precision), 1, warmup=3, runs=runs)
+        rows.append((f"EfficientAD-S {precision}", timing.mean_ms, timing.median_ms))
+    for name in ("patchcore", "padim"):
+        baseline = Baseline(name, resolve_backbone(name), (256, 256))
+        baseline.fit(images, progress=False)
+        timing = time_scorer(baseline, name, cpu, 1, warmup=3, runs=runs)
+        rows.append(
+            (f"{name} fp32 ({baseline.backbone.label}, {len(train)} training images)", timing.mean_ms, timing.median_ms)
+        )
+    info = machine_info(cpu)
+    lines = [
+        f"{info['cpu_model']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, "
+        f"{info['torch_num_threads']} threads, load average {info['loadavg']}; {runs} timed runs after 3 warm-up",
+        "",
+        "| model | mean ms | median ms |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {mean:.1f} | {median:.1f} |" for name, mean, median in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="folder of the data and the reports")
@@ -127,7 +167,11 @@ def main(argv=None) -> int:
     parser.add_argument("--penalty", nargs="+", default=["none", "bundled"], choices=["none", "bundled"])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
     parser.add_argument("--summary", type=Path, default=None, help="write the table of what finished here, run nothing")
+    parser.add_argument("--latency", type=int, default=0, metavar="RUNS", help="time the models at batch 1 only")
     args = parser.parse_args(argv)
+    if args.latency:
+        print(latency(args.out, args.latency))
+        return 0
     if args.summary:
         args.summary.write_text(summary(args.out) + "\n")
         print(args.summary.read_text())
