@@ -99,12 +99,14 @@ def _stats(values: list[float]) -> str:
 
 def summary(out: Path) -> str:
     """Markdown: per (category, model/penalty) the mean (min–max, n) over seeds of each column."""
+    from efficientad_fast.report import model_of
+
     cells: dict[tuple[str, str], dict[str, list]] = {}
     errors: dict[tuple[str, str], set[str]] = {}
     for report in sorted(out.glob("seed*_*_*/report.json")):
         penalty = report.parent.name.split("_")[1]
         for row in json.loads(report.read_text())["rows"]:
-            model = row.get("model", "efficientad")
+            model = model_of(row)
             key = (row["category"], model if model != "efficientad" else f"efficientad, penalty {penalty}")
             if row["error"]:
                 errors.setdefault(key, set()).add(row["error"])

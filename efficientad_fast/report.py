@@ -145,6 +145,11 @@ def is_result(row: dict) -> bool:
     return not row["error"] and not row.get("plumbing_only")
 
 
+def model_of(row: dict) -> str:
+    """A row's model: its ``model`` field (rows from before --compare have none: EfficientAD)."""
+    return row.get("model", "efficientad")
+
+
 def _backbone(row: dict) -> str:
     return row.get("backbone") or f"teacher: {row.get('teacher_used') or row.get('teacher', '–')}"
 
@@ -160,7 +165,7 @@ def compare_table(result: dict) -> str:
     digits = {"train_s": 1, "latency_ms": 2, "images_per_s": 1, "model_mib": 1}
     lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["category"], r.get("model", "efficientad"), _backbone(r) if not r["error"] else "–"]
+        cells = [r["category"], model_of(r), _backbone(r) if not r["error"] else "–"]
         if r["error"]:
             cells += [f"failed: {r['error'][:120]}"] + [""] * (len(head) - len(cells) - 1)
         elif r.get("plumbing_only"):
@@ -168,8 +173,8 @@ def compare_table(result: dict) -> str:
         else:
             cells += [_fmt(r.get(k)) for k in metrics] + [_fmt(r.get(k), digits[k]) for k in timing]
         lines.append(f"| {' | '.join(cells)} |")
-    for model in dict.fromkeys(r.get("model", "efficientad") for r in rows):
-        ran = [r for r in rows if r.get("model", "efficientad") == model and is_result(r)]
+    for model in dict.fromkeys(model_of(r) for r in rows):
+        ran = [r for r in rows if model_of(r) == model and is_result(r)]
         if ran:
             cells = [f"**average** ({len(ran)})", model, ""] + [_fmt(_mean(ran, k)) for k in metrics]
             lines.append(f"| {' | '.join(cells + [_fmt(_mean(ran, k), digits[k]) for k in timing])} |")
@@ -246,9 +251,7 @@ def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
         md += [f"| {p['batch']} | {p['ms']:.2f} | {p['images_per_s']:.1f} |" for p in result["latency_vs_batch"]]
         md.append("")
     if failed:
-        md += ["## Failures", ""] + [
-            f"- {r['category']} ({r.get('model', 'efficientad')}): {r['error']}" for r in failed
-        ]
+        md += ["## Failures", ""] + [f"- {r['category']} ({model_of(r)}): {r['error']}" for r in failed]
         md.append("")
     md += ["![chart](report.png)", ""] + (["![comparison](compare.png)", ""] if compared else [])
     md += [f"Total {result['total_s'] / 60:.1f} min."]
@@ -313,12 +316,12 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in result["rows"] if is_result(r)]
-    models = list(dict.fromkeys(r.get("model", "efficientad") for r in result["rows"]))
+    models = list(dict.fromkeys(model_of(r) for r in result["rows"]))
     categories = list(dict.fromkeys(r["category"] for r in result["rows"]))
     fig, (bars, scatter) = plt.subplots(1, 2, figsize=(13, 4.5))
     width = 0.8 / max(1, len(models))
     for j, model in enumerate(models):
-        by_category = {r["category"]: r for r in rows if r.get("model", "efficientad") == model}
+        by_category = {r["category"]: r for r in rows if model_of(r) == model}
         xs = [i + (j - (len(models) - 1) / 2) * width for i, c in enumerate(categories) if c in by_category]
         ys = [by_category[c]["image_auroc"] for c in categories if c in by_category]
         bars.bar(xs, ys, width=width, label=model)
@@ -349,7 +352,7 @@ def plot_report(result: dict, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result["rows"] if is_result(r) and r.get("model", "efficientad") == "efficientad"]
+    rows = [r for r in result["rows"] if is_result(r) and model_of(r) == "efficientad"]
     curve = result["latency_vs_batch"]
     fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(12 if curve else 7, 4), squeeze=False)
     ax = axes[0][0]

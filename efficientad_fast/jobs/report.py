@@ -29,9 +29,6 @@ from .train import train_category
 FALLBACK_BUDGET_S = 300.0
 
 
-# teacher: "random", "distilled", "paper" or a teacher file (compares teachers on the same data)
-
-
 def _number_from(least: float, strict: bool, kind=float):
     """A sweep value parser: ``kind`` of the text, finite and >= ``least`` (> when ``strict``),
     so a value no run could train with is refused before the first run, not in the middle."""
@@ -46,7 +43,8 @@ def _number_from(least: float, strict: bool, kind=float):
 
 
 def _teacher_value(text: str) -> str:
-    """A sweep's teacher: a keyword or a file that exists (checked before the first run)."""
+    """A sweep's teacher: "random", "distilled", "paper" (or "auto") or a teacher file that
+    exists, checked before the first run (teacher=... compares teachers on the same data)."""
     text = text.strip()
     if text not in ("auto", "random", "distilled", "paper") and not Path(text).is_file():
         raise ValueError(f"no teacher file {text} (or one of auto, random, distilled, paper)")
@@ -175,8 +173,8 @@ def run_report(
         )
         for category, setting, name in runs
     ]
-    budget = dict(budget_s=compare_budget_s, random_weights=compare_random_weights, latency_runs=latency_runs)
-    pieces += _compare_pieces(common, comparisons, out, runner, config, **budget)
+    compared = dict(budget_s=compare_budget_s, random_weights=compare_random_weights, latency_runs=latency_runs)
+    pieces += _compare_pieces(common, comparisons, out, runner, config, **compared)
     rows: list[dict | None] = [None] * len(pieces)
     curves: list[list] = [[] for _ in pieces]
     labels = [f"[report {i}/{len(pieces)}] {piece[0]}" for i, piece in enumerate(pieces, 1)]
