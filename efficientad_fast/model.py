@@ -98,7 +98,8 @@ def decisions(
     sensitivity: float = 0.5,
 ) -> "Prediction":
     """A :class:`Prediction` of ``score`` and ``anomaly_map`` with ``label`` = score > the image
-    threshold and ``mask`` = map > the pixel threshold, both shifted by ``sensitivity`` as
+    threshold and ``mask`` = map > the pixel threshold (NaN counts as above: a score that
+    cannot be computed never passes a part), both shifted by ``sensitivity`` as
     :func:`shift_threshold` says (None where the threshold is None). The one rule the model,
     the exported-package loaders and the OpenVINO loader decide by."""
     check_sensitivity(sensitivity)
@@ -106,8 +107,9 @@ def decisions(
     return Prediction(
         score=score,
         anomaly_map=anomaly_map,
-        label=None if image is None else score > image,
-        mask=None if pixel is None else anomaly_map > pixel,
+        # not (<=): a NaN score or pixel (an overflowing network) is anomalous, never passed
+        label=None if image is None else ~(score <= image),
+        mask=None if pixel is None else ~(anomaly_map <= pixel),
     )
 
 

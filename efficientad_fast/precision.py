@@ -14,6 +14,7 @@ import copy
 import datetime
 import functools
 import json
+import math
 import platform
 import statistics
 import time
@@ -101,8 +102,19 @@ def _format_times(times: object, names: list[str] | None = None) -> str:
     if not isinstance(times, dict):
         return "times not recorded"
     keys = [n for n in names if n in times] if names is not None else list(times)
-    return ", ".join(
-        f"{n} {times[n]:.0f} ms" for n in keys if isinstance(times[n], (int, float)) and not isinstance(times[n], bool)
+    return ", ".join(f"{n} {times[n]:.0f} ms" for n in keys if _plausible_ms(times[n]))
+
+
+def _plausible_ms(value: object) -> bool:
+    """A time a measurement could have written: a finite number of milliseconds below a day
+    (an int of 400 digits would not even convert to a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (
+        isinstance(value, float)
+        and math.isfinite(value)
+        and 0 <= value < 86_400_000
+        or (isinstance(value, int) and 0 <= value < 86_400_000)
     )
 
 

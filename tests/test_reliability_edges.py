@@ -1186,3 +1186,22 @@ def test_a_model_file_holding_a_numpy_scalar_says_so(model_file, tmp_path):
         ValueError, match=r"a model file holding a numpy\S* object, which efficientad_fast never writes"
     ):
         load(path)
+
+
+def test_a_nan_score_is_anomalous_never_passed():
+    """The fifth probe: a model with huge (finite) weights scored NaN and predict wrote
+    'nan,false,false' (exit 0): a part whose score cannot be computed was passed."""
+    from efficientad_fast.jobs.predict import score_row
+    from efficientad_fast.model import decisions
+
+    nan = float("nan")
+    pred = decisions(torch.tensor([nan, 0.1, 0.9]), torch.tensor([nan, 0.0, 1.0]).view(3, 1, 1, 1), 0.5, 0.5)
+    assert pred.label.tolist() == [True, False, True] and pred.mask.flatten().tolist() == [True, False, True]
+    assert score_row("a.png", nan, 0.5)["anomalous"] == "true" and score_row("b.png", 0.1, 0.5)["label"] == "false"
+
+
+def test_a_cached_time_no_float_can_hold_is_left_out():
+    """The fifth probe: times_ms = 10**400 in precision.json was an OverflowError traceback."""
+    from efficientad_fast.precision import _format_times
+
+    assert _format_times({"fp32": 10**400, "bf16": 63.2, "fp16": float("inf"), "int8": True}) == "bf16 63 ms"

@@ -301,3 +301,15 @@ def test_report_resume_refuses_finished_runs_made_with_other_settings(tiny_board
     # What does not change the result may change: the latency runs, the loaders, the bars
     assert main([*args, "--latency-runs", "2", "--resume"]) == 0
     assert "finished by an earlier run, not run again" in capsys.readouterr().out
+    # The fifth probe: a cut (or foreign) settings.json let --steps 3 keep the 2-step row. Now
+    # such a run is not trusted: it runs again, and continuing its 2-step checkpoint with 3
+    # steps is refused by train's own check (a failed row, never the old numbers relabelled).
+    settings = out / "board" / "settings.json"
+    for damaged in (settings.read_text()[:100], "[]"):
+        assert main(args) == 0  # a finished 2-step run
+        settings.write_text(damaged)
+        capsys.readouterr()
+        assert main([*args, "--steps", "3", "--resume"]) == 1
+        assert "finished by an earlier run" not in capsys.readouterr().out
+        rows = json.loads((out / "report.json").read_text())["rows"]
+        assert "other settings" in rows[0]["error"] and "'steps': (2, 3)" in rows[0]["error"]

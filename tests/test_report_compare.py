@@ -157,3 +157,20 @@ def test_unknown_compare_model_is_a_usage_error(board, tmp_path, capsys):
         main(["report", "--data", str(board), "--dataset", "mvtec", "--out", str(tmp_path), "--compare", "cflow"]) == 2
     )
     assert "invalid choice: 'cflow'" in one_error_line("report", capsys.readouterr().err)
+
+
+def test_compare_budget_without_fastflow_is_refused(board, tmp_path, capsys):
+    """The fifth probe: --compare-budget without --compare fastflow was silently ignored."""
+    args = ["report", "--data", str(board), "--dataset", "mvtec", "--out", str(tmp_path / "r"), "--compare-budget", "5"]
+    assert main([*args, "--compare", "patchcore"]) == 2
+    assert "give it with --compare fastflow" in one_error_line("report", capsys.readouterr().err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_changed_budget_does_not_touch_patchcores_settings():
+    from efficientad_fast.jobs.report import run_settings
+
+    common = dict(category="board", model="patchcore", image_size=256, seed=0)
+    assert run_settings({**common, "budget_s": 5.0}) == run_settings({**common, "budget_s": None})
+    fastflow = {**common, "model": "fastflow"}
+    assert run_settings({**fastflow, "budget_s": 5.0}) != run_settings({**fastflow, "budget_s": None})

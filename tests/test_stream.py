@@ -454,3 +454,27 @@ def test_a_silent_network_source_says_it_timed_out(monkeypatch):
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=10)
+
+
+def test_a_signal_while_watch_finishes_keeps_the_video_and_the_summary(model, small_video, tmp_path, monkeypatch):
+    """The fifth probe: SIGTERM during the video's closing cut it and skipped summary.json (the
+    command then failed reading it). Finishing holds the signal, then stops."""
+    import importlib
+    import os
+
+    watch_module = importlib.import_module("efficientad_fast.stream.watch")  # the module, not the function
+    real_close = watch_module._VideoWriter.close
+
+    def close_then_signal(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives as the encoder flushes
+        real_close(self)
+
+    monkeypatch.setattr(watch_module._VideoWriter, "close", close_then_signal)
+    inspector = Inspector(model, smoothing="none", predictor=StandIn())
+    from efficientad_fast._signals import terminate_as_interrupt
+
+    with terminate_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        watch(inspector, small_video, tmp_path / "out", save_video=tmp_path / "out" / "a.avi", progress=False)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["frames"] == 12
+    with av.open(str(tmp_path / "out" / "a.avi")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 12

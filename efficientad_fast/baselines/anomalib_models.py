@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -121,8 +122,9 @@ class Baseline(nn.Module):
     images (float (N, 3, H, W) in [0, 1], the size given at construction) for
     ``(anomaly_map (N, 1, H, W), score (N,))``."""
 
-    def __init__(self, model: str, backbone: ResolvedBackbone, image_size: tuple[int, int]) -> None:
+    def __init__(self, model: str, backbone: ResolvedBackbone, image_size: tuple[int, int], seed: int = 0) -> None:
         super().__init__()
+        torch.manual_seed(seed)  # PaDiM draws its feature subset, a random backbone its weights, here
         require("anomalib", "anomalib")
         self.model_name, self.backbone = model, backbone
         self.image_size: tuple[int, int] = (int(image_size[0]), int(image_size[1]))
@@ -183,6 +185,14 @@ class Baseline(nn.Module):
         ``budget_s`` seconds pass (the run's equal-budget rule). ``progress``: False hides
         PatchCore's coreset progress bar (anomalib always draws it). Returns what was done."""
         torch.manual_seed(seed)
+        numpy_state = np.random.get_state()  # anomalib's coreset projection draws from NumPy's global generator
+        np.random.seed(seed)
+        try:
+            return self._fit(images, batch_size, budget_s, max_epochs, progress, log)
+        finally:
+            np.random.set_state(numpy_state)  # the caller's NumPy stream, as it was
+
+    def _fit(self, images, batch_size, budget_s, max_epochs, progress, log) -> dict:
         start = time.perf_counter()
         batches = [self._normalized(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
         if not batches:

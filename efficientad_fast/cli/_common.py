@@ -317,7 +317,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
     for key, value in vars(args).items():  # an empty path would mean the current folder, silently
         if value == "" or (isinstance(value, list) and "" in value):
-            name = "an input" if key == "images" else f"--{key.replace('_', '-')}"
+            option = "from" if key == "source" and args.command.startswith("fetch") else key  # dest of --from
+            name = "an input" if key == "images" else f"--{option.replace('_', '-')}"
             raise _BadArguments(f"{name} is an empty string: give a path or value")
     # First: the message of a file not in the cache says how to fetch it, whatever else is wrong.
     teacher, penalty_images = getattr(args, "teacher", None), getattr(args, "penalty_images", None)

@@ -30,6 +30,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..jobs import parse_sweep, run_report
     from ..report import report_tables
 
+    if args.compare_budget is not None and "fastflow" not in (args.compare or ()):
+        raise ValueError("--compare-budget is FastFlow's training time: give it with --compare fastflow")
     sweep = parse_sweep(args.sweep)
     _require_cached(sweep.get("teacher", ()), (args.model_size,))  # --teacher: checked by main
     config = _train_config(args, checkpoint_every=args.checkpoint_every)

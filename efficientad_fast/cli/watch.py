@@ -75,8 +75,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
             progress=_progress_enabled(args),
         )
     except KeyboardInterrupt:
-        if watching:  # watch wrote the summary of what it did before it re-raised
-            print(format_summary(json.loads((Path(args.out) / "summary.json").read_text())), file=sys.stderr)
+        written = Path(args.out) / "summary.json"
+        if watching and written.is_file():  # watch wrote the summary of what it did before it re-raised
+            print(format_summary(json.loads(written.read_text())), file=sys.stderr)
         return 130
     print(format_summary(summary))
     print(

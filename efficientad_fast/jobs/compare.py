@@ -89,7 +89,7 @@ def compare_run(
     if len(train) == 0:
         raise ValueError(f"no training images for {row['category']} in {data}")
     images = torch.stack([train[i]["image"] for i in range(len(train))]).to(torch_device)
-    baseline = Baseline(model, backbone, size).to(torch_device)
+    baseline = Baseline(model, backbone, size, seed=seed).to(torch_device)
     log(f"{label}: fitting {model} on {len(train)} images ({backbone.label})")
     fitted = baseline.fit(images, budget_s=budget_s if model == "fastflow" else None, seed=seed, progress=progress)
     del images

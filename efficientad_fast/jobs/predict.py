@@ -62,7 +62,7 @@ def score_row(path, score: float, threshold: float | None) -> dict:
     """A scores.csv row: path, score (6 significant digits), label (score > the image
     threshold: "true" = anomalous; empty without a threshold) and anomalous (the same
     decision, the column's name before label existed)."""
-    label = "" if threshold is None else str(score > threshold).lower()
+    label = "" if threshold is None else str(not score <= threshold).lower()  # NaN: anomalous, as decide()
     return {"path": str(path), "score": f"{score:.6g}", "label": label, "anomalous": label}
 
 

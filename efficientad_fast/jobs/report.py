@@ -336,6 +336,8 @@ def run_settings(kwargs: dict) -> dict:
     """A report run's settings that change its result, as JSON values: its arguments less
     :data:`_NOT_SETTINGS`, the training config less what a resumed training may change."""
     settings = {k: v for k, v in kwargs.items() if k not in _NOT_SETTINGS}
+    if settings.get("model") in ("patchcore", "padim"):  # they fit in one pass: no budget
+        settings.pop("budget_s", None)
     if isinstance(settings.get("config"), TrainConfig):
         config = dataclasses.asdict(settings["config"])
         settings["config"] = {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
@@ -354,25 +356,29 @@ def read_finished_run(out_dir: Path, settings: dict | None = None) -> dict | Non
     """{"row", "latency_vs_batch"} of a run that finished (its ``row.json``), else None.
     ``settings``: what the run would be started with now (:func:`run_settings`); a finished
     run started with others is refused (ValueError naming them), as ``train --resume``
-    refuses a checkpoint. Runs from before settings were stored have none to compare."""
+    refuses a checkpoint; one whose settings.json is missing or damaged (or from before
+    settings were stored) is not trusted: None, so it runs again."""
     try:
         finished = json.loads((Path(out_dir) / ROW_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):  # never finished, or cut off while writing
         return None
     if finished.get("row", {}).get("error", "missing") is not None:
         return None
+    if settings is None:
+        return finished
     try:
         saved = json.loads((Path(out_dir) / SETTINGS_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         saved = None
-    if settings is not None and isinstance(saved, dict):
-        diff = config_diff(_flat(saved), _flat(settings))
-        if diff:
-            changed = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in diff.items())
-            raise ValueError(
-                f"--resume: {out_dir} finished with other settings ({changed}): rerun without --resume, "
-                "or give another --out"
-            )
+    if not isinstance(saved, dict):  # missing, cut or not ours: what it was made with is unknown
+        return None  # so it runs again (the fifth probe: a cut settings.json let other settings through)
+    diff = config_diff(_flat(saved), _flat(settings))
+    if diff:
+        changed = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in diff.items())
+        raise ValueError(
+            f"--resume: {out_dir} finished with other settings ({changed}): rerun without --resume, "
+            "or give another --out"
+        )
     return finished
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._checkpoint import atomic_write_text
-from .._signals import Terminated
+from .._signals import Terminated, interrupts_held
 from ..data.video import VIDEO_CODECS, require_av
 from ..heatmaps import captioned, heatmap_overlay, save_png
 from .inspector import FrameResult, Inspector
@@ -198,14 +198,17 @@ def watch(
         summary["stopped_by"] = stop.signal_name if isinstance(stop, Terminated) else "Ctrl-C"
         raise
     finally:
-        if writer is not None:
-            writer.close()
-        summary["dropped"] = max(summary["dropped"], inspector.dropped)
-        summary["seconds"] = time.perf_counter() - started
-        summary.update(_stats(latencies, summary["scored"], summary["seconds"]))
-        if progress:
-            print(file=sys.stderr)
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        # A second Ctrl-C or SIGTERM here would cut the video's end and skip summary.json: held
+        # until both are written (the fifth probe lost both, 2 times in 5).
+        with interrupts_held("finishing the video and summary.json first"):
+            if writer is not None:
+                writer.close()
+            summary["dropped"] = max(summary["dropped"], inspector.dropped)
+            summary["seconds"] = time.perf_counter() - started
+            summary.update(_stats(latencies, summary["scored"], summary["seconds"]))
+            if progress:
+                print(file=sys.stderr)
+            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
