@@ -314,9 +314,11 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = [r for r in result["rows"] if is_result(r)]
-    models = list(dict.fromkeys(model_of(r) for r in result["rows"]))
+    models = list(dict.fromkeys(model_of(r) for r in rows))  # a model without one result: the table says why
+    missing = [m for m in dict.fromkeys(model_of(r) for r in result["rows"]) if m not in models]
     categories = list(dict.fromkeys(r["category"] for r in result["rows"]))
     fig, (bars, scatter) = plt.subplots(1, 2, figsize=(13, 4.5))
     width = 0.8 / max(1, len(models))
@@ -333,9 +335,14 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> None:
     bars.set_xticks(range(len(categories)), categories, rotation=30, ha="right", fontsize=8)
     bars.set_ylim(0, 1.05)
     bars.set_ylabel("image AUROC")
-    bars.set_title(f"image AUROC per category ({result['dataset']})")
-    bars.legend(loc="lower right", fontsize=8)
-    scatter.set_xscale("log")
+    no_result = f"; no result: {', '.join(missing)}" if missing else ""
+    bars.set_title(f"image AUROC per category ({result['dataset']}{no_result})")
+    if models:
+        bars.legend(loc="lower right", fontsize=8)
+    latencies = [float(c.get_offsets()[0][0]) for c in scatter.collections if len(c.get_offsets())]
+    if latencies and min(latencies) > 0 and max(latencies) > 5 * min(latencies):  # log only for a wide spread
+        scatter.set_xscale("log")
+        scatter.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     scatter.margins(x=0.25, y=0.1)  # room for the labels
     scatter.set_xlabel(f"latency at batch 1, ms (host to host, {result['device']})")
     scatter.set_ylabel("mean image AUROC")
