@@ -313,3 +313,29 @@ def test_report_resume_refuses_finished_runs_made_with_other_settings(tiny_board
         assert "finished by an earlier run" not in capsys.readouterr().out
         rows = json.loads((out / "report.json").read_text())["rows"]
         assert "other settings" in rows[0]["error"] and "'steps': (2, 3)" in rows[0]["error"]
+
+
+def test_a_finished_run_whose_settings_file_is_incomplete_or_a_fifo_runs_again(tmp_path):
+    """The sixth probe: settings.json = '{}' (or without its config) kept a 2-step row for
+    --steps 3; a FIFO in place of row.json or settings.json hung --resume forever."""
+    import os
+
+    from efficientad_fast.jobs.report import read_finished_run, run_settings
+    from efficientad_fast.train import TrainConfig
+
+    run = tmp_path / "board"
+    run.mkdir()
+    settings = run_settings({"category": "board", "model_size": "small", "config": TrainConfig(steps=2)})
+    row = {"row": {"error": None, "steps": 2}, "latency_vs_batch": []}
+    (run / "row.json").write_text(json.dumps(row))
+    (run / "settings.json").write_text(json.dumps(settings))
+    assert read_finished_run(run, settings) == row
+    for incomplete in ({}, {k: v for k, v in settings.items() if k != "config"}, {**settings, "extra": 1}):
+        (run / "settings.json").write_text(json.dumps(incomplete))
+        assert read_finished_run(run, settings) is None
+    for name in ("settings.json", "row.json"):
+        (run / name).unlink()
+        os.mkfifo(run / name)
+        assert read_finished_run(run, settings) is None  # at once, not waiting for a writer
+        (run / name).unlink()
+        (run / name).write_text(json.dumps(settings if name == "settings.json" else row))

@@ -358,20 +358,27 @@ def read_finished_run(out_dir: Path, settings: dict | None = None) -> dict | Non
     run started with others is refused (ValueError naming them), as ``train --resume``
     refuses a checkpoint; one whose settings.json is missing or damaged (or from before
     settings were stored) is not trusted: None, so it runs again."""
+    row_file, settings_file = Path(out_dir) / ROW_FILE, Path(out_dir) / SETTINGS_FILE
+    if not row_file.is_file():  # never finished; or a FIFO, whose read would wait forever
+        return None
     try:
-        finished = json.loads((Path(out_dir) / ROW_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):  # never finished, or cut off while writing
+        finished = json.loads(row_file.read_text())
+    except (OSError, ValueError, RecursionError):  # cut off while writing, or not ours
+        return None
+    if not isinstance(finished, dict) or not isinstance(finished.get("row"), dict):
         return None
     if finished.get("row", {}).get("error", "missing") is not None:
         return None
     if settings is None:
         return finished
     try:
-        saved = json.loads((Path(out_dir) / SETTINGS_FILE).read_text())
+        saved = json.loads(settings_file.read_text()) if settings_file.is_file() else None
     except (OSError, ValueError, RecursionError):
         saved = None
-    if not isinstance(saved, dict):  # missing, cut or not ours: what it was made with is unknown
-        return None  # so it runs again (the fifth probe: a cut settings.json let other settings through)
+    # Missing, cut, not ours, or lacking a setting: what the run was made with is unknown, so it
+    # runs again (the fifth and sixth probes: such files let other settings through).
+    if not isinstance(saved, dict) or set(_flat(saved)) != set(_flat(settings)):
+        return None
     diff = config_diff(_flat(saved), _flat(settings))
     if diff:
         changed = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in diff.items())
