@@ -199,6 +199,7 @@ class Int8Calibration:
             and len(size) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
             and isinstance(images, int)
+            and not isinstance(images, bool)  # True is an int to Python, not an image count
             and images > 0
         ):
             raise ValueError(f"{source}: INT8 calibration has a bad image_size {size!r} or image count {images!r}")

@@ -1205,3 +1205,14 @@ def test_a_cached_time_no_float_can_hold_is_left_out():
     from efficientad_fast.precision import _format_times
 
     assert _format_times({"fp32": 10**400, "bf16": 63.2, "fp16": float("inf"), "int8": True}) == "bf16 63 ms"
+
+
+def test_an_int8_image_count_of_true_is_refused():
+    """The fifth and sixth probes: int8.images = True was taken as one image."""
+    from efficientad_fast.int8 import SCHEME, Int8Calibration
+
+    state = {"min_val": torch.tensor(0.0), "max_val": torch.tensor(1.0), "eps": torch.tensor([2.4e-4])}
+    payload = {"scheme": SCHEME, "observers": {"obs": state}, "image_size": [256, 256], "images": 4}
+    assert Int8Calibration.from_payload(payload, "m.pt").images == 4
+    with pytest.raises(ValueError, match="m.pt: INT8 calibration has a bad image_size .* or image count True"):
+        Int8Calibration.from_payload({**payload, "images": True}, "m.pt")
