@@ -11,7 +11,6 @@ import os
 import pickle
 import re
 import shutil
-import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -179,17 +178,19 @@ def _disk_is_full(folder: Path, temps: list[Path], free_before: int | None, need
     return free < 2**20 or (free_before is not None and written >= free_before - 2 * 2**20)
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporary files (``NAME.tmpPID.SUFFIX``, as :func:`atomic_files` and predict
-    name them) in ``folder`` left by a process that no longer runs (killed by SIGKILL or a
-    power cut, which no handler sees); returns them. Those of running processes stay."""
+def remove_stale_temporaries(folder: Path, stems: tuple[str, ...]) -> list[Path]:
+    """Remove the temporary files of ``stems`` (``STEM.tmpPID.SUFFIX``, as :func:`atomic_files`
+    and predict name them; no other file is touched) in ``folder`` left by a process that no
+    longer runs (killed by SIGKILL or a power cut, which no handler sees); returns them. Those
+    of running processes stay."""
     removed = []
-    for path in Path(folder).glob("*.tmp*"):
-        match = re.search(r"\.tmp(\d+)(\.\d+)?\.[^.]+$", path.name)
-        if match is None or not path.is_file() or _process_runs(int(match.group(1))):
-            continue
-        path.unlink(missing_ok=True)
-        removed.append(path)
+    for stem in stems:
+        for path in Path(folder).glob(f"{stem}.tmp*"):
+            match = re.fullmatch(rf"{re.escape(stem)}\.tmp(\d+)\.[^.]+", path.name)
+            if match is None or not path.is_file() or _process_runs(int(match.group(1))):
+                continue
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 
@@ -198,8 +199,10 @@ def _process_runs(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError):  # another user's process, or no PID at all
-        return isinstance(sys.exc_info()[1], PermissionError)
+    except PermissionError:  # another user's process
+        return True
+    except OverflowError:  # no process has such a number
+        return False
     return True
 
 

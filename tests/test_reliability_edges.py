@@ -1133,10 +1133,15 @@ def test_predict_removes_the_half_written_scores_of_a_killed_run(tmp_path, model
     out.mkdir()
     (out / f"scores.tmp{dead}.csv").write_text("path,score\n/a.png,0.1\n/b.p")
     (out / f"scores.tmp{os.getppid()}.csv").write_text("a running process's")  # not ours to remove
+    (out / f"notes.tmp{dead}.csv").write_text("a user's file that looks like one")  # nor this
     args = ["predict", "--model", str(model_file), str(frames), "--out", str(out), "--precision", "fp32"]
     assert main([*args, "--quiet", "--no-heatmaps"]) == 0
     assert f"removed {out / f'scores.tmp{dead}.csv'}" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["scores.csv", f"scores.tmp{os.getppid()}.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"notes.tmp{dead}.csv",
+        "scores.csv",
+        f"scores.tmp{os.getppid()}.csv",
+    ]
 
 
 @pytest.mark.parametrize(

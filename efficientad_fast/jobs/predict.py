@@ -133,7 +133,7 @@ def _output_folder(out_dir) -> Path:
     kind of entry, and cleared of the half-written scores of a killed run (said)."""
     out_dir = writable_folder(out_dir)
     _refuse_taken_output_names(out_dir)
-    for stale in remove_stale_temporaries(out_dir):
+    for stale in remove_stale_temporaries(out_dir, ("scores", "errors")):
         print(f"removed {stale}, left by an earlier run that was killed")
     return out_dir
 
