@@ -568,6 +568,8 @@ class EfficientAD(nn.Module):
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write one self-describing file: weights, statistics, quantiles, config, format version.
         The file is written next to ``path`` first and renamed, so a crash leaves no half file."""
+        if not os.fspath(path):  # Path("") is ".", the current folder
+            raise ValueError("save needs a file path, got an empty string")
         path = Path(path)
         state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.state_dict().items()}
         payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config(), "state_dict": state}

@@ -1221,3 +1221,11 @@ def test_an_int8_image_count_of_true_is_refused():
     assert Int8Calibration.from_payload(payload, "m.pt").images == 4
     with pytest.raises(ValueError, match="m.pt: INT8 calibration has a bad image_size .* or image count True"):
         Int8Calibration.from_payload({**payload, "images": True}, "m.pt")
+
+
+def test_saving_to_an_empty_path_says_so(model_file):
+    """The sixth probe: save('') said "'.' is a folder"."""
+    from efficientad_fast import load
+
+    with pytest.raises(ValueError, match="save needs a file path, got an empty string"):
+        load(model_file).save("")
