@@ -132,11 +132,7 @@ def watch(
     from .._checkpoint import writable_folder
 
     # Everything that can be refused is, before any output exists.
-    source = open_source(source, fps, skip=[Path(out) / "alarms"]).open()
-    if getattr(source, "skipped", 0):
-        print(
-            f"skipping {source.skipped} files under {Path(out) / 'alarms'} (an earlier run's output)", file=sys.stderr
-        )
+    source = _open_without_own_pictures(source, fps, Path(out))
     writer = _VideoWriter(Path(save_video), fps or 25.0, source) if save_video else None
     out = writable_folder(out)
     alarms_dir = out / "alarms"
@@ -210,6 +206,14 @@ def watch(
                 print(file=sys.stderr)
             atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _open_without_own_pictures(source, fps: float | None, out: Path):
+    """The source opened, less the alarm pictures of an earlier run into ``out`` (said once)."""
+    source = open_source(source, fps, skip=[out / "alarms"]).open()
+    if getattr(source, "skipped", 0):
+        print(f"skipping {source.skipped} files under {out / 'alarms'} (an earlier run's output)", file=sys.stderr)
+    return source
 
 
 def _alarm_caption(result: FrameResult, inspector: Inspector) -> str:
