@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import shutil
+import stat
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -77,6 +78,38 @@ def replace_folder(new: Path, root: Path) -> None:
     os.replace(new, root)
 
 
+_SPECIAL_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_kind(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it exists (links followed) but is not a regular file: "a folder",
+    "a FIFO (named pipe)", a device, a socket; None for a regular file or a missing path.
+    Opening a FIFO or a device blocks or reads forever, so callers refuse these up front."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), None if stat.S_ISREG(mode) else "a special file")
+
+
+def require_file(path: str | os.PathLike, missing: str, prefix: str = "") -> Path:
+    """``path`` as a Path when it is a regular file (links followed); FileNotFoundError with the
+    message ``missing`` when nothing is there, ValueError saying what it is otherwise (after
+    ``prefix``, such as the option's name)."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise ValueError(f"{prefix}{path} is {kind}, not a regular file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(missing)
+    return Path(path)
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an error's message: torch.load's run over many lines (one of them
     'WeightsUnpickler error: ...'), which would read as several errors of the command line."""
@@ -111,9 +144,7 @@ def read_checkpoint(
     """``torch.load`` of ``path`` on the CPU; FileNotFoundError or ValueError that say why not.
     ``refused_hint`` ends the message when the file holds Python objects (code) that a
     weights-only load refuses: what the caller's user can do about it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    path = require_file(path, f"no checkpoint at {path}")
     try:
         if not weights_only:
             return torch.load(path, map_location="cpu", weights_only=False)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ._checkpoint import atomic_save, payload_checksum, read_checkpoint, state_checksum
+from ._model_checks import check_statistics
 from ._numbers import image_hw, real_number, whole_number
 from .int8 import FeatureGraph, Int8Calibration, Int8Networks, calibrate_int8
 from .networks import MODEL_SIZES, PDN, TEACHER_CHANNELS, AutoEncoder, check_image_size, make_pdn
@@ -30,9 +31,8 @@ BACKENDS = ("fused", "reference")
 # What the networks compute in (set_precision); "auto" (load) measures which is fastest.
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# On a CPU, predict scores a batch this many images at a time: one image's activations stay
-# in cache where a batch's do not (2-core Xeon with AMX, batch 16: bf16 17.7 images/s one at a
-# time vs 11.0 in one call, fp32 3.5 vs 3.3, INT8 32 vs 24; bench/results/int8_cpu_2026-12-06.md).
+# On a CPU, predict scores this many images at a time: one image's activations stay in cache (2-core
+# Xeon, batch 16: bf16 17.7 vs 11.0 images/s, fp32 3.5 vs 3.3, INT8 32 vs 24; bench/results/int8_cpu_2026-12-06.md).
 CPU_CHUNK = 1
 # Statistics that stay float32 when the networks move to fp16/bf16.
 _FLOAT32_BUFFERS = ("teacher_mean", "teacher_std", "quantiles")
@@ -41,12 +41,10 @@ _FLOAT32_BUFFERS = ("teacher_mean", "teacher_std", "quantiles")
 DEFAULT_PIXEL_THRESHOLD = 0.1
 # The image threshold calibrate stores: this quantile of held-out normal images' scores.
 DEFAULT_IMAGE_QUANTILE = 0.995
-# Serializes the one-time switch to channels_last: threads sharing a model must not run
-# convolutions while another thread swaps the weights' layout under them. Module-level,
-# not per model, because a lock cannot be deep-copied (export copies models).
+# Serializes the one-time switch to channels_last (no thread may run convolutions while another swaps
+# the weights' layout). Module-level: a lock cannot be deep-copied, and export copies models.
 _LAYOUT_LOCK = threading.Lock()
-# The teacher conv with the standardization folded in, keyed by what it was computed from:
-# (data_ptr, version, dtype, device) of weight, bias, mean and std; then weight and bias.
+# The folded teacher conv: key (data_ptr, version, dtype, device of weight, bias, mean, std), weight, bias.
 _FoldedTeacher = tuple[tuple[tuple[int, int, torch.dtype, torch.device], ...], torch.Tensor, torch.Tensor]
 
 
@@ -68,7 +66,7 @@ def check_unit_range(images: torch.Tensor) -> None:
         lo, hi = torch.aminmax(images)
         if not (lo >= 0 and hi <= 1):
             raise ValueError(
-                f"float images must lie in [0, 1], got values in [{lo.item():.4g}, {hi.item():.4g}]; "
+                f"float images must lie in [0, 1], got values in [{lo.item():.9g}, {hi.item():.9g}]; "
                 "divide 8-bit images by 255 or pass them as uint8"
             )
 
@@ -158,8 +156,7 @@ class EfficientAD(nn.Module):
     results stay float.
     """
 
-    # Buffers and submodules, declared so type checkers see tensors and modules (nn.Module's
-    # __getattr__ would type them as either).
+    # Declared so type checkers see tensors and modules (nn.Module's __getattr__ types them as either).
     teacher_mean: torch.Tensor
     teacher_std: torch.Tensor
     quantiles: torch.Tensor
@@ -443,6 +440,10 @@ class EfficientAD(nn.Module):
     def _prepare_images(self, images: torch.Tensor, validate: bool | None) -> torch.Tensor:
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.is_meta or images.layout != torch.strided:  # no values to score
+            raise TypeError(
+                f"images must be a dense tensor holding data, got layout {images.layout}, meta {images.is_meta}"
+            )
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W) RGB, got shape {tuple(images.shape)}")
         check_image_size(images.shape[2], images.shape[3])
@@ -571,13 +572,13 @@ class EfficientAD(nn.Module):
         if not os.fspath(path):  # Path("") is ".", the current folder
             raise ValueError("save needs a file path, got an empty string")
         path = Path(path)
+        check_statistics(self, f"refusing to save {path}")
         state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.state_dict().items()}
         payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config(), "state_dict": state}
         if self.int8_calibration is not None:
             payload["int8"] = self.int8_calibration.to_payload()
-        # Flipped bytes still unpickle: load compares these hashes to notice. "all" covers
-        # every entry (settings, thresholds, flags, INT8 ranges); "sha256", the weights only,
-        # is what versions before it check.
+        # Flipped bytes still unpickle: load compares these hashes. "all" covers every entry (settings,
+        # thresholds, flags, INT8 ranges); "sha256", the weights only, is what versions before it check.
         payload["checksum"] = {"sha256": state_checksum(state), "all_sha256": payload_checksum(payload)}
         atomic_save(payload, path)
 

@@ -4,7 +4,6 @@ holds, the format version, the statistics it brought, and the precision it is ru
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 import warnings
@@ -14,38 +13,18 @@ from typing import Any
 
 import torch
 
-from ._checkpoint import describe_start, first_line, load_state_dict_checked, payload_checksum, state_checksum
+from ._checkpoint import (
+    describe_start,
+    first_line,
+    load_state_dict_checked,
+    payload_checksum,
+    require_file,
+    state_checksum,
+)
+from ._model_checks import check_statistics
 from .int8 import Int8Calibration
 from .model import FORMAT, FORMAT_VERSION, EfficientAD
 from .precision import choose_precision
-
-
-def _check_statistics(model: EfficientAD, path: Path) -> None:
-    """What set_teacher_stats and set_quantiles enforce, for the values a file brought:
-    a zero std or NaN statistics would make every map inf or NaN, silently; and finite
-    weights (the fused convolution + ReLU turns a NaN weight into a plausible score)."""
-    for name, value in model.state_dict().items():
-        if name in ("teacher_mean", "teacher_std", "quantiles"):  # checked below (quantiles: once set)
-            continue
-        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{path}: {name} holds NaN or inf: the file is corrupt or was saved from a diverged run")
-    mean, std = model.teacher_mean, model.teacher_std
-    bad = (~(torch.isfinite(mean) & torch.isfinite(std) & (std > 0))).nonzero().flatten().tolist()
-    if bad:
-        raise ValueError(
-            f"{path}: teacher std must be finite and > 0 and mean finite in every channel; channels "
-            f"{bad[:8]}{'...' if len(bad) > 8 else ''} have mean {mean[bad[:4]].tolist()}, std {std[bad[:4]].tolist()}"
-        )
-    for name, value in (("image_threshold", model.image_threshold), ("pixel_threshold", model._pixel_threshold)):
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"{path}: {name} must be finite, got {value}")
-    if model.quantiles_set:
-        qa_st, qb_st, qa_ae, qb_ae = model.quantiles.tolist()
-        if not (all(math.isfinite(q) for q in (qa_st, qb_st, qa_ae, qb_ae)) and qb_st > qa_st and qb_ae > qa_ae):
-            raise ValueError(
-                f"{path}: quantiles need finite q_b > q_a for both maps, got q_a_st={qa_st}, q_b_st={qb_st}, "
-                f"q_a_ae={qa_ae}, q_b_ae={qb_ae}"
-            )
 
 
 def _checksum_or_corrupt(payload: dict[str, Any], path: Path) -> str:
@@ -176,9 +155,7 @@ def load(
     ``map_location`` on a machine without a GPU. Files written
     before the checksum existed load with a warning.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
+    path = require_file(path, f"no model file at {path}")
     device = torch.device(map_location)
     if device.type == "cuda" and not torch.cuda.is_available():
         # Else torch.load's error would read as a broken file.
@@ -204,7 +181,7 @@ def load(
     _check_checksum(payload, path, version)
     if payload.get("int8") is not None:
         model.int8_calibration = Int8Calibration.from_payload(payload["int8"], str(path))
-    _check_statistics(model, path)
+    check_statistics(model, str(path))
     model = model.to(device).eval()
     if precision == "auto":
         return choose_precision(model, batch_size=batch_size, image_size=image_size)

@@ -129,17 +129,38 @@ def _write_cache(path: Path, data: dict[str, Any]) -> str | None:
     return None
 
 
+def _consistent(entry: dict[str, Any], field: str, times_key: str, allowed: list[str]) -> bool:
+    """Whether ``entry`` is one a measurement could have written: its choice (``field``) among
+    ``allowed``, every allowed setting timed (a plausible time), and the choice the fastest of
+    those whose map stayed within :data:`MAP_TOLERANCE` ("map_diff", where the entry has it).
+    A hand-edited entry that contradicts itself (a negative or NaN time, ``true``) is measured again."""
+    times, choice = entry.get(times_key), entry.get(field)
+    # amp entries record no map difference: every setting counts.
+    diffs = entry.get("map_diff") if field == "precision" else dict.fromkeys(allowed, 0.0)
+    if choice not in allowed or not isinstance(times, dict) or not isinstance(diffs, dict):
+        return False
+    if not all(_plausible_ms(times.get(name)) for name in allowed):
+        return False
+
+    def within(name: str) -> bool:
+        diff = diffs.get(name)
+        return isinstance(diff, (int, float)) and not isinstance(diff, bool) and 0 <= diff <= MAP_TOLERANCE
+
+    return within(choice) and all(times[choice] <= times[name] for name in allowed if within(name))
+
+
 def _cached(
-    key: str, field: str, allowed: list[str], measure: Callable[[], dict[str, Any]], refresh: bool
+    key: str, field: str, allowed: list[str], measure: Callable[[], dict[str, Any]], refresh: bool, times_key: str
 ) -> tuple[dict[str, Any], str]:
-    """(entry, how it was had and where it is kept): the cache's entry for ``key`` when its
-    ``field`` is among ``allowed`` (and not ``refresh``), else ``measure()`` dated and stored."""
+    """(entry, how it was had and where it is kept): the cache's entry for ``key`` when it is
+    :func:`_consistent` (and not ``refresh``), else ``measure()`` dated and stored."""
     path = cache_root() / CACHE_FILE
-    cache = _read_cache(path)
-    entry = None if refresh else cache.get("entries", {}).get(key)
-    if entry is not None and entry.get(field) in allowed:
+    entry = None if refresh else _read_cache(path).get("entries", {}).get(key)
+    if entry is not None and _consistent(entry, field, times_key, allowed):
         return entry, f"measured {entry.get('measured', '?')}, cached in {path}"
     entry = {**measure(), "measured": datetime.date.today().isoformat()}
+    # Read again after the measurement (seconds): another process may have added its entry since.
+    cache = _read_cache(path)
     failed = _write_cache(path, {"version": CACHE_VERSION, "entries": {**cache.get("entries", {}), key: entry}})
     return entry, f"measured now, not cached: {failed}" if failed else f"measured now, cached in {path}"
 
@@ -219,7 +240,7 @@ def choose_precision(
             "map_diff": measured["map_diff"],
         }
 
-    entry, how = _cached(key, "precision", names, measure, refresh)
+    entry, how = _cached(key, "precision", names, measure, refresh, "times_ms")
     # Measured now: the variant is built and warm already; from the cache: switch the model.
     chosen: EfficientAD = (
         measured["models"][entry["precision"]] if measured else model.set_precision(entry["precision"])
@@ -258,7 +279,7 @@ def choose_amp(
         medians = {n: statistics.median(t) for n, t in times.items()}
         return {"amp": min(medians, key=medians.__getitem__), "step_ms": medians}
 
-    entry, how = _cached(key, "amp", [label(n) for n in names], measure, refresh)
+    entry, how = _cached(key, "amp", [label(n) for n in names], measure, refresh, "step_ms")
     if log is not None:
         times = _format_times(entry.get("step_ms"))
         log(f"amp auto: {entry['amp']} (a training step: {times}; {how})")

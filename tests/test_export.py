@@ -84,6 +84,9 @@ def test_metadata_round_trip_and_refused_schema_versions(calibrated_model):
         export.check_metadata({**info, "format": "other"}, "m.pt2")
     with pytest.raises(ValueError, match="image_threshold"):
         export.check_metadata({**info, "image_threshold": "nan"}, "m.pt2")
+    for side in ("\u00b256", "9" * 5000, "0", "70000"):  # the sixth probe: "²56" was a bare int() error
+        with pytest.raises(ValueError, match="m.pt2: metadata has no valid image_height"):
+            export.check_metadata({**info, "image_height": side}, "m.pt2")
     # Version 1 (no thresholds) still reads, without thresholds.
     old = {k: info[k] for k in ("format", "image_height", "image_width", "device")} | {"format_version": "1"}
     assert export.check_metadata(old, "old.pt2")["image_threshold"] is None

@@ -195,7 +195,7 @@ def test_resume_after_an_interrupt_mid_step_is_bit_identical(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("bad", ["std_zero", "std_one_zero", "std_nan", "mean_nan", "quantiles_nan"])
-def test_load_refuses_bad_statistics(tmp_path, bad):
+def test_save_and_load_refuse_bad_statistics(tmp_path, bad, monkeypatch):
     model = random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9))
     with torch.no_grad():
         if bad == "std_zero":
@@ -209,6 +209,10 @@ def test_load_refuses_bad_statistics(tmp_path, bad):
         else:
             model.quantiles.fill_(float("nan"))
     path = tmp_path / "model.pt"
+    with pytest.raises(ValueError, match="refusing to save "):
+        model.save(path)
+    assert not path.exists()
+    monkeypatch.setattr("efficientad_fast.model.check_statistics", lambda *args: None)  # a file made elsewhere
     model.save(path)
     with pytest.raises(ValueError, match=str(path).replace("\\", "\\\\")):
         efficientad_fast.load(path)

@@ -153,6 +153,31 @@ def test_a_text_file_as_the_model_says_what_it_is(tmp_path, frames, capsys):
     assert "starts with bytes b'\\x89PNG" in one_error_line("predict", capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_a_model_or_checkpoint_that_is_no_regular_file_says_what_it_is(kind, tmp_path, frames, tiny_board, capsys):
+    """The sixth probe: a FIFO, a folder or /dev/zero as --model read "no model file at ...";
+    a FIFO must also never be opened (it would wait for a writer forever)."""
+    path = {"device": Path("/dev/zero")}.get(kind, tmp_path / "model.pt")
+    words = {"fifo": "is a FIFO (named pipe), not a regular file", "folder": "is a folder, not a regular file"}
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    assert main(["predict", "--model", str(path), str(frames), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    line = one_error_line("predict", capsys.readouterr().err)
+    assert f"--model: {path} " + words.get(kind, "is a character device, not a regular file") in line
+    from efficientad_fast import load
+
+    with pytest.raises(ValueError, match="not a regular file"):
+        load(path)
+    if kind != "device":
+        run = tmp_path / "run"
+        run.mkdir()
+        path.rename(run / "checkpoint.pt")
+        assert main([*train_args(tiny_board, run), "--resume"]) == 2
+        assert "resume: " in one_error_line("train", capsys.readouterr().err)
+
+
 def test_a_pickled_teacher_module_says_how_to_save_its_weights(tmp_path, recwarn):
     from efficientad_fast import teachers
 
@@ -198,6 +223,16 @@ def test_a_dangling_image_link_is_an_errors_row(tmp_path, model_file, frames, ca
         tmp_path, model_file, frames, "gone.png", lambda path: path.symlink_to(tmp_path / "deleted.png")
     )
     assert "is a link to" in errors[0]["error"] and "does not exist" in errors[0]["error"]
+
+
+def test_a_fifo_among_the_images_is_an_errors_row_never_opened(tmp_path, model_file, frames, capsys):
+    """The sixth probe: a FIFO named like an image was skipped without an errors.csv row;
+    named directly it read "no such image or folder"."""
+    errors = _predict_beside_one_bad_file(tmp_path, model_file, frames, "pipe.png", os.mkfifo)
+    assert "it is a FIFO (named pipe), not a regular file" in errors[0]["error"]
+    fifo = tmp_path / "images" / "pipe.png"
+    assert main(["predict", "--model", str(model_file), str(fifo), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert f"{fifo} is a FIFO (named pipe): name an image file" in one_error_line("predict", capsys.readouterr().err)
 
 
 # -- watch -------------------------------------------------------------------------------------
@@ -421,7 +456,7 @@ def test_the_precision_cache_says_when_it_could_not_be_written(tmp_path, monkeyp
 
     (tmp_path / "a_file").write_text("x")
     monkeypatch.setenv("EFFICIENTAD_FAST_CACHE", str(tmp_path / "a_file" / "cache"))
-    entry, how = precision._cached("key", "precision", ["fp32"], lambda: {"precision": "fp32"}, refresh=False)
+    entry, how = precision._cached("key", "precision", ["fp32"], _fp32_measured, refresh=False, times_key="times_ms")
     assert entry["precision"] == "fp32"
     assert how.startswith("measured now, not cached: cannot create the cache folder")
 
@@ -487,10 +522,44 @@ def test_a_precision_cache_edited_by_hand_is_measured_again(text, tmp_path):
     path = cache_root() / precision.CACHE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    entry, how = precision._cached("key", "precision", ["fp32"], lambda: {"precision": "fp32"}, refresh=False)
+    entry, how = precision._cached("key", "precision", ["fp32"], _fp32_measured, refresh=False, times_key="times_ms")
     assert entry["precision"] == "fp32" and how.startswith("measured now, cached in")
-    entry, how = precision._cached("key", "precision", ["fp32"], lambda: {"precision": "bf16"}, refresh=False)
+    entry, how = precision._cached("key", "precision", ["fp32"], lambda: {}, refresh=False, times_key="times_ms")
     assert how.startswith("measured 20")  # read back from the rewritten cache
+
+
+def _fp32_measured() -> dict:
+    """What measure_precisions makes of a model that only runs in fp32."""
+    return {"precision": "fp32", "times_ms": {"fp32": 250.0}, "map_diff": {"fp32": 0.0}}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"times_ms": {"fp32": 250.0, "bf16": -5}},
+        {"times_ms": {"fp32": 250.0, "bf16": True}},
+        {"times_ms": {"fp32": 250.0, "bf16": float("nan")}},
+        {"times_ms": {"fp32": 250.0, "bf16": 300.0}},  # not the fastest
+        {"map_diff": {"fp32": 0.0, "bf16": float("nan")}},
+        {"map_diff": {"fp32": 0.0, "bf16": 0.5}},  # beyond the tolerance
+        {"map_diff": None},
+    ],
+    ids=str,
+)
+def test_a_precision_entry_that_contradicts_itself_is_measured_again(edit, tmp_path):
+    """The fifth and sixth probes: bf16 was used from entries with a time of -5, true or NaN."""
+    import json
+
+    from efficientad_fast import precision
+    from efficientad_fast.op._build import cache_root
+
+    good = {"precision": "bf16", "times_ms": {"fp32": 250.0, "bf16": 60.0}, "map_diff": {"fp32": 0.0, "bf16": 0.01}}
+    path = cache_root() / precision.CACHE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for entry, trusted in ((good, True), ({**good, **edit}, False)):
+        path.write_text(json.dumps({"version": precision.CACHE_VERSION, "entries": {"key": entry}}))
+        got, how = precision._cached("key", "precision", ["fp32", "bf16"], _fp32_measured, False, "times_ms")
+        assert (got["precision"], how.startswith("measured now")) == (("bf16", False) if trusted else ("fp32", True))
 
 
 def test_times_edited_by_hand_are_left_out_of_the_message():
@@ -1219,3 +1288,28 @@ def test_saving_to_an_empty_path_says_so(model_file):
 
     with pytest.raises(ValueError, match="save needs a file path, got an empty string"):
         load(model_file).save("")
+
+
+def test_images_without_data_and_values_just_out_of_range_are_named(model_file):
+    """The sixth probe: a meta tensor was a raw NotImplementedError from torch, and an image
+    of 1.0000001 read "got values in [1, 1]"."""
+    from efficientad_fast import load
+
+    model = load(model_file)
+    for images in (torch.empty(1, 3, 256, 256, device="meta"), torch.zeros(1, 3, 256, 256).to_sparse()):
+        with pytest.raises(TypeError, match="images must be a dense tensor holding data"):
+            model.predict(images)
+    with pytest.raises(ValueError, match=r"got values in \[0, 1.00000012\]"):
+        model.predict(torch.full((1, 3, 256, 256), 1.0000001).index_fill_(2, torch.tensor([0]), 0.0))
+
+
+def test_save_refuses_a_model_that_load_would_refuse(model_file, tmp_path):
+    """The sixth probe: save wrote a model whose teacher std was NaN, and load refused the file."""
+    from efficientad_fast import load
+
+    model = load(model_file)
+    model.teacher_std.fill_(float("nan"))
+    target = tmp_path / "nan_std.pt"
+    with pytest.raises(ValueError, match=f"refusing to save {target}: teacher std must be finite"):
+        model.save(target)
+    assert not target.exists() and list(tmp_path.iterdir()) == []

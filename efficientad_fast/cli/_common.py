@@ -313,6 +313,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     own range is its ``type=``): files the cache must hold, options of --engine ray only, an
     image size the networks take, input paths that exist, then the command's ``check``. (Each
     job checks the rest, such as a dataset's layout, before it creates its output folder.)"""
+    from .._checkpoint import require_file
     from ..networks import check_image_size
 
     for key, value in vars(args).items():  # an empty path would mean the current folder, silently
@@ -343,8 +344,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     data, model = getattr(args, "data", None), getattr(args, "model", None)
     if data is not None and not Path(data).is_dir():
         raise FileNotFoundError(f"--data: no folder {data}")
-    if model is not None and not Path(model).is_file():
-        raise FileNotFoundError(f"--model: no model file at {model}")
+    if model is not None:
+        require_file(model, f"--model: no model file at {model}", prefix="--model: ")
     if teacher is not None and teacher not in TEACHER_KEYWORDS and not Path(teacher).is_file():
         raise FileNotFoundError(f"--teacher: no teacher file {teacher} (or pass one of {', '.join(TEACHER_KEYWORDS)})")
     calibration_data = getattr(args, "calibration_data", None)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from .._checkpoint import special_kind
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # Antialiasing filter for images: Pillow's BILINEAR widens its support by the scale factor
@@ -40,8 +42,9 @@ def list_images(folder: Path) -> list[Path]:
 
 def find_images(folder: str | os.PathLike, what: str = "image", broken_links: bool = False) -> list[Path]:
     """Image files under ``folder`` and its subfolders, sorted (hidden files skipped).
-    ``broken_links``: include image names that are symbolic links to nothing, so a caller
-    that reports unreadable files (predict's errors.csv) lists them instead of losing them.
+    ``broken_links``: include image names that are symbolic links to nothing or not regular
+    files (a FIFO, a device), so a caller that reports unreadable files (predict's errors.csv)
+    lists them instead of losing them; :func:`open_image` refuses those without opening them.
     FileNotFoundError when the folder is missing, ValueError when it holds no image."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -49,17 +52,30 @@ def find_images(folder: str | os.PathLike, what: str = "image", broken_links: bo
     found = sorted(
         p
         for p in folder.rglob("*")
-        if is_image_file(p.name) and (p.is_file() or (broken_links and p.is_symlink() and not p.exists()))
+        if is_image_file(p.name) and (p.is_file() or (broken_links and _unreadable_entry(p)))
     )
     if not found:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {what} folder {folder}")
     return found
 
 
+def _unreadable_entry(path: Path) -> bool:
+    """A link to nothing, or a name that is neither a file nor a folder (a FIFO, a device)."""
+    return (path.is_symlink() and not path.exists()) or (path.exists() and not path.is_dir() and not path.is_file())
+
+
+def _refuse_special_file(path: str, what: str) -> None:
+    # Pillow would open a FIFO and wait for a writer forever, or read a device without end.
+    kind = special_kind(path)
+    if kind is not None:
+        raise DataError(f"cannot read {what} file {path}: it is {kind}, not a regular file")
+
+
 def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     """Open and fully decode ``path`` with Pillow, turned as its EXIF orientation says
     (as image viewers show it); errors name the file."""
     path = os.fspath(path)
+    _refuse_special_file(path, what)
     try:
         image = Image.open(path)
         image.load()
@@ -82,6 +98,7 @@ def image_size_of(path: str | os.PathLike, what: str = "image") -> tuple[int, in
     """(width, height) from the file header only, as :func:`open_image` returns the image
     (swapped when the EXIF orientation turns it by 90 degrees)."""
     path = os.fspath(path)
+    _refuse_special_file(path, what)
     try:
         with Image.open(path) as image:
             width, height = image.size

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .._checkpoint import special_kind
 from ._io import DataError, find_images, open_image, to_rgb_array
 
 
@@ -51,6 +52,8 @@ def collect_image_paths(inputs, out_dir=None, log=print) -> list[Path]:
             paths += find_images(item, broken_links=True)
         elif item.is_file():
             paths.append(item)
+        elif special_kind(item) is not None:
+            raise ValueError(f"{item} is {special_kind(item)}: name an image file or a folder of images")
         else:
             raise FileNotFoundError(f"no such image or folder: {item}")
     if out_dir is not None:

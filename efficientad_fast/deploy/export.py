@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import errno
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ import torch
 from torch import nn
 
 from .._checkpoint import atomic_files, writable_folder
+from .._numbers import MAX_SIDE
 from .._signals import interrupts_held
 from ..model import EfficientAD, Prediction, check_unit_range, decisions
 from ..networks import check_image_size
@@ -218,8 +220,9 @@ def check_metadata(info: dict[str, str], source: str | os.PathLike[str]) -> Chec
         )
     size = []
     for key in ("image_height", "image_width"):
-        if not str(info.get(key, "")).isdigit() or int(info[key]) < 1:
-            raise ValueError(f"{source}: metadata has no valid {key} (got {info.get(key)!r})")
+        # ASCII digits only: str.isdigit takes "²" and int() then fails; 5 digits hold any side.
+        if not re.fullmatch(r"[0-9]{1,5}", str(info.get(key, ""))) or not 1 <= int(info[key]) <= MAX_SIDE:
+            raise ValueError(f"{source}: metadata has no valid {key} (got {str(info.get(key))[:40]!r})")
         size.append(int(info[key]))
     thresholds: dict[str, float | None] = {}
     for key in ("image_threshold", "pixel_threshold"):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checkpoint import atomic_save, atomic_write_text, config_diff, writable_folder
+from .._checkpoint import atomic_save, atomic_write_text, config_diff, require_file, writable_folder
 from .._device import autocast_dtype
 from .._progress import progress
 from ..data.generic_images import HELD_OUT_PHOTOS, photo_images
@@ -218,8 +218,7 @@ def _fitted_projection(run: _Run, log) -> TargetProjection:
 def _checked_checkpoint(run: _Run) -> dict:
     """The checkpoint's contents, if it was made with the same settings (but RESUMABLE ones)."""
     config, path = run.config, run.ckpt_path
-    if not path.is_file():
-        raise FileNotFoundError(f"resume: no checkpoint at {path}")
+    require_file(path, f"resume: no checkpoint at {path}", prefix="resume: ")
     state = torch.load(path, map_location="cpu", weights_only=True)
     diff = config_diff(state["config"], config.as_json(), ignore=RESUMABLE)
     if diff:

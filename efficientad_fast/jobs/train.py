@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .._checkpoint import atomic_write_text, writable_folder
+from .._checkpoint import atomic_write_text, require_file, writable_folder
 from .._device import resolve_device
 from .._numbers import image_hw
 from ..data import open_dataset, open_labelled_folder, penalty_image_set, split_train_validation
@@ -181,8 +181,8 @@ def _check_run(config: TrainConfig, image_size, tile: int | None, out: Path, res
     check_image_size(*size)
     if tile is not None:
         check_tile(tile, 0, *size)
-    if resume and not (out / CHECKPOINT_NAME).is_file():
-        raise FileNotFoundError(f"resume: no checkpoint at {out / CHECKPOINT_NAME}")
+    if resume:
+        require_file(out / CHECKPOINT_NAME, f"resume: no checkpoint at {out / CHECKPOINT_NAME}", prefix="resume: ")
     if not (resume or overwrite):
         _refuse_previous_run(out)
     return size

@@ -37,6 +37,7 @@ from .._checkpoint import (
     load_state_dict_checked,
     payload_checksum,
     read_checkpoint,
+    require_file,
     save_figure,
     writable_folder,
 )
@@ -289,8 +290,9 @@ def _restore(
     """Load a training checkpoint into the model, optimizer, scheduler and RNGs; returns
     (step, history, the GradScaler's state or {}). Refuses a checkpoint made with settings
     that change the result."""
-    if checkpoint is None or not checkpoint.is_file():
-        raise FileNotFoundError(f"resume: no checkpoint at {checkpoint}")
+    if checkpoint is None:
+        raise FileNotFoundError("resume: no checkpoint given")
+    require_file(checkpoint, f"resume: no checkpoint at {checkpoint}", prefix="resume: ")
     # On the CPU; load_state_dict copies to the model's device, the optimizer to its parameters'.
     state = read_checkpoint(checkpoint)
     if not isinstance(state, dict) or state.get("kind") != "efficientad_fast-training-checkpoint":
