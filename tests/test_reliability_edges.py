@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import http.server
+import json
 import os
 import signal
 import subprocess
@@ -322,6 +323,22 @@ def test_the_annotated_video_appears_whole_and_under_its_name(tmp_path, model_fi
         stream = container.streams.video[0]
         assert stream.average_rate == 2.5  # a fractional rate kept, not rounded to 2
         assert sum(1 for _ in container.decode(stream)) == 3
+
+
+def test_watch_saving_its_video_to_a_full_disk_still_writes_the_summary(
+    full_disk, tmp_path, model_file, frames, capsys
+):
+    """The sixth probe (W37): the video's full disk was one line, but summary.json was never written."""
+    pytest.importorskip("av")
+    video, out = full_disk / "v.mp4", tmp_path / "out"
+    fill(full_disk)
+    args = [*WATCH, "--source", str(frames), "--out", str(out), "--fps", "2", "--save-video", str(video)]
+    assert main([a.replace("{model}", str(model_file)) for a in args]) == 2
+    assert "no space left writing" in one_error_line("watch", capsys.readouterr().err)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 3 and "video_error" in summary
+    assert len((out / "frames.jsonl").read_text().splitlines()) == 3
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
 
 
 # -- export ------------------------------------------------------------------------------------

@@ -339,3 +339,22 @@ def test_a_finished_run_whose_settings_file_is_incomplete_or_a_fifo_runs_again(t
         assert read_finished_run(run, settings) is None  # at once, not waiting for a writer
         (run / name).unlink()
         (run / name).write_text(json.dumps(settings if name == "settings.json" else row))
+
+
+def test_running_a_finished_run_again_keeps_its_row_aside(tmp_path):
+    """The sixth probe (K42): a settings.json replaced by a folder made --resume run the run
+    again, fail to write its settings and lose the finished row.json."""
+    from efficientad_fast.jobs.report import read_finished_run, write_run_settings
+
+    run = tmp_path / "board"
+    run.mkdir()
+    row = json.dumps({"row": {"error": None, "steps": 2}, "latency_vs_batch": []})
+    (run / "row.json").write_text(row)
+    (run / "settings.json").mkdir()
+    with pytest.raises(IsADirectoryError):
+        write_run_settings(run, {"steps": 3})
+    assert (run / "row.json").read_text() == row and not (run / "row.earlier.json").exists()
+    (run / "settings.json").rmdir()
+    write_run_settings(run, {"steps": 3})
+    assert not (run / "row.json").exists() and (run / "row.earlier.json").read_text() == row
+    assert read_finished_run(run, {"steps": 3}) is None

@@ -305,6 +305,7 @@ def compare_runs(data, runs, compare) -> list[tuple[str | None, str, str, str]]:
 
 
 ROW_FILE = "row.json"  # a report run's finished row: what --resume reads instead of running it again
+EARLIER_ROW_FILE = "row.earlier.json"  # the row of a run that is being run again (kept, never read)
 
 
 def report_row(
@@ -345,11 +346,21 @@ def run_settings(kwargs: dict) -> dict:
 
 
 def write_run_settings(out_dir: Path, settings: dict) -> None:
-    """``out_dir/settings.json`` for a run about to start; an earlier ``row.json`` there is
-    removed first (it is no longer this folder's run, whatever happens next)."""
-    (Path(out_dir) / ROW_FILE).unlink(missing_ok=True)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(out_dir) / SETTINGS_FILE, json.dumps(settings, indent=2))
+    """``out_dir/settings.json`` for a run about to start. An earlier ``row.json`` there is no
+    longer this folder's run, whatever happens next: it is renamed ``row.earlier.json`` first
+    (kept for the user, never read), and put back when the settings cannot be written."""
+    out_dir = Path(out_dir)
+    row, earlier = out_dir / ROW_FILE, out_dir / EARLIER_ROW_FILE
+    moved = row.is_file()
+    if moved:
+        os.replace(row, earlier)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / SETTINGS_FILE, json.dumps(settings, indent=2))
+    except BaseException:
+        if moved:
+            os.replace(earlier, row)
+        raise
 
 
 def read_finished_run(out_dir: Path, settings: dict | None = None) -> dict | None:

@@ -194,18 +194,30 @@ def watch(
         summary["stopped_by"] = stop.signal_name if isinstance(stop, Terminated) else "Ctrl-C"
         raise
     finally:
-        # A second Ctrl-C or SIGTERM here would cut the video's end and skip summary.json: held
-        # until both are written (the fifth probe lost both, 2 times in 5).
-        with interrupts_held("finishing the video and summary.json first"):
-            if writer is not None:
-                writer.close()
-            summary["dropped"] = max(summary["dropped"], inspector.dropped)
-            summary["seconds"] = time.perf_counter() - started
-            summary.update(_stats(latencies, summary["scored"], summary["seconds"]))
-            if progress:
-                print(file=sys.stderr)
-            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        summary["dropped"] = max(summary["dropped"], inspector.dropped)
+        _finish(writer, summary, latencies, started, out, progress)
     return summary
+
+
+def _finish(writer, summary: dict[str, Any], latencies: list[float], started: float, out: Path, progress: bool) -> None:
+    """Close the video and write summary.json. A second Ctrl-C or SIGTERM here would cut the
+    video's end and skip summary.json: held until both are written (the fifth probe lost
+    both, 2 times in 5). A video that cannot be finished (a full disk) is said in the summary
+    (``video_error``), which is written before that error is raised."""
+    with interrupts_held("finishing the video and summary.json first"):
+        video_error = None
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError as exc:
+                video_error, summary["video_error"] = exc, str(exc)
+        summary["seconds"] = time.perf_counter() - started
+        summary.update(_stats(latencies, summary["scored"], summary["seconds"]))
+        if progress:
+            print(file=sys.stderr)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if video_error is not None:
+        raise video_error
 
 
 def _open_without_own_pictures(source, fps: float | None, out: Path):
