@@ -110,6 +110,17 @@ def require_file(path: str | os.PathLike, missing: str, prefix: str = "") -> Pat
     return Path(path)
 
 
+def refuse_non_file_target(path: str | os.PathLike, what: str = "") -> None:
+    """A file about to be written at ``path`` (after ``what``, such as "--out ") would replace
+    what is there: refuse a folder (IsADirectoryError) and a FIFO, device or socket (ValueError;
+    a rename over /dev/full turns the device into a plain file), before any work."""
+    kind = special_kind(path)
+    if kind == "a folder":
+        raise IsADirectoryError(f"{what}{path} is a folder: give the path of the file to write")
+    if kind is not None:
+        raise ValueError(f"{what}{path} is {kind}, not a regular file: give the path of the file to write")
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an error's message: torch.load's run over many lines (one of them
     'WeightsUnpickler error: ...'), which would read as several errors of the command line."""
@@ -274,13 +285,12 @@ def atomic_files(*paths: str | os.PathLike, needs_bytes: int | None = None) -> I
     block ends without error, renames each over its target (in reverse order, so the first
     path, e.g. an IR's ``.xml``, appears last, after the files it refers to); on any failure,
     Ctrl-C included, removes the temporary files and leaves the targets as they were. A
-    target that is a folder is refused on entry, before any work; a full disk says so
+    target that is a folder, FIFO or device is refused on entry, before any work; a full disk says so
     (``needs_bytes``: about how much the files take, when the writer knows, so that a writer
     that cleans up before it fails is still read right)."""
     targets = [Path(p) for p in paths]
     for path in targets:
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder: give the path of the file to write")
+        refuse_non_file_target(path)
     temps = [_temporary_name(p, i) for i, p in enumerate(targets)]
     free_before = _free_bytes(targets[0].parent)
     try:

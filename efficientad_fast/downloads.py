@@ -27,6 +27,7 @@ import stat
 import tarfile
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -70,13 +71,28 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def shown_source(source: str | os.PathLike) -> str:
+    """``source`` as messages show it: a URL's user name and password replaced by ``***``."""
+    if not (isinstance(source, str) and is_url(source)):
+        return os.fspath(source)
+    parts = urllib.parse.urlsplit(source)
+    if "@" not in parts.netloc:
+        return source
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def _open_source(source: str | os.PathLike, timeout: float):
     """(readable stream, expected length or None) for a URL or a local file."""
     if isinstance(source, str) and is_url(source):
         if source.startswith("file://"):
             return _open_source(urllib.request.url2pathname(source[len("file://") :]), timeout)
         if not source.startswith(("http://", "https://")):
-            raise ValueError(f"unsupported URL scheme in {source} (http://, https:// or a file path)")
+            raise ValueError(f"unsupported URL scheme in {shown_source(source)} (http://, https:// or a file path)")
+        if "@" in urllib.parse.urlsplit(source).netloc:  # urllib would take user:password@host for a host name
+            raise ValueError(
+                f"{shown_source(source)}: a user name or password in the URL is not sent; download the "
+                "file with a tool that can log in, then pass its path"
+            )
         request = urllib.request.Request(source, headers={"User-Agent": "efficientad-fast"})
         response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (scheme checked above)
         length = response.headers.get("Content-Length")
@@ -147,6 +163,7 @@ def fetch_verified(
     other error (Ctrl-C included) the partial file is deleted and :class:`DownloadError`
     names the source, the hashes and the bytes received. Returns ``dest``."""
     deadline = None if deadline_s is None else time.monotonic() + deadline_s
+    shown = shown_source(source)  # a password in the URL is never printed
     dest = Path(dest)
     cache_folder(dest.parent)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -158,13 +175,13 @@ def fetch_verified(
                 got = _copy_hashing(stream, out, total, what, progress, received, timeout, deadline)
         if total is not None and received[0] < total:
             raise DownloadError(
-                f"{what}: the connection to {source} was cut after {received[0]} of {total} "
+                f"{what}: the connection to {shown} was cut after {received[0]} of {total} "
                 "bytes; nothing was cached, run the command again"
             )
         matches = got.startswith(sha256.lower()) and len(sha256) >= 8 if prefix_only else got == sha256.lower()
         if not matches:
             raise DownloadError(
-                f"{what}: {source} is not the expected file: SHA-256 {got} ({received[0]} bytes), "
+                f"{what}: {shown} is not the expected file: SHA-256 {got} ({received[0]} bytes), "
                 f"expected {sha256}; nothing was cached"
             )
         os.replace(tmp, dest)
@@ -174,12 +191,12 @@ def fetch_verified(
     except Exception as exc:  # URLError, timeouts, resets, http.client.IncompleteRead, disk full, ...
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # our disk, not the source
             raise DownloadError(
-                f"{what}: no space left writing {dest} after {received[0]} bytes of {source} (free "
+                f"{what}: no space left writing {dest} after {received[0]} bytes of {shown} (free "
                 "some space there, or set EFFICIENTAD_FAST_CACHE to a larger disk); nothing was cached"
             ) from exc
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line (urllib's redirect loop has three)
         raise DownloadError(
-            f"{what}: fetching {source} failed after {received[0]} bytes ({detail}); nothing was cached"
+            f"{what}: fetching {shown} failed after {received[0]} bytes ({detail}); nothing was cached"
         ) from exc
     finally:
         if not done:

@@ -199,6 +199,15 @@ def test_unreachable_server_is_a_clear_error(server, tmp_path):
     assert _files_under(tmp_path) == []
 
 
+def test_a_password_in_the_url_is_refused_and_never_printed(server, tmp_path):
+    """The seventh probe: user:pw@host failed as "Name or service not known", echoing the password."""
+    url, asked = server.url.replace("http://", "http://user:secret@") + "/x.zip", len(server.requests)
+    with pytest.raises(DownloadError, match=r"http://\*\*\*@127.0.0.1:\d+/x.zip: a user name or password") as info:
+        fetch_verified(url, "0" * 64, tmp_path / "x.zip", what="test", progress=False)
+    assert "secret" not in str(info.value) and len(server.requests) == asked
+    assert _files_under(tmp_path) == []
+
+
 def test_from_file_function_and_cli(teacher_archive, empty_cache, monkeypatch, capsys):
     path, sha, _ = teacher_archive
     # The public command checks the real SHA-256: a test archive is refused, nothing cached.

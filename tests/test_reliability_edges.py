@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -1330,3 +1331,39 @@ def test_save_refuses_a_model_that_load_would_refuse(model_file, tmp_path):
     with pytest.raises(ValueError, match=f"refusing to save {target}: teacher std must be finite"):
         model.save(target)
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command, target",
+    [(c, t) for c in ("export", "quantize") for t in ("the-model", "a-hard-link-to-it")]
+    + [(c, t) for c in ("export", "quantize", "watch") for t in ("fifo", "device")],
+)
+def test_an_output_file_never_replaces_the_model_or_a_device(command, target, tmp_path, model_file, frames, capsys):
+    """The seventh probe: export --out MODEL replaced the model by the ONNX file (exit 0), and
+    export, quantize and watch --save-video turned a device node (/dev/full) into a plain file."""
+    model = tmp_path / "m.pt"
+    model.write_bytes(model_file.read_bytes())
+    path = tmp_path / ("out.mp4" if command == "watch" else "out.pt")
+    if target == "the-model":
+        path = model
+    elif target == "a-hard-link-to-it":
+        os.link(model, path)
+    elif target == "fifo":
+        os.mkfifo(path)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("mknod needs root")
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    args = {
+        "export": ["export", "--format", "onnx", "--out", str(path)],
+        "quantize": ["quantize", "--calibration-data", str(frames), "--out", str(path)],
+        "watch": [*WATCH[:1], "--source", str(frames), "--out", str(tmp_path / "w"), "--save-video", str(path)],
+    }[command]
+    assert main([*args, "--model", str(model)]) == 2
+    line = one_error_line(command, capsys.readouterr().err)
+    assert (
+        "is the model file being read" if target in ("the-model", "a-hard-link-to-it") else "not a regular file"
+    ) in line
+    assert model.read_bytes() == model_file.read_bytes()
+    if target in ("fifo", "device"):
+        assert not stat.S_ISREG(os.stat(path).st_mode)

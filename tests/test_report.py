@@ -326,7 +326,7 @@ def test_a_finished_run_whose_settings_file_is_incomplete_or_a_fifo_runs_again(t
     run = tmp_path / "board"
     run.mkdir()
     settings = run_settings({"category": "board", "model_size": "small", "config": TrainConfig(steps=2)})
-    row = {"row": {"error": None, "steps": 2}, "latency_vs_batch": []}
+    row = {"row": {"error": None, "steps": 2}, "latency_vs_batch": [], "settings": settings}
     (run / "row.json").write_text(json.dumps(row))
     (run / "settings.json").write_text(json.dumps(settings))
     assert read_finished_run(run, settings) == row
@@ -358,3 +358,48 @@ def test_running_a_finished_run_again_keeps_its_row_aside(tmp_path):
     write_run_settings(run, {"steps": 3})
     assert not (run / "row.json").exists() and (run / "row.earlier.json").read_text() == row
     assert read_finished_run(run, {"steps": 3}) is None
+
+
+def test_a_settings_file_edited_since_the_run_finished_makes_it_run_again(tmp_path):
+    """The seventh probe: settings.json edited to steps 3 (or steps true, which equals 1) kept the
+    2-step row for --steps 3 (or --steps 1)."""
+    from efficientad_fast.jobs.report import read_finished_run, run_settings, write_finished_run, write_run_settings
+    from efficientad_fast.train import TrainConfig
+
+    run = tmp_path / "board"
+
+    def settings(steps):
+        return run_settings({"category": "board", "model_size": "small", "config": TrainConfig(steps=steps)})
+
+    write_run_settings(run, settings(2))
+    finished = write_finished_run(run, {"error": None, "steps": 2}, [])
+    assert read_finished_run(run, settings(2)) == finished
+    with pytest.raises(ValueError, match=r"finished with other settings \(steps 2 -> 3\)"):
+        read_finished_run(run, settings(3))
+    for steps, now in ((3, 3), (True, 1)):
+        edited = settings(2)
+        edited["config"]["steps"] = steps
+        (run / "settings.json").write_text(json.dumps(edited))
+        assert read_finished_run(run, settings(now)) is None
+    (run / "settings.json").write_text(json.dumps(settings(2)))
+    with pytest.raises(ValueError, match=r"steps True -> 1"):
+        saved = settings(2)
+        saved["config"]["steps"] = True
+        (run / "settings.json").write_text(json.dumps(saved))
+        (run / "row.json").write_text(json.dumps({**finished, "settings": saved}))
+        read_finished_run(run, settings(1))
+
+
+def test_a_row_naming_another_category_or_model_than_its_run_runs_again(tmp_path):
+    """The seventh probe (K11, C06): a row.json edited to category "other" (or PaDiM's row to
+    model "patchcore") was shown as written."""
+    from efficientad_fast.jobs.report import read_finished_run, run_settings, write_finished_run, write_run_settings
+
+    run = tmp_path / "board_padim"
+    settings = run_settings({"category": "board", "model": "padim", "seed": 0})
+    write_run_settings(run, settings)
+    finished = write_finished_run(run, {"error": None, "category": "board", "model": "padim"}, [])
+    assert read_finished_run(run, settings) == finished
+    for edit in ({"category": "other"}, {"model": "patchcore"}):
+        (run / "row.json").write_text(json.dumps({**finished, "row": {**finished["row"], **edit}}))
+        assert read_finished_run(run, settings) is None

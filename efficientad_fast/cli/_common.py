@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -506,15 +507,19 @@ def _train_config(args: argparse.Namespace, checkpoint_every: int):
 
 
 def _refuse_a_folder(path: str) -> None:
-    """--out names a file: a folder there is refused before the work, not after it."""
-    if Path(path).is_dir():
-        raise IsADirectoryError(f"--out {path} is a folder: give the path of the file to write")
+    """--out names a file: a folder, FIFO or device there is refused before the work, not after it."""
+    from .._checkpoint import refuse_non_file_target
+
+    refuse_non_file_target(path, "--out ")
 
 
-def _check_output_file(path: str) -> None:
-    """--out names a file: refuse a folder, or a folder that cannot be written, before the
-    work (minutes of compiling or calibrating) rather than after it."""
+def _check_output_file(path: str, model: str | None = None) -> None:
+    """--out names a file: refuse a folder, a device, the ``model`` file being read (it would
+    be replaced), or a folder that cannot be written, before the work (minutes of compiling
+    or calibrating) rather than after it."""
     from .._checkpoint import check_writable_folder
 
     _refuse_a_folder(path)
+    if model is not None and os.path.exists(path) and os.path.samefile(path, model):
+        raise ValueError(f"--out {path} is the model file being read (--model {model}): name another file")
     check_writable_folder(Path(path).parent)  # made by the writer, once every check has passed

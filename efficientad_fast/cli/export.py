@@ -33,7 +33,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.format == "onnx":
         check_opset(args.opset)
-    _check_output_file(args.out)
+    _check_output_file(args.out, args.model)
     start = time.perf_counter()
     model = load(args.model, map_location="cpu").float()
     if args.format == "aoti":

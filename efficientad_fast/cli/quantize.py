@@ -22,7 +22,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from ..model_file import load
     from ..precision import measure_precisions
 
-    _check_output_file(args.out)
+    _check_output_file(args.out, args.model)
     start = time.perf_counter()
     size = (args.image_size, args.image_size) if isinstance(args.image_size, int) else args.image_size
     model = load(args.model, map_location="cpu")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._checkpoint import atomic_write_text, config_diff, writable_folder
+from .._checkpoint import atomic_write_text, writable_folder
 from .._device import resolve_device
 from ..baselines.anomalib_models import BASELINES
 from ..benchmark import time_predict
@@ -382,15 +382,21 @@ def read_finished_run(out_dir: Path, settings: dict | None = None) -> dict | Non
         return None
     if settings is None:
         return finished
-    try:
-        saved = json.loads(settings_file.read_text()) if settings_file.is_file() else None
-    except (OSError, ValueError, RecursionError):
-        saved = None
-    # Missing, cut, not ours, or lacking a setting: what the run was made with is unknown, so it
-    # runs again (the fifth and sixth probes: such files let other settings through).
-    if not isinstance(saved, dict) or set(_flat(saved)) != set(_flat(settings)):
+    saved = _read_settings(settings_file)
+    # Missing, cut, not ours, lacking a setting, or not the settings the row was made with (an
+    # edit since): what the run was made with is unknown, so it runs again (the fifth, sixth and
+    # seventh probes: such files let other settings through).
+    if (
+        not isinstance(saved, dict)
+        or set(_flat(saved)) != set(_flat(settings))
+        or not _same(finished.get("settings"), saved)
+    ):
         return None
-    diff = config_diff(_flat(saved), _flat(settings))
+    saved, now = _flat(saved), _flat(settings)
+    row = finished["row"]
+    if any(key in now and key in row and not _same(row[key], now[key]) for key in ("category", "model")):
+        return None  # a row that names another category or model than its run (an edit)
+    diff = {k: (saved[k], now[k]) for k in saved if not _same(saved[k], now[k])}  # True is not 1 here
     if diff:
         changed = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in diff.items())
         raise ValueError(
@@ -398,6 +404,20 @@ def read_finished_run(out_dir: Path, settings: dict | None = None) -> dict | Non
             "or give another --out"
         )
     return finished
+
+
+def _read_settings(path: Path) -> object:
+    """The JSON in a run's settings.json; None when it is missing, not a regular file (a FIFO's
+    read would wait forever) or unreadable."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal as JSON text: types count (``true`` is not ``1``, ``2.0`` not ``2``)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def _flat(settings: dict) -> dict:
@@ -410,8 +430,9 @@ def _flat(settings: dict) -> dict:
 
 
 def write_finished_run(out_dir: Path, row: dict, curve: list) -> dict:
-    """``out_dir/row.json``, whole or absent (a cut-off write is never read as finished)."""
-    finished = {"row": row, "latency_vs_batch": curve}
+    """``out_dir/row.json``, whole or absent (a cut-off write is never read as finished), with
+    the settings the run was started with (its settings.json), which --resume compares."""
+    finished = {"row": row, "latency_vs_batch": curve, "settings": _read_settings(Path(out_dir) / SETTINGS_FILE)}
     atomic_write_text(Path(out_dir) / ROW_FILE, json.dumps(finished, indent=2, default=str))
     return finished
 

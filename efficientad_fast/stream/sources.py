@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .._checkpoint import require_file
 from ..data import DataError, find_images, open_image, to_rgb_array
 from ..data.video import require_av
 
@@ -112,8 +113,8 @@ class VideoSource(FrameSource):
             self.format = "v4l2"
         elif scheme in ("rtsp", "rtsps"):
             self.options = {"rtsp_transport": "tcp"}  # no lost UDP packets, no smeared frames
-        elif not scheme and not Path(target).is_file():
-            raise FileNotFoundError(f"no video file {target}")
+        elif not scheme:
+            require_file(target, f"no video file {target}", prefix="video source ")  # a FIFO, a device: say so
         self.target = self.name = target
         self.live = bool(self.format or scheme in LIVE_SCHEMES) if live is None else live
         self._container = None

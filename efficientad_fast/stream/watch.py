@@ -38,14 +38,13 @@ def check_video_path(path: str | os.PathLike, source=None) -> str:
     """The codec for an annotated video at ``path`` (from its suffix), after making sure its
     folder can be written and that it is not the ``source`` being watched (the video would
     replace it): ValueError/PermissionError that name the path, before any work."""
-    from .._checkpoint import writable_folder
+    from .._checkpoint import refuse_non_file_target, writable_folder
 
     path = Path(path)
     target = getattr(source, "target", source)
     if isinstance(target, (str, os.PathLike)) and os.path.realpath(path) == os.path.realpath(target):
         raise ValueError(f"--save-video {path} is the video being watched: name another file")
-    if path.is_dir():
-        raise IsADirectoryError(f"--save-video: {path} is a folder; name a video file")
+    refuse_non_file_target(path, "--save-video: ")
     codec = VIDEO_CODECS.get(path.suffix.lower())
     if codec is None:
         raise ValueError(f"--save-video: cannot tell the codec from {path.name}; use one of {sorted(VIDEO_CODECS)}")
