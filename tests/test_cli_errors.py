@@ -63,6 +63,10 @@ CASES = {
     "train-unknown-option": [*TRAIN, "--data", "{data}", "--out", "{out}", "--stpes", "3"],
     "watch-kofn-k-0": ["watch", "--model", "{model}", "--source", "{image}", "--out", "{out}", "--kofn-k", "0"],
     "bench-runs-inf": ["bench", "--device", "cpu", "--runs", "inf", "--json", "{out}/b.json"],
+    # values that start with "-", which argparse took for options ("expected one argument")
+    "predict-threshold-minus-inf": [*PREDICT, "{image}", "--out", "{out}", "--threshold", "-inf"],
+    "watch-fps-minus-inf": ["watch", "--model", "{model}", "--source", "{image}", "--out", "{out}", "--fps", "-inf"],
+    "bench-batch-sizes-minus-1-2": ["bench", "--device", "cpu", "--batch-sizes", "-1,2", "--json", "{out}/b.json"],
 }
 
 
@@ -114,6 +118,9 @@ def test_messages_say_what_is_wrong(files, tmp_path, capsys):
         "train-no-out": "the following arguments are required: --out",
         "train-unknown-option": "unrecognized arguments: --stpes 3",
         "watch-kofn-k-0": "argument --kofn-k: must be >= 1, got 0",
+        "predict-threshold-minus-inf": "argument --threshold: must be a finite number, got -inf",
+        "watch-fps-minus-inf": "argument --fps: must be a finite number > 0, got -inf",
+        "bench-batch-sizes-minus-1-2": "argument --batch-sizes: must be a whole number >= 1, got '-1,2'",
     }
     for case, text in expect.items():
         assert main([arg.format(out=out, **files) for arg in CASES[case]]) == 2

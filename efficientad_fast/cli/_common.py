@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,9 +47,13 @@ def _add_tile_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_data_args(p: argparse.ArgumentParser, category_required: bool = False, several: bool = False) -> None:
-    p.add_argument("--data", required=True, help="dataset root (the folder holding the categories)")
-    p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset layout")
+def _add_data_args(
+    p: argparse.ArgumentParser, category_required: bool = False, several: bool = False, data_required: bool = True
+) -> None:
+    """--data, --dataset, --category and the folder-layout options. ``data_required`` False:
+    the command checks itself that --data and --dataset come (train: unless --video)."""
+    p.add_argument("--data", required=data_required, help="dataset root (the folder holding the categories)")
+    p.add_argument("--dataset", required=data_required, choices=DATASET_CHOICES, help="dataset layout")
     if several:  # train: --category a b, or --category a --category b
         p.add_argument(
             "--category",
@@ -286,6 +291,9 @@ def positive_number(text: str) -> float:
     return value
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+|inf|infinity|nan)([eE][-+]?\d+)?(,.*)?$", re.IGNORECASE)
+
+
 class UsageError(Exception):
     """The parser refused the command line: ``main`` prints this one line, exit 2."""
 
@@ -293,6 +301,12 @@ class UsageError(Exception):
 class OneLineParser(argparse.ArgumentParser):
     """argparse prints its whole usage block before an error; here the error is one line that
     names the option, and --help has the rest."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse reads "-inf", "-1e-3" or "-1,2" as an option ("expected one argument"):
+        # taken as values, so the option's own check names what is wrong with them.
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")

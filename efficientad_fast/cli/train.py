@@ -27,6 +27,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train import TrainingInterrupted
 
     config = _train_config(args, checkpoint_every=args.checkpoint_every)
+    if args.video is not None:
+        return _train_from_video(args, config)
     categories = args.category or [None]
     if len(categories) > 1 or args.engine == "ray":
         return _train_several(args, categories, config)
@@ -57,6 +59,61 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{summary['total_seconds'] / 60:.1f} min)"
     )
     return 0
+
+
+def _train_from_video(args: argparse.Namespace, config) -> int:
+    """train --video: on the frames of a video of normal operation, to OUT."""
+    from ..jobs import train_from_video
+    from ..train import TrainingInterrupted
+
+    try:
+        _, summary = train_from_video(
+            args.video,
+            args.out,
+            every=args.every or 1,
+            max_frames=args.max_frames,
+            model_size=args.model_size,
+            config=config,
+            teacher=args.teacher,
+            penalty_images=args.penalty_images,
+            image_size=args.image_size,
+            padding=args.padding,
+            device=args.device,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            threshold_from=args.threshold_from,
+            tile=args.tile,
+        )
+    except TrainingInterrupted as stop:
+        print(f"\n{stop}\nresume with the same command plus --resume", file=sys.stderr)
+        return 130
+    print(f"model: {Path(args.out) / 'model.pt'}  (trained on {summary['train_images']} frames of {args.video})")
+    return 0
+
+
+def _check_train_source(args: argparse.Namespace) -> None:
+    """--data and --dataset, or --video alone (its frames are the dataset)."""
+    if args.video is None:
+        missing = [name for name, value in (("--data", args.data), ("--dataset", args.dataset)) if value is None]
+        if missing:
+            raise _BadArguments(f"the following arguments are required: {', '.join(missing)} (or --video FILE)")
+        given = [
+            name for name, value in (("--every", args.every), ("--max-frames", args.max_frames)) if value is not None
+        ]
+        if given:
+            raise _BadArguments(f"{', '.join(given)}: for the frames of --video FILE only")
+        return
+    options = {
+        "--data": args.data,
+        "--dataset": args.dataset,
+        "--category": args.category,
+        "--normal-dir": args.normal_dir,
+    }
+    given = [name for name, value in options.items() if value is not None]
+    if given or args.engine == "ray":
+        raise _BadArguments(
+            f"--video trains one model on the video's frames: leave out {', '.join(given) or '--engine ray'}"
+        )
 
 
 def _train_several(args: argparse.Namespace, categories: list, config) -> int:
@@ -99,8 +156,20 @@ def _add_train_parser(subparsers) -> None:
     train = subparsers.add_parser(
         "train", help="train on one category (or several, e.g. on Ray)", description=cmd_train.__doc__
     )
-    _add_data_args(train, several=True)
+    _add_data_args(train, several=True, data_required=False)
     train.add_argument("--out", required=True, help="output folder")
+    video = train.add_argument_group("training on a video of the line running normally (in place of --data)")
+    video.add_argument(
+        "--video",
+        default=None,
+        metavar="FILE",
+        help="a video of normal operation (parts entering, resting, leaving): its frames, written to "
+        "OUT/video_frames, are the training set; whole blocks of consecutive frames are held out to calibrate",
+    )
+    video.add_argument("--every", type=at_least(1), default=None, metavar="N", help="keep one frame in N (default 1)")
+    video.add_argument(
+        "--max-frames", type=at_least(2), default=None, metavar="K", help="keep the first K frames only (default: all)"
+    )
     _add_training_args(train, steps_help="training steps (paper: 70000)")
     train.add_argument("--padding", action="store_true", help="padded convolutions (64x64 maps at 256 px)")
     train.add_argument(
@@ -135,4 +204,4 @@ def _add_train_parser(subparsers) -> None:
         "eval then score in tiles by default",
     )
     _add_engine_args(train, "category")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, check=_check_train_source)

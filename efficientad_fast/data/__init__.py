@@ -60,6 +60,7 @@ from .synthetic import (
     render_synthetic,
 )
 from .video import make_synthetic_video, read_video_labels
+from .video_frames import video_training_set
 
 __all__ = [
     "AnomalyDataset",
@@ -90,6 +91,7 @@ __all__ = [
     "penalty_image_set",
     "read_loco_defects_config",
     "read_video_labels",
+    "video_training_set",
     "render_synthetic",
     "split_train_validation",
     "to_rgb_array",

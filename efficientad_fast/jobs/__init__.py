@@ -9,7 +9,15 @@ from .engines import LocalRunner, RayRunner, make_runner, record_failure
 from .evaluate import check_tiling, evaluate_model
 from .predict import PredictInterrupted, collect_image_paths, decision_thresholds, predict_files, printable, read_images
 from .report import ROW_FILE, SWEEP_KEYS, parse_sweep, read_finished_run, report_run, run_report
-from .train import MODEL_FILE, build_model, check_categories, fleet_folder, train_categories, train_category
+from .train import (
+    MODEL_FILE,
+    build_model,
+    check_categories,
+    fleet_folder,
+    train_categories,
+    train_category,
+    train_from_video,
+)
 
 __all__ = [
     "DEMO_AMP",
@@ -40,4 +48,5 @@ __all__ = [
     "run_report",
     "train_categories",
     "train_category",
+    "train_from_video",
 ]

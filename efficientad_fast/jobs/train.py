@@ -14,7 +14,7 @@ import torch
 from .._checkpoint import atomic_write_text, require_file, writable_folder
 from .._device import resolve_device
 from .._numbers import image_hw
-from ..data import open_dataset, open_labelled_folder, penalty_image_set, split_train_validation
+from ..data import open_dataset, open_labelled_folder, penalty_image_set, split_train_validation, video_training_set
 from ..data.inputs import load_images_uint8
 from ..model import DEFAULT_IMAGE_QUANTILE, EfficientAD
 from ..networks import check_image_size
@@ -54,6 +54,9 @@ def _held_out(data, dataset, category, train_set, image_size, fraction, seed, la
     if own:  # errors in that folder surface; no silent fallback to a split of train
         return train_set, open_dataset(data, dataset, category, "validation", image_size)
     return split_train_validation(train_set, fraction=fraction, seed=seed)
+
+
+VIDEO_FRAMES = "video_frames"  # train_from_video: the frames of the video, a folder dataset in OUT
 
 
 def _refuse_previous_run(out: Path) -> None:
@@ -162,6 +165,26 @@ def train_category(
         **_outcome(model, quantiles, result, total),
     }
     atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2))
+    return model, summary
+
+
+def train_from_video(
+    video: str | os.PathLike, out: str | os.PathLike, *, every: int = 1, max_frames: int | None = None, **kwargs
+) -> tuple[EfficientAD, dict]:
+    """:func:`train_category` on the frames of ``video``, a recording of the line running
+    normally (parts entering, resting and leaving): every ``every``-th frame, the first
+    ``max_frames`` of them or all, become ``out/video_frames`` (a folder dataset; held-out
+    frames, whole blocks of consecutive frames, calibrate; see
+    :func:`efficientad_fast.data.video_training_set`), kept for a ``resume``. ``kwargs``: those
+    of :func:`train_category` but its data, dataset, category and layout. The summary records
+    the video."""
+    config = kwargs.get("config") or TrainConfig()
+    image_size, tile = kwargs.get("image_size", 256), kwargs.get("tile")
+    _check_run(config, image_size, tile, Path(out), kwargs.get("resume", False), kwargs.get("overwrite", False))
+    frames = video_training_set(video, Path(out) / VIDEO_FRAMES, every, max_frames, progress=config.progress)
+    model, summary = train_category(frames, "folder", None, out, **kwargs)
+    summary["video"] = {"path": str(video), "every": every, "max_frames": max_frames}
+    atomic_write_text(Path(out) / "train_summary.json", json.dumps(summary, indent=2))
     return model, summary
 
 

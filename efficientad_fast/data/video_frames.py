@@ -1,0 +1,133 @@
+"""A video of normal operation as a training set (``train --video``).
+
+:func:`video_training_set` decodes a video of the line running normally (parts entering,
+resting and leaving, the empty belt) and writes its frames as a folder dataset::
+
+    OUT/train/good/frame_000000.png ...       the training frames
+    OUT/validation/good/frame_000225.png ...  held-out frames, for calibration
+    OUT/source.json                           which video and settings the frames came from
+
+Consecutive frames are nearly equal, so a random hold-out would calibrate on near-copies of
+training frames and set the thresholds too low: held-out frames are whole blocks of
+:data:`BLOCK_FRAMES` consecutive kept frames, the last block of every :data:`HOLDOUT_EVERY`
+(a video shorter than that holds out its last tenth). Each frame is written whole
+(temporary name + rename) and an existing one is kept, so an interrupted extraction
+continues where it stopped; frames of another video or other settings are removed first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from .._checkpoint import atomic_files, atomic_write_text, require_file
+from .._numbers import whole_number
+from .._progress import progress as progress_bar
+from ._io import DataError
+
+BLOCK_FRAMES = 25  # kept frames per hold-out block (a second of 25 fps video at --every 1)
+HOLDOUT_EVERY = 10  # one block in ten is held out: 10 % of the frames, as for image folders
+SPLITS = ("train", "validation")
+
+
+def _source(video: Path, every: int, max_frames: int | None) -> dict:
+    """What the frames in a folder came from: a changed video or setting means other frames."""
+    stat = video.stat()
+    resolved = str(video.resolve())
+    return {
+        "video": resolved,
+        "bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "every": every,
+        "max_frames": max_frames,
+    }
+
+
+def _prepare(out: Path, source: dict, log: Callable[[str], None]) -> None:
+    """Keep ``out``'s frames when they came from ``source``; else start it afresh."""
+    record = out / "source.json"
+    try:
+        same = json.loads(record.read_text()) == source if record.is_file() else False
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        if any((out / split).exists() for split in SPLITS):
+            log(f"video frames: {out} holds frames of another video or --every: extracting afresh")
+        for split in SPLITS:
+            shutil.rmtree(out / split, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(source, indent=1))
+
+
+def _frame_path(out: Path, index: int, kept: int) -> Path:
+    split = "validation" if (kept // BLOCK_FRAMES) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 else "train"
+    return out / split / "good" / f"frame_{index:06d}.png"
+
+
+def _hold_out_the_end(out: Path) -> int:
+    """A video too short for a held-out block: its last tenth (at least one frame) moves to
+    validation/. Returns the frames held out."""
+    held = sorted((out / "validation" / "good").glob("frame_*.png"))
+    if held:
+        return len(held)
+    train = sorted((out / "train" / "good").glob("frame_*.png"))
+    moved = train[len(train) - max(1, len(train) // HOLDOUT_EVERY) :] if len(train) > 1 else []
+    (out / "validation" / "good").mkdir(parents=True, exist_ok=True)
+    for path in moved:
+        os.replace(path, out / "validation" / "good" / path.name)
+    return len(moved)
+
+
+def video_training_set(
+    video: str | os.PathLike,
+    out: str | os.PathLike,
+    every: int = 1,
+    max_frames: int | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Write every ``every``-th frame of ``video`` (the first ``max_frames`` of them, or all)
+    into the folder dataset ``out`` (see the module docstring; open it with
+    ``open_dataset(out, "folder")``) and return ``out``. FileNotFoundError for a missing
+    video, ValueError for bad numbers or a video that cannot be decoded or has one frame or none."""
+    from .video import require_av
+
+    av = require_av()
+    video = require_file(video, f"no video file {video}", prefix="video ")
+    every = whole_number(every, "every")
+    limit = None if max_frames is None else whole_number(max_frames, "max_frames")
+    if every < 1 or (limit is not None and limit < 2):
+        raise ValueError(
+            f"every must be >= 1 and max_frames >= 2 (one frame to train, one to calibrate), got {every} and {max_frames}"
+        )
+    out = Path(out)
+    _prepare(out, _source(video, every, limit), log)
+    kept = 0
+    try:
+        with av.open(os.fspath(video)) as container:
+            if not container.streams.video:
+                raise DataError(f"{video} holds no video stream")
+            frames = container.decode(container.streams.video[0])
+            for index, frame in enumerate(progress_bar(frames, progress, "video frames")):
+                if limit is not None and kept >= limit:
+                    break
+                if index % every:
+                    continue
+                path = _frame_path(out, index, kept)
+                if not path.is_file():  # else written whole by an earlier, interrupted extraction
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_files(path) as (temporary,):
+                        frame.to_image().convert("RGB").save(temporary, format="PNG")
+                kept += 1
+    except (av.error.FFmpegError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, av.error.FFmpegError) and exc.filename != os.fspath(video):
+            raise  # our own disk (full, read-only), not the video
+        raise DataError(f"cannot read the video {video} (after {kept} frames): {exc}") from exc
+    if kept < 2:
+        raise DataError(f"{video} holds {kept} frames (every {every}): training needs at least 2")
+    held = _hold_out_the_end(out)
+    log(f"video frames: {kept} of {video} (one in {every}), {held} held out for calibration, in {out}")
+    return out
