@@ -287,10 +287,13 @@ def atomic_files(*paths: str | os.PathLike, needs_bytes: int | None = None) -> I
     Ctrl-C included, removes the temporary files and leaves the targets as they were. A
     target that is a folder, FIFO or device is refused on entry, before any work; a full disk says so
     (``needs_bytes``: about how much the files take, when the writer knows, so that a writer
-    that cleans up before it fails is still read right)."""
-    targets = [Path(p) for p in paths]
-    for path in targets:
-        refuse_non_file_target(path)
+    that cleans up before it fails is still read right). A target that is a symbolic link is
+    written where the link points (the link stays; a rename would replace the link itself:
+    the eighth probe turned /dev/stdout into a plain file)."""
+    shown = Path(paths[0])
+    targets = [Path(os.path.realpath(p)) for p in paths]
+    for path, given in zip(targets, paths):
+        refuse_non_file_target(path, "" if path == Path(given) else f"{given} -> ")
     temps = [_temporary_name(p, i) for i, p in enumerate(targets)]
     free_before = _free_bytes(targets[0].parent)
     try:
@@ -310,14 +313,13 @@ def atomic_files(*paths: str | os.PathLike, needs_bytes: int | None = None) -> I
             free = shutil.disk_usage(targets[0].parent).free / 2**20
             raise OSError(
                 errno.EIO,
-                f"cannot write {targets[0]}: {first_line(exc)} ({free:.0f} MiB are free "
+                f"cannot write {shown}: {first_line(exc)} ({free:.0f} MiB are free "
                 "there now: a full disk?); any earlier file there is unchanged",
             ) from exc
         if full or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
             raise OSError(
                 errno.ENOSPC,
-                f"no space left writing {targets[0]} (free some space and write again; "
-                "any earlier file there is unchanged)",
+                f"no space left writing {shown} (free some space and write again; any earlier file there is unchanged)",
             ) from exc
         raise
 

@@ -84,9 +84,9 @@ def shown_source(source: str | os.PathLike) -> str:
 def _open_source(source: str | os.PathLike, timeout: float):
     """(readable stream, expected length or None) for a URL or a local file."""
     if isinstance(source, str) and is_url(source):
-        if source.startswith("file://"):
+        if source[:7].lower() == "file://":
             return _open_source(urllib.request.url2pathname(source[len("file://") :]), timeout)
-        if not source.startswith(("http://", "https://")):
+        if not source.lower().startswith(("http://", "https://")):  # schemes are case-insensitive
             raise ValueError(f"unsupported URL scheme in {shown_source(source)} (http://, https:// or a file path)")
         if "@" in urllib.parse.urlsplit(source).netloc:  # urllib would take user:password@host for a host name
             raise ValueError(

@@ -440,16 +440,16 @@ class EfficientAD(nn.Module):
     def _prepare_images(self, images: torch.Tensor, validate: bool | None) -> torch.Tensor:
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if images.is_meta or images.layout != torch.strided:  # no values to score
+        if images.is_meta or images.is_nested or images.layout != torch.strided:  # no values to score
             raise TypeError(
-                f"images must be a dense tensor holding data, got layout {images.layout}, meta {images.is_meta}"
+                f"images must be a dense tensor holding data, got a {'meta' if images.is_meta else 'nested' if images.is_nested else images.layout} tensor"
             )
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W) RGB, got shape {tuple(images.shape)}")
         check_image_size(images.shape[2], images.shape[3])
         if images.dtype == torch.uint8:
             return images.to(self.device, non_blocking=True).to(self.dtype).div_(255)
-        if not images.is_floating_point():
+        if images.dtype not in (*_PRECISION_DTYPES.values(), torch.float64):  # float8: no range check
             raise TypeError(f"images must be uint8 or floating point in [0, 1], got {images.dtype}")
         if validate is None:
             validate = images.device.type == "cpu"  # elsewhere a range check would synchronize

@@ -111,7 +111,7 @@ def no_network(monkeypatch, server):
 
     def local_only(request, *args, **kwargs):
         url = request.full_url if hasattr(request, "full_url") else request
-        assert url.startswith(server.url), f"network access to {url}"
+        assert url.lower().startswith(server.url), f"network access to {url}"  # schemes: any case
         return real(request, *args, **kwargs)
 
     monkeypatch.setattr(urllib.request, "urlopen", local_only)
@@ -197,6 +197,12 @@ def test_unreachable_server_is_a_clear_error(server, tmp_path):
     with pytest.raises(DownloadError, match=r"missing.zip failed after 0 bytes \(HTTPError"):
         fetch_verified(f"{server.url}/missing.zip", "0" * 64, tmp_path / "x.zip", what="test", progress=False)
     assert _files_under(tmp_path) == []
+
+
+def test_url_schemes_are_case_insensitive(server, tmp_path):
+    """The eighth probe (F34): HTTP://host/... was "unsupported URL scheme"."""
+    with pytest.raises(DownloadError, match=r"missing.zip failed after 0 bytes \(HTTPError"):
+        fetch_verified(f"{server.url.upper()}/missing.zip", "0" * 64, tmp_path / "x.zip", what="test", progress=False)
 
 
 def test_a_password_in_the_url_is_refused_and_never_printed(server, tmp_path):

@@ -1314,9 +1314,12 @@ def test_images_without_data_and_values_just_out_of_range_are_named(model_file):
     from efficientad_fast import load
 
     model = load(model_file)
-    for images in (torch.empty(1, 3, 256, 256, device="meta"), torch.zeros(1, 3, 256, 256).to_sparse()):
+    nested = torch.nested.nested_tensor([torch.zeros(3, 256, 256)], layout=torch.jagged)
+    for images in (torch.empty(1, 3, 256, 256, device="meta"), torch.zeros(1, 3, 256, 256).to_sparse(), nested):
         with pytest.raises(TypeError, match="images must be a dense tensor holding data"):
             model.predict(images)
+    with pytest.raises(TypeError, match="images must be uint8 or floating point in"):  # the eighth probe: float8
+        model.predict(torch.zeros(1, 3, 256, 256, dtype=torch.float8_e4m3fn))
     with pytest.raises(ValueError, match=r"got values in \[0, 1.00000012\]"):
         model.predict(torch.full((1, 3, 256, 256), 1.0000001).index_fill_(2, torch.tensor([0]), 0.0))
 
@@ -1367,3 +1370,32 @@ def test_an_output_file_never_replaces_the_model_or_a_device(command, target, tm
     assert model.read_bytes() == model_file.read_bytes()
     if target in ("fifo", "device"):
         assert not stat.S_ISREG(os.stat(path).st_mode)
+
+
+def test_an_openvino_export_never_writes_its_weights_over_the_model(tmp_path, model_file, capsys):
+    """The eighth probe (E15): --model model.bin --format openvino --out model.xml wrote the IR's
+    weights over the model."""
+    model = tmp_path / "model.bin"
+    model.write_bytes(model_file.read_bytes())
+    args = ["export", "--model", str(model), "--format", "openvino", "--out", str(tmp_path / "model.xml")]
+    assert main(args) == 2
+    line = one_error_line("export", capsys.readouterr().err)
+    assert f"writes its weights to {model}: that is the model file being read" in line
+    assert model.read_bytes() == model_file.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+
+
+def test_a_file_written_through_a_symbolic_link_keeps_the_link(tmp_path, model_file):
+    """The eighth probe (E21): --out /dev/stdout (a link to /proc/self/fd/1) renamed the export
+    over the link itself, turning /dev/stdout into a plain file; a link to a device is refused."""
+    from efficientad_fast import load
+
+    model = load(model_file)
+    link = tmp_path / "current.pt"
+    link.symlink_to(tmp_path / "v1.pt")
+    model.save(link)
+    assert link.is_symlink() and load(tmp_path / "v1.pt").config() == model.config()
+    to_device = tmp_path / "null.pt"
+    to_device.symlink_to("/dev/null")
+    with pytest.raises(ValueError, match=f"{to_device} -> /dev/null is a character device"):
+        model.save(to_device)
+    assert to_device.is_symlink() and os.readlink(to_device) == "/dev/null"

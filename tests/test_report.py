@@ -386,8 +386,14 @@ def test_a_settings_file_edited_since_the_run_finished_makes_it_run_again(tmp_pa
         saved = settings(2)
         saved["config"]["steps"] = True
         (run / "settings.json").write_text(json.dumps(saved))
-        (run / "row.json").write_text(json.dumps({**finished, "settings": saved}))
+        (run / "row.json").write_text(json.dumps({**finished, "row": {"error": None}, "settings": saved}))
         read_finished_run(run, settings(1))
+    # The eighth probe: both copies of the settings edited to 3 steps; the row itself says 2.
+    edited = settings(2)
+    edited["config"]["steps"] = 3
+    (run / "settings.json").write_text(json.dumps(edited))
+    (run / "row.json").write_text(json.dumps({**finished, "settings": edited}))
+    assert read_finished_run(run, settings(3)) is None
 
 
 def test_a_row_naming_another_category_or_model_than_its_run_runs_again(tmp_path):
@@ -403,3 +409,38 @@ def test_a_row_naming_another_category_or_model_than_its_run_runs_again(tmp_path
     for edit in ({"category": "other"}, {"model": "patchcore"}):
         (run / "row.json").write_text(json.dumps({**finished, "row": {**finished["row"], **edit}}))
         assert read_finished_run(run, settings) is None
+
+
+def test_a_fifo_where_the_earlier_row_goes_is_refused_not_replaced(tmp_path):
+    """The eighth probe (K43b): row.json's rename to row.earlier.json replaced a FIFO there."""
+    import os
+    import stat
+
+    from efficientad_fast.jobs.report import write_run_settings
+
+    run = tmp_path / "board"
+    run.mkdir()
+    (run / "row.json").write_text("{}")
+    os.mkfifo(run / "row.earlier.json")
+    with pytest.raises(ValueError, match="row.earlier.json is a FIFO"):
+        write_run_settings(run, {"steps": 3})
+    assert stat.S_ISFIFO(os.stat(run / "row.earlier.json").st_mode) and (run / "row.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("damage", ["no-category", "curve-junk"])
+def test_a_damaged_finished_row_runs_again(damage, tmp_path):
+    """The eighth probe (K38, K40): a row.json without its category was a KeyError traceback,
+    a latency_vs_batch of "junk" an unclear error."""
+    from efficientad_fast.jobs.report import read_finished_run, run_settings, write_finished_run, write_run_settings
+
+    run = tmp_path / "board"
+    settings = run_settings({"category": "board", "model_size": "small"})
+    write_run_settings(run, settings)
+    finished = write_finished_run(run, {"error": None, "category": "board"}, [])
+    assert read_finished_run(run, settings) == finished
+    if damage == "no-category":
+        finished["row"].pop("category")
+    else:
+        finished["latency_vs_batch"] = "junk"
+    (run / "row.json").write_text(json.dumps(finished))
+    assert read_finished_run(run, settings) is None

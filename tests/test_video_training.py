@@ -93,3 +93,33 @@ def test_train_video_trains_on_the_frames_and_records_the_video(normal_video, tm
     assert summary["train_images"] + summary["held_out_images"] == 26 and summary["held_out_images"] == 2
     assert summary["video"] == {"path": str(normal_video), "every": 10, "max_frames": None}
     assert (out / "model.pt").is_file() and "trained on 24 frames of" in capsys.readouterr().out
+
+
+def test_a_labelled_clip_becomes_good_and_defect_frames(tmp_path):
+    from efficientad_fast.data import labelled_video_set, read_video_labels
+
+    clip = make_synthetic_video(tmp_path / "clip.avi", frames=48, defect_fraction=0.5, seed=3)
+    labels = read_video_labels(clip)
+    out = labelled_video_set(clip, tmp_path / "labelled", log=lambda line: None)
+    assert _names(out / "defect") == [f"frame_{r['frame']:06d}.png" for r in labels if r["defective"]]
+    assert _names(out / "good") == [f"frame_{r['frame']:06d}.png" for r in labels if not r["defective"]]
+    normal = make_synthetic_video(tmp_path / "normal.avi", frames=8, defect_fraction=0.0)
+    with pytest.raises(DataError, match="a threshold needs normal and defective frames"):
+        labelled_video_set(normal, tmp_path / "normal_labelled", log=lambda line: None)
+    (tmp_path / "normal.avi.labels.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="no ground truth"):
+        labelled_video_set(normal, tmp_path / "x")
+
+
+def test_train_video_with_the_threshold_from_a_labelled_clip(normal_video, tmp_path):
+    clip = make_synthetic_video(tmp_path / "clip.avi", frames=36, defect_fraction=0.5, seed=4)
+    out = tmp_path / "run"
+    args = ["train", "--video", str(normal_video), "--every", "20", "--threshold-from", str(clip), "--out", str(out)]
+    assert (
+        main([*args, "--steps", "1", "--teacher", "random", "--penalty-images", "none", "--workers", "0", "--quiet"])
+        == 0
+    )
+    assert (out / "threshold_frames" / "defect").is_dir()
+    from efficientad_fast import load
+
+    assert load(out / "model.pt").threshold_source.startswith("image: F1-optimal")

@@ -527,7 +527,7 @@ def _refuse_a_folder(path: str) -> None:
     refuse_non_file_target(path, "--out ")
 
 
-def _check_output_file(path: str, model: str | None = None) -> None:
+def _check_output_file(path: str, model: str | None = None, label: str = "--out ") -> None:
     """--out names a file: refuse a folder, a device, the ``model`` file being read (it would
     be replaced), or a folder that cannot be written, before the work (minutes of compiling
     or calibrating) rather than after it."""
@@ -535,5 +535,5 @@ def _check_output_file(path: str, model: str | None = None) -> None:
 
     _refuse_a_folder(path)
     if model is not None and os.path.exists(path) and os.path.samefile(path, model):
-        raise ValueError(f"--out {path} is the model file being read (--model {model}): name another file")
+        raise ValueError(f"{label}{path}: that is the model file being read (--model {model}); name another file")
     check_writable_folder(Path(path).parent)  # made by the writer, once every check has passed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from ._common import _add_image_size_arg, _BadArguments, _check_output_file, at_least
 
@@ -34,6 +35,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         check_opset(args.opset)
     _check_output_file(args.out, args.model)
+    if args.format == "openvino":  # the IR's weights go beside the .xml
+        weights = str(Path(args.out).with_suffix(".bin"))
+        _check_output_file(weights, args.model, label=f"--out {args.out} writes its weights to ")
     start = time.perf_counter()
     model = load(args.model, map_location="cpu").float()
     if args.format == "aoti":

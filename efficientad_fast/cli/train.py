@@ -189,9 +189,10 @@ def _add_train_parser(subparsers) -> None:
     train.add_argument(
         "--threshold-from",
         default=None,
-        metavar="DIR",
-        help="labelled validation images, DIR/good/ and DIR/<defect>/ (as a test/ folder): the "
-        "image threshold becomes the F1-optimal one on them (default: the 0.995 quantile of "
+        metavar="DIR_OR_CLIP",
+        help="labelled validation images, DIR/good/ and DIR/<defect>/ (as a test/ folder), or a "
+        "video clip with its labels beside it (CLIP.labels.csv: frame,defective,...): the image "
+        "threshold becomes the F1-optimal one on them (default: the 0.995 quantile of "
         "the held-out normal images' scores, which needs no defective image)",
     )
     train.add_argument(

@@ -60,7 +60,7 @@ from .synthetic import (
     render_synthetic,
 )
 from .video import make_synthetic_video, read_video_labels
-from .video_frames import video_training_set
+from .video_frames import labelled_video_set, video_training_set
 
 __all__ = [
     "AnomalyDataset",
@@ -84,6 +84,7 @@ __all__ = [
     "list_categories",
     "make_loader",
     "make_synthetic",
+    "labelled_video_set",
     "make_synthetic_video",
     "open_image",
     "open_dataset",

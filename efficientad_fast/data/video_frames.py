@@ -46,18 +46,18 @@ def _source(video: Path, every: int, max_frames: int | None) -> dict:
     }
 
 
-def _prepare(out: Path, source: dict, log: Callable[[str], None]) -> None:
-    """Keep ``out``'s frames when they came from ``source``; else start it afresh."""
+def _prepare(out: Path, source: dict, log: Callable[[str], None], folders: tuple[str, ...] = SPLITS) -> None:
+    """Keep ``out``'s frames (in ``folders``) when they came from ``source``; else start afresh."""
     record = out / "source.json"
     try:
         same = json.loads(record.read_text()) == source if record.is_file() else False
     except (OSError, ValueError):
         same = False
     if not same:
-        if any((out / split).exists() for split in SPLITS):
-            log(f"video frames: {out} holds frames of another video or --every: extracting afresh")
-        for split in SPLITS:
-            shutil.rmtree(out / split, ignore_errors=True)
+        if any((out / folder).exists() for folder in folders):
+            log(f"video frames: {out} holds frames of another video or setting: extracting afresh")
+        for folder in folders:
+            shutil.rmtree(out / folder, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(record, json.dumps(source, indent=1))
 
@@ -81,6 +81,39 @@ def _hold_out_the_end(out: Path) -> int:
     return len(moved)
 
 
+def _write_frames(
+    video: Path, path_for: Callable[[int, int], Path | None], progress: bool, limit: int | None = None
+) -> int:
+    """Decode ``video`` and write frame ``index`` to ``path_for(index, frames kept so far)``
+    (None: skip it), whole, keeping a file already there, until ``limit`` frames are kept;
+    returns the frames kept."""
+    from .video import require_av
+
+    av = require_av()
+    kept = 0
+    try:
+        with av.open(os.fspath(video)) as container:
+            if not container.streams.video:
+                raise DataError(f"{video} holds no video stream")
+            frames = container.decode(container.streams.video[0])
+            for index, frame in enumerate(progress_bar(frames, progress, "video frames")):
+                if limit is not None and kept >= limit:
+                    break
+                path = path_for(index, kept)
+                if path is None:
+                    continue
+                if not path.is_file():  # else written whole by an earlier, interrupted extraction
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_files(path) as (temporary,):
+                        frame.to_image().convert("RGB").save(temporary, format="PNG")
+                kept += 1
+    except (av.error.FFmpegError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, av.error.FFmpegError) and exc.filename != os.fspath(video):
+            raise  # our own disk (full, read-only), not the video
+        raise DataError(f"cannot read the video {video} (after {kept} frames): {exc}") from exc
+    return kept
+
+
 def video_training_set(
     video: str | os.PathLike,
     out: str | os.PathLike,
@@ -93,9 +126,6 @@ def video_training_set(
     into the folder dataset ``out`` (see the module docstring; open it with
     ``open_dataset(out, "folder")``) and return ``out``. FileNotFoundError for a missing
     video, ValueError for bad numbers or a video that cannot be decoded or has one frame or none."""
-    from .video import require_av
-
-    av = require_av()
     video = require_file(video, f"no video file {video}", prefix="video ")
     every = whole_number(every, "every")
     limit = None if max_frames is None else whole_number(max_frames, "max_frames")
@@ -105,29 +135,41 @@ def video_training_set(
         )
     out = Path(out)
     _prepare(out, _source(video, every, limit), log)
-    kept = 0
-    try:
-        with av.open(os.fspath(video)) as container:
-            if not container.streams.video:
-                raise DataError(f"{video} holds no video stream")
-            frames = container.decode(container.streams.video[0])
-            for index, frame in enumerate(progress_bar(frames, progress, "video frames")):
-                if limit is not None and kept >= limit:
-                    break
-                if index % every:
-                    continue
-                path = _frame_path(out, index, kept)
-                if not path.is_file():  # else written whole by an earlier, interrupted extraction
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    with atomic_files(path) as (temporary,):
-                        frame.to_image().convert("RGB").save(temporary, format="PNG")
-                kept += 1
-    except (av.error.FFmpegError, OSError) as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, av.error.FFmpegError) and exc.filename != os.fspath(video):
-            raise  # our own disk (full, read-only), not the video
-        raise DataError(f"cannot read the video {video} (after {kept} frames): {exc}") from exc
+
+    def path_for(index: int, kept: int) -> Path | None:
+        return None if index % every else _frame_path(out, index, kept)
+
+    kept = _write_frames(video, path_for, progress, limit)
     if kept < 2:
         raise DataError(f"{video} holds {kept} frames (every {every}): training needs at least 2")
     held = _hold_out_the_end(out)
     log(f"video frames: {kept} of {video} (one in {every}), {held} held out for calibration, in {out}")
+    return out
+
+
+def labelled_video_set(
+    video: str | os.PathLike, out: str | os.PathLike, progress: bool = False, log: Callable[[str], None] = print
+) -> Path:
+    """Write the frames of a labelled clip (``<video>.labels.csv`` beside it, as
+    :func:`~efficientad_fast.data.make_synthetic_video` writes: ``frame,defective,...``) as a
+    labelled folder, ``out/good/`` and ``out/defect/`` (what ``train --threshold-from`` reads),
+    and return ``out``. FileNotFoundError without the labels; ValueError when a frame has no
+    label or the clip lacks normal or defective frames."""
+    from .video import labels_path, read_video_labels
+
+    video = require_file(video, f"no video file {video}", prefix="video ")
+    labels = {row["frame"]: row["defective"] for row in read_video_labels(video)}
+    out = Path(out)
+    _prepare(out, {**_source(video, 1, None), "labels": _source(labels_path(video), 1, None)}, log, ("good", "defect"))
+
+    def path_for(index: int, kept: int) -> Path | None:
+        if index not in labels:
+            raise DataError(f"{labels_path(video)} has no row for frame {index} of {video}")
+        return out / ("defect" if labels[index] else "good") / f"frame_{index:06d}.png"
+
+    _write_frames(video, path_for, progress)
+    counts = {name: sum(1 for _ in (out / name).glob("frame_*.png")) for name in ("good", "defect")}
+    if not all(counts.values()):
+        raise DataError(f"{video}: a threshold needs normal and defective frames, got {counts} (from its labels)")
+    log(f"labelled frames: {counts['good']} normal and {counts['defect']} defective of {video}, in {out}")
     return out

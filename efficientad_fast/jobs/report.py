@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._checkpoint import atomic_write_text, writable_folder
+from .._checkpoint import atomic_write_text, refuse_non_file_target, writable_folder
 from .._device import resolve_device
 from ..baselines.anomalib_models import BASELINES
 from ..benchmark import time_predict
@@ -351,6 +351,7 @@ def write_run_settings(out_dir: Path, settings: dict) -> None:
     (kept for the user, never read), and put back when the settings cannot be written."""
     out_dir = Path(out_dir)
     row, earlier = out_dir / ROW_FILE, out_dir / EARLIER_ROW_FILE
+    refuse_non_file_target(earlier)  # a rename would replace a FIFO or device placed there
     moved = row.is_file()
     if moved:
         os.replace(row, earlier)
@@ -378,6 +379,8 @@ def read_finished_run(out_dir: Path, settings: dict | None = None) -> dict | Non
         return None
     if not isinstance(finished, dict) or not isinstance(finished.get("row"), dict):
         return None
+    if "category" not in finished["row"] or not isinstance(finished.get("latency_vs_batch"), list):
+        return None  # damaged by hand: the report could not be built from it
     if finished.get("row", {}).get("error", "missing") is not None:
         return None
     if settings is None:
@@ -393,9 +396,11 @@ def read_finished_run(out_dir: Path, settings: dict | None = None) -> dict | Non
     ):
         return None
     saved, now = _flat(saved), _flat(settings)
+    # The row's own record of its run (category, model, steps, lr, ...) must agree too: a row
+    # edited by hand, or beside settings edited to match, is not this run's (seventh, eighth probes).
     row = finished["row"]
-    if any(key in now and key in row and not _same(row[key], now[key]) for key in ("category", "model")):
-        return None  # a row that names another category or model than its run (an edit)
+    if any(not _same(row[key], saved[key]) for key in row.keys() & saved.keys() if saved[key] is not None):
+        return None
     diff = {k: (saved[k], now[k]) for k in saved if not _same(saved[k], now[k])}  # True is not 1 here
     if diff:
         changed = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in diff.items())

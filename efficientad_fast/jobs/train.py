@@ -14,7 +14,14 @@ import torch
 from .._checkpoint import atomic_write_text, require_file, writable_folder
 from .._device import resolve_device
 from .._numbers import image_hw
-from ..data import open_dataset, open_labelled_folder, penalty_image_set, split_train_validation, video_training_set
+from ..data import (
+    labelled_video_set,
+    open_dataset,
+    open_labelled_folder,
+    penalty_image_set,
+    split_train_validation,
+    video_training_set,
+)
 from ..data.inputs import load_images_uint8
 from ..model import DEFAULT_IMAGE_QUANTILE, EfficientAD
 from ..networks import check_image_size
@@ -57,6 +64,7 @@ def _held_out(data, dataset, category, train_set, image_size, fraction, seed, la
 
 
 VIDEO_FRAMES = "video_frames"  # train_from_video: the frames of the video, a folder dataset in OUT
+THRESHOLD_FRAMES = "threshold_frames"  # threshold_from a labelled clip: its frames, good/ and defect/
 
 
 def _refuse_previous_run(out: Path) -> None:
@@ -98,8 +106,10 @@ def train_category(
     :class:`efficientad_fast.data.FolderLayout` for a folder dataset with arbitrary folders.
     Calibration also stores the decision thresholds; ``threshold_from``: a folder of
     labelled images (``good/`` + defect folders, see
-    :func:`efficientad_fast.data.open_labelled_folder`) whose F1-optimal image threshold
-    replaces the default (the 0.995 quantile of the held-out normal images' scores).
+    :func:`efficientad_fast.data.open_labelled_folder`), or a labelled video clip (its
+    ``<video>.labels.csv`` beside it; frames written to ``out/threshold_frames``), whose
+    F1-optimal image threshold replaces the default (the 0.995 quantile of the held-out
+    normal images' scores).
     ``tile``: train and calibrate on ``tile`` x ``tile`` tiles of the ``image_size`` images
     (the grid of :func:`efficientad_fast.tiling.cut_tiles`) instead of whole images; the
     model records it and predicts in tiles by default (the image threshold then comes from
@@ -114,6 +124,8 @@ def train_category(
     train_set = open_dataset(data, dataset, category, "train", size, layout=layout)
     training_files = _file_list_digest(train_set)
     train_set, held_out = _held_out(data, dataset, category, train_set, size, validation_fraction, config.seed, layout)
+    if threshold_from is not None and Path(threshold_from).is_file():  # a labelled clip: its frames
+        threshold_from = labelled_video_set(threshold_from, out / THRESHOLD_FRAMES, progress=config.progress)
     labelled = open_labelled_folder(threshold_from, size) if threshold_from is not None else None
     penalty = penalty_image_set(
         penalty_images, size if tile is None else (tile, tile), config.seed, progress=config.progress
