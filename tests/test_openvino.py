@@ -238,3 +238,17 @@ def test_cli_export_openvino_argument_errors(board_trained, tmp_path, capsys, ex
     assert code == 2
     assert words in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_ir_written_through_a_link_lands_beside_the_links_target(tmp_path):
+    """The ninth probe (E23): --out LINK.xml pointing into another folder failed ("the writer
+    did not create ...tmp.bin") and left a 32 MB temporary .bin there on every try."""
+    from efficientad_fast.testing import random_model
+
+    model = random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9))
+    (tmp_path / "real").mkdir()
+    link = tmp_path / "m.xml"
+    link.symlink_to(tmp_path / "real" / "m.xml")
+    ove.export_openvino(model, link)
+    assert link.is_symlink() and sorted(p.name for p in (tmp_path / "real").iterdir()) == ["m.bin", "m.xml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.xml", "real"]

@@ -123,3 +123,37 @@ def test_train_video_with_the_threshold_from_a_labelled_clip(normal_video, tmp_p
     from efficientad_fast import load
 
     assert load(out / "model.pt").threshold_source.startswith("image: F1-optimal")
+
+
+def test_a_rerun_on_a_short_video_keeps_its_held_out_frames_out_of_training(normal_video, tmp_path):
+    """The ninth probe (V30b, V41): a rerun wrote the short video's held-out frames into train/
+    a second time (the model trained on its calibration frames; a resume was refused)."""
+    out = video_training_set(normal_video, tmp_path / "frames", max_frames=30, log=lambda line: None)
+    held = _names(out / "validation" / "good")
+    video_training_set(normal_video, out, max_frames=30, log=lambda line: None)
+    assert _names(out / "validation" / "good") == held and len(held) == 3
+    assert not set(held) & set(_names(out / "train" / "good")) and len(_names(out / "train" / "good")) == 27
+
+
+def test_resume_refuses_the_checkpoint_of_another_video(normal_video, tmp_path, capsys):
+    """The ninth probe (V42): --resume with another video of the same length went on training
+    the first video's checkpoint on the second one's frames."""
+    other = make_synthetic_video(tmp_path / "other.avi", frames=260, defect_fraction=0.0, seed=9)
+    out = tmp_path / "run"
+    quick = ["--every", "20", "--steps", "1", "--teacher", "random", "--penalty-images", "none", "--workers", "0"]
+    assert main(["train", "--video", str(normal_video), "--out", str(out), *quick, "--quiet"]) == 0
+    assert main(["train", "--video", str(other), "--out", str(out), *quick, "--quiet", "--resume"]) == 2
+    assert "data_source" in one_error_line("train", capsys.readouterr().err)
+
+
+def test_a_labels_file_with_a_non_number_names_its_line(tmp_path):
+    """The ninth probe (V20): a non-number in the labels CSV was a bare int() error."""
+    from efficientad_fast.data import read_video_labels
+
+    clip = make_synthetic_video(tmp_path / "clip.avi", frames=6, defect_fraction=0.5)
+    labels = tmp_path / "clip.avi.labels.csv"
+    lines = labels.read_text().splitlines()
+    lines[3] = "2,x,0,0"
+    labels.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=f"{labels}, line 4: every field must be a whole number"):
+        read_video_labels(clip)

@@ -22,72 +22,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train EfficientAD on one category, calibrate the map quantiles on held-out training
     images and write model.pt, train_log.jsonl, loss_curve.png and train_summary.json. With
     several --category, each goes to OUT/<category> (one after another, or as Ray tasks with
-    --engine ray); one that fails is reported and the others go on (exit 1)."""
-    from ..jobs import train_category
+    --engine ray); one that fails is reported and the others go on (exit 1). With --video,
+    on the frames of a video of the line running normally."""
+    from ..jobs import train_category, train_from_video
     from ..train import TrainingInterrupted
 
     config = _train_config(args, checkpoint_every=args.checkpoint_every)
-    if args.video is not None:
-        return _train_from_video(args, config)
-    categories = args.category or [None]
-    if len(categories) > 1 or args.engine == "ray":
-        return _train_several(args, categories, config)
-    try:
-        _, summary = train_category(
-            args.data,
-            args.dataset,
-            categories[0],
-            args.out,
-            model_size=args.model_size,
-            config=config,
-            teacher=args.teacher,
-            penalty_images=args.penalty_images,
-            image_size=args.image_size,
-            padding=args.padding,
-            device=args.device,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            layout=_folder_layout(args),
-            threshold_from=args.threshold_from,
-            tile=args.tile,
-        )
-    except TrainingInterrupted as stop:
-        print(f"\n{stop}\nresume with the same command plus --resume", file=sys.stderr)
-        return 130
-    print(
-        f"model: {Path(args.out) / 'model.pt'}  ({summary['seconds_per_step']:.3f} s/step, "
-        f"{summary['total_seconds'] / 60:.1f} min)"
+    kwargs = dict(
+        model_size=args.model_size,
+        config=config,
+        teacher=args.teacher,
+        penalty_images=args.penalty_images,
+        image_size=args.image_size,
+        padding=args.padding,
+        device=args.device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        threshold_from=args.threshold_from,
+        tile=args.tile,
     )
-    return 0
-
-
-def _train_from_video(args: argparse.Namespace, config) -> int:
-    """train --video: on the frames of a video of normal operation, to OUT."""
-    from ..jobs import train_from_video
-    from ..train import TrainingInterrupted
-
+    categories = args.category or [None]
     try:
-        _, summary = train_from_video(
-            args.video,
-            args.out,
-            every=args.every or 1,
-            max_frames=args.max_frames,
-            model_size=args.model_size,
-            config=config,
-            teacher=args.teacher,
-            penalty_images=args.penalty_images,
-            image_size=args.image_size,
-            padding=args.padding,
-            device=args.device,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            threshold_from=args.threshold_from,
-            tile=args.tile,
-        )
+        if args.video is not None:
+            every = args.every or 1
+            _, summary = train_from_video(args.video, args.out, every=every, max_frames=args.max_frames, **kwargs)
+            done = f"trained on {summary['train_images']} frames of {args.video}"
+        elif len(categories) > 1 or args.engine == "ray":
+            return _train_several(args, categories, {**kwargs, "layout": _folder_layout(args)})
+        else:
+            layout = _folder_layout(args)
+            _, summary = train_category(args.data, args.dataset, categories[0], args.out, layout=layout, **kwargs)
+            done = f"{summary['seconds_per_step']:.3f} s/step, {summary['total_seconds'] / 60:.1f} min"
     except TrainingInterrupted as stop:
         print(f"\n{stop}\nresume with the same command plus --resume", file=sys.stderr)
         return 130
-    print(f"model: {Path(args.out) / 'model.pt'}  (trained on {summary['train_images']} frames of {args.video})")
+    print(f"model: {Path(args.out) / 'model.pt'}  ({done})")
     return 0
 
 
@@ -116,33 +85,13 @@ def _check_train_source(args: argparse.Namespace) -> None:
         )
 
 
-def _train_several(args: argparse.Namespace, categories: list, config) -> int:
+def _train_several(args: argparse.Namespace, categories: list, train_args: dict) -> int:
     """train with several categories (or --engine ray): each to OUT/<category> (one: OUT)."""
-    from ..train import TrainingInterrupted
+    from ..jobs import train_categories
 
     if len(set(categories)) != len(categories):
         raise _BadArguments(f"--category: each category once, got {categories}")
-    train_args = dict(
-        model_size=args.model_size,
-        config=config,
-        teacher=args.teacher,
-        penalty_images=args.penalty_images,
-        image_size=args.image_size,
-        padding=args.padding,
-        device=args.device,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        layout=_folder_layout(args),
-        threshold_from=args.threshold_from,
-        tile=args.tile,
-    )
-    try:
-        from ..jobs import train_categories
-
-        results = train_categories(args.data, args.dataset, categories, args.out, runner=_runner(args), **train_args)
-    except TrainingInterrupted as stop:
-        print(f"\n{stop}\nresume with the same command plus --resume", file=sys.stderr)
-        return 130
+    results = train_categories(args.data, args.dataset, categories, args.out, runner=_runner(args), **train_args)
     failed = [r["category"] for r in results if r["error"]]
     print(
         f"trained {len(results) - len(failed)} of {len(results)} categories under {args.out}"

@@ -61,7 +61,13 @@ def read_video_labels(video: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no ground truth {path} beside the video {video}")
     with open(path, newline="") as f:
-        return [{key: int(value) for key, value in row.items()} for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    for line, row in enumerate(rows, 2):
+        try:
+            rows[line - 2] = {key: int(value) for key, value in row.items()}
+        except (TypeError, ValueError):  # a non-number, or a row with fewer fields (None)
+            raise ValueError(f"{path}, line {line}: every field must be a whole number, got {row}") from None
+    return rows
 
 
 def _belt_positions(

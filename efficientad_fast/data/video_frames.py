@@ -17,6 +17,7 @@ continues where it stopped; frames of another video or other settings are remove
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,10 +37,13 @@ SPLITS = ("train", "validation")
 def _source(video: Path, every: int, max_frames: int | None) -> dict:
     """What the frames in a folder came from: a changed video or setting means other frames."""
     stat = video.stat()
+    with open(video, "rb") as f:  # its content, so that a video of the same length is told apart
+        head = hashlib.sha256(f.read(2**20)).hexdigest()[:16]
     resolved = str(video.resolve())
     return {
         "video": resolved,
         "bytes": stat.st_size,
+        "head_sha256": head,
         "mtime_ns": stat.st_mtime_ns,
         "every": every,
         "max_frames": max_frames,
@@ -137,7 +141,11 @@ def video_training_set(
     _prepare(out, _source(video, every, limit), log)
 
     def path_for(index: int, kept: int) -> Path | None:
-        return None if index % every else _frame_path(out, index, kept)
+        if index % every:
+            return None
+        path = _frame_path(out, index, kept)
+        moved = out / "validation" / "good" / path.name  # held out by _hold_out_the_end last time
+        return moved if moved.is_file() else path
 
     kept = _write_frames(video, path_for, progress, limit)
     if kept < 2:

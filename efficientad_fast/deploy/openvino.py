@@ -162,7 +162,8 @@ def export_openvino(
     weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     needs = weight_bytes // (2 if precision == "fp16" else 4 if precision == "int8" else 1)
     with (
-        atomic_files(out, out.with_suffix(".bin"), needs_bytes=needs) as (temporary, _),
+        # The writer puts the .bin beside the .xml it writes: beside the file a link points to.
+        atomic_files(out, Path(os.path.realpath(out)).with_suffix(".bin"), needs_bytes=needs) as (temporary, _),
         interrupts_held(EXPORTER_BUSY),
     ):
         ov_model = _ir_model(model, size, example, images, precision, ov, nncf)

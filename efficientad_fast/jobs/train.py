@@ -97,6 +97,7 @@ def train_category(
     layout=None,
     threshold_from: str | os.PathLike | None = None,
     tile: int | None = None,
+    data_source: dict | None = None,
 ) -> tuple[EfficientAD, dict]:
     """Train, calibrate on held-out training images and save ``out/model.pt``, with
     ``train_log.jsonl``, ``loss_curve.png`` and ``train_summary.json``. ``teacher``: see
@@ -113,7 +114,8 @@ def train_category(
     ``tile``: train and calibrate on ``tile`` x ``tile`` tiles of the ``image_size`` images
     (the grid of :func:`efficientad_fast.tiling.cut_tiles`) instead of whole images; the
     model records it and predicts in tiles by default (the image threshold then comes from
-    whole held-out images scored in tiles).
+    whole held-out images scored in tiles). ``data_source``: where ``data`` came from when
+    that is not in its file names (:func:`train_from_video`: the video), compared on resume.
 
     Everything is checked before the first step (settings, data, teacher, that ``out`` can
     be written), and nothing is created before the settings and data are. A folder holding
@@ -152,6 +154,7 @@ def train_category(
         "penalty_images": penalty.source if penalty else "none",
         "penalty_count": len(penalty) if penalty else 0,
         "validation_fraction": validation_fraction,
+        "data_source": data_source,
     }
     result = train(
         model, train_images, config, penalty_images=penalty, out_dir=out, resume=resume, run_settings=run_settings
@@ -194,7 +197,10 @@ def train_from_video(
     image_size, tile = kwargs.get("image_size", 256), kwargs.get("tile")
     _check_run(config, image_size, tile, Path(out), kwargs.get("resume", False), kwargs.get("overwrite", False))
     frames = video_training_set(video, Path(out) / VIDEO_FRAMES, every, max_frames, progress=config.progress)
-    model, summary = train_category(frames, "folder", None, out, **kwargs)
+    # Frame names are the same for any video of that length: a resume compares the video itself.
+    source = json.loads((frames / "source.json").read_text())
+    source = {k: v for k, v in source.items() if k not in ("video", "mtime_ns")}  # moved or copied: the same
+    model, summary = train_category(frames, "folder", None, out, data_source=source, **kwargs)
     summary["video"] = {"path": str(video), "every": every, "max_frames": max_frames}
     atomic_write_text(Path(out) / "train_summary.json", json.dumps(summary, indent=2))
     return model, summary
