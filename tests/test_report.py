@@ -326,7 +326,7 @@ def test_a_finished_run_whose_settings_file_is_incomplete_or_a_fifo_runs_again(t
     run = tmp_path / "board"
     run.mkdir()
     settings = run_settings({"category": "board", "model_size": "small", "config": TrainConfig(steps=2)})
-    row = {"row": {"error": None, "steps": 2}, "latency_vs_batch": [], "settings": settings}
+    row = {"row": {"error": None, "category": "board", "steps": 2}, "latency_vs_batch": [], "settings": settings}
     (run / "row.json").write_text(json.dumps(row))
     (run / "settings.json").write_text(json.dumps(settings))
     assert read_finished_run(run, settings) == row
@@ -348,7 +348,7 @@ def test_running_a_finished_run_again_keeps_its_row_aside(tmp_path):
 
     run = tmp_path / "board"
     run.mkdir()
-    row = json.dumps({"row": {"error": None, "steps": 2}, "latency_vs_batch": []})
+    row = json.dumps({"row": {"error": None, "category": "board", "steps": 2}, "latency_vs_batch": []})
     (run / "row.json").write_text(row)
     (run / "settings.json").mkdir()
     with pytest.raises(IsADirectoryError):
@@ -372,7 +372,7 @@ def test_a_settings_file_edited_since_the_run_finished_makes_it_run_again(tmp_pa
         return run_settings({"category": "board", "model_size": "small", "config": TrainConfig(steps=steps)})
 
     write_run_settings(run, settings(2))
-    finished = write_finished_run(run, {"error": None, "steps": 2}, [])
+    finished = write_finished_run(run, {"error": None, "category": "board", "steps": 2}, [])
     assert read_finished_run(run, settings(2)) == finished
     with pytest.raises(ValueError, match=r"finished with other settings \(steps 2 -> 3\)"):
         read_finished_run(run, settings(3))
@@ -386,7 +386,9 @@ def test_a_settings_file_edited_since_the_run_finished_makes_it_run_again(tmp_pa
         saved = settings(2)
         saved["config"]["steps"] = True
         (run / "settings.json").write_text(json.dumps(saved))
-        (run / "row.json").write_text(json.dumps({**finished, "row": {"error": None}, "settings": saved}))
+        (run / "row.json").write_text(
+            json.dumps({**finished, "row": {"error": None, "category": "board"}, "settings": saved})
+        )
         read_finished_run(run, settings(1))
     # The eighth probe: both copies of the settings edited to 3 steps; the row itself says 2.
     edited = settings(2)

@@ -124,7 +124,9 @@ def test_fastflows_budget_matches_efficientads_training_time(tmp_path):
         f"{FALLBACK_BUDGET_S:g} s (no finished EfficientAD run of this category to match)",
     )
     run.mkdir()
-    (run / "row.json").write_text(json.dumps({"row": {"error": None, "train_s": 12.5}, "latency_vs_batch": []}))
+    (run / "row.json").write_text(
+        json.dumps({"row": {"error": None, "category": "board", "train_s": 12.5}, "latency_vs_batch": []})
+    )
     assert matched_budget(run) == (12.5, "12.5 s (EfficientAD's training time on this category)")
 
 
