@@ -114,11 +114,25 @@ def refuse_non_file_target(path: str | os.PathLike, what: str = "") -> None:
     """A file about to be written at ``path`` (after ``what``, such as "--out ") would replace
     what is there: refuse a folder (IsADirectoryError) and a FIFO, device or socket (ValueError;
     a rename over /dev/full turns the device into a plain file), before any work."""
+    refuse_link_into_missing_folder(path, what)
     kind = special_kind(path)
     if kind == "a folder":
         raise IsADirectoryError(f"{what}{path} is a folder: give the path of the file to write")
     if kind is not None:
         raise ValueError(f"{what}{path} is {kind}, not a regular file: give the path of the file to write")
+
+
+def refuse_link_into_missing_folder(path: str | os.PathLike, what: str = "") -> None:
+    """A symbolic link at ``path`` is written where it points: when that folder does not exist,
+    FileNotFoundError naming the link, its target and the folder (the writers named their
+    temporary file, or said only "No such file or directory": the ninth probe's E26, W46)."""
+    if os.path.islink(path):
+        target = Path(os.path.realpath(path))
+        if not target.parent.is_dir():
+            raise FileNotFoundError(
+                f"{what}{path} is a link to {target}, whose folder {target.parent} does not exist: "
+                "make that folder or name another file"
+            )
 
 
 def first_line(exc: BaseException) -> str:
@@ -293,6 +307,7 @@ def atomic_files(*paths: str | os.PathLike, needs_bytes: int | None = None) -> I
     shown = Path(paths[0])
     targets = [Path(os.path.realpath(p)) for p in paths]
     for path, given in zip(targets, paths):
+        refuse_link_into_missing_folder(given)
         refuse_non_file_target(path, "" if path == Path(given) else f"{given} -> ")
     temps = [_temporary_name(p, i) for i, p in enumerate(targets)]
     free_before = _free_bytes(targets[0].parent)

@@ -245,13 +245,22 @@ WATCH = ["watch", "--model", "{model}", "--quiet", "--precision", "fp32"]
 
 @pytest.mark.parametrize(
     "case",
-    ["not-a-video", "fps-nan", "fps-negative", "save-video-unwritable", "save-video-folder", "save-video-no-codec"],
+    [
+        "not-a-video",
+        "fps-nan",
+        "fps-negative",
+        "save-video-unwritable",
+        "save-video-folder",
+        "save-video-no-codec",
+        "save-video-link-into-missing-folder",
+    ],
 )
 def test_watch_refuses_before_it_writes_anything(case, tmp_path, model_file, frames, capsys):
     pytest.importorskip("av")
     junk = tmp_path / "junk.mp4"
     junk.write_text("not a video")
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "link.mp4").symlink_to(tmp_path / "nodir" / "v.mp4")
     out = tmp_path / "out"
     extra = {
         "not-a-video": ["--source", str(junk)],
@@ -260,6 +269,7 @@ def test_watch_refuses_before_it_writes_anything(case, tmp_path, model_file, fra
         "save-video-unwritable": ["--source", str(frames), "--save-video", str(tmp_path / "a_file" / "v.mp4")],
         "save-video-folder": ["--source", str(frames), "--save-video", str(tmp_path)],
         "save-video-no-codec": ["--source", str(frames), "--save-video", str(tmp_path / "v.gif")],
+        "save-video-link-into-missing-folder": ["--source", str(frames), "--save-video", str(tmp_path / "link.mp4")],
     }[case]
     args = [a.format(model=model_file) for a in WATCH] + extra + ["--out", str(out)]
     assert main(args) == 2
@@ -272,6 +282,7 @@ def test_watch_refuses_before_it_writes_anything(case, tmp_path, model_file, fra
             "save-video-unwritable": "--save-video",
             "save-video-folder": "is a folder",
             "save-video-no-codec": "cannot tell the codec",
+            "save-video-link-into-missing-folder": f"whose folder {tmp_path / 'nodir'} does not exist",
         }[case] in line
     assert not out.exists()
 
@@ -1399,3 +1410,20 @@ def test_a_file_written_through_a_symbolic_link_keeps_the_link(tmp_path, model_f
     with pytest.raises(ValueError, match=f"{to_device} -> /dev/null is a character device"):
         model.save(to_device)
     assert to_device.is_symlink() and os.readlink(to_device) == "/dev/null"
+
+
+def test_a_link_into_a_missing_folder_is_refused_naming_the_link(tmp_path, model_file, capsys):
+    """The ninth probe (E26, A115): export named its temporary file after the work, and
+    Model.save gave torch's "Parent directory ... does not exist", for a link into a missing folder."""
+    from efficientad_fast import load
+
+    link = tmp_path / "current.onnx"
+    link.symlink_to(tmp_path / "nodir" / "v1.onnx")
+    assert main(["export", "--model", str(model_file), "--format", "onnx", "--out", str(link)]) == 2
+    line = one_error_line("export", capsys.readouterr().err)
+    assert f"--out {link} is a link to {tmp_path / 'nodir' / 'v1.onnx'}, whose folder" in line
+    saved = tmp_path / "current.pt"
+    saved.symlink_to(tmp_path / "nodir" / "v1.pt")
+    with pytest.raises(FileNotFoundError, match=f"{saved} is a link to .*, whose folder .* does not exist"):
+        load(model_file).save(saved)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current.onnx", "current.pt"]

@@ -413,6 +413,20 @@ def test_a_row_naming_another_category_or_model_than_its_run_runs_again(tmp_path
         assert read_finished_run(run, settings) is None
 
 
+def test_an_efficientad_row_edited_to_name_another_model_runs_again(tmp_path):
+    """The eighth and ninth probes (K35): EfficientAD runs record no ``model`` setting, so a row
+    edited to model "patchcore" was kept and shown as PatchCore's."""
+    from efficientad_fast.jobs.report import read_finished_run, run_settings, write_finished_run, write_run_settings
+
+    run = tmp_path / "board"
+    settings = run_settings({"category": "board", "seed": 0})
+    write_run_settings(run, settings)
+    finished = write_finished_run(run, {"error": None, "category": "board", "model": "efficientad"}, [])
+    assert read_finished_run(run, settings) == finished
+    (run / "row.json").write_text(json.dumps({**finished, "row": {**finished["row"], "model": "patchcore"}}))
+    assert read_finished_run(run, settings) is None
+
+
 def test_a_fifo_where_the_earlier_row_goes_is_refused_not_replaced(tmp_path):
     """The eighth probe (K43b): row.json's rename to row.earlier.json replaced a FIFO there."""
     import os

@@ -401,6 +401,8 @@ def read_finished_run(out_dir: Path, settings: dict | None = None) -> dict | Non
     row = finished["row"]
     if any(not _same(row[key], saved[key]) for key in row.keys() & saved.keys() if saved[key] is not None):
         return None
+    if not _same(row.get("model", "efficientad"), saved.get("model", "efficientad")):  # EfficientAD: no model setting
+        return None
     diff = {k: (saved[k], now[k]) for k in saved if not _same(saved[k], now[k])}  # True is not 1 here
     if diff:
         changed = ", ".join(f"{k} {before!r} -> {now!r}" for k, (before, now) in diff.items())

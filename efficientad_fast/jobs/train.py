@@ -126,6 +126,7 @@ def train_category(
     train_set = open_dataset(data, dataset, category, "train", size, layout=layout)
     training_files = _file_list_digest(train_set)
     train_set, held_out = _held_out(data, dataset, category, train_set, size, validation_fraction, config.seed, layout)
+    _check_threshold_source(threshold_from)
     if threshold_from is not None and Path(threshold_from).is_file():  # a labelled clip: its frames
         threshold_from = labelled_video_set(threshold_from, out / THRESHOLD_FRAMES, progress=config.progress)
     labelled = open_labelled_folder(threshold_from, size) if threshold_from is not None else None
@@ -196,6 +197,7 @@ def train_from_video(
     config = kwargs.get("config") or TrainConfig()
     image_size, tile = kwargs.get("image_size", 256), kwargs.get("tile")
     _check_run(config, image_size, tile, Path(out), kwargs.get("resume", False), kwargs.get("overwrite", False))
+    _check_threshold_source(kwargs.get("threshold_from"))  # before the frames are extracted
     frames = video_training_set(video, Path(out) / VIDEO_FRAMES, every, max_frames, progress=config.progress)
     # Frame names are the same for any video of that length: a resume compares the video itself.
     source = json.loads((frames / "source.json").read_text())
@@ -204,6 +206,16 @@ def train_from_video(
     summary["video"] = {"path": str(video), "every": every, "max_frames": max_frames}
     atomic_write_text(Path(out) / "train_summary.json", json.dumps(summary, indent=2))
     return model, summary
+
+
+def _check_threshold_source(threshold_from: str | os.PathLike | None) -> None:
+    """A missing ``threshold_from`` is named as what it may be (a missing clip was called a
+    missing "labelled images folder": the ninth probe's V17)."""
+    if threshold_from is not None and not os.path.exists(threshold_from):
+        raise FileNotFoundError(
+            f"the labelled clip or folder {threshold_from} does not exist (threshold_from: a video with "
+            "VIDEO.labels.csv beside it, or a folder with good/ and one folder per defect)"
+        )
 
 
 def _file_list_digest(dataset) -> str:
