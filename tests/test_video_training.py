@@ -75,7 +75,10 @@ def test_bad_videos_and_settings_are_named(tmp_path):
         (["--video", "{video}", "--data", "{tmp}"], "--video trains one model on the video's frames: leave out --data"),
         (["--data", "{tmp}", "--dataset", "folder", "--every", "2"], "--every: for the frames of --video FILE only"),
         (["--video", "{video}", "--max-frames", "1"], "argument --max-frames: must be >= 2, got 1"),
-        (["--video", "{video}", "--threshold-from", "{tmp}/no.avi"], "the labelled clip or folder {tmp}/no.avi does not"),
+        (
+            ["--video", "{video}", "--threshold-from", "{tmp}/no.avi"],
+            "the labelled clip or folder {tmp}/no.avi does not",
+        ),
     ],
 )
 def test_train_video_usage_errors_are_one_line(args, words, normal_video, tmp_path, capsys):
