@@ -308,7 +308,7 @@ def atomic_files(*paths: str | os.PathLike, needs_bytes: int | None = None) -> I
     targets = [Path(os.path.realpath(p)) for p in paths]
     for path, given in zip(targets, paths):
         refuse_link_into_missing_folder(given)
-        refuse_non_file_target(path, "" if path == Path(given) else f"{given} -> ")
+        refuse_non_file_target(path, f"{given} -> " if os.path.islink(given) else "")  # not for a relative name
     temps = [_temporary_name(p, i) for i, p in enumerate(targets)]
     free_before = _free_bytes(targets[0].parent)
     try:
