@@ -11,6 +11,7 @@ from pathlib import Path
 from ._common import (
     _add_precision_arg,
     _add_tile_args,
+    _BadArguments,
     _load_model,
     _progress_enabled,
     at_least,
@@ -55,6 +56,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         max_latency_ms=args.max_latency_ms,
         predictor=predictor,
     )
+    judge = _part_judge(args, inspector)
     watching = False
     try:
         if args.calibrate_on is not None:
@@ -63,6 +65,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 f"threshold {threshold:.4g}: the 99.5 % quantile of {args.smoothing}-smoothed scores "
                 f"of {args.calibrate_on}"
             )
+            if judge is not None and args.part_threshold is None:
+                from ..stream import calibrate_parts
+
+                part = calibrate_parts(inspector, judge, args.calibrate_on, margin=args.part_margin)
+                print(f"part threshold {part:.4g}: from the parts of {args.calibrate_on} (margin {args.part_margin})")
         watching = True
         summary = watch(
             inspector,
@@ -73,6 +80,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             save_video=args.save_video,
             fps=args.fps,
             progress=_progress_enabled(args),
+            parts=judge,
         )
     except KeyboardInterrupt:
         written = Path(args.out) / "summary.json"
@@ -83,8 +91,34 @@ def cmd_watch(args: argparse.Namespace) -> int:
     print(
         f"written: {Path(args.out) / 'frames.jsonl'}, {Path(args.out) / 'alarms'}/"
         + (f", {args.save_video}" if args.save_video else "")
+        + (f", {Path(args.out) / 'parts.jsonl'}, {Path(args.out) / 'parts'}/" if judge is not None else "")
     )
     return 0 if summary["scored"] else 1
+
+
+def _part_judge(args: argparse.Namespace, inspector):
+    """The PartJudge of --parts (its belt learned from --belt), else None; part options
+    without --parts, or --parts without --belt, are usage errors."""
+    from ..stream import Belt, PartJudge, PartTracker
+
+    given = [
+        name
+        for name, value in (("--belt", args.belt), ("--part-k", args.part_k), ("--part-threshold", args.part_threshold))
+        if value is not None
+    ]
+    if not args.parts:
+        if given:
+            raise _BadArguments(f"{', '.join(given)}: for --parts only")
+        return None
+    if args.belt is None:
+        raise _BadArguments("--parts needs --belt CLIP: a video, folder or image of the empty belt")
+    belt = Belt.from_source(args.belt, args.image_size)
+    # Without --part-threshold or --calibrate-on: the frame threshold (a part's score is a
+    # maximum of the map, as a frame's is).
+    threshold = args.part_threshold
+    if threshold is None and args.calibrate_on is None:
+        threshold = inspector.threshold
+    return PartJudge(PartTracker(belt), threshold, k=args.part_k or 2, map_threshold=inspector.map_threshold)
 
 
 def _add_watch_parser(subparsers) -> None:
@@ -121,9 +155,7 @@ def _add_watch_parser(subparsers) -> None:
         help="set the threshold to the 99.5 %% quantile of the smoothed scores of this clip of normal "
         "frames (a video file or folder)",
     )
-    w.add_argument(
-        "--ema-alpha", type=finite_number, default=0.4, help="weight of the newest score in ema (default 0.4)"
-    )
+    w.add_argument("--ema-alpha", type=finite_number, default=0.4, help="newest score's weight in ema (default 0.4)")
     w.add_argument("--kofn-k", type=at_least(1), default=3, help="k of kofn (default 3)")
     w.add_argument("--kofn-n", type=at_least(1), default=5, help="n of kofn (default 5)")
     w.add_argument(
@@ -163,9 +195,39 @@ def _add_watch_parser(subparsers) -> None:
         default=None,
         help="frame rate of a folder of images (timestamps; default: the read times)",
     )
+    _add_part_args(w)
     w.add_argument("--image-size", type=int, default=256, help="model input size in pixels (>= 256)")
     _add_tile_args(w)
     _add_precision_arg(w, "--dtype")
     w.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     w.add_argument("--quiet", action="store_true", help="no live line")
     w.set_defaults(func=cmd_watch)
+
+
+def _add_part_args(w) -> None:
+    """watch's --parts and its settings."""
+    w.add_argument(
+        "--parts",
+        action="store_true",
+        help="also pass or reject each part once as it leaves the view (fixed camera over a conveyor): "
+        "OUT/parts.jsonl and a picture per rejected part in OUT/parts/; needs --belt",
+    )
+    w.add_argument(
+        "--belt", default=None, metavar="CLIP", help="a video, image folder or image of the empty belt (for --parts)"
+    )
+    w.add_argument(
+        "--part-k", type=at_least(1), default=None, help="a part's score: the k-th largest of its frames' (default 2)"
+    )
+    w.add_argument(
+        "--part-threshold",
+        type=finite_number,
+        default=None,
+        help="reject a part scoring above this (default: from the parts of --calibrate-on, else --threshold's)",
+    )
+    w.add_argument(
+        "--part-margin",
+        type=finite_number,
+        default=0.25,
+        help="--calibrate-on's part threshold: the highest normal part plus this many times its distance "
+        "from their median (default 0.25)",
+    )

@@ -125,17 +125,34 @@ def _check_video_settings(
     return defects
 
 
-def _belt_strip(category: str, seed: int, kinds: list, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _belt_strip(category: str, seed: int, kinds: list, size: int, margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The belt: one strip of parts side by side (part p at columns (p+1)*W .. (p+2)*W), with
-    an empty part of belt before the first one; the defect masks laid out alike."""
+    an empty part of belt before the first one; the defect masks laid out alike. ``margin``:
+    belt pixels around each part (drawn smaller, centred in its W x W slot)."""
     strip = np.empty((size, (len(kinds) + 1) * size, 3), dtype=np.float32)
     strip_mask = np.zeros((size, (len(kinds) + 1) * size), dtype=bool)
-    strip[:, :size] = _BELT
+    strip[:] = _BELT
+    inner = size - 2 * margin
     for p, defect in enumerate(kinds):
         image, mask = render_synthetic(category, seed, "video", defect, p, size)
-        strip[:, (p + 1) * size : (p + 2) * size] = image
-        strip_mask[:, (p + 1) * size : (p + 2) * size] = mask
+        if margin:
+            image, mask = _smaller(image, inner), _smaller(mask.astype(np.float32), inner) > 0.5
+        left = (p + 1) * size + margin
+        strip[margin : margin + inner, left : left + inner] = image
+        strip_mask[margin : margin + inner, left : left + inner] = mask
     return strip, strip_mask
+
+
+def _smaller(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` (H, W[, 3]) float in [0, 1] resized to ``side`` x ``side`` (bilinear)."""
+    from PIL import Image
+
+    channels = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[-1])]
+    resized = [
+        np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize((side, side), Image.Resampling.BILINEAR))
+        for c in channels
+    ]
+    return resized[0] if image.ndim == 2 else np.stack(resized, axis=-1)
 
 
 def _part_in_view(visible: np.ndarray, start: int, size: int) -> int:
@@ -174,6 +191,8 @@ def make_synthetic_video(
     glitch_rate: float = 0.04,
     seed: int = 0,
     codec: str | None = None,
+    empty_belt: bool = False,
+    part_margin: int = 0,
 ) -> Path:
     """Write a synthetic conveyor video (see the module docstring) and its labels CSV.
 
@@ -189,6 +208,12 @@ def make_synthetic_video(
         noise: standard deviation of the per-frame pixel noise (images in [0, 1]).
         glitch_rate: share of frames with a one-frame camera glitch (flash or torn rows).
         seed: same seed and arguments give the same frames and labels.
+        empty_belt: the belt moves as usual but carries no part (every frame's ``part`` is
+            -1): the clip a part tracker learns the empty belt from
+            (:meth:`efficientad_fast.stream.Belt.learn`).
+        part_margin: pixels of belt around each part (drawn smaller in its frame-sized
+            slot), so that parts which fill their image, as the textures do, are apart on
+            the belt: a part tracker sees touching parts as one.
 
     Returns the video's path; the labels are at :func:`labels_path` of it.
     """
@@ -209,7 +234,13 @@ def make_synthetic_video(
         defects[int(rng.integers(len(defects)))] if rng.random() < defect_fraction else None for _ in range(n_parts)
     ]
     size = frame_size
-    strip, strip_mask = _belt_strip(category, seed, kinds, size)
+    if not 0 <= part_margin < size // 4:
+        raise ValueError(
+            f"part_margin must be from 0 to {size // 4 - 1} pixels (a quarter of frame_size), got {part_margin}"
+        )
+    strip, strip_mask = _belt_strip(category, seed, kinds, size, int(part_margin))
+    if empty_belt:
+        strip[:], strip_mask[:] = _BELT, False
 
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -234,7 +265,7 @@ def make_synthetic_video(
                     {
                         "frame": t,
                         "defective": int(visible.any()),
-                        "part": _part_in_view(visible, start, size),
+                        "part": -1 if empty_belt else _part_in_view(visible, start, size),
                         "glitch": int(glitch),
                     }
                 )

@@ -39,6 +39,7 @@ clip of normal frames, which also accounts for the camera and the smoother.
 
 from .analysis import alarm_figures, compare_smoothers, plot_stream, replay, smoother_table, threshold_for_recall
 from .inspector import CALIBRATION_QUANTILE, FrameResult, Inspector
+from .parts import PART_MARGIN, PartJudge, PartVerdict, calibrate_parts, part_threshold
 from .smoothing import SMOOTHERS, EMASmoothing, HysteresisSmoothing, KOfNSmoothing, NoSmoothing, make_smoother
 from .sources import (
     LIVE_SCHEMES,
@@ -51,13 +52,17 @@ from .sources import (
     open_source,
     prepare_frame,
 )
+from .tracking import Belt, Box, PartTracker, Track
 from .watch import check_video_path, format_summary, watch
 
 __all__ = [
     "CALIBRATION_QUANTILE",
     "LIVE_SCHEMES",
+    "PART_MARGIN",
     "SMOOTHERS",
     "ArraySource",
+    "Belt",
+    "Box",
     "EMASmoothing",
     "FolderSource",
     "FrameResult",
@@ -66,15 +71,21 @@ __all__ = [
     "Inspector",
     "KOfNSmoothing",
     "NoSmoothing",
+    "PartJudge",
+    "PartTracker",
+    "PartVerdict",
     "SourceFrame",
+    "Track",
     "VideoSource",
     "alarm_figures",
+    "calibrate_parts",
     "check_fps",
     "check_video_path",
     "compare_smoothers",
     "format_summary",
     "make_smoother",
     "open_source",
+    "part_threshold",
     "plot_stream",
     "prepare_frame",
     "replay",

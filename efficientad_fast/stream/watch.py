@@ -19,6 +19,7 @@ from .._signals import Terminated, interrupts_held
 from ..data.video import VIDEO_CODECS, require_av
 from ..heatmaps import captioned, heatmap_overlay, save_png
 from .inspector import FrameResult, Inspector
+from .parts import PartJudge, PartVerdict
 from .sources import open_source
 
 
@@ -120,6 +121,7 @@ def watch(
     save_video: str | os.PathLike | None = None,
     fps: float | None = None,
     progress: bool = True,
+    parts: PartJudge | None = None,
 ) -> dict:
     """Run ``inspector`` over ``source`` and write ``out/frames.jsonl`` (one JSON line per
     frame scored or failed: frame, time_s, score, smoothed, alarm, latency_ms, dropped,
@@ -127,7 +129,10 @@ def watch(
     alarm onset), optionally the annotated video, and ``out/summary.json``; prints a live
     line (fps, latency p50/p99, alarms) to stderr when ``progress``. Every line is flushed
     as it is written, so Ctrl-C (KeyboardInterrupt, re-raised after the summary is
-    written) loses nothing. Returns the summary."""
+    written) loses nothing. ``parts``: also one verdict per part, as each leaves the view
+    (``out/parts.jsonl``, one JSON line per part, see :class:`PartVerdict`; a picture per
+    rejected part in ``out/parts/``; the parts still in view at the end are judged then,
+    ``left`` false). Returns the summary."""
     from .._checkpoint import writable_folder
 
     # Everything that can be refused is, before any output exists.
@@ -138,6 +143,7 @@ def watch(
     alarms_dir.mkdir(exist_ok=True)
     for old in alarms_dir.glob("frame_*.png"):  # a previous run's pictures would read as this run's
         old.unlink()
+    part_lines = _PartLines(out, parts) if parts is not None else None
     latencies: list[float] = []
     summary: dict[str, Any] = {  # JSON
         "source": str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__,
@@ -153,6 +159,8 @@ def watch(
         "interrupted": False,
         "first_errors": [],
     }
+    if parts is not None:
+        summary.update(parts=0, rejected=0, part_threshold=parts.threshold, part_k=parts.k)
     started = last_print = time.perf_counter()
     was_on = False
     try:
@@ -171,6 +179,8 @@ def watch(
                 summary["scored"] += 1
                 latencies.append(result.latency_ms)
                 summary["alarm_frames"] += int(result.alarm)
+                if part_lines is not None:
+                    part_lines.write(part_lines.judge.update(result), summary)
                 picture = None
                 if result.alarm and not was_on:
                     summary["alarms"] += 1
@@ -194,8 +204,38 @@ def watch(
         raise
     finally:
         summary["dropped"] = max(summary["dropped"], inspector.dropped)
-        _finish(writer, summary, latencies, started, out, progress)
+        try:
+            if part_lines is not None:  # the parts still in view: judged on what was seen of them
+                part_lines.write(part_lines.judge.finish(), summary)
+                part_lines.close()
+        finally:
+            _finish(writer, summary, latencies, started, out, progress)
     return summary
+
+
+class _PartLines:
+    """``out/parts.jsonl`` (a line per verdict, flushed) and ``out/parts/`` (a picture per
+    rejected part; an earlier run's are removed first)."""
+
+    def __init__(self, out: Path, judge: PartJudge) -> None:
+        self.judge, self.pictures = judge, out / "parts"
+        self.pictures.mkdir(exist_ok=True)
+        for old in self.pictures.glob("part_*.png"):
+            old.unlink()
+        judge.reset()
+        self.lines = open(out / "parts.jsonl", "w")
+
+    def write(self, verdicts: list[PartVerdict], summary: dict[str, Any]) -> None:
+        for verdict in verdicts:
+            self.lines.write(json.dumps(verdict.to_json()) + "\n")
+            self.lines.flush()
+            summary["parts"] += 1
+            summary["rejected"] += verdict.verdict == "reject"
+            if verdict.picture is not None:
+                save_png(verdict.picture, self.pictures / f"part_{verdict.part:06d}.png")
+
+    def close(self) -> None:
+        self.lines.close()
 
 
 def _finish(writer, summary: dict[str, Any], latencies: list[float], started: float, out: Path, progress: bool) -> None:
@@ -261,6 +301,12 @@ def format_summary(summary: dict) -> str:
         if fps and p50 is not None
         else "speed: no frame scored",
     ]
+    if "parts" in summary:
+        threshold = summary.get("part_threshold")
+        lines.append(
+            f"parts: {summary['parts']} judged, {summary['rejected']} rejected (score: k-th largest frame, "
+            f"k={summary['part_k']}; threshold {'none' if threshold is None else f'{threshold:.4g}'})"
+        )
     for error in summary.get("first_errors", [])[:3]:
         lines.append(f"decode error at frame {error['frame']}: {error['error']}")
     if summary.get("interrupted"):

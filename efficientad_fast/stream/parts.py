@@ -1,0 +1,212 @@
+"""One verdict per part: :class:`PartJudge` follows the parts through scored frames (a
+:class:`~efficientad_fast.stream.tracking.PartTracker`) and, when a part leaves the view,
+passes or rejects it once.
+
+    judge = PartJudge(PartTracker(belt), threshold=None, k=2)
+    judge.threshold = calibrate_parts(inspector, judge, "normal_clip.mp4")  # from normal parts
+    for result in inspector.run(source):
+        for verdict in judge.update(result):
+            print(verdict.to_json())                    # {"part": 7, "verdict": "reject", ...}
+    remaining = judge.finish()                          # parts in view when the stream ended
+
+A part's score in a frame is the anomaly map's maximum inside its box; its score is the k-th
+largest of those over the frames where it was wholly in view (all its frames when it never
+was): one frame's glitch (k >= 2) or a half-seen part sliding in does not decide. The
+threshold is calibrated on normal parts (:func:`part_threshold`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .inspector import FrameResult, Inspector
+from .tracking import PartTracker, Track
+
+PART_MARGIN = 0.25  # part_threshold's margin over the highest normal part, in (max - median)s
+
+
+@dataclass
+class PartVerdict:
+    """A part's one verdict: ``verdict`` "pass" or "reject" (None while uncalibrated),
+    ``score`` (see the module docstring) from ``deciding_frame``; ``latency_ms`` from the
+    first frame without the part (it left) to the verdict (None for a part still in view at
+    the end: ``left`` False); ``picture`` (uint8 (H, W, 3)) the deciding frame's crop beside
+    its heatmap, kept for rejected parts only and not written to JSON."""
+
+    part: int
+    first_frame: int
+    last_frame: int
+    frames: int
+    score: float
+    threshold: float | None
+    verdict: str | None
+    deciding_frame: int
+    latency_ms: float | None
+    left: bool
+    whole_in_view: bool
+    box: list[int]
+    picture: np.ndarray | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        """The JSON line of parts.jsonl."""
+        return {
+            "part": self.part,
+            "first_frame": self.first_frame,
+            "last_frame": self.last_frame,
+            "frames": self.frames,
+            "score": float(f"{self.score:.6g}"),
+            "threshold": None if self.threshold is None else float(f"{self.threshold:.6g}"),
+            "verdict": self.verdict,
+            "deciding_frame": self.deciding_frame,
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
+            "left": self.left,
+            "whole_in_view": self.whole_in_view,
+            "box": self.box,
+        }
+
+
+@dataclass
+class _Seen:
+    """A part's scores so far: the k highest (score, frame, image crop, map crop) over the
+    frames where it was wholly in view and over all its frames (bounded memory)."""
+
+    inside: list = field(default_factory=list)
+    anywhere: list = field(default_factory=list)
+
+
+def _keep_top(entries: list, entry: tuple, k: int) -> None:
+    entries.append(entry)
+    entries.sort(key=lambda e: -e[0])
+    del entries[k:]
+
+
+class PartJudge:
+    """Pass or reject each part once (see the module docstring).
+
+    Args:
+        tracker: follows the parts; frames are the scored (3, H, W) images, so its belt is
+            learned at the model's image size.
+        threshold: on the part score; None: verdicts are None (calibration).
+        k: the part score is the k-th largest of its frames' scores.
+        map_threshold: the heatmap contour of the rejected parts' pictures.
+    """
+
+    def __init__(
+        self, tracker: PartTracker, threshold: float | None = None, *, k: int = 2, map_threshold: float | None = None
+    ) -> None:
+        if not isinstance(tracker, PartTracker):
+            raise TypeError(f"tracker must be a PartTracker, got {type(tracker).__name__}")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        if threshold is not None and not math.isfinite(float(threshold)):
+            raise ValueError(f"threshold must be a finite number or None, got {threshold}")
+        self.tracker, self.k, self.map_threshold = tracker, k, map_threshold
+        self.threshold = None if threshold is None else float(threshold)
+        self._seen: dict[int, _Seen] = {}
+        self._arrived: deque[tuple[int, float]] = deque(maxlen=4 * tracker.max_missed + 8)
+
+    def update(self, result: FrameResult) -> list[PartVerdict]:
+        """Take one scored frame; the verdicts of the parts that left before it."""
+        if result.error is not None or result.image is None or result.anomaly_map is None:
+            return []  # a frame that failed to decode: the parts neither seen nor missed
+        self._arrived.append((result.frame, time.perf_counter() - result.latency_ms / 1e3))
+        seen, left = self.tracker.update(result.frame, result.image)
+        _, height, width = result.image.shape
+        for track in seen:
+            box = track.boxes[result.frame]
+            crop = (slice(max(box.y0, 0), min(box.y1, height)), slice(max(box.x0, 0), min(box.x1, width)))
+            score = float(result.anomaly_map[crop].max())
+            entry = (score, result.frame, result.image[:, crop[0], crop[1]], result.anomaly_map[crop])
+            kept = self._seen.setdefault(track.part, _Seen())
+            _keep_top(kept.anywhere, entry, self.k)
+            if not box.touches_border(width, height, self.tracker.edge):
+                _keep_top(kept.inside, entry, self.k)
+        return [self._verdict(track) for track in left]
+
+    def finish(self) -> list[PartVerdict]:
+        """The verdicts of the parts still in view (``left`` False), at the end of a stream."""
+        return [self._verdict(track) for track in self.tracker.finish()]
+
+    def _verdict(self, track: Track) -> PartVerdict:
+        kept = self._seen.pop(track.part, _Seen())
+        entries = kept.inside or kept.anywhere
+        score, frame, image, amap = entries[min(self.k, len(entries)) - 1]
+        verdict = None if self.threshold is None else ("reject" if score > self.threshold else "pass")
+        picture = None
+        if verdict == "reject":
+            picture = _part_picture(track, score, frame, image, amap, self.threshold, self.map_threshold)
+        return PartVerdict(
+            part=track.part,
+            first_frame=track.first_frame,
+            last_frame=track.last_frame,
+            frames=len(track.boxes),
+            score=score,
+            threshold=self.threshold,
+            verdict=verdict,
+            deciding_frame=frame,
+            latency_ms=self._exit_latency(track) if track.left else None,
+            left=track.left,
+            whole_in_view=bool(kept.inside),
+            box=track.boxes[frame].as_list(),
+            picture=picture,
+        )
+
+    def _exit_latency(self, track: Track) -> float | None:
+        """Milliseconds from the arrival of the first frame after the part's last one."""
+        after = [arrived for frame, arrived in self._arrived if frame > track.last_frame]
+        return 1e3 * (time.perf_counter() - after[0]) if after else None
+
+    def reset(self) -> None:
+        """Start a new stream: forget the parts in view; parts numbered from 0 again."""
+        self.tracker.reset()
+        self._seen.clear()
+        self._arrived.clear()
+
+
+def _part_picture(track: Track, score, frame, image, amap, threshold, map_threshold) -> np.ndarray:
+    """The deciding frame's crop beside its heatmap, captioned with the part, score and threshold."""
+    from ..heatmaps import captioned, heatmap_overlay
+
+    picture = heatmap_overlay(image, amap, map_threshold)
+    caption = f"part {track.part}  frame {frame}  score {score:.3f} > threshold {threshold:.3f}"
+    return captioned(picture, caption)
+
+
+def part_threshold(scores, margin: float = PART_MARGIN) -> float:
+    """A part threshold from normal parts' ``scores`` (at least 3): the highest plus
+    ``margin`` times its distance from the median, so a new normal part a little above the
+    calibration parts still passes."""
+    values = np.asarray([float(s) for s in scores], dtype=np.float64)
+    if values.size < 3 or not np.isfinite(values).all():
+        raise ValueError(f"part calibration needs the finite scores of at least 3 normal parts, got {values.size}")
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    highest = float(values.max())
+    return highest + margin * (highest - float(np.median(values)))
+
+
+def calibrate_parts(
+    inspector: Inspector, judge: PartJudge, normal_source, *, margin: float = PART_MARGIN, max_frames=None
+) -> float:
+    """Score a clip of normal parts, set ``judge.threshold`` from their part scores
+    (:func:`part_threshold`) and return it."""
+    judge.reset()
+    saved, judge.threshold = judge.threshold, None
+    scores: list[float] = []
+    try:
+        for result in inspector.run(normal_source, max_frames=max_frames, realtime=False):
+            scores += [v.score for v in judge.update(result)]
+        scores += [v.score for v in judge.finish()]
+        judge.threshold = part_threshold(scores, margin)
+    except BaseException:
+        judge.threshold = saved
+        raise
+    return judge.threshold
+
+
+__all__ = ["PART_MARGIN", "PartJudge", "PartVerdict", "calibrate_parts", "part_threshold"]

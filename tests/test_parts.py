@@ -1,0 +1,241 @@
+"""One verdict per part (issue 27, part 2): the tracker on drawn conveyors, the part score's
+aggregation, and watch --parts end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from cli_checks import one_error_line
+
+from efficientad_fast.stream import Belt, Box, FrameResult, PartJudge, PartTracker, part_threshold
+
+SIZE = 128
+BELT = np.array([0.23, 0.23, 0.25], dtype=np.float32)[:, None, None]
+
+
+def belt_frame(rng) -> np.ndarray:
+    return np.clip(BELT + 0.01 * rng.standard_normal((3, SIZE, SIZE)), 0, 1).astype(np.float32)
+
+
+def draw(image: np.ndarray, x0: int, width: int = 60, y0: int = 30, height: int = 60, colour=(0.1, 0.6, 0.2)):
+    """A part (a coloured rectangle) with its left edge at column ``x0`` (clipped by the frame)."""
+    x1 = x0 + width
+    image[:, y0 : y0 + height, max(x0, 0) : max(min(x1, SIZE), 0)] = np.array(colour, np.float32)[:, None, None]
+    return image
+
+
+@pytest.fixture(scope="module")
+def belt():
+    rng = np.random.default_rng(0)
+    return Belt.learn(belt_frame(rng) for _ in range(5))
+
+
+def conveyor(lefts_per_frame, seed=1):
+    """Frames with parts at the given left edges ([[x0, ...] per frame])."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for lefts in lefts_per_frame:
+        image = belt_frame(rng)
+        for x0 in lefts:
+            draw(image, x0)
+        frames.append(image)
+    return frames
+
+
+def track_all(tracker, frames):
+    done = []
+    for index, image in enumerate(frames):
+        done += tracker.update(index, image)[1]
+    return done + tracker.finish()
+
+
+def test_a_part_entering_crossing_and_leaving_is_one_part(belt):
+    # Enters from the right, crosses leftwards 12 px a frame, leaves on the left.
+    frames = conveyor([[x] for x in range(SIZE - 6, -70, -12)] + [[]] * 3)
+    parts = track_all(PartTracker(belt), frames)
+    assert len(parts) == 1 and parts[0].left
+    last_in_view = max(i for i, x in enumerate(range(SIZE - 6, -70, -12)) if x + 60 > 4)
+    assert parts[0].first_frame == 0 and parts[0].last_frame == last_in_view
+
+
+def test_two_parts_in_view_at_once_stay_two(belt):
+    # Part A leaves on the left while part B enters on the right (an indexing conveyor).
+    positions = [[34]] * 5 + [[4, 100], [-26, 70], [-56, 40], [34]] + [[34]] * 5 + [[]] * 3
+    parts = track_all(PartTracker(belt), conveyor(positions))
+    # Frame 7 shows 4 px of A: less than min_area, so A was last seen in frame 6.
+    assert [(p.first_frame, p.last_frame) for p in parts] == [(0, 6), (5, 13)]
+
+
+def test_touching_parts_are_one_blob(belt):
+    tracker = PartTracker(belt)
+    boxes = tracker.blobs(conveyor([[4, 64]])[0])
+    assert len(boxes) == 1 and boxes[0].x1 - boxes[0].x0 >= 118
+
+
+def test_a_part_that_stops_is_still_one_part_and_one_that_never_leaves_is_judged_at_the_end(belt):
+    positions = [[x] for x in range(100, 30, -14)] + [[30]] * 30 + [[x] for x in range(30, -70, -14)] + [[]] * 3
+    parts = track_all(PartTracker(belt), conveyor(positions))
+    assert len(parts) == 1 and parts[0].left and len(parts[0].boxes) > 30
+    stays = track_all(PartTracker(belt), conveyor([[30]] * 10))
+    assert len(stays) == 1 and not stays[0].left and stays[0].last_frame == 9
+
+
+def test_a_flash_is_skipped_and_a_speck_or_a_video_without_parts_is_no_part(belt):
+    frames = conveyor([[30]] * 6)
+    frames[3] = np.clip(frames[3] * 1.8 + 0.1, 0, 1)  # a flash: the whole frame changes
+    frames[4][:, 10:13, 10:13] = 1.0  # a speck
+    tracker = PartTracker(belt)
+    parts = track_all(tracker, frames)
+    assert len(parts) == 1 and sorted(parts[0].boxes) == [0, 1, 2, 4, 5] and tracker.skipped_frames == 1
+    assert track_all(PartTracker(belt), conveyor([[]] * 8)) == []
+    assert track_all(PartTracker(belt), []) == []
+
+
+def test_bad_belts_frames_and_settings_are_refused(belt):
+    with pytest.raises(ValueError, match="no frame of the empty belt"):
+        Belt.learn([])
+    with pytest.raises(ValueError, match="belt frames differ in size"):
+        Belt.learn([np.zeros((3, 8, 8)), np.zeros((3, 9, 8))])
+    with pytest.raises(ValueError, match=r"float \(3, H, W\) array, got \(8, 8\)"):
+        Belt.learn([np.zeros((8, 8))])
+    with pytest.raises(ValueError, match="frames must have the belt's size"):
+        PartTracker(belt).update(0, np.zeros((3, 64, 64), np.float32))
+    with pytest.raises(TypeError, match="belt must be a Belt"):
+        PartTracker("belt.avi")
+    with pytest.raises(ValueError, match="max_missed >= 1"):
+        PartTracker(belt, max_missed=0)
+
+
+# -- the part score and verdict ---------------------------------------------------------------
+
+
+def scored(frames, maps):
+    return [
+        FrameResult(i, i / 25, float(m.max()), float(m.max()), False, 5.0, 0, image=f, anomaly_map=m)
+        for i, (f, m) in enumerate(zip(frames, maps))
+    ]
+
+
+def test_a_one_frame_glitch_does_not_reject_a_part_and_a_defect_seen_twice_does(belt):
+    frames = conveyor([[34]] * 6 + [[]] * 3)
+    quiet = [np.full((SIZE, SIZE), 0.05, np.float32) for _ in frames]
+    glitch = [m.copy() for m in quiet]
+    glitch[2][50, 60] = 0.9
+    defect = [m.copy() for m in quiet]
+    defect[2][50, 60] = defect[4][52, 61] = 0.8
+    defect[3][5, 5] = 5.0  # outside the part's box: another place's business
+    verdicts = {}
+    for name, maps in (("glitch", glitch), ("defect", defect)):
+        judge = PartJudge(PartTracker(belt), threshold=0.3, k=2)
+        out = [v for r in scored(frames, maps) for v in judge.update(r)] + judge.finish()
+        assert len(out) == 1
+        verdicts[name] = out[0]
+    assert verdicts["glitch"].verdict == "pass" and verdicts["glitch"].score == pytest.approx(0.05)
+    rejected = verdicts["defect"]
+    assert rejected.verdict == "reject" and rejected.score == pytest.approx(0.8) and rejected.deciding_frame == 4
+    assert rejected.left and rejected.latency_ms is not None and rejected.latency_ms >= 0
+    assert rejected.picture is not None and rejected.picture.dtype == np.uint8
+    line = rejected.to_json()
+    assert line["part"] == 0 and line["frames"] == 6 and line["verdict"] == "reject" and "picture" not in line
+    assert verdicts["glitch"].picture is None
+
+
+def test_frames_where_the_part_is_cut_by_the_edge_do_not_decide(belt):
+    positions = [[110], [80], [50], [34], [34], [34], [0], [-30], [], [], []]
+    maps = [np.full((SIZE, SIZE), 0.05, np.float32) for _ in positions]
+    maps[0][:] = maps[1][:] = maps[7][:] = 0.9  # half-seen while sliding in or out
+    judge = PartJudge(PartTracker(belt), threshold=0.3, k=1)
+    out = [v for r in scored(conveyor(positions), maps) for v in judge.update(r)] + judge.finish()
+    assert len(out) == 1 and out[0].verdict == "pass" and out[0].whole_in_view
+
+
+def test_part_threshold_and_bad_judges():
+    assert part_threshold([0.1, 0.2, 0.3, 0.5], margin=0.5) == pytest.approx(0.5 + 0.5 * (0.5 - 0.25))
+    with pytest.raises(ValueError, match="at least 3 normal parts, got 2"):
+        part_threshold([0.1, 0.2])
+    with pytest.raises(ValueError, match="finite"):
+        part_threshold([0.1, float("nan"), 0.2])
+    with pytest.raises(TypeError, match="tracker must be a PartTracker"):
+        PartJudge(None)
+    belt = Belt.learn([np.zeros((3, 8, 8), np.float32)])
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        PartJudge(PartTracker(belt), k=0)
+    with pytest.raises(ValueError, match="threshold must be a finite number"):
+        PartJudge(PartTracker(belt), threshold=float("inf"))
+    assert Box(0, 0, 10, 10).iou(Box(5, 0, 15, 10)) == pytest.approx(1 / 3)
+
+
+# -- watch --parts ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def line_videos(tmp_path_factory):
+    pytest.importorskip("av")
+    from efficientad_fast.data import make_synthetic_video
+
+    folder = tmp_path_factory.mktemp("line")
+    belt = make_synthetic_video(folder / "belt.avi", frames=6, empty_belt=True, glitch_rate=0.0)
+    line = make_synthetic_video(folder / "line.avi", frames=30, defect_fraction=0.5, glitch_rate=0.0, seed=2)
+    return belt, line
+
+
+def test_watch_parts_writes_a_verdict_per_part_and_pictures_of_rejected_parts(
+    op_library, line_videos, tmp_path, capsys
+):
+    from efficientad_fast.cli import main
+    from efficientad_fast.data import read_video_labels
+    from efficientad_fast.testing import random_model
+
+    belt, line = line_videos
+    model = random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).eval()
+    model.save(tmp_path / "model.pt")
+    out = tmp_path / "w"
+    args = ["watch", "--model", str(tmp_path / "model.pt"), "--source", str(line), "--out", str(out), "--quiet"]
+    # A threshold below every score: every part rejected, so every picture is made.
+    assert main([*args, "--dtype", "bf16", "--parts", "--belt", str(belt), "--part-threshold", "-100"]) == 0
+    printed = capsys.readouterr().out
+    verdicts = [json.loads(line) for line in (out / "parts.jsonl").read_text().splitlines()]
+    in_view = {row["part"] for row in read_video_labels(line) if row["part"] >= 0}
+    assert [v["part"] for v in verdicts] == list(range(len(in_view)))  # one verdict per part, in order
+    assert all(v["verdict"] == "reject" and v["threshold"] == -100 for v in verdicts)
+    assert sorted(p.name for p in (out / "parts").iterdir()) == [f"part_{v['part']:06d}.png" for v in verdicts]
+    assert verdicts[-1]["left"] is False and all(v["left"] for v in verdicts[:-1])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parts"] == len(verdicts) == summary["rejected"] and "parts: " in printed
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--parts"], "--parts needs --belt CLIP"),
+        (["--belt", "b.avi", "--part-k", "3"], "--belt, --part-k: for --parts only"),
+        (["--parts", "--belt", "{tmp}/missing.avi"], "missing.avi"),
+    ],
+)
+def test_watch_parts_usage_errors_are_one_line(extra, words, line_videos, tmp_path, capsys):
+    from efficientad_fast.cli import main
+    from efficientad_fast.testing import random_model
+
+    _, line = line_videos
+    random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).save(tmp_path / "model.pt")
+    out = tmp_path / "w"
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    assert main(["watch", "--model", str(tmp_path / "model.pt"), "--source", str(line), "--out", str(out), *extra]) == 2
+    assert words in one_error_line("watch", capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_the_synthetic_empty_belt_and_part_margins(tmp_path):
+    pytest.importorskip("av")
+    from efficientad_fast.data import make_synthetic_video, read_video_labels
+    from efficientad_fast.stream import open_source
+
+    belt = make_synthetic_video(tmp_path / "belt.avi", frames=3, empty_belt=True, glitch_rate=0.0)
+    assert [row["part"] for row in read_video_labels(belt)] == [-1, -1, -1]
+    spaced = make_synthetic_video(tmp_path / "weave.avi", "weave", frames=12, part_margin=12, glitch_rate=0.0)
+    resting = np.asarray([item.image for item in open_source(spaced).open()][-1], dtype=np.float32) / 255
+    assert np.abs(resting[:8, :8] - [0.227, 0.227, 0.251]).max() < 0.1  # belt around the part
+    with pytest.raises(ValueError, match="part_margin must be from 0 to 31"):
+        make_synthetic_video(tmp_path / "x.avi", part_margin=32)
