@@ -1,0 +1,217 @@
+"""Part verdicts on synthetic conveyors (issue 27, part 4): ``watch --parts`` with a model
+trained on the line's own normal video against one trained on still images of the category,
+over several seeds.
+
+    python bench/parts_line.py --out /tmp/parts_line --seeds 0 1 2           # run (resumable)
+    python bench/parts_line.py --out /tmp/parts_line --summary bench/results/parts_line_DATE.md
+
+Per seed: a normal run of the line (``--train-frames``, no defect) to train on, a clip of the
+empty belt (``--belt``), a normal clip to calibrate on (``--calibrate-on``: the frame and part
+thresholds), and a test line with a share of defective parts. Two models, same steps:
+``video`` (``train --video`` on the normal run) and ``still`` (``train`` on the synthetic
+category's images, what the demo does). Each watches the test line once with ``--parts``;
+from its parts.jsonl and frames.jsonl against the ground truth:
+
+- part level: recall of defective parts and false rejects per 1000 normal parts at the
+  calibrated part threshold, and false rejects at the highest threshold that still rejects
+  every defective part (100 % recall); decision latency from the part's exit (ms, p50/max);
+- frame level: false-alarm onsets per 1000 normal frames at 100 % recall of defective parts,
+  for kofn (3 of 5), ema and raw scores (:func:`efficientad_fast.stream.compare_smoothers`).
+
+A tracked part is matched to the true part that is in view in most of its frames; a true part
+matched by two tracked parts (a split) or none (missed) is counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+SETTINGS = {"board": {"part_margin": 0}, "weave": {"part_margin": 12}}
+
+
+def make_videos(folder: Path, category: str, seed: int, train_frames: int, test_frames: int) -> dict[str, Path]:
+    from efficientad_fast.data import make_synthetic_video
+
+    extra = SETTINGS[category]
+    videos = {
+        "normal": dict(frames=train_frames, defect_fraction=0.0, seed=1000 + seed),
+        "belt": dict(frames=30, empty_belt=True, seed=2000 + seed),
+        "calibration": dict(frames=360, defect_fraction=0.0, seed=3000 + seed),
+        "line": dict(frames=test_frames, defect_fraction=0.3, seed=seed),
+    }
+    paths = {}
+    for name, settings in videos.items():
+        path = folder / f"{name}.avi"
+        if not path.is_file():
+            make_synthetic_video(path, category, **settings, **extra)
+        paths[name] = path
+    return paths
+
+
+def cli(*args) -> None:
+    command = [sys.executable, "-m", "efficientad_fast", *map(str, args)]
+    print("==", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def train(folder: Path, category: str, kind: str, videos: dict, seed: int, steps: int) -> Path:
+    """The model of ``kind`` (video or still), trained unless it already was."""
+    out = folder / f"model_{kind}"
+    if (out / "model.pt").is_file():
+        return out / "model.pt"
+    common = ["--out", out, "--steps", steps, "--seed", seed, "--penalty-images", "none", "--workers", "0", "--quiet"]
+    resume = ["--resume"] if (out / "checkpoint.pt").is_file() else []
+    if kind == "video":
+        cli("train", "--video", videos["normal"], *common, *resume)
+    else:
+        from efficientad_fast.data import make_synthetic
+
+        data = folder / "still_data"
+        if not (data / category / "test").is_dir():
+            make_synthetic(data, seed=seed, categories=(category,))
+        cli("train", "--data", data, "--dataset", "mvtec", "--category", category, *common, *resume)
+    return out / "model.pt"
+
+
+def watch(folder: Path, kind: str, model: Path, videos: dict, dtype: str) -> Path:
+    out = folder / f"watch_{kind}"
+    summary = out / "summary.json"
+    if summary.is_file() and not json.loads(summary.read_text()).get("interrupted"):
+        return out
+    cli(
+        "watch", "--model", model, "--source", videos["line"], "--out", out, "--parts", "--belt", videos["belt"],
+        "--calibrate-on", videos["calibration"], "--smoothing", "kofn", "--dtype", dtype, "--quiet",
+    )  # fmt: skip
+    return out
+
+
+def part_figures(verdicts: list[dict], labels: list[dict]) -> dict:
+    """Part-level figures of one watch run against the video's ground truth."""
+    defective = {row["part"] for row in labels if row["defective"] and row["part"] >= 0}
+    true_parts = {row["part"] for row in labels if row["part"] >= 0}
+    scores: dict[int, list[float]] = {}
+    rejected: set[int] = set()
+    for verdict in verdicts:
+        in_view = Counter(labels[f]["part"] for f in range(verdict["first_frame"], verdict["last_frame"] + 1))
+        in_view.pop(-1, None)
+        if not in_view:
+            continue
+        part = in_view.most_common(1)[0][0]
+        scores.setdefault(part, []).append(verdict["score"])
+        if verdict["verdict"] == "reject":
+            rejected.add(part)
+    normal = [p for p in true_parts - defective if p in scores]
+    best = {p: max(s) for p, s in scores.items()}
+    at_full_recall = min((best[p] for p in defective if p in best), default=float("nan"))
+    latencies = sorted(v["latency_ms"] for v in verdicts if v["latency_ms"] is not None)
+    return {
+        "true_parts": len(true_parts),
+        "tracked_parts": len(verdicts),
+        "missed_parts": len(true_parts - set(scores)),
+        "split_parts": sum(len(s) > 1 for s in scores.values()),
+        "defective_parts": len(defective),
+        "normal_parts": len(normal),
+        "recall": len(defective & rejected) / len(defective) if defective else float("nan"),
+        "false_rejects_per_1000": 1000 * len([p for p in normal if p in rejected]) / max(1, len(normal)),
+        "full_recall_false_rejects_per_1000": 1000
+        * len([p for p in normal if best[p] >= at_full_recall])
+        / max(1, len(normal)),
+        "latency_p50_ms": statistics.median(latencies) if latencies else None,
+        "latency_max_ms": latencies[-1] if latencies else None,
+    }
+
+
+def frame_figures(frames: list[dict], labels: list[dict]) -> dict:
+    from efficientad_fast.stream import compare_smoothers
+
+    scores = [row["score"] for row in frames]
+    rows = compare_smoothers(scores, labels, recall=1.0, smoothers=("kofn", "ema", "none"))
+    return {f"{row['smoothing']}_onsets_per_1000": row["false_onsets_per_1000"] for row in rows}
+
+
+def measure(out: Path, category: str, seed: int, args) -> list[dict]:
+    from efficientad_fast.data import read_video_labels
+
+    folder = out / f"{category}_seed{seed}"
+    videos = make_videos(folder, category, seed, args.train_frames, args.test_frames)
+    labels = read_video_labels(videos["line"])
+    rows = []
+    for kind in ("video", "still"):
+        model = train(folder, category, kind, videos, seed, args.steps)
+        run = watch(folder, kind, model, videos, args.dtype)
+        verdicts = [json.loads(line) for line in (run / "parts.jsonl").read_text().splitlines()]
+        frames = [json.loads(line) for line in (run / "frames.jsonl").read_text().splitlines()]
+        summary = json.loads((run / "summary.json").read_text())
+        row = {"category": category, "seed": seed, "model": kind, "fps": summary["fps"]}
+        row |= part_figures(verdicts, labels) | frame_figures(frames, labels)
+        (folder / f"figures_{kind}.json").write_text(json.dumps(row, indent=2))
+        rows.append(row)
+    return rows
+
+
+COLUMNS = (
+    "recall",
+    "false_rejects_per_1000",
+    "full_recall_false_rejects_per_1000",
+    "latency_p50_ms",
+    "latency_max_ms",
+    "kofn_onsets_per_1000",
+    "ema_onsets_per_1000",
+    "none_onsets_per_1000",
+)
+
+
+def summary_table(out: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*_seed*/figures_*.json"))]
+    lines = [
+        "| category | model | seeds | " + " | ".join(COLUMNS) + " | parts (normal/defective), missed, split |",
+        "|---" * (len(COLUMNS) + 4) + "|",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["category"], row["model"]), []).append(row)
+    for (category, model), group in sorted(groups.items()):
+        cells = []
+        for column in COLUMNS:
+            values = [r[column] for r in group if r[column] is not None]
+            mean = statistics.fmean(values) if values else float("nan")
+            spread = (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+            cells.append(f"{mean:.3g} ± {spread:.2g}")
+        counts = ", ".join(
+            f"{r['normal_parts']}/{r['defective_parts']}, {r['missed_parts']}, {r['split_parts']}" for r in group
+        )
+        seeds = ",".join(str(r["seed"]) for r in group)
+        lines.append(f"| {category} | {model} | {seeds} | " + " | ".join(cells) + f" | {counts} |")
+    return "\n".join(lines) + "\n\nMeans ± half the range over the seeds; counts per seed.\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder of the videos, models and runs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--categories", nargs="+", choices=sorted(SETTINGS), default=["board"])
+    parser.add_argument("--steps", type=int, default=500, help="training steps of both models (default 500)")
+    parser.add_argument("--train-frames", type=int, default=1200, help="frames of the normal run (default 1200)")
+    parser.add_argument("--test-frames", type=int, default=1800, help="frames of the test line (default 1800)")
+    parser.add_argument("--dtype", default="bf16", help="watch's precision (default bf16)")
+    parser.add_argument("--summary", type=Path, default=None, help="write the table of what finished, run nothing")
+    args = parser.parse_args()
+    if args.summary is not None:
+        args.summary.write_text(summary_table(args.out))
+        print(args.summary.read_text())
+        return
+    for category in args.categories:
+        for seed in args.seeds:
+            for row in measure(args.out, category, seed, args):
+                print(json.dumps(row), flush=True)
+    print(summary_table(args.out))
+
+
+if __name__ == "__main__":
+    main()
