@@ -234,15 +234,16 @@ def _disk_is_full(folder: Path, temps: list[Path], free_before: int | None, need
     return free < 2**20 or (free_before is not None and written >= free_before - 2 * 2**20)
 
 
-def remove_stale_temporaries(folder: Path, stems: tuple[str, ...]) -> list[Path]:
+def remove_stale_temporaries(folder: Path, stems: tuple[str, ...] | None) -> list[Path]:
     """Remove the temporary files of ``stems`` (``STEM.tmpPID.SUFFIX``, as :func:`atomic_files`
-    and predict name them; no other file is touched) in ``folder`` left by a process that no
-    longer runs (killed by SIGKILL or a power cut, which no handler sees); returns them. Those
-    of running processes stay."""
+    and predict name them; no other file is touched; None: of any stem, in a folder only this
+    package writes) in ``folder`` left by a process that no longer runs (killed by SIGKILL or
+    a power cut, which no handler sees); returns them. Those of running processes stay."""
     removed = []
-    for stem in stems:
-        for path in Path(folder).glob(f"{stem}.tmp*"):
-            match = re.fullmatch(rf"{re.escape(stem)}\.tmp(\d+)\.[^.]+", path.name)
+    for stem in stems if stems is not None else [None]:
+        pattern = r"[^/]+" if stem is None else re.escape(stem)
+        for path in Path(folder).glob("*.tmp*" if stem is None else f"{stem}.tmp*"):
+            match = re.fullmatch(rf"{pattern}\.tmp(\d+)\.[^.]+", path.name)
             if match is None or not path.is_file() or _process_runs(int(match.group(1))):
                 continue
             path.unlink(missing_ok=True)

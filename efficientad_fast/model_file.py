@@ -87,6 +87,8 @@ def _read_payload(path: Path) -> tuple[dict[str, Any], int]:
         hint = ""
         if isinstance(payload, dict) and "state_dict" in payload:
             hint = " (a Lightning/anomalib checkpoint? use efficientad_fast.from_anomalib)"
+        elif isinstance(payload, dict) and str(payload.get("kind", "")).endswith("training-checkpoint"):
+            hint = " but a training checkpoint (train --resume continues it; the model is model.pt beside it)"
         keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: not an efficientad_fast model file{hint}; found {keys}")
     version = payload.get("format_version")

@@ -124,7 +124,7 @@ def _write_cache(path: Path, data: dict[str, Any]) -> str | None:
         cache_folder(path.parent)
         with atomic_files(path) as (temporary,):
             temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a FIFO or device there (the tenth probe)
         return str(exc)
     return None
 

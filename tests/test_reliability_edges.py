@@ -1041,6 +1041,10 @@ def test_a_fifo_in_place_of_the_precision_cache_does_not_hang(tmp_path):
     reader.start()
     reader.join(timeout=10)
     assert not reader.is_alive() and result == [{}]
+    # The tenth probe: writing the measured choice refused the FIFO with a ValueError that
+    # ended predict; a cache that cannot be written only costs a measurement next time.
+    written = precision._write_cache(fifo, {"x": 1})
+    assert written is not None and "FIFO" in written and stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
 @pytest.mark.parametrize(
@@ -1222,9 +1226,14 @@ def test_predict_removes_the_half_written_scores_of_a_killed_run(tmp_path, model
     (out / f"scores.tmp{dead}.csv").write_text("path,score\n/a.png,0.1\n/b.p")
     (out / f"scores.tmp{os.getppid()}.csv").write_text("a running process's")  # not ours to remove
     (out / f"notes.tmp{dead}.csv").write_text("a user's file that looks like one")  # nor this
+    (out / "heatmaps").mkdir()
+    (out / "heatmaps" / f"06.tmp{dead}.png").write_bytes(b"\x89PNG cut")  # the tenth probe: stayed
     args = ["predict", "--model", str(model_file), str(frames), "--out", str(out), "--precision", "fp32"]
     assert main([*args, "--quiet", "--no-heatmaps"]) == 0
-    assert f"removed {out / f'scores.tmp{dead}.csv'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"removed {out / f'scores.tmp{dead}.csv'}" in printed and f"06.tmp{dead}.png" in printed
+    assert list((out / "heatmaps").iterdir()) == []
+    (out / "heatmaps").rmdir()
     assert sorted(p.name for p in out.iterdir()) == [
         f"notes.tmp{dead}.csv",
         "scores.csv",
@@ -1427,3 +1436,25 @@ def test_a_link_into_a_missing_folder_is_refused_naming_the_link(tmp_path, model
     with pytest.raises(FileNotFoundError, match=f"{saved} is a link to .*, whose folder .* does not exist"):
         load(model_file).save(saved)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["current.onnx", "current.pt"]
+
+
+def test_a_training_checkpoint_as_the_model_says_what_it_is(tmp_path):
+    """The tenth probe (M20): a checkpoint named as --model listed its pickle keys."""
+    import torch
+
+    from efficientad_fast import load
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"kind": "efficientad_fast-training-checkpoint", "step": 3, "model": {}}, checkpoint)
+    with pytest.raises(ValueError, match="not an efficientad_fast model file but a training checkpoint"):
+        load(checkpoint)
+
+
+def test_watch_that_scores_no_frame_says_so_on_stderr(tmp_path, model_file, capsys):
+    """The tenth probe (W54): a source with no frame that could be scored exited 1 silently."""
+    source = tmp_path / "frames"
+    source.mkdir()
+    (source / "0.png").write_text("not a picture")
+    args = [a.format(model=model_file) for a in WATCH] + ["--source", str(source), "--out", str(tmp_path / "out")]
+    assert main(args) == 1
+    assert f"no frame of {source} was scored (1 read)" in capsys.readouterr().err

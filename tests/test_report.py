@@ -460,3 +460,15 @@ def test_a_damaged_finished_row_runs_again(damage, tmp_path):
         finished["latency_vs_batch"] = "junk"
     (run / "row.json").write_text(json.dumps(finished))
     assert read_finished_run(run, settings) is None
+
+
+@pytest.mark.parametrize("taken", ["board/row.json", "report.csv"])
+def test_a_folder_where_a_report_file_goes_is_refused_before_any_training(taken, tiny_board, tmp_path, capsys):
+    """The tenth probe (K74, K79): a folder at row.json was found after the training, one at
+    report.csv after report.md was rewritten."""
+    out = tmp_path / "report"
+    (out / taken).mkdir(parents=True)
+    args = ["report", "--data", str(tiny_board), "--dataset", "mvtec", "--out", str(out), "--steps", "2"]
+    assert main([*args, "--teacher", "random", "--penalty-images", "none", "--workers", "0", "--quiet"]) == 2
+    assert f"{out / taken} is a folder" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == sorted({taken, str(Path(taken).parent)} - {"."})

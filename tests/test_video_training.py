@@ -161,3 +161,45 @@ def test_a_labels_file_with_a_non_number_names_its_line(tmp_path):
     labels.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=f"{labels}, line 4: every field must be a whole number"):
         read_video_labels(clip)
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        ("bom", None),
+        ("misspelt", "the header frm,defective,part,glitch lacks frame"),
+        ("twice", "line 5: frame 2 is listed again (first on line 4)"),
+        ("minus-one", "line 4: need frame >= 0 and defective 0 or 1"),
+    ],
+)
+def test_a_labels_file_from_a_spreadsheet_or_with_odd_rows(edit, words, tmp_path):
+    """The tenth probe: a byte-order mark (Excel's "CSV UTF-8") or a misspelt header was a
+    KeyError traceback after the frames were extracted; a frame listed twice, or defective -1,
+    was taken silently."""
+    from efficientad_fast.data import read_video_labels
+
+    clip = make_synthetic_video(tmp_path / "clip.avi", frames=6, defect_fraction=0.5)
+    labels = tmp_path / "clip.avi.labels.csv"
+    lines = labels.read_text().splitlines()
+    if edit == "bom":
+        labels.write_bytes(b"\xef\xbb\xbf" + labels.read_bytes())
+        assert [row["frame"] for row in read_video_labels(clip)] == list(range(6))
+        return
+    if edit == "misspelt":
+        lines[0] = lines[0].replace("frame", "frm")
+    elif edit == "twice":
+        lines.insert(4, lines[3])
+    else:
+        lines[3] = "2,-1,0,0"
+    labels.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=f"{labels}.*{words.replace('(', '.').replace(')', '.')}"):
+        read_video_labels(clip)
+
+
+def test_a_clips_bad_labels_are_refused_before_the_frames_are_extracted(normal_video, tmp_path, capsys):
+    clip = make_synthetic_video(tmp_path / "clip.avi", frames=6, defect_fraction=0.5)
+    labels = tmp_path / "clip.avi.labels.csv"
+    labels.write_text(labels.read_text().replace("frame", "frm", 1))
+    out = tmp_path / "out"
+    assert main(["train", "--video", str(normal_video), "--threshold-from", str(clip), "--out", str(out)]) == 2
+    assert "lacks frame" in one_error_line("train", capsys.readouterr().err) and not out.exists()

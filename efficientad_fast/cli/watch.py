@@ -93,7 +93,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         + (f", {args.save_video}" if args.save_video else "")
         + (f", {Path(args.out) / 'parts.jsonl'}, {Path(args.out) / 'parts'}/" if judge is not None else "")
     )
-    return 0 if summary["scored"] else 1
+    if not summary["scored"]:  # exit 1 says so on stderr too (the tenth probe: a 0-frame video said nothing there)
+        print(
+            f"efficientad-fast watch: no frame of {args.source} was scored ({summary['frames']} read)", file=sys.stderr
+        )
+        return 1
+    return 0
 
 
 def _part_judge(args: argparse.Namespace, inspector):

@@ -52,9 +52,10 @@ def collect_image_paths(inputs, out_dir=None, log=print) -> list[Path]:
             paths += find_images(item, broken_links=True)
         elif item.is_file():
             paths.append(item)
-        elif special_kind(item) is not None:
-            raise ValueError(f"{item} is {special_kind(item)}: name an image file or a folder of images")
         else:
+            kind = special_kind(item)
+            if kind is not None:
+                raise ValueError(f"{item} is {kind}: name an image file or a folder of images")
             raise FileNotFoundError(f"no such image or folder: {item}")
     if out_dir is not None:
         pictures = [Path(os.path.realpath(Path(out_dir) / sub)) for sub in PICTURE_FOLDERS]

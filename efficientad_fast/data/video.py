@@ -56,18 +56,34 @@ def labels_path(video: str | os.PathLike) -> Path:
 
 
 def read_video_labels(video: str | os.PathLike) -> list[dict]:
-    """The rows of ``<video>.labels.csv``: [{"frame", "defective", "part", "glitch"}: int, ...]."""
+    """The rows of ``<video>.labels.csv``: [{"frame", "defective", "part", "glitch"}: int, ...]
+    (``frame`` and ``defective`` required; ``defective`` 0 or 1; a frame listed once). A
+    spreadsheet's byte-order mark is read past; ValueError names the file and line."""
     path = labels_path(video)
     if not path.is_file():
         raise FileNotFoundError(f"no ground truth {path} beside the video {video}")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for line, row in enumerate(rows, 2):
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        header = reader.fieldnames or []
+    missing = [name for name in ("frame", "defective") if name not in header]
+    if missing:
+        raise ValueError(f"{path}: the header {','.join(header) or '(none)'} lacks {', '.join(missing)}")
+    seen: dict[int, int] = {}
+    numbers: list[dict[str, int]] = []
+    for line, text in enumerate(rows, 2):
         try:
-            rows[line - 2] = {key: int(value) for key, value in row.items()}
+            row = {key: int(value) for key, value in text.items()}
         except (TypeError, ValueError):  # a non-number, or a row with fewer fields (None)
-            raise ValueError(f"{path}, line {line}: every field must be a whole number, got {row}") from None
-    return rows
+            raise ValueError(f"{path}, line {line}: every field must be a whole number, got {text}") from None
+        if row["defective"] not in (0, 1) or row["frame"] < 0:
+            raise ValueError(f"{path}, line {line}: need frame >= 0 and defective 0 or 1, got {row}")
+        if seen.setdefault(row["frame"], line) != line:
+            raise ValueError(
+                f"{path}, line {line}: frame {row['frame']} is listed again (first on line {seen[row['frame']]})"
+            )
+        numbers.append(row)
+    return numbers
 
 
 def _belt_positions(

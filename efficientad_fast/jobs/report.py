@@ -178,6 +178,7 @@ def run_report(
     rows: list[dict | None] = [None] * len(pieces)
     curves: list[list] = [[] for _ in pieces]
     labels = [f"[report {i}/{len(pieces)}] {piece[0]}" for i, piece in enumerate(pieces, 1)]
+    _refuse_taken_names(out, [name for name, *_ in pieces])
     # Every finished run is checked before any starts: one made with other settings is refused.
     earlier = [read_finished_run(out / name, run_settings(kwargs)) if resume else None for name, _, kwargs, _ in pieces]
     with runner:
@@ -306,6 +307,15 @@ def compare_runs(data, runs, compare) -> list[tuple[str | None, str, str, str]]:
 
 ROW_FILE = "row.json"  # a report run's finished row: what --resume reads instead of running it again
 EARLIER_ROW_FILE = "row.earlier.json"  # the row of a run that is being run again (kept, never read)
+
+
+def _refuse_taken_names(out: Path, runs: list[str]) -> None:
+    """A folder or FIFO where the report or a run's row.json goes is refused before any
+    training (the tenth probe: one was found after it)."""
+    for target in [out / f"report.{k}" for k in ("md", "csv", "json", "png")] + [out / "compare.png"]:
+        refuse_non_file_target(target)
+    for name in runs:
+        refuse_non_file_target(out / name / ROW_FILE)
 
 
 def report_row(

@@ -19,6 +19,7 @@ from ..data import (
     open_dataset,
     open_labelled_folder,
     penalty_image_set,
+    read_video_labels,
     split_train_validation,
     video_training_set,
 )
@@ -210,12 +211,14 @@ def train_from_video(
 
 def _check_threshold_source(threshold_from: str | os.PathLike | None) -> None:
     """A missing ``threshold_from`` is named as what it may be (a missing clip was called a
-    missing "labelled images folder": the ninth probe's V17)."""
+    missing "labelled images folder": the ninth probe's V17); a clip's labels are read."""
     if threshold_from is not None and not os.path.exists(threshold_from):
         raise FileNotFoundError(
             f"the labelled clip or folder {threshold_from} does not exist (threshold_from: a video with "
             "VIDEO.labels.csv beside it, or a folder with good/ and one folder per defect)"
         )
+    if threshold_from is not None and os.path.isfile(threshold_from):
+        read_video_labels(threshold_from)  # its labels refused before any work (the tenth probe)
 
 
 def _file_list_digest(dataset) -> str:
