@@ -151,12 +151,71 @@ def test_frames_where_the_part_is_cut_by_the_edge_do_not_decide(belt):
     assert len(out) == 1 and out[0].verdict == "pass" and out[0].whole_in_view
 
 
+def test_a_nan_in_the_parts_box_never_passes_it(belt):
+    """The eleventh probe (A09): a NaN part score passed the part and was written as NaN."""
+    frames = conveyor([[34]] * 4 + [[]] * 3)
+    maps = [np.full((SIZE, SIZE), 0.05, np.float32) for _ in frames]
+    maps[1][50, 60] = np.nan
+    judge = PartJudge(PartTracker(belt), threshold=0.3, k=2)
+    (verdict,) = [v for r in scored(frames, maps) for v in judge.update(r)] + judge.finish()
+    assert verdict.verdict == "reject" and verdict.to_json()["score"] is None
+    json.dumps(verdict.to_json(), allow_nan=False)
+
+
+def test_a_verdict_interrupted_while_its_picture_is_saved_keeps_picture_and_line(belt, tmp_path, monkeypatch):
+    """The eleventh probe (r02, r03): Ctrl-C while a rejected part's picture was saved kept
+    its line without the picture."""
+    import importlib
+    import os
+    import signal
+
+    watch_module = importlib.import_module("efficientad_fast.stream.watch")
+
+    saved = watch_module.save_png
+
+    def interrupted_save(array, path):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the picture is written
+        saved(array, path)
+
+    monkeypatch.setattr(watch_module, "save_png", interrupted_save)
+    judge = PartJudge(PartTracker(belt), threshold=-1.0)
+    frames = conveyor([[34]] * 3 + [[]] * 3)
+    maps = [np.full((SIZE, SIZE), 0.05, np.float32) for _ in frames]
+    verdicts = [v for r in scored(frames, maps) for v in judge.update(r)] + judge.finish()
+    lines = watch_module._PartLines(tmp_path, judge)
+    summary = {"parts": 0, "rejected": 0}
+    with pytest.raises(KeyboardInterrupt):
+        lines.write(verdicts, summary)
+    lines.close()
+    assert (tmp_path / "parts" / "part_000000.png").is_file() and summary == {"parts": 1, "rejected": 1}
+    assert json.loads((tmp_path / "parts.jsonl").read_text())["verdict"] == "reject"
+
+
+def test_a_belt_that_matches_nothing_is_said(tmp_path):
+    """The eleventh probe (Q02): with a belt unlike the view every frame was skipped, and
+    "parts: 0 judged" came with exit 0 and no word why."""
+    from efficientad_fast.stream import format_summary
+
+    summary = {"frames": 60, "scored": 60, "errors": 0, "dropped": 0, "alarms": 0, "alarm_frames": 0}
+    summary |= {"smoothing": "ema", "latency_frames": 1.5, "threshold": 0.5, "fps": 9.0}
+    summary |= {"latency_p50_ms": 5.0, "latency_p99_ms": 9.0, "parts": 0, "rejected": 0, "part_k": 2}
+    summary |= {"part_threshold": 0.3, "part_skipped_frames": 60}
+    assert "60 of 60 frames differed from the belt almost everywhere" in format_summary(summary)
+    tracker = PartTracker(Belt.learn([np.zeros((3, SIZE, SIZE), np.float32)]))  # a black belt
+    for index, image in enumerate(conveyor([[34]] * 4)):
+        tracker.update(index, image)
+    assert tracker.skipped_frames == 4 and tracker.finish() == []
+
+
 def test_part_threshold_and_bad_judges():
     assert part_threshold([0.1, 0.2, 0.3, 0.5], margin=0.5) == pytest.approx(0.5 + 0.5 * (0.5 - 0.25))
     with pytest.raises(ValueError, match="at least 3 normal parts, got 2"):
         part_threshold([0.1, 0.2])
     with pytest.raises(ValueError, match="finite"):
         part_threshold([0.1, float("nan"), 0.2])
+    for margin in (float("inf"), float("nan"), -0.1):  # the eleventh probe (A06): an infinite threshold
+        with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
+            part_threshold([0.1, 0.2, 0.3], margin)
     with pytest.raises(TypeError, match="tracker must be a PartTracker"):
         PartJudge(None)
     belt = Belt.learn([np.zeros((3, 8, 8), np.float32)])
@@ -211,20 +270,33 @@ def test_watch_parts_writes_a_verdict_per_part_and_pictures_of_rejected_parts(
     [
         (["--parts"], "--parts needs --belt CLIP"),
         (["--belt", "b.avi", "--part-k", "3"], "--belt, --part-k: for --parts only"),
-        (["--parts", "--belt", "{tmp}/missing.avi"], "missing.avi"),
+        (["--parts", "--belt", "{tmp}/missing.avi"], "--belt {tmp}/missing.avi"),
+        (["--parts", "--belt", "b.avi", "--part-margin", "0.5"], "--part-margin: a number >= 0 for the part"),
+        (["--parts", "--belt", "{belt}", "--save-video", "{belt}"], "is the --belt clip: name another file"),
+        (["--parts", "--belt", "b.avi", "--out", "{tmp}/fifo"], "parts.jsonl is a FIFO"),
+        (["--parts", "--belt", "b.avi", "--out", "{tmp}/taken"], "parts.jsonl is a folder"),
     ],
 )
 def test_watch_parts_usage_errors_are_one_line(extra, words, line_videos, tmp_path, capsys):
+    import os
+
     from efficientad_fast.cli import main
     from efficientad_fast.testing import random_model
 
-    _, line = line_videos
+    belt, line = line_videos
     random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).save(tmp_path / "model.pt")
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "parts.jsonl")  # opening it for writing would wait forever
+    (tmp_path / "taken" / "parts.jsonl").mkdir(parents=True)
+    (tmp_path / "taken" / "alarms").mkdir()
+    (tmp_path / "taken" / "alarms" / "frame_000003.png").write_bytes(b"an earlier run's picture")
+    belt_bytes = belt.read_bytes()
     out = tmp_path / "w"
-    extra = [a.format(tmp=tmp_path) for a in extra]
+    extra = [a.format(tmp=tmp_path, belt=belt) for a in extra]
     assert main(["watch", "--model", str(tmp_path / "model.pt"), "--source", str(line), "--out", str(out), *extra]) == 2
-    assert words in one_error_line("watch", capsys.readouterr().err)
-    assert not out.exists()
+    assert words.format(tmp=tmp_path) in one_error_line("watch", capsys.readouterr().err)
+    assert not out.exists() and belt.read_bytes() == belt_bytes
+    assert (tmp_path / "taken" / "alarms" / "frame_000003.png").is_file()  # refused before anything was removed
 
 
 def test_the_synthetic_empty_belt_and_part_margins(tmp_path):

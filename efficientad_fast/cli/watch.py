@@ -28,12 +28,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
     alarms) and a summary. A file is read as fast as scoring goes (no frame dropped) unless
     --realtime; a camera or URL is live: frames that come while scoring lags are dropped and
     counted. Ctrl-C stops and keeps everything written (exit 130)."""
-    from ..stream import Inspector, check_video_path, format_summary, open_source, watch
+    from ..stream import Inspector, check_video_path, check_watch_outputs, format_summary, open_source, watch
 
     # A source that cannot be read fails before any work; watch's own earlier pictures are no frames.
+    _check_part_args(args)
+    check_watch_outputs(args.out, args.parts)  # a FIFO there would hang the watch after calibrating
     source = open_source(args.source, fps=args.fps, skip=[Path(args.out) / "alarms"]).open()
     if args.save_video:
-        check_video_path(args.save_video, args.source)
+        inputs = {"--belt": args.belt, "--calibrate-on": args.calibrate_on}
+        check_video_path(args.save_video, args.source, {k: v for k, v in inputs.items() if v is not None})
     model = _load_model(args, 1)
     tile = model.tile if args.tile is None else args.tile
     predictor = None  # the Inspector's FastPredictor of the whole frame
@@ -66,10 +69,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 f"of {args.calibrate_on}"
             )
             if judge is not None and args.part_threshold is None:
-                from ..stream import calibrate_parts
+                from ..stream import PART_MARGIN, calibrate_parts
 
-                part = calibrate_parts(inspector, judge, args.calibrate_on, margin=args.part_margin)
-                print(f"part threshold {part:.4g}: from the parts of {args.calibrate_on} (margin {args.part_margin})")
+                margin = PART_MARGIN if args.part_margin is None else args.part_margin
+                part = calibrate_parts(inspector, judge, args.calibrate_on, margin=margin)
+                print(f"part threshold {part:.4g}: from the parts of {args.calibrate_on} (margin {margin})")
         watching = True
         summary = watch(
             inspector,
@@ -81,6 +85,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             fps=args.fps,
             progress=_progress_enabled(args),
             parts=judge,
+            serve=_live_page(args, inspector),
         )
     except KeyboardInterrupt:
         written = Path(args.out) / "summary.json"
@@ -101,23 +106,56 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _part_judge(args: argparse.Namespace, inspector):
-    """The PartJudge of --parts (its belt learned from --belt), else None; part options
-    without --parts, or --parts without --belt, are usage errors."""
-    from ..stream import Belt, PartJudge, PartTracker
+def _live_page(args: argparse.Namespace, inspector):
+    """The LivePage of --serve (started by watch), else None."""
+    if args.serve is None:
+        return None
+    from ..stream import LivePage
 
-    given = [
-        name
-        for name, value in (("--belt", args.belt), ("--part-k", args.part_k), ("--part-threshold", args.part_threshold))
-        if value is not None
-    ]
+    host, port = args.serve
+    return LivePage(host, port, source=str(args.source), map_threshold=inspector.map_threshold)
+
+
+def _serve_address(text: str) -> tuple[str, int]:
+    """argparse type of --serve: ``HOST:PORT`` or ``PORT``."""
+    from ..stream.live_page import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--serve ")) from None
+
+
+def _check_part_args(args: argparse.Namespace) -> None:
+    """Part options without --parts, --parts without --belt, a --part-margin that is negative
+    or has no --calibrate-on to apply to: usage errors, before any work."""
+    options = {
+        "--belt": args.belt,
+        "--part-k": args.part_k,
+        "--part-threshold": args.part_threshold,
+        "--part-margin": args.part_margin,
+    }
+    given = [name for name, value in options.items() if value is not None]
     if not args.parts:
         if given:
             raise _BadArguments(f"{', '.join(given)}: for --parts only")
-        return None
+        return
     if args.belt is None:
         raise _BadArguments("--parts needs --belt CLIP: a video, folder or image of the empty belt")
-    belt = Belt.from_source(args.belt, args.image_size)
+    if args.part_margin is not None and (args.part_margin < 0 or args.calibrate_on is None):
+        raise _BadArguments("--part-margin: a number >= 0 for the part threshold of --calibrate-on")
+
+
+def _part_judge(args: argparse.Namespace, inspector):
+    """The PartJudge of --parts (its belt learned from --belt), else None."""
+    from ..stream import Belt, PartJudge, PartTracker
+
+    if not args.parts:
+        return None
+    try:
+        belt = Belt.from_source(args.belt, args.image_size)
+    except (OSError, ValueError) as exc:  # the source's errors call it "the video source"
+        raise type(exc)(f"--belt {args.belt}: {exc}") from exc
     # Without --part-threshold or --calibrate-on: the frame threshold (a part's score is a
     # maximum of the map, as a frame's is).
     threshold = args.part_threshold
@@ -210,7 +248,16 @@ def _add_watch_parser(subparsers) -> None:
 
 
 def _add_part_args(w) -> None:
-    """watch's --parts and its settings."""
+    """watch's --parts and its settings, and --serve."""
+    w.add_argument(
+        "--serve",
+        type=_serve_address,
+        default=None,
+        metavar="[HOST:]PORT",
+        help="show a live page while watching (frame and heatmap, score trace, part verdicts, counters) "
+        "at http://HOST:PORT/ (HOST default 127.0.0.1: anyone who can reach it sees the camera); "
+        "it stops with the watch",
+    )
     w.add_argument(
         "--parts",
         action="store_true",
@@ -232,7 +279,7 @@ def _add_part_args(w) -> None:
     w.add_argument(
         "--part-margin",
         type=finite_number,
-        default=0.25,
+        default=None,
         help="--calibrate-on's part threshold: the highest normal part plus this many times its distance "
         "from their median (default 0.25)",
     )

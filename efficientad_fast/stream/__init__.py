@@ -39,6 +39,7 @@ clip of normal frames, which also accounts for the camera and the smoother.
 
 from .analysis import alarm_figures, compare_smoothers, plot_stream, replay, smoother_table, threshold_for_recall
 from .inspector import CALIBRATION_QUANTILE, FrameResult, Inspector
+from .live_page import LivePage
 from .parts import PART_MARGIN, PartJudge, PartVerdict, calibrate_parts, part_threshold
 from .smoothing import SMOOTHERS, EMASmoothing, HysteresisSmoothing, KOfNSmoothing, NoSmoothing, make_smoother
 from .sources import (
@@ -53,7 +54,7 @@ from .sources import (
     prepare_frame,
 )
 from .tracking import Belt, Box, PartTracker, Track
-from .watch import check_video_path, format_summary, watch
+from .watch import check_video_path, check_watch_outputs, format_summary, watch
 
 __all__ = [
     "CALIBRATION_QUANTILE",
@@ -70,6 +71,7 @@ __all__ = [
     "HysteresisSmoothing",
     "Inspector",
     "KOfNSmoothing",
+    "LivePage",
     "NoSmoothing",
     "PartJudge",
     "PartTracker",
@@ -81,6 +83,7 @@ __all__ = [
     "calibrate_parts",
     "check_fps",
     "check_video_path",
+    "check_watch_outputs",
     "compare_smoothers",
     "format_summary",
     "make_smoother",

@@ -33,7 +33,8 @@ PART_MARGIN = 0.25  # part_threshold's margin over the highest normal part, in (
 @dataclass
 class PartVerdict:
     """A part's one verdict: ``verdict`` "pass" or "reject" (None while uncalibrated),
-    ``score`` (see the module docstring) from ``deciding_frame``; ``latency_ms`` from the
+    ``score`` (see the module docstring) from ``deciding_frame`` (inf where the map had NaN
+    in the part's box: never a pass; null in JSON); ``latency_ms`` from the
     first frame without the part (it left) to the verdict (None for a part still in view at
     the end: ``left`` False); ``picture`` (uint8 (H, W, 3)) the deciding frame's crop beside
     its heatmap, kept for rejected parts only and not written to JSON."""
@@ -59,7 +60,7 @@ class PartVerdict:
             "first_frame": self.first_frame,
             "last_frame": self.last_frame,
             "frames": self.frames,
-            "score": float(f"{self.score:.6g}"),
+            "score": float(f"{self.score:.6g}") if math.isfinite(self.score) else None,  # JSON has no NaN/inf
             "threshold": None if self.threshold is None else float(f"{self.threshold:.6g}"),
             "verdict": self.verdict,
             "deciding_frame": self.deciding_frame,
@@ -77,6 +78,7 @@ class _Seen:
 
     inside: list = field(default_factory=list)
     anywhere: list = field(default_factory=list)
+    unscorable: tuple | None = None  # a frame whose map had NaN in the part's box: it decides
 
 
 def _keep_top(entries: list, entry: tuple, k: int) -> None:
@@ -121,8 +123,16 @@ class PartJudge:
             box = track.boxes[result.frame]
             crop = (slice(max(box.y0, 0), min(box.y1, height)), slice(max(box.x0, 0), min(box.x1, width)))
             score = float(result.anomaly_map[crop].max())
-            entry = (score, result.frame, result.image[:, crop[0], crop[1]], result.anomaly_map[crop])
             kept = self._seen.setdefault(track.part, _Seen())
+            unscorable = math.isnan(score)  # a map that could not be computed: the part can never pass
+            entry = (
+                math.inf if unscorable else score,
+                result.frame,
+                result.image[:, crop[0], crop[1]],
+                result.anomaly_map[crop],
+            )
+            if unscorable and kept.unscorable is None:
+                kept.unscorable = entry
             _keep_top(kept.anywhere, entry, self.k)
             if not box.touches_border(width, height, self.tracker.edge):
                 _keep_top(kept.inside, entry, self.k)
@@ -135,7 +145,7 @@ class PartJudge:
     def _verdict(self, track: Track) -> PartVerdict:
         kept = self._seen.pop(track.part, _Seen())
         entries = kept.inside or kept.anywhere
-        score, frame, image, amap = entries[min(self.k, len(entries)) - 1]
+        score, frame, image, amap = kept.unscorable or entries[min(self.k, len(entries)) - 1]
         verdict = None if self.threshold is None else ("reject" if score > self.threshold else "pass")
         picture = None
         if verdict == "reject":
@@ -184,8 +194,8 @@ def part_threshold(scores, margin: float = PART_MARGIN) -> float:
     values = np.asarray([float(s) for s in scores], dtype=np.float64)
     if values.size < 3 or not np.isfinite(values).all():
         raise ValueError(f"part calibration needs the finite scores of at least 3 normal parts, got {values.size}")
-    if not margin >= 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin}")
     highest = float(values.max())
     return highest + margin * (highest - float(np.median(values)))
 
@@ -195,6 +205,7 @@ def calibrate_parts(
 ) -> float:
     """Score a clip of normal parts, set ``judge.threshold`` from their part scores
     (:func:`part_threshold`) and return it."""
+    part_threshold([0.0, 0.0, 0.0], margin)  # a bad margin refused before the clip is scored
     judge.reset()
     saved, judge.threshold = judge.threshold, None
     scores: list[float] = []

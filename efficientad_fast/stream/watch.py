@@ -19,6 +19,7 @@ from .._signals import Terminated, interrupts_held
 from ..data.video import VIDEO_CODECS, require_av
 from ..heatmaps import captioned, heatmap_overlay, save_png
 from .inspector import FrameResult, Inspector
+from .live_page import LivePage
 from .parts import PartJudge, PartVerdict
 from .sources import open_source
 
@@ -35,16 +36,20 @@ def _stats(latencies: list[float], scored: int, seconds: float) -> dict:
     }
 
 
-def check_video_path(path: str | os.PathLike, source=None) -> str:
+def check_video_path(path: str | os.PathLike, source=None, inputs: dict | None = None) -> str:
     """The codec for an annotated video at ``path`` (from its suffix), after making sure its
-    folder can be written and that it is not the ``source`` being watched (the video would
-    replace it): ValueError/PermissionError that name the path, before any work."""
+    folder can be written and that it is neither the ``source`` being watched nor one of the
+    other ``inputs`` ({option: path}, e.g. the belt clip; the video would replace it):
+    ValueError/PermissionError that name the path, before any work."""
     from .._checkpoint import refuse_non_file_target, writable_folder
 
     path = Path(path)
     target = getattr(source, "target", source)
     if isinstance(target, (str, os.PathLike)) and os.path.realpath(path) == os.path.realpath(target):
         raise ValueError(f"--save-video {path} is the video being watched: name another file")
+    for option, given in (inputs or {}).items():
+        if os.path.realpath(path) == os.path.realpath(given):
+            raise ValueError(f"--save-video {path} is the {option} clip: name another file")
     refuse_non_file_target(path, "--save-video: ")
     codec = VIDEO_CODECS.get(path.suffix.lower())
     if codec is None:
@@ -122,6 +127,7 @@ def watch(
     fps: float | None = None,
     progress: bool = True,
     parts: PartJudge | None = None,
+    serve: LivePage | None = None,
 ) -> dict:
     """Run ``inspector`` over ``source`` and write ``out/frames.jsonl`` (one JSON line per
     frame scored or failed: frame, time_s, score, smoothed, alarm, latency_ms, dropped,
@@ -132,44 +138,30 @@ def watch(
     written) loses nothing. ``parts``: also one verdict per part, as each leaves the view
     (``out/parts.jsonl``, one JSON line per part, see :class:`PartVerdict`; a picture per
     rejected part in ``out/parts/``; the parts still in view at the end are judged then,
-    ``left`` false). Returns the summary."""
-    from .._checkpoint import writable_folder
-
+    ``left`` false). ``serve``: a :class:`LivePage` (not started) that shows the stream
+    while it runs and stops with it. Returns the summary."""
     # Everything that can be refused is, before any output exists.
     source = _open_without_own_pictures(source, fps, Path(out))
     writer = _VideoWriter(Path(save_video), fps or 25.0, source) if save_video else None
-    out = writable_folder(out)
-    alarms_dir = out / "alarms"
-    alarms_dir.mkdir(exist_ok=True)
-    for old in alarms_dir.glob("frame_*.png"):  # a previous run's pictures would read as this run's
-        old.unlink()
-    part_lines = _PartLines(out, parts) if parts is not None else None
+    if serve is not None:
+        serve.start()  # a port that cannot be had is refused before any output exists
+        if progress:
+            print(f"live page: {serve.url}", file=sys.stderr)
+    folder, alarms_dir, part_lines = _prepare_outputs(Path(out), parts, serve)
     latencies: list[float] = []
-    summary: dict[str, Any] = {  # JSON
-        "source": str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__,
-        "smoothing": inspector.smoothing,
-        "threshold": inspector.threshold,
-        "latency_frames": inspector.latency_frames,
-        "frames": 0,
-        "scored": 0,
-        "errors": 0,
-        "alarms": 0,
-        "alarm_frames": 0,
-        "dropped": 0,
-        "interrupted": False,
-        "first_errors": [],
-    }
-    if parts is not None:
-        summary.update(parts=0, rejected=0, part_threshold=parts.threshold, part_k=parts.k)
+    summary = _new_summary(source, inspector, parts)
     started = last_print = time.perf_counter()
     was_on = False
     try:
-        with open(out / "frames.jsonl", "w") as lines:
+        with open(folder / "frames.jsonl", "w") as lines:
             for result in inspector.run(source, max_frames=max_frames, realtime=realtime, fps=fps):
                 lines.write(json.dumps(result.to_json()) + "\n")
                 lines.flush()
                 summary["frames"] += 1
                 summary["dropped"] = result.dropped
+                if serve is not None:
+                    summary["fps"] = summary["scored"] / max(time.perf_counter() - started, 1e-9)
+                    serve.update(result, summary, inspector.threshold)
                 if result.error is not None:
                     summary["errors"] += 1
                     if len(summary["first_errors"]) < 10:
@@ -180,7 +172,7 @@ def watch(
                 latencies.append(result.latency_ms)
                 summary["alarm_frames"] += int(result.alarm)
                 if part_lines is not None:
-                    part_lines.write(part_lines.judge.update(result), summary)
+                    part_lines.write(part_lines.judge.update(result), summary, serve)
                 picture = None
                 if result.alarm and not was_on:
                     summary["alarms"] += 1
@@ -206,10 +198,68 @@ def watch(
         summary["dropped"] = max(summary["dropped"], inspector.dropped)
         try:
             if part_lines is not None:  # the parts still in view: judged on what was seen of them
-                part_lines.write(part_lines.judge.finish(), summary)
+                part_lines.write(part_lines.judge.finish(), summary, serve)
                 part_lines.close()
+                summary["part_skipped_frames"] = part_lines.judge.tracker.skipped_frames
         finally:
-            _finish(writer, summary, latencies, started, out, progress)
+            if serve is not None:
+                serve.stop()
+            _finish(writer, summary, latencies, started, folder, progress)
+    return summary
+
+
+def check_watch_outputs(out: str | os.PathLike, parts: bool = False) -> None:
+    """Refuse, before any work, a FIFO, device or folder where watch writes a file
+    (frames.jsonl, summary.json, parts.jsonl: opening a FIFO would wait forever) and a file
+    where it makes a folder (alarms/, parts/): ValueError/IsADirectoryError naming the path."""
+    from .._checkpoint import refuse_non_file_target
+
+    out = Path(out)
+    names = ["frames.jsonl", "summary.json"] + (["parts.jsonl"] if parts else [])
+    for name in names:
+        refuse_non_file_target(out / name)
+    for folder in ["alarms"] + (["parts"] if parts else []):
+        if os.path.lexists(out / folder) and not (out / folder).is_dir():
+            raise ValueError(f"{out / folder} is not a folder: watch writes its pictures there; move it away")
+
+
+def _prepare_outputs(out: Path, parts: PartJudge | None, serve: LivePage | None):
+    """(out made, its alarms/ cleared of an earlier run's pictures, the _PartLines of
+    ``parts`` or None); the started page is stopped when that fails."""
+    from .._checkpoint import writable_folder
+
+    try:
+        check_watch_outputs(out, parts is not None)  # before an earlier run's pictures are removed
+        out = writable_folder(out)
+        alarms_dir = out / "alarms"
+        alarms_dir.mkdir(exist_ok=True)
+        for old in alarms_dir.glob("frame_*.png"):  # a previous run's pictures would read as this run's
+            old.unlink()
+        return out, alarms_dir, (_PartLines(out, parts) if parts is not None else None)
+    except BaseException:
+        if serve is not None:
+            serve.stop()
+        raise
+
+
+def _new_summary(source, inspector: Inspector, parts: PartJudge | None) -> dict[str, Any]:
+    """summary.json's fields before the first frame (JSON values)."""
+    summary: dict[str, Any] = {
+        "source": str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__,
+        "smoothing": inspector.smoothing,
+        "threshold": inspector.threshold,
+        "latency_frames": inspector.latency_frames,
+        "frames": 0,
+        "scored": 0,
+        "errors": 0,
+        "alarms": 0,
+        "alarm_frames": 0,
+        "dropped": 0,
+        "interrupted": False,
+        "first_errors": [],
+    }
+    if parts is not None:
+        summary.update(parts=0, rejected=0, part_threshold=parts.threshold, part_k=parts.k)
     return summary
 
 
@@ -225,14 +275,19 @@ class _PartLines:
         judge.reset()
         self.lines = open(out / "parts.jsonl", "w")
 
-    def write(self, verdicts: list[PartVerdict], summary: dict[str, Any]) -> None:
+    def write(self, verdicts: list[PartVerdict], summary: dict[str, Any], page: LivePage | None = None) -> None:
+        if page is not None:
+            page.add_verdicts(verdicts)
         for verdict in verdicts:
-            self.lines.write(json.dumps(verdict.to_json()) + "\n")
-            self.lines.flush()
-            summary["parts"] += 1
-            summary["rejected"] += verdict.verdict == "reject"
-            if verdict.picture is not None:
-                save_png(verdict.picture, self.pictures / f"part_{verdict.part:06d}.png")
+            # The picture, the line and the counts together: Ctrl-C while the picture was
+            # saved kept the line of a rejected part without its picture (the eleventh probe).
+            with interrupts_held():
+                if verdict.picture is not None:
+                    save_png(verdict.picture, self.pictures / f"part_{verdict.part:06d}.png")
+                self.lines.write(json.dumps(verdict.to_json()) + "\n")
+                self.lines.flush()
+                summary["parts"] += 1
+                summary["rejected"] += verdict.verdict == "reject"
 
     def close(self) -> None:
         self.lines.close()
@@ -307,6 +362,12 @@ def format_summary(summary: dict) -> str:
             f"parts: {summary['parts']} judged, {summary['rejected']} rejected (score: k-th largest frame, "
             f"k={summary['part_k']}; threshold {'none' if threshold is None else f'{threshold:.4g}'})"
         )
+        skipped = summary.get("part_skipped_frames", 0)
+        if skipped and skipped >= summary["scored"] / 2:
+            lines.append(
+                f"warning: {skipped} of {summary['scored']} frames differed from the belt almost everywhere and "
+                "were not tracked: is --belt a clip of this camera's empty belt, at this light?"
+            )
     for error in summary.get("first_errors", [])[:3]:
         lines.append(f"decode error at frame {error['frame']}: {error['error']}")
     if summary.get("interrupted"):
