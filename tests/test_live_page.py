@@ -59,6 +59,8 @@ def test_the_pages_endpoints_answer_and_it_stops(tmp_path):
         status, kind, body = get(page.url + "frame.jpg?n=3")
         assert status == 200 and kind == "image/jpeg" and body[:3] == b"\xff\xd8\xff"
         assert get(page.url + "nope")[0] == 404
+        page.update(frame_result(3, float("nan")), {"frames": 4})
+        assert json.loads(get(page.url + "state.json")[2], parse_constant=pytest.fail)["scores"][-1] is None
     finally:
         page.stop()
     with pytest.raises(OSError):

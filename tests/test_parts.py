@@ -106,6 +106,12 @@ def test_bad_belts_frames_and_settings_are_refused(belt):
         PartTracker("belt.avi")
     with pytest.raises(ValueError, match="max_missed >= 1"):
         PartTracker(belt, max_missed=0)
+    tracker, frame = PartTracker(belt), conveyor([[30]])[0]
+    tracker.update(5, frame)
+    with pytest.raises(ValueError, match="frame numbers must increase: 5 after 5"):
+        tracker.update(5, frame)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        tracker.update(6, np.full_like(frame, np.nan))
 
 
 # -- the part score and verdict ---------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,7 +86,8 @@ class LivePage:
         self._lock = threading.Lock()
         self._scores: deque[float | None] = deque(maxlen=TRACE_FRAMES)
         self._verdicts: deque[dict] = deque(maxlen=SHOWN_VERDICTS)
-        self._latest: tuple[np.ndarray, np.ndarray] | None = None
+        self._latest: tuple[int, np.ndarray, np.ndarray] | None = None  # frame, image, map
+        self._jpeg: tuple[int, bytes] | None = None  # made once per frame, whoever asks
         self._counters: dict = {"frames": 0, "fps": None, "dropped": 0, "alarms": 0, "parts": 0, "rejected": 0}
         self._threshold: float | None = None
         self._server: ThreadingHTTPServer | None = None
@@ -100,6 +102,8 @@ class LivePage:
         page = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # a client that sends nothing is dropped, not waited for
+
             def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
                 page._answer(self)
 
@@ -136,7 +140,7 @@ class LivePage:
         with self._lock:
             self._scores.append(result.score)
             if result.image is not None and result.anomaly_map is not None:
-                self._latest = (result.image, result.anomaly_map)
+                self._latest = (result.frame, result.image, result.anomaly_map)
             for key in ("frames", "fps", "dropped", "alarms", "parts", "rejected"):
                 if key in summary:
                     self._counters[key] = summary[key]
@@ -154,7 +158,7 @@ class LivePage:
                 **self._counters,
                 "source": self.source,
                 "threshold": self._threshold,
-                "scores": list(self._scores),
+                "scores": [v if v is None or math.isfinite(v) else None for v in self._scores],  # JSON: no NaN
                 "verdicts": list(self._verdicts),
             }
 
@@ -165,12 +169,17 @@ class LivePage:
         from ..heatmaps import heatmap_overlay
 
         with self._lock:
-            latest = self._latest
+            latest, made = self._latest, self._jpeg
         if latest is None:
             return None
+        frame, image, amap = latest
+        if made is not None and made[0] == frame:
+            return made[1]
         buffer = io.BytesIO()
-        Image.fromarray(heatmap_overlay(latest[0], latest[1], self.map_threshold)).save(buffer, "JPEG", quality=85)
-        return buffer.getvalue()
+        Image.fromarray(heatmap_overlay(image, amap, self.map_threshold)).save(buffer, "JPEG", quality=85)
+        with self._lock:
+            self._jpeg = (frame, buffer.getvalue())
+        return self._jpeg[1]
 
     def _answer(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]

@@ -68,7 +68,10 @@ def _check_image(image: np.ndarray, what: str) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
         shape = getattr(image, "shape", type(image).__name__)
         raise ValueError(f"{what} must be a float (3, H, W) array, got {shape}")
-    return image.astype(np.float32, copy=False)
+    image = image.astype(np.float32, copy=False)
+    if not np.isfinite(image).all():
+        raise ValueError(f"{what} has NaN or infinite values")
+    return image
 
 
 def _cell(shape: tuple[int, ...]) -> int:
@@ -224,6 +227,7 @@ class PartTracker:
         self.active: list[Track] = []
         self.next_part = 0
         self.skipped_frames = 0
+        self._last_frame = -(2**62)
 
     def blobs(self, image: np.ndarray) -> list[Box] | None:
         """The boxes of the parts in ``image`` (frame pixels), largest first; None for a
@@ -253,6 +257,9 @@ class PartTracker:
     def update(self, frame: int, image: np.ndarray) -> tuple[list[Track], list[Track]]:
         """Take frame number ``frame``: (the parts seen in it, the parts that left before it
         that were seen in at least ``min_frames`` frames)."""
+        if frame <= self._last_frame:
+            raise ValueError(f"frame numbers must increase: {frame} after {self._last_frame}")
+        self._last_frame = frame
         boxes = self.blobs(image)
         if boxes is None:
             self.skipped_frames += 1
@@ -284,7 +291,7 @@ class PartTracker:
 
     def reset(self) -> None:
         """Start a new stream: no part in view, parts numbered from 0 again."""
-        self.active, self.next_part, self.skipped_frames = [], 0, 0
+        self.active, self.next_part, self.skipped_frames, self._last_frame = [], 0, 0, -(2**62)
 
     def finish(self) -> list[Track]:
         """The parts still in view when the stream ends (``left`` False), as parts that left."""
