@@ -59,8 +59,13 @@ def test_the_pages_endpoints_answer_and_it_stops(tmp_path):
         status, kind, body = get(page.url + "frame.jpg?n=3")
         assert status == 200 and kind == "image/jpeg" and body[:3] == b"\xff\xd8\xff"
         assert get(page.url + "nope")[0] == 404
+        # The twelfth probe: NaN or infinite scores and verdicts made state.json invalid JSON.
         page.update(frame_result(3, float("nan")), {"frames": 4})
-        assert json.loads(get(page.url + "state.json")[2], parse_constant=pytest.fail)["scores"][-1] is None
+        page.update(frame_result(4, float("inf")), {"frames": 5})
+        page.add_verdicts([verdict(2, float("inf"))])
+        state = json.loads(get(page.url + "state.json")[2], parse_constant=pytest.fail)
+        assert state["scores"][-2:] == [None, None] and state["verdicts"][-1]["score"] is None
+        assert frame_result(5, float("inf")).to_json()["score"] is None  # frames.jsonl: null, not Infinity
     finally:
         page.stop()
     with pytest.raises(OSError):
@@ -71,11 +76,23 @@ def test_serve_addresses():
     assert parse_address("8765") == ("127.0.0.1", 8765)
     assert parse_address("0.0.0.0:80") == ("0.0.0.0", 80)
     assert parse_address("[::1]:9000") == ("::1", 9000)
-    for bad in ("", "host:", "127.0.0.1:99999", "abc"):
+    for bad in ("", "host:", "127.0.0.1:99999", "abc", "\u00b2"):
         with pytest.raises(ValueError, match="--serve takes PORT or HOST:PORT"):
             parse_address(bad)
     with pytest.raises(ValueError, match="port must be an int"):
         LivePage(port=-1)
+
+
+def test_an_ipv6_host_is_served_over_ipv6():
+    """The twelfth probe: --serve [::1]:PORT was parsed but the server spoke IPv4 only."""
+    try:
+        page = LivePage("::1", 0).start()
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        assert page.url.startswith("http://[::1]:") and get(page.url)[0] == 200
+    finally:
+        page.stop()
 
 
 def test_a_port_in_use_is_refused_before_any_output(tmp_path):

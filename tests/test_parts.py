@@ -207,6 +207,8 @@ def test_a_belt_that_matches_nothing_is_said(tmp_path):
     summary |= {"latency_p50_ms": 5.0, "latency_p99_ms": 9.0, "parts": 0, "rejected": 0, "part_k": 2}
     summary |= {"part_threshold": 0.3, "part_skipped_frames": 60}
     assert "60 of 60 frames differed from the belt almost everywhere" in format_summary(summary)
+    # The twelfth probe (W07): dropped frames merge or lose parts; the summary says so.
+    assert "12 frames dropped: parts are followed frame to frame" in format_summary({**summary, "dropped": 12})
     tracker = PartTracker(Belt.learn([np.zeros((3, SIZE, SIZE), np.float32)]))  # a black belt
     for index, image in enumerate(conveyor([[34]] * 4)):
         tracker.update(index, image)
@@ -219,6 +221,8 @@ def test_part_threshold_and_bad_judges():
         part_threshold([0.1, 0.2])
     with pytest.raises(ValueError, match="finite"):
         part_threshold([0.1, float("nan"), 0.2])
+    with pytest.raises(ValueError, match="no finite part threshold"):  # the twelfth probe (B7c)
+        part_threshold([1e308, -1e308, 0.0], 2.0)
     for margin in (float("inf"), float("nan"), -0.1):  # the eleventh probe (A06): an infinite threshold
         with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
             part_threshold([0.1, 0.2, 0.3], margin)

@@ -60,6 +60,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
         predictor=predictor,
     )
     judge = _part_judge(args, inspector)
+    page = _live_page(args, inspector)
+    if page is not None:  # a port that cannot be had is refused before the calibration clip is scored
+        page.start()
+        print(f"live page: {page.url}")
     watching = False
     try:
         if args.calibrate_on is not None:
@@ -85,7 +89,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             fps=args.fps,
             progress=_progress_enabled(args),
             parts=judge,
-            serve=_live_page(args, inspector),
+            serve=page,
         )
     except KeyboardInterrupt:
         written = Path(args.out) / "summary.json"

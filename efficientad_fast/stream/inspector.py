@@ -74,7 +74,8 @@ class _SmootherSettings(TypedDict):
 
 
 def _rounded(value: float | None) -> float | None:
-    return None if value is None else float(f"{value:.6g}")
+    """For JSON: 6 significant digits; None for NaN and infinities, which JSON does not have."""
+    return None if value is None or not math.isfinite(value) else float(f"{value:.6g}")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import socket
 import threading
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -65,7 +66,7 @@ async function tick(){
       `<span>alarms ${s.alarms}</span><span>parts ${s.parts}</span><span class="reject">rejected ${s.rejected}</span>`;
     draw(s.scores, s.threshold);
     const rows=s.verdicts.slice().reverse().map(v=>`<tr><td>${v.part}</td><td>${v.first_frame}-${v.last_frame}</td>`+
-      `<td>${v.score.toFixed(3)}</td><td class="${v.verdict}">${v.verdict??'-'}</td></tr>`).join('');
+      `<td>${v.score===null?'-':v.score.toFixed(3)}</td><td class="${v.verdict}">${v.verdict??'-'}</td></tr>`).join('');
     document.getElementById('parts').innerHTML='<tr><th>part</th><th>frames</th><th>score</th><th>verdict</th></tr>'+rows;
     if(s.frames) document.getElementById('frame').src='frame.jpg?n='+s.frames;
   }catch(e){}
@@ -73,6 +74,19 @@ async function tick(){
 tick(); setInterval(tick, 500);
 </script></body></html>
 """
+
+
+class _Server(ThreadingHTTPServer):
+    """IPv6 for an IPv6 host; a client that drops its connection is not a traceback on the
+    watch's stderr."""
+
+    def __init__(self, address: tuple[str, int], handler) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+    def handle_error(self, request, client_address) -> None:
+        pass
 
 
 class LivePage:
@@ -94,11 +108,19 @@ class LivePage:
         self._thread: threading.Thread | None = None
 
     @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
 
     def start(self) -> LivePage:
-        """Serve on a daemon thread; OSError naming the address when it cannot be bound."""
+        """Serve on a daemon thread (once; again is a no-op); OSError naming the address when
+        it cannot be bound."""
+        if self._server is not None:
+            return self
         page = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -110,10 +132,12 @@ class LivePage:
             def log_message(self, format, *args) -> None:  # noqa: A002 - quiet: the watch prints its own line
                 pass
 
+        shown = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:
-            self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        except OSError as exc:
-            raise OSError(exc.errno, f"--serve {self.host}:{self.port}: cannot listen there ({exc.strerror})") from exc
+            self._server = _Server((self.host, self.port), Handler)
+        except (OSError, OverflowError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            raise OSError(getattr(exc, "errno", None), f"--serve {shown}: cannot listen there ({why})") from exc
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="efficientad-fast-page", daemon=True)
@@ -186,7 +210,7 @@ class LivePage:
         if path in ("/", "/index.html"):
             body, kind, status = _PAGE.encode(), "text/html; charset=utf-8", 200
         elif path == "/state.json":
-            body, kind, status = json.dumps(self.state()).encode(), "application/json", 200
+            body, kind, status = json.dumps(_json_safe(self.state()), allow_nan=False).encode(), "application/json", 200
         elif path == "/frame.jpg":
             jpeg = self.frame_jpeg()
             body, kind, status = (jpeg, "image/jpeg", 200) if jpeg else (b"no frame scored yet", "text/plain", 503)
@@ -200,11 +224,22 @@ class LivePage:
         request.wfile.write(body)
 
 
+def _json_safe(value):
+    """``value`` with every non-finite float made None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``PORT`` (on 127.0.0.1) for ``--serve``; ValueError otherwise."""
     host, _, port = str(text).rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"--serve takes PORT or HOST:PORT (e.g. 127.0.0.1:8765), got {text!r}")
     return host, int(port)
 

@@ -197,7 +197,10 @@ def part_threshold(scores, margin: float = PART_MARGIN) -> float:
     if not (math.isfinite(margin) and margin >= 0):
         raise ValueError(f"margin must be a finite number >= 0, got {margin}")
     highest = float(values.max())
-    return highest + margin * (highest - float(np.median(values)))
+    threshold = highest + margin * (highest - float(np.median(values)))
+    if not math.isfinite(threshold):
+        raise ValueError(f"the normal parts' scores (up to {highest:.4g}) give no finite part threshold")
+    return threshold
 
 
 def calibrate_parts(

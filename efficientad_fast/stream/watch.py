@@ -143,10 +143,9 @@ def watch(
     # Everything that can be refused is, before any output exists.
     source = _open_without_own_pictures(source, fps, Path(out))
     writer = _VideoWriter(Path(save_video), fps or 25.0, source) if save_video else None
-    if serve is not None:
+    if serve is not None and not serve.running:
         serve.start()  # a port that cannot be had is refused before any output exists
-        if progress:
-            print(f"live page: {serve.url}", file=sys.stderr)
+        print(f"live page: {serve.url}", file=sys.stderr)  # also when quiet: port 0 picks one
     folder, alarms_dir, part_lines = _prepare_outputs(Path(out), parts, serve)
     latencies: list[float] = []
     summary = _new_summary(source, inspector, parts)
@@ -362,6 +361,12 @@ def format_summary(summary: dict) -> str:
             f"parts: {summary['parts']} judged, {summary['rejected']} rejected (score: k-th largest frame, "
             f"k={summary['part_k']}; threshold {'none' if threshold is None else f'{threshold:.4g}'})"
         )
+        if summary["dropped"]:
+            lines.append(
+                f"warning: {summary['dropped']} frames dropped: parts are followed frame to frame, so some may have "
+                "merged or been missed; score as fast as the camera (--precision, --max-latency-ms) or read a file "
+                "without --realtime"
+            )
         skipped = summary.get("part_skipped_frames", 0)
         if skipped and skipped >= summary["scored"] / 2:
             lines.append(
