@@ -68,6 +68,18 @@ def test_two_parts_in_view_at_once_stay_two(belt):
     assert [(p.first_frame, p.last_frame) for p in parts] == [(0, 6), (5, 13)]
 
 
+def test_a_torn_frame_joining_two_parts_does_not_carry_one_into_the_other(belt):
+    """Measured on a 1800-frame board line (bench/parts_line.py, seed 0): a torn frame while
+    a part slid out and the next slid in ran both into one blob, and the leaving part's track
+    went on as the entering one (11 of 150 parts lost)."""
+    positions = [[34]] * 5 + [[4, 100], "torn", [-40, 50], [34]] + [[34]] * 5 + [[]] * 3
+    frames = conveyor([p if p != "torn" else [] for p in positions])
+    frames[6][:, 30:90, 0:SIZE] = np.array([0.1, 0.6, 0.2], np.float32)[:, None, None]  # one blob over both
+    parts = track_all(PartTracker(belt), frames)
+    assert [(p.first_frame, p.last_frame) for p in parts] == [(0, 7), (5, 13)]
+    assert 6 not in parts[0].boxes and 6 not in parts[1].boxes  # held in the torn frame
+
+
 def test_touching_parts_are_one_blob(belt):
     tracker = PartTracker(belt)
     boxes = tracker.blobs(conveyor([[4, 64]])[0])

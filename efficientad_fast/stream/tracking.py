@@ -16,8 +16,9 @@ in view keep their boxes. Blobs are matched to the parts of the previous frame g
 box overlap (IoU), then by nearest centre within ``max_jump`` of the frame's side; a blob
 left over is a part entering; a part unseen for ``max_missed`` frames has left (its last box
 is where it was last seen). A part seen in fewer than ``min_frames`` frames is dropped as
-noise. Touching parts are one blob, hence one part: space parts on the belt, or score them
-together.
+noise. A blob over where two parts should be (a torn frame) updates neither: they are held
+for that frame. Touching parts are one blob, hence one part: space parts on the belt, or
+score them together.
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ class Box:
         inter = Box(max(self.x0, other.x0), max(self.y0, other.y0), min(self.x1, other.x1), min(self.y1, other.y1))
         union = self.area + other.area - inter.area
         return inter.area / union if union > 0 else 0.0
+
+    def clipped(self, width: int, height: int) -> Box:
+        """The part of the box inside a ``width`` x ``height`` frame (maybe empty)."""
+        return Box(max(self.x0, 0), max(self.y0, 0), min(self.x1, width), min(self.y1, height))
+
+    def covers_half(self, other: Box) -> bool:
+        """Whether this box covers at least half of ``other`` (a non-empty box)."""
+        inter = Box(max(self.x0, other.x0), max(self.y0, other.y0), min(self.x1, other.x1), min(self.y1, other.y1))
+        return other.area > 0 and 2 * inter.area >= other.area
 
     def touches_border(self, width: int, height: int, margin: int) -> bool:
         """Whether the box reaches within ``margin`` pixels of the frame's edge (the part is
@@ -264,9 +274,16 @@ class PartTracker:
         if boxes is None:
             self.skipped_frames += 1
             return [], []
-        matches = self._match(boxes, frame)
-        seen = []
+        # A blob over where two or more parts should be is those parts run together (a torn
+        # frame, a shadow): it updates none of them and starts no part; they are held, neither
+        # seen nor missed (the tracker had carried one part on into the next one).
         _, height, width = self.belt.shape
+        expected = {id(t): t.predicted(frame).clipped(width, height) for t in self.active}
+        merged = [b for b in boxes if sum(b.covers_half(expected[id(t)]) for t in self.active) >= 2]
+        held = [t for t in self.active if any(b.covers_half(expected[id(t)]) for b in merged)]
+        boxes = [b for b in boxes if all(b is not m for m in merged)]
+        matches = self._match(boxes, frame, exclude=held)
+        seen: list[Track] = []
         for track, box in matches:
             before, steps = track.box, frame - track.last_frame
             track.velocity = (
@@ -275,13 +292,18 @@ class PartTracker:
             )
             track.boxes[frame], track.missed = box, 0
             seen.append(track)
+        # A part entering moves with the belt: it starts at the velocity of the parts already
+        # followed (at rest it would be matched to the neighbour it slides in behind).
+        moving = [t.velocity for t in seen]
+        vx, vy = np.median(moving, axis=0) if moving else (0.0, 0.0)
+        start = (float(vx), float(vy))
         for box in (b for b in boxes if all(b is not m for _, m in matches)):
-            track = Track(self.next_part, frame, {frame: box})
+            track = Track(self.next_part, frame, {frame: box}, velocity=start)
             self.next_part += 1
             self.active.append(track)
             seen.append(track)
         left = []
-        for track in [t for t in self.active if all(t is not s for s in seen)]:
+        for track in [t for t in self.active if all(t is not s for s in seen + held)]:
             track.missed += 1
             if track.missed >= self.max_missed:
                 self.active.remove(track)
@@ -298,13 +320,13 @@ class PartTracker:
         remaining, self.active = self.active, []
         return [t for t in remaining if len(t.boxes) >= self.min_frames]
 
-    def _match(self, boxes: list[Box], frame: int) -> list[tuple[Track, Box]]:
-        """Greedy, against where each part should be now: the pairs of highest overlap
-        first, then of nearest centres."""
+    def _match(self, boxes: list[Box], frame: int, exclude: list[Track]) -> list[tuple[Track, Box]]:
+        """Greedy, against where each part (but those in ``exclude``) should be now: the
+        pairs of highest overlap first, then of nearest centres."""
         _, height, width = self.belt.shape
         reach = self.max_jump * max(height, width)
         pairs = []
-        for track in self.active:
+        for track in (t for t in self.active if all(t is not e for e in exclude)):
             expected = track.predicted(frame)
             for box in boxes:
                 overlap = expected.iou(box)
