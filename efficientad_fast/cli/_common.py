@@ -123,13 +123,15 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+def _given_options(args: argparse.Namespace, *dests: str) -> list[str]:
+    """The flags (``--max-frames``) of the options ``dests`` (``max_frames``) that were given:
+    not None."""
+    return [f"--{dest.replace('_', '-')}" for dest in dests if getattr(args, dest, None) is not None]
+
+
 def _folder_layout(args: argparse.Namespace):
     """The FolderLayout of --normal-dir and friends, None without --normal-dir."""
-    given = [
-        f"--{n.replace('_', '-')}"
-        for n in ("abnormal_dir", "mask_dir", "normal_test_dir")
-        if getattr(args, n, None) is not None
-    ]
+    given = _given_options(args, "abnormal_dir", "mask_dir", "normal_test_dir")
     if args.normal_dir is None:
         if given:
             raise _BadArguments(f"{', '.join(given)} need --normal-dir")

@@ -12,6 +12,7 @@ from ._common import (
     _add_training_args,
     _BadArguments,
     _folder_layout,
+    _given_options,
     _runner,
     _train_config,
     at_least,
@@ -66,19 +67,11 @@ def _check_train_source(args: argparse.Namespace) -> None:
         missing = [name for name, value in (("--data", args.data), ("--dataset", args.dataset)) if value is None]
         if missing:
             raise _BadArguments(f"the following arguments are required: {', '.join(missing)} (or --video FILE)")
-        given = [
-            name for name, value in (("--every", args.every), ("--max-frames", args.max_frames)) if value is not None
-        ]
+        given = _given_options(args, "every", "max_frames")
         if given:
             raise _BadArguments(f"{', '.join(given)}: for the frames of --video FILE only")
         return
-    options = {
-        "--data": args.data,
-        "--dataset": args.dataset,
-        "--category": args.category,
-        "--normal-dir": args.normal_dir,
-    }
-    given = [name for name, value in options.items() if value is not None]
+    given = _given_options(args, "data", "dataset", "category", "normal_dir")
     if given or args.engine == "ray":
         raise _BadArguments(
             f"--video trains one model on the video's frames: leave out {', '.join(given) or '--engine ray'}"

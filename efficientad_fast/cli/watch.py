@@ -12,6 +12,7 @@ from ._common import (
     _add_precision_arg,
     _add_tile_args,
     _BadArguments,
+    _given_options,
     _load_model,
     _progress_enabled,
     at_least,
@@ -133,13 +134,7 @@ def _serve_address(text: str) -> tuple[str, int]:
 def _check_part_args(args: argparse.Namespace) -> None:
     """Part options without --parts, --parts without --belt, a --part-margin that is negative
     or has no --calibrate-on to apply to: usage errors, before any work."""
-    options = {
-        "--belt": args.belt,
-        "--part-k": args.part_k,
-        "--part-threshold": args.part_threshold,
-        "--part-margin": args.part_margin,
-    }
-    given = [name for name, value in options.items() if value is not None]
+    given = _given_options(args, "belt", "part_k", "part_threshold", "part_margin")
     if not args.parts:
         if given:
             raise _BadArguments(f"{', '.join(given)}: for --parts only")

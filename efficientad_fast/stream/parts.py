@@ -121,7 +121,8 @@ class PartJudge:
         _, height, width = result.image.shape
         for track in seen:
             box = track.boxes[result.frame]
-            crop = (slice(max(box.y0, 0), min(box.y1, height)), slice(max(box.x0, 0), min(box.x1, width)))
+            inside = box.clipped(width, height)
+            crop = (slice(inside.y0, inside.y1), slice(inside.x0, inside.x1))
             score = float(result.anomaly_map[crop].max())
             kept = self._seen.setdefault(track.part, _Seen())
             unscorable = math.isnan(score)  # a map that could not be computed: the part can never pass

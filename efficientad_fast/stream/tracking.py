@@ -51,19 +51,22 @@ class Box:
     def centre(self) -> tuple[float, float]:
         return (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
 
+    def intersection(self, other: Box) -> Box:
+        """The boxes' common part (maybe empty: area 0)."""
+        return Box(max(self.x0, other.x0), max(self.y0, other.y0), min(self.x1, other.x1), min(self.y1, other.y1))
+
     def iou(self, other: Box) -> float:
-        inter = Box(max(self.x0, other.x0), max(self.y0, other.y0), min(self.x1, other.x1), min(self.y1, other.y1))
+        inter = self.intersection(other)
         union = self.area + other.area - inter.area
         return inter.area / union if union > 0 else 0.0
 
     def clipped(self, width: int, height: int) -> Box:
         """The part of the box inside a ``width`` x ``height`` frame (maybe empty)."""
-        return Box(max(self.x0, 0), max(self.y0, 0), min(self.x1, width), min(self.y1, height))
+        return self.intersection(Box(0, 0, width, height))
 
     def covers_half(self, other: Box) -> bool:
         """Whether this box covers at least half of ``other`` (a non-empty box)."""
-        inter = Box(max(self.x0, other.x0), max(self.y0, other.y0), min(self.x1, other.x1), min(self.y1, other.y1))
-        return other.area > 0 and 2 * inter.area >= other.area
+        return other.area > 0 and 2 * self.intersection(other).area >= other.area
 
     def touches_border(self, width: int, height: int, margin: int) -> bool:
         """Whether the box reaches within ``margin`` pixels of the frame's edge (the part is
