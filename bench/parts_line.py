@@ -35,10 +35,11 @@ from pathlib import Path
 SETTINGS = {"board": {"part_margin": 0}, "weave": {"part_margin": 12}}
 
 
-def make_videos(folder: Path, category: str, seed: int, train_frames: int, test_frames: int) -> dict[str, Path]:
+def make_videos(folder: Path, category: str, seed: int, args) -> dict[str, Path]:
     from efficientad_fast.data import make_synthetic_video
 
-    extra = SETTINGS[category]
+    extra = SETTINGS[category] | {"frame_size": args.frame_size}
+    train_frames, test_frames = args.train_frames, args.test_frames
     videos = {
         "normal": dict(frames=train_frames, defect_fraction=0.0, seed=1000 + seed),
         "belt": dict(frames=30, empty_belt=True, seed=2000 + seed),
@@ -138,17 +139,18 @@ def frame_figures(frames: list[dict], labels: list[dict]) -> dict:
 def measure(out: Path, category: str, seed: int, args) -> list[dict]:
     from efficientad_fast.data import read_video_labels
 
-    folder = out / f"{category}_seed{seed}"
-    videos = make_videos(folder, category, seed, args.train_frames, args.test_frames)
+    folder = out / f"{category}_{args.frame_size}px_{args.steps}steps_seed{seed}"
+    videos = make_videos(folder, category, seed, args)
     labels = read_video_labels(videos["line"])
     rows = []
-    for kind in ("video", "still"):
+    for kind in args.models:
         model = train(folder, category, kind, videos, seed, args.steps)
         run = watch(folder, kind, model, videos, args.dtype)
         verdicts = [json.loads(line) for line in (run / "parts.jsonl").read_text().splitlines()]
         frames = [json.loads(line) for line in (run / "frames.jsonl").read_text().splitlines()]
         summary = json.loads((run / "summary.json").read_text())
         row = {"category": category, "seed": seed, "model": kind, "fps": summary["fps"]}
+        row |= {"frame_size": args.frame_size, "steps": args.steps}
         row |= part_figures(verdicts, labels) | frame_figures(frames, labels)
         (folder / f"figures_{kind}.json").write_text(json.dumps(row, indent=2))
         rows.append(row)
@@ -170,13 +172,16 @@ COLUMNS = (
 def summary_table(out: Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*_seed*/figures_*.json"))]
     lines = [
-        "| category | model | seeds | " + " | ".join(COLUMNS) + " | parts (normal/defective), missed, split |",
-        "|---" * (len(COLUMNS) + 4) + "|",
+        "| category | frames | steps | model | seeds | "
+        + " | ".join(COLUMNS)
+        + " | parts (normal/defective), missed, split |",
+        "|---" * (len(COLUMNS) + 6) + "|",
     ]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["category"], row["model"]), []).append(row)
-    for (category, model), group in sorted(groups.items()):
+        key = (row["category"], row.get("frame_size", 128), row.get("steps", 500), row["model"])
+        groups.setdefault(key, []).append(row)
+    for (category, size, steps, model), group in sorted(groups.items()):
         cells = []
         for column in COLUMNS:
             values = [r[column] for r in group if r[column] is not None]
@@ -187,7 +192,9 @@ def summary_table(out: Path) -> str:
             f"{r['normal_parts']}/{r['defective_parts']}, {r['missed_parts']}, {r['split_parts']}" for r in group
         )
         seeds = ",".join(str(r["seed"]) for r in group)
-        lines.append(f"| {category} | {model} | {seeds} | " + " | ".join(cells) + f" | {counts} |")
+        lines.append(
+            f"| {category} | {size} px | {steps} | {model} | {seeds} | " + " | ".join(cells) + f" | {counts} |"
+        )
     return "\n".join(lines) + "\n\nMeans ± half the range over the seeds; counts per seed.\n"
 
 
@@ -197,6 +204,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--categories", nargs="+", choices=sorted(SETTINGS), default=["board"])
     parser.add_argument("--steps", type=int, default=500, help="training steps of both models (default 500)")
+    parser.add_argument("--models", nargs="+", choices=("video", "still"), default=["video", "still"])
+    parser.add_argument("--frame-size", type=int, default=128, help="video frame side in pixels (default 128)")
     parser.add_argument("--train-frames", type=int, default=1200, help="frames of the normal run (default 1200)")
     parser.add_argument("--test-frames", type=int, default=1800, help="frames of the test line (default 1800)")
     parser.add_argument("--dtype", default="bf16", help="watch's precision (default bf16)")
