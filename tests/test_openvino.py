@@ -156,6 +156,29 @@ def test_loader_rejects_bad_input(irs, bad, error, words):
     assert words in str(err.value)
 
 
+def test_ctrl_c_after_irs_freed_out_of_order_is_an_interrupt_not_a_crash(irs):
+    """Each openvino.Core put the thread on a signal stack of its own and put back the one it
+    found when freed: two loaded IRs freed first-in-first-out left the thread on a freed
+    stack, and the next SIGINT segfaulted the process (the full suite's pytest, in CI). Run
+    in a fresh process: the failure is a crash."""
+    import subprocess
+    import sys
+
+    code = f"""
+import gc, os, signal, time
+from efficientad_fast.deploy import openvino as ove
+first, second = ove.load_openvino({str(irs["fp32"])!r}), ove.load_openvino({str(irs["fp32"])!r})
+del first; gc.collect(); del second; gc.collect()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout.strip()) == (0, "interrupted"), done.stderr[-2000:]
+
+
 def _foreign_ir(path, rt_info=None):
     """A valid IR that is not ours: images -> images + 1, optionally with rt_info entries."""
     from openvino import opset13 as ops

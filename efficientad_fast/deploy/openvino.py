@@ -26,6 +26,7 @@ size, ...) is stored in the IR's ``rt_info`` under ``efficientad_fast``, with th
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -66,6 +67,15 @@ OVModel = Any
 
 def _require(module: str) -> ModuleType:
     return require(module, "openvino")
+
+
+@functools.cache
+def _core() -> Any:
+    """The process's one ``openvino.Core``. Each Core's CPU plugin puts the thread on a signal
+    stack of its own and, when the Core is freed, puts back the stack it found: with two
+    Cores freed out of order the thread was left on a freed stack, and the next Ctrl-C or
+    SIGTERM crashed the process with a segfault (openvino 2026.4, fresh-clone CI of 28ff869)."""
+    return _require("openvino").Core()
 
 
 def calibration_images(
@@ -238,8 +248,7 @@ class LoadedOpenVINO:
             raise ValueError(f"{path}: an OpenVINO IR is the .xml file (its weights are the .bin beside it)")
         if not path.with_suffix(".bin").is_file():
             raise FileNotFoundError(f"{path}: its weights file {path.with_suffix('.bin')} is missing")
-        ov = _require("openvino")
-        core = ov.Core()
+        core = _core()
         try:
             ov_model = core.read_model(str(path))
         except Exception as exc:  # not XML, not an IR, a .bin that does not fit
