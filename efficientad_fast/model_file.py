@@ -79,7 +79,14 @@ def _read_payload(path: Path) -> tuple[dict[str, Any], int]:
                 f"{path}: a model file holding a {refused.group(1)} object, which efficientad_fast never writes "
                 "(edited by another tool?): it is not read, as it could run code"
             ) from exc
-        raise ValueError(f"{path}: not an efficientad_fast model file ({start})") from exc
+        hint = ""
+        if Path(path).suffix.lower() in (".xml", ".bin", ".onnx", ".pt2"):  # an export of ours, given as --model
+            hint = (
+                "; the command line reads model.pt files: an export runs in its runtime (an OpenVINO IR "
+                "with efficientad_fast.deploy.openvino.load_openvino, a .pt2 with "
+                "efficientad_fast.deploy.export.load_package, ONNX with onnxruntime)"
+            )
+        raise ValueError(f"{path}: not an efficientad_fast model file ({start}){hint}") from exc
     if isinstance(payload, dict) and {"config", "format_version"} <= payload.keys() and payload.get("format") != FORMAT:
         # Our other keys are there: a changed byte, not another tool's file.
         raise ValueError(f"{path}: corrupt: format is {payload.get('format')!r}, not {FORMAT!r}")

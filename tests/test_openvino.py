@@ -275,3 +275,24 @@ def test_an_ir_written_through_a_link_lands_beside_the_links_target(tmp_path):
     ove.export_openvino(model, link)
     assert link.is_symlink() and sorted(p.name for p in (tmp_path / "real").iterdir()) == ["m.bin", "m.xml"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.xml", "real"]
+    # The thirteenth probe (E27): the loader looked for the .bin beside the link.
+    assert ove.load_openvino(link).path == link
+
+
+def test_a_loaded_ir_is_not_changed_by_its_files_being_overwritten(irs, tmp_path):
+    """The thirteenth probe (A08): the .bin was memory-mapped, so copying another export over
+    a loaded IR changed its scores, or killed the process (SIGBUS) when the copy was shorter."""
+    import shutil
+
+    for suffix in (".xml", ".bin"):
+        shutil.copy(irs["fp32"].with_suffix(suffix), tmp_path / f"m{suffix}")
+    ir = ove.load_openvino(tmp_path / "m.xml")
+    images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    before = ir(images)[1]
+    size = (tmp_path / "m.bin").stat().st_size
+    with open(tmp_path / "m.bin", "r+b") as weights:
+        weights.write(bytes(size))  # every weight zero, in place
+    assert torch.equal(ir(images)[1], before)
+    # Only when the zeros were not seen: with a mapped file this would raise SIGBUS here.
+    (tmp_path / "m.bin").write_bytes(b"")
+    assert torch.equal(ir(images)[1], before)

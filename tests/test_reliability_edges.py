@@ -1120,6 +1120,10 @@ def test_a_flipped_byte_in_a_pickled_torch_name_is_corrupt_but_a_saved_module_is
     torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)), module)
     with pytest.raises(ValueError, match="not an efficientad_fast model file"):
         load(module)
+    ir = tmp_path / "model.xml"  # the thirteenth probe: an OpenVINO IR given as --model
+    ir.write_text('<?xml version="1.0"?>\n<net name="Model0" version="11"></net>\n')
+    with pytest.raises(ValueError, match=r"the command line reads model.pt files.*load_openvino"):
+        load(ir)
 
 
 # -- the third probe's leftover poor items (issue 24) ----------------------------------------

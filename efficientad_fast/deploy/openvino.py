@@ -246,11 +246,15 @@ class LoadedOpenVINO:
             raise FileNotFoundError(f"no OpenVINO model at {path}")
         if path.suffix != ".xml":
             raise ValueError(f"{path}: an OpenVINO IR is the .xml file (its weights are the .bin beside it)")
-        if not path.with_suffix(".bin").is_file():
-            raise FileNotFoundError(f"{path}: its weights file {path.with_suffix('.bin')} is missing")
+        # The .bin lies beside the file a link points to (export writes it there).
+        weights = Path(os.path.realpath(path)).with_suffix(".bin")
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path}: its weights file {weights} is missing")
         core = _core()
         try:
-            ov_model = core.read_model(str(path))
+            # Read into memory, not mapped: a mapped .bin overwritten in place (cp over a
+            # deployed IR) changed the scores of the running model or killed it with SIGBUS.
+            ov_model = core.read_model(os.path.realpath(path), config={"ENABLE_MMAP": False})
         except Exception as exc:  # not XML, not an IR, a .bin that does not fit
             raise ValueError(f"{path}: cannot read it as an OpenVINO IR: {exc}") from exc
         self.metadata, checked = self._read_metadata(ov_model, path)
