@@ -478,3 +478,20 @@ def test_a_signal_while_watch_finishes_keeps_the_video_and_the_summary(model, sm
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["frames"] == 12
     with av.open(str(tmp_path / "out" / "a.avi")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 12
+
+
+def test_a_killed_runs_cut_video_is_removed_by_the_next_watch(model, small_video, tmp_path, capsys):
+    """The thirteenth probe (W32): after SIGKILL, --save-video's temporary file stayed, also
+    through a rerun writing the same video (predict removes its killed run's temporaries)."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process number that no longer runs
+    out = tmp_path / "out"
+    out.mkdir()
+    stale, other = out / f"a.tmp{dead.pid}.avi", out / f"b.tmp{dead.pid}.avi"
+    stale.write_bytes(b"cut"), other.write_bytes(b"another video's")
+    inspector = Inspector(model, smoothing="none", predictor=StandIn())
+    watch(inspector, small_video, out, save_video=out / "a.avi", progress=False)
+    assert not stale.exists() and other.exists() and (out / "a.avi").is_file()
+    assert f"removed {stale}, left by an earlier run that was killed" in capsys.readouterr().err

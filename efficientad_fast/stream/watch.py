@@ -67,10 +67,13 @@ class _VideoWriter:
     Ctrl-C, with the frames written so far), so ``path`` never holds a cut file."""
 
     def __init__(self, path: Path, fps: float, source=None) -> None:
-        from .._checkpoint import atomic_files
+        from .._checkpoint import atomic_files, remove_stale_temporaries
 
         self.av = require_av()
         self.codec, self.fps = check_video_path(path, source), fps
+        if path.parent.is_dir():  # the cut video of a run killed by SIGKILL (the thirteenth probe)
+            for stale in remove_stale_temporaries(path.parent, (path.stem,)):
+                print(f"removed {stale}, left by an earlier run that was killed", file=sys.stderr)
         self.files = contextlib.ExitStack()
         (self.temporary,) = self.files.enter_context(atomic_files(path))  # refuses a folder
         # PyAV's container and video stream once the first frame came: Any, as self.av is the
