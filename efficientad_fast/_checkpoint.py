@@ -305,7 +305,7 @@ def atomic_files(*paths: str | os.PathLike, needs_bytes: int | None = None) -> I
     that cleans up before it fails is still read right). A target that is a symbolic link is
     written where the link points (the link stays; a rename would replace the link itself:
     the eighth probe turned /dev/stdout into a plain file)."""
-    shown = Path(paths[0])
+    shown = " and ".join(str(p) for p in paths)  # an IR's .bin is the file a full disk usually cuts
     targets = [Path(os.path.realpath(p)) for p in paths]
     for path, given in zip(targets, paths):
         refuse_link_into_missing_folder(given)

@@ -214,6 +214,12 @@ def test_loader_rejects_missing_and_foreign_files(tmp_path, irs):
         ove.load_openvino(irs["fp32"].with_suffix(".bin"))
 
 
+def test_a_device_this_machine_lacks_is_named_with_the_devices_it_has(irs):
+    # The thirteenth probe (A10): "GPU" without one said only "libOpenCL.so.1" could not load.
+    with pytest.raises(ValueError, match=r"device 'NOPE'.*devices on this machine: .*CPU"):
+        ove.load_openvino(irs["fp32"], device="NOPE")
+
+
 def test_export_rejects_bad_arguments(board_trained, tmp_path):
     model = board_trained[0]
     with pytest.raises(ValueError, match="precision must be one of"):

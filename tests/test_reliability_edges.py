@@ -767,6 +767,8 @@ def test_openvino_export_onto_a_full_disk_is_one_line(full_disk, model_file, cap
     line = one_error_line("export", capsys.readouterr().err)
     # The fourth probe: OpenVINO's own "basic_ios::clear: iostream error" read as a full disk
     assert f"no space left writing {out}" in line and "basic_ios" not in line
+    # The thirteenth probe (E35): the 32 MB .bin is what does not fit, so the line names it too
+    assert f"and {out.with_suffix('.bin')}" in line
     assert list(full_disk.iterdir()) == []
 
 
@@ -1243,6 +1245,20 @@ def test_predict_removes_the_half_written_scores_of_a_killed_run(tmp_path, model
         "scores.csv",
         f"scores.tmp{os.getppid()}.csv",
     ]
+
+
+def test_predict_into_a_used_out_says_the_earlier_pictures_stay(tmp_path, model_file, frames, capsys):
+    """The thirteenth probe (K15): earlier heatmaps stayed beside a scores.csv that does not list
+    them, unsaid. predict deletes nothing it did not write this run, but says so."""
+    out = tmp_path / "out"
+    (out / "heatmaps").mkdir(parents=True)
+    (out / "heatmaps" / "earlier_part.png").write_bytes(b"an earlier run's picture")
+    args = ["predict", "--model", str(model_file), str(frames), "--out", str(out), "--precision", "fp32", "--quiet"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"{out / 'heatmaps'} already holds 1 picture(s) of an earlier run" in err
+    assert (out / "heatmaps" / "earlier_part.png").read_bytes() == b"an earlier run's picture"
+    assert "earlier_part" not in (out / "scores.csv").read_text()
 
 
 @pytest.mark.parametrize(

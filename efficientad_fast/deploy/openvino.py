@@ -247,14 +247,15 @@ class LoadedOpenVINO:
         if path.suffix != ".xml":
             raise ValueError(f"{path}: an OpenVINO IR is the .xml file (its weights are the .bin beside it)")
         # The .bin lies beside the file a link points to (export writes it there).
-        weights = Path(os.path.realpath(path)).with_suffix(".bin")
+        real = os.path.realpath(path)
+        weights = Path(real).with_suffix(".bin")
         if not weights.is_file():
             raise FileNotFoundError(f"{path}: its weights file {weights} is missing")
         core = _core()
         try:
             # Read into memory, not mapped: a mapped .bin overwritten in place (cp over a
             # deployed IR) changed the scores of the running model or killed it with SIGBUS.
-            ov_model = core.read_model(os.path.realpath(path), config={"ENABLE_MMAP": False})
+            ov_model = core.read_model(real, config={"ENABLE_MMAP": False})
         except Exception as exc:  # not XML, not an IR, a .bin that does not fit
             raise ValueError(f"{path}: cannot read it as an OpenVINO IR: {exc}") from exc
         self.metadata, checked = self._read_metadata(ov_model, path)
@@ -273,7 +274,12 @@ class LoadedOpenVINO:
         try:
             self._compiled = core.compile_model(ov_model, device, options)
         except Exception as exc:  # an unknown device or option
-            raise ValueError(f"{path}: OpenVINO cannot compile it for device {device!r} with {options}: {exc}") from exc
+            # A plugin that cannot load (the GPU one without OpenCL) says so in its own terms only.
+            here = ", ".join(core.available_devices) or "none"
+            raise ValueError(
+                f"{path}: OpenVINO cannot compile it for device {device!r} with {options} "
+                f"(devices on this machine: {here}): {exc}"
+            ) from exc
 
     @staticmethod
     def _read_metadata(ov_model: OVModel, path: Path) -> tuple[dict[str, str], CheckedMetadata]:

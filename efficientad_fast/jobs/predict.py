@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import errno
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,14 @@ def _output_folder(out_dir) -> Path:
             stale += remove_stale_temporaries(out_dir / pictures, None)
     for path in stale:
         print(f"removed {path}, left by an earlier run that was killed")
+    for pictures in PICTURE_FOLDERS:  # the thirteenth probe (K15): not deleted, but said
+        earlier = sum(1 for _ in (out_dir / pictures).glob("*.png")) if (out_dir / pictures).is_dir() else 0
+        if earlier:
+            print(
+                f"note: {out_dir / pictures} already holds {earlier} picture(s) of an earlier run; they stay "
+                "(same names are overwritten) and this run's scores.csv lists only its own",
+                file=sys.stderr,
+            )
     return out_dir
 
 
