@@ -8,6 +8,11 @@ then gathers every finished report into one Markdown table with means and spread
     python bench/compare_models.py --out /tmp/compare --summary bench/results/compare_DATE.md
     python bench/compare_models.py --out /tmp/compare --latency 20   # batch-1 latencies (quiet machine)
 
+Every run's rows are worth keeping beyond the machine that made them (/tmp does not survive a
+machine): ``--summary`` also reads and ``--archive`` (default bench/results/compare_rows.jsonl)
+then holds every row, one JSON line per (seed, penalty, category, model) with the CPU it ran on;
+a run in ``--out`` replaces the archived row of the same key.
+
 Groups, at the demo's training budgets: the textures (weave and the photo textures brick,
 grass, gravel) at 250 steps, board at 500, and the LOCO-layout kit at 500 (its structural and
 logical columns). Data seed = training seed. ``--penalty none`` runs the comparison models too;
@@ -31,6 +36,7 @@ GROUPS = {  # name: (dataset layout, categories, steps)
 }
 COMPARED = ("patchcore", "fastflow")
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "logical_image_auroc", "structural_image_auroc", "latency_ms")
+ARCHIVE = Path(__file__).resolve().parent / "results" / "compare_rows.jsonl"
 
 
 def make_data(out: Path, seed: int) -> dict[str, Path]:
@@ -85,7 +91,52 @@ def run(out: Path, seeds, penalties, groups) -> None:
                 if penalty == "none":
                     command += ["--compare", *COMPARED]
                 print(f"== seed {seed}, penalty {penalty}, {group}: {' '.join(command)}", flush=True)
+                _note_machine(report)
                 subprocess.run(command, check=False)
+
+
+def _note_machine(report: Path) -> None:
+    """The CPU a run is made on, beside its report (a resumed run keeps the first machine's)."""
+    from efficientad_fast._checkpoint import atomic_write_text
+    from efficientad_fast.benchmark import machine_info
+
+    note = report / "machine.json"
+    if not note.exists():
+        report.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(note, json.dumps(machine_info(), indent=1) + "\n")
+
+
+def finished_rows(out: Path) -> list[dict]:
+    """The rows of every report in ``out``, each with its seed, penalty, CPU and source."""
+    from efficientad_fast.report import model_of
+
+    rows = []
+    for report in sorted(out.glob("seed*_*_*/report.json")):
+        seed, penalty = report.parent.name.split("_")[:2]
+        note = report.parent / "machine.json"
+        cpu = json.loads(note.read_text())["cpu_model"] if note.exists() else "unknown"
+        for row in json.loads(report.read_text())["rows"]:
+            kept = {"seed": int(seed.removeprefix("seed")), "penalty": penalty, "category": row["category"]}
+            kept |= {"model": model_of(row), "backbone": row.get("backbone"), "error": row["error"]}
+            kept |= {c: row.get(c) for c in COLUMNS} | {"cpu": cpu, "source": f"{report} (report.json)"}
+            rows.append(kept)
+    return rows
+
+
+def _key(row: dict) -> tuple:
+    return row["seed"], row["penalty"], row["category"], row["model"]
+
+
+def merged_rows(out: Path, archive: Path | None) -> list[dict]:
+    """The archive's rows, with those of ``out``'s reports put over the same keys."""
+    rows = {}
+    if archive is not None and archive.exists():
+        for line in archive.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[_key(row)] = row
+    rows |= {_key(row): row for row in finished_rows(out)}
+    return [rows[k] for k in sorted(rows, key=str)]
 
 
 def _stats(values: list[float]) -> str:
@@ -97,22 +148,19 @@ def _stats(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ({min(values):.3f}–{max(values):.3f}, n={len(values)})"
 
 
-def summary(out: Path) -> str:
+def summary(rows: list[dict]) -> str:
     """Markdown: per (category, model/penalty) the mean (min–max, n) over seeds of each column."""
-    from efficientad_fast.report import model_of
-
     cells: dict[tuple[str, str], dict[str, list]] = {}
     errors: dict[tuple[str, str], set[str]] = {}
-    for report in sorted(out.glob("seed*_*_*/report.json")):
-        penalty = report.parent.name.split("_")[1]
-        for row in json.loads(report.read_text())["rows"]:
-            model = model_of(row)
-            key = (row["category"], model if model != "efficientad" else f"efficientad, penalty {penalty}")
-            if row["error"]:
-                errors.setdefault(key, set()).add(row["error"])
-                continue
-            for column in COLUMNS:
-                cells.setdefault(key, {}).setdefault(column, []).append(row.get(column, math.nan))
+    for row in rows:
+        model = row["model"]
+        key = (row["category"], model if model != "efficientad" else f"efficientad, penalty {row['penalty']}")
+        if row["error"]:
+            errors.setdefault(key, set()).add(row["error"])
+            continue
+        for column in COLUMNS:
+            value = row.get(column)
+            cells.setdefault(key, {}).setdefault(column, []).append(math.nan if value is None else value)
     head = ["category", "model", *COLUMNS]
     lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for (category, model), values in sorted(cells.items()):
@@ -169,13 +217,23 @@ def main(argv=None) -> int:
     parser.add_argument("--penalty", nargs="+", default=["none", "bundled"], choices=["none", "bundled"])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
     parser.add_argument("--summary", type=Path, default=None, help="write the table of what finished here, run nothing")
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=ARCHIVE,
+        help=f"with --summary: rows of earlier machines to include, rewritten with this run's (default {ARCHIVE})",
+    )
     parser.add_argument("--latency", type=int, default=0, metavar="RUNS", help="time the models at batch 1 only")
     args = parser.parse_args(argv)
     if args.latency:
         print(latency(args.out, args.latency))
         return 0
     if args.summary:
-        args.summary.write_text(summary(args.out) + "\n")
+        from efficientad_fast._checkpoint import atomic_write_text
+
+        rows = merged_rows(args.out, args.archive)
+        atomic_write_text(args.archive, "".join(json.dumps(row) + "\n" for row in rows))
+        atomic_write_text(args.summary, summary(rows) + "\n")
         print(args.summary.read_text())
         return 0
     run(args.out, args.seeds, args.penalty, args.groups)
