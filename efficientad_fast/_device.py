@@ -3,6 +3,8 @@ shared by the jobs, the benchmarks and the distillation."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -22,6 +24,13 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible to torch {torch.__version__}")
     return dev
+
+
+@functools.cache
+def cpu_has_bf16_kernels() -> bool:
+    """Whether oneDNN has bfloat16 convolutions on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT).
+    On an AVX2-only CPU (AMD Zen 2) its bf16 convolution raises, and torch's fallback is slow."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def autocast_dtype(amp: str | None) -> torch.dtype | None:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ._checkpoint import atomic_write_text
-from ._device import DTYPES, resolve_device
+from ._device import DTYPES, cpu_has_bf16_kernels, resolve_device
 from .deploy.inference import FastPredictor
 from .model import PRECISIONS, EfficientAD
 from .precision import cpu_info
@@ -370,7 +370,9 @@ def benchmark_settings(
     the ``settings`` its result records (and the grid it times)."""
     cuda = dev.type == "cuda"
     timing_protocol = protocol(protocol_name)
-    dtypes = list(dtypes or (("fp32", "fp16") if cuda else ("fp32", "bf16", "int8")))
+    # bf16 by default only where the CPU has its kernels (elsewhere it runs many times slower)
+    cpu_default = ["fp32", *(["bf16"] if cpu_has_bf16_kernels() else []), "int8"]
+    dtypes = list(dtypes or (["fp32", "fp16"] if cuda else cpu_default))
     if "all" in dtypes:  # every precision this device runs
         dtypes = ["fp32", "fp16", "bf16"] if cuda else ["fp32", "bf16", "int8"]
     for name in dtypes:

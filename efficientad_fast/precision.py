@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ._checkpoint import atomic_files
+from ._device import cpu_has_bf16_kernels
 from ._numbers import image_hw
 from .op._build import cache_folder, cache_root
 
@@ -68,12 +69,17 @@ def machine_key(device: torch.device) -> str:
     return f"{hardware} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
+NO_BF16 = "this CPU has no bf16 kernels (AVX-512 BW/VL/DQ or AVX-NE-CONVERT), where bf16 is many times slower"
+
+
 def candidates(model: EfficientAD) -> list[str]:
-    """The precisions ``model`` can run where it is: fp32 and bf16 everywhere, fp16 on a
-    GPU, int8 on a CPU when the model holds an INT8 calibration."""
+    """The precisions worth timing for ``model`` where it is: fp32; fp16 and bf16 on a GPU;
+    bf16 on a CPU with bf16 kernels (without them it runs, but 50x slower in training: not
+    worth a measurement); int8 on a CPU when the model holds an INT8 calibration."""
     if model.device.type == "cuda":
         return ["fp32", "fp16", "bf16"]
-    return ["fp32", "bf16"] + (["int8"] if model.int8_calibration is not None else [])
+    bf16 = ["bf16"] if cpu_has_bf16_kernels() else []
+    return ["fp32", *bf16] + (["int8"] if model.int8_calibration is not None else [])
 
 
 CACHE_MAX_BYTES = 2**20
@@ -219,6 +225,10 @@ def choose_precision(
     then read from the cache (``refresh``: measure again). Returns the model in that
     precision (``model`` itself or a copy); ``log`` gets one line saying what was chosen."""
     names = candidates(model)
+    if names == ["fp32"]:  # nothing to choose from: no measurement, no cache entry
+        if log is not None:
+            log(f"precision auto: fp32 ({NO_BF16})")
+        return model.set_precision("fp32")
     height, width = _size(image_size)
     key = " | ".join(
         [
@@ -264,6 +274,10 @@ def choose_amp(
     ``steps`` timed ones, interleaved; the median decides. Cached like
     :func:`choose_precision` under ``what`` (the model size, batch and image size)."""
     names: list[str | None] = [None, "fp16", "bf16"] if device.type == "cuda" else [None, "bf16"]
+    if device.type == "cpu" and not cpu_has_bf16_kernels():  # a bf16 step took 200 s against 4 s
+        if log is not None:
+            log(f"amp auto: fp32 ({NO_BF16})")
+        return None
     key = " | ".join([machine_key(device), "train", what])
 
     def label(amp: str | None) -> str:

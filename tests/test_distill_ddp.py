@@ -100,9 +100,12 @@ def _assert_same_curve(history: list[dict], reference: list[dict]) -> None:
 
 
 def _assert_same_teacher(path: Path, reference: Path) -> None:
+    """Weights within 1e-4: Adam moves a weight whose gradient is near zero by up to lr per step
+    whatever that gradient's size, so the ranks' summation order can decide such a step (seen
+    on an AVX2 EPYC: 9 of 589 824 weights 4e-5 apart, the losses equal to 1e-4)."""
     got, want = torch.load(path, weights_only=True), torch.load(reference, weights_only=True)
     for name, value in want.items():
-        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @needs_distill

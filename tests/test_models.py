@@ -657,3 +657,19 @@ def test_calibrate_stores_the_995_quantile_of_held_out_image_scores(small):
     assert 0.005 * np.ptp(scores) > 2 * tolerance  # the 0.995 quantile is told from the max
     assert model.image_threshold == pytest.approx(np.quantile(scores, 0.995), abs=tolerance)
     assert model.pixel_threshold == 0.1 and "0.995 quantile of 2" in model.threshold_source
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("onednn_bf16", [True, False])
+def test_conv_relu_matches_the_plain_ops(dtype, onednn_bf16, monkeypatch):
+    """The fused oneDNN conv+ReLU of inference; on a CPU whose oneDNN has no bfloat16 convolution
+    (AVX2 only: AMD Zen 2) the fused call raised, so bf16 there takes the plain ops."""
+    from efficientad_fast import networks
+
+    if onednn_bf16 and not networks.cpu_has_bf16_kernels():
+        pytest.skip("oneDNN has no bfloat16 convolution on this CPU")
+    monkeypatch.setattr(networks, "cpu_has_bf16_kernels", lambda: onednn_bf16)
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1).to(dtype)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)).to(dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(networks.conv_relu(conv, x), torch.relu(conv(x)))

@@ -33,7 +33,11 @@ from efficientad_fast.stream import (
 
 av = pytest.importorskip("av", reason="PyAV (the [video] extra) is not installed")
 
+from efficientad_fast._device import cpu_has_bf16_kernels  # noqa: E402
 from efficientad_fast.data import make_synthetic_video, read_video_labels  # noqa: E402
+
+# bf16 where the CPU has its kernels; elsewhere (AVX2 only) it runs many times slower than fp32
+FAST_DTYPE = "bf16" if cpu_has_bf16_kernels() else "fp32"
 
 # -- smoothers ------------------------------------------------------------------------------
 
@@ -361,7 +365,7 @@ def test_watch_command_end_to_end(op_library, model, small_video, tmp_path, caps
             "--max-frames",
             "3",
             "--dtype",
-            "bf16",
+            FAST_DTYPE,
             "--quiet",
             "--save-video",
             str(out / "annotated.mp4"),
@@ -410,9 +414,10 @@ def test_smoothing_lowers_false_alarms_at_equal_recall_on_the_conveyor(op_librar
     images = torch.from_numpy((images * 255).round().astype(np.uint8))
     torch.manual_seed(0)
     model = EfficientAD(teacher="random")
-    train(model, images, TrainConfig(steps=2, amp="bf16", workers=0, progress=False, checkpoint_every=0))
+    amp = "bf16" if FAST_DTYPE == "bf16" else None
+    train(model, images, TrainConfig(steps=2, amp=amp, workers=0, progress=False, checkpoint_every=0))
     calibrate(model, images[::2])
-    inspector = Inspector(model.to(torch.bfloat16), smoothing="none")
+    inspector = Inspector(model.set_precision(FAST_DTYPE), smoothing="none")
     scores = [r.score for r in inspector.run(conveyor)]
     labels = read_video_labels(conveyor)
     assert len(scores) == len(labels) == 48 and None not in scores

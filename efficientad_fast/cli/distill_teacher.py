@@ -98,7 +98,7 @@ def _add_distill_teacher_parser(subparsers) -> None:
         "--amp",
         choices=("auto", "bf16", "fp16", "none"),
         default="auto",
-        help="autocast dtype (auto: bf16 on CPU, fp16 on CUDA)",
+        help="autocast dtype (auto: fp16 on CUDA, bf16 on a CPU with AVX-512 bf16 kernels, else none)",
     )
     p.add_argument(
         "--device",

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checkpoint import atomic_save, atomic_write_text, config_diff, require_file, writable_folder
-from .._device import autocast_dtype
+from .._device import autocast_dtype, cpu_has_bf16_kernels
 from .._progress import progress
 from ..data.generic_images import HELD_OUT_PHOTOS, photo_images
 from ..networks import MODEL_SIZES, TEACHER_CHANNELS, make_pdn
@@ -73,7 +73,7 @@ class DistillConfig:
     eval_every: int = 250
     checkpoint_every: int = 250
     seed: int = 0
-    amp: str | None = "auto"  # "auto": bf16 on CPU, fp16 on CUDA; None: float32
+    amp: str | None = "auto"  # "auto": fp16 on CUDA, bf16 on a CPU with bf16 kernels; None: float32
     device: str = "auto"
     progress: bool = True
 
@@ -166,7 +166,8 @@ def _prepare(config: DistillConfig, ckpt_path: Path, ranks: Ranks) -> _Run:
     """Device, seeded backbone and PDN, the image pool, the crop samplers and the optimizer
     (the same on every rank: same seeds)."""
     device = parallel.device_for(config.device, ranks)
-    amp = ("fp16" if device.type == "cuda" else "bf16") if config.amp == "auto" else config.amp
+    auto = "fp16" if device.type == "cuda" else "bf16" if cpu_has_bf16_kernels() else None
+    amp = auto if config.amp == "auto" else config.amp
     torch.manual_seed(config.seed)
     backbone = load_backbone(config.backbone, config.backbone_weights, config.lite0_blocks).to(device)
     pdn = make_pdn(config.model_size, TEACHER_CHANNELS, padding=True).to(device)
