@@ -137,8 +137,15 @@ def refuse_link_into_missing_folder(path: str | os.PathLike, what: str = "") -> 
 
 def first_line(exc: BaseException) -> str:
     """The first line of an error's message: torch.load's run over many lines (one of them
-    'WeightsUnpickler error: ...'), which would read as several errors of the command line."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    'WeightsUnpickler error: ...'), which would read as several errors of the command line.
+    For torch.load's weights-only refusal, its reason, not its preamble (whose advice,
+    ``weights_only=False`` "will likely succeed", is wrong for a damaged file and unsafe)."""
+    text = str(exc).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
+        return f"the weights-only reader refused it: {reason or 'no reason given'}"
+    return (text.splitlines() or [type(exc).__name__])[0]
 
 
 def describe_start(path: Path) -> str:

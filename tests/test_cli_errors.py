@@ -47,6 +47,16 @@ CASES = {
     "export-image-size-100": [*EXPORT, "--out", "{out}/m.onnx", "--image-size", "100"],
     "export-missing-model": [*EXPORT, "--out", "{out}/m.onnx", "--model", "{root}/nope.pt"],
     "export-unwritable-out": [*EXPORT, "--out", "{blocked}/m.onnx"],
+    "export-out-ends-with-slash": [*EXPORT, "--out", "{out}/"],  # the fourteenth probe: a file named "out"
+    "quantize-out-ends-with-slash": [
+        "quantize",
+        "--model",
+        "{model}",
+        "--calibration-data",
+        "{data}",
+        "--out",
+        "{out}/",
+    ],
     "demo-steps-0": [*DEMO, "--out", "{out}", "--steps", "0"],
     "demo-unwritable-out": [*DEMO, "--out", "{blocked}"],
     "distill-teacher-steps-0": [*DISTILL, "--out", "{out}/t.pt", "--steps", "0"],
@@ -154,3 +164,16 @@ def test_a_missing_optional_package_names_the_extra_that_installs_it(extra):
     with pytest.raises(ImportError, match=rf"efficientad_fast\[{extra}\]") as info:
         require("efficientad_fast_no_such_module.sub", extra)
     assert "'efficientad_fast_no_such_module'" in str(info.value)
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line(monkeypatch, capsys):
+    """The fourteenth probe (K05): SIGINT two seconds after start, while build_parser imported
+    the commands' modules, printed a 33-line KeyboardInterrupt traceback."""
+    import efficientad_fast.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err.strip() == "efficientad-fast: interrupted while starting; nothing was done"

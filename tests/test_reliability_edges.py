@@ -1256,9 +1256,13 @@ def test_predict_into_a_used_out_says_the_earlier_pictures_stay(tmp_path, model_
     args = ["predict", "--model", str(model_file), str(frames), "--out", str(out), "--precision", "fp32", "--quiet"]
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert f"{out / 'heatmaps'} already holds 1 picture(s) of an earlier run" in err
+    assert f"{out / 'heatmaps'} holds 1 picture(s) of an earlier run that this run's scores.csv does not list" in err
     assert (out / "heatmaps" / "earlier_part.png").read_bytes() == b"an earlier run's picture"
     assert "earlier_part" not in (out / "scores.csv").read_text()
+    # The fourteenth probe (P03b): the same run again overwrites its own pictures: nothing to say
+    (out / "heatmaps" / "earlier_part.png").unlink()
+    assert main(args) == 0
+    assert "earlier run" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -1478,3 +1482,16 @@ def test_watch_that_scores_no_frame_says_so_on_stderr(tmp_path, model_file, caps
     args = [a.format(model=model_file) for a in WATCH] + ["--source", str(source), "--out", str(tmp_path / "out")]
     assert main(args) == 1
     assert f"no frame of {source} was scored (1 read)" in capsys.readouterr().err
+
+
+def test_an_empty_zip_as_the_model_is_refused_without_torchs_unsafe_advice(tmp_path, capsys):
+    """The fourteenth probe (M16): the one line passed on torch's preamble, that loading with
+    weights_only=False "will likely succeed": wrong for a damaged file and an unsafe hint."""
+    import zipfile
+
+    empty = tmp_path / "e.pt"
+    zipfile.ZipFile(empty, "w").close()
+    assert main(["predict", "--model", str(empty), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    line = one_error_line("predict", capsys.readouterr().err)
+    assert "corrupt" in line and "weights-only reader refused it" in line
+    assert "weights_only" not in line and "likely succeed" not in line

@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as refused:  # a bad or missing option: one line (argparse prints its usage)
         print(refused, file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while the commands' modules import (seconds): nothing begun yet
+        print("\nefficientad-fast: interrupted while starting; nothing was done", file=sys.stderr)
+        return 130
     with terminate_as_interrupt() as terminated, warnings.catch_warnings():
         warnings.showwarning = _one_line_warning(args.command)
         try:

@@ -325,6 +325,9 @@ class OneLineParser(argparse.ArgumentParser):
         return parsed
 
 
+FILE_OUT_COMMANDS = {"export": ".onnx", "quantize": ".pt", "distill-teacher": ".pt"}  # --out is a file: a suffix
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """The cheap checks that span options, before any file is read or folder made (each option's
     own range is its ``type=``): files the cache must hold, options of --engine ray only, an
@@ -358,6 +361,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
                 f"--image-size {height}x{width} is larger than {MAX_IMAGE_SIZE} px a side: score large "
                 "images in tiles (--tile) of a size up to that, or downscale them first"
             )
+    out = getattr(args, "out", None)
+    if args.command in FILE_OUT_COMMANDS and isinstance(out, str) and out.endswith(("/", os.sep)):
+        # Path("new/") is "new": the fourteenth probe got a 32 MB file named "new" (X02, Q07)
+        raise _BadArguments(
+            f"--out {out} ends with '/', which names a folder, but {args.command} writes one file: "
+            f"give its name (e.g. {out}model{FILE_OUT_COMMANDS[args.command]})"
+        )
     data, model = getattr(args, "data", None), getattr(args, "model", None)
     if data is not None and not Path(data).is_dir():
         raise FileNotFoundError(f"--data: no folder {data}")

@@ -140,15 +140,21 @@ def _output_folder(out_dir) -> Path:
             stale += remove_stale_temporaries(out_dir / pictures, None)
     for path in stale:
         print(f"removed {path}, left by an earlier run that was killed")
-    for pictures in PICTURE_FOLDERS:  # the thirteenth probe (K15): not deleted, but said
-        earlier = sum(1 for _ in (out_dir / pictures).glob("*.png")) if (out_dir / pictures).is_dir() else 0
+    return out_dir
+
+
+def _say_earlier_pictures(out_dir: Path, written: set[str]) -> None:
+    """The thirteenth probe (K15): an --out used before keeps pictures that the new scores.csv
+    does not list. predict deletes nothing it did not write, but says so."""
+    for pictures in PICTURE_FOLDERS:
+        folder = out_dir / pictures
+        earlier = sum(1 for p in folder.glob("*.png") if p.stem not in written) if folder.is_dir() else 0
         if earlier:
             print(
-                f"note: {out_dir / pictures} already holds {earlier} picture(s) of an earlier run; they stay "
-                "(same names are overwritten) and this run's scores.csv lists only its own",
+                f"note: {folder} holds {earlier} picture(s) of an earlier run that this run's scores.csv "
+                "does not list; they stay",
                 file=sys.stderr,
             )
-    return out_dir
 
 
 def _refuse_taken_output_names(out_dir: Path) -> None:
@@ -265,6 +271,7 @@ def predict_files(
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    _say_earlier_pictures(out_dir, used_names)
     return csv_path, rows, errors
 
 
