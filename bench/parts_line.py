@@ -32,6 +32,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from efficientad_fast.cli._common import at_least
+
 SETTINGS = {"board": {"part_margin": 0}, "weave": {"part_margin": 12}}
 
 
@@ -198,32 +200,20 @@ def summary_table(out: Path) -> str:
     return "\n".join(lines) + "\n\nMeans ± half the range over the seeds; counts per seed.\n"
 
 
-def _at_least(least: int):
-    """An argparse type: an integer >= ``least`` (a smaller one is a usage error, exit 2)."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
-        return value
-
-    return parse
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder of the videos, models and runs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--categories", nargs="+", choices=sorted(SETTINGS), default=["board"])
-    parser.add_argument("--steps", type=_at_least(1), default=500, help="training steps of both models (default 500)")
+    parser.add_argument("--steps", type=at_least(1), default=500, help="training steps of both models (default 500)")
     parser.add_argument("--models", nargs="+", choices=("video", "still"), default=["video", "still"])
     parser.add_argument(
-        "--frame-size", type=_at_least(64), default=128, help="video frame side in pixels, >= 64 (default 128)"
+        "--frame-size", type=at_least(64), default=128, help="video frame side in pixels, >= 64 (default 128)"
     )
     parser.add_argument(
-        "--train-frames", type=_at_least(1), default=1200, help="frames of the normal run (default 1200)"
+        "--train-frames", type=at_least(1), default=1200, help="frames of the normal run (default 1200)"
     )
-    parser.add_argument("--test-frames", type=_at_least(1), default=1800, help="frames of the test line (default 1800)")
+    parser.add_argument("--test-frames", type=at_least(1), default=1800, help="frames of the test line (default 1800)")
     parser.add_argument("--dtype", default="auto", help="watch's precision (default auto: the fastest on this CPU)")
     parser.add_argument("--summary", type=Path, default=None, help="write the table of what finished, run nothing")
     args = parser.parse_args()

@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import logging
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -265,7 +266,9 @@ def _prepared(graph: FeatureGraph, image_size: tuple[int, int]):
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
         exported = torch.export.export(graph, (example,), dynamic_shapes=({0: batch},)).module()
-    prepared = prepare_pt2e(exported, _quantizer())
+    with warnings.catch_warnings():  # torchao's note on reduce_range (7-bit activations, above)
+        warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated")
+        prepared = prepare_pt2e(exported, _quantizer())
     observers = {name: module for name, module in prepared.named_modules() if "activation_post_process" in name}
     return prepared, observers
 

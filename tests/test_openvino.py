@@ -161,6 +161,7 @@ def test_ctrl_c_after_irs_freed_out_of_order_is_an_interrupt_not_a_crash(irs):
     found when freed: two loaded IRs freed first-in-first-out left the thread on a freed
     stack, and the next SIGINT segfaulted the process (the full suite's pytest, in CI). Run
     in a fresh process: the failure is a crash."""
+    import signal
     import subprocess
     import sys
 
@@ -175,7 +176,15 @@ try:
 except KeyboardInterrupt:
     print("interrupted")
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # SIGINT as from a terminal, also when the suite was started in the background of a shell
+    # (SIGINT inherited ignored: Python then installs no KeyboardInterrupt handler)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert (done.returncode, done.stdout.strip()) == (0, "interrupted"), done.stderr[-2000:]
 
 

@@ -441,6 +441,9 @@ def test_a_fetch_stopped_by_a_signal_leaves_no_partial_file(how, status, tmp_pat
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started in the background of a shell inherits SIGINT ignored, and Python then
+        # installs no KeyboardInterrupt handler: the child gets the default, as from a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     downloads = cache / "downloads"
     for _ in range(300):  # until the partial file exists
