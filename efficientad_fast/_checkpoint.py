@@ -388,6 +388,24 @@ def payload_checksum(payload: dict) -> str:
     return digest.hexdigest()
 
 
+def check_checkpoint_checksum(state: dict, path: Path, what: str, remedy: str) -> None:
+    """ValueError when a checkpoint's bytes changed since it was written (its ``checksum``
+    entry is :func:`payload_checksum` of the rest); one from before checkpoints carried a
+    checksum resumes with a warning. ``what``: the kind of checkpoint, for the messages;
+    ``remedy``: what the user can do about a corrupt one."""
+    if "checksum" not in state:
+        warnings.warn(
+            f"{path}: {what} without a checksum (older efficientad_fast); corruption cannot be detected", stacklevel=3
+        )
+        return
+    try:
+        same = state["checksum"] == payload_checksum(state)
+    except (RuntimeError, TypeError, ValueError):  # a tensor torch cannot even view
+        same = False
+    if not same:
+        raise ValueError(f"{path}: corrupt: checksum mismatch (the {what} changed since it was written); {remedy}")
+
+
 def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> None:
     """load_state_dict with errors that name the source, the key and both shapes."""
     expected = model.state_dict()

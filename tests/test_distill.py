@@ -306,16 +306,127 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
         distill.distill_teacher(tmp_path / "b" / "t.pt", tiny(), log=lambda *_: None)
     ckpt = torch.load(tmp_path / "b" / "t.pt.ckpt", weights_only=True)
     assert ckpt["step"] == 2
-    # Checkpoints written before the always-zero out_mean was dropped still resume.
+    # Checkpoints written before the always-zero out_mean was dropped (and before checksums) still resume.
     ckpt["projection"]["out_mean"] = torch.zeros(384)
+    del ckpt["checksum"]
     torch.save(ckpt, tmp_path / "b" / "t.pt.ckpt")
     monkeypatch.setattr(loop, "learning_rate", original)
-    distill.distill_teacher(tmp_path / "b" / "t.pt", tiny(), resume=True, log=lambda *_: None)
+    with pytest.warns(UserWarning, match="without a checksum"):
+        distill.distill_teacher(tmp_path / "b" / "t.pt", tiny(), resume=True, log=lambda *_: None)
     resumed = torch.load(tmp_path / "b" / "t.pt", weights_only=True)
     for name, value in straight["_state"].items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
     with pytest.raises(ValueError, match="other settings"):
         distill.distill_teacher(tmp_path / "b" / "t.pt", tiny(lr=1e-3), resume=True, log=lambda *_: None)
+
+
+class _SignalAt:
+    """Calls ``fn`` and raises ``signal`` in this process on call number ``at`` (from 1): as a
+    user's Ctrl-C or a scheduler's SIGTERM would land in the middle of that work."""
+
+    def __init__(self, fn, at: int, signum) -> None:
+        self.fn, self.at, self.signum, self.calls = fn, at, signum, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.at:
+            import signal
+
+            signal.raise_signal(self.signum)
+        return self.fn(*args, **kwargs)
+
+
+@needs_distill
+@pytest.mark.parametrize("where", ["training-forward", "held-out-evaluation"])
+def test_sigterm_mid_step_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, where):
+    """The fifteenth probe: a SIGTERM or Ctrl-C in the middle of a step (after the crops were
+    drawn, or while the held-out loss was computed) left a checkpoint whose random state or
+    weights were a step ahead; the resumed teacher was up to 1.9e-3 off."""
+    import signal
+
+    from efficientad_fast import distill
+    from efficientad_fast._signals import Terminated, terminate_as_interrupt
+    from efficientad_fast.distill import loop
+
+    config = dict(steps=5, eval_every=2, checkpoint_every=0)
+    straight = distill_teacher_quiet(distill.distill_teacher, tiny(**config), tmp_path / "a")
+    out = tmp_path / "b" / "t.pt"
+    if where == "training-forward":  # the PDN's forward pass of step 3 (index 2): not held
+        wrap = loop.parallel.wrap
+        monkeypatch.setattr(loop.parallel, "wrap", lambda pdn, *a: _SignalAt(wrap(pdn, *a), 3, signal.SIGTERM))
+        stopped_after = 2
+    else:  # the evaluation after step 2: held until the step is whole, then raised
+        evaluator = loop._held_out_evaluator
+        monkeypatch.setattr(loop, "_held_out_evaluator", lambda run: _SignalAt(evaluator(run), 1, signal.SIGTERM))
+        stopped_after = 2
+    with pytest.raises(Terminated), terminate_as_interrupt():
+        distill.distill_teacher(out, tiny(**config), log=lambda *_: None)
+    assert torch.load(out.with_name("t.pt.ckpt"), weights_only=True)["step"] == stopped_after
+    monkeypatch.undo()
+    distill.distill_teacher(out, tiny(**config), resume=True, log=lambda *_: None)
+    resumed = torch.load(out, weights_only=True)
+    for name, value in straight["_state"].items():
+        assert torch.equal(resumed[name], value), name
+    history = torch.load(out.with_name("t.pt.ckpt"), weights_only=True)["history"]
+    assert [r["loss"] for r in history] == straight["_history"]
+    assert [r["step"] for r in history if "held_out_loss" in r] == [2, 4, 5]
+
+
+@needs_distill
+def test_a_damaged_or_foreign_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+    """The fifteenth probe: flipped bits in the checkpoint were resumed silently (a teacher
+    4.5e37 off, exit 0); a truncated file, a training checkpoint or a model file ended in a
+    traceback or a misleading "other settings"."""
+    from efficientad_fast import distill
+    from efficientad_fast.cli import main
+    from efficientad_fast.testing import random_model
+
+    out = tmp_path / "t.pt"
+    ckpt = out.with_name("t.pt.ckpt")
+    distill.distill_teacher(out, tiny(steps=2), log=lambda *_: None)
+    good = ckpt.read_bytes()
+    state = torch.load(ckpt, weights_only=True)
+    state["pdn"]["conv1.weight"].view(-1)[0] += 1.0
+    torch.save(state, ckpt)
+    args = ["distill-teacher", "--out", str(out), "--steps", "3", "--resume", "--batch-size", "2", "--crop", "32"]
+    args += ["--procedural", "3", "--no-builtin-images", "--calibration-crops", "4", "--held-out-crops", "2"]
+    args += ["--eval-every", "2", "--checkpoint-every", "2", "--amp", "none", "--device", "cpu", "--quiet"]
+    random_model("small", seed=0).save(tmp_path / "model.pt")
+    (tmp_path / "run").mkdir()
+    # A training checkpoint: the first bytes of one, written by save_checkpoint's payload kind.
+    torch.save({"kind": "efficientad_fast-training-checkpoint", "step": 1}, tmp_path / "run" / "checkpoint.pt")
+    cases = {
+        "corrupt: checksum mismatch (the distill-teacher checkpoint changed since it was written)": None,
+        "cannot read it as a PyTorch checkpoint (truncated or corrupt?": good[: len(good) // 2],
+        "is not a distill-teacher checkpoint but a training checkpoint": (tmp_path / "run" / "checkpoint.pt"),
+        "is not a distill-teacher checkpoint but a model file": tmp_path / "model.pt",
+    }
+    for message, content in cases.items():
+        if content is not None:
+            ckpt.write_bytes(content if isinstance(content, bytes) else content.read_bytes())
+        assert main(args) == 2, message
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@needs_distill
+def test_a_new_run_does_not_replace_another_runs_files(tmp_path):
+    """The fifteenth probe: a rerun without --resume silently overwrote an interrupted run's
+    checkpoint (train refuses that)."""
+    from efficientad_fast import distill
+
+    out = tmp_path / "t.pt"
+    distill.distill_teacher(out, tiny(steps=1), log=lambda *_: None)
+    ckpt = out.with_name("t.pt.ckpt")
+    before = ckpt.read_bytes()
+    with pytest.raises(FileExistsError, match=r"t\.pt\.ckpt is there from another run: continue it with --resume"):
+        distill.distill_teacher(out, tiny(steps=2), log=lambda *_: None)
+    assert ckpt.read_bytes() == before
+    ckpt.unlink()
+    with pytest.raises(FileExistsError, match=r"t\.pt is there from another run"):
+        distill.distill_teacher(out, tiny(steps=2), log=lambda *_: None)
+    record = distill.distill_teacher(out, tiny(steps=2), overwrite=True, log=lambda *_: None)
+    assert record["steps"] == 2
 
 
 @needs_distill

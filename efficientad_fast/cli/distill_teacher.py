@@ -43,7 +43,9 @@ def cmd_distill_teacher(args: argparse.Namespace) -> int:
         config.amp = None
     _refuse_a_folder(args.out)  # distill_teacher checks its folder after its other arguments
     try:
-        distill_teacher(args.out, config, resume=args.resume, command=command_line(args.out, config))
+        distill_teacher(
+            args.out, config, resume=args.resume, overwrite=args.overwrite, command=command_line(args.out, config)
+        )
     except KeyboardInterrupt:
         return 130
     return 0
@@ -107,6 +109,11 @@ def _add_distill_teacher_parser(subparsers) -> None:
     )
     p.add_argument(
         "--resume", action="store_true", help="continue from OUT.ckpt (written by any number of torchrun processes)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh where OUT or OUT.ckpt is there from another run (refused otherwise)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_distill_teacher)

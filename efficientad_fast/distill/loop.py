@@ -30,9 +30,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checkpoint import atomic_save, atomic_write_text, config_diff, require_file, writable_folder
+from .._checkpoint import (
+    atomic_save,
+    atomic_write_text,
+    check_checkpoint_checksum,
+    config_diff,
+    payload_checksum,
+    read_checkpoint,
+    require_file,
+    writable_folder,
+)
 from .._device import autocast_dtype, cpu_has_bf16_kernels
 from .._progress import progress
+from .._signals import interrupts_held
 from ..data.generic_images import HELD_OUT_PHOTOS, photo_images
 from ..networks import MODEL_SIZES, TEACHER_CHANNELS, make_pdn
 from . import parallel
@@ -42,6 +52,8 @@ from .parallel import Ranks
 from .target import TargetProjection, fit_projection, targets
 
 CHECKPOINT_KIND = "efficientad_fast-distill-checkpoint"
+# What a file given as the checkpoint holds instead, by its "kind": said when it is refused.
+OTHER_FILES = {"efficientad_fast-training-checkpoint": "a training checkpoint of `efficientad-fast train`"}
 # Settings a resumed run may change; with another ``steps`` the lr schedule follows the new
 # length from the resumed step on.
 RESUMABLE = ("progress", "device", "eval_every", "checkpoint_every", "steps")
@@ -147,6 +159,12 @@ class _Run:
     step: int = 0
     history: list[dict] = field(default_factory=list)
     schedule_changes: list[dict] = field(default_factory=list)  # resumed with another --steps
+    # The random states as of the last completed step (what a checkpoint saves; the step
+    # under way may have drawn from them already): (crop sampler, torch).
+    completed_rng: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def mark_completed(self) -> None:
+        self.completed_rng = (self.sampler.generator.get_state(), torch.get_rng_state())
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -220,7 +238,14 @@ def _checked_checkpoint(run: _Run) -> dict:
     """The checkpoint's contents, if it was made with the same settings (but RESUMABLE ones)."""
     config, path = run.config, run.ckpt_path
     require_file(path, f"resume: no checkpoint at {path}", prefix="resume: ")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        kind = state.get("kind") if isinstance(state, dict) else None
+        what = OTHER_FILES.get(kind) or (
+            "a model file" if isinstance(state, dict) and "format_version" in state else ""
+        )
+        raise ValueError(f"resume: {path} is not a distill-teacher checkpoint" + (f" but {what}" if what else ""))
+    check_checkpoint_checksum(state, path, "distill-teacher checkpoint", "distill again with --overwrite")
     diff = config_diff(state["config"], config.as_json(), ignore=RESUMABLE)
     if diff:
         raise ValueError(f"resume: {path} was made with other settings (saved, now): {diff}")
@@ -277,34 +302,34 @@ def _held_out_evaluator(run: _Run) -> Callable[[], float]:
     return held_out_loss
 
 
-def _save_checkpoint(run: _Run, at: int) -> None:
-    """The checkpoint (rank 0 only; every rank holds the same state)."""
+def _save_checkpoint(run: _Run) -> None:
+    """The checkpoint as of the last completed step (rank 0 only; every rank holds the same
+    state), with a checksum: a changed byte is refused on resume."""
     if not run.ranks.main:
         return
-    assert run.projection is not None  # _calibrate or _resume set it before any step
-    atomic_save(
-        {
-            "kind": CHECKPOINT_KIND,
-            "step": at,
-            "config": run.config.as_json(),
-            "processes": run.ranks.world,
-            "pdn": run.pdn.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "projection": run.projection.state_dict(),
-            "sampler_rng": run.sampler.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "history": run.history,
-            "schedule_changes": run.schedule_changes,
-        },
-        run.ckpt_path,
-    )
+    assert run.projection is not None and run.completed_rng is not None  # set before any step
+    sampler_rng, torch_rng = run.completed_rng
+    payload = {
+        "kind": CHECKPOINT_KIND,
+        "step": len(run.history),
+        "config": run.config.as_json(),
+        "processes": run.ranks.world,
+        "pdn": run.pdn.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "projection": run.projection.state_dict(),
+        "sampler_rng": sampler_rng,
+        "torch_rng": torch_rng,
+        "history": run.history,
+        "schedule_changes": run.schedule_changes,
+    }
+    payload["checksum"] = payload_checksum(payload)
+    atomic_save(payload, run.ckpt_path)
 
 
-def _train_step(run: _Run, step: int, scaler: torch.amp.GradScaler) -> float:
-    """One optimizer step on a fresh batch of crops (this rank's share of it); returns the
-    loss of the whole batch (the mean over the ranks)."""
-    for group in run.optimizer.param_groups:
-        group["lr"] = learning_rate(step, run.config)
+def _gradients(run: _Run, step: int, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """The loss and gradients of step ``step`` on a fresh batch of crops (this rank's share of
+    it). Changes no saved state but the random streams (restored from ``completed_rng``
+    when a checkpoint is written), so it may be interrupted."""
     big, small = run.sampler.batch(run.config.batch_size, run.ranks.share(run.config.batch_size))
     target = run.targets(big).float()
     assert run.train_pdn is not None  # distill_teacher sets it before training
@@ -313,9 +338,24 @@ def _train_step(run: _Run, step: int, scaler: torch.amp.GradScaler) -> float:
     loss = F.mse_loss(pred.float(), target)
     run.optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    return loss.detach()
+
+
+def _commit(run: _Run, step: int, loss: torch.Tensor, scaler, held_out_loss, started: float) -> dict:
+    """Apply step ``step`` (optimizer update, held-out evaluation, history row) whole: the
+    caller holds Ctrl-C and SIGTERM around it. Returns the row."""
+    config, done = run.config, step + 1
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(step, config)
     scaler.step(run.optimizer)
     scaler.update()
-    return parallel.mean_over_ranks(loss.detach(), run.ranks)
+    row = {"step": done, "loss": parallel.mean_over_ranks(loss, run.ranks), "lr": run.optimizer.param_groups[0]["lr"]}
+    if held_out_loss is not None and config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+        row["held_out_loss"] = held_out_loss()
+    row["time"] = time.perf_counter() - started
+    run.history.append(row)
+    run.mark_completed()
+    return row
 
 
 def _train(run: _Run, held_out_loss: Callable[[], float] | None, log) -> None:
@@ -328,37 +368,32 @@ def _train(run: _Run, held_out_loss: Callable[[], float] | None, log) -> None:
     run.pdn.train()
     started = time.perf_counter() - (run.history[-1]["time"] if run.history else 0.0)  # resumed: keep counting
     bar = progress(range(run.step, config.steps), show, "distilling", total=config.steps, initial=run.step)
-    recent: list[float] = []
+    run.mark_completed()
     try:
         for step in bar:
-            recent = (recent + [_train_step(run, step, scaler)])[-50:]
-            done = step + 1
-            row = {
-                "step": done,
-                "loss": recent[-1],
-                "lr": run.optimizer.param_groups[0]["lr"],
-                "time": time.perf_counter() - started,
-            }
-            evaluate = config.eval_every and (done % config.eval_every == 0 or done == config.steps)
-            if evaluate and held_out_loss is not None:
-                row["held_out_loss"] = held_out_loss()
+            loss = _gradients(run, step, scaler)
+            # Ctrl-C and SIGTERM wait for the update (a fraction of a second): the checkpoint
+            # then holds whole steps, and a resumed run ends where an uninterrupted run ends.
+            with interrupts_held():
+                row = _commit(run, step, loss, scaler, held_out_loss, started)
+            if "held_out_loss" in row:
+                recent = [r["loss"] for r in run.history[-50:]]
                 log(
-                    f"[distill] step {done}: train loss (mean of last {len(recent)}) {sum(recent) / len(recent):.4f}, "
-                    f"held-out loss {row['held_out_loss']:.4f}, {row['time']:.0f} s"
+                    f"[distill] step {row['step']}: train loss (mean of last {len(recent)}) "
+                    f"{sum(recent) / len(recent):.4f}, held-out loss {row['held_out_loss']:.4f}, {row['time']:.0f} s"
                 )
-            run.history.append(row)
             if show:
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if config.checkpoint_every and done % config.checkpoint_every == 0:
-                _save_checkpoint(run, done)
+            if config.checkpoint_every and row["step"] % config.checkpoint_every == 0:
+                _save_checkpoint(run)
     except KeyboardInterrupt:
-        _save_checkpoint(run, len(run.history))
-        log(f"[distill] interrupted; checkpoint at {run.ckpt_path}; rerun with --resume")
+        _save_checkpoint(run)
+        log(f"[distill] interrupted after step {len(run.history)}; checkpoint at {run.ckpt_path}; rerun with --resume")
         raise
     finally:
         if show and hasattr(bar, "close"):
             bar.close()
-    _save_checkpoint(run, config.steps)
+    _save_checkpoint(run)
 
 
 def _record(run: _Run, out: Path, command: str | None) -> dict:
@@ -411,19 +446,33 @@ def _write_teacher(run: _Run, out: Path, command: str | None, log) -> dict:
     return record
 
 
+def _refuse_previous_run(out: Path) -> None:
+    """FileExistsError when ``out`` or its checkpoint is there: a new run would replace an
+    interrupted run's checkpoint at its first save, or a finished run's teacher."""
+    for path in (out.with_name(out.name + ".ckpt"), out):
+        if path.exists():
+            raise FileExistsError(
+                f"{path} is there from another run: continue it with --resume, "
+                "start afresh with --overwrite, or choose another --out"
+            )
+
+
 def distill_teacher(
     out: str | os.PathLike,
     config: DistillConfig | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     command: str | None = None,
     log=print,
 ) -> dict | None:
     """Distill a PDN teacher and write it to ``out`` (a state dict with ``conv1.weight``,
     ... keys, readable by :func:`efficientad_fast.load_teacher` and ``--teacher``) plus
     ``out`` with suffix ``.json`` recording the recipe and the final losses. A checkpoint
-    ``out`` + ``.ckpt`` is written every ``checkpoint_every`` steps and on Ctrl-C;
-    ``resume=True`` continues from it. Returns the JSON record.
+    ``out`` + ``.ckpt`` (with a checksum) is written every ``checkpoint_every`` steps and on
+    Ctrl-C or SIGTERM, as of the last whole step; ``resume=True`` continues from it and ends
+    where an uninterrupted run ends. An ``out`` or checkpoint already there (another run's)
+    is refused unless ``resume`` or ``overwrite``. Returns the JSON record.
 
     Started by ``torchrun --nproc-per-node N`` (WORLD_SIZE > 1 in the environment) it runs
     data-parallel over N processes, ``batch_size / N`` crops each (see :mod:`.parallel`);
@@ -435,6 +484,8 @@ def distill_teacher(
     out = Path(out)
     if ranks.main:
         writable_folder(out.parent)
+        if not (resume or overwrite):
+            _refuse_previous_run(out)
     else:
         log = lambda *_: None  # noqa: E731 - rank 0 speaks for all
     run = _prepare(config, out.with_name(out.name + ".ckpt"), ranks)

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch.utils.data import Dataset
 from .._checkpoint import (
     atomic_save,
     atomic_write_text,
+    check_checkpoint_checksum,
     config_diff,
     load_state_dict_checked,
     payload_checksum,
@@ -263,27 +263,6 @@ def _refuse_constant_images(images: torch.Tensor) -> None:
         )
 
 
-def _check_checkpoint_checksum(state: dict, checkpoint: Path) -> None:
-    """ValueError when the checkpoint's bytes changed since it was written; a checkpoint from
-    before checkpoints carried a checksum resumes with a warning."""
-    if "checksum" not in state:
-        warnings.warn(
-            f"{checkpoint}: training checkpoint without a checksum (older efficientad_fast); "
-            "corruption cannot be detected",
-            stacklevel=3,
-        )
-        return
-    try:
-        same = state["checksum"] == payload_checksum(state)
-    except (RuntimeError, TypeError, ValueError):  # a tensor torch cannot even view
-        same = False
-    if not same:
-        raise ValueError(
-            f"{checkpoint}: corrupt: checksum mismatch (the checkpoint changed since it was written); "
-            "train again without --resume"
-        )
-
-
 def _restore(
     checkpoint: Path | None, model, optimizer, scheduler, generator, config, run_settings: dict | None = None
 ) -> tuple[int, list, dict]:
@@ -297,7 +276,7 @@ def _restore(
     state = read_checkpoint(checkpoint)
     if not isinstance(state, dict) or state.get("kind") != "efficientad_fast-training-checkpoint":
         raise ValueError(f"{checkpoint}: not a training checkpoint of efficientad_fast")
-    _check_checkpoint_checksum(state, checkpoint)
+    check_checkpoint_checksum(state, checkpoint, "training checkpoint", "train again without --resume")
     diff = config_diff(state["train_config"], asdict(config), ignore=RESUMABLE_CHANGES)
     # Checkpoints from before run settings were stored have none to compare.
     diff.update(config_diff(state.get("run_settings") or {}, dict(run_settings or {})))
