@@ -11,16 +11,26 @@ pred = fast(images)
 amap, score = ead.anomaly_map(teacher, student, autoencoder, quantiles=q)  # the fused op
 """
 
+from ._signals import STARTUP_INTERRUPTED, started_as_command
 from ._version import __version__
-from .deploy.anomalib_io import from_anomalib
-from .deploy.inference import FastPredictor
-from .deploy.quantize import quantize
-from .model import EfficientAD, Prediction
-from .model_file import load
-from .op import BuildError, anomaly_map, load_extension, load_if_built, reference_anomaly_map
-from .teachers import load_teacher
 
-load_if_built()  # torch.ops.efficientad_fast works after import when a library is built
+try:  # torch and the op library load here: a second or two
+    from .deploy.anomalib_io import from_anomalib
+    from .deploy.inference import FastPredictor
+    from .deploy.quantize import quantize
+    from .model import EfficientAD, Prediction
+    from .model_file import load
+    from .op import BuildError, anomaly_map, load_extension, load_if_built, reference_anomaly_map
+    from .teachers import load_teacher
+
+    load_if_built()  # torch.ops.efficientad_fast works after import when a library is built
+except KeyboardInterrupt:
+    if not started_as_command():  # a program importing us decides what Ctrl-C means
+        raise
+    import sys
+
+    print(f"\n{STARTUP_INTERRUPTED}", file=sys.stderr)
+    raise SystemExit(130) from None
 
 
 __all__ = [

@@ -4,6 +4,7 @@ removed, checkpoints and finished rows kept); a block that must run whole holds 
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -13,6 +14,17 @@ from contextlib import contextmanager
 # Signals that end a job as Ctrl-C does: SIGTERM, and SIGHUP (its terminal closed) where it exists.
 TERMINATING = (signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
 _HELD = (signal.SIGINT, *TERMINATING)
+
+
+STARTUP_INTERRUPTED = "efficientad-fast: interrupted while starting; nothing was done"
+
+
+def started_as_command() -> bool:
+    """True in the ``efficientad-fast`` command or ``python -m efficientad_fast`` (not when a
+    program imports the package): there Ctrl-C while torch loads ends with one line."""
+    argv = getattr(sys, "orig_argv", sys.argv)
+    module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else None
+    return module == "efficientad_fast" or os.path.basename(sys.argv[0]) in ("efficientad-fast", "efficientad-fast.exe")
 
 
 class Terminated(KeyboardInterrupt):

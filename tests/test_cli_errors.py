@@ -48,6 +48,8 @@ CASES = {
     "export-missing-model": [*EXPORT, "--out", "{out}/m.onnx", "--model", "{root}/nope.pt"],
     "export-unwritable-out": [*EXPORT, "--out", "{blocked}/m.onnx"],
     "export-out-ends-with-slash": [*EXPORT, "--out", "{out}/"],  # the fourteenth probe: a file named "out"
+    "export-out-ends-with-dot": [*EXPORT, "--out", "{out}/."],  # the fifteenth probe: the same
+    "distill-teacher-out-ends-with-dot-dot": [*DISTILL, "--out", "{out}/sub/.."],
     "quantize-out-ends-with-slash": [
         "quantize",
         "--model",
@@ -131,10 +133,20 @@ def test_messages_say_what_is_wrong(files, tmp_path, capsys):
         "predict-threshold-minus-inf": "argument --threshold: must be a finite number, got -inf",
         "watch-fps-minus-inf": "argument --fps: must be a finite number > 0, got -inf",
         "bench-batch-sizes-minus-1-2": "argument --batch-sizes: must be a whole number >= 1, got '-1,2'",
+        "export-out-ends-with-dot": f"--out {out}/. names a folder, but export writes one file: "
+        f"give its name (e.g. {out}/model.onnx)",
+        "distill-teacher-out-ends-with-dot-dot": f"(e.g. {out}/model.pt)",
     }
     for case, text in expect.items():
         assert main([arg.format(out=out, **files) for arg in CASES[case]]) == 2
         assert text in capsys.readouterr().err, case
+
+
+def test_a_folder_out_suggests_the_suffix_of_the_export_format(files, tmp_path, capsys):
+    args = [arg.format(out=tmp_path, **files) for arg in CASES["export-out-ends-with-slash"]]
+    for fmt, suffix in (("openvino", ".xml"), ("aoti", ".pt2")):
+        assert main([*args, "--format", fmt]) == 2
+        assert f"(e.g. {tmp_path}/model{suffix})" in capsys.readouterr().err, fmt
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
@@ -177,3 +189,31 @@ def test_ctrl_c_while_the_commands_load_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert main(["info"]) == 130
     assert capsys.readouterr().err.strip() == "efficientad-fast: interrupted while starting; nothing was done"
+
+
+def test_ctrl_c_while_torch_loads_is_one_line_in_the_command_only(tmp_path):
+    """The fifteenth probe: Ctrl-C in the first second or so (while ``import efficientad_fast``
+    loads torch) printed a 21-41-line traceback. A program that imports the package keeps
+    its KeyboardInterrupt."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # A sitecustomize that interrupts the import of torch, as Ctrl-C at that moment would.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            raise KeyboardInterrupt\n\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo)])}
+    run = dict(capture_output=True, text=True, cwd=repo, env=env, timeout=120)
+    command = subprocess.run([sys.executable, "-m", "efficientad_fast", "info"], **run)
+    assert command.returncode == 130
+    assert command.stderr.strip() == "efficientad-fast: interrupted while starting; nothing was done"
+    library = subprocess.run([sys.executable, "-c", "import efficientad_fast"], **run)
+    assert library.returncode != 0 and "KeyboardInterrupt" in library.stderr

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command: exit 0 (done), 1 (done, but nothing could be scored or a job failed),
     2 (an error, in one line), 130 (Ctrl-C), 143 (SIGTERM) or 129 (SIGHUP), after the command kept what it
     had finished."""
-    from .._signals import terminate_as_interrupt
+    from .._signals import STARTUP_INTERRUPTED, terminate_as_interrupt
 
     try:
         args = build_parser().parse_args(argv)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(refused, file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # while the commands' modules import (seconds): nothing begun yet
-        print("\nefficientad-fast: interrupted while starting; nothing was done", file=sys.stderr)
+        print(f"\n{STARTUP_INTERRUPTED}", file=sys.stderr)
         return 130
     with terminate_as_interrupt() as terminated, warnings.catch_warnings():
         warnings.showwarning = _one_line_warning(args.command)

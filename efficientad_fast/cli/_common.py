@@ -325,7 +325,15 @@ class OneLineParser(argparse.ArgumentParser):
         return parsed
 
 
-FILE_OUT_COMMANDS = {"export": ".onnx", "quantize": ".pt", "distill-teacher": ".pt"}  # --out is a file: a suffix
+# Commands whose --out is one file, and the suffix an example name gets (export's per --format).
+FILE_OUT_COMMANDS = {"export": ".onnx", "quantize": ".pt", "distill-teacher": ".pt"}
+EXPORT_SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "aoti": ".pt2"}
+
+
+def _names_a_folder(out: str) -> bool:
+    """True for an --out that can only name a folder: ending in '/' (Path("new/") is "new"),
+    or in '.' or '..' (Path("new/.") is "new" too)."""
+    return out.endswith(("/", os.sep)) or os.path.basename(out) in (".", "..")
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -362,11 +370,12 @@ def _check_arguments(args: argparse.Namespace) -> None:
                 "images in tiles (--tile) of a size up to that, or downscale them first"
             )
     out = getattr(args, "out", None)
-    if args.command in FILE_OUT_COMMANDS and isinstance(out, str) and out.endswith(("/", os.sep)):
-        # Path("new/") is "new": the fourteenth probe got a 32 MB file named "new" (X02, Q07)
+    if args.command in FILE_OUT_COMMANDS and isinstance(out, str) and _names_a_folder(out):
+        # The fourteenth probe got a 32 MB file named "new" from --out new/ (X02, Q07), the fifteenth from new/.
+        suffix = EXPORT_SUFFIXES.get(getattr(args, "format", None), FILE_OUT_COMMANDS[args.command])
+        folder = os.path.join(os.path.normpath(out), "")
         raise _BadArguments(
-            f"--out {out} ends with '/', which names a folder, but {args.command} writes one file: "
-            f"give its name (e.g. {out}model{FILE_OUT_COMMANDS[args.command]})"
+            f"--out {out} names a folder, but {args.command} writes one file: give its name (e.g. {folder}model{suffix})"
         )
     data, model = getattr(args, "data", None), getattr(args, "model", None)
     if data is not None and not Path(data).is_dir():
