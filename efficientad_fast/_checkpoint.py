@@ -12,6 +12,7 @@ import pickle
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -245,7 +246,8 @@ def remove_stale_temporaries(folder: Path, stems: tuple[str, ...] | None) -> lis
     """Remove the temporary files of ``stems`` (``STEM.tmpPID.SUFFIX``, as :func:`atomic_files`
     and predict name them; no other file is touched; None: of any stem, in a folder only this
     package writes) in ``folder`` left by a process that no longer runs (killed by SIGKILL or
-    a power cut, which no handler sees); returns them. Those of running processes stay."""
+    a power cut, which no handler sees); says so on stderr and returns them. Those of
+    running processes stay."""
     removed = []
     for stem in stems if stems is not None else [None]:
         pattern = r"[^/]+" if stem is None else re.escape(stem)
@@ -254,6 +256,7 @@ def remove_stale_temporaries(folder: Path, stems: tuple[str, ...] | None) -> lis
             if match is None or not path.is_file() or _process_runs(int(match.group(1))):
                 continue
             path.unlink(missing_ok=True)
+            print(f"removed {path}, left by an earlier run that was killed", file=sys.stderr)
             removed.append(path)
     return removed
 

@@ -4,6 +4,7 @@ shared by the jobs, the benchmarks and the distillation."""
 from __future__ import annotations
 
 import functools
+import platform
 
 import torch
 
@@ -24,6 +25,31 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible to torch {torch.__version__}")
     return dev
+
+
+@functools.cache
+def cpu_model_and_flags() -> tuple[str | None, frozenset[str] | None]:
+    """The CPU's model name and its instruction-set flags, from /proc/cpuinfo; elsewhere
+    ``platform.processor()`` and None (flags unknown)."""
+    cpu_model: str | None = None
+    flags: list[str] = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if cpu_model is None and line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                elif not flags and line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+    except OSError:
+        return platform.processor() or None, None
+    return cpu_model, frozenset(flags)
+
+
+def cpu_has_vnni() -> bool:
+    """AVX-512 VNNI or AVX-VNNI, the instructions oneDNN's exact INT8 convolutions use
+    (unknown flags, not Linux: assumed, as on macOS arm64 or a Windows x86 with VNNI)."""
+    flags = cpu_model_and_flags()[1]
+    return flags is None or "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 @functools.cache

@@ -32,6 +32,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from ._device import cpu_has_vnni
 from .networks import PDN, AutoEncoder
 from .op._build import import_cpp_extension
 
@@ -60,16 +61,6 @@ def _torchao():
 
 
 @functools.cache
-def _cpu_has_vnni() -> bool:
-    """AVX-512 VNNI or AVX-VNNI, the instructions oneDNN's exact INT8 convolutions use."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return True  # not Linux: trust the platform (macOS arm64, Windows x86 with VNNI)
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
 def _quantizer():
     """The x86 Inductor quantizer with its default recipe, but min/max activation ranges
     (see the module's docstring) and uint8 average pools.
@@ -88,7 +79,7 @@ def _quantizer():
     default = xiq.get_default_x86_inductor_quantization_config()
     # Without VNNI, oneDNN multiplies uint8 x int8 with a 16-bit intermediate that saturates:
     # 7-bit activations keep it exact (the map was 0.47 of its range off on an AVX2 EPYC).
-    reduce_range = not _cpu_has_vnni()
+    reduce_range = not cpu_has_vnni()
     activation = dataclasses.replace(
         default.input_activation,
         observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12, reduce_range=reduce_range),

@@ -15,7 +15,6 @@ import datetime
 import functools
 import json
 import math
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ._checkpoint import atomic_files
-from ._device import cpu_has_bf16_kernels
+from ._device import cpu_has_bf16_kernels, cpu_model_and_flags
 from ._numbers import image_hw
 from .op._build import cache_folder, cache_root
 
@@ -42,19 +41,9 @@ CACHE_VERSION = 1
 def cpu_info() -> tuple[str | None, list[str]]:
     """The CPU's model name and the instruction-set extensions that matter for the timings
     (from /proc/cpuinfo; elsewhere ``platform.processor()`` and no extensions)."""
-    cpu_model: str | None = None
-    flags: list[str] = []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if cpu_model is None and line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                elif not flags and line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-    except OSError:
-        cpu_model = platform.processor() or None
+    cpu_model, flags = cpu_model_and_flags()
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_int8")
-    return cpu_model, [f for f in wanted if f in flags]
+    return cpu_model, [f for f in wanted if f in (flags or ())]
 
 
 def machine_key(device: torch.device) -> str:

@@ -1239,7 +1239,7 @@ def test_predict_removes_the_half_written_scores_of_a_killed_run(tmp_path, model
     (out / "heatmaps" / f"06.tmp{dead}.png").write_bytes(b"\x89PNG cut")  # the tenth probe: stayed
     args = ["predict", "--model", str(model_file), str(frames), "--out", str(out), "--precision", "fp32"]
     assert main([*args, "--quiet", "--no-heatmaps"]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert f"removed {out / f'scores.tmp{dead}.csv'}" in printed and f"06.tmp{dead}.png" in printed
     assert list((out / "heatmaps").iterdir()) == []
     (out / "heatmaps").rmdir()

@@ -134,12 +134,10 @@ def _output_folder(out_dir) -> Path:
     kind of entry, and cleared of the half-written scores of a killed run (said)."""
     out_dir = writable_folder(out_dir)
     _refuse_taken_output_names(out_dir)
-    stale = remove_stale_temporaries(out_dir, ("scores", "errors"))
+    remove_stale_temporaries(out_dir, ("scores", "errors"))
     for pictures in PICTURE_FOLDERS:  # a picture cut by SIGKILL (the tenth probe)
         if (out_dir / pictures).is_dir():
-            stale += remove_stale_temporaries(out_dir / pictures, None)
-    for path in stale:
-        print(f"removed {path}, left by an earlier run that was killed")
+            remove_stale_temporaries(out_dir / pictures, None)
     return out_dir
 
 

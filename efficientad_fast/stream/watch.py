@@ -72,8 +72,7 @@ class _VideoWriter:
         self.av = require_av()
         self.codec, self.fps = check_video_path(path, source), fps
         if path.parent.is_dir():  # the cut video of a run killed by SIGKILL (the thirteenth probe)
-            for stale in remove_stale_temporaries(path.parent, (path.stem,)):
-                print(f"removed {stale}, left by an earlier run that was killed", file=sys.stderr)
+            remove_stale_temporaries(path.parent, (path.stem,))
         self.files = contextlib.ExitStack()
         (self.temporary,) = self.files.enter_context(atomic_files(path))  # refuses a folder
         # PyAV's container and video stream once the first frame came: Any, as self.av is the
