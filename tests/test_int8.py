@@ -80,8 +80,8 @@ def test_int8_map_within_tolerance_of_fp32_and_same_ranking(board_trained, test_
 
 def test_quantize_save_load_round_trip(board_trained, test_set, tmp_path):
     model, _ = board_trained
-    images = test_set[0]
-    uint8 = (images[:4] * 255).round().to(torch.uint8)
+    images = test_set[0][:2]  # INT8 inference of 256 px images is slow without VNNI
+    uint8 = (test_set[0][:4] * 255).round().to(torch.uint8)
     quantized = ead.quantize(model, uint8)  # uint8 calibration images are fine
     assert quantized.precision == "int8" and model.precision == "fp32"  # the original is untouched
     path = tmp_path / "q.pt"
