@@ -29,6 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _rows import merged_rows, write_rows
+
 GROUPS = {  # name: (dataset layout, categories, steps)
     "textures": ("mvtec", ("weave", "brick", "grass", "gravel"), 250),
     "board": ("mvtec", ("board",), 500),
@@ -127,18 +129,6 @@ def _key(row: dict) -> tuple:
     return row["seed"], row["penalty"], row["category"], row["model"]
 
 
-def merged_rows(out: Path, archive: Path | None) -> list[dict]:
-    """The archive's rows, with those of ``out``'s reports put over the same keys."""
-    rows = {}
-    if archive is not None and archive.exists():
-        for line in archive.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[_key(row)] = row
-    rows |= {_key(row): row for row in finished_rows(out)}
-    return [rows[k] for k in sorted(rows, key=str)]
-
-
 def _stats(values: list[float]) -> str:
     values = [v for v in values if isinstance(v, float) and not math.isnan(v)]
     if not values:
@@ -231,8 +221,8 @@ def main(argv=None) -> int:
     if args.summary:
         from efficientad_fast._checkpoint import atomic_write_text
 
-        rows = merged_rows(args.out, args.archive)
-        atomic_write_text(args.archive, "".join(json.dumps(row) + "\n" for row in rows))
+        rows = merged_rows(args.archive, finished_rows(args.out), _key)
+        write_rows(args.archive, rows)
         atomic_write_text(args.summary, summary(rows) + "\n")
         print(args.summary.read_text())
         return 0

@@ -5,6 +5,11 @@ over several seeds.
     python bench/parts_line.py --out /tmp/parts_line --seeds 0 1 2           # run (resumable)
     python bench/parts_line.py --out /tmp/parts_line --summary bench/results/parts_line_DATE.md
 
+``--summary`` also reads and rewrites ``--archive`` (default bench/results/parts_line_rows.jsonl):
+every finished row, one JSON line per (category, frame size, steps, model, seed) with the CPU it
+ran on, so the figures outlive the machine that made them; a row in ``--out`` replaces the
+archived row of the same key.
+
 Per seed: a normal run of the line (``--train-frames``, no defect) to train on, a clip of the
 empty belt (``--belt``), a normal clip to calibrate on (``--calibrate-on``: the frame and part
 thresholds), and a test line with a share of defective parts. Two models, same steps:
@@ -32,8 +37,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from efficientad_fast.cli._common import at_least
+from _rows import merged_rows, write_rows
 
+from efficientad_fast.cli._common import at_least
+from efficientad_fast.precision import cpu_info
+
+ARCHIVE = Path(__file__).resolve().parent / "results" / "parts_line_rows.jsonl"
 SETTINGS = {"board": {"part_margin": 0}, "weave": {"part_margin": 12}}
 
 
@@ -152,7 +161,7 @@ def measure(out: Path, category: str, seed: int, args) -> list[dict]:
         frames = [json.loads(line) for line in (run / "frames.jsonl").read_text().splitlines()]
         summary = json.loads((run / "summary.json").read_text())
         row = {"category": category, "seed": seed, "model": kind, "fps": summary["fps"]}
-        row |= {"frame_size": args.frame_size, "steps": args.steps}
+        row |= {"frame_size": args.frame_size, "steps": args.steps, "cpu": cpu_info()[0], "source": str(run)}
         row |= part_figures(verdicts, labels) | frame_figures(frames, labels)
         (folder / f"figures_{kind}.json").write_text(json.dumps(row, indent=2))
         rows.append(row)
@@ -171,8 +180,15 @@ COLUMNS = (
 )
 
 
-def summary_table(out: Path) -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*_seed*/figures_*.json"))]
+def _key(row: dict) -> tuple:
+    return row["category"], row.get("frame_size", 128), row.get("steps", 500), row["model"], row["seed"]
+
+
+def finished_rows(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*_seed*/figures_*.json"))]
+
+
+def summary_table(rows: list[dict]) -> str:
     lines = [
         "| category | frames | steps | model | seeds | "
         + " | ".join(COLUMNS)
@@ -216,16 +232,26 @@ def main() -> None:
     parser.add_argument("--test-frames", type=at_least(1), default=1800, help="frames of the test line (default 1800)")
     parser.add_argument("--dtype", default="auto", help="watch's precision (default auto: the fastest on this CPU)")
     parser.add_argument("--summary", type=Path, default=None, help="write the table of what finished, run nothing")
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=ARCHIVE,
+        help=f"with --summary: rows of earlier machines to include, rewritten with this run's (default {ARCHIVE})",
+    )
     args = parser.parse_args()
     if args.summary is not None:
-        args.summary.write_text(summary_table(args.out))
+        from efficientad_fast._checkpoint import atomic_write_text
+
+        rows = merged_rows(args.archive, finished_rows(args.out), _key)
+        write_rows(args.archive, rows)
+        atomic_write_text(args.summary, summary_table(rows))
         print(args.summary.read_text())
         return
     for category in args.categories:
         for seed in args.seeds:
             for row in measure(args.out, category, seed, args):
                 print(json.dumps(row), flush=True)
-    print(summary_table(args.out))
+    print(summary_table(finished_rows(args.out)))
 
 
 if __name__ == "__main__":
