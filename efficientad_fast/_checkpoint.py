@@ -172,7 +172,10 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def read_checkpoint(
-    path: Path, weights_only: bool = True, refused_hint: str = "If you trust this file, pass weights_only=False."
+    path: Path,
+    weights_only: bool = True,
+    refused_hint: str = "A checkpoint efficientad_fast wrote holds weights and plain values only: this file is "
+    "damaged or was written by other code.",
 ) -> dict:
     """``torch.load`` of ``path`` on the CPU; FileNotFoundError or ValueError that say why not.
     ``refused_hint`` ends the message when the file holds Python objects (code) that a

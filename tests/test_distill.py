@@ -395,8 +395,15 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_in_one_line(tmp_path, capsys
     (tmp_path / "run").mkdir()
     # A training checkpoint: the first bytes of one, written by save_checkpoint's payload kind.
     torch.save({"kind": "efficientad_fast-training-checkpoint", "step": 1}, tmp_path / "run" / "checkpoint.pt")
+    import argparse
+
+    torch.save({"kind": "efficientad_fast-distill-checkpoint", "x": argparse.Namespace()}, tmp_path / "code.pt")
     cases = {
         "corrupt: checksum mismatch (the distill-teacher checkpoint changed since it was written)": None,
+        # the sixteenth probe: a bit flip that made a pickle opcode a GLOBAL advised weights_only=False
+        "holds Python objects (argparse.Namespace), not only weights; a weights-only load refuses them because "
+        "unpickling them could run code. A checkpoint efficientad_fast wrote holds weights and plain values only: "
+        "this file is damaged or was written by other code.": tmp_path / "code.pt",
         "cannot read it as a PyTorch checkpoint (truncated or corrupt?": good[: len(good) // 2],
         "is not a distill-teacher checkpoint but a training checkpoint": (tmp_path / "run" / "checkpoint.pt"),
         "is not a distill-teacher checkpoint but a model file": tmp_path / "model.pt",
