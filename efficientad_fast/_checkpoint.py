@@ -15,7 +15,7 @@ import stat
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -394,11 +394,19 @@ def payload_checksum(payload: dict) -> str:
     return digest.hexdigest()
 
 
-def check_checkpoint_checksum(state: dict, path: Path, what: str, remedy: str) -> None:
+def check_checkpoint_checksum(state: dict, path: Path, what: str, remedy: str, known: Iterable[str]) -> None:
     """ValueError when a checkpoint's bytes changed since it was written (its ``checksum``
-    entry is :func:`payload_checksum` of the rest); one from before checkpoints carried a
-    checksum resumes with a warning. ``what``: the kind of checkpoint, for the messages;
-    ``remedy``: what the user can do about a corrupt one."""
+    entry is :func:`payload_checksum` of the rest) or it holds an entry not in ``known`` (a
+    flipped bit in the name ``checksum`` would otherwise pass for a checkpoint from before
+    checksums); one from before checkpoints carried a checksum resumes with a warning.
+    ``what``: the kind of checkpoint, for the messages; ``remedy``: what the user can do
+    about a corrupt one."""
+    unknown = sorted(set(state) - set(known) - {"checksum"}, key=str)
+    if unknown:
+        raise ValueError(
+            f"{path}: corrupt: unknown entries {', '.join(map(repr, unknown))} (the {what} changed since it "
+            f"was written, or other code wrote it); {remedy}"
+        )
     if "checksum" not in state:
         warnings.warn(
             f"{path}: {what} without a checksum (older efficientad_fast); corruption cannot be detected", stacklevel=3

@@ -4,6 +4,7 @@ EfficientAD (shipped distilled teacher by default, "random", or a file)."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 
 import pytest
@@ -408,6 +409,12 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_in_one_line(tmp_path, capsys
         "is not a distill-teacher checkpoint but a training checkpoint": (tmp_path / "run" / "checkpoint.pt"),
         "is not a distill-teacher checkpoint but a model file": tmp_path / "model.pt",
     }
+    state = torch.load(io.BytesIO(good), weights_only=True)  # the sixteenth probe: a bit flipped in "checksum"
+    state["chdcksum"] = state.pop("checksum")
+    torch.save(state, tmp_path / "renamed.pt")
+    cases["corrupt: unknown entries 'chdcksum' (the distill-teacher checkpoint changed since it was written"] = (
+        tmp_path / "renamed.pt"
+    )
     for message, content in cases.items():
         if content is not None:
             ckpt.write_bytes(content if isinstance(content, bytes) else content.read_bytes())
@@ -430,10 +437,38 @@ def test_a_new_run_does_not_replace_another_runs_files(tmp_path):
         distill.distill_teacher(out, tiny(steps=2), log=lambda *_: None)
     assert ckpt.read_bytes() == before
     ckpt.unlink()
-    with pytest.raises(FileExistsError, match=r"t\.pt is there from another run"):
+    with pytest.raises(FileExistsError, match=r"t\.pt is there from another run \(and no checkpoint to resume\)"):
         distill.distill_teacher(out, tiny(steps=2), log=lambda *_: None)
     record = distill.distill_teacher(out, tiny(steps=2), overwrite=True, log=lambda *_: None)
     assert record["steps"] == 2
+
+
+@needs_distill
+@pytest.mark.parametrize("resume", [False, True])
+def test_ctrl_c_while_starting_says_so_and_leaves_nothing(tmp_path, monkeypatch, resume):
+    """The sixteenth probe: Ctrl-C or SIGTERM during the setup (backbone, images, calibration:
+    seconds) ended silently and left the empty folder it had made for --out."""
+    from efficientad_fast import distill
+    from efficientad_fast.distill import loop
+
+    out = tmp_path / "new" / "sub" / "t.pt"
+    if resume:
+        distill.distill_teacher(out, tiny(steps=1), log=lambda *_: None)
+        before = out.with_name("t.pt.ckpt").read_bytes()
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_resume" if resume else "_calibrate", interrupted)
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        distill.distill_teacher(out, tiny(steps=2), resume=resume, log=said.append)
+    if resume:
+        assert said == ["[distill] interrupted while starting; t.pt.ckpt is unchanged: rerun with --resume"]
+        assert out.with_name("t.pt.ckpt").read_bytes() == before
+    else:
+        assert said == ["[distill] interrupted before the first step; nothing was written"]
+        assert list(tmp_path.iterdir()) == []
 
 
 @needs_distill

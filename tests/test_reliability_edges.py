@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import http.server
+import io
 import json
 import os
 import signal
@@ -714,7 +715,18 @@ def test_resume_refuses_a_corrupt_checkpoint_and_other_data(tmp_path, tiny_board
     state["model"][first].view(-1)[7] += 1.0  # one weight changed, the stored checksum kept
     torch.save(state, checkpoint)
     assert main([*train_args(tiny_board, out, steps=3), "--resume"]) == 2
-    assert "corrupt: checksum mismatch" in one_error_line("train", capsys.readouterr().err)
+    line = one_error_line("train", capsys.readouterr().err)
+    # The sixteenth probe: it said "train again without --resume", which is refused in that OUT.
+    assert "corrupt: checksum mismatch" in line and line.endswith("start afresh with --overwrite")
+
+    # The sixteenth probe: a flipped bit in the name "checksum" passed for a checkpoint from
+    # before checksums (a warning), and a changed weight beside it went through.
+    state = torch.load(io.BytesIO(good), weights_only=False)
+    state["chdcksum"] = state.pop("checksum")
+    state["model"][first].view(-1)[7] += 1.0
+    torch.save(state, checkpoint)
+    assert main([*train_args(tiny_board, out, steps=3), "--resume"]) == 2
+    assert "corrupt: unknown entries 'chdcksum'" in one_error_line("train", capsys.readouterr().err)
 
     checkpoint.write_bytes(good)
     other = tmp_path / "other"

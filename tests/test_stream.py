@@ -158,7 +158,8 @@ def test_threshold_defaults_to_the_models_threshold_else_the_q_b_level(model):
         with_image_threshold.set_thresholds(image=0.3)
         assert Inspector(with_image_threshold, predictor=StandIn()).threshold == 0.3
 
-    with pytest.raises(ValueError, match="not calibrated"):
+    # The sixteenth probe: the message named only the API's threshold=, not watch's --threshold.
+    with pytest.raises(ValueError, match=r"not calibrated .*\(threshold=, watch --threshold\)"):
         Inspector(random_model("small", seed=0), predictor=StandIn())
 
 

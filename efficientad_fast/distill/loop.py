@@ -52,6 +52,11 @@ from .parallel import Ranks
 from .target import TargetProjection, fit_projection, targets
 
 CHECKPOINT_KIND = "efficientad_fast-distill-checkpoint"
+# What _save_checkpoint writes (older checkpoints lack some): any other entry is refused on resume.
+CHECKPOINT_ENTRIES = (
+    "kind", "step", "config", "processes", "pdn", "optimizer", "projection", "sampler_rng", "torch_rng", "history",
+    "schedule_changes",
+)  # fmt: skip
 # What a file given as the checkpoint holds instead, by its "kind": said when it is refused.
 OTHER_FILES = {"efficientad_fast-training-checkpoint": "a training checkpoint of `efficientad-fast train`"}
 # Settings a resumed run may change; with another ``steps`` the lr schedule follows the new
@@ -245,7 +250,9 @@ def _checked_checkpoint(run: _Run) -> dict:
             "a model file" if isinstance(state, dict) and "format_version" in state else ""
         )
         raise ValueError(f"resume: {path} is not a distill-teacher checkpoint" + (f" but {what}" if what else ""))
-    check_checkpoint_checksum(state, path, "distill-teacher checkpoint", "distill again with --overwrite")
+    check_checkpoint_checksum(
+        state, path, "distill-teacher checkpoint", "distill again with --overwrite", known=CHECKPOINT_ENTRIES
+    )
     diff = config_diff(state["config"], config.as_json(), ignore=RESUMABLE)
     if diff:
         raise ValueError(f"resume: {path} was made with other settings (saved, now): {diff}")
@@ -449,12 +456,31 @@ def _write_teacher(run: _Run, out: Path, command: str | None, log) -> dict:
 def _refuse_previous_run(out: Path) -> None:
     """FileExistsError when ``out`` or its checkpoint is there: a new run would replace an
     interrupted run's checkpoint at its first save, or a finished run's teacher."""
-    for path in (out.with_name(out.name + ".ckpt"), out):
-        if path.exists():
-            raise FileExistsError(
-                f"{path} is there from another run: continue it with --resume, "
-                "start afresh with --overwrite, or choose another --out"
-            )
+    checkpoint = out.with_name(out.name + ".ckpt")
+    if checkpoint.exists():
+        raise FileExistsError(
+            f"{checkpoint} is there from another run: continue it with --resume, "
+            "start afresh with --overwrite, or choose another --out"
+        )
+    if out.exists():  # a finished run whose checkpoint was removed: nothing to resume
+        raise FileExistsError(
+            f"{out} is there from another run (and no checkpoint to resume): start afresh with --overwrite, "
+            "or choose another --out"
+        )
+
+
+def _interrupted_while_starting(out: Path, resume: bool, made: list[Path], log) -> None:
+    """Ctrl-C or SIGTERM before the first step: nothing was written; the folders this run
+    made for ``out`` go again (when still empty), and the user is told."""
+    if resume:
+        log(f"[distill] interrupted while starting; {out.name}.ckpt is unchanged: rerun with --resume")
+        return
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone: leave it
+            break
+    log("[distill] interrupted before the first step; nothing was written")
 
 
 def distill_teacher(
@@ -482,20 +508,26 @@ def distill_teacher(
     ranks = parallel.torchrun_ranks()
     ranks.share(config.batch_size)  # divisible: fail before any work
     out = Path(out)
+    made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]  # innermost first
     if ranks.main:
         writable_folder(out.parent)
         if not (resume or overwrite):
             _refuse_previous_run(out)
     else:
         log = lambda *_: None  # noqa: E731 - rank 0 speaks for all
-    run = _prepare(config, out.with_name(out.name + ".ckpt"), ranks)
-    created = parallel.start(ranks, run.device)
-    if resume:
-        _resume(run, log)
-    else:
-        _calibrate(run, log)
-    run.train_pdn = parallel.wrap(run.pdn, ranks, run.device)
-    _train(run, _held_out_evaluator(run) if ranks.main else None, log)
+    try:  # seconds to minutes: the backbone, the images, the calibration
+        run = _prepare(config, out.with_name(out.name + ".ckpt"), ranks)
+        created = parallel.start(ranks, run.device)
+        if resume:
+            _resume(run, log)
+        else:
+            _calibrate(run, log)
+        run.train_pdn = parallel.wrap(run.pdn, ranks, run.device)
+        held_out_loss = _held_out_evaluator(run) if ranks.main else None
+    except KeyboardInterrupt:
+        _interrupted_while_starting(out, resume, made if ranks.main else [], log)
+        raise
+    _train(run, held_out_loss, log)
     record = _write_teacher(run, out, command, log) if ranks.main else None
     # Not in a finally: after an error on one rank the others may never reach the barrier;
     # torchrun then stops them all.

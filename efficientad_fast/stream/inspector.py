@@ -160,7 +160,10 @@ class Inspector:
             if threshold is None:
                 threshold = default_threshold(model)
             if threshold is None:
-                raise ValueError("the model is not calibrated (no map quantiles): pass threshold= or calibrate it")
+                raise ValueError(
+                    "the model is not calibrated (no map quantiles): give a threshold on its raw scores "
+                    "(threshold=, watch --threshold) or calibrate it (train does; efficientad_fast.train.calibrate)"
+                )
         if not math.isfinite(float(threshold)):
             raise ValueError(f"threshold must be a finite number, got {threshold}")
         if map_alpha is not None and not 0.0 < map_alpha <= 1.0:

@@ -50,6 +50,11 @@ from ..networks import TEACHER_CHANNELS, feature_size
 from .calibrate import exact_quantile, teacher_channel_stats
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# What save_checkpoint writes (older checkpoints lack some): any other entry is refused on resume.
+CHECKPOINT_ENTRIES = (
+    "kind", "step", "model_config", "train_config", "run_settings", "model", "optimizer", "scheduler", "rng",
+    "history", "scaler",
+)  # fmt: skip
 
 
 @dataclass
@@ -276,7 +281,9 @@ def _restore(
     state = read_checkpoint(checkpoint)
     if not isinstance(state, dict) or state.get("kind") != "efficientad_fast-training-checkpoint":
         raise ValueError(f"{checkpoint}: not a training checkpoint of efficientad_fast")
-    check_checkpoint_checksum(state, checkpoint, "training checkpoint", "train again without --resume")
+    check_checkpoint_checksum(
+        state, checkpoint, "training checkpoint", "start afresh with --overwrite", known=CHECKPOINT_ENTRIES
+    )
     diff = config_diff(state["train_config"], asdict(config), ignore=RESUMABLE_CHANGES)
     # Checkpoints from before run settings were stored have none to compare.
     diff.update(config_diff(state.get("run_settings") or {}, dict(run_settings or {})))
