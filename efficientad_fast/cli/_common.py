@@ -372,7 +372,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     out = getattr(args, "out", None)
     if args.command in FILE_OUT_COMMANDS and isinstance(out, str) and _names_a_folder(out):
         # The fourteenth probe got a 32 MB file named "new" from --out new/ (X02, Q07), the fifteenth from new/.
-        suffix = EXPORT_SUFFIXES.get(getattr(args, "format", None), FILE_OUT_COMMANDS[args.command])
+        suffix = EXPORT_SUFFIXES.get(str(getattr(args, "format", "")), FILE_OUT_COMMANDS[args.command])
         folder = os.path.join(os.path.normpath(out), "")
         raise _BadArguments(
             f"--out {out} names a folder, but {args.command} writes one file: give its name (e.g. {folder}model{suffix})"

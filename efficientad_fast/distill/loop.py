@@ -246,7 +246,7 @@ def _checked_checkpoint(run: _Run) -> dict:
     state = read_checkpoint(path)
     if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
         kind = state.get("kind") if isinstance(state, dict) else None
-        what = OTHER_FILES.get(kind) or (
+        what = OTHER_FILES.get(str(kind)) or (
             "a model file" if isinstance(state, dict) and "format_version" in state else ""
         )
         raise ValueError(f"resume: {path} is not a distill-teacher checkpoint" + (f" but {what}" if what else ""))
@@ -333,8 +333,8 @@ def _save_checkpoint(run: _Run) -> None:
     atomic_save(payload, run.ckpt_path)
 
 
-def _gradients(run: _Run, step: int, scaler: torch.amp.GradScaler) -> torch.Tensor:
-    """The loss and gradients of step ``step`` on a fresh batch of crops (this rank's share of
+def _gradients(run: _Run, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """The loss and gradients of the next step on a fresh batch of crops (this rank's share of
     it). Changes no saved state but the random streams (restored from ``completed_rng``
     when a checkpoint is written), so it may be interrupted."""
     big, small = run.sampler.batch(run.config.batch_size, run.ranks.share(run.config.batch_size))
@@ -378,7 +378,7 @@ def _train(run: _Run, held_out_loss: Callable[[], float] | None, log) -> None:
     run.mark_completed()
     try:
         for step in bar:
-            loss = _gradients(run, step, scaler)
+            loss = _gradients(run, scaler)
             # Ctrl-C and SIGTERM wait for the update (a fraction of a second): the checkpoint
             # then holds whole steps, and a resumed run ends where an uninterrupted run ends.
             with interrupts_held():
