@@ -102,6 +102,8 @@ def test_eval_prints_table_and_writes_json_and_markdown(trained, dataset, tmp_pa
             "0",
             "--quiet",
             "--heatmaps",
+            "--precision",
+            "fp32",  # auto times INT8 against fp32 for 15 s here (the predict tests cover auto)
         ]
     )
     assert code == 0
@@ -150,6 +152,8 @@ def test_predict_sensitivity_moves_labels_and_masks(trained, dataset, tmp_path):
                     "--masks",
                     "--sensitivity",
                     sensitivity,
+                    "--precision",
+                    "fp32",  # not auto: timing INT8 against fp32 (the model holds INT8 ranges) takes 30 s here
                 ]
             )
             == 0
@@ -179,7 +183,9 @@ def test_folder_options_need_normal_dir_and_folder_dataset(trained, dataset, tmp
             str(tmp_path),
         ]
     )
-    assert code == 2 and "--abnormal-dir need --normal-dir" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert code == 2 and "--abnormal-dir need --normal-dir" in printed.err
+    assert "precision auto" not in printed.out  # refused before the model loads (30 s of INT8 timing)
     code = main(
         [
             "eval",
@@ -197,7 +203,9 @@ def test_folder_options_need_normal_dir_and_folder_dataset(trained, dataset, tmp
             str(tmp_path),
         ]
     )
-    assert code == 2 and "is for --dataset folder" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert code == 2 and "is for --dataset folder" in printed.err
+    assert "precision auto" not in printed.out  # refused before the model loads (30 s of INT8 timing)
 
 
 def test_eval_folder_dataset_with_free_folders(trained, dataset, tmp_path):
@@ -224,6 +232,8 @@ def test_eval_folder_dataset_with_free_folders(trained, dataset, tmp_path):
             "--workers",
             "0",
             "--quiet",
+            "--precision",
+            "fp32",
         ]
     )
     assert code == 0
@@ -234,8 +244,9 @@ def test_eval_folder_dataset_with_free_folders(trained, dataset, tmp_path):
 
 def test_predict_missing_input_is_a_clear_error(trained, tmp_path, capsys):
     code = main(["predict", "--model", str(trained / "model.pt"), str(tmp_path / "nope.png"), "--out", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert code == 2 and "no such image or folder" in err and "Traceback" not in err
+    printed = capsys.readouterr()
+    assert code == 2 and "no such image or folder" in printed.err and "Traceback" not in printed.err
+    assert "precision auto" not in printed.out  # refused before the model loads and times INT8
 
 
 def test_train_resume_continues_the_same_run(dataset, trained, tmp_path):

@@ -384,6 +384,12 @@ def _check_arguments(args: argparse.Namespace) -> None:
         require_file(model, f"--model: no model file at {model}", prefix="--model: ")
     if teacher is not None and teacher not in TEACHER_KEYWORDS and not Path(teacher).is_file():
         raise FileNotFoundError(f"--teacher: no teacher file {teacher} (or pass one of {', '.join(TEACHER_KEYWORDS)})")
+    if args.command == "predict":  # before the model loads (auto precision may time INT8 for 30 s)
+        from .._checkpoint import special_kind
+
+        for item in args.images:
+            if not Path(item).exists() and special_kind(item) is None:
+                raise FileNotFoundError(f"no such image or folder: {item}")
     calibration_data = getattr(args, "calibration_data", None)
     if calibration_data is not None and not Path(calibration_data).is_dir():
         raise FileNotFoundError(f"--calibration-data: no folder {calibration_data}")

@@ -23,6 +23,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..jobs import evaluate_model
     from ..report import metrics_table, write_metrics
 
+    layout = _folder_layout(args)  # a usage error, before the model loads (auto precision: seconds of timing)
     model = _load_model(args, args.batch_size)
     out = writable_folder(args.out or Path(args.model).parent / "eval")
     evaluation = evaluate_model(
@@ -35,7 +36,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=_progress_enabled(args),
         heatmap_dir=out / "heatmaps" if args.heatmaps else None,
-        layout=_folder_layout(args),
+        layout=layout,
         tile=args.tile,
         overlap=args.overlap,
     )
