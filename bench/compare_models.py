@@ -109,18 +109,24 @@ def _note_machine(report: Path) -> None:
 
 
 def finished_rows(out: Path) -> list[dict]:
-    """The rows of every report in ``out``, each with its seed, penalty, CPU and source."""
+    """The rows of every report in ``out``, each with its seed, penalty, CPU and source; of a
+    report still running (no report.json yet), the rows of its finished runs (their row.json)."""
     from efficientad_fast.report import model_of
 
     rows = []
-    for report in sorted(out.glob("seed*_*_*/report.json")):
-        seed, penalty = report.parent.name.split("_")[:2]
-        note = report.parent / "machine.json"
+    for folder in sorted(p for p in out.glob("seed*_*_*") if p.is_dir()):
+        seed, penalty = folder.name.split("_")[:2]
+        note = folder / "machine.json"
         cpu = json.loads(note.read_text())["cpu_model"] if note.exists() else "unknown"
-        for row in json.loads(report.read_text())["rows"]:
+        report = folder / "report.json"
+        if report.is_file():
+            found = [(row, f"{report} (report.json)") for row in json.loads(report.read_text())["rows"]]
+        else:
+            found = [(json.loads(p.read_text())["row"], f"{p} (row.json)") for p in sorted(folder.glob("**/row.json"))]
+        for row, source in found:
             kept = {"seed": int(seed.removeprefix("seed")), "penalty": penalty, "category": row["category"]}
             kept |= {"model": model_of(row), "backbone": row.get("backbone"), "error": row["error"]}
-            kept |= {c: row.get(c) for c in COLUMNS} | {"cpu": cpu, "source": f"{report} (report.json)"}
+            kept |= {c: row.get(c) for c in COLUMNS} | {"cpu": cpu, "source": source}
             rows.append(kept)
     return rows
 
