@@ -394,6 +394,22 @@ def payload_checksum(payload: dict) -> str:
     return digest.hexdigest()
 
 
+def refuse_previous_run(checkpoint: Path, result: Path) -> None:
+    """FileExistsError when another run's ``checkpoint`` or ``result`` is there: a new run
+    would replace an interrupted run's checkpoint at its first save, or a finished run's
+    result. Callers skip this for ``--resume`` and ``--overwrite``."""
+    if checkpoint.exists():
+        raise FileExistsError(
+            f"{checkpoint} is there from another run: continue it with --resume, "
+            "start afresh with --overwrite, or choose another --out"
+        )
+    if result.exists():  # a finished run whose checkpoint was removed: nothing to resume
+        raise FileExistsError(
+            f"{result} is there from another run (and no checkpoint to resume): start afresh with --overwrite, "
+            "or choose another --out"
+        )
+
+
 def check_checkpoint_checksum(state: dict, path: Path, what: str, remedy: str, known: Iterable[str]) -> None:
     """ValueError when a checkpoint's bytes changed since it was written (its ``checksum``
     entry is :func:`payload_checksum` of the rest) or it holds an entry not in ``known`` (a

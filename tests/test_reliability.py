@@ -409,7 +409,10 @@ def test_train_refuses_a_folder_holding_another_run(left, tiny_board, tmp_path, 
     assert main(train_args(tiny_board, out)) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "Traceback" not in err
-    assert str(out / left) in err and "--resume" in err and "--overwrite" in err
+    assert str(out / left) in err and "--overwrite" in err
+    # a checkpoint can be continued; a model without one cannot
+    assert ("continue it with --resume" in err) == (left == "checkpoint.pt")
+    assert ("no checkpoint to resume" in err) == (left == "model.pt")
     assert [p.name for p in out.iterdir()] == [left]
     assert (out / left).read_bytes() == b"an interrupted run"
     assert main([*train_args(tiny_board, out), "--overwrite"]) == 0

@@ -37,6 +37,7 @@ from .._checkpoint import (
     config_diff,
     payload_checksum,
     read_checkpoint,
+    refuse_previous_run,
     require_file,
     writable_folder,
 )
@@ -44,6 +45,7 @@ from .._device import autocast_dtype, cpu_has_bf16_kernels
 from .._progress import progress
 from .._signals import interrupts_held
 from ..data.generic_images import HELD_OUT_PHOTOS, photo_images
+from ..model import FORMAT as MODEL_FORMAT
 from ..networks import MODEL_SIZES, TEACHER_CHANNELS, make_pdn
 from . import parallel
 from .backbones import BACKBONES, LITE0_BLOCKS, RESNET_LAYERS, load_backbone
@@ -247,7 +249,7 @@ def _checked_checkpoint(run: _Run) -> dict:
     if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
         kind = state.get("kind") if isinstance(state, dict) else None
         what = OTHER_FILES.get(str(kind)) or (
-            "a model file" if isinstance(state, dict) and "format_version" in state else ""
+            "a model file" if isinstance(state, dict) and state.get("format") == MODEL_FORMAT else ""
         )
         raise ValueError(f"resume: {path} is not a distill-teacher checkpoint" + (f" but {what}" if what else ""))
     check_checkpoint_checksum(
@@ -453,22 +455,6 @@ def _write_teacher(run: _Run, out: Path, command: str | None, log) -> dict:
     return record
 
 
-def _refuse_previous_run(out: Path) -> None:
-    """FileExistsError when ``out`` or its checkpoint is there: a new run would replace an
-    interrupted run's checkpoint at its first save, or a finished run's teacher."""
-    checkpoint = out.with_name(out.name + ".ckpt")
-    if checkpoint.exists():
-        raise FileExistsError(
-            f"{checkpoint} is there from another run: continue it with --resume, "
-            "start afresh with --overwrite, or choose another --out"
-        )
-    if out.exists():  # a finished run whose checkpoint was removed: nothing to resume
-        raise FileExistsError(
-            f"{out} is there from another run (and no checkpoint to resume): start afresh with --overwrite, "
-            "or choose another --out"
-        )
-
-
 def _interrupted_while_starting(out: Path, resume: bool, made: list[Path], log) -> None:
     """Ctrl-C or SIGTERM before the first step: nothing was written; the folders this run
     made for ``out`` go again (when still empty), and the user is told."""
@@ -512,7 +498,7 @@ def distill_teacher(
     if ranks.main:
         writable_folder(out.parent)
         if not (resume or overwrite):
-            _refuse_previous_run(out)
+            refuse_previous_run(out.with_name(out.name + ".ckpt"), out)
     else:
         log = lambda *_: None  # noqa: E731 - rank 0 speaks for all
     try:  # seconds to minutes: the backbone, the images, the calibration

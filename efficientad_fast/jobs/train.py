@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .._checkpoint import atomic_write_text, require_file, writable_folder
+from .._checkpoint import atomic_write_text, refuse_previous_run, require_file, writable_folder
 from .._device import resolve_device
 from .._numbers import image_hw
 from ..data import (
@@ -66,17 +66,6 @@ def _held_out(data, dataset, category, train_set, image_size, fraction, seed, la
 
 VIDEO_FRAMES = "video_frames"  # train_from_video: the frames of the video, a folder dataset in OUT
 THRESHOLD_FRAMES = "threshold_frames"  # threshold_from a labelled clip: its frames, good/ and defect/
-
-
-def _refuse_previous_run(out: Path) -> None:
-    """FileExistsError when ``out`` holds a run's checkpoint or model: a new run would
-    overwrite an interrupted run's checkpoint at its first save."""
-    for name in (CHECKPOINT_NAME, MODEL_FILE):
-        if (out / name).is_file():
-            raise FileExistsError(
-                f"{out / name} is there from another run: continue it with --resume, "
-                "start afresh with --overwrite, or choose another --out"
-            )
 
 
 def train_category(
@@ -240,7 +229,7 @@ def _check_run(config: TrainConfig, image_size, tile: int | None, out: Path, res
     if resume:
         require_file(out / CHECKPOINT_NAME, f"resume: no checkpoint at {out / CHECKPOINT_NAME}", prefix="resume: ")
     if not (resume or overwrite):
-        _refuse_previous_run(out)
+        refuse_previous_run(out / CHECKPOINT_NAME, out / MODEL_FILE)
     return size
 
 
