@@ -1,7 +1,8 @@
 """Which precision is fastest on this machine, measured, not assumed: on one CPU bf16 is 4x
 faster than fp32 (AMX), on another 0.6x (AVX-512 BF16 without AMX), and INT8 wins or loses
 by the CPU too. :func:`choose_precision` times the variants a model can run and keeps the
-fastest whose map stays within :data:`MAP_TOLERANCE` of the fp32 map; the choice is cached
+fastest whose map stays within :data:`MAP_TOLERANCE` of the fp32 map, unless a more exact one
+is within :data:`MIN_SPEEDUP` of its time; the choice is cached
 per (CPU, torch version, model size, batch size, image size) in the cache folder.
 :func:`choose_amp` does the same for training's autocast with a short probe of steps.
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:  # for annotations only: this module sits below the model
 # The largest map difference to fp32 a chosen precision may have, as a fraction of the fp32
 # map's range (an INT8 map moves by about 0.02-0.09 of it; bf16 by about 0.02).
 MAP_TOLERANCE = 0.1
+# A less exact variant replaces a more exact one only when it is this many times faster: a
+# tie on a busy machine (INT8 778 ms against fp32 788 ms, a loaded Zen 2) costs accuracy for nothing.
+MIN_SPEEDUP = 1.1
 CACHE_FILE = "precision.json"
 # Cache entries of another layout are measured again.
 CACHE_VERSION = 1
@@ -124,10 +128,22 @@ def _write_cache(path: Path, data: dict[str, Any]) -> str | None:
     return None
 
 
+def _most_exact_fast_choice(order: list[str], times: dict[str, float], within: Callable[[str], bool]) -> str:
+    """Of ``order`` (the most exact first, which is always allowed), the choice: walking down
+    the order, a variant ``within`` the tolerance replaces the current one when it is at least
+    :data:`MIN_SPEEDUP` times faster."""
+    choice = order[0]
+    for name in order[1:]:
+        if within(name) and times[name] * MIN_SPEEDUP <= times[choice]:
+            choice = name
+    return choice
+
+
 def _consistent(entry: dict[str, Any], field: str, times_key: str, allowed: list[str]) -> bool:
     """Whether ``entry`` is one a measurement could have written: its choice (``field``) among
-    ``allowed``, every allowed setting timed (a plausible time), and the choice the fastest of
-    those whose map stayed within :data:`MAP_TOLERANCE` ("map_diff", where the entry has it).
+    ``allowed``, every allowed setting timed (a plausible time), and the choice the one
+    :func:`_most_exact_fast_choice` makes of those times and map differences ("map_diff", where
+    the entry has it; entries chosen by an older rule are measured again).
     A hand-edited entry that contradicts itself (a negative or NaN time, ``true``) is measured again."""
     times, choice = entry.get(times_key), entry.get(field)
     # amp entries record no map difference: every setting counts.
@@ -141,7 +157,7 @@ def _consistent(entry: dict[str, Any], field: str, times_key: str, allowed: list
         diff = diffs.get(name)
         return isinstance(diff, (int, float)) and not isinstance(diff, bool) and 0 <= diff <= MAP_TOLERANCE
 
-    return within(choice) and all(times[choice] <= times[name] for name in allowed if within(name))
+    return within(allowed[0]) and choice == _most_exact_fast_choice(allowed, times, within)
 
 
 def _cached(
@@ -232,9 +248,10 @@ def choose_precision(
 
     def measure() -> dict[str, Any]:
         measured.update(measure_precisions(model, batch_size, image_size, names=names))
-        allowed = [n for n in names if measured["map_diff"][n] <= MAP_TOLERANCE]
         return {
-            "precision": min(allowed, key=measured["times_ms"].get),
+            "precision": _most_exact_fast_choice(
+                names, measured["times_ms"], lambda n: measured["map_diff"][n] <= MAP_TOLERANCE
+            ),
             "times_ms": measured["times_ms"],
             "map_diff": measured["map_diff"],
         }
@@ -259,7 +276,7 @@ def choose_amp(
     refresh: bool = False,
 ) -> str | None:
     """The faster of training without autocast (None) and with bf16 autocast (a GPU: fp16
-    too): ``run_step(amp)`` runs one training step; each setting gets one untimed step, then
+    too; autocast only when :data:`MIN_SPEEDUP` times faster): ``run_step(amp)`` runs one training step; each setting gets one untimed step, then
     ``steps`` timed ones, interleaved; the median decides. Cached like
     :func:`choose_precision` under ``what`` (the model size, batch and image size)."""
     names: list[str | None] = [None, "fp16", "bf16"] if device.type == "cuda" else [None, "bf16"]
@@ -280,7 +297,7 @@ def choose_amp(
             for amp in names:
                 times[label(amp)].append(_time_ms(functools.partial(run_step, amp)))
         medians = {n: statistics.median(t) for n, t in times.items()}
-        return {"amp": min(medians, key=medians.__getitem__), "step_ms": medians}
+        return {"amp": _most_exact_fast_choice(list(medians), medians, lambda n: True), "step_ms": medians}
 
     entry, how = _cached(key, "amp", [label(n) for n in names], measure, refresh, "step_ms")
     if log is not None:

@@ -289,3 +289,45 @@ def test_a_nan_calibration_image_is_named(tmp_path):
     Image.fromarray(pixels, mode="F").save(tmp_path / "nan.tif")
     with pytest.raises(ValueError, match=r"calibration image file .*nan\.tif: it has pixels that are not finite"):
         calibration_images(tmp_path, (256, 256), 4)
+
+
+@pytest.mark.parametrize(
+    "times, diffs, expected",
+    [
+        ({"fp32": 788.0, "bf16": 900.0, "int8": 778.0}, {}, "fp32"),  # a near tie keeps the exact map
+        ({"fp32": 300.0, "bf16": 105.0, "int8": 100.0}, {}, "bf16"),  # int8 not 1.1x faster than bf16
+        ({"fp32": 300.0, "bf16": 200.0, "int8": 100.0}, {}, "int8"),
+        ({"fp32": 300.0, "bf16": 200.0, "int8": 100.0}, {"int8": 0.5}, "bf16"),  # int8 off the map
+    ],
+)
+def test_auto_takes_a_less_exact_precision_only_when_clearly_faster(
+    times, diffs, expected, calibrated_model, cache_folder, monkeypatch
+):
+    monkeypatch.setattr(precision, "cpu_has_bf16_kernels", lambda: True)
+    quantized = ead.quantize(calibrated_model, torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(1)))
+
+    def fake_measure(model, batch_size, image_size, names):
+        assert names == ["fp32", "bf16", "int8"]
+        return {
+            "times_ms": times,
+            "map_diff": {n: diffs.get(n, 0.0) for n in names},
+            "models": {n: model for n in names},
+        }
+
+    def chosen() -> str:
+        lines: list[str] = []
+        precision.choose_precision(quantized, log=lines.append)
+        return lines[0].split()[2]  # "precision auto: int8 at batch 1 (...)"
+
+    monkeypatch.setattr(precision, "measure_precisions", fake_measure)
+    assert chosen() == expected
+    # A cache entry chosen by the older rule (the fastest, however narrowly) is measured again.
+    path = cache_folder / precision.CACHE_FILE
+    data = json.loads(path.read_text())
+    (entry,) = data["entries"].values()
+    entry["precision"] = min(times, key=lambda n: times[n] if diffs.get(n, 0.0) <= precision.MAP_TOLERANCE else 1e9)
+    path.write_text(json.dumps(data))
+    calls = []
+    monkeypatch.setattr(precision, "measure_precisions", lambda *a, **k: calls.append(1) or fake_measure(*a, **k))
+    assert chosen() == expected
+    assert calls == ([1] if entry["precision"] != expected else [])
