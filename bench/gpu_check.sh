@@ -17,7 +17,7 @@
 #   2b. ptxas           bench/ptxas_report.py: nvcc -Xptxas -v for sm_90 with the op's build flags
 #                       (compile only): registers, stack frame and spills of every kernel to
 #                       ptxas.md / ptxas.json; any stack frame or spill fails the step. Needs nvcc,
-#                       not a GPU (skipped, and said so, without a CUDA toolkit).
+#                       not a GPU (skipped, and said so, without a CUDA toolkit; GPU_CHECK_SKIP_PTXAS=1 skips).
 #   3. cuda_tests       tests/test_anomaly_map.py, test_inference.py, test_op_layout.py, -k cuda. With a GPU,
 #                       a skipped CUDA test, or none run, is a failure (pytest exits 0 then).
 #   4. bench_latency    S and M, batch 1, fp16 then fp32
@@ -125,7 +125,9 @@ if (( rc != 0 && rc != 99 )); then  # the reason in one line: info.json's "build
 fi
 
 # The compiler's register/stack/spill report of every kernel (nvcc only): ptxas.md, ptxas.json.
-if ! "$PY" -c "import sys; from efficientad_fast.op._build import find_cuda_home; sys.exit(find_cuda_home() is None)" 2>/dev/null; then
+if [[ "${GPU_CHECK_SKIP_PTXAS:-0}" == 1 ]]; then
+    note "ptxas: skipped (GPU_CHECK_SKIP_PTXAS=1)"
+elif ! "$PY" -c "import sys; from efficientad_fast.op._build import find_cuda_home; sys.exit(find_cuda_home() is None)" 2>/dev/null; then
     note "ptxas: skipped (no CUDA toolkit found: the report needs nvcc)"
 else
     run_step ptxas "$PY" bench/ptxas_report.py "$OUT"

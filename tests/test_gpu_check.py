@@ -54,7 +54,9 @@ def test_extra_cflags_are_appended_and_get_their_own_build_directory(monkeypatch
 
 
 def test_info_json_exits_nonzero_when_the_build_fails(tmp_path):
-    env = _env(tmp_path, EFFICIENTAD_FAST_CACHE=str(tmp_path / "cache"), **{_build.EXTRA_CFLAGS_ENV: BROKEN_FLAG})
+    # ptxas compiles the kernels with nvcc whatever the C++ build did (~35 s): not this test's subject.
+    env = _env(tmp_path, EFFICIENTAD_FAST_CACHE=str(tmp_path / "cache"), GPU_CHECK_SKIP_PTXAS="1")
+    env[_build.EXTRA_CFLAGS_ENV] = BROKEN_FLAG
     done = subprocess.run(
         [sys.executable, "-m", "efficientad_fast", "info", "--json"],
         env=env,
@@ -258,12 +260,15 @@ def test_script_runs_end_to_end_on_the_cpu(tmp_path):
 
 @needs_no_gpu
 def test_script_reports_a_broken_build_as_failed(tmp_path):
-    env = _env(tmp_path, EFFICIENTAD_FAST_CACHE=str(tmp_path / "cache"), **{_build.EXTRA_CFLAGS_ENV: BROKEN_FLAG})
+    # ptxas compiles the kernels with nvcc whatever the C++ build did (~35 s): not this test's subject.
+    env = _env(tmp_path, EFFICIENTAD_FAST_CACHE=str(tmp_path / "cache"), GPU_CHECK_SKIP_PTXAS="1")
+    env[_build.EXTRA_CFLAGS_ENV] = BROKEN_FLAG
     done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=200)
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert done.returncode != 0, summary
     assert "build: FAILED" in summary and "build: ok" not in summary
     assert "cuda_tests: skipped (build not ok)" in summary
+    assert "ptxas: skipped (GPU_CHECK_SKIP_PTXAS=1)" in summary
     assert summary.count("target not measured") == len(gpu_targets.GPU_TARGETS) + 1
 
 
