@@ -43,6 +43,7 @@ from efficientad_fast.cli._common import at_least
 from efficientad_fast.precision import cpu_info
 
 ARCHIVE = Path(__file__).resolve().parent / "results" / "parts_line_rows.jsonl"
+CHECKPOINT_EVERY = 50
 SETTINGS = {"board": {"part_margin": 0}, "weave": {"part_margin": 12}}
 
 
@@ -78,6 +79,7 @@ def train(folder: Path, category: str, kind: str, videos: dict, seed: int, steps
     if (out / "model.pt").is_file():
         return out / "model.pt"
     common = ["--out", out, "--steps", steps, "--seed", seed, "--penalty-images", "none", "--workers", "0", "--quiet"]
+    common += ["--checkpoint-every", CHECKPOINT_EVERY]  # a killed run (a machine handed back) loses at most these steps
     resume = ["--resume"] if (out / "checkpoint.pt").is_file() else []
     if kind == "video":
         cli("train", "--video", videos["normal"], *common, *resume)
