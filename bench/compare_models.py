@@ -2,7 +2,8 @@
 without the bundled penalty images, on the synthetic categories, over several seeds (issue 26,
 part 4). Each (seed, penalty, group) is one ``efficientad-fast report`` run with ``--resume``,
 so rerunning the same command after an interruption continues where it stopped; ``--summary``
-then gathers every finished report into one Markdown table with means and spreads.
+then gathers every finished report into one Markdown table with means and spreads (accuracy only:
+latency is timed apart, `--latency` on a quiet machine).
 
     python bench/compare_models.py --out /tmp/compare            # run (hours on a 2-core CPU)
     python bench/compare_models.py --out /tmp/compare --summary bench/results/compare_DATE.md
@@ -39,6 +40,10 @@ GROUPS = {  # name: (dataset layout, categories, steps)
 COMPARED = ("patchcore", "fastflow")
 CHECKPOINT_EVERY = 25  # EfficientAD training steps between checkpoints (about 2 min on a 2-core CPU)
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "logical_image_auroc", "structural_image_auroc", "latency_ms")
+# The table's columns: the runs' latencies are kept in the archive, beside the threads and load
+# they ran with, but not averaged into the table: runs are made one thread each beside other
+# jobs, on whatever CPU the session has. Latency is timed apart (--latency, a quiet machine).
+TABLE_COLUMNS = COLUMNS[:-1]
 ARCHIVE = Path(__file__).resolve().parent / "results" / "compare_rows.jsonl"
 
 
@@ -121,7 +126,10 @@ def finished_rows(out: Path) -> list[dict]:
     for folder in sorted(p for p in out.glob("seed*_*_*") if p.is_dir()):
         seed, penalty = folder.name.split("_")[:2]
         note = folder / "machine.json"
-        cpu = json.loads(note.read_text())["cpu_model"] if note.exists() else "unknown"
+        machine = json.loads(note.read_text()) if note.exists() else {}
+        cpu = machine.get("cpu_model", "unknown")
+        threads = machine.get("torch_num_threads")
+        load = machine.get("loadavg", [None])[0]
         report = folder / "report.json"
         if report.is_file():
             found = [(row, f"{report} (report.json)") for row in json.loads(report.read_text())["rows"]]
@@ -130,7 +138,8 @@ def finished_rows(out: Path) -> list[dict]:
         for row, source in found:
             kept = {"seed": int(seed.removeprefix("seed")), "penalty": penalty, "category": row["category"]}
             kept |= {"model": model_of(row), "backbone": row.get("backbone"), "error": row["error"]}
-            kept |= {c: row.get(c) for c in COLUMNS} | {"cpu": cpu, "source": source}
+            kept |= {c: row.get(c) for c in COLUMNS} | {"cpu": cpu, "threads": threads, "load_at_start": load}
+            kept["source"] = source
             rows.append(kept)
     return rows
 
@@ -149,7 +158,8 @@ def _stats(values: list[float]) -> str:
 
 
 def summary(rows: list[dict]) -> str:
-    """Markdown: per (category, model/penalty) the mean (min–max, n) over seeds of each column."""
+    """Markdown: per (category, model/penalty) the mean (min–max, n) over seeds of each of
+    :data:`TABLE_COLUMNS`."""
     cells: dict[tuple[str, str], dict[str, list]] = {}
     errors: dict[tuple[str, str], set[str]] = {}
     for row in rows:
@@ -158,16 +168,18 @@ def summary(rows: list[dict]) -> str:
         if row["error"]:
             errors.setdefault(key, set()).add(row["error"])
             continue
-        for column in COLUMNS:
+        for column in TABLE_COLUMNS:
             value = row.get(column)
             cells.setdefault(key, {}).setdefault(column, []).append(math.nan if value is None else value)
-    head = ["category", "model", *COLUMNS]
+    head = ["category", "model", *TABLE_COLUMNS]
     lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for (category, model), values in sorted(cells.items()):
-        stats = [_stats([float(v) for v in values.get(c, [])]) for c in COLUMNS]
+        stats = [_stats([float(v) for v in values.get(c, [])]) for c in TABLE_COLUMNS]
         lines.append(f"| {category} | {model} | {' | '.join(stats)} |")
     for (category, model), why in sorted(errors.items()):
-        lines.append(f"| {category} | {model} | failed: {'; '.join(sorted(why))[:200]} |" + " |" * (len(COLUMNS) - 1))
+        lines.append(
+            f"| {category} | {model} | failed: {'; '.join(sorted(why))[:200]} |" + " |" * (len(TABLE_COLUMNS) - 1)
+        )
     return "\n".join(lines)
 
 
