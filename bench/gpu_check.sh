@@ -16,7 +16,8 @@
 #                       the run and skips the steps that need the library.
 #   2b. ptxas           bench/ptxas_report.py: nvcc -Xptxas -v for sm_90 with the op's build flags
 #                       (compile only): registers, stack frame and spills of every kernel to
-#                       ptxas.md / ptxas.json; any stack frame or spill fails the step. Needs nvcc,
+#                       ptxas.md / ptxas.json (kept in the cache per sources, flags and nvcc);
+#                       any stack frame or spill fails the step. Needs nvcc,
 #                       not a GPU (skipped, and said so, without a CUDA toolkit; GPU_CHECK_SKIP_PTXAS=1 skips).
 #   3. cuda_tests       tests/test_anomaly_map.py, test_inference.py, test_op_layout.py, -k cuda. With a GPU,
 #                       a skipped CUDA test, or none run, is a failure (pytest exits 0 then).

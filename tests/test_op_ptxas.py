@@ -66,3 +66,13 @@ def test_the_parser_reads_stack_frames_and_spills():
         ("_Z6kernelPf", 52, 128, 8, 4),
         ("_Z5cleanPf", 13, 0, 0, 0),
     ]
+
+
+def test_the_report_is_kept_for_the_same_sources_and_flags(kernels, tmp_path, monkeypatch):
+    """gpu_check.sh's ptxas step and this module compile the same kernels: the second asks the cache."""
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("nvcc ran again for unchanged sources")
+
+    monkeypatch.setattr(_build.subprocess, "run", no_compiling)
+    assert _build.ptxas_report(tmp_path) == kernels

@@ -447,17 +447,45 @@ def parse_ptxas_report(text: str) -> list[KernelResources]:
 
 def ptxas_report(folder: Path, arch: str = PTXAS_ARCH) -> list[KernelResources]:
     """Compile every CUDA source (compile only, one architecture) into ``folder`` and return
-    each kernel's registers, stack frame and spills as ptxas reports them. Raises
+    each kernel's registers, stack frame and spills as ptxas reports them; the report is kept
+    in the cache (``ptxas/``) under a digest of the commands, compiler and sources. Raises
     :class:`BuildError` with nvcc's output when a compile fails, or when no CUDA toolkit is
     found."""
     plan = build_plan(jit=True, with_cuda=True, detect_gpus=False)
+    commands = {
+        source: nvcc_compile_command(plan, source, str(folder / (Path(source).stem + ".o")), arch)
+        for source in plan.sources
+        if source.endswith(".cu")
+    }
+    cached = cache_root() / "ptxas" / f"{_ptxas_key(commands, folder)}.json"
+    try:  # the same sources, flags and compiler report the same (nvcc takes ~35 s on 2 cores)
+        return [KernelResources(**k) for k in json.loads(cached.read_text())]
+    except (OSError, ValueError, TypeError):  # absent or damaged: compile
+        pass
     kernels: list[KernelResources] = []
-    for source in plan.sources:
-        if not source.endswith(".cu"):
-            continue
-        command = nvcc_compile_command(plan, source, str(folder / (Path(source).stem + ".o")), arch)
+    for source, command in commands.items():
         done = subprocess.run(command, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             raise BuildError(f"nvcc failed on {source} (exit {done.returncode}):\n{done.stdout}{done.stderr}")
         kernels += parse_ptxas_report(done.stdout + done.stderr)
+    try:
+        cache_folder(cached.parent)
+        temporary = cached.with_name(f"{cached.name}.{os.getpid()}")
+        temporary.write_text(json.dumps([vars(k) for k in kernels]))
+        os.replace(temporary, cached)
+    except OSError:  # a read-only cache costs a compile next time
+        pass
     return kernels
+
+
+def _ptxas_key(commands: dict[str, list[str]], folder: Path) -> str:
+    """What a ptxas report depends on: the nvcc commands (less the output folder), the
+    compiler binary and every file under the source folder (headers included)."""
+    digest = hashlib.sha256()
+    for command in commands.values():
+        digest.update(json.dumps([part.replace(str(folder), "OUT") for part in command]).encode())
+        nvcc = Path(command[0]).stat()
+        digest.update(f"{command[0]} {nvcc.st_size} {nvcc.st_mtime_ns}".encode())
+    for path in sorted(p for p in source_dir().rglob("*") if p.is_file()):
+        digest.update(str(path).encode() + path.read_bytes())
+    return digest.hexdigest()[:32]
