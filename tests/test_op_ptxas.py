@@ -6,6 +6,10 @@ the bandwidth-bound kernels cannot afford. Skipped where there is no CUDA toolki
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+
 import pytest
 
 from efficientad_fast.op import _build
@@ -76,3 +80,20 @@ def test_the_report_is_kept_for_the_same_sources_and_flags(kernels, tmp_path, mo
 
     monkeypatch.setattr(_build.subprocess, "run", no_compiling)
     assert _build.ptxas_report(tmp_path) == kernels
+
+
+@pytest.mark.parametrize("occupant", ["folder", "fifo", "damaged"])
+def test_a_cache_entry_it_cannot_use_costs_a_compile_and_nothing_else(occupant, tmp_path, monkeypatch):
+    """Whatever sits where the report is kept, the report comes from nvcc, with no hang or error."""
+    monkeypatch.setenv(_build.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(_build, "_ptxas_key", lambda commands, folder: "key")
+    target = tmp_path / "cache" / "ptxas" / "key.json"
+    target.parent.mkdir(parents=True)
+    {"folder": target.mkdir, "fifo": lambda: os.mkfifo(target), "damaged": lambda: target.write_text("[{")}[occupant]()
+    compiled = subprocess.CompletedProcess([], 0, stdout=SAMPLE_REPORT, stderr="")
+    monkeypatch.setattr(_build.subprocess, "run", lambda *args, **kwargs: compiled)
+    plan = _build.build_plan(jit=True, with_cuda=True, detect_gpus=False)
+    cuda_sources = [source for source in plan.sources if source.endswith(".cu")]
+    assert _build.ptxas_report(tmp_path / "out") == _build.parse_ptxas_report(SAMPLE_REPORT) * len(cuda_sources)
+    if occupant == "damaged":  # replaced by the good report
+        assert len(json.loads(target.read_text())) == 2 * len(cuda_sources)

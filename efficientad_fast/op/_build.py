@@ -459,8 +459,9 @@ def ptxas_report(folder: Path, arch: str = PTXAS_ARCH) -> list[KernelResources]:
     }
     cached = cache_root() / "ptxas" / f"{_ptxas_key(commands, folder)}.json"
     try:  # the same sources, flags and compiler report the same (nvcc takes ~35 s on 2 cores)
-        return [KernelResources(**k) for k in json.loads(cached.read_text())]
-    except (OSError, ValueError, TypeError):  # absent or damaged: compile
+        if cached.is_file():  # a FIFO there would block the read
+            return [KernelResources(**k) for k in json.loads(cached.read_text())]
+    except (OSError, ValueError, TypeError):  # damaged: compile
         pass
     kernels: list[KernelResources] = []
     for source, command in commands.items():
@@ -468,12 +469,12 @@ def ptxas_report(folder: Path, arch: str = PTXAS_ARCH) -> list[KernelResources]:
         if done.returncode != 0:
             raise BuildError(f"nvcc failed on {source} (exit {done.returncode}):\n{done.stdout}{done.stderr}")
         kernels += parse_ptxas_report(done.stdout + done.stderr)
+    # Imported here: setup.py loads this file by path, without the package (or torch).
+    from efficientad_fast._checkpoint import atomic_write_text
+
     try:
-        cache_folder(cached.parent)
-        temporary = cached.with_name(f"{cached.name}.{os.getpid()}")
-        temporary.write_text(json.dumps([vars(k) for k in kernels]))
-        os.replace(temporary, cached)
-    except OSError:  # a read-only cache costs a compile next time
+        atomic_write_text(cache_folder(cached.parent) / cached.name, json.dumps([vars(k) for k in kernels]))
+    except (OSError, ValueError):  # a read-only cache costs a compile next time; ValueError: a FIFO there
         pass
     return kernels
 
