@@ -19,7 +19,10 @@ from its parts.jsonl and frames.jsonl against the ground truth:
 
 - part level: recall of defective parts and false rejects per 1000 normal parts at the
   calibrated part threshold, and false rejects at the highest threshold that still rejects
-  every defective part (100 % recall); decision latency from the part's exit (ms, p50/max);
+  every defective part (100 % recall); decision latency (ms, p50/max) from the arrival of the
+  frame that settled the verdict: the part's first frame at the edge for a part decided as it
+  leaves (its verdict comes before it is gone, so exit to verdict is shorter still), its first
+  frame gone for one decided after leaving; and the share of parts decided as they leave;
 - frame level: false-alarm onsets per 1000 normal frames at 100 % recall of defective parts,
   for kofn (3 of 5), ema and raw scores (:func:`efficientad_fast.stream.compare_smoothers`).
 
@@ -138,6 +141,7 @@ def part_figures(verdicts: list[dict], labels: list[dict]) -> dict:
         / max(1, len(normal)),
         "latency_p50_ms": statistics.median(latencies) if latencies else None,
         "latency_max_ms": latencies[-1] if latencies else None,
+        "decided_leaving": sum(v.get("decided") == "leaving" for v in verdicts) / max(1, len(verdicts)),
     }
 
 
@@ -176,6 +180,7 @@ COLUMNS = (
     "full_recall_false_rejects_per_1000",
     "latency_p50_ms",
     "latency_max_ms",
+    "decided_leaving",
     "kofn_onsets_per_1000",
     "ema_onsets_per_1000",
     "none_onsets_per_1000",
@@ -204,10 +209,12 @@ def summary_table(rows: list[dict]) -> str:
     for (category, size, steps, model), group in sorted(groups.items()):
         cells = []
         for column in COLUMNS:
-            values = [r[column] for r in group if r[column] is not None]
-            mean = statistics.fmean(values) if values else float("nan")
+            values = [r[column] for r in group if r.get(column) is not None]  # older rows lack some
+            if not values:
+                cells.append("–")
+                continue
             spread = (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
-            cells.append(f"{mean:.3g} ± {spread:.2g}")
+            cells.append(f"{statistics.fmean(values):.3g} ± {spread:.2g}")
         counts = ", ".join(
             f"{r['normal_parts']}/{r['defective_parts']}, {r['missed_parts']}, {r['split_parts']}" for r in group
         )

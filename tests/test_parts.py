@@ -173,6 +173,49 @@ def test_frames_where_the_part_is_cut_by_the_edge_do_not_decide(belt):
     assert len(out) == 1 and out[0].verdict == "pass" and out[0].whole_in_view
 
 
+def judge_all(judge, frames, maps):
+    """[(index of the frame whose update gave it, verdict), ...]; None for finish()'s."""
+    out = [(r.frame, v) for r in scored(frames, maps) for v in judge.update(r)]
+    return out + [(None, v) for v in judge.finish()]
+
+
+def test_a_part_is_decided_as_it_leaves_not_frames_after(belt):
+    """Issue 27 asks for a verdict within 1 s of a part leaving; at 1.25 frames/s (the 256 px
+    board line on a 2-core CPU) waiting for the tracker to lose the part cost 2 frames and
+    more. Wholly in view in frames 0-3, at the edge from frame 4, gone from frame 7."""
+    positions = [[34]] * 4 + [[2], [-20], [-50]] + [[]] * 4
+    maps = [np.full((SIZE, SIZE), 0.05, np.float32) for _ in positions]
+    maps[2][50, 60], maps[3][52, 61] = 0.8, 0.7
+    maps[6][:] = 0.9  # cut by the edge after the verdict: it changes nothing
+    ((frame, verdict),) = judge_all(PartJudge(PartTracker(belt), threshold=0.3), conveyor(positions), maps)
+    assert frame == 5 and verdict.decided == "leaving" and verdict.left and verdict.last_frame == 5
+    assert verdict.verdict == "reject" and verdict.score == pytest.approx(0.7) and verdict.deciding_frame == 3
+    assert verdict.latency_ms is not None and verdict.latency_ms >= 0 and verdict.to_json()["decided"] == "leaving"
+    # Without the early decision it comes once the tracker has lost the part (2 frames unseen).
+    ((frame, late),) = judge_all(PartJudge(PartTracker(belt), 0.3, leaving_frames=None), conveyor(positions), maps)
+    assert frame == 8 and late.decided == "left" and late.score == verdict.score and late.last_frame == 6
+
+
+def test_a_torn_frame_at_the_edge_decides_nothing_and_a_part_turning_back_is_judged_once(belt):
+    positions = [[34]] * 3 + [[34]] + [[34]] * 3 + [[2], [-20], [34], [34], [2], [-20]] + [[]] * 4
+    frames = conveyor(positions)
+    frames[3][:, 30:90, 0:40] = np.array([0.1, 0.6, 0.2], np.float32)[:, None, None]  # torn rows reach the edge
+    maps = [np.full((SIZE, SIZE), 0.05, np.float32) for _ in positions]
+    maps[5][50, 60], maps[6][52, 61] = 0.8, 0.7  # seen after the torn frame
+    maps[9][50, 60] = maps[10][50, 60] = 5.0  # back in view after its verdict
+    verdicts = judge_all(PartJudge(PartTracker(belt), threshold=0.3), frames, maps)
+    assert [(frame, v.decided, v.verdict, v.deciding_frame) for frame, v in verdicts] == [(8, "leaving", "reject", 6)]
+
+
+def test_a_part_never_wholly_in_view_is_decided_when_lost_and_one_in_view_at_the_end(belt):
+    half_seen = [[100], [90], [100]] + [[]] * 4  # its right end beyond the frame
+    maps = [np.full((SIZE, SIZE), 0.05, np.float32) for _ in half_seen]
+    ((frame, verdict),) = judge_all(PartJudge(PartTracker(belt), threshold=0.3), conveyor(half_seen), maps)
+    assert frame == 4 and verdict.decided == "left" and not verdict.whole_in_view and verdict.latency_ms >= 0
+    ((frame, verdict),) = judge_all(PartJudge(PartTracker(belt), threshold=0.3), conveyor([[34]] * 4), maps[:4])
+    assert frame is None and verdict.decided == "end" and not verdict.left and verdict.latency_ms is None
+
+
 def test_a_nan_in_the_parts_box_never_passes_it(belt):
     """The eleventh probe (A09): a NaN part score passed the part and was written as NaN."""
     frames = conveyor([[34]] * 4 + [[]] * 3)
@@ -268,6 +311,8 @@ def test_part_threshold_and_bad_judges():
     belt = Belt.learn([np.zeros((3, 8, 8), np.float32)])
     with pytest.raises(ValueError, match="k must be an int >= 1"):
         PartJudge(PartTracker(belt), k=0)
+    with pytest.raises(ValueError, match="leaving_frames must be an int >= 1, got 0"):
+        PartJudge(PartTracker(belt), leaving_frames=0)
     with pytest.raises(ValueError, match="threshold must be a finite number"):
         PartJudge(PartTracker(belt), threshold=float("inf"))
     assert Box(0, 0, 10, 10).iou(Box(5, 0, 15, 10)) == pytest.approx(1 / 3)

@@ -1,6 +1,6 @@
 """One verdict per part: :class:`PartJudge` follows the parts through scored frames (a
-:class:`~efficientad_fast.stream.tracking.PartTracker`) and, when a part leaves the view,
-passes or rejects it once.
+:class:`~efficientad_fast.stream.tracking.PartTracker`) and passes or rejects each part once,
+as it leaves the view.
 
     judge = PartJudge(PartTracker(belt), threshold=None, k=2)
     judge.threshold = calibrate_parts(inspector, judge, "normal_clip.mp4")  # from normal parts
@@ -13,6 +13,13 @@ A part's score in a frame is the anomaly map's maximum inside its box; its score
 largest of those over the frames where it was wholly in view (all its frames when it never
 was): one frame's glitch (k >= 2) or a half-seen part sliding in does not decide. The
 threshold is calibrated on normal parts (:func:`part_threshold`).
+
+When is a part decided: a part that was wholly in view is decided when it has reached the
+frame's edge in ``leaving_frames`` frames in a row (2: a torn frame's one does not count): the
+frames it has left, cut by the edge, would not change its score, so the verdict comes while
+the part is still leaving, not frames after it has gone (``decided`` "leaving"; a part that
+turns back is not judged twice). A part never wholly in view is decided when the tracker has
+lost it (``decided`` "left"), and one still in view when the stream ends, then ("end").
 """
 
 from __future__ import annotations
@@ -34,10 +41,14 @@ PART_MARGIN = 0.25  # part_threshold's margin over the highest normal part, in (
 class PartVerdict:
     """A part's one verdict: ``verdict`` "pass" or "reject" (None while uncalibrated),
     ``score`` (see the module docstring) from ``deciding_frame`` (inf where the map had NaN
-    in the part's box: never a pass; null in JSON); ``latency_ms`` from the
-    first frame without the part (it left) to the verdict (None for a part still in view at
-    the end: ``left`` False); ``picture`` (uint8 (H, W, 3)) the deciding frame's crop beside
-    its heatmap, kept for rejected parts only and not written to JSON."""
+    in the part's box: never a pass; null in JSON); ``decided`` when (the module docstring):
+    "leaving", "left" or "end"; ``latency_ms`` from the arrival of the frame that settled the
+    verdict to the verdict: the first of the frames at the edge for a part decided while
+    leaving (it had not yet left, so the time from its exit to the verdict is shorter), the
+    first frame without the part for one decided after it left, None at the end (``left``
+    False; True for the others); ``first_frame``..``last_frame`` and ``frames`` count the
+    frames seen up to the verdict; ``picture`` (uint8 (H, W, 3)) the deciding frame's crop
+    beside its heatmap, kept for rejected parts only and not written to JSON."""
 
     part: int
     first_frame: int
@@ -51,6 +62,7 @@ class PartVerdict:
     left: bool
     whole_in_view: bool
     box: list[int]
+    decided: str = "left"
     picture: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
@@ -66,6 +78,7 @@ class PartVerdict:
             "deciding_frame": self.deciding_frame,
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
             "left": self.left,
+            "decided": self.decided,
             "whole_in_view": self.whole_in_view,
             "box": self.box,
         }
@@ -79,6 +92,8 @@ class _Seen:
     inside: list = field(default_factory=list)
     anywhere: list = field(default_factory=list)
     unscorable: tuple | None = None  # a frame whose map had NaN in the part's box: it decides
+    at_edge: int = 0  # frames in a row at the frame's edge since it was last wholly in view
+    edge_arrived: float = 0.0  # when the first of those frames arrived (perf_counter seconds)
 
 
 def _keep_top(entries: list, entry: tuple, k: int) -> None:
@@ -96,30 +111,44 @@ class PartJudge:
         threshold: on the part score; None: verdicts are None (calibration).
         k: the part score is the k-th largest of its frames' scores.
         map_threshold: the heatmap contour of the rejected parts' pictures.
+        leaving_frames: frames in a row at the edge, after the part was wholly in view, that
+            decide it as leaving (None: decide only once the tracker has lost it).
     """
 
     def __init__(
-        self, tracker: PartTracker, threshold: float | None = None, *, k: int = 2, map_threshold: float | None = None
+        self,
+        tracker: PartTracker,
+        threshold: float | None = None,
+        *,
+        k: int = 2,
+        map_threshold: float | None = None,
+        leaving_frames: int | None = 2,
     ) -> None:
         if not isinstance(tracker, PartTracker):
             raise TypeError(f"tracker must be a PartTracker, got {type(tracker).__name__}")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        for name, value in (("k", k), ("leaving_frames", 1 if leaving_frames is None else leaving_frames)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if threshold is not None and not math.isfinite(float(threshold)):
             raise ValueError(f"threshold must be a finite number or None, got {threshold}")
-        self.tracker, self.k, self.map_threshold = tracker, k, map_threshold
+        self.tracker, self.k, self.map_threshold, self.leaving_frames = tracker, k, map_threshold, leaving_frames
         self.threshold = None if threshold is None else float(threshold)
         self._seen: dict[int, _Seen] = {}
+        self._decided: set[int] = set()  # decided while leaving, still followed by the tracker
         self._arrived: deque[tuple[int, float]] = deque(maxlen=4 * tracker.max_missed + 8)
 
     def update(self, result: FrameResult) -> list[PartVerdict]:
         """Take one scored frame; the verdicts of the parts that left before it."""
         if result.error is not None or result.image is None or result.anomaly_map is None:
             return []  # a frame that failed to decode: the parts neither seen nor missed
-        self._arrived.append((result.frame, time.perf_counter() - result.latency_ms / 1e3))
+        arrived = time.perf_counter() - result.latency_ms / 1e3
+        self._arrived.append((result.frame, arrived))
         seen, left = self.tracker.update(result.frame, result.image)
         _, height, width = result.image.shape
+        verdicts = []
         for track in seen:
+            if track.part in self._decided:
+                continue
             box = track.boxes[result.frame]
             inside = box.clipped(width, height)
             crop = (slice(inside.y0, inside.y1), slice(inside.x0, inside.x1))
@@ -137,13 +166,26 @@ class PartJudge:
             _keep_top(kept.anywhere, entry, self.k)
             if not box.touches_border(width, height, self.tracker.edge):
                 _keep_top(kept.inside, entry, self.k)
-        return [self._verdict(track) for track in left]
+                kept.at_edge = 0
+            elif kept.inside:
+                kept.at_edge += 1
+                kept.edge_arrived = arrived if kept.at_edge == 1 else kept.edge_arrived
+                if self.leaving_frames is not None and kept.at_edge >= self.leaving_frames:
+                    self._decided.add(track.part)
+                    verdicts.append(self._verdict(track, "leaving"))
+        return verdicts + [self._verdict(track, "left") for track in left if not self._forget(track)]
 
     def finish(self) -> list[PartVerdict]:
         """The verdicts of the parts still in view (``left`` False), at the end of a stream."""
-        return [self._verdict(track) for track in self.tracker.finish()]
+        return [self._verdict(track, "end") for track in self.tracker.finish() if not self._forget(track)]
 
-    def _verdict(self, track: Track) -> PartVerdict:
+    def _forget(self, track: Track) -> bool:
+        """Whether ``track`` was decided while leaving (its verdict given), forgetting it."""
+        decided = track.part in self._decided
+        self._decided.discard(track.part)
+        return decided
+
+    def _verdict(self, track: Track, decided: str) -> PartVerdict:
         kept = self._seen.pop(track.part, _Seen())
         entries = kept.inside or kept.anywhere
         score, frame, image, amap = kept.unscorable or entries[min(self.k, len(entries)) - 1]
@@ -160,22 +202,26 @@ class PartJudge:
             threshold=self.threshold,
             verdict=verdict,
             deciding_frame=frame,
-            latency_ms=self._exit_latency(track) if track.left else None,
-            left=track.left,
+            latency_ms=self._latency(track, kept, decided),
+            left=decided != "end",
             whole_in_view=bool(kept.inside),
             box=track.boxes[frame].as_list(),
             picture=picture,
+            decided=decided,
         )
 
-    def _exit_latency(self, track: Track) -> float | None:
-        """Milliseconds from the arrival of the first frame after the part's last one."""
+    def _latency(self, track: Track, kept: _Seen, decided: str) -> float | None:
+        """Milliseconds from the arrival of the frame that settled the verdict (see PartVerdict)."""
+        if decided == "leaving":
+            return 1e3 * (time.perf_counter() - kept.edge_arrived)
         after = [arrived for frame, arrived in self._arrived if frame > track.last_frame]
-        return 1e3 * (time.perf_counter() - after[0]) if after else None
+        return 1e3 * (time.perf_counter() - after[0]) if after and decided == "left" else None
 
     def reset(self) -> None:
         """Start a new stream: forget the parts in view; parts numbered from 0 again."""
         self.tracker.reset()
         self._seen.clear()
+        self._decided.clear()
         self._arrived.clear()
 
 
