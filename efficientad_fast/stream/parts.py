@@ -138,7 +138,8 @@ class PartJudge:
         self._arrived: deque[tuple[int, float]] = deque(maxlen=4 * tracker.max_missed + 8)
 
     def update(self, result: FrameResult) -> list[PartVerdict]:
-        """Take one scored frame; the verdicts of the parts that left before it."""
+        """Take one scored frame; the verdicts it settles: of parts leaving (see the module
+        docstring) and of parts the tracker has lost."""
         if result.error is not None or result.image is None or result.anomaly_map is None:
             return []  # a frame that failed to decode: the parts neither seen nor missed
         arrived = time.perf_counter() - result.latency_ms / 1e3
