@@ -183,6 +183,36 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def penalty_pairs(rows: list[dict]) -> str:
+    """Markdown: EfficientAD with the bundled penalty images against none, paired over the
+    (seed, category) runs that have both: per metric the means, and the mean (min to max)
+    of the paired differences (the evidence for the penalty-image default)."""
+    runs: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        if row["model"] == "efficientad" and not row["error"]:
+            runs.setdefault((row["seed"], row["category"]), {})[row["penalty"]] = row
+    pairs = [both for both in runs.values() if len(both) == 2]
+    lines = [
+        f"Penalty images, paired over the {len(pairs)} (seed, category) runs that have both:",
+        "",
+        "| metric | bundled | none | bundled − none: mean (min to max) | bundled ahead / behind / tied |",
+        "|---|---|---|---|---|",
+    ]
+    for column in ("image_auroc", "pixel_auroc", "aupro"):
+        both = [(p["bundled"][column], p["none"][column]) for p in pairs]
+        both = [(b, n) for b, n in both if b is not None and n is not None]
+        if not both:
+            continue
+        diffs = [b - n for b, n in both]
+        ahead, behind = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+        lines.append(
+            f"| {column} | {statistics.fmean(b for b, _ in both):.4f} | {statistics.fmean(n for _, n in both):.4f} "
+            f"| {statistics.fmean(diffs):+.4f} ({min(diffs):+.3f} to {max(diffs):+.3f}) "
+            f"| {ahead} / {behind} / {len(diffs) - ahead - behind} |"
+        )
+    return "\n".join(lines)
+
+
 def latency(out: Path, runs: int) -> str:
     """Markdown: batch-1 latency (mean ms, host to host, the same loop for all: benchmark's
     time_predict and time_scorer) of EfficientAD-S in fp32 and bf16 and of PatchCore and PaDiM
@@ -245,7 +275,7 @@ def main(argv=None) -> int:
 
         rows = merged_rows(args.archive, finished_rows(args.out), _key)
         write_rows(args.archive, rows)
-        atomic_write_text(args.summary, summary(rows) + "\n")
+        atomic_write_text(args.summary, summary(rows) + "\n\n" + penalty_pairs(rows) + "\n")
         print(args.summary.read_text())
         return 0
     run(args.out, args.seeds, args.penalty, args.groups)
