@@ -15,10 +15,11 @@ was): one frame's glitch (k >= 2) or a half-seen part sliding in does not decide
 threshold is calibrated on normal parts (:func:`part_threshold`).
 
 When is a part decided: a part that was wholly in view is decided when it has reached the
-frame's edge in ``leaving_frames`` frames in a row (2: a torn frame's one does not count): the
-frames it has left, cut by the edge, would not change its score, so the verdict comes while
-the part is still leaving, not frames after it has gone (``decided`` "leaving"; a part that
-turns back is not judged twice). A part never wholly in view is decided when the tracker has
+frame's edge in ``leaving_frames`` frames in a row (2: a torn frame's one does not count), or
+has reached it and then gone unseen (it slid out within a frame): the frames it has left, cut
+by the edge, would not change its score, so the verdict comes as the part leaves, not frames
+after the tracker has given it up (``decided`` "leaving"; a part that turns back is not judged
+twice). A part never wholly in view is decided when the tracker has
 lost it (``decided`` "left"), and one still in view when the stream ends, then ("end").
 """
 
@@ -144,7 +145,13 @@ class PartJudge:
             return []  # a frame that failed to decode: the parts neither seen nor missed
         arrived = time.perf_counter() - result.latency_ms / 1e3
         self._arrived.append((result.frame, arrived))
+        skipped = self.tracker.skipped_frames
         seen, left = self.tracker.update(result.frame, result.image)
+        unseen = (
+            []
+            if self.tracker.skipped_frames > skipped
+            else [t for t in self.tracker.active if all(t is not s for s in seen)]
+        )
         _, height, width = result.image.shape
         verdicts = []
         for track in seen:
@@ -174,6 +181,11 @@ class PartJudge:
                 if self.leaving_frames is not None and kept.at_edge >= self.leaving_frames:
                     self._decided.add(track.part)
                     verdicts.append(self._verdict(track, "leaving"))
+        for track in unseen:  # at the edge in its last frame, then gone: it slid out
+            kept = self._seen.get(track.part, _Seen())
+            if self.leaving_frames is not None and kept.at_edge and track.part not in self._decided:
+                self._decided.add(track.part)
+                verdicts.append(self._verdict(track, "leaving"))
         return verdicts + [self._verdict(track, "left") for track in left if not self._forget(track)]
 
     def finish(self) -> list[PartVerdict]:
