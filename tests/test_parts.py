@@ -84,6 +84,18 @@ def test_a_torn_frame_joining_two_parts_does_not_carry_one_into_the_other(belt):
     assert 6 not in parts[0].boxes and 6 not in parts[1].boxes  # held in the torn frame
 
 
+def test_a_part_leaving_during_a_flash_is_not_carried_into_the_next_one(belt):
+    """Measured on the 256 px board line (seed 0): a part sliding out on the left, a flash
+    (a skipped frame) while it went, and the next part entering on the right was taken for
+    it: the next part was never judged (2 defective parts of 50)."""
+    rng = np.random.default_rng(3)
+    lefts = [14] * 4 + [-6, None, 40, 14, 14, 14] + [None] * 3  # parts 100 px wide: most of the view
+    frames = [belt_frame(rng) if x0 is None else draw(belt_frame(rng), x0, width=100) for x0 in lefts]
+    frames[5] = np.clip(frames[5] * 1.8 + 0.1, 0, 1)  # the flash, as the first part goes
+    parts = track_all(PartTracker(belt), frames)
+    assert [(p.first_frame, p.last_frame) for p in parts] == [(0, 4), (6, 9)]
+
+
 def test_touching_parts_are_one_blob(belt):
     tracker = PartTracker(belt)
     boxes = tracker.blobs(conveyor([[4, 64]])[0])
@@ -205,7 +217,7 @@ def test_a_part_is_decided_as_it_leaves_not_frames_after(belt):
     assert frame == 6 and verdict.decided == "leaving"
 
 
-def test_a_torn_frame_at_the_edge_decides_nothing_and_a_part_turning_back_is_judged_once(belt):
+def test_a_torn_frame_at_the_edge_decides_nothing_and_a_part_coming_back_is_judged_anew(belt):
     positions = [[34]] * 3 + [[34]] + [[34]] * 3 + [[2], [-20], [34], [34], [2], [-20]] + [[]] * 4
     frames = conveyor(positions)
     frames[3][:, 30:90, 0:40] = np.array([0.1, 0.6, 0.2], np.float32)[:, None, None]  # torn rows reach the edge
@@ -213,7 +225,12 @@ def test_a_torn_frame_at_the_edge_decides_nothing_and_a_part_turning_back_is_jud
     maps[5][50, 60], maps[6][52, 61] = 0.8, 0.7  # seen after the torn frame
     maps[9][50, 60] = maps[10][50, 60] = 5.0  # back in view after its verdict
     verdicts = judge_all(PartJudge(PartTracker(belt), threshold=0.3), frames, maps)
-    assert [(frame, v.decided, v.verdict, v.deciding_frame) for frame, v in verdicts] == [(8, "leaving", "reject", 6)]
+    # Back from going out through the edge: the tracker takes it for a new part (see
+    # test_a_part_leaving_during_a_flash_is_not_carried_into_the_next_one), judged on its frames.
+    assert [(frame, v.part, v.decided, v.verdict, v.deciding_frame) for frame, v in verdicts] == [
+        (8, 0, "leaving", "reject", 6),
+        (12, 1, "leaving", "reject", 10),
+    ]
 
 
 def test_a_part_never_wholly_in_view_is_decided_when_lost_and_one_in_view_at_the_end(belt):

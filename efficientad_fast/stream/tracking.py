@@ -17,7 +17,9 @@ box overlap (IoU), then by nearest centre within ``max_jump`` of the frame's sid
 left over is a part entering; a part unseen for ``max_missed`` frames has left (its last box
 is where it was last seen). A part seen in fewer than ``min_frames`` frames is dropped as
 noise. A blob over where two parts should be (a torn frame) updates neither: they are held
-for that frame. Touching parts are one blob, hence one part: space parts on the belt, or
+for that frame. A part going out through an edge (at it, moving towards it) stays at that
+edge until it is gone: a blob away from it is another part, however close (a flash while one
+part left and the next came in had carried the first into the second). Touching parts are one blob, hence one part: space parts on the belt, or
 score them together.
 """
 
@@ -332,6 +334,8 @@ class PartTracker:
         for track in (t for t in self.active if all(t is not e for e in exclude)):
             expected = track.predicted(frame)
             for box in boxes:
+                if not self._may_follow(track, box):
+                    continue
                 overlap = expected.iou(box)
                 (cx, cy), (bx, by) = expected.centre, box.centre
                 distance = math.hypot(cx - bx, cy - by)
@@ -343,6 +347,20 @@ class PartTracker:
             if all(track is not t and box is not b for t, b in matched):
                 matched.append((track, box))
         return matched
+
+    def _may_follow(self, track: Track, box: Box) -> bool:
+        """False when ``track`` is going out through an edge (its box at the edge, moving
+        towards it faster than the edge margin a frame: a torn frame's jitter is slower) and
+        ``box`` is not at that edge."""
+        _, height, width = self.belt.shape
+        last, (vx, vy), near = track.box, track.velocity, self.edge
+        leaving = (
+            (last.x0 <= near and vx < -near, box.x0 <= near),
+            (last.x1 >= width - near and vx > near, box.x1 >= width - near),
+            (last.y0 <= near and vy < -near, box.y0 <= near),
+            (last.y1 >= height - near and vy > near, box.y1 >= height - near),
+        )
+        return all(at_edge for going, at_edge in leaving if going)
 
 
 __all__ = ["GRID_CELLS", "Belt", "Box", "PartTracker", "Track"]
