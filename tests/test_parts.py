@@ -94,6 +94,13 @@ def test_a_part_leaving_during_a_flash_is_not_carried_into_the_next_one(belt):
     frames[5] = np.clip(frames[5] * 1.8 + 0.1, 0, 1)  # the flash, as the first part goes
     parts = track_all(PartTracker(belt), frames)
     assert [(p.first_frame, p.last_frame) for p in parts] == [(0, 4), (6, 9)]
+    # A torn frame's box spans the view, both edges: no part going out (a part sliding in
+    # through one was split in two there).
+    lefts = [80, 60, "torn", 14, 14, 14] + [None] * 3
+    frames = [belt_frame(rng) if x0 in (None, "torn") else draw(belt_frame(rng), x0, width=100) for x0 in lefts]
+    frames[2][:, 30:90, 0:SIZE] = np.array([0.1, 0.6, 0.2], np.float32)[:, None, None]
+    parts = track_all(PartTracker(belt), frames)
+    assert [(p.first_frame, p.last_frame) for p in parts] == [(0, 5)]
 
 
 def test_touching_parts_are_one_blob(belt):

@@ -349,16 +349,18 @@ class PartTracker:
         return matched
 
     def _may_follow(self, track: Track, box: Box) -> bool:
-        """False when ``track`` is going out through an edge (its box at the edge, moving
-        towards it faster than the edge margin a frame: a torn frame's jitter is slower) and
-        ``box`` is not at that edge."""
+        """False when ``track`` is going out through an edge (its box at that edge but not at
+        the opposite one, which a torn frame's box spanning the view is, moving towards it
+        faster than the edge margin a frame) and ``box`` is not at that edge."""
         _, height, width = self.belt.shape
         last, (vx, vy), near = track.box, track.velocity, self.edge
+        low = (last.x0 <= near, last.y0 <= near)
+        high = (last.x1 >= width - near, last.y1 >= height - near)
         leaving = (
-            (last.x0 <= near and vx < -near, box.x0 <= near),
-            (last.x1 >= width - near and vx > near, box.x1 >= width - near),
-            (last.y0 <= near and vy < -near, box.y0 <= near),
-            (last.y1 >= height - near and vy > near, box.y1 >= height - near),
+            (low[0] and not high[0] and vx < -near, box.x0 <= near),
+            (high[0] and not low[0] and vx > near, box.x1 >= width - near),
+            (low[1] and not high[1] and vy < -near, box.y0 <= near),
+            (high[1] and not low[1] and vy > near, box.y1 >= height - near),
         )
         return all(at_edge for going, at_edge in leaving if going)
 
