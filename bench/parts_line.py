@@ -117,18 +117,13 @@ def watch(folder: Path, kind: str, model: Path, videos: dict, dtype: str) -> Pat
 def exit_frames(videos: dict) -> tuple[dict[int, int], dict[int, int]]:
     """({part: its first frame gone}, {part: the frame where the tracker called it gone}) as
     watch --parts's tracker follows the test line: the same frames, belt and part numbers."""
-    from efficientad_fast.stream import Belt, PartTracker, open_source, prepare_frame
+    from efficientad_fast.stream import Belt, PartTracker, prepared_frames
 
     tracker = PartTracker(Belt.from_source(videos["belt"], IMAGE_SIZE))
     gone, called = {}, {}
-    opened = open_source(videos["line"]).open()
-    try:
-        for item in opened:
-            if item.error is None:
-                for track in tracker.update(item.index, prepare_frame(item.image, (IMAGE_SIZE, IMAGE_SIZE)))[1]:
-                    gone[track.part], called[track.part] = track.last_frame + 1, item.index
-    finally:
-        opened.close()
+    for index, image in prepared_frames(videos["line"], (IMAGE_SIZE, IMAGE_SIZE)):
+        for track in tracker.update(index, image)[1]:
+            gone[track.part], called[track.part] = track.last_frame + 1, index
     return gone, called
 
 

@@ -10,7 +10,17 @@ import pytest
 from cli_checks import one_error_line
 
 from efficientad_fast._device import cpu_has_bf16_kernels
-from efficientad_fast.stream import Belt, Box, FrameResult, PartJudge, PartTracker, part_threshold
+from efficientad_fast.stream import (
+    Belt,
+    Box,
+    FrameResult,
+    FrameSource,
+    PartJudge,
+    PartTracker,
+    SourceFrame,
+    part_threshold,
+    prepared_frames,
+)
 
 # bf16 where the CPU has its kernels; elsewhere (AVX2 only) it runs many times slower than fp32
 FAST_DTYPE = "bf16" if cpu_has_bf16_kernels() else "fp32"
@@ -147,6 +157,33 @@ def test_bad_belts_frames_and_settings_are_refused(belt):
         tracker.update(5, frame)
     with pytest.raises(ValueError, match="NaN or infinite"):
         tracker.update(6, np.full_like(frame, np.nan))
+
+
+class RecordedBelt(FrameSource):
+    """A damaged first frame, three dark frames of the belt, then bright ones; notes its close."""
+
+    closed = False
+
+    def __iter__(self):
+        yield SourceFrame(0, None, error="damaged")
+        for index in range(1, 100):
+            yield SourceFrame(index, None, image=np.full((40, 40, 3), 51 if index <= 3 else 204, np.uint8))
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_belt_is_learned_from_the_first_frames_that_decode_and_the_source_is_closed():
+    source = RecordedBelt()
+    belt = Belt.from_source(source, 32, max_frames=3)
+    assert source.closed and belt.shape == (3, 32, 32)
+    np.testing.assert_allclose(belt.image, 0.2, atol=1e-6)  # frames 1-3, not 0 nor the bright ones
+    source = RecordedBelt()
+    frames = prepared_frames(source, (16, 16))
+    index, image = next(frames)
+    assert index == 1 and image.shape == (3, 16, 16) and image.dtype == np.float32
+    frames.close()
+    assert source.closed
 
 
 # -- the part score and verdict ---------------------------------------------------------------

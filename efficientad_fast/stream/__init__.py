@@ -52,6 +52,7 @@ from .sources import (
     check_fps,
     open_source,
     prepare_frame,
+    prepared_frames,
 )
 from .tracking import Belt, Box, PartTracker, Track
 from .watch import check_video_path, check_watch_outputs, format_summary, watch
@@ -91,6 +92,7 @@ __all__ = [
     "part_threshold",
     "plot_stream",
     "prepare_frame",
+    "prepared_frames",
     "replay",
     "smoother_table",
     "threshold_for_recall",

@@ -152,41 +152,51 @@ class PartJudge:
             if self.tracker.skipped_frames > skipped
             else [t for t in self.tracker.active if all(t is not s for s in seen)]
         )
-        _, height, width = result.image.shape
         verdicts = []
         for track in seen:
             if track.part in self._decided:
                 continue
-            box = track.boxes[result.frame]
-            inside = box.clipped(width, height)
-            crop = (slice(inside.y0, inside.y1), slice(inside.x0, inside.x1))
-            score = float(result.anomaly_map[crop].max())
-            kept = self._seen.setdefault(track.part, _Seen())
-            unscorable = math.isnan(score)  # a map that could not be computed: the part can never pass
-            entry = (
-                math.inf if unscorable else score,
-                result.frame,
-                result.image[:, crop[0], crop[1]],
-                result.anomaly_map[crop],
-            )
-            if unscorable and kept.unscorable is None:
-                kept.unscorable = entry
-            _keep_top(kept.anywhere, entry, self.k)
-            if not box.touches_border(width, height, self.tracker.edge):
-                _keep_top(kept.inside, entry, self.k)
-                kept.at_edge = 0
-            elif kept.inside:
-                kept.at_edge += 1
-                kept.edge_arrived = arrived if kept.at_edge == 1 else kept.edge_arrived
-                if self.leaving_frames is not None and kept.at_edge >= self.leaving_frames:
-                    self._decided.add(track.part)
-                    verdicts.append(self._verdict(track, "leaving"))
+            kept = self._keep(track, result, arrived)
+            if self.leaving_frames is not None and kept.at_edge >= self.leaving_frames:
+                verdicts.append(self._decide_leaving(track))
         for track in unseen:  # at the edge in its last frame, then gone: it slid out
             kept = self._seen.get(track.part, _Seen())
             if self.leaving_frames is not None and kept.at_edge and track.part not in self._decided:
-                self._decided.add(track.part)
-                verdicts.append(self._verdict(track, "leaving"))
+                verdicts.append(self._decide_leaving(track))
         return verdicts + [self._verdict(track, "left") for track in left if not self._forget(track)]
+
+    def _keep(self, track: Track, result: FrameResult, arrived: float) -> _Seen:
+        """Keep ``track``'s score in this frame (the map's maximum over its box) among its
+        top k, anywhere and, when the box is clear of the edges, inside; count its frames in a
+        row at the edge after it was wholly in view."""
+        _, height, width = result.image.shape
+        box = track.boxes[result.frame]
+        inside = box.clipped(width, height)
+        crop = (slice(inside.y0, inside.y1), slice(inside.x0, inside.x1))
+        score = float(result.anomaly_map[crop].max())
+        kept = self._seen.setdefault(track.part, _Seen())
+        unscorable = math.isnan(score)  # a map that could not be computed: the part can never pass
+        entry = (
+            math.inf if unscorable else score,
+            result.frame,
+            result.image[:, crop[0], crop[1]],
+            result.anomaly_map[crop],
+        )
+        if unscorable and kept.unscorable is None:
+            kept.unscorable = entry
+        _keep_top(kept.anywhere, entry, self.k)
+        if not box.touches_border(width, height, self.tracker.edge):
+            _keep_top(kept.inside, entry, self.k)
+            kept.at_edge = 0
+        elif kept.inside:
+            kept.at_edge += 1
+            kept.edge_arrived = arrived if kept.at_edge == 1 else kept.edge_arrived
+        return kept
+
+    def _decide_leaving(self, track: Track) -> PartVerdict:
+        """The verdict of a part going out, given once: the tracker follows it until it is gone."""
+        self._decided.add(track.part)
+        return self._verdict(track, "leaving")
 
     def finish(self) -> list[PartVerdict]:
         """The verdicts of the parts still in view (``left`` False), at the end of a stream."""

@@ -223,3 +223,16 @@ def prepare_frame(image, size: tuple[int, int]) -> np.ndarray:
     elif not isinstance(image, Image.Image):
         raise TypeError(f"a frame must be a uint8 (H, W, 3) array or a PIL image, got {type(image).__name__}")
     return to_rgb_array(image, size)
+
+
+def prepared_frames(source, size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, :func:`prepare_frame` of it) for each frame of ``source`` (anything
+    :func:`open_source` takes) that decodes, in order; frames that do not are left out. The
+    source is closed when the frames end or the generator is closed."""
+    opened = open_source(source).open()
+    try:
+        for item in opened:
+            if item.error is None:
+                yield item.index, prepare_frame(item.image, size)
+    finally:
+        opened.close()

@@ -19,14 +19,16 @@ is where it was last seen). A part seen in fewer than ``min_frames`` frames is d
 noise. A blob over where two parts should be (a torn frame) updates neither: they are held
 for that frame. A part going out through an edge (at it, moving towards it) stays at that
 edge until it is gone: a blob away from it is another part, however close (a flash while one
-part left and the next came in had carried the first into the second). Touching parts are one blob, hence one part: space parts on the belt, or
-score them together.
+part left and the next came in had carried the first into the second). Touching parts are
+one blob, hence one part: space parts on the belt, or score them together.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -140,21 +142,13 @@ class Belt:
         empty belt, resized to the model's ``image_size`` as the scored frames are."""
         from ..data import open_image
         from ..data._io import is_image_file
-        from .sources import open_source, prepare_frame
+        from .sources import prepare_frame, prepared_frames
 
         size = (image_size, image_size)
         if isinstance(source, (str, os.PathLike)) and is_image_file(source) and not os.path.isdir(source):
             return cls.learn([prepare_frame(open_image(source, "belt image"), size)])  # one photo of it
-        frames: list[np.ndarray] = []
-        opened = open_source(source).open()
-        try:
-            for item in opened:
-                if len(frames) >= max_frames:
-                    break
-                if item.error is None:
-                    frames.append(prepare_frame(item.image, size))
-        finally:
-            opened.close()
+        with closing(prepared_frames(source, size)) as decoded:
+            frames = [image for _, image in itertools.islice(decoded, max_frames)]
         if not frames:
             raise ValueError(f"no frame of the empty belt could be read from {source}")
         return cls.learn(frames)
