@@ -156,7 +156,7 @@ class PartJudge:
         for track in seen:
             if track.part in self._decided:
                 continue
-            kept = self._keep(track, result, arrived)
+            kept = self._keep(track, result.frame, result.image, result.anomaly_map, arrived)
             if self.leaving_frames is not None and kept.at_edge >= self.leaving_frames:
                 verdicts.append(self._decide_leaving(track))
         for track in unseen:  # at the edge in its last frame, then gone: it slid out
@@ -165,23 +165,18 @@ class PartJudge:
                 verdicts.append(self._decide_leaving(track))
         return verdicts + [self._verdict(track, "left") for track in left if not self._forget(track)]
 
-    def _keep(self, track: Track, result: FrameResult, arrived: float) -> _Seen:
+    def _keep(self, track: Track, frame: int, image: np.ndarray, amap: np.ndarray, arrived: float) -> _Seen:
         """Keep ``track``'s score in this frame (the map's maximum over its box) among its
         top k, anywhere and, when the box is clear of the edges, inside; count its frames in a
         row at the edge after it was wholly in view."""
-        _, height, width = result.image.shape
-        box = track.boxes[result.frame]
+        _, height, width = image.shape
+        box = track.boxes[frame]
         inside = box.clipped(width, height)
         crop = (slice(inside.y0, inside.y1), slice(inside.x0, inside.x1))
-        score = float(result.anomaly_map[crop].max())
+        score = float(amap[crop].max())
         kept = self._seen.setdefault(track.part, _Seen())
         unscorable = math.isnan(score)  # a map that could not be computed: the part can never pass
-        entry = (
-            math.inf if unscorable else score,
-            result.frame,
-            result.image[:, crop[0], crop[1]],
-            result.anomaly_map[crop],
-        )
+        entry = (math.inf if unscorable else score, frame, image[:, crop[0], crop[1]], amap[crop])
         if unscorable and kept.unscorable is None:
             kept.unscorable = entry
         _keep_top(kept.anywhere, entry, self.k)

@@ -9,7 +9,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Generator, Iterable, Iterator
 
 import numpy as np
 
@@ -225,7 +225,7 @@ def prepare_frame(image, size: tuple[int, int]) -> np.ndarray:
     return to_rgb_array(image, size)
 
 
-def prepared_frames(source, size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
+def prepared_frames(source, size: tuple[int, int]) -> Generator[tuple[int, np.ndarray], None, None]:
     """(frame index, :func:`prepare_frame` of it) for each frame of ``source`` (anything
     :func:`open_source` takes) that decodes, in order; frames that do not are left out. The
     source is closed when the frames end or the generator is closed."""
