@@ -4,6 +4,7 @@ over several seeds.
 
     python bench/parts_line.py --out /tmp/parts_line --seeds 0 1 2           # run (resumable)
     python bench/parts_line.py --out /tmp/parts_line --summary bench/results/parts_line_DATE.md
+    python bench/parts_line.py --out /tmp/parts_line --seeds 0 --replay 2.44  # the tracker alone
 
 ``--summary`` also reads and rewrites ``--archive`` (default bench/results/parts_line_rows.jsonl):
 every finished row, one JSON line per (category, frame size, steps, model, seed) with the CPU it
@@ -144,6 +145,52 @@ def exit_delays(verdicts: list[dict], videos: dict, fps: float) -> dict:
     }
 
 
+REPLAY_RULES = {"tracker-lost": None, "as they leave": 2}  # PartJudge's leaving_frames
+
+
+def replay(videos: dict, fps: float) -> list[dict]:
+    """The tracking and decision timing of a line without a model, per decision rule: which
+    parts are followed and when each is decided depend on the tracker alone, so PartJudge is
+    fed every frame of the line with a flat map (~1 ms a frame), and the figures are
+    part_figures' counts and exit_delays at ``fps`` (the verdicts and scores of a watch run
+    are not replayed)."""
+    import numpy as np
+
+    from efficientad_fast.data import read_video_labels
+    from efficientad_fast.stream import Belt, FrameResult, PartJudge, PartTracker, prepared_frames
+
+    labels = read_video_labels(videos["line"])
+    flat = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    rows = []
+    for rule, leaving_frames in REPLAY_RULES.items():
+        tracker = PartTracker(Belt.from_source(videos["belt"], IMAGE_SIZE))
+        judge = PartJudge(tracker, 1.0, leaving_frames=leaving_frames)
+        verdicts = []
+        for index, image in prepared_frames(videos["line"], (IMAGE_SIZE, IMAGE_SIZE)):
+            result = FrameResult(index, 0.0, 0.0, 0.0, False, 0.0, 0, image=image, anomaly_map=flat)
+            verdicts += [v.to_json() for v in judge.update(result)]
+        verdicts += [v.to_json() for v in judge.finish()]
+        rows.append({"rule": rule} | part_figures(verdicts, labels) | exit_delays(verdicts, videos, fps))
+    return rows
+
+
+def replay_table(rows: list[dict], fps: float) -> str:
+    lines = [
+        f"| line | decision rule | parts followed (of true) | missed | split | decided as they leave "
+        f"| exit delay p50 / max at {fps:g} frames/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        delays = " / ".join(
+            "–" if row[k] is None else f"{row[k]:.0f}" for k in ("exit_delay_p50_ms", "exit_delay_max_ms")
+        )
+        lines.append(
+            f"| {row['line']} | {row['rule']} | {row['tracked_parts']} ({row['true_parts']}) | {row['missed_parts']} "
+            f"| {row['split_parts']} | {row['decided_leaving']:.0%} | {delays} ms |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def part_figures(verdicts: list[dict], labels: list[dict]) -> dict:
     """Part-level figures of one watch run against the video's ground truth."""
     defective = {row["part"] for row in labels if row["defective"] and row["part"] >= 0}
@@ -281,6 +328,14 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="watch's precision (default auto: the fastest on this CPU)")
     parser.add_argument("--summary", type=Path, default=None, help="write the table of what finished, run nothing")
     parser.add_argument(
+        "--replay",
+        type=float,
+        default=None,
+        metavar="FPS",
+        help="train and watch nothing: replay the tracker on each line (made if missing) and print its "
+        "tracking and exit delays at FPS frames/s, for both decision rules",
+    )
+    parser.add_argument(
         "--archive",
         type=Path,
         default=ARCHIVE,
@@ -294,6 +349,15 @@ def main() -> None:
         write_rows(args.archive, rows)
         atomic_write_text(args.summary, summary_table(rows))
         print(args.summary.read_text())
+        return
+    if args.replay is not None:
+        rows = []
+        for category in args.categories:
+            for seed in args.seeds:
+                folder = args.out / f"{category}_{args.frame_size}px_{args.steps}steps_seed{seed}"
+                videos = make_videos(folder, category, seed, args)
+                rows += [{"line": folder.name} | row for row in replay(videos, args.replay)]
+        print(replay_table(rows, args.replay))
         return
     for category in args.categories:
         for seed in args.seeds:

@@ -476,25 +476,22 @@ def test_the_synthetic_empty_belt_and_part_margins(tmp_path):
 
 
 def test_parts_line_times_each_verdict_from_the_parts_exit(line_videos, monkeypatch):
-    """bench/parts_line.py's decision delay (issue 27's 1 s): in frames of the measured rate,
-    2 after the exit when a part is decided once the tracker lost it, none when decided as it
-    leaves; the exits come from watch's tracker run again on the same video."""
+    """bench/parts_line.py's decision delay (issue 27's 1 s), replayed on the line: in frames
+    of the measured rate, 2 after the exit when a part is decided once the tracker lost it,
+    none when decided as it leaves; the exits come from watch's tracker run again on the same
+    video; every part on the line followed once."""
     from pathlib import Path
-
-    from efficientad_fast.stream import open_source, prepare_frame
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
     import parts_line
 
     belt_video, line = line_videos
-    size = (parts_line.IMAGE_SIZE, parts_line.IMAGE_SIZE)
-    frames = [prepare_frame(item.image, size) for item in open_source(line).open()]
-    maps = [np.full(size, 0.05, np.float32) for _ in frames]
-    videos = {"line": line, "belt": belt_video}
-    delays = {}
-    for leaving_frames in (2, None):
-        judge = PartJudge(PartTracker(Belt.from_source(belt_video, size[0])), 0.3, leaving_frames=leaving_frames)
-        verdicts = [v.to_json() for _, v in judge_all(judge, frames, maps)]
-        delays[leaving_frames] = parts_line.exit_delays(verdicts, videos, fps=1.0)
-    assert delays[None] == {"exit_delay_p50_ms": 2000.0, "exit_delay_max_ms": 2000.0}, delays
-    assert delays[2]["exit_delay_max_ms"] <= 0.0, delays
+    rows = {row["rule"]: row for row in parts_line.replay({"line": line, "belt": belt_video}, fps=1.0)}
+    lost, leaving = rows["tracker-lost"], rows["as they leave"]
+    assert (lost["exit_delay_p50_ms"], lost["exit_delay_max_ms"]) == (2000.0, 2000.0), lost
+    assert leaving["exit_delay_max_ms"] <= 0.0 and leaving["decided_leaving"] > 0, leaving
+    for row in rows.values():
+        assert row["true_parts"] > 1 and row["tracked_parts"] == row["true_parts"], row
+        assert row["missed_parts"] == row["split_parts"] == 0, row
+    table = parts_line.replay_table([{"line": "l"} | row for row in rows.values()], 1.0)
+    assert f"| l | as they leave | {leaving['true_parts']} ({leaving['true_parts']}) | 0 | 0 |" in table
