@@ -94,6 +94,22 @@ def test_a_torn_frame_joining_two_parts_does_not_carry_one_into_the_other(belt):
     assert 6 not in parts[0].boxes and 6 not in parts[1].boxes  # held in the torn frame
 
 
+def test_parts_run_together_for_longer_than_a_torn_frame_become_one_part(belt):
+    """Two parts held under one blob (see the test above) were held for as long as it lasted:
+    two parts that came to touch on a stopped belt were never judged and the blob was nobody.
+    Held over max_missed frames, they are missed, leave, and the blob is a new part."""
+    rng = np.random.default_rng(4)
+    frames = [draw(draw(belt_frame(rng), 10, width=40), 70, width=40) for _ in range(4)]
+    frames += [draw(belt_frame(rng), 10, width=100) for _ in range(12)]  # touching from frame 4
+    tracker = PartTracker(belt)
+    left = []
+    for index, image in enumerate(frames):
+        left += [(index, t.part) for t in tracker.update(index, image)[1]]
+    assert left == [(7, 0), (7, 1)]  # held in frames 4-5, missed in 6-7
+    (together,) = tracker.finish()
+    assert together.part == 2 and together.first_frame == 8 and together.last_frame == 15
+
+
 def test_a_part_leaving_during_a_flash_is_not_carried_into_the_next_one(belt):
     """Measured on the 256 px board line (seed 0): a part sliding out on the left, a flash
     (a skipped frame) while it went, and the next part entering on the right was taken for

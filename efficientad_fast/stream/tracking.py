@@ -17,7 +17,7 @@ box overlap (IoU), then by nearest centre within ``max_jump`` of the frame's sid
 left over is a part entering; a part unseen for ``max_missed`` frames has left (its last box
 is where it was last seen). A part seen in fewer than ``min_frames`` frames is dropped as
 noise. A blob over where two parts should be (a torn frame) updates neither: they are held
-for that frame. A part going out through an edge (at it, moving towards it) stays at that
+for that frame (up to ``max_missed`` frames; then they are missed). A part going out through an edge (at it, moving towards it) stays at that
 edge until it is gone: a blob away from it is another part, however close (a flash while one
 part left and the next came in had carried the first into the second). Touching parts are
 one blob, hence one part: space parts on the belt, or score them together.
@@ -162,6 +162,7 @@ class Track:
     first_frame: int
     boxes: dict[int, Box] = field(default_factory=dict)
     missed: int = 0
+    held: int = 0  # frames in a row under one blob with another part (see PartTracker.update)
     left: bool = False  # left the view (False: still in view when the stream ended)
     velocity: tuple[float, float] = (0.0, 0.0)  # pixels per frame, from the last two boxes
 
@@ -280,6 +281,11 @@ class PartTracker:
         expected = {id(t): t.predicted(frame).clipped(width, height) for t in self.active}
         merged = [b for b in boxes if sum(b.covers_half(expected[id(t)]) for t in self.active) >= 2]
         held = [t for t in self.active if any(b.covers_half(expected[id(t)]) for b in merged)]
+        for track in self.active:
+            track.held = track.held + 1 if any(track is h for h in held) else 0
+        # Run together for longer than a torn frame: parts that came to touch, one blob and
+        # hence one part (held, neither was ever judged): missed, they leave, the blob enters.
+        held = [t for t in held if t.held <= self.max_missed]
         boxes = [b for b in boxes if all(b is not m for m in merged)]
         matches = self._match(boxes, frame, exclude=held)
         seen: list[Track] = []
