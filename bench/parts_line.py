@@ -128,9 +128,10 @@ def exit_frames(videos: dict) -> tuple[dict[int, int], dict[int, int]]:
     return gone, called
 
 
-def exit_delays(verdicts: list[dict], videos: dict, fps: float) -> dict:
-    """Decision delay after each part's exit at the measured frame rate (see the docstring)."""
-    gone, called = exit_frames(videos)
+def exit_delays(verdicts: list[dict], exits: tuple[dict[int, int], dict[int, int]], fps: float) -> dict:
+    """Decision delay after each part's exit (``exit_frames`` of the line) at the measured
+    frame rate (see the docstring)."""
+    gone, called = exits
     delays = []
     for verdict in verdicts:
         part = verdict["part"]
@@ -159,7 +160,7 @@ def replay(videos: dict, fps: float) -> list[dict]:
     from efficientad_fast.data import read_video_labels
     from efficientad_fast.stream import Belt, FrameResult, PartJudge, PartTracker, prepared_frames
 
-    labels = read_video_labels(videos["line"])
+    labels, exits = read_video_labels(videos["line"]), exit_frames(videos)  # the exits: the same for each rule
     flat = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
     rows = []
     for rule, leaving_frames in REPLAY_RULES.items():
@@ -170,7 +171,7 @@ def replay(videos: dict, fps: float) -> list[dict]:
             result = FrameResult(index, 0.0, 0.0, 0.0, False, 0.0, 0, image=image, anomaly_map=flat)
             verdicts += [v.to_json() for v in judge.update(result)]
         verdicts += [v.to_json() for v in judge.finish()]
-        rows.append({"rule": rule} | part_figures(verdicts, labels) | exit_delays(verdicts, videos, fps))
+        rows.append({"rule": rule} | part_figures(verdicts, labels) | exit_delays(verdicts, exits, fps))
     return rows
 
 
@@ -252,7 +253,7 @@ def measure(out: Path, category: str, seed: int, args) -> list[dict]:
         row = {"category": category, "seed": seed, "model": kind, "fps": summary["fps"]}
         row |= {"frame_size": args.frame_size, "steps": args.steps, "cpu": cpu_info()[0], "source": str(run)}
         row |= part_figures(verdicts, labels) | frame_figures(frames, labels)
-        row |= exit_delays(verdicts, videos, summary["fps"])
+        row |= exit_delays(verdicts, exit_frames(videos), summary["fps"])
         (folder / f"figures_{kind}.json").write_text(json.dumps(row, indent=2))
         rows.append(row)
     return rows
