@@ -138,8 +138,9 @@ class EfficientAD(nn.Module):
             shipped distilled one for this size, else random; see
             :func:`efficientad_fast.teachers.resolve_auto_teacher`; the choice is printed once
             and ``teacher_source`` reads "auto: <choice>"), "random" (PyTorch's default
-            initialization, from the global RNG), "distilled" (the PDN-S teacher distilled offline from ImageNet EfficientNet-Lite0
-            that ships in ``efficientad_fast/teachers``; small only), "paper" (the authors'
+            initialization, from the global RNG), "distilled" (the PDN-S teacher distilled
+            offline from ImageNet EfficientNet-Lite0 that ships in
+            ``efficientad_fast/teachers``; small only), "paper" (the authors'
             teacher from the cache, put there by ``efficientad-fast fetch-teacher``; never
             downloaded here: NotCachedError when absent) or a teacher file (released
             ``conv1..`` or ``nn.Sequential`` layouts). ``teacher_source`` says which.

@@ -276,8 +276,9 @@ def choose_amp(
     refresh: bool = False,
 ) -> str | None:
     """The faster of training without autocast (None) and with bf16 autocast (a GPU: fp16
-    too; autocast only when :data:`MIN_SPEEDUP` times faster): ``run_step(amp)`` runs one training step; each setting gets one untimed step, then
-    ``steps`` timed ones, interleaved; the median decides. Cached like
+    too; autocast only when :data:`MIN_SPEEDUP` times faster): ``run_step(amp)`` runs one
+    training step; each setting gets one untimed step, then ``steps`` timed ones,
+    interleaved; the median decides. Cached like
     :func:`choose_precision` under ``what`` (the model size, batch and image size)."""
     names: list[str | None] = [None, "fp16", "bf16"] if device.type == "cuda" else [None, "bf16"]
     if device.type == "cpu" and not cpu_has_bf16_kernels():  # a bf16 step took 200 s against 4 s

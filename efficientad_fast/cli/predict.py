@@ -21,9 +21,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Score image files or folders with a saved model: writes scores.csv (path, score, label =
     score above the calibrated image threshold, anomalous = the same) and, per image, a
     heatmap overlay PNG (colour map over the image, contour at the pixel threshold) and with
-    --masks a mask PNG. Files that cannot be read are listed with the reason in errors.csv; exit 1 when no image could be scored. With
-    --engine ray, a pool of Ray actors (Ray Data) decodes and scores, and scores.parquet is
-    written too."""
+    --masks a mask PNG. Files that cannot be read are listed with the reason in errors.csv;
+    exit 1 when no image could be scored. With --engine ray, a pool of Ray actors (Ray Data)
+    decodes and scores, and scores.parquet is written too."""
     from ..jobs import predict_files
     from ..jobs.predict import PICTURE_NOT_WRITTEN
 

@@ -18,9 +18,10 @@ When is a part decided: a part that was wholly in view is decided when it has re
 frame's edge in ``leaving_frames`` frames in a row (2: a torn frame's one does not count), or
 has reached it and then gone unseen (it slid out within a frame): the frames it has left, cut
 by the edge, would not change its score, so the verdict comes as the part leaves, not frames
-after the tracker has given it up (``decided`` "leaving"; the tracker follows a part that comes
-back from going out through the edge as a new part, judged anew). A part never wholly in view is decided when the tracker has
-lost it (``decided`` "left"), and one still in view when the stream ends, then ("end").
+after the tracker has given it up (``decided`` "leaving"; the tracker follows a part that
+comes back from going out through the edge as a new part, judged anew). A part never wholly
+in view is decided when the tracker has lost it (``decided`` "left"), and one still in view
+when the stream ends, then ("end").
 """
 
 from __future__ import annotations

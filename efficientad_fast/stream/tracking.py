@@ -17,10 +17,11 @@ box overlap (IoU), then by nearest centre within ``max_jump`` of the frame's sid
 left over is a part entering; a part unseen for ``max_missed`` frames has left (its last box
 is where it was last seen). A part seen in fewer than ``min_frames`` frames is dropped as
 noise. A blob over where two parts should be (a torn frame) updates neither: they are held
-for that frame (up to ``max_missed`` frames; then they are missed). A part going out through an edge (at it, moving towards it) stays at that
-edge until it is gone: a blob away from it is another part, however close (a flash while one
-part left and the next came in had carried the first into the second). Touching parts are
-one blob, hence one part: space parts on the belt, or score them together.
+for that frame (up to ``max_missed`` frames; then they are missed). A part going out through
+an edge (at it, moving towards it) stays at that edge until it is gone: a blob away from it
+is another part, however close (a flash while one part left and the next came in had carried
+the first into the second). Touching parts are one blob, hence one part: space parts on the
+belt, or score them together.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Teachers: the ones that ship inside the package, reading released teacher files, and how ``EfficientAD(teacher=...)`` picks one.
+"""Teachers: the ones that ship inside the package, reading released teacher files, and how
+``EfficientAD(teacher=...)`` picks one.
 
 ``pdn_small_lite0.pt``: a PDN-S teacher (384 channels, float32 state dict with ``conv1.weight``,
 ... keys) distilled offline from ImageNet-pretrained EfficientNet-Lite0 features by
