@@ -293,6 +293,21 @@ def test_a_torn_frame_at_the_edge_decides_nothing_and_a_part_coming_back_is_judg
     ]
 
 
+def test_a_part_at_the_edge_held_under_a_torn_blob_is_decided_when_next_seen_not_in_the_torn_frame(belt):
+    """A part held under a blob that joins it to the next part (a torn frame) is in view, not
+    gone: it used to be decided as leaving in the torn frame, as if it had slid out."""
+    positions = [[34]] * 5 + [[2, 100], "torn", [-40, 50]] + [[34]] * 4 + [[]] * 3
+    frames = conveyor([p if p != "torn" else [] for p in positions])
+    frames[6][:, 30:90, 0:SIZE] = np.array([0.1, 0.6, 0.2], np.float32)[:, None, None]  # one blob over both
+    maps = [np.full((SIZE, SIZE), 0.05, np.float32) for _ in positions]
+    verdicts = judge_all(PartJudge(PartTracker(belt), threshold=0.3), frames, maps)
+    # Part 0: at the edge in frame 5, held in 6, at the edge again in 7: decided there.
+    assert [(frame, v.part, v.decided, v.last_frame) for frame, v in verdicts] == [
+        (7, 0, "leaving", 7),
+        (13, 1, "left", 11),
+    ]
+
+
 def test_a_part_never_wholly_in_view_is_decided_when_lost_and_one_in_view_at_the_end(belt):
     half_seen = [[100], [90], [100]] + [[]] * 4  # its right end beyond the frame
     maps = [np.full((SIZE, SIZE), 0.05, np.float32) for _ in half_seen]

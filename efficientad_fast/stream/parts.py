@@ -146,13 +146,10 @@ class PartJudge:
             return []  # a frame that failed to decode: the parts neither seen nor missed
         arrived = time.perf_counter() - result.latency_ms / 1e3
         self._arrived.append((result.frame, arrived))
-        skipped = self.tracker.skipped_frames
         seen, left = self.tracker.update(result.frame, result.image)
-        unseen = (
-            []
-            if self.tracker.skipped_frames > skipped
-            else [t for t in self.tracker.active if all(t is not s for s in seen)]
-        )
+        # Missed (not seen, and neither held under a torn blob nor in a skipped frame: those
+        # tell nothing of where a part went) but not yet given up by the tracker.
+        unseen = [t for t in self.tracker.active if t.missed]
         verdicts = []
         for track in seen:
             if track.part in self._decided:
