@@ -506,6 +506,26 @@ def test_the_synthetic_empty_belt_and_part_margins(tmp_path):
         make_synthetic_video(tmp_path / "x.avi", part_margin=32)
 
 
+def test_parts_line_weave_parts_are_clear_of_the_edges_and_decided_as_they_leave(tmp_path, monkeypatch):
+    """The weave line's parts fill their image; with 12 px of belt around them at 256 px they
+    reached the tracker's edge margin in every frame, were never wholly in view, and were all
+    decided only once lost (820 / 2459 ms after the exit at 2.44 frames/s, replayed)."""
+    pytest.importorskip("av")
+    from pathlib import Path
+
+    from efficientad_fast.data import make_synthetic_video
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import parts_line
+
+    settings = parts_line.line_settings("weave", 256)
+    belt = make_synthetic_video(tmp_path / "belt.avi", "weave", frames=4, empty_belt=True, **settings)
+    line = make_synthetic_video(tmp_path / "line.avi", "weave", frames=48, glitch_rate=0.0, seed=3, **settings)
+    (row,) = [r for r in parts_line.replay({"line": line, "belt": belt}, fps=1.0) if r["rule"] == "as they leave"]
+    assert row["tracked_parts"] == row["true_parts"] >= 3 and row["missed_parts"] == row["split_parts"] == 0, row
+    assert row["decided_leaving"] >= 0.5 and row["exit_delay_max_ms"] <= 0.0, row
+
+
 def test_parts_line_times_each_verdict_from_the_parts_exit(line_videos, monkeypatch):
     """bench/parts_line.py's decision delay (issue 27's 1 s), replayed on the line: in frames
     of the measured rate, 2 after the exit when a part is decided once the tracker lost it,
