@@ -245,10 +245,15 @@ def frame_figures(frames: list[dict], labels: list[dict]) -> dict:
     return {f"{row['smoothing']}_onsets_per_1000": row["false_onsets_per_1000"] for row in rows}
 
 
+def line_folder(out: Path, category: str, seed: int, args) -> Path:
+    """One line's folder: its videos, models, watch runs and figures."""
+    return out / f"{category}_{args.frame_size}px_{args.steps}steps_seed{seed}"
+
+
 def measure(out: Path, category: str, seed: int, args) -> list[dict]:
     from efficientad_fast.data import read_video_labels
 
-    folder = out / f"{category}_{args.frame_size}px_{args.steps}steps_seed{seed}"
+    folder = line_folder(out, category, seed, args)
     videos = make_videos(folder, category, seed, args)
     labels = read_video_labels(videos["line"])
     rows = []
@@ -345,6 +350,12 @@ def main() -> None:
         "tracking and exit delays at FPS frames/s, for both decision rules",
     )
     parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="make the videos and train the models (resuming), watch nothing: the watch's frame rate is a "
+        "measurement, so run it later, alone on the machine, with the same command without --train-only",
+    )
+    parser.add_argument(
         "--archive",
         type=Path,
         default=ARCHIVE,
@@ -359,19 +370,25 @@ def main() -> None:
         atomic_write_text(args.summary, summary_table(rows))
         print(args.summary.read_text())
         return
-    if args.replay is not None:
+    if args.replay is not None and args.train_only:
+        parser.error("--replay and --train-only exclude each other (--replay trains nothing)")
+    lines = [(category, seed) for category in args.categories for seed in args.seeds]
+    if args.replay is not None or args.train_only:
         rows = []
-        for category in args.categories:
-            for seed in args.seeds:
-                folder = args.out / f"{category}_{args.frame_size}px_{args.steps}steps_seed{seed}"
-                videos = make_videos(folder, category, seed, args)
+        for category, seed in lines:
+            folder = line_folder(args.out, category, seed, args)
+            videos = make_videos(folder, category, seed, args)
+            if args.train_only:
+                for kind in args.models:
+                    print("trained:", train(folder, category, kind, videos, seed, args.steps), flush=True)
+            else:
                 rows += [{"line": folder.name} | row for row in replay(videos, args.replay)]
-        print(replay_table(rows, args.replay))
+        if rows:
+            print(replay_table(rows, args.replay))
         return
-    for category in args.categories:
-        for seed in args.seeds:
-            for row in measure(args.out, category, seed, args):
-                print(json.dumps(row), flush=True)
+    for category, seed in lines:
+        for row in measure(args.out, category, seed, args):
+            print(json.dumps(row), flush=True)
     print(summary_table(finished_rows(args.out)))
 
 

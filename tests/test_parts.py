@@ -526,6 +526,32 @@ def test_parts_line_weave_parts_are_clear_of_the_edges_and_decided_as_they_leave
     assert row["decided_leaving"] >= 0.5 and row["exit_delay_max_ms"] <= 0.0, row
 
 
+def test_parts_line_train_only_trains_each_line_and_watches_nothing(tmp_path, monkeypatch, capsys):
+    """Training takes an hour a line and may run beside other work; the watch measures the frame
+    rate, so --train-only leaves it for later, alone on the machine."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import parts_line
+
+    trained = []
+    monkeypatch.setattr(parts_line, "make_videos", lambda folder, category, seed, args: {"folder": folder})
+    monkeypatch.setattr(parts_line, "watch", lambda *a: pytest.fail("--train-only watched"))
+    monkeypatch.setattr(
+        parts_line, "train", lambda folder, c, kind, videos, seed, steps: trained.append((folder.name, kind, steps))
+    )
+    argv = ["parts_line.py", "--out", str(tmp_path), "--seeds", "0", "1", "--steps", "7", "--categories", "board"]
+    monkeypatch.setattr(sys, "argv", [*argv, "weave", "--models", "video", "--train-only"])
+    parts_line.main()
+    names = [f"{c}_128px_7steps_seed{s}" for c in ("board", "weave") for s in (0, 1)]
+    assert trained == [(name, "video", 7) for name in names]
+    monkeypatch.setattr(sys, "argv", [*argv, "--train-only", "--replay", "2"])
+    with pytest.raises(SystemExit):
+        parts_line.main()
+    assert "exclude each other" in capsys.readouterr().err
+
+
 def test_parts_line_times_each_verdict_from_the_parts_exit(line_videos, monkeypatch):
     """bench/parts_line.py's decision delay (issue 27's 1 s), replayed on the line: in frames
     of the measured rate, 2 after the exit when a part is decided once the tracker lost it,
