@@ -5,6 +5,7 @@ over several seeds.
     python bench/parts_line.py --out /tmp/parts_line --seeds 0 1 2           # run (resumable)
     python bench/parts_line.py --out /tmp/parts_line --summary bench/results/parts_line_DATE.md
     python bench/parts_line.py --out /tmp/parts_line --seeds 0 --replay 2.44  # the tracker alone
+    python bench/parts_line.py --out /tmp/parts_line --train-only   # train beside other work; watch later, alone
 
 ``--summary`` also reads and rewrites ``--archive`` (default bench/results/parts_line_rows.jsonl):
 every finished row, one JSON line per (category, frame size, steps, model, seed) with the CPU it
