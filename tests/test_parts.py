@@ -4,6 +4,7 @@ aggregation, and watch --parts end to end."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,7 +335,6 @@ def _save_interrupted_by_sigint(folder: str) -> None:
     import importlib
     import os
     import signal
-    from pathlib import Path
 
     watch_module = importlib.import_module("efficientad_fast.stream.watch")
     saved = watch_module.save_png
@@ -366,7 +366,6 @@ def test_a_verdict_interrupted_while_its_picture_is_saved_keeps_picture_and_line
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     here = str(Path(__file__).parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
@@ -506,17 +505,21 @@ def test_the_synthetic_empty_belt_and_part_margins(tmp_path):
         make_synthetic_video(tmp_path / "x.avi", part_margin=32)
 
 
-def test_parts_line_weave_parts_are_clear_of_the_edges_and_decided_as_they_leave(tmp_path, monkeypatch):
+@pytest.fixture
+def parts_line(monkeypatch):
+    """bench/parts_line.py, imported as a module."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import parts_line
+
+    return parts_line
+
+
+def test_parts_line_weave_parts_are_clear_of_the_edges_and_decided_as_they_leave(tmp_path, parts_line):
     """The weave line's parts fill their image; with 12 px of belt around them at 256 px they
     reached the tracker's edge margin in every frame, were never wholly in view, and were all
     decided only once lost (820 / 2459 ms after the exit at 2.44 frames/s, replayed)."""
     pytest.importorskip("av")
-    from pathlib import Path
-
     from efficientad_fast.data import make_synthetic_video
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
-    import parts_line
 
     settings = parts_line.line_settings("weave", 256)
     belt = make_synthetic_video(tmp_path / "belt.avi", "weave", frames=4, empty_belt=True, **settings)
@@ -526,14 +529,10 @@ def test_parts_line_weave_parts_are_clear_of_the_edges_and_decided_as_they_leave
     assert row["decided_leaving"] >= 0.5 and row["exit_delay_max_ms"] <= 0.0, row
 
 
-def test_parts_line_train_only_trains_each_line_and_watches_nothing(tmp_path, monkeypatch, capsys):
+def test_parts_line_train_only_trains_each_line_and_watches_nothing(tmp_path, monkeypatch, capsys, parts_line):
     """Training takes an hour a line and may run beside other work; the watch measures the frame
     rate, so --train-only leaves it for later, alone on the machine."""
     import sys
-    from pathlib import Path
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
-    import parts_line
 
     trained = []
     monkeypatch.setattr(parts_line, "make_videos", lambda folder, category, seed, args: {"folder": folder})
@@ -552,16 +551,11 @@ def test_parts_line_train_only_trains_each_line_and_watches_nothing(tmp_path, mo
     assert "exclude each other" in capsys.readouterr().err
 
 
-def test_parts_line_times_each_verdict_from_the_parts_exit(line_videos, monkeypatch):
+def test_parts_line_times_each_verdict_from_the_parts_exit(line_videos, parts_line):
     """bench/parts_line.py's decision delay (issue 27's 1 s), replayed on the line: in frames
     of the measured rate, 2 after the exit when a part is decided once the tracker lost it,
     none when decided as it leaves; the exits come from watch's tracker run again on the same
     video; every part on the line followed once."""
-    from pathlib import Path
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
-    import parts_line
-
     belt_video, line = line_videos
     rows = {row["rule"]: row for row in parts_line.replay({"line": line, "belt": belt_video}, fps=1.0)}
     lost, leaving = rows["tracker-lost"], rows["as they leave"]
