@@ -134,16 +134,15 @@ class EfficientAD(nn.Module):
         alpha: weight of the student-teacher map in the fused map (1 - alpha: autoencoder map).
         pad_maps: pad the feature-resolution maps by 4 pixels before resizing, as anomalib does.
         distance: "l2" (the paper) or "cosine".
-        teacher: "auto" (the default: the paper's teacher when it is in the cache, else the
-            shipped distilled one for this size, else random; see
-            :func:`efficientad_fast.teachers.resolve_auto_teacher`; the choice is printed once
-            and ``teacher_source`` reads "auto: <choice>"), "random" (PyTorch's default
-            initialization, from the global RNG), "distilled" (the PDN-S teacher distilled
-            offline from ImageNet EfficientNet-Lite0 that ships in
-            ``efficientad_fast/teachers``; small only), "paper" (the authors'
-            teacher from the cache, put there by ``efficientad-fast fetch-teacher``; never
-            downloaded here: NotCachedError when absent) or a teacher file (released
-            ``conv1..`` or ``nn.Sequential`` layouts). ``teacher_source`` says which.
+        teacher: "auto" (the default: the paper's teacher when it is in the cache, else the shipped
+            distilled one for this size, else random; see
+            :func:`efficientad_fast.teachers.resolve_auto_teacher`; the choice is printed once and
+            ``teacher_source`` reads "auto: <choice>"), "random" (PyTorch's default initialization, from the
+            global RNG), "distilled" (the PDN-S teacher distilled offline from ImageNet EfficientNet-Lite0
+            that ships in ``efficientad_fast/teachers``; small only), "paper" (the authors' teacher from the
+            cache, put there by ``efficientad-fast fetch-teacher``; never downloaded here: NotCachedError
+            when absent) or a teacher file (released ``conv1..`` or ``nn.Sequential`` layouts).
+            ``teacher_source`` says which.
         tile: the tile size :meth:`predict` scores images in by default (training on tiles
             sets it; see :mod:`efficientad_fast.tiling`); None: whole images.
 
