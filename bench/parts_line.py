@@ -251,11 +251,17 @@ def line_folder(out: Path, category: str, seed: int, args) -> Path:
     return out / f"{category}_{args.frame_size}px_{args.steps}steps_seed{seed}"
 
 
-def measure(out: Path, category: str, seed: int, args) -> list[dict]:
+def lines(args):
+    """Each line asked for, its videos made if missing: (category, seed, folder, videos)."""
+    for category in args.categories:
+        for seed in args.seeds:
+            folder = line_folder(args.out, category, seed, args)
+            yield category, seed, folder, make_videos(folder, category, seed, args)
+
+
+def measure(category: str, seed: int, folder: Path, videos: dict, args) -> list[dict]:
     from efficientad_fast.data import read_video_labels
 
-    folder = line_folder(out, category, seed, args)
-    videos = make_videos(folder, category, seed, args)
     labels = read_video_labels(videos["line"])
     rows = []
     for kind in args.models:
@@ -373,22 +379,19 @@ def main() -> None:
         return
     if args.replay is not None and args.train_only:
         parser.error("--replay and --train-only exclude each other (--replay trains nothing)")
-    lines = [(category, seed) for category in args.categories for seed in args.seeds]
-    if args.replay is not None or args.train_only:
+    if args.replay is not None:
         rows = []
-        for category, seed in lines:
-            folder = line_folder(args.out, category, seed, args)
-            videos = make_videos(folder, category, seed, args)
-            if args.train_only:
-                for kind in args.models:
-                    print("trained:", train(folder, category, kind, videos, seed, args.steps), flush=True)
-            else:
-                rows += [{"line": folder.name} | row for row in replay(videos, args.replay)]
-        if rows:
-            print(replay_table(rows, args.replay))
+        for _category, _seed, folder, videos in lines(args):
+            rows += [{"line": folder.name} | row for row in replay(videos, args.replay)]
+        print(replay_table(rows, args.replay))
         return
-    for category, seed in lines:
-        for row in measure(args.out, category, seed, args):
+    if args.train_only:
+        for category, seed, folder, videos in lines(args):
+            for kind in args.models:
+                print("trained:", train(folder, category, kind, videos, seed, args.steps), flush=True)
+        return
+    for line in lines(args):
+        for row in measure(*line, args):
             print(json.dumps(row), flush=True)
     print(summary_table(finished_rows(args.out)))
 

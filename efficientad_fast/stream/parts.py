@@ -147,8 +147,9 @@ class PartJudge:
         arrived = time.perf_counter() - result.latency_ms / 1e3
         self._arrived.append((result.frame, arrived))
         seen, left = self.tracker.update(result.frame, result.image)
-        # Missed (not seen, and neither held under a torn blob nor in a skipped frame: those
-        # tell nothing of where a part went) but not yet given up by the tracker.
+        # Missed in this or an earlier frame and not seen since (frames where a part is held
+        # under a torn blob or skipped count no miss: they tell nothing of where it went), but
+        # not yet given up by the tracker.
         unseen = [t for t in self.tracker.active if t.missed]
         verdicts = []
         for track in seen:
