@@ -172,3 +172,34 @@ def test_report_on_the_kit_end_to_end(mixed, tmp_path):
     md = (out / "report.md").read_text()
     assert "Structural Image AUROC" in md and "Logical AU-sPRO" in md
     assert "logical_image_auroc" in (out / "report.csv").read_text().splitlines()[0]
+
+
+def test_bench_loco_defects_splits_auroc_by_defect_type(mixed, tmp_path, monkeypatch, capsys):
+    """bench/loco_defects.py reads each test image's defect type from its masks: scores that
+    separate only the scratches and missing parts from normal give AUROC 1 for those two and
+    0.5 (ties) or 0 (below every normal image) for the others."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import loco_defects
+
+    kit = mixed / "kit"
+    names = {v: k for k, v in KIT_PIXEL_VALUES.items()}
+    scores = {"scratch": 0.9, "missing_part": 0.8, "stain": 0.1, "dent": 0.1, "swapped_parts": 0.0, "extra_part": 0.0}
+    rows = ["path,score"]
+    for image in sorted((kit / "test").glob("*/*.png")):
+        if image.parent.name == "good":
+            rows.append(f"{image},0.1")
+            continue
+        mask = next((kit / "ground_truth" / image.parent.name / image.stem).glob("*.png"))
+        rows.append(f"{image},{scores[names[int(np.array(Image.open(mask)).max())]]}")
+    (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr("sys.argv", ["loco_defects.py", str(tmp_path / "scores.csv"), str(kit)])
+    loco_defects.main()
+    table = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")[2] for line in capsys.readouterr().out.splitlines()[2:]
+    }
+    assert table == {"scratch": "1.000", "missing_part": "1.000", "stain": "0.500", "dent": "0.500",
+                     "swapped_parts": "0.000", "extra_part": "0.000"}  # fmt: skip
+
+    (tmp_path / "good_only.csv").write_text("path,score\n" + f"{next((kit / 'test' / 'good').glob('*.png'))},0.1\n")
+    with pytest.raises(ValueError, match="need scores of normal .* and defective images"):
+        loco_defects.scores_by_type(tmp_path / "good_only.csv", kit)
