@@ -390,8 +390,8 @@ def main() -> None:
             for kind in args.models:
                 print("trained:", train(folder, category, kind, videos, seed, args.steps), flush=True)
         return
-    for line in lines(args):
-        for row in measure(*line, args):
+    for category, seed, folder, videos in lines(args):
+        for row in measure(category, seed, folder, videos, args):
             print(json.dumps(row), flush=True)
     print(summary_table(finished_rows(args.out)))
 
