@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from efficientad_fast.data import read_loco_defects_config
 from efficientad_fast.metrics import roc_auc
 
 
@@ -38,8 +38,8 @@ def defect_type(image: Path, category: Path, names: dict[int, str]) -> str:
 
 def scores_by_type(scores_csv: Path, category: Path) -> dict[str, list[float]]:
     """predict's scores grouped by defect type (``good`` for the normal images)."""
-    config = json.loads((category / "defects_config.json").read_text())
-    names = {int(d["pixel_value"]): d["defect_name"] for d in config}
+    config = read_loco_defects_config(category.parent, category.name)
+    names = {value: entry["defect_name"] for value, entry in config.items()}
     groups: dict[str, list[float]] = {}
     with scores_csv.open(newline="") as f:
         for row in csv.DictReader(f):
