@@ -2,6 +2,9 @@
 ``pytestmark = pytest.mark.usefixtures("op_library", "seeded")``, so tests that do not
 need the compiled op never trigger its build."""
 
+import importlib
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,6 +19,14 @@ def op_library():
     torch.compile and torch.export need the op registered before tracing starts.
     """
     return efficientad_fast.load_extension()
+
+
+@pytest.fixture
+def bench_module(monkeypatch):
+    """``bench_module("parts_line")``: a script of bench/, imported as a module. bench/ goes on
+    sys.path for this test only, as the scripts import their siblings (``_rows``) by name."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    return importlib.import_module
 
 
 @pytest.fixture

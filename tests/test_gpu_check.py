@@ -18,8 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 # An option no g++ knows: every C++ compile fails at once, before any real work.
 BROKEN_FLAG = "-fefficientad-fast-no-such-flag"
-sys.path.insert(0, str(ROOT / "bench"))  # gpu_targets.py lives beside gpu_check.sh
-import gpu_targets  # noqa: E402
+
+
+@pytest.fixture
+def gpu_targets(bench_module):
+    """bench/gpu_targets.py, which lives beside gpu_check.sh."""
+    return bench_module("gpu_targets")
+
 
 needs_no_gpu = pytest.mark.skipif(
     torch.cuda.is_available(), reason="on a GPU machine run the script itself (it takes minutes)"
@@ -93,7 +98,7 @@ def test_run_benchmark_writes_the_json_after_every_row(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_every_target_is_reported_met_missed_or_not_measured():
+def test_every_target_is_reported_met_missed_or_not_measured(gpu_targets):
     result = {
         "timings": [
             {
@@ -139,7 +144,7 @@ def _op_row(layout: str, fraction: float | None, batch: int = 64, dtype: str = "
     }
 
 
-def test_the_bandwidth_target_reads_only_the_channels_last_case():
+def test_the_bandwidth_target_reads_only_the_channels_last_case(gpu_targets):
     """The model feeds the op channels_last features: an NCHW row, however fast, is not the target's."""
     target = gpu_targets.OP_BANDWIDTH_TARGET[0]
     status = {r["target"]: r for r in gpu_targets.target_status({"timings": [], "op": [_op_row("nchw", 0.9)]})}
@@ -202,7 +207,7 @@ def test_bench_op_times_both_layouts_and_claims_no_bandwidth_on_a_cpu():
         timing_protocol.bench_op(torch.device("cpu"), batches=(1,), layouts=("nhwc",))
 
 
-def test_the_op_bandwidth_row_is_labelled_with_the_commit():
+def test_the_op_bandwidth_row_is_labelled_with_the_commit(gpu_targets):
     """The row the bandwidth target reads gets its own line in summary.md, "not measured" or its figures."""
     assert gpu_targets.op_bandwidth_line({"op": []}, "abc123") == (
         "op bandwidth, fused N=64 fp16 channels_last, kernels of commit abc123: not measured"
@@ -212,7 +217,7 @@ def test_the_op_bandwidth_row_is_labelled_with_the_commit():
     assert line.endswith("kernels of commit abc123: 3000 GB/s, 616 MB moved, fraction of peak 0.62")
 
 
-def test_junit_counts_tells_expected_skips_from_unexpected(tmp_path):
+def test_junit_counts_tells_expected_skips_from_unexpected(tmp_path, gpu_targets):
     """With a GPU visible, gpu_check.sh fails a step whose CUDA tests skipped (pytest exits 0)."""
     xml = tmp_path / "t.xml"
     xml.write_text(
@@ -228,7 +233,7 @@ def test_junit_counts_tells_expected_skips_from_unexpected(tmp_path):
 
 
 @needs_no_gpu
-def test_script_runs_end_to_end_on_the_cpu(tmp_path):
+def test_script_runs_end_to_end_on_the_cpu(tmp_path, gpu_targets):
     done = subprocess.run(["bash", str(SCRIPT)], env=_env(tmp_path), capture_output=True, text=True, timeout=280)
     out = tmp_path / "out"
     summary = (out / "summary.md").read_text()
@@ -257,7 +262,7 @@ def test_script_runs_end_to_end_on_the_cpu(tmp_path):
 
 
 @needs_no_gpu
-def test_script_reports_a_broken_build_as_failed(tmp_path):
+def test_script_reports_a_broken_build_as_failed(tmp_path, gpu_targets):
     # ptxas compiles the kernels with nvcc whatever the C++ build did (~35 s): not this test's subject.
     env = _env(tmp_path, EFFICIENTAD_FAST_CACHE=str(tmp_path / "cache"), GPU_CHECK_SKIP_PTXAS="1")
     env[_build.EXTRA_CFLAGS_ENV] = BROKEN_FLAG

@@ -506,12 +506,8 @@ def test_the_synthetic_empty_belt_and_part_margins(tmp_path):
 
 
 @pytest.fixture
-def parts_line(monkeypatch):
-    """bench/parts_line.py, imported as a module."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
-    import parts_line
-
-    return parts_line
+def parts_line(bench_module):
+    return bench_module("parts_line")
 
 
 def test_parts_line_weave_parts_are_clear_of_the_edges_and_decided_as_they_leave(tmp_path, parts_line):

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -153,9 +152,9 @@ def test_help(command, capsys):
     assert exit_info.value.code == 0 and "usage" in capsys.readouterr().out
 
 
-def test_check_targets_picks_the_best_device_configuration():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the targets live beside gpu_check.sh
-    from gpu_targets import check_targets, format_targets
+def test_check_targets_picks_the_best_device_configuration(bench_module):
+    gpu_targets = bench_module("gpu_targets")  # the targets live beside gpu_check.sh
+    check_targets, format_targets = gpu_targets.check_targets, gpu_targets.format_targets
 
     def timing(size, batch, path, graph, mean_ms):
         return {

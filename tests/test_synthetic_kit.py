@@ -174,12 +174,11 @@ def test_report_on_the_kit_end_to_end(mixed, tmp_path):
     assert "logical_image_auroc" in (out / "report.csv").read_text().splitlines()[0]
 
 
-def test_bench_loco_defects_splits_auroc_by_defect_type(mixed, tmp_path, monkeypatch, capsys):
+def test_bench_loco_defects_splits_auroc_by_defect_type(mixed, tmp_path, monkeypatch, capsys, bench_module):
     """bench/loco_defects.py reads each test image's defect type from its masks: scores that
     separate only the scratches and missing parts from normal give AUROC 1 for those two and
     0.5 (ties) or 0 (below every normal image) for the others."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
-    import loco_defects
+    loco_defects = bench_module("loco_defects")
 
     kit = mixed / "kit"
     names = {v: k for k, v in KIT_PIXEL_VALUES.items()}
