@@ -222,6 +222,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def predict_part(args: argparse.Namespace, result: dict) -> list[Row]:
+    """2. Our predict against anomalib's forward (skipped, and said so, without anomalib),
+    and channels_last against NCHW; its details go into ``result["predict"]``."""
+    parts, error = import_anomalib()
+    if parts is None:
+        print(
+            f"\n2. predict vs anomalib: SKIPPED, anomalib is not installed ({error}); "
+            "pip install 'efficientad_fast[anomalib]' to run it"
+        )
+        result["predict_skipped"] = f"anomalib not installed: {error}"
+        return []
+    predict_rows, info = compare_predict(args.rounds, args.warmup, parts)
+    print_table(
+        predict_rows,
+        f"2. EfficientAD-S predict vs anomalib {info['anomalib_version']} "
+        f"EfficientAdModel.forward (CPU, 1x3x{IMAGE_SIZE}x{IMAGE_SIZE}, "
+        f"{args.threads} threads); ratio = anomalib / ours",
+    )
+    print("\nchannels_last vs NCHW (ours, NCHW median / channels_last median):")
+    for dtype, v in info["channels_last_vs_nchw"].items():
+        print(
+            f"  {dtype}: NCHW {v['nchw_median_ms']:.1f} ms, channels_last "
+            f"{v['channels_last_median_ms']:.1f} ms -> {v['speedup_channels_last']:.2f}x "
+            f"(means: {v['speedup_channels_last_mean']:.2f}x)"
+        )
+    result["predict"] = info
+    return predict_rows
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -274,30 +303,7 @@ def main(argv=None) -> int:
         rows += op_rows
 
     if not args.skip_predict:
-        parts, error = import_anomalib()
-        if parts is None:
-            print(
-                f"\n2. predict vs anomalib: SKIPPED, anomalib is not installed ({error}); "
-                "pip install 'efficientad_fast[anomalib]' to run it"
-            )
-            result["predict_skipped"] = f"anomalib not installed: {error}"
-        else:
-            predict_rows, info = compare_predict(args.rounds, args.warmup, parts)
-            print_table(
-                predict_rows,
-                f"2. EfficientAD-S predict vs anomalib {info['anomalib_version']} "
-                f"EfficientAdModel.forward (CPU, 1x3x{IMAGE_SIZE}x{IMAGE_SIZE}, "
-                f"{args.threads} threads); ratio = anomalib / ours",
-            )
-            print("\nchannels_last vs NCHW (ours, NCHW median / channels_last median):")
-            for dtype, v in info["channels_last_vs_nchw"].items():
-                print(
-                    f"  {dtype}: NCHW {v['nchw_median_ms']:.1f} ms, channels_last "
-                    f"{v['channels_last_median_ms']:.1f} ms -> {v['speedup_channels_last']:.2f}x "
-                    f"(means: {v['speedup_channels_last_mean']:.2f}x)"
-                )
-            rows += predict_rows
-            result["predict"] = info
+        rows += predict_part(args, result)
 
     machine["loadavg_end"] = list(os.getloadavg())
     result["results"] = [row.as_dict() for row in rows]

@@ -139,16 +139,9 @@ def accuracy(run, images, labels, masks, reference_map, batch: int = 8) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    machine = cpu_machine_info()  # its loadavg_start: before any work
-    import nncf
-    import openvino
-
-    machine.update(openvino=openvino.__version__, nncf=nncf.__version__)
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_openvino_"))
+def prepare(args: argparse.Namespace, work: Path) -> tuple:
+    """The synthetic data (made once per ``work``), the trained model, its two OpenVINO IRs
+    and its int8 twin: (data folder, model, fp32 IR, int8 IR, int8 model)."""
     data = work / "data"
     if not (data / args.category).is_dir():
         make_synthetic(
@@ -172,6 +165,42 @@ def main(argv=None) -> int:
         calibration_size=args.calibration_size,
     )
     int8 = quantize(model, calibration_images(calibration, (IMAGE_SIZE, IMAGE_SIZE), args.calibration_size))
+    return data, model, fp32_ir, int8_ir, int8
+
+
+def timed_rows(runs: dict, images: torch.Tensor, quality: dict, args: argparse.Namespace) -> tuple[list, dict, dict]:
+    """Latency at batch 1 and throughput at batch 16 of every variant, interleaved: (table
+    rows with each variant's accuracy, the latency series, the throughput series)."""
+    generator = torch.Generator().manual_seed(0)
+    batch1 = images[:1].clone()
+    batch16 = images[torch.randint(0, images.shape[0], (16,), generator=generator)].clone()
+    latency = interleaved({n: (lambda r=r: r(batch1)) for n, r in runs.items()}, args.latency_rounds, args.warmup)
+    throughput = interleaved({n: (lambda r=r: r(batch16)) for n, r in runs.items()}, args.throughput_rounds, 1)
+    rows = [
+        {
+            "variant": name,
+            "latency_b1_median_ms": latency[name].median,
+            "latency_b1_mean_ms": latency[name].mean,
+            "throughput_b16_img_s": 16 * 1e3 / throughput[name].mean,
+            "b16_median_ms": throughput[name].median,
+            **quality[name],
+        }
+        for name in runs
+    ]
+    return rows, latency, throughput
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    machine = cpu_machine_info()  # its loadavg_start: before any work
+    import nncf
+    import openvino
+
+    machine.update(openvino=openvino.__version__, nncf=nncf.__version__)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_openvino_"))
+    data, model, fp32_ir, int8_ir, int8 = prepare(args, work)
     print(f"model and IRs ready ({time.perf_counter() - started:.0f} s)", flush=True)
 
     test = open_dataset(data, "mvtec", args.category, "test", (IMAGE_SIZE, IMAGE_SIZE))
@@ -184,24 +213,7 @@ def main(argv=None) -> int:
     quality = {name: accuracy(run, images, labels, masks, reference_map) for name, run in runs.items()}
     print(f"accuracy done ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    generator = torch.Generator().manual_seed(0)
-    batch1 = images[:1].clone()
-    batch16 = images[torch.randint(0, images.shape[0], (16,), generator=generator)].clone()
-    latency = interleaved({n: (lambda r=r: r(batch1)) for n, r in runs.items()}, args.latency_rounds, args.warmup)
-    throughput = interleaved({n: (lambda r=r: r(batch16)) for n, r in runs.items()}, args.throughput_rounds, 1)
-
-    rows = []
-    for name in runs:
-        rows.append(
-            {
-                "variant": name,
-                "latency_b1_median_ms": latency[name].median,
-                "latency_b1_mean_ms": latency[name].mean,
-                "throughput_b16_img_s": 16 * 1e3 / throughput[name].mean,
-                "b16_median_ms": throughput[name].median,
-                **quality[name],
-            }
-        )
+    rows, latency, throughput = timed_rows(runs, images, quality, args)
     table = (
         f"CPU: {machine.get('cpu_model')} ({', '.join(machine.get('cpu_isa') or [])}), {args.threads} threads, "
         f"load average {machine['loadavg_start'][0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end\n\n"

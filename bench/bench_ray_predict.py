@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+Row = tuple[str, float, str]  # (what, seconds, note)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,34 +62,18 @@ def make_images(folder: Path, count: int, size: int) -> list[Path]:
     return paths
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from efficientad_fast import load_extension
+def local_rows(model, out: Path, images: list[Path], args: argparse.Namespace) -> list[Row]:
+    """The local run, whole, then its parts: decode + resize, the networks + scoring, the writing."""
     from efficientad_fast.jobs import predict as jobs
-    from efficientad_fast.jobs import ray_predict as ray_engine
-    from efficientad_fast.model_file import load
-    from efficientad_fast.testing import random_model
 
-    load_extension()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    images = make_images(out / "images", args.images, args.source_size)
-    model_path = out / "model.pt"
-    random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).save(model_path)
     n = len(images)
-    rows: list[tuple[str, float, str]] = []  # (what, seconds, note)
-
-    started = time.perf_counter()
-    model = load(model_path).eval()
-    rows.append(("model load (local)", time.perf_counter() - started, ""))
     started = time.perf_counter()
     jobs.predict_files(
         model, [out / "images"], out / "local", batch_size=args.batch_size, heatmaps=args.heatmaps, progress=False
     )
     local_s = time.perf_counter() - started
-    rows.append((f"local predict, {args.threads} threads", local_s, f"{n / local_s:.2f} images/s"))
+    rows = [(f"local predict, {args.threads} threads", local_s, f"{n / local_s:.2f} images/s")]
 
-    # The local run's parts.
     errors: list[dict] = []
     started = time.perf_counter()
     _, arrays = jobs.read_images(images, (256, 256), errors)
@@ -109,53 +94,68 @@ def main(argv=None) -> int:
     jobs.write_predictions(out / "write_check", result_rows, [0.5] * n, [], heatmaps=False, parquet=True)
     write_s = time.perf_counter() - started
     rows.append(("  write scores.csv + scores.parquet", write_s, f"{1e3 * write_s / n:.3f} ms/image"))
+    return rows
 
+
+def ray_rows(model_path: Path, out: Path, images: list[Path], args: argparse.Namespace) -> list[Row]:
+    """A local Ray instance's start-up, its first small run, then a run of all images per worker count."""
     import ray
 
-    quiet = lambda *a, **k: None  # noqa: E731
-    started = time.perf_counter()
-    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
-    rows.append((f"Ray start-up: ray.init (local, {args.threads} CPUs)", time.perf_counter() - started, ""))
-    try:
+    from efficientad_fast.jobs import ray_predict as ray_engine
+
+    def run(sources, folder: str, workers: int) -> float:
         started = time.perf_counter()
         ray_engine.predict_files(
             model_path,
-            images[:2],
-            out / "ray_first",
+            sources,
+            out / folder,
             batch_size=args.batch_size,
             heatmaps=args.heatmaps,
-            workers=1,
+            workers=workers,
             progress=False,
-            log=quiet,
+            log=lambda *a, **k: None,
         )
-        rows.append(
-            (
-                "Ray start-up: first run of 2 images, 1 worker",
-                time.perf_counter() - started,
-                "pipeline + actor start + model load",
-            )
-        )
+        return time.perf_counter() - started
+
+    started = time.perf_counter()
+    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
+    rows = [(f"Ray start-up: ray.init (local, {args.threads} CPUs)", time.perf_counter() - started, "")]
+    try:
+        first = run(images[:2], "ray_first", 1)
+        rows.append(("Ray start-up: first run of 2 images, 1 worker", first, "pipeline + actor start + model load"))
         for workers in args.workers:
-            started = time.perf_counter()
-            ray_engine.predict_files(
-                model_path,
-                [out / "images"],
-                out / f"ray_{workers}",
-                batch_size=args.batch_size,
-                heatmaps=args.heatmaps,
-                workers=workers,
-                progress=False,
-                log=quiet,
-            )
-            seconds = time.perf_counter() - started
-            rows.append((f"predict --engine ray --workers {workers}", seconds, f"{n / seconds:.2f} images/s"))
+            seconds = run([out / "images"], f"ray_{workers}", workers)
+            rows.append((f"predict --engine ray --workers {workers}", seconds, f"{len(images) / seconds:.2f} images/s"))
     finally:
         ray.shutdown()
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import ray
+
+    from efficientad_fast import load_extension
+    from efficientad_fast.model_file import load
+    from efficientad_fast.precision import cpu_info
+    from efficientad_fast.testing import random_model
+
+    load_extension()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    images = make_images(out / "images", args.images, args.source_size)
+    model_path = out / "model.pt"
+    random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).save(model_path)
+    started = time.perf_counter()
+    model = load(model_path).eval()
+    rows = [("model load (local)", time.perf_counter() - started, "")]
+    rows += local_rows(model, out, images, args)
+    rows += ray_rows(model_path, out, images, args)
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"{n} JPEGs of {args.source_size}x{args.source_size} px scored at 256 px, batch {args.batch_size}, "
-        f"heatmaps {'on' if args.heatmaps else 'off'}; {platform.processor() or platform.machine()}, "
+        f"{len(images)} JPEGs of {args.source_size}x{args.source_size} px scored at 256 px, batch {args.batch_size}, "
+        f"heatmaps {'on' if args.heatmaps else 'off'}; {cpu_info()[0] or 'unknown CPU'}, "
         f"torch {torch.__version__}, ray {ray.__version__}, {when}",
         "",
         "| what | seconds | |",

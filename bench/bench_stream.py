@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -96,7 +95,7 @@ def alarm_figures_of(model, folder: Path, frames: int, normal_frames: int, seed:
     }
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model",
@@ -116,66 +115,83 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--json", default=None, help="write all figures (and raw scores) here")
     parser.add_argument("--markdown", default=None, help="write the tables here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def fresh_model(args: argparse.Namespace, dtype: str):
+    """The model of --model, or a random-weight calibrated EfficientAD-S, in ``dtype``."""
     from efficientad_fast import load
-    from efficientad_fast.data import make_synthetic_video
-    from efficientad_fast.stream import smoother_table
     from efficientad_fast.testing import random_model
 
-    def fresh_model():
-        if args.model:
-            return load(args.model)
-        return random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9)).eval()
+    model = load(args.model) if args.model else random_model("small", seed=0, quantiles=(0.2, 1.4, 0.3, 1.9))
+    return model.eval().to(DTYPES[dtype])
 
+
+def speed_part(args: argparse.Namespace, tmp: Path, result: dict) -> list[str]:
+    """Scoring alone against end to end, per dtype: the table's lines (figures into ``result``)."""
+    from efficientad_fast.data import make_synthetic_video
+
+    video = make_synthetic_video(tmp / "speed.avi", frames=args.speed_frames + 4, frame_size=256, seed=args.seed)
+    lines = [
+        "| dtype | what | frames | frames/s | latency p50 (ms) | latency p99 (ms) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name in args.dtypes:
+        model = fresh_model(args, name)
+        alone = time_scoring(model, args.speed_frames, args.warmup)
+        whole = time_end_to_end(model, video, args.speed_frames, tmp / f"watch_{name}", args.smoothing, args.queue_size)
+        result["speed"][name] = {"scoring_alone": alone, "end_to_end": whole}
+        for what, r in (("scoring alone", alone), ("end to end (watch)", whole)):
+            lines.append(
+                f"| {name} | {what} | {r['frames']} | {r['fps']:.2f} | {r['latency_p50_ms']:.0f} | "
+                f"{r['latency_p99_ms']:.0f} |"
+            )
+        print("\n".join(lines[-2:]), flush=True)
+    return lines
+
+
+def alarm_part(args: argparse.Namespace, tmp: Path, result: dict) -> list[str]:
+    """Every smoother, calibrated and at equal recall: the tables' lines (figures into ``result``)."""
+    from efficientad_fast.stream import smoother_table
+
+    alarms = alarm_figures_of(
+        fresh_model(args, args.alarm_dtype), tmp, args.video_frames, args.normal_frames, args.seed
+    )
+    result["alarms"] = alarms
+    lines = [
+        "",
+        f"Calibrated (99.5 % of smoothed scores on {args.normal_frames} normal frames):",
+        "",
+        smoother_table(alarms["calibrated"]),
+        "",
+        "At equal recall (the highest threshold finding every defective part):",
+        "",
+        smoother_table(alarms["equal_recall"]),
+    ]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from efficientad_fast.precision import cpu_info
+
+    cpu = cpu_info()[0] or "unknown CPU"
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "command": " ".join(sys.argv),
         "speed": {},
         "alarms": None,
     }
-    lines = []
+    lines = [f"{result['date']}, {cpu}, {result['threads']} threads, torch {result['torch']}", ""]
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
         if not args.skip_speed:
-            video = make_synthetic_video(
-                tmp / "speed.avi", frames=args.speed_frames + 4, frame_size=256, seed=args.seed
-            )
-            lines += [
-                "| dtype | what | frames | frames/s | latency p50 (ms) | latency p99 (ms) |",
-                "|---|---|---:|---:|---:|---:|",
-            ]
-            for name in args.dtypes:
-                model = fresh_model().to(DTYPES[name])
-                alone = time_scoring(model, args.speed_frames, args.warmup)
-                whole = time_end_to_end(
-                    model, video, args.speed_frames, tmp / f"watch_{name}", args.smoothing, args.queue_size
-                )
-                result["speed"][name] = {"scoring_alone": alone, "end_to_end": whole}
-                for what, r in (("scoring alone", alone), ("end to end (watch)", whole)):
-                    lines.append(
-                        f"| {name} | {what} | {r['frames']} | {r['fps']:.2f} | {r['latency_p50_ms']:.0f} | "
-                        f"{r['latency_p99_ms']:.0f} |"
-                    )
-                print("\n".join(lines[-2:]), flush=True)
+            lines += speed_part(args, Path(tmp), result)
         if args.model:
-            model = fresh_model().to(DTYPES[args.alarm_dtype])
-            alarms = alarm_figures_of(model, tmp, args.video_frames, args.normal_frames, args.seed)
-            result["alarms"] = alarms
-            lines += [
-                "",
-                f"Calibrated (99.5 % of smoothed scores on {args.normal_frames} normal frames):",
-                "",
-                smoother_table(alarms["calibrated"]),
-                "",
-                "At equal recall (the highest threshold finding every defective part):",
-                "",
-                smoother_table(alarms["equal_recall"]),
-            ]
-            print("\n".join(lines[-8:]), flush=True)
+            lines += alarm_part(args, Path(tmp), result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     if args.markdown:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shlex
 import sys
 import time
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from efficientad_fast import metrics
 from efficientad_fast.data import STRUCTURAL_DEFECTS, make_synthetic, open_dataset
 from efficientad_fast.jobs import train_category
+from efficientad_fast.precision import cpu_info
 from efficientad_fast.train import TrainConfig
 
 
@@ -50,7 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-train", type=int, default=20, help="normal training images (10 %% held out)")
     p.add_argument("--n-test-good", type=int, default=6)
     p.add_argument("--n-test-defect", type=int, default=3, help="test images per defect type (4 types)")
-    p.add_argument("--amp", choices=("bf16", "none"), default="bf16", help="training autocast (default bf16)")
+    p.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "none"),
+        default="auto",
+        help="training autocast (default auto: bf16 only where a probe shows it faster here, as train does)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return p.parse_args(argv)
@@ -75,23 +82,18 @@ def score_test_set(test, predict) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    started = time.perf_counter()
-    data = make_synthetic(
-        out / "data",
-        seed=args.seed,
-        categories=(args.category,),
-        n_train=args.n_train,
-        n_test_good=args.n_test_good,
-        n_test_defect_per_type=args.n_test_defect,
-        defects=STRUCTURAL_DEFECTS,
-        image_size=args.size,
-        defect_scale=args.defect_scale,
-        overwrite=True,
-    )
+def machine_load(load_at_start: float, threads: int) -> str:
+    """Whether other jobs shared the machine, from the 1-minute load average at both ends."""
+    load_at_end = os.getloadavg()[0]
+    loads = f"load average {load_at_start:.2f} at the start, {load_at_end:.2f} at the end"
+    if max(load_at_start, load_at_end) > threads + 0.5:
+        return f"{loads}: other jobs shared the machine, the times are upper bounds (both arms ran in this run)."
+    return f"{loads}: quiet."
+
+
+def train_both(args: argparse.Namespace, data: Path) -> tuple:
+    """The tiled and the downscaled model, same data, steps and seed: (tiled, its summary,
+    downscaled, its summary)."""
     config = TrainConfig(
         steps=args.steps,
         seed=args.seed,
@@ -100,6 +102,7 @@ def main(argv=None) -> int:
         progress=False,
     )
     common = dict(config=config, penalty_images="none", teacher="auto", overwrite=True)
+    out = Path(args.out)
     print(f"[bench_tiling] training the tiled model ({args.tile} px tiles of {args.size} px images)", flush=True)
     tiled, tiled_summary = train_category(
         data, "mvtec_ad", args.category, out / "tiled", image_size=args.size, tile=args.tile, **common
@@ -108,7 +111,11 @@ def main(argv=None) -> int:
     whole, whole_summary = train_category(
         data, "mvtec_ad", args.category, out / "downscaled", image_size=args.whole_size, **common
     )
-    test = open_dataset(data, "mvtec_ad", args.category, "test", (args.size, args.size))
+    return tiled, tiled_summary, whole, whole_summary
+
+
+def score_both(args: argparse.Namespace, test, tiled, whole) -> tuple[dict, dict]:
+    """Each model's metrics and time per image on the full-size test images."""
     full = (args.size, args.size)
 
     def predict_tiled(image):
@@ -127,12 +134,32 @@ def main(argv=None) -> int:
         return float(pred.score[0]), pred.anomaly_map[0, 0].numpy()
 
     print(f"[bench_tiling] scoring {len(test)} test images both ways", flush=True)
+    return score_test_set(test, predict_tiled), score_test_set(test, predict_downscaled)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_at_start = os.getloadavg()[0]
+    started = time.perf_counter()
+    data = make_synthetic(
+        Path(args.out) / "data",
+        seed=args.seed,
+        categories=(args.category,),
+        n_train=args.n_train,
+        n_test_good=args.n_test_good,
+        n_test_defect_per_type=args.n_test_defect,
+        defects=STRUCTURAL_DEFECTS,
+        image_size=args.size,
+        defect_scale=args.defect_scale,
+        overwrite=True,
+    )
+    tiled, tiled_summary, whole, whole_summary = train_both(args, data)
+    test = open_dataset(data, "mvtec_ad", args.category, "test", (args.size, args.size))
+    tiled_metrics, whole_metrics = score_both(args, test, tiled, whole)
     rows = {
-        f"tiled (tile {args.tile}, overlap {args.overlap})": (score_test_set(test, predict_tiled), tiled_summary),
-        f"downscaled whole image ({args.whole_size} px, map upsampled)": (
-            score_test_set(test, predict_downscaled),
-            whole_summary,
-        ),
+        f"tiled (tile {args.tile}, overlap {args.overlap})": (tiled_metrics, tiled_summary),
+        f"downscaled whole image ({args.whole_size} px, map upsampled)": (whole_metrics, whole_summary),
     }
     table = [
         "| arm | pixel AUROC | AU-PRO (0.3) | image AUROC | s / image | training + calibration s |",
@@ -149,8 +176,8 @@ def main(argv=None) -> int:
         [
             f"# Tiling: tiled vs downscaled whole image on {args.size} px images with small defects",
             "",
-            f"Date: {datetime.date.today().isoformat()}. CPU, {args.threads} torch threads; measured while other jobs "
-            "loaded the 2-core machine (times are upper bounds; compare the two arms, measured in the same run).",
+            f"Date: {datetime.date.today().isoformat()}. {cpu_info()[0] or 'unknown CPU'} "
+            f"({os.cpu_count()} logical CPUs), {args.threads} torch threads; {machine_load(load_at_start, args.threads)}",
             "",
             f"Command: `{command}`",
             "",
@@ -158,8 +185,8 @@ def main(argv=None) -> int:
             f"({', '.join(STRUCTURAL_DEFECTS)}) at defect_scale {args.defect_scale}; {tiled_summary['train_images']} "
             f"training images ({tiled_summary['held_out_images']} more held out for calibration), {len(test)} test images "
             f"({n_bad} defective). Both models: EfficientAD-S, teacher `{tiled_summary['teacher']}`, {args.steps} steps, "
-            f"batch 1, amp {args.amp}, no penalty images; the tiled one on {tiled_summary['train_tiles']} tiles. "
-            "Metrics against the full-resolution masks.",
+            f"batch 1, amp {args.amp} (ran {tiled_summary['train_config']['amp'] or 'fp32'}), no penalty images; the tiled one on "
+            f"{tiled_summary['train_tiles']} tiles. Metrics against the full-resolution masks.",
             "",
             *table,
             "",
