@@ -32,6 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import cpu_machine_info  # noqa: E402
+
 Row = tuple[str, float, str]  # (what, seconds, note)
 
 
@@ -137,7 +140,6 @@ def main(argv=None) -> int:
 
     from efficientad_fast import load_extension
     from efficientad_fast.model_file import load
-    from efficientad_fast.precision import cpu_info
     from efficientad_fast.testing import random_model
 
     load_extension()
@@ -155,7 +157,7 @@ def main(argv=None) -> int:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"{len(images)} JPEGs of {args.source_size}x{args.source_size} px scored at 256 px, batch {args.batch_size}, "
-        f"heatmaps {'on' if args.heatmaps else 'off'}; {cpu_info()[0] or 'unknown CPU'}, "
+        f"heatmaps {'on' if args.heatmaps else 'off'}; {cpu_machine_info()['cpu_model'] or 'unknown CPU'}, "
         f"torch {torch.__version__}, ray {ray.__version__}, {when}",
         "",
         "| what | seconds | |",

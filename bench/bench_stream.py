@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import cpu_machine_info  # noqa: E402
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -174,12 +177,11 @@ def alarm_part(args: argparse.Namespace, tmp: Path, result: dict) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from efficientad_fast.precision import cpu_info
-
-    cpu = cpu_info()[0] or "unknown CPU"
+    machine = cpu_machine_info()
+    cpu = machine["cpu_model"] or "unknown CPU"
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": cpu,
+        "machine": machine,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "command": " ".join(sys.argv),

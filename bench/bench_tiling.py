@@ -34,8 +34,10 @@ import torch.nn.functional as F
 from efficientad_fast import metrics
 from efficientad_fast.data import STRUCTURAL_DEFECTS, make_synthetic, open_dataset
 from efficientad_fast.jobs import train_category
-from efficientad_fast.precision import cpu_info
 from efficientad_fast.train import TrainConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import cpu_machine_info  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -140,7 +142,7 @@ def score_both(args: argparse.Namespace, test, tiled, whole) -> tuple[dict, dict
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    load_at_start = os.getloadavg()[0]
+    machine = cpu_machine_info()  # its loadavg_start: before any work
     started = time.perf_counter()
     data = make_synthetic(
         Path(args.out) / "data",
@@ -176,8 +178,9 @@ def main(argv=None) -> int:
         [
             f"# Tiling: tiled vs downscaled whole image on {args.size} px images with small defects",
             "",
-            f"Date: {datetime.date.today().isoformat()}. {cpu_info()[0] or 'unknown CPU'} "
-            f"({os.cpu_count()} logical CPUs), {args.threads} torch threads; {machine_load(load_at_start, args.threads)}",
+            f"Date: {datetime.date.today().isoformat()}. {machine['cpu_model'] or 'unknown CPU'} "
+            f"({machine['logical_cpus']} logical CPUs), {args.threads} torch threads; "
+            f"{machine_load(machine['loadavg_start'][0], args.threads)}",
             "",
             f"Command: `{command}`",
             "",
